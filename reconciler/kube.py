@@ -1,0 +1,208 @@
+"""The cluster edge: every HTTP request the reconciler makes goes through ``Cluster``.
+
+pykube-ng provides the transport (kubeconfig, auth, TLS). Requests are raw (``api.get`` with a
+version and a URL) because pykube's object classes would add a discovery round-trip per CRD kind
+and send merge patches where we need JSON patches and dry-runs. ``Cluster.requests`` counts
+every request sent, which the benchmark and the "one LIST per kind" contract rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykube
+import requests
+
+from reconciler.errors import ClusterError, Problem, UserError
+
+FIELD_MANAGER = "vm-storage-reconciler"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A REST resource: ``api_version`` as in manifests, ``plural`` as in URLs."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+
+VIRTUAL_MACHINES = Resource("kubevirt.io/v1", "VirtualMachine", "virtualmachines")
+VMIS = Resource("kubevirt.io/v1", "VirtualMachineInstance", "virtualmachineinstances")
+MIGRATIONS = Resource(
+    "kubevirt.io/v1", "VirtualMachineInstanceMigration", "virtualmachineinstancemigrations"
+)
+KUBEVIRTS = Resource("kubevirt.io/v1", "KubeVirt", "kubevirts")
+PVCS = Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+DATA_VOLUMES = Resource("cdi.kubevirt.io/v1beta1", "DataVolume", "datavolumes")
+STORAGE_CLASSES = Resource("storage.k8s.io/v1", "StorageClass", "storageclasses", False)
+STORAGE_PROFILES = Resource("cdi.kubevirt.io/v1beta1", "StorageProfile", "storageprofiles", False)
+EVENTS = Resource("v1", "Event", "events")
+CONFIG_MAPS = Resource("v1", "ConfigMap", "configmaps")
+LEASES = Resource("coordination.k8s.io/v1", "Lease", "leases")
+
+
+def subject(resource: Resource, namespace: str | None, name: str) -> str:
+    """``Kind/namespace/name`` (or ``Kind/name``): how errors and logs name an object."""
+    return f"{resource.kind}/{namespace}/{name}" if namespace else f"{resource.kind}/{name}"
+
+
+def load_client(kubeconfig: str | None = None, context: str | None = None) -> pykube.HTTPClient:
+    """A pykube client from ``kubeconfig`` (or $KUBECONFIG, ~/.kube/config, in-cluster SA).
+
+    Raises UserError with a hint when no usable configuration exists.
+    """
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    default = Path.home() / ".kube" / "config"
+    try:
+        if path:
+            config = pykube.KubeConfig.from_file(path)
+        elif default.exists():
+            config = pykube.KubeConfig.from_file(str(default))
+        else:
+            config = pykube.KubeConfig.from_service_account()
+        if context:
+            config.set_current_context(context)
+    except (OSError, KeyError, ValueError, pykube.exceptions.PyKubeError) as exc:
+        raise UserError(
+            [
+                Problem(
+                    None,
+                    f"cannot load a kubeconfig ({path or default}): {exc}",
+                    "pass --kubeconfig PATH, set KUBECONFIG, or run inside a pod with a "
+                    "ServiceAccount",
+                )
+            ]
+        ) from exc
+    return pykube.HTTPClient(config, timeout=60)
+
+
+class Cluster:
+    """Thin I/O wrapper over a pykube client. Every method is one HTTP request.
+
+    Errors become ``ClusterError`` whose message opens with ``Kind/ns/name`` and carries the
+    API server's own message and HTTP code.
+    """
+
+    def __init__(self, api: pykube.HTTPClient) -> None:
+        self.api = api
+        self.requests = 0
+        api.session.hooks["response"].append(self._count)
+
+    def _count(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.requests += 1
+
+    def list_objects(
+        self, resource: Resource, namespace: str | None = None, *, missing_ok: bool = False
+    ) -> list[dict[str, Any]]:
+        """All objects of ``resource`` in ``namespace`` (None: every namespace) in one LIST.
+
+        ``missing_ok``: a resource the server does not serve (CRD not installed) or does not
+        let us list in that scope (404) gives [] instead of an error.
+        """
+        kwargs: dict[str, Any] = {"version": resource.api_version, "url": resource.plural}
+        if namespace is not None and resource.namespaced:
+            kwargs["namespace"] = namespace
+        response = self._send("get", _scope(resource, namespace), **kwargs)
+        if response.status_code == 404 and missing_ok:
+            return []
+        body = self._check(response, resource, namespace, "")
+        items: list[dict[str, Any]] = body.get("items") or []
+        return items
+
+    def list_many(
+        self, requests_: Sequence[tuple[Resource, str | None, bool]]
+    ) -> list[list[dict[str, Any]]]:
+        """Several LISTs at once (threads), results in request order.
+
+        The API server does the heavy lifting (serialising thousands of objects); issuing the
+        lists concurrently overlaps that work with our JSON decoding of the previous answer.
+        """
+        with ThreadPoolExecutor(max_workers=min(8, len(requests_) or 1)) as pool:
+            futures = [
+                pool.submit(self.list_objects, resource, namespace, missing_ok=missing_ok)
+                for resource, namespace, missing_ok in requests_
+            ]
+            return [future.result() for future in futures]
+
+    def create(
+        self, resource: Resource, namespace: str, body: Mapping[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """POST ``body``; with ``dry_run`` the server validates and admits but stores nothing."""
+        name = str(body.get("metadata", {}).get("name", ""))
+        response = self._send(
+            "post",
+            subject(resource, namespace, name),
+            version=resource.api_version,
+            namespace=namespace,
+            url=resource.plural,
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+            params=self._params(dry_run),
+        )
+        return self._check(response, resource, namespace, name)
+
+    def json_patch(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        ops: Sequence[Mapping[str, Any]],
+        *,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Apply RFC 6902 ``ops``; a failed ``test`` op is a 422 and changes nothing."""
+        response = self._send(
+            "patch",
+            subject(resource, namespace, name),
+            version=resource.api_version,
+            namespace=namespace,
+            url=f"{resource.plural}/{name}",
+            data=json.dumps(list(ops)),
+            headers={"Content-Type": "application/json-patch+json"},
+            params=self._params(dry_run),
+        )
+        return self._check(response, resource, namespace, name)
+
+    @staticmethod
+    def _params(dry_run: bool) -> dict[str, str]:
+        params = {"fieldManager": FIELD_MANAGER, "fieldValidation": "Strict"}
+        if dry_run:
+            params["dryRun"] = "All"
+        return params
+
+    def _send(self, method: str, who: str, **kwargs: Any) -> requests.Response:
+        try:
+            response: requests.Response = getattr(self.api, method)(**kwargs)
+        except requests.RequestException as exc:
+            raise ClusterError(who, f"cannot reach the API server: {exc}") from exc
+        return response
+
+    @staticmethod
+    def _check(
+        response: requests.Response, resource: Resource, namespace: str | None, name: str
+    ) -> dict[str, Any]:
+        if response.ok:
+            body: dict[str, Any] = response.json()
+            return body
+        message = response.text.strip()
+        try:
+            payload = response.json()
+            message = str(payload.get("message", message))
+        except ValueError:
+            pass
+        what = subject(resource, namespace, name) if name else _scope(resource, namespace)
+        code = response.status_code
+        raise ClusterError(what, f"{message} (HTTP {code})", code=code)
+
+
+def _scope(resource: Resource, namespace: str | None) -> str:
+    where = f" in namespace {namespace}" if namespace else " (all namespaces)"
+    return f"{resource.plural}{where}"

@@ -1,0 +1,322 @@
+"""Observe the cluster: one LIST per kind, turned into a ``model.Snapshot``.
+
+``fetch`` is the only I/O here (through ``kube.Cluster``); ``build_snapshot`` and the
+``parse_*`` functions are pure and take the API's JSON as plain dicts, so they are tested
+without a cluster and reused by the benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler import kube
+from reconciler.model import (
+    Condition,
+    DataVolumeInfo,
+    KubeVirtInfo,
+    MigrationInfo,
+    PVCInfo,
+    Snapshot,
+    StorageClassInfo,
+    StorageProfileInfo,
+    VMIInfo,
+    VMInfo,
+    VMVolume,
+)
+from reconciler.quantity import parse_quantity
+
+Obj = Mapping[str, Any]
+
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
+DEFAULT_VIRT_CLASS_ANNOTATION = "storageclass.kubevirt.io/is-default-virt-class"
+VOLUME_UPDATE_LABEL = "kubevirt.io/volume-update-migration"
+
+
+@dataclass(frozen=True)
+class RawObjects:
+    """The JSON items of every LIST, unparsed."""
+
+    vms: Sequence[Obj] = ()
+    vmis: Sequence[Obj] = ()
+    pvcs: Sequence[Obj] = ()
+    data_volumes: Sequence[Obj] = ()
+    storage_classes: Sequence[Obj] = ()
+    storage_profiles: Sequence[Obj] = ()
+    kubevirts: Sequence[Obj] = ()
+    migrations: Sequence[Obj] = ()
+
+
+def fetch(cluster: kube.Cluster, namespaces: Iterable[str]) -> RawObjects:
+    """LIST every kind the diff needs: 8 requests whatever the number of VMs.
+
+    Namespaced kinds are listed in the plans' namespace when there is exactly one, else across
+    all namespaces (one request, not one per namespace). StorageProfiles and the KubeVirt CR
+    may be absent (CDI/KubeVirt not installed): they then read as empty.
+    """
+    wanted = sorted(set(namespaces))
+    scope = wanted[0] if len(wanted) == 1 else None
+    lists = cluster.list_many(
+        [
+            (kube.VIRTUAL_MACHINES, scope, False),
+            (kube.VMIS, scope, False),
+            (kube.PVCS, scope, False),
+            (kube.DATA_VOLUMES, scope, True),
+            (kube.STORAGE_CLASSES, None, False),
+            (kube.STORAGE_PROFILES, None, True),
+            (kube.KUBEVIRTS, None, True),
+            (kube.MIGRATIONS, scope, False),
+        ]
+    )
+    keep = set(wanted)
+
+    def ours(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if scope is not None or not keep:
+            return items
+        return [i for i in items if i.get("metadata", {}).get("namespace") in keep]
+
+    vms, vmis, pvcs, dvs, scs, profiles, kubevirts, migrations = lists
+    return RawObjects(
+        vms=ours(vms),
+        vmis=ours(vmis),
+        pvcs=ours(pvcs),
+        data_volumes=ours(dvs),
+        storage_classes=scs,
+        storage_profiles=profiles,
+        kubevirts=kubevirts,
+        migrations=ours(migrations),
+    )
+
+
+def build_snapshot(raw: RawObjects) -> Snapshot:
+    """Parse every list into the model, resolving each PVC's class (default when unset)."""
+    classes = {sc.name: sc for sc in map(parse_storage_class, raw.storage_classes)}
+    defaults = sorted(n for n, sc in classes.items() if sc.is_default)
+    default_class = defaults[0] if defaults else None
+    return Snapshot(
+        vms=_by_key(parse_vm(o) for o in raw.vms),
+        vmis=_by_key(parse_vmi(o) for o in raw.vmis),
+        pvcs=_by_key(parse_pvc(o, default_class) for o in raw.pvcs),
+        data_volumes=_by_key(parse_data_volume(o) for o in raw.data_volumes),
+        storage_classes=classes,
+        storage_profiles={p.name: p for p in map(parse_storage_profile, raw.storage_profiles)},
+        kubevirt=_pick_kubevirt(raw.kubevirts),
+        migrations=tuple(parse_migration(o) for o in raw.migrations),
+    )
+
+
+def _by_key(items: Iterable[Any]) -> dict[tuple[str, str], Any]:
+    return {(i.namespace, i.name): i for i in items}
+
+
+def _meta(obj: Obj) -> Obj:
+    meta: Obj = obj.get("metadata") or {}
+    return meta
+
+
+def _conditions(status: Obj) -> tuple[Condition, ...]:
+    return tuple(
+        Condition(
+            type=str(c.get("type", "")),
+            status=str(c.get("status", "")),
+            reason=str(c.get("reason", "") or ""),
+            message=str(c.get("message", "") or ""),
+        )
+        for c in status.get("conditions") or ()
+    )
+
+
+def _size(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        return None
+
+
+def claim_of(volume: Obj) -> tuple[str, str | None, bool]:
+    """(kind, claim name, hotpluggable) of one ``spec.volumes`` entry."""
+    if "dataVolume" in volume:
+        source = volume["dataVolume"] or {}
+        return "dataVolume", source.get("name"), bool(source.get("hotpluggable"))
+    if "persistentVolumeClaim" in volume:
+        source = volume["persistentVolumeClaim"] or {}
+        return "persistentVolumeClaim", source.get("claimName"), bool(source.get("hotpluggable"))
+    kinds = [k for k in volume if k != "name"]
+    return (kinds[0] if kinds else "unknown"), None, False
+
+
+def run_strategy_of(spec: Obj) -> str:
+    """The effective runStrategy; the deprecated ``running`` maps to Always / Halted."""
+    if spec.get("runStrategy"):
+        return str(spec["runStrategy"])
+    return "Always" if spec.get("running") else "Halted"
+
+
+def parse_vm(obj: Obj) -> VMInfo:
+    meta, spec = _meta(obj), obj.get("spec") or {}
+    template_spec = (spec.get("template") or {}).get("spec") or {}
+    devices = (template_spec.get("domain") or {}).get("devices") or {}
+    disks = {d.get("name"): d for d in devices.get("disks") or ()}
+    filesystems = {f.get("name") for f in devices.get("filesystems") or ()}
+    templates = {
+        (t.get("metadata") or {}).get("name") for t in spec.get("dataVolumeTemplates") or ()
+    }
+    volumes = []
+    for volume in template_spec.get("volumes") or ():
+        kind, claim, hotpluggable = claim_of(volume)
+        disk = disks.get(volume.get("name")) or {}
+        disk_type = next((t for t in ("disk", "lun", "cdrom") if t in disk), None)
+        lun = disk.get("lun") or {}
+        volumes.append(
+            VMVolume(
+                name=str(volume.get("name", "")),
+                kind=kind,
+                claim=claim,
+                hotpluggable=hotpluggable,
+                disk_type=disk_type,
+                shareable=bool(disk.get("shareable")),
+                persistent_reservation=bool(lun.get("reservation")),
+                filesystem=volume.get("name") in filesystems,
+                from_template=kind == "dataVolume" and claim in templates,
+            )
+        )
+    status = obj.get("status") or {}
+    return VMInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        run_strategy=run_strategy_of(spec),
+        volumes=tuple(volumes),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        update_volumes_strategy=spec.get("updateVolumesStrategy"),
+        printable_status=str(status.get("printableStatus", "")),
+        conditions=_conditions(status),
+        uses_running_field="running" in spec and "runStrategy" not in spec,
+        raw=obj,
+    )
+
+
+def parse_vmi(obj: Obj) -> VMIInfo:
+    meta, status = _meta(obj), obj.get("status") or {}
+    claims = {}
+    for volume in (obj.get("spec") or {}).get("volumes") or ():
+        _, claim, _ = claim_of(volume)
+        if claim:
+            claims[str(volume.get("name"))] = claim
+    return VMIInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        phase=str(status.get("phase", "")),
+        node=str(status.get("nodeName", "")),
+        conditions=_conditions(status),
+        volume_claims=claims,
+        migrated_volumes=tuple(
+            str(m.get("volumeName", "")) for m in status.get("migratedVolumes") or ()
+        ),
+    )
+
+
+def parse_pvc(obj: Obj, default_class: str | None) -> PVCInfo:
+    meta, spec, status = _meta(obj), obj.get("spec") or {}, obj.get("status") or {}
+    requests = (spec.get("resources") or {}).get("requests") or {}
+    return PVCInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        storage_class=spec.get("storageClassName") or default_class,
+        request_bytes=_size(requests.get("storage")) or 0,
+        capacity_bytes=_size((status.get("capacity") or {}).get("storage")),
+        volume_mode=str(spec.get("volumeMode") or "Filesystem"),
+        access_modes=tuple(status.get("accessModes") or spec.get("accessModes") or ()),
+        phase=str(status.get("phase", "Pending")),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+    )
+
+
+def parse_data_volume(obj: Obj) -> DataVolumeInfo:
+    meta, spec, status = _meta(obj), obj.get("spec") or {}, obj.get("status") or {}
+    storage = spec.get("storage") or spec.get("pvc") or {}
+    source = spec.get("source") or spec.get("sourceRef") or {}
+    requests = (storage.get("resources") or {}).get("requests") or {}
+    return DataVolumeInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        phase=str(status.get("phase", "")),
+        progress=str(status.get("progress", "")),
+        source_kind=next(iter(source), "") if isinstance(source, Mapping) else "",
+        storage_class=storage.get("storageClassName"),
+        request_bytes=_size(requests.get("storage")),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+    )
+
+
+def parse_storage_class(obj: Obj) -> StorageClassInfo:
+    meta = _meta(obj)
+    annotations = meta.get("annotations") or {}
+    return StorageClassInfo(
+        name=str(meta.get("name", "")),
+        provisioner=str(obj.get("provisioner", "")),
+        is_default=annotations.get(DEFAULT_CLASS_ANNOTATION) == "true",
+        is_default_virt=annotations.get(DEFAULT_VIRT_CLASS_ANNOTATION) == "true",
+        volume_binding_mode=str(obj.get("volumeBindingMode") or "Immediate"),
+        allow_volume_expansion=bool(obj.get("allowVolumeExpansion")),
+    )
+
+
+def parse_storage_profile(obj: Obj) -> StorageProfileInfo:
+    status = obj.get("status") or {}
+    sets = tuple(
+        (tuple(s.get("accessModes") or ()), str(s.get("volumeMode") or "Filesystem"))
+        for s in status.get("claimPropertySets") or ()
+    )
+    return StorageProfileInfo(
+        name=str(_meta(obj).get("name", "")),
+        claim_property_sets=sets,
+        clone_strategy=status.get("cloneStrategy"),
+    )
+
+
+def parse_kubevirt(obj: Obj) -> KubeVirtInfo:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    configuration = spec.get("configuration") or {}
+    developer = configuration.get("developerConfiguration") or {}
+    updates = spec.get("workloadUpdateStrategy") or {}
+    return KubeVirtInfo(
+        version=str(status.get("observedKubeVirtVersion") or status.get("operatorVersion") or ""),
+        feature_gates=frozenset(developer.get("featureGates") or ()),
+        vm_rollout_strategy=configuration.get("vmRolloutStrategy"),
+        workload_update_methods=tuple(updates.get("workloadUpdateMethods") or ()),
+    )
+
+
+def _pick_kubevirt(items: Sequence[Obj]) -> KubeVirtInfo | None:
+    """The deployed KubeVirt CR (a cluster runs one; prefer phase Deployed, then the oldest)."""
+    if not items:
+        return None
+    ranked = sorted(
+        items,
+        key=lambda o: (
+            (o.get("status") or {}).get("phase") != "Deployed",
+            _meta(o).get("creationTimestamp", ""),
+        ),
+    )
+    return parse_kubevirt(ranked[0])
+
+
+def parse_migration(obj: Obj) -> MigrationInfo:
+    meta, status = _meta(obj), obj.get("status") or {}
+    labels = meta.get("labels") or {}
+    return MigrationInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        vmi_name=str((obj.get("spec") or {}).get("vmiName", "")),
+        phase=str(status.get("phase", "")),
+        volume_update=VOLUME_UPDATE_LABEL in labels,
+        failure_reason=str((status.get("migrationState") or {}).get("failureReason", "") or ""),
+    )

@@ -1,0 +1,1 @@
+"""Test environment: control plane, CRDs and the cluster simulator."""
