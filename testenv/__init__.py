@@ -1,1 +1,4 @@
-"""Test environment: control plane, CRDs and the cluster simulator."""
+"""Test environment: a real etcd + kube-apiserver with the KubeVirt/CDI CRDs, and a simulator.
+
+Never imported by the ``reconciler`` package.
+"""

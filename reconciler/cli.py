@@ -1,0 +1,307 @@
+"""Command line: ``vm-storage-reconciler validate|plan ...`` (also ``python -m reconciler``).
+
+The CLI wires the pipeline together and owns every exit code; the stages it calls are pure
+(plans, diff, render, report) except ``kube``/``observe.fetch``, which talk to the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from reconciler import kube, observe, report
+from reconciler.diff import diff
+from reconciler.errors import ClusterError, ExitCode, Problem, UserError
+from reconciler.model import Action, Plan, Snapshot, VMVerdict
+from reconciler.plans import load_plans
+from reconciler.render import RenderedVM, TemplateSet, load_templates, render_vm
+
+PROG = "vm-storage-reconciler"
+
+DESCRIPTION = """\
+Move KubeVirt VM disks between StorageClasses, declaratively.
+
+Plan files (YAML, in a Git checkout) say which StorageClass each VM disk should live on.
+`validate` checks them without a cluster; `plan` compares them with the live cluster and
+prints what would move, how (live volume migration or offline clone) and what is blocked.
+"""
+
+EXIT_CODES = """\
+exit codes:
+  0  converged: every selected volume is already on its target (validate: plans are valid)
+  1  changes pending: `plan` found volumes to move, in progress or blocked
+  2  bad input: invalid plan files, flags, templates or kubeconfig; nothing was changed
+  3  a VM failed and was rolled back (apply)
+  4  another run holds the lock (apply)
+  5  outside every plan's maintenance window (apply)
+  6  cluster error: the API server could not be reached or refused a request
+
+examples:
+  vm-storage-reconciler validate plans/
+  vm-storage-reconciler plan plans/ --kubeconfig ~/.kube/config
+  vm-storage-reconciler plan plans/seed -o json --show-manifests
+  vm-storage-reconciler plan plans/ --server-dry-run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate",
+        help="check plan files (no cluster needed; for the plans repo's CI)",
+        description="Check plan files: schema, names, durations, windows and conflicts. "
+        "Needs no cluster. Exit 0 when valid, 2 with file:line errors otherwise.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_plan_inputs(validate)
+    validate.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    plan = commands.add_parser(
+        "plan",
+        help="show what would move, how, and what is blocked (changes nothing)",
+        description="Observe the cluster (one LIST per kind), diff it against the plans and "
+        "print a per-VM preview. Writes nothing; --server-dry-run sends every rendered object "
+        "with dryRun=All so admission and schema errors show now, not during apply.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_plan_inputs(plan)
+    _add_cluster_options(plan)
+    plan.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+    plan.add_argument(
+        "--show-manifests",
+        action="store_true",
+        help="include the DataVolumes and VM JSON patches that apply would send",
+    )
+    plan.add_argument(
+        "--server-dry-run",
+        action="store_true",
+        help="send every DataVolume create and VM patch with dryRun=All",
+    )
+    plan.add_argument(
+        "--templates",
+        metavar="DIR",
+        type=Path,
+        help="directory of Jinja templates overriding the defaults one file at a time",
+    )
+    plan.add_argument("--verbose", "-v", action="store_true", help="list in-sync VMs in full")
+    return parser
+
+
+def _add_plan_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="plan files or directories (searched recursively)"
+    )
+    parser.add_argument(
+        "--allow-namespace",
+        action="append",
+        metavar="NS",
+        dest="allowed_namespaces",
+        help="refuse plans for any other namespace (repeatable; default: "
+        "$VMSR_ALLOWED_NAMESPACES, comma-separated, else any)",
+    )
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, "
+                        "~/.kube/config, then the in-cluster ServiceAccount)")
+    parser.add_argument("--context", help="kubeconfig context to use")
+
+
+def allowed_namespaces(args: argparse.Namespace) -> frozenset[str] | None:
+    """The namespace allow-list from flags, else from $VMSR_ALLOWED_NAMESPACES; None = any."""
+    if args.allowed_namespaces:
+        return frozenset(args.allowed_namespaces)
+    env = os.environ.get("VMSR_ALLOWED_NAMESPACES", "").strip()
+    return frozenset(n.strip() for n in env.split(",") if n.strip()) or None
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace, out: TextIO) -> ExitCode:
+    plans = load_plans(args.paths, allowed_namespaces=allowed_namespaces(args))
+    if args.output == "json":
+        doc = {
+            "apiVersion": report.API_VERSION,
+            "kind": "ValidationReport",
+            "valid": True,
+            "plans": [{"name": p.name, "namespace": p.namespace, "source": str(p.source)}
+                      for p in plans],
+        }
+        out.write(report.dump(doc, "json"))
+    else:
+        for plan in plans:
+            out.write(f"ok  {plan.name} (namespace {plan.namespace}) {plan.source}\n")
+        out.write(f"{len(plans)} plan(s) valid.\n")
+    return ExitCode.OK
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
+    allowed = allowed_namespaces(args)
+    plans = load_plans(args.paths, allowed_namespaces=allowed)
+    templates = load_templates(args.templates)
+    cluster = kube.Cluster(kube.load_client(args.kubeconfig, args.context))
+
+    started = time.monotonic()
+    progress(err, "Observing the cluster (one LIST per kind)...")
+    snapshot = observe.build_snapshot(observe.fetch(cluster, {p.namespace for p in plans}))
+    progress(err, f"Observed {len(snapshot.vms)} VM(s), {len(snapshot.pvcs)} PVC(s) in "
+                  f"{time.monotonic() - started:.1f}s ({cluster.requests} requests).")
+
+    result = diff(plans, snapshot, allowed_namespaces=allowed)
+    if result.problems:
+        raise UserError(list(result.problems))
+    rendered = render_all(result.vms, snapshot, templates, plans)
+    verdicts = tuple(with_targets(v, rendered.get((v.namespace, v.name))) for v in result.vms)
+
+    dry_run_errors: list[str] = []
+    if args.server_dry_run:
+        progress(err, f"Server-side dry run of {len(rendered)} VM(s)' manifests...")
+        dry_run_errors = server_dry_run(cluster, rendered)
+
+    manifests = manifests_of(rendered) if args.show_manifests else None
+    if args.output == "text":
+        out.write(report.plan_text(verdicts, verbose=args.verbose))
+        if manifests:
+            out.write(manifests_text(manifests))
+        for line in dry_run_errors:
+            out.write(f"server dry run: {line}\n")
+        if args.server_dry_run and not dry_run_errors:
+            out.write("Server dry run: every DataVolume and VM patch was accepted.\n")
+    else:
+        doc = report.plan_document(verdicts, manifests=manifests, dry_run_errors=dry_run_errors)
+        out.write(report.dump(doc, args.output))
+
+    if dry_run_errors:
+        return ExitCode.BAD_INPUT
+    return ExitCode.OK if report.converged(verdicts) else ExitCode.PENDING
+
+
+def render_all(
+    verdicts: Sequence[VMVerdict], snapshot: Snapshot, templates: TemplateSet,
+    plans: Sequence[Plan],
+) -> dict[tuple[str, str], RenderedVM]:
+    """Render the manifests of every VM that will move (names are decided here too)."""
+    rendered = {}
+    for verdict in verdicts:
+        if verdict.action not in (Action.MOVE_LIVE, Action.MOVE_OFFLINE):
+            continue
+        vm = snapshot.vms[(verdict.namespace, verdict.name)]
+        rendered[(verdict.namespace, verdict.name)] = render_vm(
+            verdict, vm, snapshot, templates, plan_name=verdict.plan
+        )
+    return rendered
+
+
+def with_targets(verdict: VMVerdict, rendered: RenderedVM | None) -> VMVerdict:
+    """The verdict with each moved volume's target name filled in from the rendering."""
+    if rendered is None:
+        return verdict
+    from dataclasses import replace
+
+    volumes = tuple(
+        replace(v, target_name=rendered.target_names.get(v.volume, v.target_name))
+        for v in verdict.volumes
+    )
+    return replace(verdict, volumes=volumes)
+
+
+def server_dry_run(
+    cluster: kube.Cluster, rendered: dict[tuple[str, str], RenderedVM]
+) -> list[str]:
+    """Send every DataVolume create and VM patch with dryRun=All; return the refusals.
+
+    A DataVolume that already exists and is ours (a leftover the next apply will reuse) is
+    not a refusal: render already checked its ownership.
+    """
+    errors = []
+    for (namespace, name), vm in sorted(rendered.items()):
+        for dv in vm.data_volumes:
+            try:
+                cluster.create(kube.DATA_VOLUMES, namespace, dv, dry_run=True)
+            except ClusterError as exc:
+                if exc.code != 409:
+                    errors.append(str(exc))
+        try:
+            cluster.json_patch(kube.VIRTUAL_MACHINES, namespace, name, vm.vm_patch, dry_run=True)
+        except ClusterError as exc:
+            errors.append(str(exc))
+    return errors
+
+
+def manifests_of(
+    rendered: dict[tuple[str, str], RenderedVM],
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        key: {"dataVolumes": list(vm.data_volumes), "vmPatch": list(vm.vm_patch)}
+        for key, vm in rendered.items()
+    }
+
+
+def manifests_text(manifests: dict[tuple[str, str], dict[str, Any]]) -> str:
+    parts = []
+    for (namespace, name), doc in sorted(manifests.items()):
+        parts.append(f"\n# --- VM {namespace}/{name}: DataVolumes to create")
+        parts += ["---\n" + report.dump(dv, "yaml") for dv in doc["dataVolumes"]]
+        parts.append(f"# --- VM {namespace}/{name}: JSON patch (application/json-patch+json)")
+        parts.append(report.dump({"patch": doc["vmPatch"]}, "yaml"))
+    return "\n".join(parts)
+
+
+def progress(err: TextIO, message: str) -> None:
+    """Progress for people goes to stderr, so stdout stays clean for -o json."""
+    err.write(message + "\n")
+    err.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (never raises for user or cluster errors)."""
+    args = build_parser().parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    try:
+        if args.command == "validate":
+            return int(cmd_validate(args, out))
+        return int(cmd_plan(args, out, err))
+    except UserError as exc:
+        for problem in exc.problems:
+            err.write(f"error: {problem}\n")
+        noun = "problem" if len(exc.problems) == 1 else "problems"
+        err.write(f"{len(exc.problems)} {noun}; nothing was changed.\n")
+        return int(exc.exit_code)
+    except ClusterError as exc:
+        err.write(f"error: {exc}\n")
+        if exc.code in (401, 403):
+            err.write("  hint: check the kubeconfig's credentials and the RBAC in cronjob.yaml\n")
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        return 130
+
+
+def _problem(message: str, hint: str = "") -> UserError:
+    return UserError([Problem(None, message, hint)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

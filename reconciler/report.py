@@ -1,0 +1,190 @@
+"""Reports as plain data and as text: what `plan` prints, for people and for machines.
+
+``plan_document`` builds the JSON/YAML document (a stable, documented shape); ``plan_text``
+renders the same verdicts as a readable per-VM table. Both are pure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from reconciler.model import Action, VMVerdict, VolumeVerdict
+from reconciler.quantity import human_size
+
+API_VERSION = "vmstorage.dev/v1alpha1"
+
+_ACTION_WORD = {
+    Action.IN_SYNC: "in sync",
+    Action.MOVE_LIVE: "live",
+    Action.MOVE_OFFLINE: "offline",
+    Action.BLOCKED: "blocked",
+    Action.IN_PROGRESS: "in progress",
+}
+
+
+def summary(verdicts: Sequence[VMVerdict]) -> dict[str, int]:
+    """Counts of VMs by action plus the number and total size of volumes to move."""
+    by_action = Counter(v.action for v in verdicts)
+    moving = [
+        vol
+        for v in verdicts
+        if v.action in (Action.MOVE_LIVE, Action.MOVE_OFFLINE)
+        for vol in v.volumes
+        if vol.action in (Action.MOVE_LIVE, Action.MOVE_OFFLINE)
+    ]
+    return {
+        "vms": len(verdicts),
+        "inSync": by_action[Action.IN_SYNC],
+        "live": by_action[Action.MOVE_LIVE],
+        "offline": by_action[Action.MOVE_OFFLINE],
+        "blocked": by_action[Action.BLOCKED],
+        "inProgress": by_action[Action.IN_PROGRESS],
+        "volumesToMove": len(moving),
+        "bytesToMove": sum(v.size_bytes for v in moving),
+    }
+
+
+def converged(verdicts: Sequence[VMVerdict]) -> bool:
+    """True when every selected VM is in sync (the plan has nothing left to do)."""
+    return all(v.action is Action.IN_SYNC for v in verdicts)
+
+
+def summary_line(verdicts: Sequence[VMVerdict]) -> str:
+    counts = summary(verdicts)
+    parts = [
+        f"{counts['live']} live",
+        f"{counts['offline']} offline",
+        f"{counts['blocked']} blocked",
+        f"{counts['inProgress']} in progress",
+        f"{counts['inSync']} in sync",
+    ]
+    moving = f"{counts['volumesToMove']} volume(s), {human_size(counts['bytesToMove'])} to move"
+    return f"Plan: {counts['vms']} VM(s): {', '.join(parts)}; {moving}."
+
+
+def _volume_doc(vol: VolumeVerdict) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "volume": vol.volume,
+        "claim": vol.claim,
+        "from": vol.from_class,
+        "to": vol.to_class,
+        "action": vol.action.value,
+        "sizeBytes": vol.size_bytes,
+    }
+    if vol.target_name:
+        doc["target"] = vol.target_name
+    if vol.volume_mode:
+        doc["volumeMode"] = vol.volume_mode
+    if vol.access_modes:
+        doc["accessModes"] = list(vol.access_modes)
+    if vol.reason:
+        doc["reason"] = vol.reason
+    if vol.rule:
+        doc["rule"] = vol.rule
+    return doc
+
+
+def vm_doc(verdict: VMVerdict, manifests: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "namespace": verdict.namespace,
+        "name": verdict.name,
+        "plan": verdict.plan,
+        "action": verdict.action.value,
+        "running": verdict.running,
+        "stopRequired": verdict.stop_required,
+        "reasons": list(verdict.reasons),
+        "volumes": [_volume_doc(v) for v in verdict.volumes],
+    }
+    if manifests is not None:
+        doc["manifests"] = dict(manifests)
+    return doc
+
+
+def plan_document(
+    verdicts: Sequence[VMVerdict],
+    *,
+    manifests: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+    dry_run_errors: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The machine-readable plan (``-o json`` / ``-o yaml``).
+
+    ``manifests`` maps (namespace, vm) to {"dataVolumes": [...], "vmPatch": [...]}.
+    """
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "PlanReport",
+        "converged": converged(verdicts),
+        "summary": summary(verdicts),
+        "vms": [
+            vm_doc(v, (manifests or {}).get((v.namespace, v.name)) if manifests else None)
+            for v in verdicts
+        ],
+        "serverDryRunErrors": list(dry_run_errors),
+    }
+
+
+def dump(document: Mapping[str, Any], output: str) -> str:
+    """Serialise a document as ``json`` or ``yaml``."""
+    if output == "json":
+        return json.dumps(document, indent=2, sort_keys=False) + "\n"
+    return yaml.safe_dump(dict(document), sort_keys=False, default_flow_style=False)
+
+
+def table(rows: Sequence[Sequence[str]], *, indent: str = "") -> str:
+    """Left-aligned columns separated by two spaces; the first row is the header."""
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def _vm_heading(verdict: VMVerdict) -> str:
+    state = "running" if verdict.running else "stopped"
+    action = _ACTION_WORD[verdict.action]
+    extra = ", stop required" if verdict.stop_required else ""
+    return f"VM {verdict.namespace}/{verdict.name} ({state}, plan {verdict.plan}): {action}{extra}"
+
+
+def _volume_row(vol: VolumeVerdict) -> list[str]:
+    change = (
+        f"{vol.from_class or '-'} -> {vol.to_class}"
+        if vol.action is not Action.IN_SYNC
+        else vol.to_class
+    )
+    detail = vol.reason or (f"-> {vol.target_name}" if vol.target_name else "")
+    return [
+        vol.volume,
+        vol.claim,
+        change,
+        human_size(vol.size_bytes or None),
+        _ACTION_WORD[vol.action],
+        detail,
+    ]
+
+
+def plan_text(verdicts: Sequence[VMVerdict], *, verbose: bool = False) -> str:
+    """A per-VM diff for people. In-sync VMs are listed in one line unless ``verbose``."""
+    blocks = []
+    quiet = []
+    for verdict in verdicts:
+        if verdict.action is Action.IN_SYNC and not verbose:
+            quiet.append(f"{verdict.namespace}/{verdict.name}")
+            continue
+        rows = [["VOLUME", "CLAIM", "STORAGECLASS", "SIZE", "ACTION", "DETAIL"]]
+        rows += [_volume_row(v) for v in verdict.volumes]
+        lines = [_vm_heading(verdict), table(rows, indent="  ")]
+        lines += [f"  ! {reason}" for reason in verdict.reasons]
+        blocks.append("\n".join(lines))
+    if quiet:
+        blocks.append(f"In sync: {', '.join(quiet)}")
+    blocks.append(summary_line(verdicts))
+    return "\n\n".join(blocks) + "\n"

@@ -1,0 +1,441 @@
+"""A real, local Kubernetes control plane: etcd + kube-apiserver + the KubeVirt/CDI CRDs.
+
+``ControlPlane`` runs both processes on 127.0.0.1 (free ports picked at start), keeps
+every file (etcd data, certs, keys, tokens, logs, kubeconfig) in one temp dir and removes
+it on ``stop()``. There are no controllers: nothing creates default ServiceAccounts,
+namespace deletion leaves the namespace Terminating, ownerReference GC does not run.
+
+Authentication is by bearer token: ``admin_token`` (user ``admin`` in ``system:masters``)
+from ``--token-auth-file``, and ServiceAccount tokens from the TokenRequest API, signed
+with a per-run RSA key. Authorization is RBAC, so a ServiceAccount token without
+bindings gets 403, as on a real cluster.
+
+Usage::
+
+    with ControlPlane() as cp:
+        api = cp.api()                       # admin pykube.HTTPClient
+        ns = cp.create_namespace("demo")
+        token = cp.service_account_token(ns, "reconciler")
+        cp.write_kubeconfig(path, token)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import pykube
+import requests
+import yaml
+
+from testenv import crds
+from testenv.binaries import Binaries, ensure_all
+
+Log = Callable[[str], None]
+
+_START_TIMEOUT = 60.0
+_STOP_TIMEOUT = 10.0
+_POLL = 0.05
+_PR_SET_PDEATHSIG = 1
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not start (the message includes the relevant log tail)."""
+
+
+class ControlPlane:
+    """etcd + kube-apiserver with the KubeVirt/CDI CRDs installed; a context manager.
+
+    ``start()`` returns once ``/readyz`` is ok and every CRD is Established and served by
+    discovery. ``stop()`` is idempotent and leaves no processes and no temp dir behind.
+    Attributes (valid between start and stop): ``kubeconfig``, ``server``, ``ca_file``,
+    ``admin_token``, ``workdir``.
+    """
+
+    def __init__(self, binaries: Binaries | None = None, *, log: Log = print) -> None:
+        self._binaries = binaries
+        self._log = log
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.workdir: Path | None = None
+        self.kubeconfig = Path()
+        self.server = ""
+        self.ca_file = Path()
+        self.admin_token = ""
+        self.started_in: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process ids of the running components, by name (``etcd``, ``kube-apiserver``)."""
+        return {name: proc.pid for name, proc in self._procs.items()}
+
+    def start(self) -> None:
+        """Start etcd and kube-apiserver, install the CRDs, and wait until all are served.
+
+        On failure everything started so far is stopped and ``ControlPlaneError`` is raised
+        with the tail of the failing component's log.
+        """
+        if self.workdir is not None:
+            raise ControlPlaneError("control plane already started")
+        binaries = self._binaries or ensure_all(log=self._log)
+        begun = time.monotonic()
+        self.workdir = Path(tempfile.mkdtemp(prefix="vmsr-controlplane-"))
+        try:
+            self._start(binaries)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - begun
+        self._log(f"control plane ready at {self.server} in {self.started_in:.1f}s")
+
+    def stop(self) -> None:
+        """Terminate both processes (SIGTERM, then SIGKILL) and remove the temp dir."""
+        # apiserver first: it would otherwise log etcd connection errors while stopping.
+        for name in ("kube-apiserver", "etcd"):
+            proc = self._procs.pop(name, None)
+            if proc is not None:
+                _terminate(proc, _STOP_TIMEOUT)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def _start(self, binaries: Binaries) -> None:
+        assert self.workdir is not None
+        etcd_port, peer_port, api_port = _free_ports(3)
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self._spawn("etcd", _etcd_args(binaries.etcd, self.workdir, etcd_port, peer_port))
+        self._wait("etcd", lambda: _etcd_healthy(etcd_url))
+
+        self.admin_token = secrets.token_hex(24)
+        (self.workdir / "tokens.csv").write_text(
+            f'{self.admin_token},admin,admin-uid,"system:masters"\n'
+        )
+        key_file = self.workdir / "sa-signer.key"
+        self.sa_key_method = _write_rsa_key(key_file)
+        cert_dir = self.workdir / "certs"
+        self._spawn(
+            "kube-apiserver",
+            _apiserver_args(binaries.kube_apiserver, self.workdir, api_port, etcd_url, key_file),
+        )
+        self.server = f"https://127.0.0.1:{api_port}"
+        # Without --tls-cert-file the apiserver self-signs apiserver.crt (SAN 127.0.0.1).
+        self.ca_file = cert_dir / "apiserver.crt"
+        self._wait("kube-apiserver", self._readyz_ok)
+
+        self.kubeconfig = self.write_kubeconfig(self.workdir / "kubeconfig", self.admin_token)
+        self._install_crds(binaries.crd_dir)
+
+    def _spawn(self, name: str, args: Sequence[str]) -> None:
+        assert self.workdir is not None
+        with (self.workdir / f"{name}.log").open("wb") as log_file:
+            self._procs[name] = subprocess.Popen(
+                args,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                # Own process group, so stop() can signal the whole group.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    def _wait(self, name: str, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        proc = self._procs[name]
+        while not ready():
+            if proc.poll() is not None:
+                raise ControlPlaneError(
+                    f"{name} exited with code {proc.returncode} during start-up\n"
+                    f"{self.log_tail(name)}"
+                )
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"{name} not ready after {_START_TIMEOUT:.0f}s\n{self.log_tail(name)}"
+                )
+            time.sleep(_POLL)
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        """The last ``lines`` lines of a component's log (``etcd`` or ``kube-apiserver``)."""
+        if self.workdir is None:
+            return ""
+        path = self.workdir / f"{name}.log"
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except FileNotFoundError:
+            return f"(no {path})"
+        return f"--- last {len(tail)} lines of {path} ---\n" + "\n".join(tail)
+
+    def _readyz_ok(self) -> bool:
+        if not self.ca_file.exists():
+            return False
+        try:
+            response = requests.get(f"{self.server}/readyz", verify=str(self.ca_file), timeout=2)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    # -- CRDs ------------------------------------------------------------------------
+
+    def _install_crds(self, crd_dir: Path) -> None:
+        documents = crds.load_all(crd_dir)
+        if not documents:
+            raise ControlPlaneError(f"no CRDs found in {crd_dir}")
+        api = self.api()
+        for crd in documents:
+            response = api.post(
+                url="customresourcedefinitions",
+                version="apiextensions.k8s.io/v1",
+                data=json.dumps(crd),
+            )
+            if not response.ok:
+                raise ControlPlaneError(
+                    f"CRD {crd['metadata']['name']} rejected ({response.status_code}): "
+                    f"{response.text[:2000]}"
+                )
+        deadline = time.monotonic() + _START_TIMEOUT
+        pending = list(documents)
+        while pending:
+            pending = [crd for crd in pending if not _crd_served(api, crd)]
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(crd["metadata"]["name"] for crd in pending)
+                raise ControlPlaneError(f"CRDs not established/served: {names}")
+            if pending:
+                time.sleep(_POLL)
+
+    # -- clients and identities --------------------------------------------------------
+
+    def api(self) -> pykube.HTTPClient:
+        """A new admin ``pykube.HTTPClient`` (one requests session per client)."""
+        self._require_started()
+        return pykube.HTTPClient(pykube.KubeConfig.from_file(str(self.kubeconfig)))
+
+    def write_kubeconfig(self, path: Path, token: str) -> Path:
+        """Write a kubeconfig for this server authenticating with ``token``; return ``path``.
+
+        The CA is referenced by path (``ca_file``), so the file is only valid while the
+        control plane runs.
+        """
+        self._require_started()
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "vmsr-test",
+                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)},
+                }
+            ],
+            "users": [{"name": "vmsr-user", "user": {"token": token}}],
+            "contexts": [
+                {"name": "vmsr-test", "context": {"cluster": "vmsr-test", "user": "vmsr-user"}}
+            ],
+            "current-context": "vmsr-test",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
+        return path
+
+    def create_namespace(self, prefix: str) -> str:
+        """Create a namespace named ``<prefix>-<random suffix>`` and return its name."""
+        api = self.api()
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"generateName": f"{prefix}-"}}
+        response = api.post(url="namespaces", data=json.dumps(body))
+        api.raise_for_status(response)
+        return str(response.json()["metadata"]["name"])
+
+    def service_account_token(
+        self, namespace: str, name: str, *, expiration_seconds: int = 3600
+    ) -> str:
+        """Return a TokenRequest token for ServiceAccount ``namespace/name``.
+
+        Creates the ServiceAccount if missing. The API server refuses expirations below
+        600 s. The token has no permissions until RBAC bindings grant some.
+        """
+        api = self.api()
+        body = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}
+        response = api.post(url="serviceaccounts", namespace=namespace, data=json.dumps(body))
+        if response.status_code != 409:  # 409: already exists, which is fine
+            api.raise_for_status(response)
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": expiration_seconds},
+        }
+        response = api.post(
+            url=f"serviceaccounts/{name}/token", namespace=namespace, data=json.dumps(request)
+        )
+        api.raise_for_status(response)
+        return str(response.json()["status"]["token"])
+
+    def _require_started(self) -> None:
+        if self.workdir is None or not self.server:
+            raise ControlPlaneError("control plane is not running; call start() first")
+
+
+# -- helpers (module level: no state) ------------------------------------------------------
+
+
+def _etcd_args(etcd: Path, workdir: Path, client_port: int, peer_port: int) -> list[str]:
+    peer = f"http://127.0.0.1:{peer_port}"
+    client = f"http://127.0.0.1:{client_port}"
+    return [
+        str(etcd),
+        f"--data-dir={workdir / 'etcd'}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=default={peer}",
+        # Test data is throw-away; fsync dominates start-up and write latency otherwise.
+        "--unsafe-no-fsync",
+        "--log-level=warn",
+    ]
+
+
+def _apiserver_args(
+    apiserver: Path, workdir: Path, port: int, etcd_url: str, sa_key: Path
+) -> list[str]:
+    return [
+        str(apiserver),
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--cert-dir={workdir / 'certs'}",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={sa_key}",
+        f"--service-account-signing-key-file={sa_key}",
+        "--authorization-mode=RBAC",
+        f"--token-auth-file={workdir / 'tokens.csv'}",
+        # No controller creates the "default" ServiceAccount, which this plugin requires.
+        "--disable-admission-plugins=ServiceAccount",
+        "--allow-privileged=true",
+        "--profiling=false",
+    ]
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free right now on 127.0.0.1 (all sockets held open until all are picked)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def _etcd_healthy(url: str) -> bool:
+    try:
+        response = requests.get(f"{url}/health", timeout=1)
+    except requests.RequestException:
+        return False
+    return response.status_code == 200 and response.json().get("health") == "true"
+
+
+def _write_rsa_key(path: Path) -> str:
+    """Write a 2048-bit RSA private key (PEM) to ``path``; return the method used."""
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise ControlPlaneError(
+                "need the 'cryptography' package or the openssl CLI to create the "
+                "service-account signing key"
+            ) from None
+        subprocess.run(
+            [openssl, "genrsa", "-out", str(path), "2048"], check=True, capture_output=True
+        )
+        return "openssl"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return "cryptography"
+
+
+def _crd_served(api: pykube.HTTPClient, crd: dict[str, Any]) -> bool:
+    """True once the CRD is Established and its plural appears in API discovery."""
+    name = crd["metadata"]["name"]
+    response = api.get(url=f"customresourcedefinitions/{name}", version="apiextensions.k8s.io/v1")
+    if not response.ok:
+        return False
+    conditions = {
+        c["type"]: c["status"] for c in response.json().get("status", {}).get("conditions", [])
+    }
+    if conditions.get("Established") != "True":
+        return False
+    group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
+    for version in crd["spec"]["versions"]:
+        discovery = api.get(base=f"/apis/{group}/{version['name']}", url="")
+        if not discovery.ok:
+            return False
+        if plural not in {r["name"] for r in discovery.json().get("resources", [])}:
+            return False
+    return True
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the process group, SIGKILL it after ``timeout``; always reap the leader."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # The group may outlive its leader; make sure nothing in it survives.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """In the child: ask the kernel to SIGTERM it if the parent thread dies (Linux only).
+
+    Covers the case stop() never runs (pytest killed with SIGKILL), so no orphaned
+    apiserver keeps ports and CPU. Start ControlPlane from a long-lived thread: the
+    signal fires when the *thread* that forked the child exits.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def iter_log_lines(path: Path) -> Iterator[str]:
+    """Yield the lines of a component log (helper for diagnostics in tests)."""
+    with path.open(errors="replace") as handle:
+        yield from handle
