@@ -19,7 +19,13 @@ from reconciler.diff import diff
 from reconciler.errors import ClusterError, ExitCode, Problem, UserError
 from reconciler.model import Action, Plan, Snapshot, VMVerdict
 from reconciler.plans import load_plans
-from reconciler.render import RenderedVM, TemplateSet, load_templates, render_vm
+from reconciler.render import (
+    RenderedVM,
+    TemplateSet,
+    check_distinct_targets,
+    load_templates,
+    render_vm,
+)
 
 PROG = "vm-storage-reconciler"
 
@@ -206,6 +212,7 @@ def render_all(
         rendered[(verdict.namespace, verdict.name)] = render_vm(
             verdict, vm, snapshot, templates, plan_name=verdict.plan
         )
+    check_distinct_targets(rendered)
     return rendered
 
 

@@ -78,7 +78,9 @@ class _GoBinary:
 def cache_dir() -> Path:
     """The cache root: ``$VMSR_CACHE_DIR`` or ``~/.cache/vm-storage-reconciler``."""
     configured = os.environ.get("VMSR_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache/vm-storage-reconciler"
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "vm-storage-reconciler"
 
 
 def ensure_all(log: Log = print) -> Binaries:
@@ -205,7 +207,7 @@ def _build_lock(lock_path: Path, log: Log) -> Iterator[None]:
 def _require_go() -> str:
     """Return the path of a usable ``go``; raise ``MissingPrerequisiteError`` otherwise."""
     go = shutil.which("go")
-    hint = "install Go >= %d.%d (https://go.dev/dl/) and put it on PATH" % MIN_GO
+    hint = f"install Go >= {MIN_GO[0]}.{MIN_GO[1]} (https://go.dev/dl/) and put it on PATH"
     if go is None:
         raise MissingPrerequisiteError(f"Go toolchain not found on PATH: {hint}")
     out = subprocess.run([go, "version"], capture_output=True, text=True, check=False).stdout

@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -32,7 +31,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -49,7 +48,7 @@ Log = Callable[[str], None]
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 10.0
 _POLL = 0.05
-_PR_SET_PDEATHSIG = 1
+_WORKDIR_PREFIX = "vmsr-controlplane-"
 
 
 class ControlPlaneError(RuntimeError):
@@ -74,6 +73,7 @@ class ControlPlane:
         self.server = ""
         self.ca_file = Path()
         self.admin_token = ""
+        self.sa_key_method = ""
         self.started_in: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -105,7 +105,8 @@ class ControlPlane:
             raise ControlPlaneError("control plane already started")
         binaries = self._binaries or ensure_all(log=self._log)
         begun = time.monotonic()
-        self.workdir = Path(tempfile.mkdtemp(prefix="vmsr-controlplane-"))
+        _sweep_stale_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
         try:
             self._start(binaries)
         except BaseException:
@@ -155,14 +156,13 @@ class ControlPlane:
         assert self.workdir is not None
         with (self.workdir / f"{name}.log").open("wb") as log_file:
             self._procs[name] = subprocess.Popen(
-                args,
+                [*_die_with_parent_prefix(), *args],
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 # Own process group, so stop() can signal the whole group.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
 
     def _wait(self, name: str, ready: Callable[[], bool]) -> None:
@@ -339,6 +339,9 @@ def _apiserver_args(
         "--disable-admission-plugins=ServiceAccount",
         "--allow-privileged=true",
         "--profiling=false",
+        # The master-endpoint reconciler rejects a loopback address and logs an error
+        # every few seconds; nothing in the tests uses the "kubernetes" Service endpoints.
+        "--endpoint-reconciler-type=none",
     ]
 
 
@@ -364,8 +367,13 @@ def _etcd_healthy(url: str) -> bool:
 def _write_rsa_key(path: Path) -> str:
     """Write a 2048-bit RSA private key (PEM) to ``path``; return the method used."""
     try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
+        # Optional dependency; the ignore covers environments without it.
+        from cryptography.hazmat.primitives import (  # type: ignore[import-not-found,unused-ignore]
+            serialization,
+        )
+        from cryptography.hazmat.primitives.asymmetric import (  # type: ignore[import-not-found,unused-ignore]
+            rsa,
+        )
     except ImportError:
         openssl = shutil.which("openssl")
         if openssl is None:
@@ -389,24 +397,56 @@ def _write_rsa_key(path: Path) -> str:
 
 
 def _crd_served(api: pykube.HTTPClient, crd: dict[str, Any]) -> bool:
-    """True once the CRD is Established and its plural appears in API discovery."""
+    """True once the CRD is Established, in API discovery, and its list is served."""
     name = crd["metadata"]["name"]
     response = api.get(url=f"customresourcedefinitions/{name}", version="apiextensions.k8s.io/v1")
     if not response.ok:
         return False
-    conditions = {
-        c["type"]: c["status"] for c in response.json().get("status", {}).get("conditions", [])
-    }
+    status = response.json().get("status") or {}
+    conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
     if conditions.get("Established") != "True":
         return False
     group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
     for version in crd["spec"]["versions"]:
-        discovery = api.get(base=f"/apis/{group}/{version['name']}", url="")
+        group_version = f"{group}/{version['name']}"
+        discovery = api.get(version=group_version, url="")
         if not discovery.ok:
             return False
         if plural not in {r["name"] for r in discovery.json().get("resources", [])}:
             return False
+        # The first request to a CRD creates its storage and watch cache; until the cache
+        # is synced, lists and watches get 429 "storage is (re)initializing" (KEP-4568).
+        # A real cluster's CRDs are long warm, so warm them here too.
+        if api.get(version=group_version, url=plural, params={"limit": "1"}).status_code != 200:
+            return False
     return True
+
+
+def _sweep_stale_workdirs() -> None:
+    """Remove temp dirs of control planes whose owning process is gone.
+
+    The owner pid is part of the dir name (``vmsr-controlplane-<pid>-<random>``), so a
+    dir being created right now by another live process is never touched. Linux only
+    (liveness is read from /proc); elsewhere nothing is swept.
+    """
+    if not Path("/proc/self/stat").exists():
+        return
+    for path in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*-*"):
+        owner = path.name.removeprefix(_WORKDIR_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie, e.g. under an init that never reaps, counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: keep its files
+    # Format: "pid (comm) state ..."; comm may contain spaces and parentheses.
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -424,18 +464,17 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _die_with_parent() -> None:
-    """In the child: ask the kernel to SIGTERM it if the parent thread dies (Linux only).
+def _die_with_parent_prefix() -> list[str]:
+    """Command prefix that makes the kernel SIGKILL the child if its parent dies.
 
     Covers the case stop() never runs (pytest killed with SIGKILL), so no orphaned
-    apiserver keeps ports and CPU. Start ControlPlane from a long-lived thread: the
-    signal fires when the *thread* that forked the child exits.
+    apiserver keeps ports and CPU; the temp dir left behind is removed by the next start
+    (``_sweep_stale_workdirs``). Uses util-linux ``setpriv --pdeathsig`` (not
+    ``preexec_fn``, which is unsafe once the simulator's threads run). The signal fires
+    when the *thread* that started the child exits, so start ControlPlane from a
+    long-lived thread (the main thread in pytest and the CLI). Without setpriv: no prefix.
     """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def iter_log_lines(path: Path) -> Iterator[str]:
-    """Yield the lines of a component log (helper for diagnostics in tests)."""
-    with path.open(errors="replace") as handle:
-        yield from handle
+    setpriv = shutil.which("setpriv")
+    # KILL, not TERM: both processes get the signal at once, and a kube-apiserver whose
+    # etcd is already gone hangs in graceful shutdown. The data is throw-away anyway.
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []

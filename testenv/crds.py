@@ -236,7 +236,8 @@ def _run_controller_gen(
     proc = subprocess.run(cmd, cwd=module_dir, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise CrdGenerationError(
-            f"controller-gen failed (exit {proc.returncode}) in {module_dir}:\n{proc.stderr[-4000:]}"
+            f"controller-gen failed (exit {proc.returncode}) in {module_dir}:\n"
+            f"{proc.stderr[-4000:]}"
         )
 
 

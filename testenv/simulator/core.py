@@ -896,8 +896,11 @@ class Simulator:
 
     def _run(self, item: _Item) -> None:
         ident = (id(item.controller), item.key)
+        started = time.monotonic()
         try:
             item.controller.reconcile(item.key)
+            log.debug("%s: reconciled %s in %.3fs", item.controller.name, item.key,
+                      time.monotonic() - started)
         except ApiError as err:
             if err.code == 409:
                 self.enqueue(item.controller, item.key, 0.02)
@@ -948,10 +951,13 @@ class _Watcher:
                 while version and not self.sim._stop.is_set():
                     version = self._watch(version)
             except ApiError as err:
-                self.synced.set()  # a missing CRD must not block start()
-                if err.code != 404:
+                if err.code == 404:
+                    self.synced.set()  # a missing CRD must not block start()
+                    self.sim._stop.wait(1.0)
+                    continue
+                if err.code != 429:  # 429: a CRD's storage is still initialising
                     log.warning("watch %s: %s", self.resource, err)
-                self.sim._stop.wait(1.0)
+                self.sim._stop.wait(0.1)
             except (requests.RequestException, ValueError, OSError) as err:
                 if not self.sim._stop.is_set():
                     log.warning("watch %s interrupted: %s", self.resource, err)

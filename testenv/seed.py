@@ -1,0 +1,147 @@
+"""The seed scenario: what a small KubeVirt cluster looks like before a storage move.
+
+- StorageClasses ``local-hostpath`` (default, WaitForFirstConsumer) and ``ceph-rbd``
+  (Immediate, expandable): the move goes from the first to the second.
+- The ``kubevirt`` CR configured for storage live migration (LiveUpdate + LiveMigrate).
+- Namespace ``mig-vm`` with the running VM ``vm-fedora`` whose disk ``datavolumedisk1`` is the
+  DataVolume ``fedora-40-dv-template`` from its dataVolumeTemplates (a registry import).
+
+Used by the demo and by cluster tests; every function takes a pykube client and is idempotent
+(409 AlreadyExists is fine).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pykube
+
+SOURCE_CLASS = "local-hostpath"
+TARGET_CLASS = "ceph-rbd"
+NAMESPACE = "mig-vm"
+VM_NAME = "vm-fedora"
+DV_NAME = "fedora-40-dv-template"
+IMAGE = "docker://quay.io/containerdisks/fedora:40"
+
+
+def storage_classes() -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": SOURCE_CLASS,
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            },
+            "provisioner": "kubevirt.io.hostpath-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Delete",
+        },
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": TARGET_CLASS},
+            "provisioner": "rbd.csi.ceph.com",
+            "volumeBindingMode": "Immediate",
+            "allowVolumeExpansion": True,
+            "reclaimPolicy": "Delete",
+        },
+    ]
+
+
+def kubevirt_cr(version_features: bool = True) -> dict[str, Any]:
+    """The KubeVirt CR. ``version_features``: configure it for storage live migration."""
+    spec: dict[str, Any] = {"configuration": {"developerConfiguration": {"featureGates": []}}}
+    if version_features:
+        spec = {
+            "configuration": {
+                "vmRolloutStrategy": "LiveUpdate",
+                "developerConfiguration": {"featureGates": []},
+            },
+            "workloadUpdateStrategy": {"workloadUpdateMethods": ["LiveMigrate"]},
+        }
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "KubeVirt",
+        "metadata": {"name": "kubevirt", "namespace": "kubevirt"},
+        "spec": spec,
+    }
+
+
+def fedora_vm(namespace: str = NAMESPACE, name: str = VM_NAME, dv: str = DV_NAME,
+              *, running: bool = True, size: str = "30Gi") -> dict[str, Any]:
+    """The classic KubeVirt example VM with one dataVolumeTemplate disk and cloud-init."""
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+        "spec": {
+            "runStrategy": "Always" if running else "Halted",
+            "dataVolumeTemplates": [
+                {
+                    "metadata": {"name": dv},
+                    "spec": {
+                        "source": {"registry": {"url": IMAGE}},
+                        "storage": {"resources": {"requests": {"storage": size}}},
+                    },
+                }
+            ],
+            "template": {
+                "metadata": {"labels": {"kubevirt.io/vm": name}},
+                "spec": {
+                    "domain": {
+                        "devices": {
+                            "disks": [
+                                {"name": "datavolumedisk1", "disk": {"bus": "virtio"}},
+                                {"name": "cloudinitdisk", "disk": {"bus": "virtio"}},
+                            ]
+                        },
+                        "resources": {"requests": {"memory": "2Gi"}},
+                    },
+                    "volumes": [
+                        {"name": "datavolumedisk1", "dataVolume": {"name": dv}},
+                        {
+                            "name": "cloudinitdisk",
+                            "cloudInitNoCloud": {"userData": "#cloud-config\npassword: fedora\n"},
+                        },
+                    ],
+                },
+            },
+        },
+    }
+
+
+def create(api: pykube.HTTPClient, obj: dict[str, Any]) -> None:
+    """POST ``obj`` to its collection; an existing object is left as it is."""
+    api_version, kind = obj["apiVersion"], obj["kind"]
+    plural = {
+        "StorageClass": "storageclasses",
+        "Namespace": "namespaces",
+        "KubeVirt": "kubevirts",
+        "VirtualMachine": "virtualmachines",
+    }[kind]
+    kwargs: dict[str, Any] = {"version": api_version, "url": plural, "data": json.dumps(obj)}
+    namespace = obj["metadata"].get("namespace")
+    if namespace:
+        kwargs["namespace"] = namespace
+    response = api.post(**kwargs)
+    if response.status_code != 409:
+        api.raise_for_status(response)
+
+
+def namespace(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+
+def seed_cluster(api: pykube.HTTPClient) -> None:
+    """Cluster-wide objects: the two StorageClasses and the KubeVirt CR."""
+    for obj in [*storage_classes(), namespace("kubevirt"), kubevirt_cr()]:
+        create(api, obj)
+
+
+def seed(api: pykube.HTTPClient) -> None:
+    """The whole seed scenario (cluster objects + mig-vm/vm-fedora)."""
+    seed_cluster(api)
+    create(api, namespace(NAMESPACE))
+    create(api, fedora_vm())

@@ -1,0 +1,621 @@
+"""Every preflight rule, one parametrized table per kind of context.
+
+Each row: the rule id it is about (``None`` = the rule must stay silent), the input built from
+the small factories, and a substring the user's message must contain.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from reconciler import rules
+from reconciler.model import KubeVirtInfo, Mode, PVCInfo, Snapshot, VolumeMode
+from reconciler.plans import DEFAULT_CLASS
+from reconciler.rules import Effect, Finding, RunContext, Version
+from tests.unit.factories import (
+    GiB,
+    RWO,
+    RWX,
+    cond,
+    desired,
+    dv,
+    healthy,
+    kubevirt,
+    migration,
+    profile,
+    pvc,
+    snapshot,
+    storage_class,
+    vm,
+    vmi,
+    volume,
+)
+
+# Rule ids exercised in this module; the catalog test checks that none is left untested.
+COVERED: set[str] = set()
+
+
+def cases(*rows: tuple[str | None, object, str]) -> list[object]:
+    """pytest params from (rule id or None, input, message substring), recording coverage."""
+    params = []
+    for i, (rule, given, needle) in enumerate(rows):
+        if rule:
+            COVERED.add(rule)
+        params.append(pytest.param(rule, given, needle, id=f"{rule or 'silent'}-{i}"))
+    return params
+
+
+def only(findings: tuple[Finding, ...], rule: str | None, needle: str) -> None:
+    """``rule`` found (with ``needle`` in its message) or, for None, nothing found."""
+    if rule is None:
+        assert findings == (), [str(f) for f in findings]
+        return
+    found = {f.rule: f for f in findings}
+    assert rule in found, [str(f) for f in findings]
+    assert needle in found[rule].message
+
+
+# --------------------------------------------------------------------------------------------
+# Versions
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("v1.9.0", Version(1, 9, 0)),
+        ("1.4.2", Version(1, 4, 2)),
+        ("v1.5", Version(1, 5, 0)),
+        ("v1.5.0-rc.1", Version(1, 5, 0, released=False)),
+        ("v1.6.0-alpha.0.123+abcdef", Version(1, 6, 0, released=False)),
+        ("v1.3.1+build.5", Version(1, 3, 1)),
+        (" v1.9.0 ", Version(1, 9, 0)),
+        ("", None),
+        ("devel", None),
+        ("v1", None),
+    ],
+)
+def test_version_parse(text: str, expected: Version | None) -> None:
+    assert Version.parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "major", "minor", "expected"),
+    [
+        ("v1.5.0", 1, 5, True),
+        ("v1.5.0-rc.1", 1, 5, False),  # a pre-release is not yet the release
+        ("v1.4.9", 1, 5, False),
+        ("v2.0.0", 1, 6, True),
+        ("v1.10.0", 1, 6, True),
+    ],
+)
+def test_version_at_least(text: str, major: int, minor: int, expected: bool) -> None:
+    parsed = Version.parse(text)
+    assert parsed is not None
+    assert parsed.at_least(major, minor) is expected
+
+
+# --------------------------------------------------------------------------------------------
+# Cluster rules: KubeVirt CR and version
+# --------------------------------------------------------------------------------------------
+
+ALL_GATES = rules.VOLUME_UPDATE_GATES
+
+
+@pytest.mark.parametrize(
+    ("rule", "given", "needle"),
+    cases(
+        (None, kubevirt("v1.9.0"), ""),
+        (None, kubevirt("v1.6.0"), ""),  # LiveUpdate is the default from v1.6
+        (None, kubevirt("v1.4.2", gates=ALL_GATES, rollout="LiveUpdate"), ""),
+        (None, kubevirt("v1.5.0", rollout="LiveUpdate"), ""),  # gates GA from v1.5
+        ("kubevirt-not-found", None, "no KubeVirt CR"),
+        ("kubevirt-version-unknown", kubevirt(""), "observedKubeVirtVersion is empty"),
+        ("kubevirt-version-unknown", kubevirt("devel"), "is devel"),
+        ("kubevirt-too-old", kubevirt("v1.2.3"), "arrived in v1.3.0"),
+        ("feature-gates-missing", kubevirt("v1.3.0", rollout="LiveUpdate"),
+         "VMLiveUpdateFeatures, VolumesUpdateStrategy, VolumeMigration"),
+        ("feature-gates-missing",
+         kubevirt("v1.4.2", gates=("VolumesUpdateStrategy", "VolumeMigration"),
+                  rollout="LiveUpdate"),
+         "needs the feature gates VMLiveUpdateFeatures for"),
+        ("feature-gates-missing", kubevirt("v1.5.0-rc.1", rollout="LiveUpdate"),
+         "developerConfiguration.featureGates"),
+        ("rollout-strategy-not-live-update", kubevirt("v1.5.0"), "is unset"),
+        ("rollout-strategy-not-live-update", kubevirt("v1.4.2", gates=ALL_GATES), "Stage"),
+        ("rollout-strategy-not-live-update", kubevirt("v1.9.0", rollout="Stage"), "is Stage"),
+        ("workload-update-no-live-migrate", kubevirt("v1.9.0", methods=()), "is []"),
+        ("workload-update-no-live-migrate", kubevirt("v1.9.0", methods=("Evict",)),
+         "is [Evict]: without LiveMigrate"),
+    ),
+)
+def test_cluster_rules(rule: str | None, given: KubeVirtInfo | None, needle: str) -> None:
+    only(rules.evaluate(rules.CLUSTER_RULES, rules.ClusterContext(given)), rule, needle)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        # Too old: the configuration details do not matter.
+        (kubevirt("v1.2.0", methods=()), {"kubevirt-too-old"}),
+        # Unknown version: the rollout strategy must then be explicit.
+        (kubevirt(""), {"kubevirt-version-unknown", "rollout-strategy-not-live-update"}),
+        (kubevirt("", rollout="LiveUpdate"), {"kubevirt-version-unknown"}),
+        (None, {"kubevirt-not-found"}),
+        (kubevirt("v1.3.0", methods=()), {
+            "feature-gates-missing",
+            "rollout-strategy-not-live-update",
+            "workload-update-no-live-migrate",
+        }),
+    ],
+)
+def test_cluster_rules_report_every_problem_once(
+    given: KubeVirtInfo | None, expected: set[str]
+) -> None:
+    found = rules.evaluate(rules.CLUSTER_RULES, rules.ClusterContext(given))
+    assert [f.rule for f in found] == [r.id for r in rules.CLUSTER_RULES if r.id in expected]
+    assert all(f.effect is Effect.NO_LIVE for f in found)
+
+
+# --------------------------------------------------------------------------------------------
+# VM rules
+# --------------------------------------------------------------------------------------------
+
+ARGO = {"argocd.argoproj.io/tracking-id": "shop:kubevirt.io/VirtualMachine:ns/vm1"}
+FLUX_KS = {"kustomize.toolkit.fluxcd.io/name": "apps", "kustomize.toolkit.fluxcd.io/namespace":
+           "flux-system"}
+FLUX_HELM = {"helm.toolkit.fluxcd.io/name": "vms", "helm.toolkit.fluxcd.io/namespace": "ns"}
+TWO_DISKS = (volume("rootdisk"), volume("data"))
+
+
+def scene(
+    *,
+    vm_kw: dict[str, object] | None = None,
+    vmi_phase: str | None = "Running",
+    vmi_conditions: tuple[object, ...] = (),
+    extra: tuple[object, ...] = (),
+    wanted: tuple[str, ...] = ("rootdisk",),
+    moving: tuple[str, ...] = ("rootdisk",),
+    allow_gitops: bool = False,
+) -> rules.VMContext:
+    """A VMContext for vm1 built through the same join diff uses."""
+    the_vm = vm(**(vm_kw or {}))  # type: ignore[arg-type]
+    parts: list[object] = [the_vm, pvc(), pvc("data-dv")]
+    if vmi_phase is not None:
+        parts.append(vmi(phase=vmi_phase, conditions=vmi_conditions))  # type: ignore[arg-type]
+    snap = snapshot(*parts, *extra)  # type: ignore[arg-type]
+    return rules.vm_context(
+        the_vm, snap, wanted=wanted, moving=moving, allow_gitops_managed=allow_gitops
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "given", "needle"),
+    cases(
+        (None, scene(), ""),
+        ("journal-present", scene(vm_kw={"annotations": {rules.JOURNAL_ANNOTATION: "{}"}}),
+         "resumes or rolls back"),
+        ("volume-migration-in-progress",
+         scene(vm_kw={"update_volumes_strategy": "Migration"},
+               vmi_conditions=(cond("VolumesChange", "True", message="migrate volumes"),)),
+         "VolumesChange=True"),
+        ("volume-migration-in-progress",
+         scene(vm_kw={"update_volumes_strategy": "Migration"}, extra=(migration(),)),
+         "kubevirt-workload-update-vm1 is in flight"),
+        ("volume-migration-in-progress",
+         scene(vm_kw={"update_volumes_strategy": "Migration"}, extra=(migration(phase=""),)),
+         "in flight"),
+        # After a successful migration the strategy stays Migration: not in progress.
+        (None, scene(vm_kw={"update_volumes_strategy": "Migration"},
+                     extra=(migration(phase="Succeeded"),)), ""),
+        (None, scene(vm_kw={"update_volumes_strategy": "Migration"},
+                     extra=(migration(phase="Failed"),)), ""),
+        # A plain (non volume-update) migration, or one of another VMI, is not ours to wait for.
+        (None, scene(vm_kw={"update_volumes_strategy": "Migration"},
+                     extra=(migration(volume_update=False),)), ""),
+        (None, scene(vm_kw={"update_volumes_strategy": "Migration"},
+                     extra=(migration("vm2"),)), ""),
+        (None, scene(vmi_conditions=(cond("VolumesChange", "True"),)), ""),
+        (None, scene(vm_kw={"update_volumes_strategy": "Migration"},
+                     vmi_conditions=(cond("VolumesChange", "False",
+                                          reason="VolumesChangeCancellation"),)), ""),
+    ),
+)
+def test_in_progress_rules(rule: str | None, given: rules.VMContext, needle: str) -> None:
+    found = rules.evaluate(rules.IN_PROGRESS_RULES, given)
+    only(found, rule, needle)
+    assert all(f.effect is Effect.IN_PROGRESS for f in found)
+
+
+@pytest.mark.parametrize(
+    ("rule", "given", "needle"),
+    cases(
+        (None, scene(), ""),
+        ("manual-recovery-required",
+         scene(vm_kw={"conditions": (cond(
+             "ManualRecoveryRequired",
+             message="VMI was removed or was final during the volume migration"),)}),
+         "restore the original claim names in spec.template.spec.volumes"),
+        ("manual-recovery-required",
+         scene(vm_kw={"conditions": (cond("ManualRecoveryRequired", reason="Interrupted"),)}),
+         "remove spec.updateVolumesStrategy to keep the destination"),
+        (None, scene(vm_kw={"conditions": (cond("ManualRecoveryRequired", "False"),)}), ""),
+        ("gitops-managed", scene(vm_kw={"annotations": ARGO}),
+         "spec.ignoreDifferences: [{group: kubevirt.io, kind: VirtualMachine, name: vm1, "
+         "namespace: ns, jqPathExpressions: [.spec.template.spec.volumes, "
+         ".spec.dataVolumeTemplates, .spec.updateVolumesStrategy, .spec.runStrategy]}]"),
+        ("gitops-managed", scene(vm_kw={"annotations": ARGO}),
+         "syncOptions: [RespectIgnoreDifferences=true]"),
+        ("gitops-managed", scene(vm_kw={"annotations": ARGO}), "Application shop"),
+        ("gitops-managed", scene(vm_kw={"annotations": ARGO}), "allowGitOpsManaged: true"),
+        ("gitops-managed",
+         scene(vm_kw={"labels": {"app.kubernetes.io/instance": "shop"},
+                      "annotations": {"argocd.argoproj.io/sync-wave": "2"}}),
+         "managed by Argo CD shop"),
+        ("gitops-managed", scene(vm_kw={"labels": FLUX_KS}),
+         "in Kustomization flux-system/apps add spec.driftIgnoreRules: [{paths: "
+         "[/spec/template/spec/volumes, /spec/dataVolumeTemplates, /spec/updateVolumesStrategy, "
+         "/spec/runStrategy], target: {group: kubevirt.io, kind: VirtualMachine, name: vm1, "
+         "namespace: ns}}]"),
+        ("gitops-managed", scene(vm_kw={"labels": FLUX_KS}),
+         "kustomize.toolkit.fluxcd.io/ssa: IfNotPresent"),
+        ("gitops-managed", scene(vm_kw={"labels": FLUX_HELM}),
+         "in HelmRelease ns/vms add spec.driftDetection.ignore"),
+        # Not owned, or owned but safe / allowed:
+        (None, scene(vm_kw={"labels": {"app.kubernetes.io/instance": "shop"}}), ""),
+        (None, scene(vm_kw={"labels": FLUX_KS,
+                            "annotations": {"kustomize.toolkit.fluxcd.io/ssa": "IfNotPresent"}}),
+         ""),
+        (None, scene(vm_kw={"labels": FLUX_KS,
+                            "annotations": {"kustomize.toolkit.fluxcd.io/reconcile": "disabled"}}),
+         ""),
+        (None, scene(vm_kw={"annotations": ARGO}, allow_gitops=True), ""),
+        ("vm-not-running", scene(vmi_phase=None), "the VM is stopped (no VMI)"),
+        ("vm-not-running", scene(vmi_phase="Scheduling"), "phase Scheduling, not Running"),
+        ("vm-not-running", scene(vmi_phase="Succeeded"), "has ended (phase Succeeded)"),
+        ("storage-not-live-migratable",
+         scene(vmi_conditions=(cond("StorageLiveMigratable", "False",
+                                    reason="DisksNotLiveMigratable",
+                                    message="cannot migrate VMI: PVC data is not shared"),)),
+         "(DisksNotLiveMigratable: cannot migrate VMI: PVC data is not shared)"),
+        (None, scene(vmi_conditions=(cond("StorageLiveMigratable", "True"),)), ""),
+        ("rwo-volume-not-moved", scene(vm_kw={"volumes": TWO_DISKS}),
+         "volume data is ReadWriteOnce and not moved"),
+        ("rwo-volume-not-moved",
+         scene(vm_kw={"volumes": TWO_DISKS}, wanted=("rootdisk", "data")),
+         "data (already on its target class)"),
+        (None, scene(vm_kw={"volumes": TWO_DISKS}, moving=("rootdisk", "data")), ""),
+        (None, scene(vm_kw={"volumes": TWO_DISKS}, extra=(pvc("data-dv", access_modes=RWX),)),
+         ""),
+        (None, scene(vm_kw={"volumes": TWO_DISKS}, moving=()), ""),  # nothing moves
+        # Non-claim volumes (cloudInit, containerDisk) never count.
+        (None, scene(vm_kw={"volumes": (volume(), volume("ci", kind="cloudInitNoCloud"))}), ""),
+        ("running-field-deprecated", scene(vm_kw={"uses_running_field": True}),
+         "deprecated spec.running"),
+    ),
+)
+def test_vm_rules(rule: str | None, given: rules.VMContext, needle: str) -> None:
+    only(rules.evaluate(rules.VM_RULES, given), rule, needle)
+
+
+def test_gitops_owners_names_every_owner() -> None:
+    owners = rules.gitops_owners(vm(labels={**FLUX_KS, **FLUX_HELM}, annotations=ARGO))
+    assert [(o.tool, o.name) for o in owners] == [
+        ("Argo CD", "shop"),
+        ("Flux Kustomization", "apps"),
+        ("Flux HelmRelease", "vms"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Volume rules
+# --------------------------------------------------------------------------------------------
+
+
+def vol_scene(
+    *parts: object,
+    want_volume: str = "rootdisk",
+    to: str = "new",
+    volume_mode: VolumeMode = VolumeMode.AUTO,
+    access_modes: tuple[str, ...] | None = None,
+    vm_volumes: tuple[object, ...] | None = None,
+) -> rules.VolumeContext:
+    """A VolumeContext for one wanted volume of vm1 in the healthy scene plus ``parts``."""
+    the_vm = vm(volumes=vm_volumes) if vm_volumes is not None else vm()  # type: ignore[arg-type]
+    snap = healthy(the_vm, *parts)  # type: ignore[arg-type]
+    want = desired(want_volume, to, volume_mode=volume_mode, access_modes=access_modes)
+    return rules.volume_context(want, the_vm, snap)
+
+
+def without(snap_ctx: rules.VolumeContext, **removed: tuple[str, str]) -> rules.VolumeContext:
+    """The context rebuilt over a snapshot missing the given pvcs/data_volumes keys."""
+    snap = snap_ctx.snapshot
+    maps = {
+        name: {k: v for k, v in getattr(snap, name).items() if k != key}
+        for name, key in removed.items()
+    }
+    smaller = Snapshot(**{**snap.__dict__, **maps})
+    return rules.volume_context(snap_ctx.want, snap_ctx.vm, smaller)
+
+
+NO_PVC = without(vol_scene(), pvcs=("ns", "rootdisk-dv"))
+NO_PVC_DV_IMPORTING = without(vol_scene(dv(phase="ImportInProgress")), pvcs=("ns", "rootdisk-dv"))
+BLOCK_ARCHIVE = pvc(volume_mode="Block", annotations={rules.CONTENT_TYPE_ANNOTATION: "archive"})
+BLOCK_KUBEVIRT = pvc(volume_mode="Block", annotations={rules.CONTENT_TYPE_ANNOTATION: "kubevirt"})
+ZERO = PVCInfo("ns", "rootdisk-dv", "old", 0, None, "Filesystem", RWO, "Bound")
+
+
+@pytest.mark.parametrize(
+    ("rule", "given", "needle"),
+    cases(
+        (None, vol_scene(), ""),
+        ("volume-not-found", vol_scene(want_volume="datadisk"),
+         "has no such volume (it has: rootdisk)"),
+        ("volume-not-a-claim",
+         vol_scene(want_volume="cd", vm_volumes=(volume(), volume("cd", kind="containerDisk"))),
+         "cd is a containerDisk volume"),
+        ("claim-not-found", NO_PVC, "PVC ns/rootdisk-dv of volume rootdisk does not exist"),
+        ("claim-not-found", NO_PVC_DV_IMPORTING, "(DataVolume phase ImportInProgress)"),
+        ("claim-not-bound", vol_scene(pvc(phase="Pending")), "is Pending, not Bound"),
+        ("claim-not-bound", vol_scene(pvc(phase="Lost")), "is Lost"),
+        ("datavolume-not-succeeded", vol_scene(dv(phase="ImportInProgress", progress="45.20%")),
+         "is ImportInProgress, progress 45.20%, not Succeeded"),
+        ("datavolume-not-succeeded", vol_scene(dv(phase="WaitForFirstConsumer", progress="N/A")),
+         "WaitForFirstConsumer"),
+        # The DataVolume of a Succeeded import may be garbage-collected: the PVC is enough.
+        (None, without(vol_scene(), data_volumes=("ns", "rootdisk-dv")), ""),
+        ("source-size-unknown", vol_scene(ZERO), "cannot be sized"),
+        ("storage-class-not-found", vol_scene(to="fast"),
+         "StorageClass fast does not exist (classes: new, old)"),
+        ("storage-class-not-found", vol_scene(to=DEFAULT_CLASS),
+         "no StorageClass is annotated storageclass.kubernetes.io/is-default-class"),
+        ("storage-profile-mismatch",
+         vol_scene(profile("new", (RWX, "Block"), (RWO, "Block")),
+                   volume_mode=VolumeMode.FILESYSTEM),
+         "does not offer Filesystem [ReadWriteOnce]; it offers: Block [ReadWriteMany], "
+         "Block [ReadWriteOnce]"),
+        ("storage-profile-mismatch",
+         vol_scene(profile("new", (RWO, "Filesystem")), access_modes=RWX),
+         "does not offer Filesystem [ReadWriteMany]"),
+        # Auto follows the profile; a profile without claim property sets says nothing.
+        (None, vol_scene(profile("new", (RWX, "Block")), volume_mode=VolumeMode.AUTO), ""),
+        (None, vol_scene(profile("new"), volume_mode=VolumeMode.BLOCK, access_modes=RWX), ""),
+        ("shareable-disk", vol_scene(vm_volumes=(volume(shareable=True),)),
+         "disk rootdisk is shareable"),
+        ("lun-disk", vol_scene(vm_volumes=(volume(disk_type="lun"),)),
+         "attached as a LUN"),
+        ("virtiofs-filesystem", vol_scene(vm_volumes=(volume(filesystem=True, disk_type=None),)),
+         "virtiofs filesystem"),
+        ("persistent-reservation",
+         vol_scene(vm_volumes=(volume(disk_type="lun", persistent_reservation=True),)),
+         "SCSI persistent reservation"),
+        ("hotplug-volume",
+         vol_scene(kubevirt("v1.4.2", gates=ALL_GATES, rollout="LiveUpdate"),
+                   vm_volumes=(volume(hotpluggable=True),)),
+         "KubeVirt v1.4.2 refuses hotplugged volumes"),
+        ("hotplug-volume",
+         vol_scene(kubevirt("v1.5.0-rc.1"), vm_volumes=(volume(hotpluggable=True),)),
+         "allowed from v1.5.0"),
+        (None, vol_scene(kubevirt("v1.5.0"), vm_volumes=(volume(hotpluggable=True),)), ""),
+        ("content-type-not-kubevirt", vol_scene(BLOCK_ARCHIVE, volume_mode=VolumeMode.FILESYSTEM),
+         "cdi.kubevirt.io/storage.contentType: archive"),
+        (None, vol_scene(BLOCK_KUBEVIRT, volume_mode=VolumeMode.FILESYSTEM), ""),
+        (None, vol_scene(pvc(volume_mode="Block"), volume_mode=VolumeMode.FILESYSTEM), ""),
+        (None, vol_scene(BLOCK_ARCHIVE, volume_mode=VolumeMode.AUTO), ""),  # stays Block
+    ),
+)
+def test_volume_rules(rule: str | None, given: rules.VolumeContext, needle: str) -> None:
+    only(rules.evaluate(rules.VOLUME_RULES, given), rule, needle)
+
+
+@pytest.mark.parametrize(
+    ("rule", "effect"),
+    [
+        ("shareable-disk", Effect.NO_LIVE),
+        ("content-type-not-kubevirt", Effect.NO_OFFLINE),
+        ("claim-not-found", Effect.BLOCK),
+        ("storage-profile-mismatch", Effect.BLOCK),
+    ],
+)
+def test_volume_rule_effects(rule: str, effect: Effect) -> None:
+    assert next(r for r in rules.VOLUME_RULES if r.id == rule).effect is effect
+
+
+# --------------------------------------------------------------------------------------------
+# Target resolution: size, volumeMode, accessModes, in sync
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (pvc(size=10 * GiB, capacity=11 * GiB), 10 * GiB),  # Filesystem: the request
+        (pvc(size=10 * GiB, capacity=11 * GiB, volume_mode="Block"), 11 * GiB),  # Block: capacity
+        # A Block capacity below the request: CDI refuses a clone smaller than the request.
+        (pvc(size=10 * GiB, capacity=9 * GiB, volume_mode="Block"), 10 * GiB),
+        (pvc(size=10 * GiB, phase="Pending", volume_mode="Block"), 10 * GiB),  # no capacity yet
+    ],
+)
+def test_target_size(source: PVCInfo, expected: int) -> None:
+    assert rules.target_size(source) == expected
+
+
+@pytest.mark.parametrize(
+    ("parts", "mode", "access", "expected"),
+    [
+        # No profile: Auto keeps the source's Filesystem/RWO.
+        ((), VolumeMode.AUTO, None, ("Filesystem", RWO, True)),
+        ((profile("new", (RWO, "Filesystem")),), VolumeMode.AUTO, None,
+         ("Filesystem", RWO, True)),
+        # The source's pair is not offered: Auto takes the profile's first set, like CDI.
+        ((profile("new", (RWX, "Block"), (RWO, "Block")),), VolumeMode.AUTO, None,
+         ("Block", RWX, True)),
+        # Explicit mode, Auto access: keep the source's access if offered with that mode.
+        ((profile("new", (RWX, "Block"), (RWO, "Block")),), VolumeMode.BLOCK, None,
+         ("Block", RWO, True)),
+        ((profile("new", (RWX, "Block")),), VolumeMode.BLOCK, None, ("Block", RWX, True)),
+        # Explicit access, Auto mode: the first set that offers that access.
+        ((profile("new", (RWO, "Filesystem"), (RWX, "Block")),), VolumeMode.AUTO, RWX,
+         ("Block", RWX, True)),
+        # Explicit and not offered.
+        ((profile("new", (RWX, "Block")),), VolumeMode.FILESYSTEM, None,
+         ("Filesystem", RWO, False)),
+        ((profile("new", (RWX, "Block")),), VolumeMode.BLOCK, RWO, ("Block", RWO, False)),
+    ],
+)
+def test_resolve_target(
+    parts: tuple[object, ...],
+    mode: VolumeMode,
+    access: tuple[str, ...] | None,
+    expected: tuple[str, tuple[str, ...], bool],
+) -> None:
+    target = vol_scene(*parts, volume_mode=mode, access_modes=access).target
+    assert (target.volume_mode, target.access_modes, target.offered) == expected
+    assert target.size_bytes == 10 * GiB
+
+
+@pytest.mark.parametrize(
+    ("ctx", "expected"),
+    [
+        (vol_scene(to="old"), True),
+        (vol_scene(to="new"), False),
+        (vol_scene(to="old", volume_mode=VolumeMode.FILESYSTEM), True),
+        (vol_scene(to="old", volume_mode=VolumeMode.BLOCK), False),  # same class, mode change
+        (vol_scene(to="old", access_modes=RWO), True),
+        (vol_scene(to="old", access_modes=RWX), False),
+        (NO_PVC, False),
+        (vol_scene(to="old", want_volume="nosuch"), False),
+    ],
+)
+def test_is_in_sync(ctx: rules.VolumeContext, expected: bool) -> None:
+    assert rules.is_in_sync(ctx) is expected
+
+
+@pytest.mark.parametrize(
+    ("modes", "expected"),
+    [
+        (("ReadWriteOnce",), True),
+        (("ReadWriteOncePod",), True),
+        ((), True),
+        (("ReadWriteMany",), False),
+        (("ReadWriteOnce", "ReadOnlyMany"), False),
+    ],
+)
+def test_is_rwo(modes: tuple[str, ...], expected: bool) -> None:
+    assert rules.is_rwo(modes) is expected
+
+
+# --------------------------------------------------------------------------------------------
+# Run-state rules
+# --------------------------------------------------------------------------------------------
+
+SHAREABLE = Finding("shareable-disk", Effect.NO_LIVE, "disk x is shareable")
+STOPPED = Finding("vm-not-running", Effect.NO_LIVE, "the VM is stopped")
+ARCHIVE = Finding("content-type-not-kubevirt", Effect.NO_OFFLINE, "contentType archive")
+LIVE, OFFLINE = True, False
+
+
+def run(
+    mode: Mode = Mode.AUTO,
+    *,
+    allow_stop: bool = False,
+    running: bool = True,
+    live: tuple[Finding, ...] = (),
+    offline: tuple[Finding, ...] = (),
+) -> RunContext:
+    if not running and not live:
+        live = (STOPPED,)
+    return RunContext(mode, allow_stop, running, live, offline)
+
+
+RUN_CASES = [
+        pytest.param(None, run(), LIVE, id="auto-running-live"),
+        pytest.param(None, run(running=False), OFFLINE, id="auto-stopped-offline"),
+        pytest.param(None, run(live=(SHAREABLE,), allow_stop=True), OFFLINE,
+                     id="auto-running-no-live-allow-stop-offline"),
+        pytest.param(None, run(offline=(ARCHIVE,)), LIVE, id="auto-live-ignores-offline-blocker"),
+        pytest.param(None, run(Mode.LIVE), LIVE, id="live-running-live"),
+        pytest.param(None, run(Mode.OFFLINE, allow_stop=True), OFFLINE,
+                     id="offline-running-allow-stop"),
+        pytest.param(None, run(Mode.OFFLINE, running=False), OFFLINE, id="offline-stopped"),
+        pytest.param(None, run(Mode.LIVE, offline=(ARCHIVE,)), LIVE, id="live-ignores-offline"),
+        pytest.param("stop-not-allowed", run(live=(SHAREABLE,)), None,
+                     id="stop-not-allowed"),
+        pytest.param("live-required", run(Mode.LIVE, live=(SHAREABLE,)), None,
+                     id="live-required-blocker"),
+        pytest.param("live-required", run(Mode.LIVE, running=False), None,
+                     id="live-required-stopped"),
+        pytest.param("offline-needs-stop", run(Mode.OFFLINE), None, id="offline-needs-stop"),
+        pytest.param("offline-impossible", run(running=False, offline=(ARCHIVE,)), None,
+                     id="offline-impossible-stopped"),
+        pytest.param("offline-impossible",
+                     run(Mode.OFFLINE, allow_stop=True, offline=(ARCHIVE,)), None,
+                     id="offline-impossible-mode-offline"),
+
+]
+COVERED.update(str(p.values[0]) for p in RUN_CASES if p.values[0])
+
+
+@pytest.mark.parametrize(("rule", "given", "expected"), RUN_CASES)
+def test_run_rules(rule: str | None, given: RunContext, expected: bool | None) -> None:
+    live, findings = rules.decide(given)
+    assert live is expected
+    assert [f.rule for f in findings] == ([rule] if rule else [])
+
+
+@pytest.mark.parametrize(
+    ("given", "needle"),
+    [
+        (run(live=(SHAREABLE,)), "cannot move live (shareable-disk): set allowStop: true"),
+        (run(Mode.LIVE, running=False), "mode is Live, but the VM cannot move live "
+         "(vm-not-running): fix that, or set mode: Auto"),
+        (run(Mode.OFFLINE), "set allowStop: true so the reconciler may stop it"),
+        (run(running=False, offline=(ARCHIVE,)), "(content-type-not-kubevirt)"),
+    ],
+)
+def test_run_rule_messages_say_what_to_do(given: RunContext, needle: str) -> None:
+    _, findings = rules.decide(given)
+    assert needle in findings[0].message
+
+
+# --------------------------------------------------------------------------------------------
+# The catalog
+# --------------------------------------------------------------------------------------------
+
+TESTED_IN_TEST_DIFF = {
+    "vm-not-found",
+    "vm-blocked",
+    "namespace-not-allowed",
+    "conflicting-targets",
+    "conflicting-plan-settings",
+}
+
+
+def test_catalog_ids_are_unique_kebab_case_and_documented() -> None:
+    ids = [r.id for r in rules.CATALOG]
+    assert len(ids) == len(set(ids))
+    assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", i) for i in ids)
+    assert all(r.summary.endswith(".") for r in rules.CATALOG)
+
+
+def test_every_rule_has_a_test() -> None:
+    # COVERED is filled while the tables above are built, at import time.
+    untested = {r.id for r in rules.CATALOG} - COVERED - TESTED_IN_TEST_DIFF
+    assert untested == set()
+
+
+def test_finding_str_ends_with_rule_id() -> None:
+    assert str(SHAREABLE) == "disk x is shareable [shareable-disk]"
+
+
+def test_healthy_factory_scene_is_silent() -> None:
+    """The factories' default scene passes every rule (so each table row isolates one rule)."""
+    snap = healthy()
+    the_vm = snap.vms[("ns", "vm1")]
+    ctx = rules.vm_context(the_vm, snap, wanted=("rootdisk",), moving=("rootdisk",))
+    assert rules.evaluate(rules.CLUSTER_RULES, rules.ClusterContext(snap.kubevirt)) == ()
+    assert rules.evaluate(rules.VM_RULES, ctx) == ()
+    assert rules.evaluate(rules.VOLUME_RULES, vol_scene()) == ()
+    assert storage_class("new") in snap.storage_classes.values()
