@@ -116,11 +116,18 @@ def selected_vms(plan: Plan, snapshot: Snapshot) -> tuple[tuple[str, VMSelection
     return tuple(chosen.items())
 
 
+def default_class(snapshot: Snapshot) -> str | None:
+    """The class CDI gives a DataVolume without storageClassName: the one annotated
+    ``storageclass.kubevirt.io/is-default-virt-class`` first, else the cluster default."""
+    virt = sorted(n for n, sc in snapshot.storage_classes.items() if sc.is_default_virt)
+    return virt[0] if virt else snapshot.default_storage_class
+
+
 def _resolve_class(storage_class: str, snapshot: Snapshot) -> str:
-    """The cluster default for the sentinel (left as the sentinel when there is none, so the
+    """The default class for the sentinel (left as the sentinel when there is none, so the
     storage-class-not-found rule explains it)."""
     if storage_class == DEFAULT_CLASS:
-        return snapshot.default_storage_class or DEFAULT_CLASS
+        return default_class(snapshot) or DEFAULT_CLASS
     return storage_class
 
 
@@ -209,7 +216,7 @@ def resolve_desired(
                     chosen[key] = (want, source)
                     continue
                 first, first_source = chosen[key]
-                if first.plan.name == plan.name or _target_of(first) == _target_of(want):
+                if first.plan == plan or _target_of(first) == _target_of(want):
                     continue
                 conflicted.add(key)
                 problems.append(
@@ -302,9 +309,11 @@ def judge_vm(
     snapshot: Snapshot,
     cluster_findings: Sequence[Finding] = (),
 ) -> VMVerdict:
-    """The verdict for one existing VM, from its desired volumes (all from agreeing plans)."""
+    """The verdict for one existing VM, from its desired volumes (all from agreeing plans,
+    so the first one's plan settings are the VM's). ``cluster_findings`` are the results of
+    ``rules.CLUSTER_RULES`` (computed once per diff)."""
     plan = wants[0].plan
-    contexts = [rules.volume_context(w, vm, snapshot) for w in _order(vm, wants)]
+    contexts = tuple(rules.volume_context(w, vm, snapshot) for w in _order(vm, wants))
     base = rules.vm_context(vm, snapshot, allow_gitops_managed=plan.allow_gitops_managed)
     verdict = VMVerdict(
         namespace=vm.namespace,
@@ -314,18 +323,15 @@ def judge_vm(
         volumes=(),
         running=base.running,
     )
-
     in_progress = rules.evaluate(rules.IN_PROGRESS_RULES, base)
     if in_progress:
         volumes = tuple(_volume_verdict(c, Action.IN_PROGRESS, in_progress[0]) for c in contexts)
         return _with(verdict, Action.IN_PROGRESS, volumes, [str(f) for f in in_progress])
-
-    in_sync = {c.want.volume for c in contexts if rules.is_in_sync(c)}
+    in_sync = frozenset(c.want.volume for c in contexts if rules.is_in_sync(c))
+    if len(in_sync) == len(contexts):
+        volumes = tuple(_volume_verdict(c, Action.IN_SYNC) for c in contexts)
+        return _with(verdict, Action.IN_SYNC, volumes, [])
     moving = [c for c in contexts if c.want.volume not in in_sync]
-    if not moving:
-        return _with(verdict, Action.IN_SYNC, tuple(_volume_verdict(c, Action.IN_SYNC)
-                                                   for c in contexts), [])
-
     vm_ctx = rules.vm_context(
         vm,
         snapshot,
@@ -333,67 +339,84 @@ def judge_vm(
         moving=(c.want.volume for c in moving),
         allow_gitops_managed=plan.allow_gitops_managed,
     )
-    vm_findings = rules.evaluate(rules.VM_RULES, vm_ctx)
-    per_volume = {c.want.volume: rules.evaluate(rules.VOLUME_RULES, c) for c in moving}
+    scene = _Scene(
+        verdict=verdict,
+        plan=plan,
+        contexts=contexts,
+        in_sync=in_sync,
+        vm=vm_ctx,
+        vm_findings=rules.evaluate(rules.VM_RULES, vm_ctx),
+        per_volume={c.want.volume: rules.evaluate(rules.VOLUME_RULES, c) for c in moving},
+    )
+    return _judge_moves(scene, cluster_findings)
 
-    vm_blocks = rules.of_effect(vm_findings, Effect.BLOCK)
-    volume_blocks = {
-        name: rules.of_effect(found, Effect.BLOCK) for name, found in per_volume.items()
-    }
-    notes = [str(f) for f in rules.of_effect(vm_findings, Effect.NOTE)]
+
+@dataclass(frozen=True)
+class _Scene:
+    """A VM with something to move, and what the VM and volume rules found."""
+
+    verdict: VMVerdict
+    plan: Plan
+    contexts: tuple[rules.VolumeContext, ...]
+    in_sync: frozenset[str]
+    vm: rules.VMContext
+    vm_findings: tuple[Finding, ...]
+    per_volume: Mapping[str, tuple[Finding, ...]]
+
+
+def _judge_moves(scene: _Scene, cluster_findings: Sequence[Finding]) -> VMVerdict:
+    """Blocked, MoveLive or MoveOffline for a VM with at least one volume to move."""
+    vm_blocks = rules.of_effect(scene.vm_findings, Effect.BLOCK)
+    volume_blocks = {n: rules.of_effect(f, Effect.BLOCK) for n, f in scene.per_volume.items()}
     if vm_blocks or any(volume_blocks.values()):
         reasons = [str(f) for f in vm_blocks] + [
             _where(name, f) for name, found in volume_blocks.items() for f in found
         ]
-        return _blocked(verdict, contexts, in_sync, volume_blocks, vm_blocks, reasons=reasons)
+        return _blocked(scene, volume_blocks, vm_blocks, reasons=reasons)
 
-    tagged_live = _live_blockers(vm_ctx, vm_findings, per_volume, cluster_findings)
+    tagged_live = _live_blockers(scene, cluster_findings)
     tagged_offline: Tagged = [
-        (name, f) for name, found in per_volume.items() for f in found
-        if f.effect is Effect.NO_OFFLINE
+        (name, f)
+        for name, found in scene.per_volume.items()
+        for f in rules.of_effect(found, Effect.NO_OFFLINE)
     ]
-    live_blockers = tuple(f for _, f in tagged_live)
     live, run_findings = rules.decide(
         rules.RunContext(
-            mode=plan.mode,
-            allow_stop=plan.allow_stop,
-            running=vm_ctx.running,
-            live_blockers=live_blockers,
+            mode=scene.plan.mode,
+            allow_stop=scene.plan.allow_stop,
+            running=scene.vm.running,
+            live_blockers=tuple(f for _, f in tagged_live),
             offline_blockers=tuple(f for _, f in tagged_offline),
         )
     )
     if live is None:
         reasons = [str(f) for f in run_findings] + _lines(tagged_live + tagged_offline)
-        return _blocked(verdict, contexts, in_sync, {}, run_findings, reasons=reasons)
+        return _blocked(scene, {}, run_findings, reasons=reasons)
 
     action = Action.MOVE_LIVE if live else Action.MOVE_OFFLINE
     volumes = tuple(
         _volume_verdict(c, Action.IN_SYNC)
-        if c.want.volume in in_sync
+        if c.want.volume in scene.in_sync
         else _volume_verdict(c, action, None if live else _why_offline(c, tagged_live))
-        for c in contexts
+        for c in scene.contexts
     )
+    notes = [str(f) for f in rules.of_effect(scene.vm_findings, Effect.NOTE)]
     reasons = ([] if live else _lines(tagged_live)) + notes
-    stop = action is Action.MOVE_OFFLINE and vm_ctx.running
-    return _with(verdict, action, volumes, reasons, stop_required=stop)
+    stop = action is Action.MOVE_OFFLINE and scene.vm.running
+    return _with(scene.verdict, action, volumes, reasons, stop_required=stop)
 
 
-def _live_blockers(
-    vm_ctx: rules.VMContext,
-    vm_findings: Sequence[Finding],
-    per_volume: Mapping[str, Sequence[Finding]],
-    cluster_findings: Sequence[Finding],
-) -> Tagged:
-    """Why the VM cannot move live. A VM without a VMI cannot move live whatever else is
-    true, and then only that is worth saying."""
-    if not vm_ctx.running:
-        return [(None, f) for f in vm_findings if f.rule == "vm-not-running"]
+def _live_blockers(scene: _Scene, cluster_findings: Sequence[Finding]) -> Tagged:
+    """Why the VM cannot move live. A VM that is not running cannot move live whatever else
+    is true, and then only that is worth saying."""
+    if not scene.vm.running:
+        return [(None, f) for f in scene.vm_findings if f.rule == rules.VM_NOT_RUNNING]
     return (
         [(None, f) for f in cluster_findings]
-        + [(None, f) for f in rules.of_effect(vm_findings, Effect.NO_LIVE)]
+        + [(None, f) for f in rules.of_effect(scene.vm_findings, Effect.NO_LIVE)]
         + [
             (name, f)
-            for name, found in per_volume.items()
+            for name, found in scene.per_volume.items()
             for f in rules.of_effect(found, Effect.NO_LIVE)
         ]
     )
@@ -411,33 +434,30 @@ def _why_offline(ctx: rules.VolumeContext, tagged_live: Tagged) -> Finding | Non
 
 
 def _blocked(
-    verdict: VMVerdict,
-    contexts: Sequence[rules.VolumeContext],
-    in_sync: set[str],
+    scene: _Scene,
     volume_blocks: Mapping[str, Sequence[Finding]],
     vm_blocks: Sequence[Finding],
     *,
     reasons: list[str],
 ) -> VMVerdict:
-    """A Blocked VM: blocked volumes carry their own first finding, the others that would
-    have moved carry the VM's blocking finding (or ``vm-blocked`` when a sibling is blocked)."""
+    """A Blocked VM: blocked volumes carry their own findings, the others that would have
+    moved carry the VM's blocking finding (or ``vm-blocked`` when a sibling is blocked)."""
     withheld = vm_blocks[0] if vm_blocks else Finding(
         rules.VM_BLOCKED.id,
         rules.VM_BLOCKED.effect,
         "not moved: another volume of this VM is blocked, and a VM moves as a whole",
     )
     volumes = []
-    for c in contexts:
+    for c in scene.contexts:
         own = volume_blocks.get(c.want.volume, ())
-        if c.want.volume in in_sync:
+        if c.want.volume in scene.in_sync:
             volumes.append(_volume_verdict(c, Action.IN_SYNC))
         elif own:
-            message = "; ".join(f.message for f in own)
-            volumes.append(_volume_verdict(c, Action.BLOCKED, Finding(own[0].rule, own[0].effect,
-                                                                      message)))
+            joined = Finding(own[0].rule, own[0].effect, "; ".join(f.message for f in own))
+            volumes.append(_volume_verdict(c, Action.BLOCKED, joined))
         else:
             volumes.append(_volume_verdict(c, Action.BLOCKED, withheld))
-    return _with(verdict, Action.BLOCKED, tuple(volumes), reasons)
+    return _with(scene.verdict, Action.BLOCKED, tuple(volumes), reasons)
 
 
 def _with(

@@ -109,9 +109,7 @@ def fix_name(value: str, rule: NameRule) -> str | None:
     return fixed if fixed and fixed != value and rule.matches(fixed) else None
 
 
-def read_namespace(
-    r: Reader, node: Node, path: str, allowed: frozenset[str] | None
-) -> str | None:
+def read_namespace(r: Reader, node: Node, path: str, allowed: frozenset[str] | None) -> str | None:
     """A namespace name, refused when ``allowed`` is set and does not contain it."""
     namespace = read_name(r, node, path, "namespace", NameRule.LABEL)
     if namespace is None or allowed is None or namespace in allowed:
@@ -233,7 +231,9 @@ def read_selector(r: Reader, node: Node, path: str) -> LabelSelector | None:
     labels: list[tuple[str, str]] = []
     if "matchLabels" in fields:
         labels_path = join(path, "matchLabels")
-        for key, (key_node, value) in (r.string_map(fields["matchLabels"], labels_path) or {}).items():
+        for key, (key_node, value) in (
+            r.string_map(fields["matchLabels"], labels_path) or {}
+        ).items():
             where = join(labels_path, key)
             _label_key(r, key_node, where, key)
             _label_value(r, key_node, where, value)
@@ -241,7 +241,9 @@ def read_selector(r: Reader, node: Node, path: str) -> LabelSelector | None:
     expressions: list[tuple[str, str, tuple[str, ...]]] = []
     if "matchExpressions" in fields:
         expressions_path = join(path, "matchExpressions")
-        read = r.items(fields["matchExpressions"], expressions_path, lambda n, p: _expression(r, n, p))
+        read = r.items(
+            fields["matchExpressions"], expressions_path, lambda n, p: _expression(r, n, p)
+        )
         expressions = read or []
     if len(r.problems) != before:
         return None
@@ -340,4 +342,3 @@ def close_match(value: str, choices: Sequence[str]) -> str | None:
             return choice
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
     return close[0] if close else None
-

@@ -168,7 +168,9 @@ def _volume(r: Reader, node: Node, path: str) -> VolumeTarget | None:
         storage_class=opt("storageClass", lambda n, p: read_name(r, n, p, "StorageClass name")),
         volume_mode=opt("volumeMode", lambda n, p: read_enum(r, n, p, VolumeMode, "volumeMode")),
         access_modes=opt("accessModes", lambda n, p: read_access_modes(r, n, p, ACCESS_MODES)),
-        target_name=opt("targetName", lambda n, p: read_name(r, n, p, "targetName", NameRule.LABEL)),
+        target_name=opt(
+            "targetName", lambda n, p: read_name(r, n, p, "targetName", NameRule.LABEL)
+        ),
     )
     return volume if len(r.problems) == before else None
 

@@ -154,9 +154,6 @@ class Version:
     def at_least(self, major: int, minor: int) -> bool:
         return self >= Version(major, minor, 0, True)
 
-    def __str__(self) -> str:
-        return f"v{self.major}.{self.minor}.{self.patch}" + ("" if self.released else "-pre")
-
 
 # --------------------------------------------------------------------------------------------
 # Contexts: what each kind of rule looks at
@@ -313,9 +310,8 @@ def target_size(pvc: PVCInfo) -> int:
     return pvc.request_bytes
 
 
-def _offers(
-    profile: StorageProfileInfo, mode: str, access: Sequence[str]
-) -> bool:
+def _offers(profile: StorageProfileInfo, mode: str, access: Sequence[str]) -> bool:
+    """Some claim property set has ``mode`` and at least the ``access`` modes."""
     return any(
         set_mode == mode and set(access) <= set(set_access)
         for set_access, set_mode in profile.claim_property_sets
@@ -384,18 +380,13 @@ def _join(findings: Iterable[Finding]) -> str:
 # Cluster rules: KubeVirt version and configuration (Effect NO_LIVE)
 # --------------------------------------------------------------------------------------------
 
-_LIVE_CONFIG_HINT = (
-    "Configure the KubeVirt CR (on OpenShift: the HyperConverged CR) for storage live "
-    "migration, or let the VMs move offline (allowStop: true)"
-)
-
-
 def kubevirt_not_found(ctx: ClusterContext) -> str | None:
     if ctx.kubevirt is not None:
         return None
     return (
-        "no KubeVirt CR was found, so storage live migration cannot be checked or used. "
-        f"{_LIVE_CONFIG_HINT}"
+        "no KubeVirt CR was found (or the reconciler may not list kubevirts.kubevirt.io), so "
+        "the storage live migration settings cannot be checked: grant read access to the "
+        "KubeVirt CR, or let the VMs move offline (allowStop: true)"
     )
 
 
@@ -411,11 +402,11 @@ def kubevirt_version_unknown(ctx: ClusterContext) -> str | None:
 
 
 def kubevirt_too_old(ctx: ClusterContext) -> str | None:
-    version = ctx.version
-    if version is None or version.at_least(1, 3):
+    kv, version = ctx.kubevirt, ctx.version
+    if kv is None or version is None or version.at_least(1, 3):
         return None
     return (
-        f"KubeVirt {ctx.kubevirt.version if ctx.kubevirt else version} has no storage live "
+        f"KubeVirt {kv.version} has no storage live "
         "migration (it arrived in v1.3.0): upgrade KubeVirt, or let the VMs move offline "
         "(allowStop: true)"
     )
@@ -432,8 +423,8 @@ def feature_gates_missing(ctx: ClusterContext) -> str | None:
         return None
     return (
         f"KubeVirt {ctx.kubevirt.version} needs the feature gates {', '.join(missing)} for "
-        "storage live migration: add them to spec.configuration.developerConfiguration."
-        f"featureGates of the KubeVirt CR (all of {', '.join(VOLUME_UPDATE_GATES)})"
+        "storage live migration (they are GA from v1.5.0): add them to "
+        "spec.configuration.developerConfiguration.featureGates of the KubeVirt CR"
     )
 
 
@@ -623,6 +614,9 @@ def gitops_managed(ctx: VMContext) -> str | None:
     )
 
 
+VM_NOT_RUNNING = "vm-not-running"
+
+
 def vm_not_running(ctx: VMContext) -> str | None:
     if ctx.vmi is None:
         return "the VM is stopped (no VMI): KubeVirt copies volumes live only for a running VM"
@@ -660,14 +654,16 @@ def rwo_volume_not_moved(ctx: VMContext) -> str | None:
     ]
     if not left:
         return None
+    unplanned = [n for n in left if n not in ctx.wanted]
     described = ", ".join(
-        f"{n} (already on its target class)" if n in ctx.wanted else n for n in left
+        n if n in unplanned else f"{n} (already on its target class)" for n in left
     )
+    todo = f"add {', '.join(unplanned)} to the plan, or " if unplanned else ""
     return (
         f"volume {described} is ReadWriteOnce and not moved in this update, but KubeVirt "
         "moves every RWO volume of a VM in the same update ('The volume ... is RWO and not "
-        "included in the migration volumes'). Add it to the plan, or let the VM move offline "
-        "(allowStop: true or mode: Offline)"
+        f"included in the migration volumes'): {todo}let the VM move offline (allowStop: true "
+        "or mode: Offline)"
     )
 
 
@@ -696,7 +692,7 @@ VM_RULES: tuple[Rule[VMContext], ...] = (
     Rule("gitops-managed", Effect.BLOCK,
          "Argo CD or Flux manages the VM and would revert the move, unless the plan allows it.",
          check=gitops_managed),
-    Rule("vm-not-running", Effect.NO_LIVE, "No VMI, or the VMI is not Running.",
+    Rule(VM_NOT_RUNNING, Effect.NO_LIVE, "No VMI, or the VMI is not Running.",
          check=vm_not_running),
     Rule("storage-not-live-migratable", Effect.NO_LIVE,
          "The VMI has StorageLiveMigratable=False.", check=storage_not_live_migratable),
@@ -786,8 +782,9 @@ def storage_class_not_found(ctx: VolumeContext) -> str | None:
     if wanted == DEFAULT_CLASS:
         return (
             "the plan asks for the cluster's default StorageClass, but no StorageClass is "
-            "annotated storageclass.kubernetes.io/is-default-class: \"true\" "
-            f"(classes: {have}); name the class in the plan or mark one default"
+            "annotated storageclass.kubevirt.io/is-default-virt-class or "
+            f"storageclass.kubernetes.io/is-default-class (classes: {have}); name the class in "
+            "the plan or mark one default"
         )
     return (
         f"StorageClass {wanted} does not exist (classes: {have}); create it or fix "
@@ -836,14 +833,13 @@ def virtiofs_filesystem(ctx: VolumeContext) -> str | None:
 
 
 def hotplug_volume(ctx: VolumeContext) -> str | None:
-    version = ctx.version
-    if ctx.volume is None or not ctx.volume.hotpluggable or version is None:
-        return None  # an unknown version already rules live out (kubevirt-version-unknown)
+    kv, version = ctx.snapshot.kubevirt, ctx.version
+    if ctx.volume is None or not ctx.volume.hotpluggable or kv is None or version is None:
+        return None  # no CR / unknown version already rule live out (kubevirt-* rules)
     if version.at_least(1, 5):
         return None
     return (
-        f"volume {ctx.volume.name} is hotplugged, and KubeVirt "
-        f"{ctx.snapshot.kubevirt.version if ctx.snapshot.kubevirt else version} refuses "
+        f"volume {ctx.volume.name} is hotplugged, and KubeVirt {kv.version} refuses "
         "hotplugged volumes in a volume migration (allowed from v1.5.0): upgrade KubeVirt, or "
         "move it offline (allowStop: true or mode: Offline)"
     )

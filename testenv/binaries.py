@@ -110,6 +110,7 @@ def ensure_all(log: Log = print) -> Binaries:
                 controller_gen=controller_gen.path(cache),
                 module_dir=controller_gen.module_dir,
                 out_dir=crd_dir,
+                env=_go_env(),
                 log=log,
             )
             log(f"CRDs written to {crd_dir}")

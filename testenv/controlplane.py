@@ -52,7 +52,14 @@ _WORKDIR_PREFIX = "vmsr-controlplane-"
 
 
 class ControlPlaneError(RuntimeError):
-    """The control plane could not start (the message includes the relevant log tail)."""
+    """The control plane could not start (the message includes the relevant log tail).
+
+    ``component`` names the process whose log is quoted (``etcd`` or ``kube-apiserver``).
+    """
+
+    def __init__(self, message: str, *, component: str = "kube-apiserver") -> None:
+        super().__init__(message)
+        self.component = component
 
 
 class ControlPlane:
@@ -109,7 +116,13 @@ class ControlPlane:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
         try:
             self._start(binaries)
-        except BaseException:
+        except Exception as error:
+            # Read the logs before stop() removes them.
+            failed = getattr(error, "component", "kube-apiserver")
+            message = f"control plane failed to start: {error}\n{self.log_tail(failed)}"
+            self.stop()
+            raise ControlPlaneError(message, component=failed) from error
+        except BaseException:  # KeyboardInterrupt etc.: clean up, do not wrap
             self.stop()
             raise
         self.started_in = time.monotonic() - begun
@@ -171,12 +184,11 @@ class ControlPlane:
         while not ready():
             if proc.poll() is not None:
                 raise ControlPlaneError(
-                    f"{name} exited with code {proc.returncode} during start-up\n"
-                    f"{self.log_tail(name)}"
+                    f"{name} exited with code {proc.returncode} during start-up", component=name
                 )
             if time.monotonic() > deadline:
                 raise ControlPlaneError(
-                    f"{name} not ready after {_START_TIMEOUT:.0f}s\n{self.log_tail(name)}"
+                    f"{name} not ready after {_START_TIMEOUT:.0f}s", component=name
                 )
             time.sleep(_POLL)
 

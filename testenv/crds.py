@@ -194,13 +194,15 @@ def generate(
     controller_gen: Path,
     module_dir: Path,
     out_dir: Path,
+    env: Mapping[str, str] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Run controller-gen in ``module_dir`` and write the post-processed ``KEPT`` CRDs.
 
     ``out_dir`` must not exist yet; it is created atomically (written to a sibling temp
     dir, then renamed), so a present ``out_dir`` always holds a complete set.
-    ``controller-gen`` loads packages through ``go list``, so ``go`` must be on PATH.
+    ``controller-gen`` loads packages through ``go list``, so ``go`` must be on PATH
+    (``env``, if given, is the environment for that; default: inherited).
     Returns the written files, one YAML document per CRD.
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +210,7 @@ def generate(
         raw_dir = Path(tmp) / "raw"
         final_dir = Path(tmp) / "final"
         final_dir.mkdir()
-        _run_controller_gen(controller_gen, module_dir, raw_dir, log)
+        _run_controller_gen(controller_gen, module_dir, raw_dir, env, log)
         by_name = _load_by_name(raw_dir)
         missing = [name for name in KEPT if name not in by_name]
         if missing:
@@ -221,7 +223,11 @@ def generate(
 
 
 def _run_controller_gen(
-    controller_gen: Path, module_dir: Path, raw_dir: Path, log: Callable[[str], None]
+    controller_gen: Path,
+    module_dir: Path,
+    raw_dir: Path,
+    env: Mapping[str, str] | None,
+    log: Callable[[str], None],
 ) -> None:
     # allowDangerousTypes: KubeVirt's TokenBucketRateLimiter.QPS is a float32; upstream's
     # own schema types it as a number too.
@@ -233,7 +239,9 @@ def _run_controller_gen(
         f"output:crd:dir={raw_dir}",
     ]
     log(f"generating CRDs: {' '.join(cmd[1:])}")
-    proc = subprocess.run(cmd, cwd=module_dir, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        cmd, cwd=module_dir, env=env, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         raise CrdGenerationError(
             f"controller-gen failed (exit {proc.returncode}) in {module_dir}:\n"

@@ -297,22 +297,29 @@ class Store:
                 self._tombstones[key] = max(rv, self._tombstones.get(key, 0))
 
     def replace(
-        self, resource: str, objs: Iterable[Mapping[str, Any]]
+        self, resource: str, objs: Iterable[Mapping[str, Any]], list_version: str = ""
     ) -> builtins.list[dict[str, Any]]:
-        """Replace every cached object of a resource with a fresh list (after a LIST).
+        """Sync a resource with a fresh LIST taken at `list_version`.
 
-        Returns the objects that disappeared, so their controllers can be told."""
-        fresh = {key_of(resource, o): copy.deepcopy(dict(o)) for o in objs}
+        Listed objects replace cached ones unless the cache is newer (a write response seen
+        after the LIST); cached objects missing from the list are dropped unless they are
+        newer than the list. Returns the dropped objects, so their controllers can be told."""
+        fresh = {key_of(resource, o): dict(o) for o in objs}
+        try:
+            listed_at: int | None = int(list_version)
+        except ValueError:
+            listed_at = None
+        gone: builtins.list[dict[str, Any]] = []
         with self._lock:
-            gone = [
-                obj
-                for key, obj in self._objects.items()
-                if key[0] == resource and key not in fresh
-            ]
-            for obj in gone:
-                self._objects.pop(key_of(resource, obj), None)
-            self._objects.update(fresh)
-            return copy.deepcopy(gone)
+            for key, obj in builtins.list(self._objects.items()):
+                if key[0] != resource or key in fresh:
+                    continue
+                rv = _rv(obj)
+                if listed_at is None or rv is None or rv <= listed_at:
+                    gone.append(self._objects.pop(key))
+        for obj in fresh.values():
+            self.observe(resource, obj)
+        return copy.deepcopy(gone)
 
 
 def _labels_match(obj: Mapping[str, Any], selector: Mapping[str, str] | None) -> bool:
@@ -987,10 +994,11 @@ class _Watcher:
             raise _api_error(resp)
         body = resp.json()
         items = [self._typed(o) for o in body.get("items", [])]
-        gone = self.sim.store.replace(self.resource, items)
+        version = str(body.get("metadata", {}).get("resourceVersion", ""))
+        gone = self.sim.store.replace(self.resource, items, version)
         for obj in [*items, *gone]:
             self.sim.notify(self.resource, obj)
-        return str(body.get("metadata", {}).get("resourceVersion", ""))
+        return version
 
     def _typed(self, obj: dict[str, Any]) -> dict[str, Any]:
         # LIST items carry no apiVersion/kind; add them so controllers can build references.

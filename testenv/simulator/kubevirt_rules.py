@@ -343,7 +343,7 @@ def put_condition(
     now: str,
 ) -> list[dict[str, Any]]:
     """A copy of `conditions` with `type_` set, in KubeVirt's shape (type, status, reason,
-    message, lastProbeTime, lastTransitionTime; empty strings omitted, as Go's omitempty).
+    message, lastTransitionTime; empty strings omitted, as Go's omitempty).
 
     An unchanged condition is returned untouched, so writing the list causes no churn."""
     result = [dict(c) for c in conditions or []]
@@ -358,9 +358,9 @@ def put_condition(
         if same_condition(cond, wanted):
             return result
         stamp = now if cond.get("status") != status else cond.get("lastTransitionTime") or now
-        result[index] = {**wanted, "lastProbeTime": None, "lastTransitionTime": stamp}
+        result[index] = {**wanted, "lastTransitionTime": stamp}
         return result
-    result.append({**wanted, "lastProbeTime": None, "lastTransitionTime": now})
+    result.append({**wanted, "lastTransitionTime": now})
     return result
 
 
@@ -649,7 +649,7 @@ def needs_restart(vm: Mapping[str, Any], vmi: Mapping[str, Any], *, live_update:
         for path in (("domain", "cpu", "sockets"), ("domain", "memory", "guest"),
                      ("nodeSelector",), ("affinity",), ("tolerations",)):
             _copy_path(current, running, path)
-    return _prune(current) != _prune(running)
+    return bool(_prune(current) != _prune(running))
 
 
 def _plain(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -153,6 +153,22 @@ def required_space(size: int, overhead: float = FILESYSTEM_OVERHEAD) -> int:
     return math.ceil(aligned / (1 - overhead))
 
 
+def detect_clone_size(source: Mapping[str, Any], target_mode: str) -> int:
+    """CDI `detectCloneSize` for a clone without a size: the source request when the volume
+    modes match; otherwise the image's virtual size (a Block source's capacity, or what a
+    Filesystem source holds after its overhead), plus overhead for a Filesystem target."""
+    spec = source.get("spec", {})
+    source_mode = spec.get("volumeMode") or "Filesystem"
+    request = request_bytes(spec) or 0
+    if source_mode == target_mode:
+        return request
+    if source_mode == "Block":
+        virtual = capacity_bytes(source) or request
+    else:
+        virtual = int(request * (1 - FILESYSTEM_OVERHEAD)) // ALIGN * ALIGN
+    return required_space(virtual) if target_mode == "Filesystem" else virtual
+
+
 @dataclass(frozen=True)
 class CloneChoice:
     """How CDI copies a clone: `clone_type` in copy|snapshot|csi-clone, and why a smart
@@ -181,6 +197,18 @@ def choose_clone(
     if expands and not allow_expansion:
         return CloneChoice("copy", "NoVolumeExpansion")
     return CloneChoice(strategy)
+
+
+def copy_duration(dv: Mapping[str, Any], claim: Mapping[str, Any], seconds_per_gib: float
+                  ) -> float:
+    """Seconds a fill takes: the DV annotation `sim.vmstorage.dev/copy-seconds` if set,
+    0 for a blank disk, else the claim's request in GiB times `seconds_per_gib`."""
+    override = annotations_of(dv).get(ANN_COPY_SECONDS)
+    if override is not None:
+        return float(override)
+    if source_kind(dv) == "blank":
+        return 0.0
+    return (request_bytes(claim.get("spec", {})) or 0) / GI * seconds_per_gib
 
 
 def format_progress(fraction: float) -> str:
@@ -694,7 +722,7 @@ class DataVolumeController(Controller):
             if built is None:
                 return None
             claim_spec = built
-        if source is not None and not self._size_ok(dv, claim_spec, source):
+        if source is not None and not self._size_ok(dv, source):
             return None
         return dict(claim_spec)
 
@@ -725,10 +753,9 @@ class DataVolumeController(Controller):
             volume_mode = volume_mode or chosen.get("volumeMode") or "Filesystem"
         size = request_bytes(storage)
         if size is None and source is not None:
-            size = capacity_bytes(source) or request_bytes(source.get("spec", {})) or 0
-        size = size or 0
-        if volume_mode == "Filesystem":
-            size = required_space(size)
+            size = detect_clone_size(source, volume_mode)
+        elif volume_mode == "Filesystem":
+            size = required_space(size or 0)
         result: dict[str, Any] = {"accessModes": modes, "volumeMode": volume_mode,
                                   "resources": {"requests": {"storage": str(size)}}}
         if class_name is not None:
@@ -760,13 +787,14 @@ class DataVolumeController(Controller):
             return None
         return source
 
-    def _size_ok(self, dv: dict[str, Any], claim_spec: Mapping[str, Any],
-                 source: dict[str, Any]) -> bool:
+    def _size_ok(self, dv: dict[str, Any], source: dict[str, Any]) -> bool:
+        """The webhook's clone size rule: the DV's own request (before any filesystem
+        overhead) must be >= the source's request; no request means CDI detects the size."""
         if ANN_PERMISSIVE_CLONE in annotations_of(dv):
             return True
-        target = request_bytes(claim_spec) or 0
-        wanted = request_bytes(source.get("spec", {})) or 0
-        if target >= wanted:
+        spec = dv["spec"]
+        target = request_bytes(spec.get("pvc") or spec.get("storage") or {})
+        if target is None or target >= (request_bytes(source.get("spec", {})) or 0):
             return True
         self._fail(dv, None, "CloneValidationFailed", TOO_SMALL)
         return False
@@ -818,7 +846,7 @@ class DataVolumeController(Controller):
         now = time.monotonic()
         transfer = self._transfers.get(uid)
         if transfer is None:
-            transfer = _Transfer(self._duration(dv, claim, source), restarts=self._restarts(dv))
+            transfer = _Transfer(self._duration(dv, claim), restarts=self._restarts(dv))
             self._transfers[uid] = transfer
             self._status(dv, flavor.scheduled, claim, progress="N/A",
                          running=("False", "Pending", ""))
@@ -915,15 +943,8 @@ class DataVolumeController(Controller):
         self._announce(dv, "Warning", reason, message)
         self._status(dv, "Failed", claim, running=("False", "Error", message), restarts=restarts)
 
-    def _duration(self, dv: dict[str, Any], claim: dict[str, Any],
-                  source: dict[str, Any] | None) -> float:
-        override = annotations_of(dv).get(ANN_COPY_SECONDS)
-        if override is not None:
-            return float(override)
-        if source_kind(dv) == "blank":
-            return 0.0
-        size = request_bytes(claim.get("spec", {})) or 0
-        return size / GI * self.sim.config.copy_seconds_per_gib
+    def _duration(self, dv: dict[str, Any], claim: dict[str, Any]) -> float:
+        return copy_duration(dv, claim, self.sim.config.copy_seconds_per_gib)
 
     @staticmethod
     def _restarts(dv: Mapping[str, Any]) -> int:

@@ -177,9 +177,11 @@ def test_start_failure_reports_the_apiserver_log(tmp_path: Path) -> None:
         log=lambda _: None,
     )
 
-    with pytest.raises(ControlPlaneError, match=r"(?s)kube-apiserver exited.*simulated: bad flag"):
+    expected = r"(?s)kube-apiserver exited with code 1.*simulated: bad flag"
+    with pytest.raises(ControlPlaneError, match=expected) as failure:
         plane.start()
 
+    assert failure.value.component == "kube-apiserver"
     assert plane.workdir is None
     assert plane.pids == {}
 

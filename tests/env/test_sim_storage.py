@@ -17,6 +17,8 @@ from testenv.simulator.core import GI, parse_quantity
 from testenv.simulator.storage import (
     CloneChoice,
     choose_clone,
+    copy_duration,
+    detect_clone_size,
     format_progress,
     provisioned_capacity,
     required_space,
@@ -124,6 +126,11 @@ def storage(storage_class: str, size: str | None = "1Gi", **extra: Any) -> dict[
     return spec
 
 
+def clone_of(namespace: str, claim: str) -> dict[str, Any]:
+    """A DataVolume source cloning `claim` (the CRD requires the namespace)."""
+    return {"pvc": {"name": claim, "namespace": namespace}}
+
+
 def phase(obj: dict[str, Any] | None) -> str | None:
     value = (obj or {}).get("status", {}).get("phase")
     return None if value is None else str(value)
@@ -222,6 +229,25 @@ def test_block_capacity_overhead_only_applies_to_block() -> None:
 def test_clone_planner_falls_back_to_copy(kwargs: dict[str, bool], expected: CloneChoice) -> None:
     args = {"expands": False, "allow_expansion": False, **kwargs}
     assert choose_clone("csi-clone", **args) == expected
+
+
+def test_copy_duration_scales_with_size_unless_overridden() -> None:
+    claim = {"spec": {"resources": {"requests": {"storage": "4Gi"}}}}
+    http = {"spec": {"source": {"http": {"url": URL}}}}
+    assert copy_duration(http, claim, 0.5) == 2.0
+    assert copy_duration({"spec": {"source": {"blank": {}}}}, claim, 0.5) == 0.0
+    assert copy_duration({**http, "metadata": {"annotations": {COPY_SECONDS: "3"}}},
+                         claim, 0.5) == 3.0
+
+
+def test_detected_clone_size_keeps_the_request_for_the_same_volume_mode() -> None:
+    fs_source = {"spec": {"volumeMode": "Filesystem",
+                          "resources": {"requests": {"storage": str(required_space(GI))}}}}
+    block_source = {"spec": {"volumeMode": "Block", "resources": {"requests": {"storage": "1Gi"}}},
+                    "status": {"capacity": {"storage": "1013Mi"}}}
+    assert detect_clone_size(fs_source, "Filesystem") == required_space(GI)
+    assert detect_clone_size(fs_source, "Block") == GI
+    assert detect_clone_size(block_source, "Filesystem") == required_space(1013 * MiB)
 
 
 def test_progress_text_matches_cdi_format() -> None:
@@ -447,11 +473,11 @@ def test_clone_copies_hash_and_records_clone_type(
     src = _imported_source(api, namespace, same, eventually)
     source_hash = annotation(get(api, "PersistentVolumeClaim", namespace, src), HASH)
 
-    create(api, "DataVolume", dv_body(namespace, "smart", {"pvc": {"name": src, "namespace": namespace}},
+    create(api, "DataVolume", dv_body(namespace, "smart", clone_of(namespace, src),
                                       storage=storage(same, None)))
-    create(api, "DataVolume", dv_body(namespace, "copied", {"pvc": {"name": src,
-                                                                    "namespace": namespace}},
-                                      storage=storage(other, None, volumeMode="Block")))
+    create(api, "DataVolume", dv_body(namespace, "copied", clone_of(namespace, src),
+                                      storage=storage(other, None, volumeMode="Block",
+                                                      accessModes=["ReadWriteOnce"])))
     eventually(in_phase(api, namespace, "smart", "Succeeded"))
     eventually(in_phase(api, namespace, "copied", "Succeeded"))
 
@@ -472,7 +498,7 @@ def test_clone_waits_while_a_running_vmi_uses_the_source(
     src = _imported_source(api, namespace, sc, eventually)
     create(api, "VirtualMachineInstance", running_vmi(namespace, "vm", src))
 
-    create(api, "DataVolume", dv_body(namespace, "clone", {"pvc": {"name": src, "namespace": namespace}},
+    create(api, "DataVolume", dv_body(namespace, "clone", clone_of(namespace, src),
                                       storage=storage(sc, None)))
 
     event = eventually(lambda: reason_seen(api, namespace, "clone", "CloneSourceInUse"))
@@ -491,7 +517,7 @@ def test_clone_to_a_smaller_target_fails(
 ) -> None:
     sc = make_class("a")
     src = _imported_source(api, namespace, sc, eventually, size="2Gi")
-    create(api, "DataVolume", dv_body(namespace, "small", {"pvc": {"name": src, "namespace": namespace}},
+    create(api, "DataVolume", dv_body(namespace, "small", clone_of(namespace, src),
                                       storage=storage(sc, "1Gi")))
 
     dv = eventually(in_phase(api, namespace, "small", "Failed", "Succeeded"))
@@ -508,7 +534,7 @@ def test_permissive_clone_allows_a_smaller_target(
 ) -> None:
     sc = make_class("a")
     src = _imported_source(api, namespace, sc, eventually, size="2Gi")
-    create(api, "DataVolume", dv_body(namespace, "small", {"pvc": {"name": src, "namespace": namespace}},
+    create(api, "DataVolume", dv_body(namespace, "small", clone_of(namespace, src),
                                       storage=storage(sc, "1Gi"),
                                       annotations={"cdi.kubevirt.io/permissiveClone": "true"}))
     dv = eventually(in_phase(api, namespace, "small", "Failed", "Succeeded"))
@@ -626,7 +652,7 @@ def test_fault_added_by_test_code_fails_a_clone(
     sc = make_class("a")
     src = _imported_source(api, namespace, sc, eventually)
     sim.faults.add("DataVolume", namespace, "clone", Fault(FaultAction.FAIL))
-    create(api, "DataVolume", dv_body(namespace, "clone", {"pvc": {"name": src, "namespace": namespace}},
+    create(api, "DataVolume", dv_body(namespace, "clone", clone_of(namespace, src),
                                       storage=storage(sc, None)))
 
     dv = eventually(in_phase(api, namespace, "clone", "Failed", "Succeeded"))
@@ -705,4 +731,6 @@ def test_simulator_store_reads_its_own_writes(
     created = sim.client.create("persistentvolumeclaims", pvc_body(namespace, "own", "1Gi", sc))
     cached = sim.store.get("persistentvolumeclaims", namespace, "own")
     assert cached is not None and cached["metadata"]["uid"] == created["metadata"]["uid"]
-    eventually(lambda: sim.store.list("persistentvolumeclaims", namespace))
+    sim.wait_idle()
+    bound = sim.store.get("persistentvolumeclaims", namespace, "own")
+    assert phase(bound) == "Bound"

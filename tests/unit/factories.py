@@ -146,8 +146,15 @@ def dv(
     )
 
 
-def storage_class(name: str = "new", *, default: bool = False) -> StorageClassInfo:
-    return StorageClassInfo(name=name, provisioner=f"{name}.csi.example.com", is_default=default)
+def storage_class(
+    name: str = "new", *, default: bool = False, default_virt: bool = False
+) -> StorageClassInfo:
+    return StorageClassInfo(
+        name=name,
+        provisioner=f"{name}.csi.example.com",
+        is_default=default,
+        is_default_virt=default_virt,
+    )
 
 
 def profile(name: str = "new", *sets: tuple[tuple[str, ...], str]) -> StorageProfileInfo:

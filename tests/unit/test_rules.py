@@ -7,17 +7,20 @@ the small factories, and a substring the user's message must contain.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from reconciler import rules
-from reconciler.model import KubeVirtInfo, Mode, PVCInfo, Snapshot, VolumeMode
+from reconciler.model import Condition, KubeVirtInfo, Mode, PVCInfo, VMVolume, VolumeMode
 from reconciler.plans import DEFAULT_CLASS
 from reconciler.rules import Effect, Finding, RunContext, Version
 from tests.unit.factories import (
-    GiB,
     RWO,
     RWX,
+    GiB,
+    SnapshotPart,
     cond,
     desired,
     dv,
@@ -37,7 +40,7 @@ from tests.unit.factories import (
 COVERED: set[str] = set()
 
 
-def cases(*rows: tuple[str | None, object, str]) -> list[object]:
+def cases(*rows: tuple[str | None, object, str]) -> list[Any]:
     """pytest params from (rule id or None, input, message substring), recording coverage."""
     params = []
     for i, (rule, given, needle) in enumerate(rows):
@@ -172,20 +175,20 @@ TWO_DISKS = (volume("rootdisk"), volume("data"))
 
 def scene(
     *,
-    vm_kw: dict[str, object] | None = None,
+    vm_kw: dict[str, Any] | None = None,
     vmi_phase: str | None = "Running",
-    vmi_conditions: tuple[object, ...] = (),
-    extra: tuple[object, ...] = (),
+    vmi_conditions: tuple[Condition, ...] = (),
+    extra: tuple[SnapshotPart, ...] = (),
     wanted: tuple[str, ...] = ("rootdisk",),
     moving: tuple[str, ...] = ("rootdisk",),
     allow_gitops: bool = False,
 ) -> rules.VMContext:
     """A VMContext for vm1 built through the same join diff uses."""
-    the_vm = vm(**(vm_kw or {}))  # type: ignore[arg-type]
-    parts: list[object] = [the_vm, pvc(), pvc("data-dv")]
+    the_vm = vm(**(vm_kw or {}))
+    parts: list[SnapshotPart] = [the_vm, pvc(), pvc("data-dv")]
     if vmi_phase is not None:
-        parts.append(vmi(phase=vmi_phase, conditions=vmi_conditions))  # type: ignore[arg-type]
-    snap = snapshot(*parts, *extra)  # type: ignore[arg-type]
+        parts.append(vmi(phase=vmi_phase, conditions=vmi_conditions))
+    snap = snapshot(*parts, *extra)
     return rules.vm_context(
         the_vm, snap, wanted=wanted, moving=moving, allow_gitops_managed=allow_gitops
     )
@@ -283,9 +286,13 @@ def test_in_progress_rules(rule: str | None, given: rules.VMContext, needle: str
         (None, scene(vmi_conditions=(cond("StorageLiveMigratable", "True"),)), ""),
         ("rwo-volume-not-moved", scene(vm_kw={"volumes": TWO_DISKS}),
          "volume data is ReadWriteOnce and not moved"),
+        ("rwo-volume-not-moved", scene(vm_kw={"volumes": TWO_DISKS}),
+         "add data to the plan, or let the VM move offline"),
         ("rwo-volume-not-moved",
          scene(vm_kw={"volumes": TWO_DISKS}, wanted=("rootdisk", "data")),
-         "data (already on its target class)"),
+         "data (already on its target class) is ReadWriteOnce and not moved in this update, but "
+         "KubeVirt moves every RWO volume of a VM in the same update ('The volume ... is RWO and "
+         "not included in the migration volumes'): let the VM move offline"),
         (None, scene(vm_kw={"volumes": TWO_DISKS}, moving=("rootdisk", "data")), ""),
         (None, scene(vm_kw={"volumes": TWO_DISKS}, extra=(pvc("data-dv", access_modes=RWX),)),
          ""),
@@ -315,33 +322,35 @@ def test_gitops_owners_names_every_owner() -> None:
 
 
 def vol_scene(
-    *parts: object,
+    *parts: SnapshotPart,
     want_volume: str = "rootdisk",
     to: str = "new",
     volume_mode: VolumeMode = VolumeMode.AUTO,
     access_modes: tuple[str, ...] | None = None,
-    vm_volumes: tuple[object, ...] | None = None,
+    vm_volumes: tuple[VMVolume, ...] | None = None,
 ) -> rules.VolumeContext:
     """A VolumeContext for one wanted volume of vm1 in the healthy scene plus ``parts``."""
-    the_vm = vm(volumes=vm_volumes) if vm_volumes is not None else vm()  # type: ignore[arg-type]
-    snap = healthy(the_vm, *parts)  # type: ignore[arg-type]
+    the_vm = vm(volumes=vm_volumes)
+    snap = healthy(the_vm, *parts)
     want = desired(want_volume, to, volume_mode=volume_mode, access_modes=access_modes)
     return rules.volume_context(want, the_vm, snap)
 
 
-def without(snap_ctx: rules.VolumeContext, **removed: tuple[str, str]) -> rules.VolumeContext:
-    """The context rebuilt over a snapshot missing the given pvcs/data_volumes keys."""
-    snap = snap_ctx.snapshot
-    maps = {
-        name: {k: v for k, v in getattr(snap, name).items() if k != key}
-        for name, key in removed.items()
-    }
-    smaller = Snapshot(**{**snap.__dict__, **maps})
-    return rules.volume_context(snap_ctx.want, snap_ctx.vm, smaller)
+def without(ctx: rules.VolumeContext, *, pvc_gone: bool = False, dv_gone: bool = False
+            ) -> rules.VolumeContext:
+    """``ctx`` rebuilt over its snapshot without vm1's rootdisk PVC and/or DataVolume."""
+    key = ("ns", "rootdisk-dv")
+    snap = ctx.snapshot
+    smaller = replace(
+        snap,
+        pvcs={k: v for k, v in snap.pvcs.items() if not (pvc_gone and k == key)},
+        data_volumes={k: v for k, v in snap.data_volumes.items() if not (dv_gone and k == key)},
+    )
+    return rules.volume_context(ctx.want, ctx.vm, smaller)
 
 
-NO_PVC = without(vol_scene(), pvcs=("ns", "rootdisk-dv"))
-NO_PVC_DV_IMPORTING = without(vol_scene(dv(phase="ImportInProgress")), pvcs=("ns", "rootdisk-dv"))
+NO_PVC = without(vol_scene(), pvc_gone=True)
+NO_PVC_DV_IMPORTING = without(vol_scene(dv(phase="ImportInProgress")), pvc_gone=True)
 BLOCK_ARCHIVE = pvc(volume_mode="Block", annotations={rules.CONTENT_TYPE_ANNOTATION: "archive"})
 BLOCK_KUBEVIRT = pvc(volume_mode="Block", annotations={rules.CONTENT_TYPE_ANNOTATION: "kubevirt"})
 ZERO = PVCInfo("ns", "rootdisk-dv", "old", 0, None, "Filesystem", RWO, "Bound")
@@ -365,12 +374,13 @@ ZERO = PVCInfo("ns", "rootdisk-dv", "old", 0, None, "Filesystem", RWO, "Bound")
         ("datavolume-not-succeeded", vol_scene(dv(phase="WaitForFirstConsumer", progress="N/A")),
          "WaitForFirstConsumer"),
         # The DataVolume of a Succeeded import may be garbage-collected: the PVC is enough.
-        (None, without(vol_scene(), data_volumes=("ns", "rootdisk-dv")), ""),
+        (None, without(vol_scene(), dv_gone=True), ""),
         ("source-size-unknown", vol_scene(ZERO), "cannot be sized"),
         ("storage-class-not-found", vol_scene(to="fast"),
          "StorageClass fast does not exist (classes: new, old)"),
         ("storage-class-not-found", vol_scene(to=DEFAULT_CLASS),
-         "no StorageClass is annotated storageclass.kubernetes.io/is-default-class"),
+         "no StorageClass is annotated storageclass.kubevirt.io/is-default-virt-class or "
+         "storageclass.kubernetes.io/is-default-class"),
         ("storage-profile-mismatch",
          vol_scene(profile("new", (RWX, "Block"), (RWO, "Block")),
                    volume_mode=VolumeMode.FILESYSTEM),
@@ -466,7 +476,7 @@ def test_target_size(source: PVCInfo, expected: int) -> None:
     ],
 )
 def test_resolve_target(
-    parts: tuple[object, ...],
+    parts: tuple[SnapshotPart, ...],
     mode: VolumeMode,
     access: tuple[str, ...] | None,
     expected: tuple[str, tuple[str, ...], bool],
@@ -531,29 +541,28 @@ def run(
 
 
 RUN_CASES = [
-        pytest.param(None, run(), LIVE, id="auto-running-live"),
-        pytest.param(None, run(running=False), OFFLINE, id="auto-stopped-offline"),
-        pytest.param(None, run(live=(SHAREABLE,), allow_stop=True), OFFLINE,
-                     id="auto-running-no-live-allow-stop-offline"),
-        pytest.param(None, run(offline=(ARCHIVE,)), LIVE, id="auto-live-ignores-offline-blocker"),
-        pytest.param(None, run(Mode.LIVE), LIVE, id="live-running-live"),
-        pytest.param(None, run(Mode.OFFLINE, allow_stop=True), OFFLINE,
-                     id="offline-running-allow-stop"),
-        pytest.param(None, run(Mode.OFFLINE, running=False), OFFLINE, id="offline-stopped"),
-        pytest.param(None, run(Mode.LIVE, offline=(ARCHIVE,)), LIVE, id="live-ignores-offline"),
-        pytest.param("stop-not-allowed", run(live=(SHAREABLE,)), None,
-                     id="stop-not-allowed"),
-        pytest.param("live-required", run(Mode.LIVE, live=(SHAREABLE,)), None,
-                     id="live-required-blocker"),
-        pytest.param("live-required", run(Mode.LIVE, running=False), None,
-                     id="live-required-stopped"),
-        pytest.param("offline-needs-stop", run(Mode.OFFLINE), None, id="offline-needs-stop"),
-        pytest.param("offline-impossible", run(running=False, offline=(ARCHIVE,)), None,
-                     id="offline-impossible-stopped"),
-        pytest.param("offline-impossible",
-                     run(Mode.OFFLINE, allow_stop=True, offline=(ARCHIVE,)), None,
-                     id="offline-impossible-mode-offline"),
-
+    pytest.param(None, run(), LIVE, id="auto-running-live"),
+    pytest.param(None, run(running=False), OFFLINE, id="auto-stopped-offline"),
+    pytest.param(None, run(live=(SHAREABLE,), allow_stop=True), OFFLINE,
+                 id="auto-running-no-live-allow-stop-offline"),
+    pytest.param(None, run(offline=(ARCHIVE,)), LIVE, id="auto-live-ignores-offline-blocker"),
+    pytest.param(None, run(Mode.LIVE), LIVE, id="live-running-live"),
+    pytest.param(None, run(Mode.OFFLINE, allow_stop=True), OFFLINE,
+                 id="offline-running-allow-stop"),
+    pytest.param(None, run(Mode.OFFLINE, running=False), OFFLINE, id="offline-stopped"),
+    pytest.param(None, run(Mode.LIVE, offline=(ARCHIVE,)), LIVE, id="live-ignores-offline"),
+    pytest.param("stop-not-allowed", run(live=(SHAREABLE,)), None,
+                 id="stop-not-allowed"),
+    pytest.param("live-required", run(Mode.LIVE, live=(SHAREABLE,)), None,
+                 id="live-required-blocker"),
+    pytest.param("live-required", run(Mode.LIVE, running=False), None,
+                 id="live-required-stopped"),
+    pytest.param("offline-needs-stop", run(Mode.OFFLINE), None, id="offline-needs-stop"),
+    pytest.param("offline-impossible", run(running=False, offline=(ARCHIVE,)), None,
+                 id="offline-impossible-stopped"),
+    pytest.param("offline-impossible",
+                 run(Mode.OFFLINE, allow_stop=True, offline=(ARCHIVE,)), None,
+                 id="offline-impossible-mode-offline"),
 ]
 COVERED.update(str(p.values[0]) for p in RUN_CASES if p.values[0])
 

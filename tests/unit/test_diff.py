@@ -1,0 +1,546 @@
+"""diff: plans x snapshot -> desired volumes -> per-VM verdicts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from reconciler import rules
+from reconciler.diff import diff, matches, resolve_desired
+from reconciler.model import (
+    Action,
+    KubeVirtInfo,
+    LabelSelector,
+    Mode,
+    Plan,
+    Snapshot,
+    VMVerdict,
+    VolumeMode,
+)
+from reconciler.plans import DEFAULT_CLASS
+from tests.unit.factories import (
+    RWX,
+    GiB,
+    cond,
+    dv,
+    healthy,
+    kubevirt,
+    labels,
+    override,
+    plan,
+    pvc,
+    select,
+    snapshot,
+    src,
+    storage_class,
+    vm,
+    vmi,
+    volume,
+    with_vm,
+)
+
+
+def only_vm(result_plans: list[Plan] | Plan, snap: Snapshot) -> VMVerdict:
+    plans = result_plans if isinstance(result_plans, list) else [result_plans]
+    result = diff(plans, snap)
+    assert result.problems == ()
+    assert len(result.vms) == 1
+    return result.vms[0]
+
+
+def rules_of(verdict: VMVerdict) -> list[str]:
+    return [v.rule for v in verdict.volumes]
+
+
+# --------------------------------------------------------------------------------------------
+# resolve_desired
+# --------------------------------------------------------------------------------------------
+
+MIXED = (
+    volume("rootdisk"),
+    volume("data", "data-pvc", kind="persistentVolumeClaim"),
+    volume("cd", kind="containerDisk"),
+    volume("ci", kind="cloudInitNoCloud", disk_type="disk"),
+)
+
+
+def test_every_claim_volume_of_an_explicit_vm_gets_the_plan_class() -> None:
+    desired, problems = resolve_desired([plan()], healthy(vm(volumes=MIXED)))
+    assert problems == ()
+    assert [(d.vm, d.volume, d.storage_class) for d in desired] == [
+        ("vm1", "data", "new"),
+        ("vm1", "rootdisk", "new"),
+    ]
+    assert all(d.volume_mode is VolumeMode.AUTO and d.target_name is None for d in desired)
+
+
+def test_selector_picks_live_vms_by_label_in_the_plan_namespace_only() -> None:
+    snap = healthy(
+        vm("gold-1", labels={"tier": "gold"}),
+        vm("gold-2", labels={"tier": "gold", "os": "fedora"}),
+        vm("silver", labels={"tier": "silver"}),
+        vm("elsewhere", namespace="other", labels={"tier": "gold"}),
+    )
+    desired, _ = resolve_desired([plan(vms=(), selector=labels(tier="gold"))], snap)
+    assert sorted({(d.namespace, d.vm) for d in desired}) == [("ns", "gold-1"), ("ns", "gold-2")]
+
+
+@pytest.mark.parametrize(
+    ("expression", "vm_labels", "expected"),
+    [
+        (("tier", "In", ("gold", "silver")), {"tier": "gold"}, True),
+        (("tier", "In", ("gold",)), {"tier": "bronze"}, False),
+        (("tier", "In", ("gold",)), {}, False),
+        (("tier", "NotIn", ("gold",)), {"tier": "bronze"}, True),
+        (("tier", "NotIn", ("gold",)), {}, True),
+        (("tier", "NotIn", ("gold",)), {"tier": "gold"}, False),
+        (("tier", "Exists", ()), {"tier": ""}, True),
+        (("tier", "Exists", ()), {}, False),
+        (("tier", "DoesNotExist", ()), {}, True),
+        (("tier", "DoesNotExist", ()), {"tier": "x"}, False),
+        (("tier", "Matches", ("gold",)), {"tier": "gold"}, False),  # unknown operator
+    ],
+)
+def test_match_expressions(
+    expression: tuple[str, str, tuple[str, ...]], vm_labels: dict[str, str], expected: bool
+) -> None:
+    assert matches(LabelSelector(match_expressions=(expression,)), vm_labels) is expected
+
+
+def test_selector_needs_all_labels_and_expressions() -> None:
+    selector = LabelSelector(
+        match_labels=(("tier", "gold"),), match_expressions=(("os", "In", ("fedora",)),)
+    )
+    assert matches(selector, {"tier": "gold", "os": "fedora"})
+    assert not matches(selector, {"tier": "gold", "os": "rhel"})
+    assert not matches(selector, {"os": "fedora"})
+    assert matches(LabelSelector(), {})  # empty selector: everything (Kubernetes semantics)
+
+
+def test_explicit_vms_and_selector_are_united_each_vm_once() -> None:
+    snap = healthy(vm("vm1", labels={"tier": "gold"}), vm("vm2", labels={"tier": "gold"}),
+                   vm("vm3"))
+    the_plan = plan(
+        vms=("vm3", select("vm1", override("rootdisk", "fast"))),
+        selector=labels(tier="gold"),
+    )
+    desired, problems = resolve_desired([the_plan], snap)
+    assert problems == ()
+    # vm1 is explicit (its override applies) and selected: once, with the override.
+    assert [(d.vm, d.storage_class) for d in desired] == [
+        ("vm1", "fast"),
+        ("vm2", "new"),
+        ("vm3", "new"),
+    ]
+
+
+def test_overrides_set_class_mode_access_and_target_name() -> None:
+    two = vm(volumes=(volume("rootdisk"), volume("data")))
+    the_plan = plan(
+        vms=(
+            select(
+                "vm1",
+                override("data", "fast", volume_mode=VolumeMode.BLOCK, access_modes=RWX,
+                         target_name="data-fast"),
+            ),
+        ),
+        volume_mode=VolumeMode.FILESYSTEM,
+    )
+    desired, _ = resolve_desired([the_plan], healthy(two))
+    by_volume = {d.volume: d for d in desired}
+    assert by_volume["rootdisk"].storage_class == "new"
+    assert by_volume["rootdisk"].volume_mode is VolumeMode.FILESYSTEM  # the plan's default
+    data = by_volume["data"]
+    assert (data.storage_class, data.volume_mode, data.access_modes, data.target_name) == (
+        "fast", VolumeMode.BLOCK, RWX, "data-fast"
+    )
+
+
+def test_plan_without_class_moves_only_volumes_with_an_explicit_class() -> None:
+    two = vm(volumes=(volume("rootdisk"), volume("data")))
+    the_plan = plan(storage_class=None, vms=(select("vm1", override("data", "fast")),))
+    desired, _ = resolve_desired([the_plan], healthy(two))
+    assert [(d.volume, d.storage_class) for d in desired] == [("data", "fast")]
+
+
+def test_default_class_sentinel_resolves_to_the_cluster_default() -> None:
+    desired, _ = resolve_desired([plan(storage_class=DEFAULT_CLASS)], healthy())
+    assert [d.storage_class for d in desired] == ["old"]  # healthy() marks "old" default
+
+
+def test_default_class_sentinel_prefers_the_default_virt_class_like_cdi() -> None:
+    snap = healthy(storage_class("new", default_virt=True))
+    desired, _ = resolve_desired([plan(storage_class=DEFAULT_CLASS)], snap)
+    assert [d.storage_class for d in desired] == ["new"]
+    assert only_vm(plan(storage_class=DEFAULT_CLASS), snap).action is Action.MOVE_LIVE
+
+
+def test_default_class_without_a_default_is_blocked_with_the_reason() -> None:
+    snap = healthy(storage_class("old"))  # no default any more
+    verdict = only_vm(plan(storage_class=DEFAULT_CLASS), snap)
+    assert verdict.action is Action.BLOCKED
+    assert rules_of(verdict) == ["storage-class-not-found"]
+    assert "cluster's default StorageClass" in verdict.volumes[0].reason
+
+
+def test_selector_conflict_is_a_problem_naming_both_plans() -> None:
+    snap = healthy(vm(labels={"tier": "gold"}))
+    a = plan("a", vms=(), selector=labels(tier="gold"), storage_class="new")
+    b = plan("b", vms=(select("vm1", override("rootdisk", "fast")),), storage_class=None)
+    result = diff([a, b], snap)
+    assert len(result.problems) == 1
+    problem = result.problems[0]
+    assert "plans a (plans/a.yaml:1) and b (plans/p.yaml:7:" in problem.message
+    assert "a -> new, b -> fast" in problem.message
+    assert "[conflicting-targets]" in problem.message
+    assert problem.source == src("spec.virtualMachines[0].volumes[0]", line=7)
+    assert result.vms == ()  # the conflicting volume is left out: nothing moves
+
+
+def test_two_plans_wanting_the_same_target_agree() -> None:
+    snap = healthy(vm(labels={"tier": "gold"}))
+    a = plan("a", vms=(), selector=labels(tier="gold"))
+    b = plan("b")
+    desired, problems = resolve_desired([a, b], snap)
+    assert problems == ()
+    assert [(d.volume, d.plan.name) for d in desired] == [("rootdisk", "a")]
+
+
+def test_plans_sharing_a_vm_must_agree_on_its_settings() -> None:
+    two = vm(volumes=(volume("rootdisk"), volume("data")), labels={"tier": "gold"})
+    a = plan("a", storage_class=None, vms=(select("vm1", override("rootdisk", "new")),))
+    b = plan("b", storage_class=None, vms=(), selector=labels(tier="gold"), allow_stop=True)
+    b = replace(b, virtual_machines=(select("vm1", override("data", "new")),))
+    desired, problems = resolve_desired([a, b], healthy(two))
+    assert desired == ()
+    assert len(problems) == 1
+    assert "[conflicting-plan-settings]" in problems[0].message
+    assert "plans a" in problems[0].message and "and b" in problems[0].message
+
+
+def test_desired_volumes_are_sorted() -> None:
+    snap = healthy(vm("b"), vm("a"), vm("c", namespace="x"))
+    desired, _ = resolve_desired([plan(vms=("b", "a")), plan("q", namespace="x", vms=("c",))],
+                                 snap)
+    assert [(d.namespace, d.vm) for d in desired] == [("ns", "a"), ("ns", "b"), ("x", "c")]
+
+
+def test_missing_explicit_vm_is_a_blocked_verdict_not_a_problem() -> None:
+    result = diff([plan(vms=("vm1", "ghost"))], healthy())
+    assert result.problems == ()
+    ghost = next(v for v in result.vms if v.name == "ghost")
+    assert ghost.action is Action.BLOCKED
+    assert ghost.volumes == ()
+    assert ghost.plan == "p"
+    assert ghost.reasons[0].endswith("[vm-not-found]")
+    assert "plan p names VM ns/ghost, which does not exist" in ghost.reasons[0]
+
+
+def test_override_naming_a_missing_volume_blocks_the_vm() -> None:
+    verdict = only_vm(plan(vms=(select("vm1", override("datadisk", "new")),)), healthy())
+    assert verdict.action is Action.BLOCKED
+    by_volume = {v.volume: v for v in verdict.volumes}
+    assert by_volume["datadisk"].rule == "volume-not-found"
+    assert by_volume["rootdisk"].rule == "vm-blocked"  # withheld: the VM moves as a whole
+    assert by_volume["rootdisk"].action is Action.BLOCKED
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation
+# --------------------------------------------------------------------------------------------
+
+
+def test_in_sync() -> None:
+    verdict = only_vm(plan(storage_class="old"), healthy())
+    assert verdict.action is Action.IN_SYNC
+    assert verdict.reasons == ()
+    assert [(v.action, v.from_class, v.to_class) for v in verdict.volumes] == [
+        (Action.IN_SYNC, "old", "old")
+    ]
+
+
+def test_in_sync_whatever_else_is_true_of_the_vm() -> None:
+    snap = with_vm(healthy(), annotations={"argocd.argoproj.io/tracking-id": "a:x"},
+                   conditions=(cond("ManualRecoveryRequired"),))
+    assert only_vm(plan(storage_class="old"), snap).action is Action.IN_SYNC
+
+
+def test_running_vm_moves_live_with_the_target_spelled_out() -> None:
+    verdict = only_vm(plan(), healthy())
+    assert verdict.action is Action.MOVE_LIVE
+    assert (verdict.running, verdict.stop_required, verdict.reasons) == (True, False, ())
+    (vol,) = verdict.volumes
+    assert vol == replace(
+        vol,
+        volume="rootdisk",
+        claim="rootdisk-dv",
+        from_class="old",
+        to_class="new",
+        action=Action.MOVE_LIVE,
+        reason="",
+        rule="",
+        target_name="",
+        size_bytes=10 * GiB,
+        volume_mode="Filesystem",
+        access_modes=("ReadWriteOnce",),
+    )
+
+
+def test_block_source_is_sized_by_capacity() -> None:
+    snap = healthy(pvc(volume_mode="Block", size=10 * GiB, capacity=10 * GiB + 512 * 2**20))
+    (vol,) = only_vm(plan(), snap).volumes
+    assert (vol.size_bytes, vol.volume_mode) == (10 * GiB + 512 * 2**20, "Block")
+
+
+def test_plan_target_name_is_kept() -> None:
+    the_plan = plan(vms=(select("vm1", override("rootdisk", target_name="root-on-new")),))
+    assert only_vm(the_plan, healthy()).volumes[0].target_name == "root-on-new"
+
+
+def test_stopped_vm_moves_offline_without_stopping() -> None:
+    verdict = only_vm(plan(), healthy(running=False))
+    assert verdict.action is Action.MOVE_OFFLINE
+    assert (verdict.running, verdict.stop_required) == (False, False)
+    assert rules_of(verdict) == ["vm-not-running"]
+    # Only the reason that matters: no KubeVirt-configuration noise for a stopped VM.
+    assert len(verdict.reasons) == 1 and "stopped" in verdict.reasons[0]
+
+
+def test_stopped_vm_moves_offline_even_without_kubevirt_live_support() -> None:
+    snap = replace(healthy(running=False), kubevirt=None)
+    assert only_vm(plan(), snap).action is Action.MOVE_OFFLINE
+
+
+def test_running_vm_that_cannot_move_live_is_blocked_without_allow_stop() -> None:
+    snap = with_vm(healthy(), volumes=(volume(shareable=True),))
+    verdict = only_vm(plan(), snap)
+    assert verdict.action is Action.BLOCKED
+    assert rules_of(verdict) == ["stop-not-allowed"]
+    assert "set allowStop: true" in verdict.volumes[0].reason
+    assert verdict.reasons[0].endswith("[stop-not-allowed]")
+    assert "volume rootdisk: disk rootdisk is shareable" in verdict.reasons[1]
+
+
+def test_running_vm_that_cannot_move_live_moves_offline_with_allow_stop() -> None:
+    snap = with_vm(healthy(), volumes=(volume(shareable=True),))
+    verdict = only_vm(plan(allow_stop=True), snap)
+    assert verdict.action is Action.MOVE_OFFLINE
+    assert (verdict.running, verdict.stop_required) == (True, True)
+    assert rules_of(verdict) == ["shareable-disk"]
+    assert verdict.reasons == (
+        "volume rootdisk: " + str(verdict_finding(verdict, "shareable-disk")),
+    )
+
+
+def verdict_finding(verdict: VMVerdict, rule: str) -> rules.Finding:
+    vol = next(v for v in verdict.volumes if v.rule == rule)
+    return rules.Finding(rule, rules.Effect.NO_LIVE, vol.reason)
+
+
+@pytest.mark.parametrize(
+    ("kv", "rule"),
+    [
+        (None, "kubevirt-not-found"),
+        (kubevirt("v1.4.0", rollout="LiveUpdate"), "feature-gates-missing"),
+        (kubevirt("v1.5.0"), "rollout-strategy-not-live-update"),
+        (kubevirt("v1.9.0", methods=()), "workload-update-no-live-migrate"),
+    ],
+)
+def test_kubevirt_configuration_decides_live_for_running_vms(
+    kv: KubeVirtInfo | None, rule: str
+) -> None:
+    snap = replace(healthy(), kubevirt=kv)
+    blocked = only_vm(plan(), snap)
+    assert blocked.action is Action.BLOCKED
+    assert any(r.endswith(f"[{rule}]") for r in blocked.reasons)
+    offline = only_vm(plan(allow_stop=True), snap)
+    assert (offline.action, offline.stop_required) == (Action.MOVE_OFFLINE, True)
+    assert rules_of(offline) == [rule]
+
+
+def test_storage_not_live_migratable_names_kubevirts_reason() -> None:
+    snap = healthy(vmi(conditions=(cond("StorageLiveMigratable", "False", reason="HostDevice",
+                                         message="VMI uses a PCI host device"),)))
+    verdict = only_vm(plan(allow_stop=True), snap)
+    assert verdict.action is Action.MOVE_OFFLINE
+    assert "(HostDevice: VMI uses a PCI host device)" in verdict.reasons[0]
+
+
+def test_rwo_volume_left_behind_prevents_a_live_move() -> None:
+    two = vm(volumes=(volume("rootdisk"), volume("data")))
+    snap = healthy(two, pvc("data-dv", storage_class="new"))  # data already on "new"
+    verdict = only_vm(plan(), snap)
+    assert verdict.action is Action.BLOCKED
+    assert [(v.volume, v.action) for v in verdict.volumes] == [
+        ("rootdisk", Action.BLOCKED),
+        ("data", Action.IN_SYNC),
+    ]
+    assert any("data (already on its target class) is ReadWriteOnce" in r
+               for r in verdict.reasons)
+
+
+def test_rwx_volume_left_behind_does_not_prevent_a_live_move() -> None:
+    two = vm(volumes=(volume("rootdisk"), volume("data")))
+    snap = healthy(two, pvc("data-dv", storage_class="new", access_modes=RWX))
+    verdict = only_vm(plan(), snap)
+    assert verdict.action is Action.MOVE_LIVE
+    assert [v.action for v in verdict.volumes] == [Action.MOVE_LIVE, Action.IN_SYNC]
+
+
+def test_a_blocked_volume_blocks_the_whole_vm() -> None:
+    two = vm(volumes=(volume("rootdisk"), volume("data")))
+    snap = healthy(two, pvc("data-dv", phase="Pending"))
+    verdict = only_vm(plan(), snap)
+    assert verdict.action is Action.BLOCKED
+    assert rules_of(verdict) == ["vm-blocked", "claim-not-bound"]
+    assert verdict.reasons == (
+        "volume data: " + verdict.volumes[1].reason + " [claim-not-bound]",
+    )
+
+
+def test_blocked_vm_lists_every_reason() -> None:
+    three = vm(volumes=(volume("rootdisk"), volume("data"), volume("logs")),
+               labels={"kustomize.toolkit.fluxcd.io/name": "apps"})
+    snap = healthy(three, dv("rootdisk-dv", phase="ImportInProgress"), pvc("logs-dv"))
+    verdict = only_vm(plan(), snap)  # data has no PVC at all
+    assert verdict.action is Action.BLOCKED
+    assert [r.rsplit("[", 1)[1] for r in verdict.reasons] == [
+        "gitops-managed]",
+        "datavolume-not-succeeded]",
+        "claim-not-found]",
+    ]
+    # VM-level blocks come first; a volume that could move carries the VM's block.
+    assert rules_of(verdict) == ["datavolume-not-succeeded", "claim-not-found", "gitops-managed"]
+
+
+def test_gitops_managed_vm_moves_when_the_plan_allows_it() -> None:
+    snap = with_vm(healthy(), annotations={"argocd.argoproj.io/tracking-id": "shop:x"})
+    assert only_vm(plan(), snap).action is Action.BLOCKED
+    assert only_vm(plan(allow_gitops_managed=True), snap).action is Action.MOVE_LIVE
+
+
+def test_manual_recovery_required_blocks_with_the_recovery_hint() -> None:
+    snap = with_vm(healthy(running=False), conditions=(cond("ManualRecoveryRequired"),))
+    verdict = only_vm(plan(), snap)
+    assert verdict.action is Action.BLOCKED
+    assert rules_of(verdict) == ["manual-recovery-required"]
+    assert "restore the original claim names" in verdict.reasons[0]
+
+
+@pytest.mark.parametrize(
+    "scene",
+    [
+        with_vm(healthy(), annotations={rules.JOURNAL_ANNOTATION: '{"step": "swap"}'}),
+        with_vm(healthy(vmi(conditions=(cond("VolumesChange"),))),
+                update_volumes_strategy="Migration"),
+    ],
+    ids=["journal", "volumes-change"],
+)
+def test_in_progress_wins_over_moves(scene: Snapshot) -> None:
+    verdict = only_vm(plan(), scene)
+    assert verdict.action is Action.IN_PROGRESS
+    assert all(v.action is Action.IN_PROGRESS for v in verdict.volumes)
+
+
+def test_in_progress_is_not_second_guessed_by_other_rules() -> None:
+    # Mid offline move: stopped, the VM already points at a DataVolume still cloning.
+    snap = with_vm(
+        healthy(dv(phase="CloneInProgress"), running=False),
+        annotations={rules.JOURNAL_ANNOTATION: "{}"},
+        labels={"kustomize.toolkit.fluxcd.io/name": "apps"},
+    )
+    verdict = only_vm(plan(), snap)
+    assert verdict.action is Action.IN_PROGRESS
+    assert rules_of(verdict) == ["journal-present"]
+
+
+@pytest.mark.parametrize(
+    ("the_plan", "running", "action", "rule"),
+    [
+        (plan(mode=Mode.LIVE), True, Action.MOVE_LIVE, ""),
+        (plan(mode=Mode.LIVE), False, Action.BLOCKED, "live-required"),
+        (plan(mode=Mode.OFFLINE), True, Action.BLOCKED, "offline-needs-stop"),
+        (plan(mode=Mode.OFFLINE, allow_stop=True), True, Action.MOVE_OFFLINE, ""),
+        (plan(mode=Mode.OFFLINE), False, Action.MOVE_OFFLINE, "vm-not-running"),
+    ],
+)
+def test_plan_mode(the_plan: Plan, running: bool, action: Action, rule: str) -> None:
+    verdict = only_vm(the_plan, healthy(running=running))
+    assert verdict.action is action
+    assert rules_of(verdict) == [rule]
+    assert verdict.stop_required is (action is Action.MOVE_OFFLINE and running)
+
+
+def test_content_type_blocks_block_to_filesystem_offline_but_not_live() -> None:
+    block = pvc(volume_mode="Block", annotations={rules.CONTENT_TYPE_ANNOTATION: "archive"})
+    the_plan = plan(volume_mode=VolumeMode.FILESYSTEM)
+    live = only_vm(the_plan, healthy(block))
+    assert live.action is Action.MOVE_LIVE
+    offline = only_vm(the_plan, healthy(block, running=False))
+    assert offline.action is Action.BLOCKED
+    assert rules_of(offline) == ["offline-impossible"]
+    assert any("[content-type-not-kubevirt]" in r for r in offline.reasons)
+
+
+def test_deprecated_running_field_is_noted_on_a_move() -> None:
+    snap = with_vm(healthy(), uses_running_field=True)
+    verdict = only_vm(plan(), snap)
+    assert verdict.action is Action.MOVE_LIVE
+    assert verdict.reasons == (str(rules.Finding(
+        "running-field-deprecated", rules.Effect.NOTE,
+        rules.running_field_deprecated(rules.vm_context(snap.vms[("ns", "vm1")], snap)) or "",
+    )),)
+
+
+# --------------------------------------------------------------------------------------------
+# The Diff as a whole
+# --------------------------------------------------------------------------------------------
+
+
+def test_namespace_allow_list_refuses_plans_outside_it() -> None:
+    snap = healthy(vm("vm9", namespace="prod"), pvc("rootdisk-dv", namespace="prod"))
+    plans = [plan(), plan("prod", namespace="prod", vms=("vm9",))]
+    result = diff(plans, snap, allowed_namespaces=frozenset({"ns"}))
+    assert [(v.namespace, v.name) for v in result.vms] == [("ns", "vm1")]
+    (problem,) = result.problems
+    assert problem.source == plans[1].source
+    assert "plan prod targets namespace prod" in problem.message
+    assert "(allowed: ns) [namespace-not-allowed]" in problem.message
+    assert diff(plans, snap).problems == ()  # None: every namespace
+
+
+def test_verdicts_are_ordered_and_counted() -> None:
+    snap = snapshot(
+        *healthy().vms.values(),
+        *healthy().vmis.values(),
+        vm("b"), vm("a"), vm("z", namespace="aa"),
+        pvc(), pvc(namespace="aa"),
+        storage_class("old", default=True), storage_class("new"), kubevirt(),
+    )
+    plans = [plan(vms=("vm1", "b", "a", "gone")), plan("q", namespace="aa", vms=("z",))]
+    result = diff(plans, snap)
+    assert [(v.namespace, v.name) for v in result.vms] == [
+        ("aa", "z"), ("ns", "a"), ("ns", "b"), ("ns", "gone"), ("ns", "vm1"),
+    ]
+    assert dict(result.summary) == {
+        Action.IN_SYNC: 0,
+        Action.MOVE_LIVE: 1,  # vm1 (running)
+        Action.MOVE_OFFLINE: 3,  # z, a, b are stopped
+        Action.BLOCKED: 1,  # gone
+        Action.IN_PROGRESS: 0,
+    }
+    assert result.pending
+    assert len(result.desired) == 4
+
+
+def test_nothing_pending_when_in_sync() -> None:
+    result = diff([plan(storage_class="old")], healthy())
+    assert not result.pending
+    assert result.summary[Action.IN_SYNC] == 1
+
+
+def test_diff_is_deterministic() -> None:
+    snap = healthy(vm("a", labels={"t": "x"}), vm("b", labels={"t": "x"}))
+    plans = [plan(vms=(), selector=labels(t="x"))]
+    assert diff(plans, snap) == diff(plans, snap)
