@@ -120,7 +120,7 @@ def setup_cluster(api: pykube.HTTPClient) -> None:
                  "workloadUpdateStrategy": {"workloadUpdateMethods": ["LiveMigrate"]}},
     })
     status(api, "kubevirt.io/v1", "kubevirt", "kubevirts", "kubevirt",
-           {"status": {"phase": "Deployed", "observedKubeVirtVersion": "v1.9.0"}})
+           body={"status": {"phase": "Deployed", "observedKubeVirtVersion": "v1.9.0"}})
 
 
 def load(cp: ControlPlane, namespace: str, n: int) -> None:
@@ -133,7 +133,8 @@ def load(cp: ControlPlane, namespace: str, n: int) -> None:
             version = manifest["apiVersion"]
             post(api, version, namespace, plural, manifest)
             if status_body:
-                status(api, version, namespace, plural, manifest["metadata"]["name"], status_body)
+                status(api, version, namespace, plural, manifest["metadata"]["name"],
+                       body=status_body)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(one, range(n)))
@@ -197,7 +198,7 @@ def post(api: pykube.HTTPClient, version: str, namespace: str | None, plural: st
 
 
 def status(api: pykube.HTTPClient, version: str, namespace: str | None, plural: str, name: str,
-           body: dict[str, Any]) -> None:
+           *, body: dict[str, Any]) -> None:
     kwargs: dict[str, Any] = {
         "version": version, "url": f"{plural}/{name}/status", "data": json.dumps(body),
         "headers": {"Content-Type": "application/merge-patch+json"},
@@ -232,7 +233,9 @@ def timed(argv: list[str]) -> dict[str, Any]:
     return result
 
 
-def counted(api: pykube.HTTPClient, run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], int]:
+def counted(
+    api: pykube.HTTPClient, run: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], int]:
     """Run ``run`` and return its result with the number of API requests it caused."""
     before = request_total(api)
     result = run()

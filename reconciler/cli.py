@@ -153,7 +153,8 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> ExitCode:
         out.write(report.dump(doc, "json"))
     else:
         for plan in plans:
-            out.write(f"ok  {plan.name} (namespace {plan.namespace}) {plan.source}\n")
+            out.write(f"ok  {plan.source.file}:{plan.source.line}  {plan.name} "
+                      f"(namespace {plan.namespace})\n")
         out.write(f"{len(plans)} plan(s) valid.\n")
     return ExitCode.OK
 

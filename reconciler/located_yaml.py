@@ -218,19 +218,17 @@ class Reader:
         return None
 
     def string_map(self, node: Node, path: str) -> dict[str, tuple[Node, str]] | None:
-        """A mapping of strings to strings (labels), each value with its node."""
+        """A mapping of strings to strings (labels): every pair whose value is a string, with
+        its key node; other pairs are reported. None only when ``node`` is not a mapping."""
         if not isinstance(node, MappingNode):
             self.type_error(node, path, "a mapping")
             return None
         result: dict[str, tuple[Node, str]] = {}
-        ok = True
         for key_node, value_node in self._pairs(node, path):
             value = self.string(value_node, join(path, key_node.value))
-            if value is None:
-                ok = False
-            else:
+            if value is not None:
                 result[key_node.value] = (key_node, value)
-        return result if ok else None
+        return result
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -242,11 +240,12 @@ class Reader:
         pairs: dict[str, tuple[ScalarNode, Node]] = {}
         for key_node, value_node in own:
             if not (isinstance(key_node, ScalarNode) and key_node.tag == _TAG + "str"):
+                scalar = isinstance(key_node, ScalarNode)
                 self.report(
                     key_node,
                     path,
                     f"field names must be strings, got {describe(key_node)}",
-                    _QUOTE_HINT.format(value=getattr(key_node, "value", "")),
+                    _QUOTE_HINT.format(value=key_node.value) if scalar else "",
                 )
                 continue
             key = key_node.value

@@ -419,8 +419,8 @@ def _vm_conflicts(
     volumes_a = {v.name: v for v in sel_a.volumes}
     volumes_b = {v.name: v for v in sel_b.volumes}
     for key in [*sorted(volumes_a.keys() | volumes_b.keys()), _OTHER_VOLUMES]:
-        target_a = _target(plan_a, volumes_a.get(key), key)
-        target_b = _target(plan_b, volumes_b.get(key), key)
+        target_a = _target(plan_a, volumes_a.get(key))
+        target_b = _target(plan_b, volumes_b.get(key))
         if target_a is None or target_b is None or target_a == target_b:
             continue
         what = f"volume '{key}' of VM" if key != _OTHER_VOLUMES else "the other volumes of VM"
@@ -440,8 +440,9 @@ def _vm_conflicts(
     return problems
 
 
-def _target(plan: Plan, volume: VolumeTarget | None, key: str) -> _Target | None:
-    """What ``plan`` wants for volume ``key`` of one of its VMs (None: not its concern)."""
+def _target(plan: Plan, volume: VolumeTarget | None) -> _Target | None:
+    """What ``plan`` wants for a volume of one of its VMs: the entry for it when the plan
+    lists it (``volume``), else the plan's defaults. None when the plan does not move it."""
     if volume is None:
         if plan.storage_class is None:
             return None

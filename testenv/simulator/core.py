@@ -710,6 +710,9 @@ class Controller:
     it reads `self.sim.store`, writes through `self.sim.client`, and may schedule itself
     again with `self.sim.enqueue(self, key, delay)`. It runs on the single worker thread.
     An exception requeues the key with back-off (a 409 Conflict retries at once).
+
+    `keys_for` runs on the watch threads, concurrently with `reconcile`: it may read the
+    store (thread-safe) but must not write to the API or touch controller state.
     """
 
     watches: ClassVar[tuple[str, ...]] = ()
@@ -803,7 +806,9 @@ class _WorkQueue:
 
 class Simulator:
     """Runs controllers against an API server: watch threads fill `store`, one worker
-    thread reconciles. Use as a context manager or call `start()` / `stop()`."""
+    thread reconciles. Use as a context manager or call `start()` / `stop()`; an instance
+    runs once (build a new one to restart). Run one simulator per API server: two would
+    both act on every object."""
 
     def __init__(
         self,
