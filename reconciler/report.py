@@ -160,7 +160,8 @@ def _volume_row(vol: VolumeVerdict) -> list[str]:
         if vol.action is not Action.IN_SYNC
         else vol.to_class
     )
-    detail = vol.reason or (f"-> {vol.target_name}" if vol.target_name else "")
+    # Full reasons are listed under the table; the column only names the rule.
+    detail = f"[{vol.rule}]" if vol.reason else (f"-> {vol.target_name}" if vol.target_name else "")
     return [
         vol.volume,
         vol.claim,

@@ -1,0 +1,380 @@
+"""`plan` against the real API server, with the simulator playing KubeVirt, CDI and CSI.
+
+Each test builds its scenario in its own namespace with plain API calls, waits until the
+simulator has settled it (VMs running, DataVolumes imported), writes a plan file and runs the
+CLI in-process. Assertions are on the CLI's JSON output, exit code and the cluster's state.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pykube
+import pytest
+
+from reconciler import cli
+from testenv import seed
+from testenv.controlplane import ControlPlane
+
+Eventually = Callable[..., Any]
+
+pytestmark = pytest.mark.usefixtures("sim")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_objects(api: pykube.HTTPClient) -> None:
+    """The seed's StorageClasses and KubeVirt CR (configured for live migration)."""
+    seed.seed_cluster(api)
+
+
+@pytest.fixture
+def kubevirt_config(api: pykube.HTTPClient) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Patch the shared KubeVirt CR's spec for one test; the seed's spec is restored after."""
+
+    def patch(spec: dict[str, Any]) -> None:
+        _merge(api, "kubevirt.io/v1", "kubevirt", "kubevirts/kubevirt", {"spec": spec})
+
+    yield patch
+    original = seed.kubevirt_cr()["spec"]
+    body = [{"op": "replace", "path": "/spec", "value": original}]
+    response = api.patch(version="kubevirt.io/v1", namespace="kubevirt", url="kubevirts/kubevirt",
+                         data=json.dumps(body),
+                         headers={"Content-Type": "application/json-patch+json"})
+    api.raise_for_status(response)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _merge(api: pykube.HTTPClient, version: str, namespace: str, url: str,
+           body: dict[str, Any]) -> None:
+    response = api.patch(version=version, namespace=namespace, url=url, data=json.dumps(body),
+                         headers={"Content-Type": "application/merge-patch+json"})
+    api.raise_for_status(response)
+
+
+def create(api: pykube.HTTPClient, obj: dict[str, Any]) -> None:
+    plural = {"VirtualMachine": "virtualmachines", "PersistentVolumeClaim":
+              "persistentvolumeclaims", "DataVolume": "datavolumes"}[obj["kind"]]
+    response = api.post(version=obj["apiVersion"], namespace=obj["metadata"]["namespace"],
+                        url=plural, data=json.dumps(obj))
+    api.raise_for_status(response)
+
+
+def get(api: pykube.HTTPClient, version: str, namespace: str, url: str) -> dict[str, Any]:
+    response = api.get(version=version, namespace=namespace, url=url)
+    if response.status_code == 404:
+        return {}
+    api.raise_for_status(response)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def vm_running(api: pykube.HTTPClient, namespace: str, name: str) -> bool:
+    vmi = get(api, "kubevirt.io/v1", namespace, f"virtualmachineinstances/{name}")
+    return (vmi.get("status") or {}).get("phase") == "Running"
+
+
+def dv_succeeded(api: pykube.HTTPClient, namespace: str, name: str) -> bool:
+    dv = get(api, "cdi.kubevirt.io/v1beta1", namespace, f"datavolumes/{name}")
+    return (dv.get("status") or {}).get("phase") == "Succeeded"
+
+
+def fedora(namespace: str, name: str = "vm-fedora", *, running: bool = True,
+           **kwargs: Any) -> dict[str, Any]:
+    return seed.fedora_vm(namespace, name, f"{name}-disk", running=running, **kwargs)
+
+
+def settle(api: pykube.HTTPClient, eventually: Eventually, vm: dict[str, Any]) -> None:
+    """Create ``vm`` and wait for its disks (and VMI, when it should run) to be ready."""
+    create(api, vm)
+    namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
+    for template in vm["spec"].get("dataVolumeTemplates", []):
+        dv = template["metadata"]["name"]
+        if vm["spec"].get("runStrategy") == "Always":
+            eventually(lambda dv=dv: dv_succeeded(api, namespace, dv), what=f"DV {dv}")
+    if vm["spec"].get("runStrategy") == "Always":
+        eventually(lambda: vm_running(api, namespace, name), what=f"VMI {name} Running")
+
+
+def plan_file(tmp_path: Path, namespace: str, body: str = "", *, name: str = "move") -> Path:
+    """A StoragePlan for ``namespace``; ``body`` is extra YAML under spec (indented 2)."""
+    path = tmp_path / f"{name}.yaml"
+    spec = body or "storageClass: ceph-rbd\nvirtualMachines:\n  - name: vm-fedora\n"
+    path.write_text(
+        "apiVersion: vmstorage.dev/v1alpha1\nkind: StoragePlan\n"
+        f"metadata:\n  name: {name}\nspec:\n  namespace: {namespace}\n"
+        + textwrap.indent(spec, "  ")
+    )
+    return path
+
+
+def run_plan(capsys: pytest.CaptureFixture[str], control_plane: ControlPlane,
+             *args: str | Path) -> tuple[int, dict[str, Any] | str, str]:
+    """Run `plan ... --kubeconfig <admin>`; parse stdout as JSON when -o json was given."""
+    argv = ["plan", *map(str, args), "--kubeconfig", str(control_plane.kubeconfig)]
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out) if "json" in argv else out), err
+
+
+def only_vm(report: dict[str, Any] | str) -> dict[str, Any]:
+    assert isinstance(report, dict)
+    (vm,) = report["vms"]
+    assert isinstance(vm, dict)
+    return vm
+
+
+class Ctx:
+    """What every test here uses: the cluster, its namespace, a scratch dir and the CLI."""
+
+    def __init__(self, api: pykube.HTTPClient, control_plane: ControlPlane, namespace: str,
+                 tmp_path: Path, eventually: Eventually,
+                 capsys: pytest.CaptureFixture[str]) -> None:
+        self.api, self.control_plane, self.ns = api, control_plane, namespace
+        self.tmp_path, self.eventually, self.capsys = tmp_path, eventually, capsys
+
+    def settle(self, vm: dict[str, Any]) -> None:
+        settle(self.api, self.eventually, vm)
+
+    def stop(self, name: str = "vm-fedora") -> None:
+        _merge(self.api, "kubevirt.io/v1", self.ns, f"virtualmachines/{name}",
+               {"spec": {"runStrategy": "Halted"}})
+        self.eventually(lambda: not vm_running(self.api, self.ns, name), what="VM stopped")
+
+    def plan(self, *args: str | Path, body: str = "") -> tuple[int, Any, str]:
+        """Run `plan <plan file for body> args...` as admin."""
+        return run_plan(self.capsys, self.control_plane,
+                        plan_file(self.tmp_path, self.ns, body), *args)
+
+    def blocked_reasons(self, body: str = "") -> str:
+        reasons, _ = _blocked(self.plan("-o", "json", body=body)[1])
+        return reasons
+
+
+@pytest.fixture
+def ctx(api: pykube.HTTPClient, control_plane: ControlPlane, namespace: str, tmp_path: Path,
+        eventually: Eventually, capsys: pytest.CaptureFixture[str]) -> Ctx:
+    return Ctx(api, control_plane, namespace, tmp_path, eventually, capsys)
+
+
+# --------------------------------------------------------------------------------------------
+# moves
+# --------------------------------------------------------------------------------------------
+
+
+def test_running_seed_vm_is_planned_as_a_live_move(ctx: Ctx) -> None:
+    ctx.settle(fedora(ctx.ns))
+    rc, report, err = ctx.plan("-o", "json")
+
+    assert rc == 1, "changes pending"
+    vm = only_vm(report)
+    assert (vm["action"], vm["running"], vm["stopRequired"]) == ("MoveLive", True, False)
+    (volume,) = vm["volumes"]
+    assert volume["claim"] == "vm-fedora-disk"
+    assert (volume["from"], volume["to"]) == ("local-hostpath", "ceph-rbd")
+    assert volume["target"].startswith("vm-fedora-disk-mig-") and len(volume["target"]) <= 63
+    assert volume["sizeBytes"] >= 30 * 2**30
+    assert "(8 requests)" in err, "one LIST per kind, nothing per VM"
+
+
+def test_plan_names_are_deterministic_and_nothing_is_written(ctx: Ctx) -> None:
+    ctx.settle(fedora(ctx.ns))
+    vm_before = get(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
+    first = only_vm(ctx.plan("-o", "json")[1])
+    second = only_vm(ctx.plan("-o", "json", "--server-dry-run")[1])
+
+    assert first["volumes"][0]["target"] == second["volumes"][0]["target"]
+    dvs = get(ctx.api, "cdi.kubevirt.io/v1beta1", ctx.ns, "datavolumes")["items"]
+    assert [d["metadata"]["name"] for d in dvs] == ["vm-fedora-disk"], "dry run created nothing"
+    vm_after = get(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
+    assert vm_after["spec"] == vm_before["spec"]
+
+
+def test_stopped_vm_is_planned_as_an_offline_clone_with_manifests(ctx: Ctx) -> None:
+    ctx.settle(fedora(ctx.ns))  # run once so the disk is imported, then stop it
+    ctx.stop()
+
+    rc, report, _ = ctx.plan("-o", "json", "--show-manifests")
+    vm = only_vm(report)
+    assert rc == 1 and vm["action"] == "MoveOffline" and not vm["running"]
+    (dv,) = vm["manifests"]["dataVolumes"]
+    assert dv["spec"]["source"] == {"pvc": {"namespace": ctx.ns, "name": "vm-fedora-disk"}}
+    assert dv["spec"]["storage"]["storageClassName"] == "ceph-rbd"
+    ops = vm["manifests"]["vmPatch"]
+    assert ops[0]["op"] == "test" and ops[0]["path"] == "/metadata/resourceVersion"
+    assert not any(op["path"] == "/spec/updateVolumesStrategy" for op in ops)
+
+
+def test_vm_already_on_target_is_in_sync_and_exits_zero(ctx: Ctx) -> None:
+    vm = fedora(ctx.ns)
+    vm["spec"]["dataVolumeTemplates"][0]["spec"]["storage"]["storageClassName"] = "ceph-rbd"
+    ctx.settle(vm)
+    rc, out, _ = ctx.plan()
+    assert rc == 0
+    assert f"In sync: {ctx.ns}/vm-fedora" in out
+    assert "0 volume(s)" in out
+
+
+def test_server_dry_run_surfaces_schema_errors_from_the_api_server(ctx: Ctx) -> None:
+    """A template override that renders a field DataVolume doesn't have is refused by the
+    real CRD schema (fieldValidation=Strict), and `plan` says which object and why."""
+    ctx.settle(fedora(ctx.ns))
+    overrides = ctx.tmp_path / "templates"
+    overrides.mkdir()
+    default = cli.load_templates(None).path_of("datavolume-live.j2")
+    text = default.read_text().replace("spec:\n", "spec:\n  preallocationz: true\n", 1)
+    assert "preallocationz" in text
+    (overrides / "datavolume-live.j2").write_text(text)
+
+    rc, out, _ = ctx.plan("--server-dry-run", "--templates", overrides)
+    assert rc == 2
+    assert f"DataVolume/{ctx.ns}/vm-fedora-disk-mig-" in out
+    assert 'unknown field "spec.preallocationz"' in out
+
+
+# --------------------------------------------------------------------------------------------
+# Blocked: every reason that can be set up against the API server + simulator
+# --------------------------------------------------------------------------------------------
+
+
+def _blocked(report: dict[str, Any] | str) -> tuple[str, str]:
+    vm = only_vm(report)
+    assert vm["action"] == "Blocked", vm
+    return " ".join(vm["reasons"]), json.dumps(vm["volumes"])
+
+
+def test_running_vm_with_a_shareable_disk_needs_allow_stop(ctx: Ctx) -> None:
+    vm = fedora(ctx.ns)
+    vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"][0]["shareable"] = True
+    ctx.settle(vm)
+
+    reasons = ctx.blocked_reasons()
+    assert "[shareable-disk]" in reasons and "allowStop" in reasons
+
+    allow = "storageClass: ceph-rbd\nallowStop: true\nvirtualMachines:\n  - name: vm-fedora\n"
+    vm_doc = only_vm(ctx.plan("-o", "json", body=allow)[1])
+    assert (vm_doc["action"], vm_doc["stopRequired"]) == ("MoveOffline", True)
+
+
+def test_rwo_volume_left_out_blocks_a_live_move(ctx: Ctx) -> None:
+    vm = fedora(ctx.ns)
+    second = copy.deepcopy(vm["spec"]["dataVolumeTemplates"][0])
+    second["metadata"]["name"] = "vm-fedora-data"
+    second["spec"]["storage"]["accessModes"] = ["ReadWriteOnce"]
+    vm["spec"]["dataVolumeTemplates"].append(second)
+    template = vm["spec"]["template"]["spec"]
+    template["domain"]["devices"]["disks"].append({"name": "data", "disk": {"bus": "virtio"}})
+    template["volumes"].append({"name": "data", "dataVolume": {"name": "vm-fedora-data"}})
+    ctx.settle(vm)
+
+    only_root = ("storageClass: ceph-rbd\nvirtualMachines:\n  - name: vm-fedora\n"
+                 "    volumes:\n      - name: data\n        storageClass: local-hostpath\n")
+    reasons = ctx.blocked_reasons(only_root)
+    assert "[rwo-volume-not-moved]" in reasons and "data" in reasons
+
+
+def test_persistent_reservation_makes_storage_not_live_migratable(ctx: Ctx) -> None:
+    vm = fedora(ctx.ns)
+    vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"][0] = {
+        "name": "datavolumedisk1", "lun": {"reservation": True}}
+    ctx.settle(vm)
+    reasons = ctx.blocked_reasons()
+    assert "[persistent-reservation]" in reasons
+    assert "[storage-not-live-migratable]" in reasons
+
+
+@pytest.mark.parametrize(
+    ("spec", "rule"),
+    [
+        ({"workloadUpdateStrategy": {"workloadUpdateMethods": []}},
+         "workload-update-no-live-migrate"),
+        ({"configuration": {"vmRolloutStrategy": "Stage"}}, "rollout-strategy-not-live-update"),
+    ],
+)
+def test_kubevirt_configuration_that_prevents_live_migration_blocks_running_vms(
+    ctx: Ctx, kubevirt_config: Callable[[dict[str, Any]], None], spec: dict[str, Any], rule: str,
+) -> None:
+    ctx.settle(fedora(ctx.ns))
+    kubevirt_config(spec)
+    assert f"[{rule}]" in ctx.blocked_reasons()
+
+
+def test_missing_target_storage_class_is_blocked_with_the_classes_that_exist(ctx: Ctx) -> None:
+    ctx.settle(fedora(ctx.ns))
+    body = "storageClass: gold-nvme\nvirtualMachines:\n  - name: vm-fedora\n"
+    reasons = ctx.blocked_reasons(body)
+    assert "[storage-class-not-found]" in reasons and "ceph-rbd" in reasons
+
+
+def test_vm_whose_claim_does_not_exist_is_blocked(ctx: Ctx) -> None:
+    vm = fedora(ctx.ns, running=False)
+    vm["spec"].pop("dataVolumeTemplates")
+    vm["spec"]["template"]["spec"]["volumes"][0] = {
+        "name": "datavolumedisk1", "persistentVolumeClaim": {"claimName": "gone"}}
+    create(ctx.api, vm)
+    assert "[claim-not-found]" in ctx.blocked_reasons()
+
+
+def test_gitops_managed_vm_is_refused_with_the_ignore_rule_to_add(ctx: Ctx) -> None:
+    vm = fedora(ctx.ns)
+    vm["metadata"]["annotations"] = {"argocd.argoproj.io/tracking-id":
+                                     "vms:kubevirt.io/VirtualMachine:ns/vm-fedora"}
+    ctx.settle(vm)
+    reasons = ctx.blocked_reasons()
+    assert "[gitops-managed]" in reasons
+    assert "RespectIgnoreDifferences=true" in reasons and "allowGitOpsManaged" in reasons
+
+
+def test_mode_live_on_a_stopped_vm_is_blocked(ctx: Ctx) -> None:
+    ctx.settle(fedora(ctx.ns))
+    ctx.stop()
+    body = "storageClass: ceph-rbd\nmode: Live\nvirtualMachines:\n  - name: vm-fedora\n"
+    assert "[live-required]" in ctx.blocked_reasons(body)
+
+
+def test_vm_carrying_our_journal_is_reported_in_progress(ctx: Ctx) -> None:
+    vm = fedora(ctx.ns)
+    vm["metadata"]["annotations"] = {"vmstorage.dev/journal": '{"step": "create-targets"}'}
+    ctx.settle(vm)
+    rc, report, _ = ctx.plan("-o", "json")
+    assert rc == 1 and only_vm(report)["action"] == "InProgress"
+
+
+def test_named_vm_that_does_not_exist_is_blocked(ctx: Ctx) -> None:
+    assert "[vm-not-found]" in ctx.blocked_reasons()
+
+
+# --------------------------------------------------------------------------------------------
+# Refusals before any cluster work
+# --------------------------------------------------------------------------------------------
+
+
+def test_plan_outside_the_namespace_allow_list_is_refused(ctx: Ctx) -> None:
+    rc, _, err = ctx.plan("--allow-namespace", "mig-vm")
+    assert rc == 2
+    assert ctx.ns in err and "nothing was changed" in err
+
+
+def test_unreachable_cluster_is_a_cluster_error_not_a_traceback(ctx: Ctx) -> None:
+    kubeconfig = ctx.tmp_path / "kubeconfig"
+    kubeconfig.write_text(textwrap.dedent("""\
+        apiVersion: v1
+        kind: Config
+        clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+        users: [{name: u, user: {token: t}}]
+        contexts: [{name: c, context: {cluster: c, user: u}}]
+        current-context: c
+        """))
+    plan = plan_file(ctx.tmp_path, ctx.ns)
+    rc = cli.main(["plan", str(plan), "--kubeconfig", str(kubeconfig)])
+    _, err = ctx.capsys.readouterr()
+    assert rc == 6
+    assert "cannot reach the API server" in err and "Traceback" not in err
