@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -179,10 +180,16 @@ class Cluster:
         return params
 
     def _send(self, method: str, who: str, **kwargs: Any) -> requests.Response:
-        try:
-            response: requests.Response = getattr(self.api, method)(**kwargs)
-        except requests.RequestException as exc:
-            raise ClusterError(who, f"cannot reach the API server: {exc}") from exc
+        """One request; a 429 (API priority and fairness, or storage still initialising)
+        is retried after the server's Retry-After, a few times, before it is returned."""
+        for attempt in range(_RETRIES_ON_429 + 1):
+            try:
+                response: requests.Response = getattr(self.api, method)(**kwargs)
+            except requests.RequestException as exc:
+                raise ClusterError(who, f"cannot reach the API server: {exc}") from exc
+            if response.status_code != 429 or attempt == _RETRIES_ON_429:
+                break
+            time.sleep(min(_retry_after(response), 5.0))
         return response
 
     @staticmethod
@@ -201,6 +208,16 @@ class Cluster:
         what = subject(resource, namespace, name) if name else _scope(resource, namespace)
         code = response.status_code
         raise ClusterError(what, f"{message} (HTTP {code})", code=code)
+
+
+_RETRIES_ON_429 = 5
+
+
+def _retry_after(response: requests.Response) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", "1")), 0.1)
+    except ValueError:
+        return 1.0
 
 
 def _scope(resource: Resource, namespace: str | None) -> str:

@@ -699,6 +699,7 @@ class SimConfig:
     nodes: tuple[str, ...] = ("node-1", "node-2", "node-3")
     progress_tick: float = 0.05  # seconds between progress updates of a running copy
     kubevirt_version: str = "v1.9.0"
+    migration_backoff_base: float = 20.0  # KubeVirt's first retry delay after a failed VMIM
     retry_base: float = 0.2  # back-off after a reconcile error, doubled up to retry_max
     retry_max: float = 5.0
 
@@ -974,6 +975,13 @@ class _Watcher:
                 if not self.sim._stop.is_set():
                     log.warning("watch %s interrupted: %s", self.resource, err)
                     self.sim._stop.wait(0.2)
+            except Exception:
+                # interrupt() closing the stream under a blocked read can surface as any
+                # error from urllib3/http.client; while running, log it and re-list.
+                if self.sim._stop.is_set():
+                    return
+                log.exception("watch %s failed; re-listing", self.resource)
+                self.sim._stop.wait(0.5)
 
     def interrupt(self) -> None:
         """Shut the open watch socket down so the blocked read returns now."""

@@ -24,10 +24,12 @@ the VMIM) makes migrations fail (`fail`, `fail-times:N`: the migration that reac
 fails with a `failureReason`) or stall (`stall`: the migration stays Running until the fault
 is cleared).
 
-Back-off: a new migration of a VMI waits in Pending for 20 s after one failed attempt,
-doubling per consecutive failure (upstream `handleMigrationBackoff`). Tests scale the base
-down with the KubeVirt CR annotation `sim.vmstorage.dev/migration-backoff-seconds` (or a
-`migration_backoff_base` attribute on `SimConfig`, when the framework has one).
+Back-off: after a failed attempt the workload updater creates a new migration at once, and
+the migration controller holds it in Pending for 20 s, doubling per consecutive failure
+(upstream `handleMigrationBackoff`; an Event `MigrationBackoff` is recorded on it). The base
+is `SimConfig.migration_backoff_base`; the KubeVirt CR annotation
+`sim.vmstorage.dev/migration-backoff-seconds` overrides it, so cluster tests can scale it
+down with a plain API call.
 
 What cannot be simulated (documented deviations): admission webhooks (a spec that the
 webhook would refuse is reported as a VM `Failure` condition plus a Warning Event and is not
@@ -77,8 +79,6 @@ PVC = "persistentvolumeclaims"
 SC = "storageclasses"
 
 KUBEVIRT_NAMESPACE = "kubevirt"
-DEFAULT_BACKOFF_SECONDS = 20.0
-"""Upstream migration back-off base (pkg/virt-controller/watch/migration handleMigrationBackoff)."""
 
 DV_READY_PHASES = frozenset({"Succeeded", "WaitForFirstConsumer", "PendingPopulation"})
 
@@ -97,6 +97,13 @@ def kubevirt_cr(sim: Simulator) -> dict[str, Any] | None:
 def cluster_config(sim: Simulator) -> KubeVirtConfig:
     """The KubeVirt configuration in force (defaults when there is no KubeVirt CR)."""
     return rules.kubevirt_config(kubevirt_cr(sim), sim.config.kubevirt_version)
+
+
+def namespace_terminating(sim: Simulator, namespace: str) -> bool:
+    """The namespace is being deleted: nothing new can be created in it (403), so the
+    controllers leave its objects alone instead of retrying forever."""
+    found = sim.store.get("namespaces", "", namespace)
+    return found is not None and rules.is_deleting_obj(found)
 
 
 def by_name(sim: Simulator, resource: str, namespace: str) -> dict[str, dict[str, Any]]:
@@ -305,10 +312,13 @@ class VirtualMachineController(Controller):
 
     def reconcile(self, key: Key) -> None:
         _, namespace, name = key
+        if namespace_terminating(self.sim, namespace):
+            return
         vm = self.sim.store.get(VM, namespace, name)
         vmi = self.sim.store.get(VMI, namespace, name)
         if vm is None:
             self._release_orphan(vmi)
+            self._collect_data_volumes(namespace)
             return
         if vmi is not None and not self._owns(vm, vmi):
             vmi = self._stale_vmi(vm, vmi)
@@ -688,6 +698,17 @@ class VirtualMachineController(Controller):
             meta = vmi["metadata"]
             self.sim.client.delete(VMI, meta["namespace"], meta["name"])
 
+    def _collect_data_volumes(self, namespace: str) -> None:
+        """Garbage-collect DataVolumes whose controlling VM is gone (the test control plane
+        runs no garbage collector; upstream relies on it for dataVolumeTemplates)."""
+        alive = {vm["metadata"]["uid"] for vm in self.sim.store.list(VM, namespace)}
+        for dv in self.sim.store.list(DV, namespace):
+            owner = _controller_owner(dv)
+            if owner is None or owner.get("kind") != "VirtualMachine" \
+                    or owner.get("uid") in alive or rules.is_deleting_obj(dv):
+                continue
+            self.sim.client.delete(DV, namespace, dv["metadata"]["name"])
+
     def _release_vmi(self, vmi: dict[str, Any]) -> dict[str, Any]:
         """Remove the VM controller finalizer (after a final VMI's status was recorded)."""
         finalizers = vmi["metadata"].get("finalizers") or []
@@ -734,7 +755,7 @@ class VirtualMachineInstanceController(Controller):
 
     def reconcile(self, key: Key) -> None:
         vmi = self.sim.store.get(*key)
-        if vmi is None:
+        if vmi is None or namespace_terminating(self.sim, key[1]):
             return
         uid = vmi["metadata"]["uid"]
         if rules.is_deleting_obj(vmi):
@@ -1002,7 +1023,8 @@ class WorkloadUpdater(Controller):
 
     def reconcile(self, key: Key) -> None:
         cr = kubevirt_cr(self.sim)
-        if cr is None or (cr.get("status") or {}).get("phase") != "Deployed":
+        if cr is None or (cr.get("status") or {}).get("phase") != "Deployed" \
+                or namespace_terminating(self.sim, key[1]):
             return
         config = cluster_config(self.sim)
         vmi = self.sim.store.get(*key)
@@ -1062,7 +1084,6 @@ class MigrationController(Controller):
     """The migration controller plus the source/target virt-handlers of a live migration."""
 
     watches: ClassVar[tuple[str, ...]] = (VMIM, VMI, PVC)
-    BACKOFF_BASE_SECONDS: ClassVar[float] = DEFAULT_BACKOFF_SECONDS
 
     def __init__(self, sim: Simulator) -> None:
         super().__init__(sim)
@@ -1095,7 +1116,7 @@ class MigrationController(Controller):
 
     def reconcile(self, key: Key) -> None:
         migration = self.sim.store.get(*key)
-        if migration is None:
+        if migration is None or namespace_terminating(self.sim, key[1]):
             return
         meta = migration["metadata"]
         uid = meta["uid"]
@@ -1383,11 +1404,11 @@ class MigrationController(Controller):
         )
 
     def _backoff_base(self) -> float:
+        """The KubeVirt CR annotation, else SimConfig.migration_backoff_base (20 s)."""
         configured = cluster_config(self.sim).backoff_seconds
         if configured is not None:
             return configured
-        from_sim = getattr(self.sim.config, "migration_backoff_base", None)
-        return float(from_sim) if from_sim is not None else self.BACKOFF_BASE_SECONDS
+        return float(self.sim.config.migration_backoff_base)
 
     def _target_node(self, source: str) -> str | None:
         """The next node after the source (a live migration always changes node)."""
@@ -1411,7 +1432,8 @@ class MigrationController(Controller):
                                              entry["destinationPVCInfo"]["claimName"])
             if source is None or destination is None:
                 continue
-            source_size, destination_size = rules.pvc_size(source), rules.pvc_size(destination)
+            source_size = rules.disk_image_size(source)
+            destination_size = rules.disk_image_size(destination)
             if destination_size < source_size:
                 return (f"{rules.MSG_SMALLER_DESTINATION}: virError(Code=1, Domain=10, "
                         "Message='internal error: unable to execute QEMU command "

@@ -456,6 +456,21 @@ def pvc_size(pvc: Mapping[str, Any]) -> int:
     return parse_quantity(value) if value else 0
 
 
+FILESYSTEM_OVERHEAD = 0.06
+"""CDI's default global filesystem overhead: the share of a Filesystem PVC that the disk
+image cannot use."""
+
+
+def disk_image_size(pvc: Mapping[str, Any]) -> int:
+    """Bytes the guest disk can have on this claim: all of a Block volume, a Filesystem
+    volume minus the filesystem overhead (so an FS destination of the same nominal size as
+    its source is too small, as kubevirt#13135 users found out)."""
+    size = pvc_size(pvc)
+    if ((pvc.get("spec") or {}).get("volumeMode") or "Filesystem") == "Block":
+        return size
+    return int(size * (1 - FILESYSTEM_OVERHEAD))
+
+
 def pvc_claim_info(pvc: Mapping[str, Any]) -> dict[str, Any]:
     """The VMI volumeStatus persistentVolumeClaimInfo of a PVC."""
     spec = pvc.get("spec") or {}

@@ -537,7 +537,8 @@ class ProvisionerController(Controller):
         )
 
     def _announce(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """Record an event once per (object uid, reason) and message."""
+        """Record an event once per (object uid, reason) and message. Callers write status
+        first, so whoever sees the event also sees the state it describes."""
         ident = (obj["metadata"].get("uid", ""), reason)
         if self._announced.get(ident) == message:
             return
@@ -694,8 +695,8 @@ class DataVolumeController(Controller):
             return None  # wait for the old claim to go, then create ours
         if annotations_of(dv).get(ANN_ALLOW_CLAIM_ADOPTION) != "true":
             message = f'Resource "{meta["name"]}" already exists and is not managed by DataVolume'
-            self._announce(dv, "Warning", "ErrResourceExists", message)
             self._status(dv, "Pending", None, bound=("False", "ErrResourceExists", message))
+            self._announce(dv, "Warning", "ErrResourceExists", message)
             return None
         refs = [*(claim["metadata"].get("ownerReferences") or []), owner_reference(dv)]
         if any(r.get("controller") for r in refs[:-1]):
@@ -744,10 +745,10 @@ class DataVolumeController(Controller):
             chosen = next((s for s in sets if not volume_mode or
                            s.get("volumeMode") == volume_mode), None)
             if chosen is None:
+                self._status(dv, "Pending", None)
                 self._announce(dv, "Warning", "ErrClaimNotValid",
                                "DataVolume.storage spec is missing accessMode and volumeMode, "
                                f"cannot get access mode from StorageProfile {class_name}")
-                self._status(dv, "Pending", None)
                 return None
             modes = modes or list(chosen.get("accessModes") or ["ReadWriteOnce"])
             volume_mode = volume_mode or chosen.get("volumeMode") or "Filesystem"
@@ -778,8 +779,8 @@ class DataVolumeController(Controller):
         source = self.sim.store.get("persistentvolumeclaims", src_ns, src_name)
         if source is None or is_deleting(source):
             message = f"The source pvc {src_ns}/{src_name} doesn't exist"
-            self._announce(dv, "Warning", "CloneWithoutSource", message)
             self._status(dv, "Pending", None, running=("False", "CloneWithoutSource", message))
+            self._announce(dv, "Warning", "CloneWithoutSource", message)
             return None
         if ANN_CREATED_FOR_DV in annotations_of(source) and content_hash(source) is None:
             message = f"source pvc {src_ns}/{src_name} is not populated yet"
@@ -811,9 +812,9 @@ class DataVolumeController(Controller):
             if users:
                 message = (f"pod {meta['namespace']}/virt-launcher-{users[0]} using "
                            f"PersistentVolumeClaim {meta['name']}")
-                self._announce(dv, "Normal", "CloneSourceInUse", message)
                 self._status(dv, "CloneScheduled", claim, progress="N/A",
                              running=("False", "CloneSourceInUse", message))
+                self._announce(dv, "Normal", "CloneSourceInUse", message)
                 return
         self._fill(dv, claim, CLONE, content_hash(source) or "", source=source)
 
@@ -894,9 +895,9 @@ class DataVolumeController(Controller):
                 "persistentvolumeclaims", claim["metadata"]["namespace"],
                 claim["metadata"]["name"],
                 {"metadata": {"annotations": {ANN_POD_RESTARTS: str(transfer.restarts)}}})
-            self.sim.client.event(dv, "Warning", flavor.failed_reason, message)
             self._status(dv, flavor.running, claim, progress=format_progress(0.0),
                          running=("False", "Error", message), restarts=transfer.restarts)
+            self.sim.client.event(dv, "Warning", flavor.failed_reason, message)
             self._tick(dv, transfer, transfer.retry_at - time.monotonic())
             return False
         transfer.started = True
@@ -940,8 +941,8 @@ class DataVolumeController(Controller):
     def _fail(self, dv: dict[str, Any], claim: dict[str, Any] | None, reason: str,
               message: str, restarts: int | None = None) -> None:
         self._transfers.pop(dv["metadata"]["uid"], None)
-        self._announce(dv, "Warning", reason, message)
         self._status(dv, "Failed", claim, running=("False", "Error", message), restarts=restarts)
+        self._announce(dv, "Warning", reason, message)
 
     def _duration(self, dv: dict[str, Any], claim: dict[str, Any]) -> float:
         return copy_duration(dv, claim, self.sim.config.copy_seconds_per_gib)

@@ -108,6 +108,21 @@ def test_invalid_volume_message_lists_each_kind_like_upstream() -> None:
     assert error == "invalid volumes to update with migration: shareable: [a] luns: [b]"
 
 
+@pytest.mark.parametrize(("version", "error"), [
+    ("v1.4.0", "invalid volumes to update with migration: hotplugged: [hp]"),
+    ("v1.5.0", None),
+])
+def test_hotplugged_volumes_are_refused_before_v1_5(version: str, error: str | None) -> None:
+    hotplugged = {"name": "hp", "persistentVolumeClaim": {"claimName": "a",
+                                                           "hotpluggable": True}}
+    vmi = {"spec": {"domain": {"devices": {"disks": [{"name": "hp", "disk": {}}]}},
+                    "volumes": [hotplugged]}}
+    vm = {"spec": {"template": {"spec": {"volumes": [
+        {"name": "hp", "persistentVolumeClaim": {"claimName": "b", "hotpluggable": True}}]}}}}
+    assert rules.invalid_volumes_error(vmi, vm, dvs={}, pvcs={},
+                                       config=rules.KubeVirtConfig(version)) == error
+
+
 def test_run_strategy_refuses_running_and_run_strategy_together() -> None:
     with pytest.raises(rules.RunStrategyError, match="mutually exclusive"):
         rules.run_strategy({"running": True, "runStrategy": "Always"})
@@ -454,11 +469,15 @@ class Cluster:
         return listing(self.api, "VirtualMachineInstanceMigration", self.ns,
                        {rules.VOLUME_UPDATE_MIGRATION_LABEL: vmi})
 
-    def migration_in(self, vmi: str, *phases: str) -> dict[str, Any]:
-        """The newest volume-update migration of `vmi`, once it is in one of `phases`."""
+    def migration_in(self, vmi: str, *phases: str, exclude: tuple[str, ...] = ()
+                     ) -> dict[str, Any]:
+        """A volume-update migration of `vmi` (not named in `exclude`) once it is in one of
+        `phases`. (Creation timestamps have one-second resolution, so "newest" cannot be
+        told apart reliably; tests tell migrations apart by name.)"""
         def probe() -> dict[str, Any] | None:
-            found = self.migrations(vmi)
-            return found[-1] if found and status(found[-1]).get("phase") in phases else None
+            return next((m for m in self.migrations(vmi)
+                         if status(m).get("phase") in phases
+                         and m["metadata"]["name"] not in exclude), None)
         result: dict[str, Any] = self.wait(probe, f"migration of {vmi} in {phases}")
         return result
 
@@ -511,9 +530,10 @@ def test_always_starts_a_vmi_and_halted_stops_it(cluster: Cluster, sim: Simulato
 
     cluster.patch("VirtualMachine", "vm1", {"spec": {"runStrategy": "Halted"}})
     cluster.wait(lambda: cluster.vmi("vm1") is None, "VMI deleted")
+    # (a final VMI that still exists already reads Stopped, with created: true)
     vm = cluster.wait(lambda: (v := cluster.vm("vm1")) and status(v).get("printableStatus")
-                      == "Stopped" and v, "VM Stopped")
-    assert (status(vm)["created"], status(vm)["ready"]) == (False, False)
+                      == "Stopped" and not status(v)["created"] and v, "VM Stopped")
+    assert status(vm)["ready"] is False
     assert condition(vm, "Ready")["reason"] == "VMINotExists"
     reasons = {e[1] for e in events(cluster.api, cluster.ns, "vm1")}
     assert {"SuccessfulCreate", "SuccessfulDelete"} <= reasons
@@ -571,6 +591,14 @@ def test_manual_run_strategy_acts_on_state_change_requests(cluster: Cluster) -> 
     cluster.patch("VirtualMachine", "vm1", {"status": {"stateChangeRequests": [
         {"action": "Stop", "uid": vmi["metadata"]["uid"]}]}}, sub="status")
     cluster.wait(lambda: cluster.vmi("vm1") is None, "VMI stopped")
+
+
+@pytest.mark.cluster
+def test_deleting_the_vm_deletes_its_vmi_and_data_volumes(cluster: Cluster) -> None:
+    seed_like_vm(cluster)
+    delete(cluster.api, "VirtualMachine", cluster.ns, "vm-fedora")
+    cluster.wait(lambda: cluster.vmi("vm-fedora") is None, "VMI gone")
+    cluster.wait(lambda: cluster.get("DataVolume", "vm-fedora-dv") is None, "DataVolume gone")
 
 
 # ============================================================================ volumes at start
@@ -682,7 +710,7 @@ def test_live_migration_moves_the_disk_with_its_content(cluster: Cluster) -> Non
 @pytest.mark.cluster
 def test_migrating_shows_on_the_vm_while_the_copy_runs(cluster: Cluster) -> None:
     seed_like_vm(cluster, annotations={FAULT: "stall"})
-    cluster.bound_pvc("dst")
+    cluster.bound_pvc("dst", size="3Gi")  # room for the filesystem overhead
     cluster.migrate("vm-fedora", "datavolumedisk1", "dst")
     cluster.migration_in("vm-fedora", "Running")
     vm = cluster.wait(lambda: (v := cluster.vm("vm-fedora")) and status(v).get(
@@ -730,6 +758,23 @@ def test_shareable_and_lun_disks_are_refused(cluster: Cluster, disk: dict[str, A
 
 
 @pytest.mark.cluster
+def test_unpopulated_destination_data_volume_is_refused_from_v1_5(cluster: Cluster) -> None:
+    cluster.bound_pvc("root")
+    cluster.running_vm(vm_body("vm1", [pvc_volume("rootdisk", "root")]))
+    # a WaitForFirstConsumer DV without populators: not Succeeded, PVC has no dataSourceRef
+    cluster.create("DataVolume", blank_dv("root-new", cluster.classes["wffc"], "3Gi"))
+    cluster.wait(lambda: status(cluster.get("DataVolume", "root-new")).get("phase")
+                 == "WaitForFirstConsumer", "destination waits for its consumer")
+    cluster.migrate("vm1", "rootdisk", "root-new", data_volume=True)
+    vm = cluster.wait(lambda: (v := cluster.vm("vm1")) and condition(v, "RestartRequired")
+                      and v, "RestartRequired")
+    assert condition(vm, "RestartRequired")["message"] == (
+        "invalid volumes to update with migration: DV storage class isn't a CSI or not "
+        "using volume populators: [rootdisk]")
+    assert cluster.migrations("vm1") == []
+
+
+@pytest.mark.cluster
 def test_missing_destination_holds_the_migration_until_it_exists(cluster: Cluster) -> None:
     cluster.bound_pvc("root")
     cluster.running_vm(vm_body("vm1", [pvc_volume("rootdisk", "root")]))
@@ -747,7 +792,9 @@ def test_missing_destination_holds_the_migration_until_it_exists(cluster: Cluste
 
 
 @pytest.mark.cluster
-def test_smaller_destination_fails_the_migration(cluster: Cluster) -> None:
+def test_smaller_destination_fails_the_migration(
+        cluster: Cluster, kubevirt: Callable[..., dict[str, Any]]) -> None:
+    kubevirt(backoff="60")  # keep the retry waiting, so the VMI shows the failed attempt
     cluster.bound_pvc("root", size="2Gi")
     cluster.bound_pvc("root-small", size="1Gi")
     cluster.running_vm(vm_body("vm1", [pvc_volume("rootdisk", "root")]))
@@ -758,9 +805,13 @@ def test_smaller_destination_fails_the_migration(cluster: Cluster) -> None:
     assert state["failureReason"].startswith(
         "Volume migration cannot be performed because the destination volume is smaller "
         "than the source volume")
-    vmi = cluster.vmi("vm1")
+    vmi = cluster.wait(lambda: (i := cluster.vmi("vm1")) and status(i).get(
+        "migrationState", {}).get("failed") and i, "failure on the VMI")
     assert status(vmi)["migrationState"]["failureReason"] == state["failureReason"]
     assert condition(vmi, "VolumesChange")["status"] == "True"  # KubeVirt keeps retrying
+    retry = cluster.migration_in("vm1", "Pending", exclude=(failed["metadata"]["name"],))
+    assert stays(lambda: status(cluster.get("VirtualMachineInstanceMigration", retry[
+        "metadata"]["name"])).get("phase") == "Pending")  # backing off
 
 
 @pytest.mark.cluster
@@ -775,13 +826,14 @@ def test_failed_migration_is_retried_by_a_new_one_after_backoff(
     first = cluster.migration_in("vm1", "Failed")
     failed_at = time.monotonic()
     assert status(first)["migrationState"]["failureReason"].startswith("Live migration failed")
-    second = cluster.wait(lambda: len(found := cluster.migrations("vm1")) == 2
-                          and found[-1], "a second migration")
-    assert second["metadata"]["name"] != first["metadata"]["name"]
-    cluster.wait(lambda: status(cluster.migrations("vm1")[-1]).get("phase") != "Pending",
-                 "second migration leaves Pending")
+    first_name = first["metadata"]["name"]
+    second = cluster.migration_in("vm1", *MIGRATION_PHASES, exclude=(first_name,))
+    second_name = second["metadata"]["name"]
+    cluster.wait(lambda: status(cluster.get("VirtualMachineInstanceMigration", second_name))
+                 .get("phase") not in (None, "Pending"), "second migration leaves Pending")
     assert time.monotonic() - failed_at >= 0.8  # it waited out the 1 s back-off
     cluster.migration_in("vm1", "Succeeded")
+    assert len(cluster.migrations("vm1")) == 2
     assert any(e[1] == "MigrationBackoff"
                for e in events(cluster.api, cluster.ns, second["metadata"]["name"]))
 
