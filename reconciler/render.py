@@ -650,7 +650,7 @@ def _check_data_volume(
                         near=SOURCE_CLAIM_ANNOTATION, hint="it marks the destination as ours "
                         "so an interrupted run can resume with it")
     _check_dv_source(out, spec, move, namespace, live=live)
-    _check_dv_storage(out, spec, move)
+    _check_dv_storage(out, spec, move, live=live)
 
 
 def _mapping(out: _Rendered, obj: Mapping[str, Json], key: str) -> Mapping[str, Json]:
@@ -693,7 +693,9 @@ def _check_dv_source(
                         near="pvc", hint="cloning another disk would lose data")
 
 
-def _check_dv_storage(out: _Rendered, spec: Mapping[str, Json], move: VolumeVerdict) -> None:
+def _check_dv_storage(
+    out: _Rendered, spec: Mapping[str, Json], move: VolumeVerdict, *, live: bool
+) -> None:
     storage = spec.get("storage") if "storage" in spec else spec.get("pvc")
     if not isinstance(storage, dict):
         raise out.error("spec.storage (or spec.pvc) must be a mapping", near="storage")
@@ -701,8 +703,8 @@ def _check_dv_storage(out: _Rendered, spec: Mapping[str, Json], move: VolumeVerd
         raise out.error(f"storageClassName is {storage.get('storageClassName')!r}, expected "
                         f"{move.to_class!r}", near="storageClassName")
     requested = ((storage.get("resources") or {}).get("requests") or {}).get("storage")
-    if requested is None and move.size_bytes <= 0:
-        return  # an offline clone of unknown size: CDI sizes it from the source
+    if requested is None and (move.size_bytes <= 0 or not live):
+        return  # a clone without a size: CDI sizes it exactly from its source
     try:
         if not isinstance(requested, str | int):
             raise ValueError(f"not a quantity: {requested!r}")

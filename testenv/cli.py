@@ -2,10 +2,13 @@
 
 ``python -m testenv build``
     Build (or find in the cache) kube-apiserver, etcd and the CRDs, with progress lines.
-``python -m testenv up [--kubeconfig PATH]``
-    Start a control plane, write an admin kubeconfig to PATH (default
+``python -m testenv up [--kubeconfig PATH] [--no-simulator]``
+    Start a control plane and the simulator, write an admin kubeconfig to PATH (default
     ``./.testenv/kubeconfig``), and keep it running until Ctrl-C or SIGTERM; then stop it
     cleanly and remove the kubeconfig (it would point at a dead server).
+``python -m testenv demo [--copy-seconds-per-gib S] [--keep]``
+    The seed scenario end to end: control plane + simulator, the Fedora VM, and the
+    reconciler run on ``plans/seed`` as a user would.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from testenv import demo
 from testenv.binaries import BuildError, MissingPrerequisiteError, ensure_all
 from testenv.controlplane import ControlPlane, ControlPlaneError
+from testenv.simulator import start as start_simulator
 
 DEFAULT_KUBECONFIG = Path(".testenv/kubeconfig")
 
@@ -30,7 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             return _build()
-        return _up(args.kubeconfig)
+        if args.command == "demo":
+            ensure_all(log=print)
+            return demo.run(copy_seconds_per_gib=args.copy_seconds_per_gib, keep=args.keep,
+                            kubeconfig=DEFAULT_KUBECONFIG if args.keep else None,
+                            wait_forever=_wait_for_signal)
+        return _up(args.kubeconfig, simulate=not args.no_simulator)
     except (MissingPrerequisiteError, BuildError, ControlPlaneError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -49,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_KUBECONFIG,
         help=f"where to write the admin kubeconfig (default: {DEFAULT_KUBECONFIG})",
     )
+    up.add_argument("--no-simulator", action="store_true",
+                    help="bare API server: no simulated KubeVirt/CDI/CSI controllers")
+    demo_cmd = commands.add_parser("demo", help="the seed VM and the reconciler, end to end")
+    demo_cmd.add_argument("--copy-seconds-per-gib", type=float, default=0.1,
+                          help="simulated copy speed (default 0.1 s per GiB)")
+    demo_cmd.add_argument("--keep", action="store_true",
+                          help=f"keep the cluster running afterwards (kubeconfig: "
+                               f"{DEFAULT_KUBECONFIG})")
     return parser
 
 
@@ -60,7 +78,8 @@ def _build() -> int:
     return 0
 
 
-def _up(kubeconfig: Path) -> int:
+def _wait_for_signal() -> None:
+    """Block until Ctrl-C or SIGTERM."""
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -68,21 +87,25 @@ def _up(kubeconfig: Path) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with ControlPlane(log=print) as control_plane:
-            path = control_plane.write_kubeconfig(kubeconfig, control_plane.admin_token)
-            # TODO(lead): start the simulator here, e.g.
-            #     simulator = testenv.simulator.start(control_plane.api(), ...)
-            # and stop it in the `finally` below, before the control plane stops.
-            try:
-                _print_usage(control_plane, path)
-                while not stop.wait(0.5):
-                    pass
-                print("stopping control plane ...")
-            finally:
-                path.unlink(missing_ok=True)
+        while not stop.wait(0.5):
+            pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _up(kubeconfig: Path, *, simulate: bool) -> int:
+    with ControlPlane(log=print) as control_plane:
+        path = control_plane.write_kubeconfig(kubeconfig, control_plane.admin_token)
+        simulator = start_simulator(control_plane.api()) if simulate else None
+        try:
+            _print_usage(control_plane, path)
+            _wait_for_signal()
+            print("stopping ...")
+        finally:
+            if simulator is not None:
+                simulator.stop()
+            path.unlink(missing_ok=True)
     print("stopped")
     return 0
 

@@ -854,6 +854,33 @@ def test_deleting_the_migration_is_not_a_cancellation(cluster: Cluster) -> None:
     assert condition(cluster.vmi("vm1"), "VolumesChange")["status"] == "True"
 
 
+@pytest.mark.cluster
+def test_user_migration_moves_a_shared_disk_vm_and_refuses_an_rwo_one(cluster: Cluster) -> None:
+    cluster.bound_pvc("shared", modes=("ReadWriteMany",))
+    cluster.bound_pvc("local")
+    before = cluster.running_vm(vm_body("rwx", [pvc_volume("rootdisk", "shared")]))
+    cluster.running_vm(vm_body("rwo", [pvc_volume("rootdisk", "local")]))
+    for vmi in ("rwx", "rwo"):
+        cluster.create("VirtualMachineInstanceMigration",
+                       {"metadata": {"name": f"move-{vmi}"}, "spec": {"vmiName": vmi}})
+
+    def final(name: str) -> dict[str, Any] | None:
+        found = cluster.get("VirtualMachineInstanceMigration", name)
+        return found if status(found).get("phase") in ("Succeeded", "Failed") else None
+    moved = cluster.wait(lambda: final("move-rwx"), "move-rwx done")
+    assert status(moved)["phase"] == "Succeeded"
+    assert moved["metadata"]["labels"] == {rules.VMI_NAME_LABEL: "rwx"}  # the mutator's label
+    after = cluster.wait(lambda: (i := cluster.vmi("rwx")) and status(i).get("nodeName")
+                         != status(before)["nodeName"] and i, "VMI on another node")
+    assert status(after)["migrationMethod"] == "LiveMigration"
+    refused = cluster.wait(lambda: final("move-rwo"), "move-rwo done")
+    assert status(refused)["phase"] == "Failed"
+    assert status(refused)["migrationState"]["failureReason"] == (
+        "Cannot migrate VMI, Reason: DisksNotLiveMigratable, Message: cannot migrate VMI: "
+        "PVC local is not shared, live migration requires that all PVCs must be shared "
+        "(using ReadWriteMany access mode)")
+
+
 # ============================================================================ cancel and recovery
 
 

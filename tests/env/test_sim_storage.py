@@ -571,7 +571,9 @@ def test_existing_claim_without_adoption_is_not_taken(
     create(api, "PersistentVolumeClaim", pvc_body(namespace, "disk", "1Gi", sc))
     create(api, "DataVolume", dv_body(namespace, "disk", {"blank": {}}, storage=storage(sc)))
     eventually(lambda: reason_seen(api, namespace, "disk", "ErrResourceExists"))
-    assert phase(get(api, "DataVolume", namespace, "disk")) == "Pending"
+    dv = get(api, "DataVolume", namespace, "disk")
+    assert phase(dv) == "Pending"
+    assert condition(dv, "Bound")["reason"] == "ErrResourceExists"
 
 
 @cluster_test
@@ -602,7 +604,8 @@ def test_duplicate_storage_definition_fails(
     dv = eventually(in_phase(api, namespace, "both", "Failed"))
 
     assert "Duplicate storage definition" in condition(dv, "Running")["message"]
-    assert any("Duplicate storage definition" in e[2] for e in events(api, namespace, "both"))
+    event = eventually(lambda: reason_seen(api, namespace, "both", "ValidationFailed"))
+    assert event[0] == "Warning" and "Duplicate storage definition" in event[2]
     assert get(api, "PersistentVolumeClaim", namespace, "both") is None
 
 
@@ -658,7 +661,7 @@ def test_fault_added_by_test_code_fails_a_clone(
     dv = eventually(in_phase(api, namespace, "clone", "Failed", "Succeeded"))
 
     assert phase(dv) == "Failed"
-    assert reason_seen(api, namespace, "clone", "CloneFailed")
+    assert eventually(lambda: reason_seen(api, namespace, "clone", "CloneFailed"))[0] == "Warning"
 
 
 @cluster_test

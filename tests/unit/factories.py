@@ -134,6 +134,7 @@ def dv(
     namespace: str = NS,
     storage_class: str | None = "old",
     progress: str = "100.0%",
+    size: int = 10 * GiB,
 ) -> DataVolumeInfo:
     return DataVolumeInfo(
         namespace=namespace,
@@ -142,7 +143,7 @@ def dv(
         progress=progress,
         source_kind="http",
         storage_class=storage_class,
-        request_bytes=10 * GiB,
+        request_bytes=size,
     )
 
 

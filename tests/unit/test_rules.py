@@ -452,6 +452,16 @@ def test_target_size(source: PVCInfo, expected: int) -> None:
     assert rules.target_size(source) == expected
 
 
+def test_target_size_of_a_datavolume_disk_is_its_request_not_the_inflated_pvc() -> None:
+    """CDI's storage API grew the PVC by the filesystem overhead; asking for the PVC's size
+    again would grow the disk by ~6% on every move."""
+    inflated = pvc(size=int(30 * GiB / 0.94), capacity=int(30 * GiB / 0.94))
+    assert rules.target_size(inflated, dv(size=30 * GiB)) == 30 * GiB
+    assert rules.target_size(inflated, None) == inflated.request_bytes
+    block = pvc(size=30 * GiB, capacity=31 * GiB, volume_mode="Block")
+    assert rules.target_size(block, dv(size=30 * GiB)) == 31 * GiB
+
+
 @pytest.mark.parametrize(
     ("parts", "mode", "access", "expected"),
     [
