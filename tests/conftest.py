@@ -2,19 +2,23 @@
 
 The control plane starts lazily, on the first test that asks for it, and serves the whole
 session. If it cannot start, every test that needs it FAILS with the reason (missing Go,
-build error, apiserver log tail); it is never skipped. Sub-directory conftest files add
-their own fixtures on top of these.
+build error, apiserver log tail); it is never skipped. `sim` runs the simulated
+KubeVirt/CDI/CSI controllers against it (one per session: two would both act on every
+object), and `eventually` polls the API with a deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pykube
 import pytest
 
 from testenv.controlplane import ControlPlane
+from testenv.simulator import SimConfig, Simulator, start
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +56,34 @@ def _prefix(test_name: str) -> str:
     """A DNS-label-safe prefix (<= 40 chars) derived from the test name."""
     cleaned = "".join(c if c.isalnum() else "-" for c in test_name.lower().removeprefix("test_"))
     return "-".join(filter(None, cleaned.split("-")))[:40].strip("-") or "test"
+
+
+SIM_CONFIG = SimConfig(copy_seconds_per_gib=0.0, progress_tick=0.05)
+"""Instant copies by default; a test that wants progress sets the DataVolume annotation
+`sim.vmstorage.dev/copy-seconds`."""
+
+
+@pytest.fixture(scope="session")
+def sim(api: pykube.HTTPClient) -> Iterator[Simulator]:
+    """The running simulator, shared by the session; stopped at the end."""
+    simulator = start(api, SIM_CONFIG)
+    yield simulator
+    simulator.stop()
+
+
+def _eventually(probe: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Call `probe` until it returns a truthy value (returned) or `timeout` passes (fail)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def eventually() -> Callable[..., Any]:
+    """The polling helper, as a fixture so every test module shares one implementation."""
+    return _eventually

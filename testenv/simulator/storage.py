@@ -851,7 +851,7 @@ class DataVolumeController(Controller):
             self._transfers[uid] = transfer
             self._status(dv, flavor.scheduled, claim, progress="N/A",
                          running=("False", "Pending", ""))
-            self._tick(dv, transfer, 0.0)
+            self._tick(dv, 0.0)
             return
         if transfer.retry_at > now:
             self.sim.enqueue(self, ("datavolumes", meta["namespace"], meta["name"]),
@@ -875,7 +875,7 @@ class DataVolumeController(Controller):
             transfer.last_write = now
             self._status(dv, flavor.running, claim, progress=format_progress(min(fraction, 0.9999)),
                          running=("True", "", ""), restarts=transfer.restarts)
-        self._tick(dv, transfer, self.sim.config.progress_tick)
+        self._tick(dv, self.sim.config.progress_tick)
 
     def _start(self, dv: dict[str, Any], claim: dict[str, Any], flavor: _Flavor,
                transfer: _Transfer, source: dict[str, Any] | None) -> bool:
@@ -898,7 +898,7 @@ class DataVolumeController(Controller):
             self._status(dv, flavor.running, claim, progress=format_progress(0.0),
                          running=("False", "Error", message), restarts=transfer.restarts)
             self.sim.client.event(dv, "Warning", flavor.failed_reason, message)
-            self._tick(dv, transfer, transfer.retry_at - time.monotonic())
+            self._tick(dv, transfer.retry_at - time.monotonic())
             return False
         transfer.started = True
         transfer.last = time.monotonic()
@@ -951,7 +951,7 @@ class DataVolumeController(Controller):
     def _restarts(dv: Mapping[str, Any]) -> int:
         return int(dv.get("status", {}).get("restartCount") or 0)
 
-    def _tick(self, dv: dict[str, Any], transfer: _Transfer, delay: float) -> None:
+    def _tick(self, dv: dict[str, Any], delay: float) -> None:
         meta = dv["metadata"]
         self.sim.enqueue(self, ("datavolumes", meta["namespace"], meta["name"]), max(delay, 0))
 
