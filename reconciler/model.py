@@ -13,6 +13,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time, timedelta
+from functools import cached_property
 
 # --------------------------------------------------------------------------------------------
 # Closed vocabularies
@@ -293,6 +294,22 @@ class Snapshot:
     storage_profiles: Mapping[str, StorageProfileInfo] = field(default_factory=dict)
     kubevirt: KubeVirtInfo | None = None
     migrations: tuple[MigrationInfo, ...] = ()
+
+    @cached_property
+    def claim_references(self) -> Mapping[tuple[str, str], str]:
+        """(namespace, claim) -> "VirtualMachine ns/name" of the first VM (by name) that refers
+        to the claim by a volume or a dataVolumeTemplate. Built once per snapshot: renderers
+        check every destination name against it, and a scan per VM would be O(VMs²)."""
+        refs: dict[tuple[str, str], str] = {}
+        for (namespace, name), vm in sorted(self.vms.items()):
+            spec = vm.raw.get("spec")
+            templates = spec.get("dataVolumeTemplates") if isinstance(spec, Mapping) else None
+            claims = [v.claim for v in vm.volumes]
+            claims += [(t.get("metadata") or {}).get("name") for t in templates or ()]
+            for claim in claims:
+                if claim:
+                    refs.setdefault((namespace, str(claim)), f"VirtualMachine {namespace}/{name}")
+        return refs
 
     @property
     def default_storage_class(self) -> str | None:
