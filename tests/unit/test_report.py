@@ -1,0 +1,67 @@
+"""Report formatting: the table people read and the document machines read say the same."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from reconciler import report
+from reconciler.model import Action, VMVerdict, VolumeVerdict
+
+GI = 2**30
+
+LIVE = VMVerdict(
+    namespace="mig-vm", name="vm-fedora", plan="fedora-to-ceph", action=Action.MOVE_LIVE,
+    running=True,
+    volumes=(VolumeVerdict("datavolumedisk1", "fedora-40-dv-template", "local-hostpath",
+                           "ceph-rbd", Action.MOVE_LIVE, target_name="fedora-40-dv-template-mig-x",
+                           size_bytes=30 * GI),),
+)
+BLOCKED = VMVerdict(
+    namespace="mig-vm", name="db", plan="fedora-to-ceph", action=Action.BLOCKED, running=True,
+    reasons=("volume data: the disk is shareable; set allowStop: true [shareable-disk]",),
+    volumes=(VolumeVerdict("data", "db-data", "local-hostpath", "ceph-rbd", Action.BLOCKED,
+                           reason="the disk is shareable", rule="shareable-disk",
+                           size_bytes=10 * GI),),
+)
+SYNCED = VMVerdict(
+    namespace="mig-vm", name="web", plan="fedora-to-ceph", action=Action.IN_SYNC,
+    volumes=(VolumeVerdict("root", "web-root", "ceph-rbd", "ceph-rbd", Action.IN_SYNC),),
+)
+
+
+def test_summary_counts_vms_by_action_and_bytes_to_move() -> None:
+    counts = report.summary([LIVE, BLOCKED, SYNCED])
+    assert counts == {"vms": 3, "inSync": 1, "live": 1, "offline": 0, "blocked": 1,
+                      "inProgress": 0, "volumesToMove": 1, "bytesToMove": 30 * GI}
+    assert not report.converged([LIVE, SYNCED]) and report.converged([SYNCED])
+
+
+def test_text_shows_a_table_per_vm_the_reasons_and_a_summary_line() -> None:
+    text = report.plan_text([LIVE, BLOCKED, SYNCED])
+    assert "VM mig-vm/vm-fedora (running, plan fedora-to-ceph): live" in text
+    assert "local-hostpath -> ceph-rbd  30Gi" in text
+    assert "-> fedora-40-dv-template-mig-x" in text
+    assert "[shareable-disk]" in text and "  ! volume data: the disk is shareable" in text
+    assert "In sync: mig-vm/web" in text
+    assert text.rstrip().endswith("1 volume(s), 30Gi to move.")
+
+
+def test_verbose_text_lists_in_sync_vms_in_full() -> None:
+    assert "VM mig-vm/web (stopped, plan fedora-to-ceph): in sync" in report.plan_text(
+        [SYNCED], verbose=True)
+
+
+def test_json_and_yaml_carry_the_same_document() -> None:
+    doc = report.plan_document([LIVE, BLOCKED])
+    as_json = json.loads(report.dump(doc, "json"))
+    as_yaml = yaml.safe_load(report.dump(doc, "yaml"))
+    assert as_json == as_yaml
+    assert as_json["kind"] == "PlanReport" and as_json["converged"] is False
+    live, blocked = as_json["vms"]
+    assert live["volumes"][0] == {"volume": "datavolumedisk1", "claim": "fedora-40-dv-template",
+                                  "from": "local-hostpath", "to": "ceph-rbd",
+                                  "action": "MoveLive", "sizeBytes": 30 * GI,
+                                  "target": "fedora-40-dv-template-mig-x"}
+    assert blocked["volumes"][0]["rule"] == "shareable-disk"
