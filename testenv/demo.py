@@ -4,6 +4,11 @@ Starts the control plane and the simulator (copies take ``copy_seconds_per_gib``
 progress is visible), seeds ``mig-vm/vm-fedora``, waits for its disk import and VMI with
 progress lines, then runs the reconciler's CLI exactly as a user would: ``validate`` and
 ``plan`` (with manifests and a server-side dry run) on ``plans/seed``.
+
+Then it sends the manifests `plan` rendered (the target DataVolume, then the VM JSON patch),
+which is what `apply` will do, one VM at a time, in the next milestone, so the live volume
+migration can be watched: DataVolume, VMIM phases, the VMI's new claim, the copied content
+hash. A final `plan` shows the VM in sync.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from typing import Any
 
 import pykube
 
-from reconciler import cli
+from reconciler import cli, kube, observe
+from reconciler.diff import diff
+from reconciler.plans import load_plans
+from reconciler.render import load_templates
 from testenv import seed
 from testenv.controlplane import ControlPlane
-from testenv.simulator import SimConfig
+from testenv.simulator import SimConfig, content_hash
 from testenv.simulator import start as start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +51,10 @@ def run(*, copy_seconds_per_gib: float = 0.1, keep: bool = False,
             if kubeconfig:
                 control_plane.write_kubeconfig(kubeconfig, control_plane.admin_token)
             rc = reconcile(config_path)
+            migrate(api, config_path)
+            banner(f"$ vm-storage-reconciler plan {_short(str(PLANS))}")
+            rc = cli.main(["plan", str(PLANS), "--kubeconfig", str(config_path)])
+            print(f"(exit code {rc})", flush=True)
             if keep and wait_forever:
                 say(f"cluster kept running: export KUBECONFIG={config_path.resolve()}")
                 wait_forever()
@@ -63,6 +75,69 @@ def reconcile(kubeconfig: Path) -> int:
         rc = cli.main(list(argv))
         print(f"(exit code {rc})", flush=True)
     return 0 if rc in (0, 1) else rc
+
+
+def migrate(api: pykube.HTTPClient, kubeconfig: Path, timeout: float = 600.0) -> None:
+    """Send the plan's manifests as `apply` will, and narrate the live migration."""
+    cluster = kube.Cluster(kube.load_client(str(kubeconfig)))
+    plans = load_plans([str(PLANS)])
+    snapshot = observe.build_snapshot(observe.fetch(cluster, {p.namespace for p in plans}))
+    rendered = cli.render_all(diff(plans, snapshot).vms, snapshot, load_templates(None))
+    for (namespace, name), vm in sorted(rendered.items()):
+        banner(f"# sending the rendered manifests for {namespace}/{name} "
+               "(what `apply` does for each VM)")
+        for dv in vm.data_volumes:
+            cluster.create(kube.DATA_VOLUMES, namespace, dv)
+            say(f"created DataVolume {dv['metadata']['name']}")
+        cluster.json_patch(kube.VIRTUAL_MACHINES, namespace, name, vm.vm_patch)
+        say(f"patched VirtualMachine {name}: volumes -> {dict(vm.target_names)}, "
+            "updateVolumesStrategy: Migration")
+        _watch_migration(api, namespace, name, dict(vm.target_names), timeout)
+
+
+def _watch_migration(api: pykube.HTTPClient, namespace: str, name: str,
+                     targets: dict[str, str], timeout: float) -> None:
+    """Print the VMIM phase and the VMI's claims until the copy has finished."""
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        vmi = _get(api, "kubevirt.io/v1", f"virtualmachineinstances/{name}")
+        selector = f"kubevirt.io/volume-update-migration={name}"
+        migrations = api.get(version="kubevirt.io/v1", namespace=namespace,
+                             url="virtualmachineinstancemigrations",
+                             params={"labelSelector": selector})
+        items = migrations.json().get("items", []) if migrations.ok else []
+        phase = items[-1].get("status", {}).get("phase", "-") if items else "-"
+        changing = any(c.get("type") == "VolumesChange" and c.get("status") == "True"
+                       for c in (vmi.get("status") or {}).get("conditions") or ())
+        node = (vmi.get("status") or {}).get("nodeName", "-")
+        line = f"  VMIM: {phase:<15} VolumesChange: {changing!s:<5} node: {node}"
+        if line != last:
+            say(line)
+            last = line
+        if phase == "Succeeded" and not changing:
+            break
+        time.sleep(0.2)
+    else:
+        raise TimeoutError(f"the migration of {name} did not finish within {timeout:.0f}s")
+    for volume, target in targets.items():
+        source_claim = next(iter(_claims(api, namespace, target)), "")
+        say(f"  {volume}: now on {target}; content hash copied from {source_claim}: "
+            f"{_same_content(api, namespace, source_claim, target)}")
+
+
+def _claims(api: pykube.HTTPClient, namespace: str, target: str) -> list[str]:
+    dv = _get(api, "cdi.kubevirt.io/v1beta1", f"datavolumes/{target}")
+    source = (dv.get("metadata") or {}).get("annotations", {}).get("vmstorage.dev/source-claim")
+    return [source] if source else []
+
+
+def _same_content(api: pykube.HTTPClient, namespace: str, source: str, target: str) -> bool:
+    def digest(claim: str) -> str | None:
+        pvc = _get(api, "v1", f"persistentvolumeclaims/{claim}")
+        return content_hash(pvc) if pvc else None
+
+    before, after = digest(source), digest(target)
+    return before is not None and before != "" and before == after
 
 
 def wait_for_vm(api: pykube.HTTPClient, timeout: float = 600.0) -> None:
