@@ -249,7 +249,12 @@ def _settings_conflicts(
     for (ns, vm), entries in by_vm.items():
         first, first_source = entries[0]
         other = next(
-            ((w, s) for w, s in entries if _settings(w.plan) != _settings(first.plan)), None
+            (
+                (w, s)
+                for w, s in entries
+                if w.plan is not first.plan and _settings(w.plan) != _settings(first.plan)
+            ),
+            None,
         )
         if other is None:
             continue

@@ -599,7 +599,7 @@ def test_the_checkout_serves_the_top_level_templates() -> None:
 
 def test_an_override_dir_replaces_one_template_only(tmp_path: Path) -> None:
     custom = override(tmp_path, "target-name.j2",
-                      "name: {{ (claim ~ '-on-' ~ storage_class) | to_json }}\n")
+                      "{{ claim ~ '-on-' ~ storage_class }}\n")
     assert custom.path_of("target-name.j2") == tmp_path / "target-name.j2"
     assert custom.path_of("vm-patch.j2") == ROOT / "templates" / "vm-patch.j2"
     out = render(scene(FEDORA), "vm-fedora", FEDORA_MOVE, templates=custom)
