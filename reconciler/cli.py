@@ -170,7 +170,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
 
     started = time.monotonic()
     progress(err, "Observing the cluster (one LIST per kind)...")
-    snapshot = observe.build_snapshot(observe.fetch(cluster, {p.namespace for p in plans}))
+    snapshot = observe.fetch(cluster, {p.namespace for p in plans})
     progress(err, f"Observed {len(snapshot.vms)} VM(s), {len(snapshot.pvcs)} PVC(s) in "
                   f"{time.monotonic() - started:.1f}s ({cluster.requests} requests).")
 

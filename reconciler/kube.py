@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pykube
 import requests
@@ -23,6 +23,7 @@ import requests
 from reconciler.errors import ClusterError, Problem, UserError
 
 FIELD_MANAGER = "vm-storage-reconciler"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,18 +120,23 @@ class Cluster:
         return items
 
     def list_many(
-        self, requests_: Sequence[tuple[Resource, str | None, bool]]
-    ) -> list[list[dict[str, Any]]]:
-        """Several LISTs at once (threads), results in request order.
+        self,
+        requests_: Sequence[tuple[Resource, str | None, bool]],
+        then: Callable[[Resource, list[dict[str, Any]]], T],
+    ) -> list[T]:
+        """Several LISTs at once (threads); ``then(resource, items)`` runs in the thread that
+        fetched them. Results in request order.
 
         The API server does the heavy lifting (serialising thousands of objects); issuing the
-        lists concurrently overlaps that work with our JSON decoding of the previous answer.
+        lists concurrently, and decoding and parsing each answer as soon as it arrives, overlaps
+        our work with the server's work on the lists still in flight.
         """
+
+        def one(resource: Resource, namespace: str | None, missing_ok: bool) -> T:
+            return then(resource, self.list_objects(resource, namespace, missing_ok=missing_ok))
+
         with ThreadPoolExecutor(max_workers=min(8, len(requests_) or 1)) as pool:
-            futures = [
-                pool.submit(self.list_objects, resource, namespace, missing_ok=missing_ok)
-                for resource, namespace, missing_ok in requests_
-            ]
+            futures = [pool.submit(one, *request) for request in requests_]
             return [future.result() for future in futures]
 
     def create(

@@ -7,8 +7,8 @@ without a cluster and reused by the benchmark.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler import kube
@@ -36,24 +36,26 @@ VOLUME_UPDATE_LABEL = "kubevirt.io/volume-update-migration"
 
 @dataclass(frozen=True)
 class RawObjects:
-    """The JSON items of every LIST, unparsed."""
+    """The items of every LIST: JSON dicts as read, or (between parsing and assembly) the
+    model objects parsed from them."""
 
-    vms: Sequence[Obj] = ()
-    vmis: Sequence[Obj] = ()
-    pvcs: Sequence[Obj] = ()
-    data_volumes: Sequence[Obj] = ()
-    storage_classes: Sequence[Obj] = ()
-    storage_profiles: Sequence[Obj] = ()
-    kubevirts: Sequence[Obj] = ()
-    migrations: Sequence[Obj] = ()
+    vms: Sequence[Any] = ()
+    vmis: Sequence[Any] = ()
+    pvcs: Sequence[Any] = ()
+    data_volumes: Sequence[Any] = ()
+    storage_classes: Sequence[Any] = ()
+    storage_profiles: Sequence[Any] = ()
+    kubevirts: Sequence[Any] = ()
+    migrations: Sequence[Any] = ()
 
 
-def fetch(cluster: kube.Cluster, namespaces: Iterable[str]) -> RawObjects:
-    """LIST every kind the diff needs: 8 requests whatever the number of VMs.
+def fetch(cluster: kube.Cluster, namespaces: Iterable[str]) -> Snapshot:
+    """LIST every kind the diff needs (8 requests whatever the number of VMs) and parse them.
 
     Namespaced kinds are listed in the plans' namespace when there is exactly one, else across
-    all namespaces (one request, not one per namespace). StorageProfiles and the KubeVirt CR
-    may be absent (CDI/KubeVirt not installed): they then read as empty.
+    all namespaces (one request, not one per namespace) and filtered here. StorageProfiles and
+    the KubeVirt CR may be absent (CDI/KubeVirt not installed): they then read as empty. Each
+    list is parsed in the thread that fetched it, while the others are still on the wire.
     """
     wanted = sorted(set(namespaces))
     scope = wanted[0] if len(wanted) == 1 else None
@@ -67,42 +69,77 @@ def fetch(cluster: kube.Cluster, namespaces: Iterable[str]) -> RawObjects:
             (kube.STORAGE_PROFILES, None, True),
             (kube.KUBEVIRTS, None, True),
             (kube.MIGRATIONS, scope, False),
-        ]
+        ],
+        then=lambda resource, items: _parse(resource.plural, items),
     )
     keep = set(wanted)
 
-    def ours(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def ours(items: list[Any]) -> list[Any]:
         if scope is not None or not keep:
             return items
-        return [i for i in items if i.get("metadata", {}).get("namespace") in keep]
+        return [i for i in items if i.namespace in keep]
 
     vms, vmis, pvcs, dvs, scs, profiles, kubevirts, migrations = lists
-    return RawObjects(
-        vms=ours(vms),
-        vmis=ours(vmis),
-        pvcs=ours(pvcs),
-        data_volumes=ours(dvs),
-        storage_classes=scs,
-        storage_profiles=profiles,
-        kubevirts=kubevirts,
-        migrations=ours(migrations),
+    return _assemble(
+        RawObjects(
+            vms=ours(vms),
+            vmis=ours(vmis),
+            pvcs=ours(pvcs),
+            data_volumes=ours(dvs),
+            storage_classes=scs,
+            storage_profiles=profiles,
+            kubevirts=kubevirts,
+            migrations=ours(migrations),
+        )
     )
 
 
 def build_snapshot(raw: RawObjects) -> Snapshot:
     """Parse every list into the model, resolving each PVC's class (default when unset)."""
-    classes = {sc.name: sc for sc in map(parse_storage_class, raw.storage_classes)}
+    parsed = {
+        name: _parse(plural, getattr(raw, name)) for name, plural in _FIELDS.items()
+    }
+    return _assemble(RawObjects(**parsed))
+
+
+# RawObjects field -> resource plural. StorageClasses and KubeVirt CRs stay raw until
+# assembly: a handful of objects, and choosing the default class / the deployed CR needs all.
+_FIELDS = {
+    "vms": kube.VIRTUAL_MACHINES.plural,
+    "vmis": kube.VMIS.plural,
+    "pvcs": kube.PVCS.plural,
+    "data_volumes": kube.DATA_VOLUMES.plural,
+    "storage_classes": kube.STORAGE_CLASSES.plural,
+    "storage_profiles": kube.STORAGE_PROFILES.plural,
+    "kubevirts": kube.KUBEVIRTS.plural,
+    "migrations": kube.MIGRATIONS.plural,
+}
+
+
+def _parse(plural: str, items: Sequence[Obj]) -> list[Any]:
+    """The model objects of one LIST (PVC classes unresolved: see ``_assemble``)."""
+    parser = _PARSERS.get(plural)
+    return [parser(o) for o in items] if parser else list(items)
+
+
+def _assemble(parsed: RawObjects) -> Snapshot:
+    """The Snapshot from parsed lists (storage classes and KubeVirt CRs still raw)."""
+    classes = {sc.name: sc for sc in map(parse_storage_class, parsed.storage_classes)}
     defaults = sorted(n for n, sc in classes.items() if sc.is_default)
     default_class = defaults[0] if defaults else None
+    pvcs = (
+        p if p.storage_class or default_class is None else replace(p, storage_class=default_class)
+        for p in parsed.pvcs
+    )
     return Snapshot(
-        vms=_by_key(parse_vm(o) for o in raw.vms),
-        vmis=_by_key(parse_vmi(o) for o in raw.vmis),
-        pvcs=_by_key(parse_pvc(o, default_class) for o in raw.pvcs),
-        data_volumes=_by_key(parse_data_volume(o) for o in raw.data_volumes),
+        vms=_by_key(parsed.vms),
+        vmis=_by_key(parsed.vmis),
+        pvcs=_by_key(pvcs),
+        data_volumes=_by_key(parsed.data_volumes),
         storage_classes=classes,
-        storage_profiles={p.name: p for p in map(parse_storage_profile, raw.storage_profiles)},
-        kubevirt=_pick_kubevirt(raw.kubevirts),
-        migrations=tuple(parse_migration(o) for o in raw.migrations),
+        storage_profiles={p.name: p for p in parsed.storage_profiles},
+        kubevirt=_pick_kubevirt(parsed.kubevirts),
+        migrations=tuple(parsed.migrations),
     )
 
 
@@ -320,3 +357,13 @@ def parse_migration(obj: Obj) -> MigrationInfo:
         volume_update=VOLUME_UPDATE_LABEL in labels,
         failure_reason=str((status.get("migrationState") or {}).get("failureReason", "") or ""),
     )
+
+
+_PARSERS: dict[str, Callable[[Obj], Any]] = {
+    kube.VIRTUAL_MACHINES.plural: parse_vm,
+    kube.VMIS.plural: parse_vmi,
+    kube.PVCS.plural: lambda o: parse_pvc(o, None),
+    kube.DATA_VOLUMES.plural: parse_data_volume,
+    kube.STORAGE_PROFILES.plural: parse_storage_profile,
+    kube.MIGRATIONS.plural: parse_migration,
+}

@@ -81,7 +81,7 @@ def migrate(api: pykube.HTTPClient, kubeconfig: Path, timeout: float = 600.0) ->
     """Send the plan's manifests as `apply` will, and narrate the live migration."""
     cluster = kube.Cluster(kube.load_client(str(kubeconfig)))
     plans = load_plans([str(PLANS)])
-    snapshot = observe.build_snapshot(observe.fetch(cluster, {p.namespace for p in plans}))
+    snapshot = observe.fetch(cluster, {p.namespace for p in plans})
     rendered = cli.render_all(diff(plans, snapshot).vms, snapshot, load_templates(None))
     for (namespace, name), vm in sorted(rendered.items()):
         banner(f"# sending the rendered manifests for {namespace}/{name} "

@@ -36,6 +36,12 @@ def post(api: pykube.HTTPClient, version: str, url: str, body: dict[str, Any],
         api.raise_for_status(response)
 
 
+def running(api: pykube.HTTPClient, namespace: str) -> bool:
+    response = api.get(version="kubevirt.io/v1", namespace=namespace,
+                       url="virtualmachineinstances/vm-fedora")
+    return response.ok and response.json().get("status", {}).get("phase") == "Running"
+
+
 def identity(control_plane: ControlPlane, namespace: str, sa: str, tmp_path: Path) -> Path:
     token = control_plane.service_account_token(namespace, sa)
     return control_plane.write_kubeconfig(tmp_path / f"{sa}.kubeconfig", token)
@@ -57,8 +63,7 @@ def test_plan_works_with_exactly_the_shipped_cluster_role(
 ) -> None:
     seed.seed_cluster(api)
     seed.create(api, seed.fedora_vm(namespace, "vm-fedora", "vm-fedora-disk"))
-    eventually(lambda: api.get(version="kubevirt.io/v1", namespace=namespace,
-                               url="virtualmachineinstances/vm-fedora").ok, what="VMI")
+    eventually(lambda: running(api, namespace), what="VMI vm-fedora Running")
     role = shipped("ClusterRole")
     role["metadata"]["name"] = f"vmsr-{namespace}"
     post(api, "rbac.authorization.k8s.io/v1", "clusterroles", role)
@@ -76,7 +81,7 @@ def test_plan_works_with_exactly_the_shipped_cluster_role(
     out, err = capsys.readouterr()
     assert rc == 1, err
     report = json.loads(out)
-    assert report["vms"][0]["action"] == "MoveLive"
+    assert report["vms"][0]["action"] == "MoveLive", report["vms"][0]["reasons"]
     assert report["serverDryRunErrors"] == []
 
 
