@@ -10,14 +10,14 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from reconciler import kube, observe, report
 from reconciler.diff import diff
-from reconciler.errors import ClusterError, ExitCode, Problem, UserError
+from reconciler.errors import ClusterError, ExitCode, UserError
 from reconciler.model import Action, Snapshot, VMVerdict
 from reconciler.plans import load_plans
 from reconciler.render import (
@@ -209,7 +209,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
 def render_all(
     verdicts: Sequence[VMVerdict], snapshot: Snapshot, templates: TemplateSet, *,
     manifests: bool = True,
-) -> dict[tuple[str, str], Any]:
+) -> dict[tuple[str, str], RenderedVM | Targets]:
     """For every VM that will move: its RenderedVM (``manifests``) or just its Targets.
 
     Either way destination names are decided and checked against the cluster and each other.
@@ -239,7 +239,7 @@ def with_targets(verdict: VMVerdict, rendered: RenderedVM | Targets | None) -> V
 
 
 def server_dry_run(
-    cluster: kube.Cluster, rendered: dict[tuple[str, str], RenderedVM]
+    cluster: kube.Cluster, rendered: Mapping[tuple[str, str], RenderedVM | Targets]
 ) -> list[str]:
     """Send every DataVolume create and VM patch with dryRun=All; return the refusals.
 
@@ -247,7 +247,7 @@ def server_dry_run(
     not a refusal: render already checked its ownership.
     """
     errors = []
-    for (namespace, name), vm in sorted(rendered.items()):
+    for (namespace, name), vm in sorted(fully_rendered(rendered).items()):
         for dv in vm.data_volumes:
             try:
                 cluster.create(kube.DATA_VOLUMES, namespace, dv, dry_run=True)
@@ -262,12 +262,19 @@ def server_dry_run(
 
 
 def manifests_of(
-    rendered: dict[tuple[str, str], RenderedVM],
+    rendered: Mapping[tuple[str, str], RenderedVM | Targets],
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {
         key: {"dataVolumes": list(vm.data_volumes), "vmPatch": list(vm.vm_patch)}
-        for key, vm in rendered.items()
+        for key, vm in fully_rendered(rendered).items()
     }
+
+
+def fully_rendered(
+    rendered: Mapping[tuple[str, str], RenderedVM | Targets],
+) -> dict[tuple[str, str], RenderedVM]:
+    """The fully rendered VMs (``render_all(manifests=True)`` renders every one)."""
+    return {k: v for k, v in rendered.items() if isinstance(v, RenderedVM)}
 
 
 def manifests_text(manifests: dict[tuple[str, str], dict[str, Any]]) -> str:
@@ -313,10 +320,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.write("interrupted\n")
         return 130
-
-
-def _problem(message: str, hint: str = "") -> UserError:
-    return UserError([Problem(None, message, hint)])
 
 
 if __name__ == "__main__":  # pragma: no cover

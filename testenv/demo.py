@@ -83,7 +83,7 @@ def migrate(api: pykube.HTTPClient, kubeconfig: Path, timeout: float = 600.0) ->
     plans = load_plans([str(PLANS)])
     snapshot = observe.fetch(cluster, {p.namespace for p in plans})
     rendered = cli.render_all(diff(plans, snapshot).vms, snapshot, load_templates(None))
-    for (namespace, name), vm in sorted(rendered.items()):
+    for (namespace, name), vm in sorted(cli.fully_rendered(rendered).items()):
         banner(f"# sending the rendered manifests for {namespace}/{name} "
                "(what `apply` does for each VM)")
         for dv in vm.data_volumes:
