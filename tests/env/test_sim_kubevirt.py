@@ -696,7 +696,10 @@ def test_live_migration_moves_the_disk_with_its_content(cluster: Cluster) -> Non
     assert not condition(vmi_after, "VolumesChange")
     destination = cluster.get("PersistentVolumeClaim", "vm-fedora-dv-mig")
     assert annotation(destination, HASH) == IMAGE_HASH
-    vm = cluster.vm("vm-fedora")
+    # The VM controller mirrors the VMI asynchronously (as upstream): wait until it has.
+    vm = cluster.wait(lambda: (v := cluster.vm("vm-fedora"))
+                      and status(v).get("printableStatus") == "Running" and v,
+                      "VM printableStatus back to Running")
     migrated = status(vm)["volumeUpdateState"]["volumeMigrationState"]["migratedVolumes"]
     assert migrated == [{"volumeName": "datavolumedisk1",
                          "sourcePVCInfo": {"claimName": "vm-fedora-dv",
