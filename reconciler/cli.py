@@ -191,26 +191,35 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
 
     dry_run_errors: list[str] = []
     if args.server_dry_run:
-        progress(err, f"Server-side dry run of {len(rendered)} VM(s)' manifests...")
-        dry_run_errors = server_dry_run(cluster, rendered)
+        dry_run_errors = server_dry_run(cluster, rendered, err)
 
     manifests = manifests_of(rendered) if args.show_manifests else None
-    if args.output == "text":
-        out.write(report.plan_text(verdicts, verbose=args.verbose))
-        if manifests:
-            out.write(manifests_text(manifests))
-        for line in dry_run_errors:
-            out.write(f"server dry run: {line}\n")
-        if args.server_dry_run and not dry_run_errors:
-            out.write("Server dry run: every DataVolume and VM patch was accepted.\n")
-    else:
-        doc = report.plan_document(verdicts, manifests=manifests, dry_run_errors=dry_run_errors)
-        # Indented for a terminal, compact when piped (machines, `| jq`).
-        out.write(report.dump(doc, args.output, pretty=out.isatty()))
-
+    write_plan(out, args, verdicts, manifests, dry_run_errors)
     if dry_run_errors:
         return ExitCode.BAD_INPUT
     return ExitCode.OK if report.converged(verdicts) else ExitCode.PENDING
+
+
+def write_plan(
+    out: TextIO,
+    args: argparse.Namespace,
+    verdicts: Sequence[VMVerdict],
+    manifests: dict[tuple[str, str], dict[str, Any]] | None,
+    dry_run_errors: Sequence[str],
+) -> None:
+    """The plan on stdout, as text for people or as a PlanReport document for machines."""
+    if args.output != "text":
+        doc = report.plan_document(verdicts, manifests=manifests, dry_run_errors=dry_run_errors)
+        # Indented for a terminal, compact when piped (machines, `| jq`).
+        out.write(report.dump(doc, args.output, pretty=out.isatty()))
+        return
+    out.write(report.plan_text(verdicts, verbose=args.verbose))
+    if manifests:
+        out.write(manifests_text(manifests))
+    for line in dry_run_errors:
+        out.write(f"server dry run: {line}\n")
+    if args.server_dry_run and not dry_run_errors:
+        out.write("Server dry run: every DataVolume and VM patch was accepted.\n")
 
 
 def render_all(
@@ -246,15 +255,23 @@ def with_targets(verdict: VMVerdict, rendered: RenderedVM | Targets | None) -> V
 
 
 def server_dry_run(
-    cluster: kube.Cluster, rendered: Mapping[tuple[str, str], RenderedVM | Targets]
+    cluster: kube.Cluster,
+    rendered: Mapping[tuple[str, str], RenderedVM | Targets],
+    err: TextIO,
 ) -> list[str]:
     """Send every DataVolume create and VM patch with dryRun=All; return the refusals.
 
     A DataVolume that already exists and is ours (a leftover the next apply will reuse) is
-    not a refusal: render already checked its ownership.
+    not a refusal: render already checked its ownership. Progress goes to ``err`` about
+    every tenth of the way (a request per object: thousands for a large plan).
     """
-    errors = []
-    for (namespace, name), vm in sorted(fully_rendered(rendered).items()):
+    errors: list[str] = []
+    vms = sorted(fully_rendered(rendered).items())
+    progress(err, f"Server-side dry run of {len(vms)} VM(s)' manifests...")
+    step = max(len(vms) // 10, 50)
+    for done, ((namespace, name), vm) in enumerate(vms, start=1):
+        if done % step == 0:
+            progress(err, f"  {done}/{len(vms)} VMs sent ({len(errors)} refused so far)")
         for dv in vm.data_volumes:
             try:
                 cluster.create(kube.DATA_VOLUMES, namespace, dv, dry_run=True)
