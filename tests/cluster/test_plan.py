@@ -378,3 +378,22 @@ def test_unreachable_cluster_is_a_cluster_error_not_a_traceback(ctx: Ctx) -> Non
     _, err = ctx.capsys.readouterr()
     assert rc == 6
     assert "cannot reach the API server" in err and "Traceback" not in err
+
+
+def test_plans_for_two_namespaces_are_observed_with_eight_cluster_wide_lists(
+    ctx: Ctx, control_plane: ControlPlane
+) -> None:
+    other = control_plane.create_namespace("second")
+    ctx.settle(fedora(ctx.ns))
+    ctx.settle(fedora(other))
+    plans = ctx.tmp_path / "plans"
+    plans.mkdir()
+    plan_file(plans, ctx.ns, name="first")
+    plan_file(plans, other, name="second")
+
+    rc, report, err = run_plan(ctx.capsys, control_plane, plans, "-o", "json")
+    assert rc == 1
+    assert isinstance(report, dict)
+    moves = {(vm["namespace"], vm["name"]): vm["action"] for vm in report["vms"]}
+    assert moves == {(ctx.ns, "vm-fedora"): "MoveLive", (other, "vm-fedora"): "MoveLive"}
+    assert "(8 requests)" in err, "one LIST per kind across namespaces, not per namespace"
