@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--no-simulator", action="store_true",
                     help="bare API server: no simulated KubeVirt/CDI/CSI controllers")
     demo_cmd = commands.add_parser("demo", help="the seed VM and the reconciler, end to end")
-    demo_cmd.add_argument("--copy-seconds-per-gib", type=float, default=0.1,
-                          help="simulated copy speed (default 0.1 s per GiB)")
+    demo_cmd.add_argument("--copy-seconds-per-gib", type=float, default=1.0,
+                          help="simulated copy speed (default 1.0 s per GiB, about a fast "
+                               "array; 0 = instant)")
     demo_cmd.add_argument("--keep", action="store_true",
                           help=f"keep the cluster running afterwards (kubeconfig: "
                                f"{DEFAULT_KUBECONFIG})")

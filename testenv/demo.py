@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "plans" / "seed"
 
 
-def run(*, copy_seconds_per_gib: float = 0.1, keep: bool = False,
+def run(*, copy_seconds_per_gib: float = 1.0, keep: bool = False,
         kubeconfig: Path | None = None, wait_forever: Callable[[], None] | None = None) -> int:
     """Run the demo; return the exit code of the last reconciler command."""
     with ControlPlane(log=say) as control_plane:
@@ -98,7 +98,8 @@ def migrate(api: pykube.HTTPClient, kubeconfig: Path, timeout: float = 600.0) ->
 def _watch_migration(api: pykube.HTTPClient, namespace: str, name: str,
                      targets: dict[str, str], timeout: float) -> None:
     """Print the VMIM phase and the VMI's claims until the copy has finished."""
-    deadline, last = time.monotonic() + timeout, ""
+    started = time.monotonic()
+    deadline, last = started + timeout, ""
     while time.monotonic() < deadline:
         vmi = _get(api, "kubevirt.io/v1", f"virtualmachineinstances/{name}")
         selector = f"kubevirt.io/volume-update-migration={name}"
@@ -112,7 +113,7 @@ def _watch_migration(api: pykube.HTTPClient, namespace: str, name: str,
         node = (vmi.get("status") or {}).get("nodeName", "-")
         line = f"  VMIM: {phase:<15} VolumesChange: {changing!s:<5} node: {node}"
         if line != last:
-            say(line)
+            say(f"{line}  ({time.monotonic() - started:.0f}s)")
             last = line
         if phase == "Succeeded" and not changing:
             break
@@ -141,22 +142,31 @@ def _same_content(api: pykube.HTTPClient, namespace: str, source: str, target: s
 
 
 def wait_for_vm(api: pykube.HTTPClient, timeout: float = 600.0) -> None:
-    """Print import progress and VM status until the VM runs."""
+    """Print import progress (every 10%) and VM status changes until the VM runs."""
     deadline = time.monotonic() + timeout
-    last = ""
+    last: tuple[str, str, int] = ("", "", -1)
     while time.monotonic() < deadline:
         dv = _get(api, "cdi.kubevirt.io/v1beta1", f"datavolumes/{seed.DV_NAME}")
         vm = _get(api, "kubevirt.io/v1", f"virtualmachines/{seed.VM_NAME}")
         dv_status, vm_status = dv.get("status") or {}, vm.get("status") or {}
-        line = (f"  DataVolume {seed.DV_NAME}: {dv_status.get('phase', '-')} "
-                f"{dv_status.get('progress', '')}  VM: {vm_status.get('printableStatus', '-')}")
-        if line != last:
-            say(line)
-            last = line
+        progress = str(dv_status.get("progress", ""))
+        state = (str(dv_status.get("phase", "-")), str(vm_status.get("printableStatus", "-")),
+                 _tenths(progress))
+        if state != last:
+            say(f"  DataVolume {seed.DV_NAME}: {state[0]} {progress}  VM: {state[1]}")
+            last = state
         if vm_status.get("printableStatus") == "Running":
             return
         time.sleep(0.2)
     raise TimeoutError(f"{seed.VM_NAME} did not start within {timeout:.0f}s")
+
+
+def _tenths(progress: str) -> int:
+    """Which tenth of the way a CDI progress string ("45.20%") is in; -1 when it is none."""
+    try:
+        return int(float(progress.rstrip("%")) // 10)
+    except ValueError:
+        return -1
 
 
 def _get(api: pykube.HTTPClient, version: str, url: str) -> dict[str, Any]:
