@@ -25,12 +25,11 @@ from reconciler.plans import load_plans
 from reconciler.render import (
     RenderedVM,
     Targets,
-    TemplateSet,
     check_distinct_targets,
-    load_templates,
     plan_targets,
     render_vm,
 )
+from reconciler.templating import TemplateSet, load_templates
 
 PROG = "vm-storage-reconciler"
 

@@ -7,19 +7,18 @@ template files, no pykube.
 Templates (``templates/`` in a checkout, ``reconciler/_templates`` in a wheel; ``--templates
 DIR`` overrides them one file at a time; each documents its variables in a comment at its top):
 
-- ``target-name.j2``        -> ``name: <destination claim name>``
+- ``target-name.j2``        -> the destination claim name (bare text)
 - ``datavolume-live.j2``    -> the blank destination DataVolume of a live move
 - ``datavolume-offline.j2`` -> the clone DataVolume of an offline move
 - ``vm-patch.j2``           -> the RFC 6902 patch that swaps the VM onto the destinations
 - ``vm-revert-patch.j2``    -> the patch that swaps it back (rollback)
 
-They run in an ``ImmutableSandboxedEnvironment`` with ``StrictUndefined``: a template sees only
-the documented variables and filters, cannot reach Python internals or mutate its inputs, and
-an undefined variable is an error, never an empty string. Every rendering is parsed and checked
-(kind, apiVersion, namespace, names, sizes, ownership annotation, patch shape); the forward
-patch is applied with ``jsonpatch`` to a copy of the VM, so ``plan --show-manifests`` can show a
-real before/after, and the rollback is proven to restore the VM exactly. Any failure is a
-``TemplateError`` naming the template file and line.
+They run in the sandbox of ``templating`` (StrictUndefined, documented variables and filters
+only). Every rendering is parsed and checked (kind, apiVersion, namespace, names, sizes,
+ownership annotation, patch shape); the forward patch is applied with ``jsonpatch`` to a copy
+of the VM, so ``plan --show-manifests`` can show a real before/after, and the rollback is
+proven to restore the VM exactly. Any failure is a ``TemplateError`` naming the template file
+and line.
 
 Design choices:
 
@@ -46,33 +45,30 @@ Design choices:
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib.resources
 import json
 import re
-import string
-import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
-from typing import Any
 
-import jinja2
 import jsonpatch
-import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from reconciler.errors import Problem, TemplateError
-from reconciler.model import Action, PVCInfo, Snapshot, Source, VMInfo, VMVerdict, VolumeVerdict
-from reconciler.quantity import format_quantity, parse_quantity
-
-TARGET_NAME = "target-name.j2"
-DV_LIVE = "datavolume-live.j2"
-DV_OFFLINE = "datavolume-offline.j2"
-VM_PATCH = "vm-patch.j2"
-VM_REVERT = "vm-revert-patch.j2"
-TEMPLATE_NAMES = (TARGET_NAME, DV_LIVE, DV_OFFLINE, VM_PATCH, VM_REVERT)
+from reconciler.model import Action, PVCInfo, Snapshot, VMInfo, VMVerdict, VolumeVerdict
+from reconciler.quantity import parse_quantity
+from reconciler.templating import (
+    DV_LIVE,
+    DV_OFFLINE,
+    MAX_NAME,
+    TARGET_NAME,
+    VM_PATCH,
+    VM_REVERT,
+    Json,
+    Rendered,
+    TemplateSet,
+    plain,
+    render_text,
+    render_yaml,
+)
 
 DV_API_VERSION = "cdi.kubevirt.io/v1beta1"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -82,281 +78,16 @@ PLAN_LABEL = "vmstorage.dev/plan"
 SOURCE_CLAIM_ANNOTATION = "vmstorage.dev/source-claim"
 STRATEGY_PATH = "/spec/updateVolumesStrategy"
 RESOURCE_VERSION_PATH = "/metadata/resourceVersion"
-MAX_NAME = 63  # CDI refuses longer DataVolume names; PVC names follow the DV's
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_BASE36 = string.digits + string.ascii_lowercase
 # Labels CDI/KubeVirt put on the PVCs they create; copying them would misattribute our DV.
 _INTERNAL_LABEL_VALUES = {
     ("app", "containerized-data-importer"),
     ("app.kubernetes.io/component", "storage"),
 }
 
-Json = Any  # a JSON-compatible value (dict / list / str / int / float / bool / None)
 Op = dict[str, Json]
-
-
-# --------------------------------------------------------------------------------------------
-# Filters (registered explicitly; templates get nothing else beyond Jinja's builtins)
-# --------------------------------------------------------------------------------------------
-
-
-def _defined(value: Any) -> Any:
-    """Raise the template's UndefinedError when ``value`` is undefined (StrictUndefined)."""
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined raises here, with the variable's name
-    return value
-
-
-def to_json_filter(value: Any) -> str:
-    """JSON text of ``value``; valid YAML too, so strings are always safely quoted."""
-    return json.dumps(plain(_defined(value)), sort_keys=True)
-
-
-def quantity_filter(size: Any) -> str:
-    """Bytes as a Kubernetes quantity: "10Gi" when exact, else the plain number of bytes."""
-    size = _defined(size)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ValueError(f"quantity: expected a number of bytes, got {size!r}")
-    return format_quantity(size)
-
-
-def dns_label_filter(value: Any, max_length: int = MAX_NAME) -> str:
-    """``value`` cut to ``max_length`` characters, without a trailing '-' or '.'."""
-    return str(_defined(value))[: max(max_length, 0)].rstrip("-.")
-
-
-def sha_filter(value: Any, length: int = 5) -> str:
-    """``length`` lowercase base36 characters of the SHA-256 of ``value`` (deterministic)."""
-    number = int(hashlib.sha256(str(_defined(value)).encode()).hexdigest(), 16)
-    digits = []
-    for _ in range(length):
-        number, digit = divmod(number, 36)
-        digits.append(_BASE36[digit])
-    return "".join(digits)
-
-
-def regex_replace_filter(value: Any, pattern: str, replacement: str = "") -> str:
-    """``re.sub(pattern, replacement, value)``."""
-    return re.sub(pattern, replacement, str(_defined(value)))
-
-
-FILTERS = {
-    "to_json": to_json_filter,
-    "quantity": quantity_filter,
-    "dns_label": dns_label_filter,
-    "sha": sha_filter,
-    "regex_replace": regex_replace_filter,
-}
-
-
-def plain(value: Any) -> Json:
-    """A deep copy of ``value`` made of dicts and lists only (Mappings and tuples converted)."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
-
-
-# --------------------------------------------------------------------------------------------
-# Template sets
-# --------------------------------------------------------------------------------------------
-
-
-def default_templates_dir() -> Path:
-    """The packaged default templates.
-
-    In an installed wheel they are ``reconciler/_templates`` (pyproject force-includes the
-    checkout's ``templates/`` there); in a checkout or editable install, ``templates/`` at the
-    top of the repository.
-    """
-    packaged = importlib.resources.files("reconciler") / "_templates"
-    if isinstance(packaged, Path) and packaged.is_dir():
-        return packaged
-    checkout = Path(__file__).resolve().parent.parent / "templates"
-    if checkout.is_dir():
-        return checkout
-    raise TemplateError(
-        [
-            Problem(
-                None,
-                f"the default templates are missing (looked in {packaged} and {checkout})",
-                hint="reinstall vm-storage-reconciler, or pass --templates DIR with all of "
-                + ", ".join(TEMPLATE_NAMES),
-            )
-        ]
-    )
-
-
-@dataclass(frozen=True)
-class TemplateSet:
-    """The templates in use: ``directory`` (the defaults) overridden file by file by
-    ``override`` when given. The Jinja environment is built once, on first use."""
-
-    directory: Path
-    override: Path | None = None
-
-    @classmethod
-    def default(cls) -> TemplateSet:
-        return cls(default_templates_dir())
-
-    @cached_property
-    def environment(self) -> ImmutableSandboxedEnvironment:
-        search = [str(self.override)] if self.override else []
-        env = ImmutableSandboxedEnvironment(
-            loader=jinja2.FileSystemLoader([*search, str(self.directory)]),
-            undefined=jinja2.StrictUndefined,
-            autoescape=False,
-            keep_trailing_newline=True,
-        )
-        env.filters.update(FILTERS)
-        return env
-
-    def path_of(self, name: str) -> Path:
-        """The file that provides template ``name`` (the override when it has one)."""
-        if self.override is not None and (self.override / name).is_file():
-            return self.override / name
-        return self.directory / name
-
-    def get(self, name: str) -> jinja2.Template:
-        """The compiled template; a syntax error or a missing file is a TemplateError."""
-        try:
-            return self.environment.get_template(name)
-        except jinja2.TemplateSyntaxError as exc:
-            path = exc.filename or str(self.path_of(name))
-            raise _error(path, exc.lineno, str(exc.message), _hint(exc)) from exc
-        except jinja2.TemplateNotFound as exc:
-            raise TemplateError(
-                [Problem(None, f"template {name} not found in {self.directory}", hint="the "
-                         "default set is incomplete: reinstall, or provide it with --templates")]
-            ) from exc
-
-    def check(self) -> None:
-        """Compile every template, so a syntax error is reported before anything renders."""
-        problems: list[Problem] = []
-        for name in TEMPLATE_NAMES:
-            try:
-                self.get(name)
-            except TemplateError as exc:
-                problems += exc.problems
-        if problems:
-            raise TemplateError(problems)
-
-
-def load_templates(override_dir: Path | None) -> TemplateSet:
-    """The default templates, overridden one by one by the ``*.j2`` files in ``override_dir``
-    (``--templates DIR``). Every template is compiled now; a file in ``override_dir`` that is
-    not a known template name is an error (most likely a typo that would silently not apply)."""
-    defaults = default_templates_dir()
-    if override_dir is None:
-        templates = TemplateSet(defaults)
-    else:
-        if not override_dir.is_dir():
-            raise TemplateError(
-                [Problem(None, f"--templates {override_dir}: not a directory",
-                         hint="pass a directory holding *.j2 files named like the defaults")]
-            )
-        unknown = sorted(p.name for p in override_dir.glob("*.j2") if p.name not in TEMPLATE_NAMES)
-        if unknown:
-            raise TemplateError(
-                [
-                    Problem(Source(str(override_dir / n), 1), f"unknown template {n}",
-                            hint="template names are " + ", ".join(TEMPLATE_NAMES))
-                    for n in unknown
-                ]
-            )
-        templates = TemplateSet(defaults, override_dir)
-    templates.check()
-    return templates
-
-
-# --------------------------------------------------------------------------------------------
-# Errors: every problem names the template file and the line
-# --------------------------------------------------------------------------------------------
-
-
-def _error(path: str | Path, line: int | None, message: str, hint: str = "") -> TemplateError:
-    return TemplateError([Problem(Source(str(path), line or 1), message, hint)])
-
-
-def _hint(exc: Exception) -> str:
-    if isinstance(exc, jinja2.UndefinedError):
-        return "the variables a template may use are listed in the comment at its top"
-    if isinstance(exc, jinja2.exceptions.SecurityError):
-        return ("templates run in a sandbox: only the documented variables and filters are "
-                "available, '_' attributes and methods that modify data are refused")
-    if isinstance(exc, jinja2.TemplateSyntaxError):
-        return "fix the Jinja syntax at that line"
-    return "check the filter arguments and the variables documented at the top of the template"
-
-
-def _line_in(exc: BaseException, filename: str) -> int | None:
-    """The template line of a rendering error (Jinja rewrites tracebacks to template lines)."""
-    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
-    return lines[-1] if lines else None
-
-
-def _line_of(template: jinja2.Template, needle: str) -> int:
-    """Best effort: the first template line mentioning ``needle`` (for errors found in the
-    rendered output, which has no line mapping back to the template), else 1."""
-    path = Path(template.filename or "")
-    try:
-        text = path.read_text()
-    except OSError:
-        return 1
-    for number, line in enumerate(text.splitlines(), start=1):
-        if needle in line:
-            return number
-    return 1
-
-
-@dataclass(frozen=True)
-class _Rendered:
-    """A template's parsed output and the template it came from (for error locations)."""
-
-    name: str
-    template: jinja2.Template
-    data: Json
-
-    @property
-    def path(self) -> str:
-        return self.template.filename or self.name
-
-    def error(self, message: str, *, near: str = "", hint: str = "") -> TemplateError:
-        line = _line_of(self.template, near) if near else 1
-        return _error(self.path, line, message, hint)
-
-
-# libyaml's loader when PyYAML was built with it (every wheel is): ~10x faster than the pure
-# Python one, which dominated `plan` for thousands of VMs. Same safe constructors.
-_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _render_text(
-    templates: TemplateSet, name: str, context: Mapping[str, Json]
-) -> tuple[jinja2.Template, str, str]:
-    """Render ``name`` with ``context``: (template, its path, the output text)."""
-    template = templates.get(name)
-    path = template.filename or str(templates.path_of(name))
-    try:
-        return template, path, template.render(context)
-    except Exception as exc:  # jinja2 errors, and ValueError/TypeError raised by our filters
-        raise _error(path, _line_in(exc, path), str(exc), _hint(exc)) from exc
-
-
-def _render(templates: TemplateSet, name: str, context: Mapping[str, Json]) -> _Rendered:
-    """Render ``name`` with ``context`` and parse the output as YAML."""
-    template, path, text = _render_text(templates, name, context)
-    try:
-        data = yaml.load(text, Loader=_SAFE_LOADER)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at rendered line {where.line + 1}" if where is not None else ""
-        raise _error(path, 1, f"the output is not valid YAML{at}: {exc}",
-                     "values should go through the to_json filter, which quotes them") from exc
-    return _Rendered(name, template, data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,10 +110,10 @@ def target_name(
                "storage_class": storage_class}
     # The output is the bare name (no YAML to parse: this runs once per moved volume, and
     # thousands of YAML parses were the bulk of a large `plan`).
-    template, _, text = _render_text(templates, TARGET_NAME, context)
+    template, _, text = render_text(templates, TARGET_NAME, context)
     name = text.strip()
     if not valid_name(name):
-        out = _Rendered(TARGET_NAME, template, name)
+        out = Rendered(TARGET_NAME, template, name)
         raise out.error(f"{name!r} (for volume {volume} of VM {namespace}/{vm}) is not a "
                         "DNS-1123 name of at most 63 characters", near="dns_label",
                         hint="render only the name: lowercase letters, digits, '-' and '.', "
@@ -639,13 +370,13 @@ def _render_data_volume(
             "is unknown, so the blank destination cannot be sized",
             hint="the source PVC must have spec.resources.requests.storage")])
     context = _dv_context(move, name, vm, snapshot, plan_name=plan_name)
-    out = _render(templates, DV_LIVE if live else DV_OFFLINE, context)
+    out = render_yaml(templates, DV_LIVE if live else DV_OFFLINE, context)
     _check_data_volume(out, move, name, vm.namespace, live=live)
     return dict(out.data)
 
 
 def _check_data_volume(
-    out: _Rendered, move: VolumeVerdict, name: str, namespace: str, *, live: bool
+    out: Rendered, move: VolumeVerdict, name: str, namespace: str, *, live: bool
 ) -> None:
     """The rendered DataVolume is the one we mean: right kind, name, namespace, class,
     source, size and ownership annotation."""
@@ -674,7 +405,7 @@ def _check_data_volume(
     _check_dv_storage(out, spec, move, live=live)
 
 
-def _mapping(out: _Rendered, obj: Mapping[str, Json], key: str) -> Mapping[str, Json]:
+def _mapping(out: Rendered, obj: Mapping[str, Json], key: str) -> Mapping[str, Json]:
     value = obj.get(key)
     if not isinstance(value, dict):
         raise out.error(f"{key} must be a mapping, got {value!r}", near=f"{key}:")
@@ -682,7 +413,7 @@ def _mapping(out: _Rendered, obj: Mapping[str, Json], key: str) -> Mapping[str, 
 
 
 def _check_string_map(
-    out: _Rendered, meta: Mapping[str, Json], key: str, *, label_values: bool
+    out: Rendered, meta: Mapping[str, Json], key: str, *, label_values: bool
 ) -> Mapping[str, str]:
     values = meta.get(key) or {}
     if not isinstance(values, dict):
@@ -699,7 +430,7 @@ def _check_string_map(
 
 
 def _check_dv_source(
-    out: _Rendered, spec: Mapping[str, Json], move: VolumeVerdict, namespace: str, *, live: bool
+    out: Rendered, spec: Mapping[str, Json], move: VolumeVerdict, namespace: str, *, live: bool
 ) -> None:
     source = _mapping(out, spec, "source")
     if live:
@@ -715,7 +446,7 @@ def _check_dv_source(
 
 
 def _check_dv_storage(
-    out: _Rendered, spec: Mapping[str, Json], move: VolumeVerdict, *, live: bool
+    out: Rendered, spec: Mapping[str, Json], move: VolumeVerdict, *, live: bool
 ) -> None:
     storage = spec.get("storage") if "storage" in spec else spec.get("pvc")
     if not isinstance(storage, dict):
@@ -804,7 +535,7 @@ def _template_context(claim: str, spec: Json, vm: VMInfo) -> dict[str, Json] | N
     }
 
 
-def _ops(out: _Rendered) -> list[Op]:
+def _ops(out: Rendered) -> list[Op]:
     """The rendered output as a JSON patch (a list of operations), or a TemplateError."""
     data = [] if out.data is None else out.data
     if not isinstance(data, list) or not all(isinstance(op, dict) for op in data):
@@ -819,8 +550,8 @@ def _ops(out: _Rendered) -> list[Op]:
 
 def _render_forward_patch(
     templates: TemplateSet, context: Mapping[str, Json], vm: VMInfo
-) -> _Rendered:
-    out = _render(templates, VM_PATCH, context)
+) -> Rendered:
+    out = render_yaml(templates, VM_PATCH, context)
     ops = _ops(out)
     first = ops[0] if ops else {}
     if first != {"op": "test", "path": RESOURCE_VERSION_PATH, "value": vm.resource_version}:
@@ -828,10 +559,10 @@ def _render_forward_patch(
                         f"{vm.resource_version!r}", near="resourceVersion",
                         hint="it makes a concurrent edit of the VM fail the patch instead of "
                         "being overwritten")
-    return _Rendered(out.name, out.template, ops)
+    return Rendered(out.name, out.template, ops)
 
 
-def _apply(out: _Rendered, document: Json) -> dict[str, Json]:
+def _apply(out: Rendered, document: Json) -> dict[str, Json]:
     """Apply ``out``'s ops one by one to a copy of ``document``; a failing op is named."""
     doc = copy.deepcopy(document)
     for number, op in enumerate(out.data, start=1):
@@ -856,7 +587,7 @@ def _claim_at(volume: Mapping[str, Json]) -> Json:
 
 
 def _check_patched(
-    out: _Rendered, patched: Json, raw: Json, moves: Sequence[VolumeVerdict],
+    out: Rendered, patched: Json, raw: Json, moves: Sequence[VolumeVerdict],
     names: Mapping[str, str], *, live: bool,
 ) -> None:
     """The patched VM uses every destination, in place of the source, and the strategy is
@@ -952,7 +683,7 @@ def _invert(ops: Iterable[Op], document: Json) -> tuple[list[Op], list[Op]]:
 
 
 def _revert_patches(
-    templates: TemplateSet, context: Mapping[str, Json], forward: _Rendered, raw: Json,
+    templates: TemplateSet, context: Mapping[str, Json], forward: Rendered, raw: Json,
     patched: Json,
 ) -> tuple[list[Op], list[Op]]:
     """Compute the inverse, shape it with vm-revert-patch.j2, and prove it restores the VM."""
@@ -961,10 +692,10 @@ def _revert_patches(
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise forward.error(f"the patch cannot be rolled back: {exc}",
                             hint="use add/replace/remove on object fields only") from exc
-    out = _render(templates, VM_REVERT, {**context, "ops": inverse})
+    out = render_yaml(templates, VM_REVERT, {**context, "ops": inverse})
     revert = _ops(out)
-    restored = _apply(_Rendered(out.name, out.template, revert), patched)
-    cleaned = _apply(_Rendered(forward.name, forward.template, cleanup), restored)
+    restored = _apply(Rendered(out.name, out.template, revert), patched)
+    cleaned = _apply(Rendered(forward.name, forward.template, cleanup), restored)
     if cleaned != raw:
         raise out.error("the rollback does not restore the VM as it was observed",
                         hint="keep the computed `ops`; extra operations must be undone too")

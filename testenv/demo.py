@@ -25,7 +25,7 @@ import pykube
 from reconciler import cli, kube, observe
 from reconciler.diff import diff
 from reconciler.plans import load_plans
-from reconciler.render import load_templates
+from reconciler.templating import load_templates
 from testenv import seed
 from testenv.controlplane import ControlPlane
 from testenv.simulator import SimConfig, content_hash

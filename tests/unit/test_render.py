@@ -27,18 +27,20 @@ from reconciler import observe
 from reconciler.errors import TemplateError
 from reconciler.model import Action, Snapshot, VMInfo, VMVerdict, VolumeVerdict
 from reconciler.render import (
-    TEMPLATE_NAMES,
     RenderedVM,
-    TemplateSet,
     check_distinct_targets,
     copied_labels,
+    render_vm,
+    target_name,
+    valid_name,
+)
+from reconciler.templating import (
+    TEMPLATE_NAMES,
+    TemplateSet,
     default_templates_dir,
     load_templates,
     quantity_filter,
-    render_vm,
     sha_filter,
-    target_name,
-    valid_name,
 )
 from testenv import seed
 
@@ -713,7 +715,7 @@ def test_the_wheel_ships_the_templates_and_uses_them(tmp_path: Path) -> None:
         names = set(archive.namelist())
         assert {f"reconciler/_templates/{n}" for n in TEMPLATE_NAMES} <= names
         archive.extractall(tmp_path / "site")
-    probe = ("from reconciler.render import default_templates_dir, load_templates;"
+    probe = ("from reconciler.templating import default_templates_dir, load_templates;"
              "load_templates(None); print(default_templates_dir())")
     found = subprocess.run(
         [sys.executable, "-c", probe], check=True, capture_output=True, text=True,
