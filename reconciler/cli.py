@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -193,7 +194,9 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
         dry_run_errors = server_dry_run(cluster, rendered, err)
 
     manifests = manifests_of(rendered) if args.show_manifests else None
-    write_plan(out, args, verdicts, manifests, dry_run_errors)
+    windows = report.window_states(plans, datetime.now(UTC))
+    write_plan(out, args, verdicts, manifests=manifests, dry_run_errors=dry_run_errors,
+               windows=windows)
     if dry_run_errors:
         return ExitCode.BAD_INPUT
     return ExitCode.OK if report.converged(verdicts) else ExitCode.PENDING
@@ -203,16 +206,19 @@ def write_plan(
     out: TextIO,
     args: argparse.Namespace,
     verdicts: Sequence[VMVerdict],
+    *,
     manifests: dict[tuple[str, str], dict[str, Any]] | None,
     dry_run_errors: Sequence[str],
+    windows: Mapping[tuple[str, str], Mapping[str, Any]],
 ) -> None:
     """The plan on stdout, as text for people or as a PlanReport document for machines."""
     if args.output != "text":
-        doc = report.plan_document(verdicts, manifests=manifests, dry_run_errors=dry_run_errors)
+        doc = report.plan_document(verdicts, manifests=manifests, dry_run_errors=dry_run_errors,
+                                   windows=windows)
         # Indented for a terminal, compact when piped (machines, `| jq`).
         out.write(report.dump(doc, args.output, pretty=out.isatty()))
         return
-    out.write(report.plan_text(verdicts, verbose=args.verbose))
+    out.write(report.plan_text(verdicts, verbose=args.verbose, windows=windows))
     if manifests:
         out.write(manifests_text(manifests))
     for line in dry_run_errors:

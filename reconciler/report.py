@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import yaml
 
-from reconciler.model import Action, VMVerdict, VolumeVerdict
+from reconciler.model import Action, Plan, VMVerdict, VolumeVerdict
 from reconciler.quantity import human_size
+from reconciler.windows import format_window, next_window_start, window_closes_at
 
 API_VERSION = "vmstorage.dev/v1alpha1"
 
@@ -25,6 +27,26 @@ _ACTION_WORD = {
     Action.BLOCKED: "blocked",
     Action.IN_PROGRESS: "in progress",
 }
+
+
+PlanKey = tuple[str, str]  # (namespace, plan name): plan names are unique per namespace
+
+
+def window_states(plans: Sequence[Plan], now: datetime) -> dict[PlanKey, dict[str, Any]]:
+    """For each plan with a maintenance window: whether it is open at ``now`` (tz-aware) and
+    when it closes or next opens. Moves start only inside it (apply), so `plan` says so."""
+    states: dict[PlanKey, dict[str, Any]] = {}
+    for plan in plans:
+        if plan.window is None:
+            continue
+        closes = window_closes_at(plan.window, now)
+        state: dict[str, Any] = {"window": format_window(plan.window), "open": closes is not None}
+        if closes is not None:
+            state["closesAt"] = closes.isoformat()
+        else:
+            state["opensAt"] = next_window_start(plan.window, now).isoformat()
+        states[(plan.namespace, plan.name)] = state
+    return states
 
 
 def summary(verdicts: Sequence[VMVerdict]) -> dict[str, int]:
@@ -89,7 +111,11 @@ def _volume_doc(vol: VolumeVerdict) -> dict[str, Any]:
     return doc
 
 
-def vm_doc(verdict: VMVerdict, manifests: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def vm_doc(
+    verdict: VMVerdict,
+    manifests: Mapping[str, Any] | None = None,
+    window: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "namespace": verdict.namespace,
         "name": verdict.name,
@@ -100,6 +126,8 @@ def vm_doc(verdict: VMVerdict, manifests: Mapping[str, Any] | None = None) -> di
         "reasons": list(verdict.reasons),
         "volumes": [_volume_doc(v) for v in verdict.volumes],
     }
+    if window is not None:
+        doc["window"] = dict(window)
     if manifests is not None:
         doc["manifests"] = dict(manifests)
     return doc
@@ -110,10 +138,12 @@ def plan_document(
     *,
     manifests: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     dry_run_errors: Sequence[str] = (),
+    windows: Mapping[PlanKey, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The machine-readable plan (``-o json`` / ``-o yaml``).
 
-    ``manifests`` maps (namespace, vm) to {"dataVolumes": [...], "vmPatch": [...]}.
+    ``manifests`` maps (namespace, vm) to {"dataVolumes": [...], "vmPatch": [...]};
+    ``windows`` is ``window_states(...)``.
     """
     return {
         "apiVersion": API_VERSION,
@@ -121,7 +151,11 @@ def plan_document(
         "converged": converged(verdicts),
         "summary": summary(verdicts),
         "vms": [
-            vm_doc(v, (manifests or {}).get((v.namespace, v.name)) if manifests else None)
+            vm_doc(
+                v,
+                (manifests or {}).get((v.namespace, v.name)) if manifests else None,
+                (windows or {}).get((v.namespace, v.plan)),
+            )
             for v in verdicts
         ],
         "serverDryRunErrors": list(dry_run_errors),
@@ -154,10 +188,14 @@ def table(rows: Sequence[Sequence[str]], *, indent: str = "") -> str:
     return "\n".join(lines)
 
 
-def _vm_heading(verdict: VMVerdict) -> str:
+def _vm_heading(verdict: VMVerdict, window: Mapping[str, Any] | None) -> str:
     state = "running" if verdict.running else "stopped"
     action = _ACTION_WORD[verdict.action]
     extra = ", stop required" if verdict.stop_required else ""
+    if window is not None and verdict.action in (Action.MOVE_LIVE, Action.MOVE_OFFLINE):
+        extra += (f"; window {window['window']} open until {window['closesAt']}"
+                  if window["open"] else
+                  f"; window {window['window']} closed, opens {window['opensAt']}")
     return f"VM {verdict.namespace}/{verdict.name} ({state}, plan {verdict.plan}): {action}{extra}"
 
 
@@ -179,8 +217,14 @@ def _volume_row(vol: VolumeVerdict) -> list[str]:
     ]
 
 
-def plan_text(verdicts: Sequence[VMVerdict], *, verbose: bool = False) -> str:
-    """A per-VM diff for people. In-sync VMs are listed in one line unless ``verbose``."""
+def plan_text(
+    verdicts: Sequence[VMVerdict],
+    *,
+    verbose: bool = False,
+    windows: Mapping[PlanKey, Mapping[str, Any]] | None = None,
+) -> str:
+    """A per-VM diff for people. In-sync VMs are listed in one line unless ``verbose``; a move
+    under a plan with a maintenance window says whether the window is open."""
     blocks = []
     quiet = []
     for verdict in verdicts:
@@ -189,7 +233,8 @@ def plan_text(verdicts: Sequence[VMVerdict], *, verbose: bool = False) -> str:
             continue
         rows = [["VOLUME", "CLAIM", "STORAGECLASS", "SIZE", "ACTION", "DETAIL"]]
         rows += [_volume_row(v) for v in verdict.volumes]
-        lines = [_vm_heading(verdict), table(rows, indent="  ")]
+        window = (windows or {}).get((verdict.namespace, verdict.plan))
+        lines = [_vm_heading(verdict, window), table(rows, indent="  ")]
         lines += [f"  ! {reason}" for reason in verdict.reasons]
         blocks.append("\n".join(lines))
     if quiet:

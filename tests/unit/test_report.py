@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import yaml
 
 from reconciler import report
 from reconciler.model import Action, VMVerdict, VolumeVerdict
+from reconciler.plans import parse_plans
 
 GI = 2**30
 
@@ -65,3 +67,26 @@ def test_json_and_yaml_carry_the_same_document() -> None:
                                   "action": "MoveLive", "sizeBytes": 30 * GI,
                                   "target": "fedora-40-dv-template-mig-x"}
     assert blocked["volumes"][0]["rule"] == "shareable-disk"
+
+
+def test_a_move_under_a_window_says_whether_it_is_open() -> None:
+    (plan,) = parse_plans(
+        "apiVersion: vmstorage.dev/v1alpha1\nkind: StoragePlan\n"
+        "metadata: {name: fedora-to-ceph}\n"
+        "spec:\n  namespace: mig-vm\n  storageClass: ceph-rbd\n"
+        "  virtualMachines: [{name: vm-fedora}]\n"
+        '  window: {start: "Sat 01:00", duration: 4h, timeZone: UTC}\n'
+    )
+    friday = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    saturday = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+    closed = report.window_states([plan], friday)
+    assert closed[("mig-vm", "fedora-to-ceph")] == {
+        "window": "Sat 01:00 for 4h (UTC)", "open": False,
+        "opensAt": "2026-11-28T01:00:00+00:00"}
+    assert "window Sat 01:00 for 4h (UTC) closed, opens 2026-11-28T01:00:00+00:00" in \
+        report.plan_text([LIVE], windows=closed)
+    opened = report.window_states([plan], saturday)
+    assert opened[("mig-vm", "fedora-to-ceph")]["closesAt"] == "2026-11-28T05:00:00+00:00"
+    doc = report.plan_document([LIVE, SYNCED], windows=opened)
+    assert doc["vms"][0]["window"]["open"] is True
+    assert doc["vms"][1]["window"] == doc["vms"][0]["window"]  # per plan, whatever the action
