@@ -328,6 +328,10 @@ def judge_vm(
         volumes=(),
         running=base.running,
     )
+    recovery = rules.evaluate(rules.RECOVERY_RULES, base)
+    if recovery:
+        volumes = tuple(_volume_verdict(c, Action.BLOCKED, recovery[0]) for c in contexts)
+        return _with(verdict, Action.BLOCKED, volumes, [str(f) for f in recovery])
     in_progress = rules.evaluate(rules.IN_PROGRESS_RULES, base)
     if in_progress:
         volumes = tuple(_volume_verdict(c, Action.IN_PROGRESS, in_progress[0]) for c in contexts)

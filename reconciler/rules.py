@@ -692,10 +692,17 @@ IN_PROGRESS_RULES: tuple[Rule[VMContext], ...] = (
          "volume-update VMIM is in flight.", check=volume_migration_in_progress),
 )
 
-VM_RULES: tuple[Rule[VMContext], ...] = (
+# Checked before anything else about a VM: after an interrupted migration the VM's spec may
+# name a half-copied destination, so even a VM whose claims all sit on the target class is not
+# "in sync" until it is recovered.
+RECOVERY_RULES: tuple[Rule[VMContext], ...] = (
     Rule("manual-recovery-required", Effect.BLOCK,
-         "The VM has ManualRecoveryRequired=True after an interrupted migration.",
+         "The VM has ManualRecoveryRequired=True after an interrupted migration (even if its "
+         "claims already name the target class).",
          check=manual_recovery_required),
+)
+
+VM_RULES: tuple[Rule[VMContext], ...] = (
     Rule("gitops-managed", Effect.BLOCK,
          "Argo CD or Flux manages the VM and would revert the move, unless the plan allows it.",
          check=gitops_managed),
@@ -1010,6 +1017,7 @@ def vm_not_found(namespace: str, name: str, plan: str) -> Finding:
 
 CATALOG: tuple[RuleInfo, ...] = (
     *CLUSTER_RULES,
+    *RECOVERY_RULES,
     *IN_PROGRESS_RULES,
     *VM_RULES,
     *VOLUME_RULES,

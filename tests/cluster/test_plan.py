@@ -397,3 +397,119 @@ def test_plans_for_two_namespaces_are_observed_with_eight_cluster_wide_lists(
     moves = {(vm["namespace"], vm["name"]): vm["action"] for vm in report["vms"]}
     assert moves == {(ctx.ns, "vm-fedora"): "MoveLive", (other, "vm-fedora"): "MoveLive"}
     assert "(8 requests)" in err, "one LIST per kind across namespaces, not per namespace"
+
+
+# --------------------------------------------------------------------------------------------
+# More reasons, set up through the simulator's documented knobs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kubevirt_version(api: pykube.HTTPClient) -> Iterator[Callable[[str], None]]:
+    """Make the simulated KubeVirt report another version for one test."""
+
+    def set_version(version: str) -> None:
+        _merge(api, "kubevirt.io/v1", "kubevirt", "kubevirts/kubevirt",
+               {"metadata": {"annotations": {"sim.vmstorage.dev/version": version}}})
+
+    yield set_version
+    _merge(api, "kubevirt.io/v1", "kubevirt", "kubevirts/kubevirt",
+           {"metadata": {"annotations": {"sim.vmstorage.dev/version": None}}})
+
+
+def _reported_version(api: pykube.HTTPClient) -> str:
+    status = get(api, "kubevirt.io/v1", "kubevirt", "kubevirts/kubevirt").get("status") or {}
+    return str(status.get("observedKubeVirtVersion", ""))
+
+
+@pytest.mark.parametrize(
+    ("version", "rule"),
+    [("v1.4.0", "feature-gates-missing"), ("v1.2.0", "kubevirt-too-old")],
+)
+def test_kubevirt_version_without_volume_migration_blocks_running_vms(
+    ctx: Ctx, kubevirt_version: Callable[[str], None], version: str, rule: str
+) -> None:
+    ctx.settle(fedora(ctx.ns))
+    kubevirt_version(version)
+    ctx.eventually(lambda: _reported_version(ctx.api) == version, what=f"KubeVirt {version}")
+    assert f"[{rule}]" in ctx.blocked_reasons()
+
+
+def test_target_profile_without_the_wanted_volume_mode_is_blocked(ctx: Ctx) -> None:
+    ctx.settle(fedora(ctx.ns))
+    body = ("storageClass: ceph-rbd\nvolumeMode: Block\nallowStop: true\n"
+            "virtualMachines:\n  - name: vm-fedora\n")
+    reasons = ctx.blocked_reasons(body)
+    assert "[storage-profile-mismatch]" in reasons and "Filesystem" in reasons
+
+
+def test_unbound_claim_of_a_stopped_vm_is_blocked(ctx: Ctx) -> None:
+    """local-hostpath is WaitForFirstConsumer: a claim no VM has started on stays Pending."""
+    spec = {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-hostpath",
+            "resources": {"requests": {"storage": "1Gi"}}}
+    create(ctx.api, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                     "metadata": {"name": "data", "namespace": ctx.ns}, "spec": spec})
+    vm = fedora(ctx.ns, running=False)
+    vm["spec"].pop("dataVolumeTemplates")
+    vm["spec"]["template"]["spec"]["volumes"][0] = {
+        "name": "datavolumedisk1", "persistentVolumeClaim": {"claimName": "data"}}
+    create(ctx.api, vm)
+    assert "[claim-not-bound]" in ctx.blocked_reasons()
+
+
+def test_data_volume_still_importing_is_blocked(ctx: Ctx) -> None:
+    vm = fedora(ctx.ns, running=False)
+    vm["spec"]["dataVolumeTemplates"][0]["metadata"]["annotations"] = {
+        "sim.vmstorage.dev/fault": "stall"}
+    vm["spec"]["runStrategy"] = "Always"  # KubeVirt creates the DataVolume for a VM it starts
+    create(ctx.api, vm)
+    ctx.eventually(lambda: (get(ctx.api, "cdi.kubevirt.io/v1beta1", ctx.ns,
+                                "datavolumes/vm-fedora-disk").get("status") or {})
+                   .get("phase") == "ImportInProgress", what="import stalled")
+    assert "[datavolume-not-succeeded]" in ctx.blocked_reasons()
+
+
+def _start_stalled_migration(ctx: Ctx) -> None:
+    """A live migration of ours that never finishes: the manifests `plan` rendered, sent."""
+    vm = fedora(ctx.ns)
+    vm["metadata"]["annotations"] = {"sim.vmstorage.dev/fault": "stall"}
+    ctx.settle(vm)
+    _, report, _ = ctx.plan("-o", "json", "--show-manifests")
+    manifests = only_vm(report)["manifests"]
+    for dv in manifests["dataVolumes"]:
+        create(ctx.api, dv)
+    response = ctx.api.patch(version="kubevirt.io/v1", namespace=ctx.ns,
+                             url="virtualmachines/vm-fedora",
+                             data=json.dumps(manifests["vmPatch"]),
+                             headers={"Content-Type": "application/json-patch+json"})
+    ctx.api.raise_for_status(response)
+    ctx.eventually(lambda: any(
+        (m.get("status") or {}).get("phase") == "Running"
+        for m in get(ctx.api, "kubevirt.io/v1", ctx.ns,
+                     "virtualmachineinstancemigrations").get("items", [])),
+        what="volume migration Running")
+
+
+def test_a_volume_migration_under_way_is_reported_in_progress(ctx: Ctx) -> None:
+    _start_stalled_migration(ctx)
+    rc, report, _ = ctx.plan("-o", "json")
+    vm = only_vm(report)
+    assert rc == 1 and vm["action"] == "InProgress"
+    assert "[volume-migration-in-progress]" in " ".join(vm["reasons"])
+
+
+def test_vm_stopped_mid_migration_needs_manual_recovery(ctx: Ctx) -> None:
+    _start_stalled_migration(ctx)
+    ctx.stop()
+    ctx.eventually(lambda: any(
+        c.get("type") == "ManualRecoveryRequired" and c.get("status") == "True"
+        for c in (get(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
+                  .get("status") or {}).get("conditions", [])),
+        what="ManualRecoveryRequired")
+    # The spec now names the half-copied destination on the target class: without the
+    # recovery rule this VM would read as in sync (found by this very test).
+    rc, report, _ = ctx.plan("-o", "json")
+    vm = only_vm(report)
+    assert rc == 1 and vm["action"] == "Blocked"
+    assert "[manual-recovery-required]" in vm["reasons"][0]
+    assert "restore the original claim names" in vm["reasons"][0]

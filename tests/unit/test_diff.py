@@ -260,9 +260,10 @@ def test_in_sync() -> None:
     ]
 
 
-def test_in_sync_whatever_else_is_true_of_the_vm() -> None:
-    snap = with_vm(healthy(), annotations={"argocd.argoproj.io/tracking-id": "a:x"},
-                   conditions=(cond("ManualRecoveryRequired"),))
+def test_in_sync_whatever_else_is_true_of_the_vm_but_manual_recovery() -> None:
+    """A VM already on its target needs nothing, even if GitOps manages it; only a pending
+    manual recovery (whose spec may name a half-copied disk) keeps it from counting as done."""
+    snap = with_vm(healthy(), annotations={"argocd.argoproj.io/tracking-id": "a:x"})
     assert only_vm(plan(storage_class="old"), snap).action is Action.IN_SYNC
 
 
@@ -418,6 +419,14 @@ def test_gitops_managed_vm_moves_when_the_plan_allows_it() -> None:
     snap = with_vm(healthy(), annotations={"argocd.argoproj.io/tracking-id": "shop:x"})
     assert only_vm(plan(), snap).action is Action.BLOCKED
     assert only_vm(plan(allow_gitops_managed=True), snap).action is Action.MOVE_LIVE
+
+
+def test_manual_recovery_required_blocks_even_a_vm_whose_claims_are_on_the_target() -> None:
+    """Stopped mid-migration: the spec already names the (half-copied) destination."""
+    snap = with_vm(healthy(running=False), conditions=(cond("ManualRecoveryRequired"),))
+    on_target = only_vm(plan(storage_class="old"), snap)  # "old" is where the claim is
+    assert on_target.action is Action.BLOCKED
+    assert rules_of(on_target) == ["manual-recovery-required"]
 
 
 def test_manual_recovery_required_blocks_with_the_recovery_hint() -> None:

@@ -304,7 +304,7 @@ def test_in_progress_rules(rule: str | None, given: rules.VMContext, needle: str
     ),
 )
 def test_vm_rules(rule: str | None, given: rules.VMContext, needle: str) -> None:
-    only(rules.evaluate(rules.VM_RULES, given), rule, needle)
+    only(rules.evaluate((*rules.RECOVERY_RULES, *rules.VM_RULES), given), rule, needle)
 
 
 def test_gitops_owners_names_every_owner() -> None:
