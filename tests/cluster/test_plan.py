@@ -18,6 +18,7 @@ import pykube
 import pytest
 
 from reconciler import cli
+from reconciler.templating import load_templates
 from testenv import seed
 from testenv.controlplane import ControlPlane
 
@@ -229,7 +230,7 @@ def test_server_dry_run_surfaces_schema_errors_from_the_api_server(ctx: Ctx) -> 
     ctx.settle(fedora(ctx.ns))
     overrides = ctx.tmp_path / "templates"
     overrides.mkdir()
-    default = cli.load_templates(None).path_of("datavolume-live.j2")
+    default = load_templates(None).path_of("datavolume-live.j2")
     text = default.read_text().replace("spec:\n", "spec:\n  preallocationz: true\n", 1)
     assert "preallocationz" in text
     (overrides / "datavolume-live.j2").write_text(text)

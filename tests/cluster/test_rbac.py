@@ -39,7 +39,7 @@ def post(api: pykube.HTTPClient, version: str, url: str, body: dict[str, Any],
 def running(api: pykube.HTTPClient, namespace: str) -> bool:
     response = api.get(version="kubevirt.io/v1", namespace=namespace,
                        url="virtualmachineinstances/vm-fedora")
-    return response.ok and response.json().get("status", {}).get("phase") == "Running"
+    return bool(response.ok and response.json().get("status", {}).get("phase") == "Running")
 
 
 def identity(control_plane: ControlPlane, namespace: str, sa: str, tmp_path: Path) -> Path:
