@@ -156,8 +156,11 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> ExitCode:
             "apiVersion": report.API_VERSION,
             "kind": "ValidationReport",
             "valid": True,
-            "plans": [{"name": p.name, "namespace": p.namespace, "source": str(p.source)}
-                      for p in plans],
+            "plans": [
+                {"name": p.name, "namespace": p.namespace, "kind": p.origin_kind,
+                 "file": p.source.file, "line": p.source.line}
+                for p in plans
+            ],
         }
         out.write(report.dump(doc, "json"))
     else:

@@ -51,7 +51,7 @@ def test_validate_json_lists_plans_with_their_source(
     doc = json.loads(out)
     assert rc == 0 and doc["valid"] is True
     assert doc["plans"] == [{"name": "fedora-to-ceph", "namespace": "mig-vm",
-                             "source": f"{path}:4: metadata.name"}]
+                             "kind": "StoragePlan", "file": str(path), "line": 4}]
 
 
 @pytest.mark.parametrize(
