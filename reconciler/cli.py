@@ -365,6 +365,8 @@ def _run(args: argparse.Namespace) -> int:
             err.write(f"error: {problem}\n")
         noun = "problem" if len(exc.problems) == 1 else "problems"
         err.write(f"{len(exc.problems)} {noun}; nothing was changed.\n")
+        if args.output in ("json", "yaml"):  # machines get the problems as data too
+            out.write(report.dump(report.problems_document(exc.problems), args.output))
         return int(exc.exit_code)
     except ClusterError as exc:
         err.write(f"error: {exc}\n")

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.errors import Problem
 from reconciler.model import Action, Plan, VMVerdict, VolumeVerdict
 from reconciler.quantity import human_size
 from reconciler.windows import format_window, next_window_start, window_closes_at
@@ -159,6 +160,24 @@ def plan_document(
             for v in verdicts
         ],
         "serverDryRunErrors": list(dry_run_errors),
+    }
+
+
+def problems_document(problems: Sequence[Problem]) -> dict[str, Any]:
+    """Bad input as data (``-o json|yaml``): one entry per problem, located when known."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Problems",
+        "problems": [
+            {
+                "file": p.source.file if p.source else None,
+                "line": p.source.line if p.source else None,
+                "field": p.source.path if p.source else None,
+                "message": p.message,
+                "hint": p.hint,
+            }
+            for p in problems
+        ],
     }
 
 

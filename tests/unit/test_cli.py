@@ -125,3 +125,17 @@ def test_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]) -> N
     for code in range(7):
         assert f"\n  {code}  " in out
     assert "--server-dry-run" in out and "--show-manifests" in out
+
+
+def test_bad_plans_with_json_output_are_reported_as_data_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "p.yaml", GOOD.replace("storageClass:", "storageclass:"))
+    rc, out, err = run(capsys, "validate", str(path), "-o", "json")
+    assert rc == 2 and "unknown field" in err
+    doc = json.loads(out)
+    assert doc["kind"] == "Problems"
+    assert len(doc["problems"]) == err.count("error: ")
+    problem = next(p for p in doc["problems"] if p["field"] == "spec.storageclass")
+    assert (problem["file"], problem["line"]) == (str(path), 7)
+    assert "did you mean 'storageClass'?" in problem["hint"]
