@@ -150,6 +150,13 @@ class Ctx:
                {"spec": {"runStrategy": "Halted"}})
         self.eventually(lambda: not vm_running(self.api, self.ns, name), what="VM stopped")
 
+    def delete_vm(self, name: str = "vm-fedora") -> None:
+        """Delete a VM (the simulator removes its VMI and DataVolumes): tests that stall a copy
+        end with it, so the session's shared simulator is not kept busy by their leftovers."""
+        response = self.api.delete(version="kubevirt.io/v1", namespace=self.ns,
+                                   url=f"virtualmachines/{name}")
+        self.api.raise_for_status(response)
+
     def plan(self, *args: str | Path, body: str = "") -> tuple[int, Any, str]:
         """Run `plan <plan file for body> args...` as admin."""
         return run_plan(self.capsys, self.control_plane,
@@ -468,6 +475,7 @@ def test_data_volume_still_importing_is_blocked(ctx: Ctx) -> None:
                                 "datavolumes/vm-fedora-disk").get("status") or {})
                    .get("phase") == "ImportInProgress", what="import stalled")
     assert "[datavolume-not-succeeded]" in ctx.blocked_reasons()
+    ctx.delete_vm()
 
 
 def _start_stalled_migration(ctx: Ctx) -> None:
@@ -497,6 +505,7 @@ def test_a_volume_migration_under_way_is_reported_in_progress(ctx: Ctx) -> None:
     vm = only_vm(report)
     assert rc == 1 and vm["action"] == "InProgress"
     assert "[volume-migration-in-progress]" in " ".join(vm["reasons"])
+    ctx.delete_vm()
 
 
 def test_vm_stopped_mid_migration_needs_manual_recovery(ctx: Ctx) -> None:
@@ -514,3 +523,4 @@ def test_vm_stopped_mid_migration_needs_manual_recovery(ctx: Ctx) -> None:
     assert rc == 1 and vm["action"] == "Blocked"
     assert "[manual-recovery-required]" in vm["reasons"][0]
     assert "restore the original claim names" in vm["reasons"][0]
+    ctx.delete_vm()
