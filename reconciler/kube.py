@@ -46,9 +46,6 @@ PVCS = Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 DATA_VOLUMES = Resource("cdi.kubevirt.io/v1beta1", "DataVolume", "datavolumes")
 STORAGE_CLASSES = Resource("storage.k8s.io/v1", "StorageClass", "storageclasses", False)
 STORAGE_PROFILES = Resource("cdi.kubevirt.io/v1beta1", "StorageProfile", "storageprofiles", False)
-EVENTS = Resource("v1", "Event", "events")
-CONFIG_MAPS = Resource("v1", "ConfigMap", "configmaps")
-LEASES = Resource("coordination.k8s.io/v1", "Lease", "leases")
 
 
 def subject(resource: Resource, namespace: str | None, name: str) -> str:

@@ -314,8 +314,13 @@ class Snapshot:
     @property
     def default_storage_class(self) -> str | None:
         """The class a PVC without storageClassName gets (first default by name, if any)."""
-        defaults = sorted(n for n, sc in self.storage_classes.items() if sc.is_default)
-        return defaults[0] if defaults else None
+        return default_class_of(self.storage_classes)
+
+
+def default_class_of(classes: Mapping[str, StorageClassInfo]) -> str | None:
+    """The cluster's default StorageClass: the first (by name) annotated as default."""
+    defaults = sorted(name for name, sc in classes.items() if sc.is_default)
+    return defaults[0] if defaults else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from reconciler.model import (
     VMIInfo,
     VMInfo,
     VMVolume,
+    default_class_of,
 )
 from reconciler.quantity import parse_quantity
 
@@ -125,8 +126,7 @@ def _parse(plural: str, items: Sequence[Obj]) -> list[Any]:
 def _assemble(parsed: RawObjects) -> Snapshot:
     """The Snapshot from parsed lists (storage classes and KubeVirt CRs still raw)."""
     classes = {sc.name: sc for sc in map(parse_storage_class, parsed.storage_classes)}
-    defaults = sorted(n for n, sc in classes.items() if sc.is_default)
-    default_class = defaults[0] if defaults else None
+    default_class = default_class_of(classes)
     pvcs = (
         p if p.storage_class or default_class is None else replace(p, storage_class=default_class)
         for p in parsed.pvcs

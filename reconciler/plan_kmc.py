@@ -124,22 +124,43 @@ _DESTINATION = {
 }
 
 
+def _read_head(
+    r: Reader,
+    node: MappingNode,
+    path: str,
+    *,
+    meta_fields: Mapping[str, Field],
+    meta_ignored: tuple[str, ...],
+    spec_fields: Mapping[str, Field],
+) -> tuple[dict[str, Node] | None, str | None, Source, dict[str, Node] | None, str] | None:
+    """The parts both KMC kinds share: (metadata, plan name, its source, spec, spec path);
+    None when the document is not a mapping (already reported)."""
+    top = r.mapping(node, path, _TOP, ignored=("status",))
+    if top is None:
+        return None
+    meta_path, spec_path = join(path, "metadata"), join(path, "spec")
+    meta = None
+    if "metadata" in top:
+        meta = r.mapping(top["metadata"], meta_path, meta_fields, ignored=meta_ignored)
+    name, source = read_plan_name(r, meta, top.get("metadata"), meta_path)
+    spec = r.mapping(top["spec"], spec_path, spec_fields) if "spec" in top else None
+    return meta, name, source, spec, spec_path
+
+
 def read_kmc_plan(
     r: Reader, node: MappingNode, path: str, allowed: frozenset[str] | None
 ) -> list[Plan]:
     """The plan in one VirtualMachineStorageMigrationPlan document."""
-    top = r.mapping(node, path, _TOP, ignored=("status",))
-    if top is None:
+    head = _read_head(
+        r, node, path, meta_fields=_META, meta_ignored=_SERVER_METADATA, spec_fields=_SPEC
+    )
+    if head is None:
         return []
-    meta_path, spec_path = join(path, "metadata"), join(path, "spec")
-    meta = None
-    if "metadata" in top:
-        meta = r.mapping(top["metadata"], meta_path, _META, ignored=_SERVER_METADATA)
-    name, source = read_plan_name(r, meta, top.get("metadata"), meta_path)
+    meta, name, source, spec, spec_path = head
+    meta_path = join(path, "metadata")
     namespace = None
     if meta is not None and "namespace" in meta:
         namespace = read_namespace(r, meta["namespace"], join(meta_path, "namespace"), allowed)
-    spec = r.mapping(top["spec"], spec_path, _SPEC) if "spec" in top else None
     if spec is None:
         return []
     plan = _plan(
@@ -157,17 +178,14 @@ def read_kmc_multi_plan(
     r: Reader, node: MappingNode, path: str, allowed: frozenset[str] | None
 ) -> list[Plan]:
     """One plan per namespace of a MultiNamespaceVirtualMachineStorageMigrationPlan."""
-    top = r.mapping(node, path, _TOP, ignored=("status",))
-    if top is None:
+    # The object's own namespace is ignored: each spec.namespaces[] entry names one.
+    ignored = (*_SERVER_METADATA, "namespace")
+    head = _read_head(
+        r, node, path, meta_fields=_MULTI_META, meta_ignored=ignored, spec_fields=_MULTI_SPEC
+    )
+    if head is None:
         return []
-    meta_path, spec_path = join(path, "metadata"), join(path, "spec")
-    meta = None
-    if "metadata" in top:
-        # The object's own namespace is ignored: each spec.namespaces[] entry names one.
-        ignored = (*_SERVER_METADATA, "namespace")
-        meta = r.mapping(top["metadata"], meta_path, _MULTI_META, ignored=ignored)
-    name, _ = read_plan_name(r, meta, top.get("metadata"), meta_path)
-    spec = r.mapping(top["spec"], spec_path, _MULTI_SPEC) if "spec" in top else None
+    _, name, _, spec, spec_path = head
     if spec is None or "namespaces" not in spec:
         return []
     overall = _retention(r, spec, spec_path)

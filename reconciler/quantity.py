@@ -1,8 +1,8 @@
 """Kubernetes resource quantities <-> bytes.
 
-Only what storage sizes use: plain integers, decimal exponents (``1e9``), decimal suffixes
-(k, M, G, T, P, E) and binary suffixes (Ki .. Ei). Fractions round up, as the API server does
-when it canonicalises a storage request.
+Plain numbers, decimal exponents (``1e9``), decimal suffixes (n, u, m, k, M, G, T, P, E) and
+binary suffixes (Ki .. Ei). Fractions of a byte round up, as the API server does when it
+canonicalises a storage request. (The test environment's simulator uses these too.)
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import math
 import re
 from decimal import Decimal, InvalidOperation
 
-_SUFFIX = {
+_SUFFIX: dict[str, int | Decimal] = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
     "": 1,
     "k": 10**3,
     "M": 10**6,
@@ -26,7 +29,9 @@ _SUFFIX = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
-_QUANTITY = re.compile(r"^([+]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|)$")
+_QUANTITY = re.compile(
+    r"^([+]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|)$"
+)
 
 
 def parse_quantity(value: str | int | float) -> int:
@@ -38,6 +43,8 @@ def parse_quantity(value: str | int | float) -> int:
         raise ValueError(f"not a quantity: {value!r}")
     if isinstance(value, int):
         return value
+    if isinstance(value, float):
+        return math.ceil(value)
     text = str(value).strip()
     match = _QUANTITY.match(text)
     if not match:
@@ -52,7 +59,7 @@ def parse_quantity(value: str | int | float) -> int:
 def format_quantity(size: int) -> str:
     """The shortest exact binary quantity for ``size`` bytes ("10Gi"), else plain bytes."""
     for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
-        unit = _SUFFIX[suffix]
+        unit = int(_SUFFIX[suffix])
         if size >= unit and size % unit == 0:
             return f"{size // unit}{suffix}"
     return str(size)
@@ -63,7 +70,7 @@ def human_size(size: int | None) -> str:
     if size is None:
         return "-"
     for suffix in ("Ti", "Gi", "Mi", "Ki"):
-        unit = _SUFFIX[suffix]
+        unit = int(_SUFFIX[suffix])
         if size >= unit:
             scaled = size / unit
             return f"{scaled:.0f}{suffix}" if scaled == int(scaled) else f"{scaled:.1f}{suffix}"

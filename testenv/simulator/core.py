@@ -26,14 +26,12 @@ import heapq
 import itertools
 import json
 import logging
-import math
 import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, ClassVar
 
 import requests
@@ -125,31 +123,7 @@ def content_hash(obj: Mapping[str, Any]) -> str | None:
     return annotations_of(obj).get(CONTENT_HASH_ANNOTATION)
 
 
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"n": 10**-9, "u": 10**-6, "m": 10**-3, "": 1, "k": 10**3, "M": 10**6,
-            "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
 GI = 2**30
-
-
-def parse_quantity(text: str | int | float) -> int:
-    """A Kubernetes quantity ("10Gi", "1.5G", "1e9", "512") in bytes, rounded up."""
-    if isinstance(text, int | float):
-        return math.ceil(text)
-    text = text.strip()
-    for suffix, factor in _BINARY.items():
-        if text.endswith(suffix):
-            return math.ceil(Decimal(text[: -len(suffix)]) * factor)
-    if text[-1:] in _DECIMAL and not text[-1:].isdigit():
-        return math.ceil(Decimal(text[:-1]) * Decimal(_DECIMAL[text[-1]]))
-    return math.ceil(Decimal(text))
-
-
-def format_quantity(size: int) -> str:
-    """Bytes as the largest exact binary quantity ("10Gi", "1536Mi", "1000")."""
-    for suffix, factor in reversed(_BINARY.items()):
-        if size and size % factor == 0:
-            return f"{size // factor}{suffix}"
-    return str(size)
 
 
 def set_condition(

@@ -28,7 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from testenv.simulator.core import GI, parse_quantity
+from reconciler.quantity import parse_quantity
+from testenv.simulator.core import GI
 
 # -- names used on objects -------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from reconciler.quantity import format_quantity, parse_quantity
 from testenv.simulator.core import (
     CONTENT_HASH_ANNOTATION,
     GI,
@@ -37,12 +38,10 @@ from testenv.simulator.core import (
     Store,
     annotations_of,
     content_hash,
-    format_quantity,
     is_deleting,
     is_owned_by,
     key_of,
     owner_reference,
-    parse_quantity,
     set_condition,
 )
 

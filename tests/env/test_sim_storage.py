@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 import pykube
 import pytest
 
+from reconciler.quantity import parse_quantity
 from testenv.simulator import Fault, FaultAction, Simulator
-from testenv.simulator.core import GI, parse_quantity
+from testenv.simulator.core import GI
 from testenv.simulator.storage import (
     CloneChoice,
     choose_clone,

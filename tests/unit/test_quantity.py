@@ -16,6 +16,8 @@ from reconciler.quantity import format_quantity, human_size, parse_quantity
         ("1073741824", 2**30),
         (42, 42),
         ("0.5", 1),  # fractions of a byte round up, as the API server does
+        ("1500m", 2),
+        (2.5, 3),
     ],
 )
 def test_parse_quantity_reads_storage_sizes(text: str | int, expected: int) -> None:
