@@ -4,7 +4,9 @@ The control plane starts lazily, on the first test that asks for it, and serves 
 session. If it cannot start, every test that needs it FAILS with the reason (missing Go,
 build error, apiserver log tail); it is never skipped. `sim` runs the simulated
 KubeVirt/CDI/CSI controllers against it (one per session: two would both act on every
-object), and `eventually` polls the API with a deadline.
+object), and `eventually` polls the API with a deadline. A test that uses `sim` fails, with
+the traceback, when a simulated controller raised while it ran (a simulator bug must not
+show up as a timeout).
 """
 
 from __future__ import annotations
@@ -63,12 +65,48 @@ SIM_CONFIG = SimConfig(copy_seconds_per_gib=0.0, progress_tick=0.05)
 `sim.vmstorage.dev/copy-seconds`."""
 
 
+_RUNNING: list[Simulator] = []
+"""The session's simulator once the `sim` fixture started it (at most one)."""
+
+
 @pytest.fixture(scope="session")
 def sim(api: pykube.HTTPClient) -> Iterator[Simulator]:
     """The running simulator, shared by the session; stopped at the end."""
     simulator = start(api, SIM_CONFIG)
+    _RUNNING.append(simulator)
     yield simulator
+    _RUNNING.remove(simulator)
     simulator.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """Fixtures that wait for the simulator (e.g. a KubeVirt CR Deployed) fail with the
+    controller's traceback too, not with their timeout."""
+    try:
+        yield
+    finally:
+        _fail_on_crashes(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Fail a test that uses `sim` when a simulated controller raised meanwhile (the
+    controller's traceback is the failure), whether or not the test itself passed."""
+    try:
+        yield
+    finally:
+        _fail_on_crashes(item)
+
+
+def _fail_on_crashes(item: pytest.Item) -> None:
+    uses_sim = "sim" in getattr(item, "fixturenames", ())
+    crashes = _RUNNING[0].take_crashes() if uses_sim and _RUNNING else []
+    if crashes:
+        shown = "\n".join(str(c) for c in crashes[:3])
+        more = f"\n(and {len(crashes) - 3} more)" if len(crashes) > 3 else ""
+        pytest.fail(f"a simulated controller raised during this test:\n{shown}{more}",
+                    pytrace=False)
 
 
 def _eventually(probe: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -15,6 +15,7 @@ from testenv.simulator.core import (
     ApiError,
     Client,
     Controller,
+    ControllerCrash,
     Fault,
     FaultAction,
     Faults,
@@ -30,6 +31,7 @@ __all__ = [
     "ApiError",
     "Client",
     "Controller",
+    "ControllerCrash",
     "Fault",
     "FaultAction",
     "Faults",
@@ -44,13 +46,17 @@ __all__ = [
 
 
 def all_controllers() -> list[type[Controller]]:
-    """The storage controllers, plus the KubeVirt ones when that module exists."""
+    """The storage controllers, plus the KubeVirt ones when that module exists, and the
+    VirtualMachineSnapshot controller."""
     from testenv.simulator import storage
 
     found: list[type[Controller]] = list(storage.CONTROLLERS)
     if importlib.util.find_spec("testenv.simulator.kubevirt") is not None:
         kubevirt = importlib.import_module("testenv.simulator.kubevirt")
         found.extend(kubevirt.CONTROLLERS)
+    from testenv.simulator import snapshot
+
+    found.extend(snapshot.CONTROLLERS)
     return found
 
 

@@ -29,6 +29,7 @@ import logging
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,6 +85,9 @@ RESOURCES: dict[str, ResourceInfo] = {
         "kubevirt.io/v1", "VirtualMachineInstanceMigration", True
     ),
     "kubevirts": ResourceInfo("kubevirt.io/v1", "KubeVirt", True),
+    "pods": ResourceInfo("v1", "Pod", True),
+    "csidrivers": ResourceInfo("storage.k8s.io/v1", "CSIDriver", False),
+    "controllerrevisions": ResourceInfo("apps/v1", "ControllerRevision", True),
 }
 """Every resource the simulator knows, by plural. Other modules may add entries before start."""
 
@@ -709,6 +713,18 @@ class Controller:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class ControllerCrash:
+    """An exception a controller raised (a simulator bug): who, on what, and the traceback."""
+
+    controller: str
+    where: str
+    traceback: str
+
+    def __str__(self) -> str:
+        return f"{self.controller}.{self.where} raised:\n{self.traceback}"
+
+
 @dataclass(order=True)
 class _Item:
     due: float
@@ -802,6 +818,8 @@ class Simulator:
         self._threads: list[threading.Thread] = []
         self._watchers: list[_Watcher] = []
         self._failures: dict[tuple[int, Key], int] = {}
+        self._crashes: list[ControllerCrash] = []
+        self._crash_lock = threading.Lock()
 
     # -- lifecycle
 
@@ -839,6 +857,22 @@ class Simulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- controller crashes (simulator bugs)
+
+    def take_crashes(self) -> list[ControllerCrash]:
+        """The controller exceptions recorded since the last call (and forget them).
+
+        A crash is an exception other than an API or transport error raised by a
+        controller's `reconcile` or `keys_for`: a simulator bug. The `sim` test fixture
+        fails the running test with these tracebacks instead of letting it time out."""
+        with self._crash_lock:
+            crashes, self._crashes = self._crashes, []
+        return crashes
+
+    def _record_crash(self, controller: str, where: str) -> None:
+        with self._crash_lock:
+            self._crashes.append(ControllerCrash(controller, where, traceback.format_exc()))
+
     # -- scheduling
 
     def enqueue(self, controller: Controller, key: Key, delay: float = 0.0) -> None:
@@ -863,6 +897,7 @@ class Simulator:
                 keys = list(ctrl.keys_for(resource, obj))
             except Exception:
                 log.exception("%s.keys_for(%s) failed", ctrl.name, resource)
+                self._record_crash(ctrl.name, f"keys_for({resource})")
                 continue
             for key in keys:
                 self.enqueue(ctrl, key)
@@ -898,6 +933,7 @@ class Simulator:
                 self._backoff(item, ident, err)
         except Exception as err:
             log.exception("%s: reconcile %s crashed", item.controller.name, item.key)
+            self._record_crash(item.controller.name, f"reconcile{item.key}")
             self._backoff(item, ident, err)
         else:
             self._failures.pop(ident, None)

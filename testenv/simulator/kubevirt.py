@@ -31,10 +31,13 @@ is `SimConfig.migration_backoff_base`; the KubeVirt CR annotation
 `sim.vmstorage.dev/migration-backoff-seconds` overrides it, so cluster tests can scale it
 down with a plain API call.
 
-What cannot be simulated (documented deviations): admission webhooks (a spec that the
-webhook would refuse is reported as a VM `Failure` condition plus a Warning Event and is not
-acted upon), the `subresources.kubevirt.io` API (use `runStrategy` or
-`status.stateChangeRequests`), guests (VMIs never stop on their own).
+Admission: the VM webhook's refusals (unreferenced `dataVolumeTemplates`, `running` with
+`runStrategy`, edits during a snapshot) are API errors (HTTP 422) from the policies in
+`testenv.admission`; the version-gated `updateVolumesStrategy` feature-gate refusals (before
+v1.5) are still reported as a VM `Failure` condition plus a Warning Event.
+
+What cannot be simulated (documented deviations): the `subresources.kubevirt.io` API (use
+`runStrategy` or `status.stateChangeRequests`), guests (VMIs never stop on their own).
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ KUBEVIRT = "kubevirts"
 DV = "datavolumes"
 PVC = "persistentvolumeclaims"
 SC = "storageclasses"
+REVISION = "controllerrevisions"
 
 KUBEVIRT_NAMESPACE = "kubevirt"
 
@@ -256,6 +260,7 @@ class _VMSync:
         self.dvs = by_name(sim, DV, namespace)
         self.pvcs = by_name(sim, PVC, namespace)
         self.sync_error: tuple[str, str] | None = None
+        self.restart_marked = False  # RestartRequired was (re)asserted during this sync
         self.stop_expected = False
         self.strategy: RunStrategy | None = None
 
@@ -273,6 +278,8 @@ class _VMSync:
 
     def set_condition(self, type_: str, status: str, *, reason: str = "",
                       message: str = "") -> None:
+        if type_ == "RestartRequired":
+            self.restart_marked = True
         self.status["conditions"] = rules.put_condition(
             self.status.get("conditions"), type_, status, reason=reason, message=message,
             now=now_rfc3339())
@@ -334,11 +341,9 @@ class VirtualMachineController(Controller):
             ctx.strategy = rules.run_strategy(ctx.vm.get("spec") or {})
         except rules.RunStrategyError as err:
             message = f"Error fetching RunStrategy: {err}"
+            # The API refuses such a spec (testenv.admission); one stored before the
+            # policy existed gets virt-controller's Failure condition, as upstream.
             ctx.sync_error = (rules.REASON_FAILED_CREATE, message)
-            self._warn_once(ctx.vm, "FailedAdmission",
-                            f"{rules.VM_WEBHOOK}: Running and RunStrategy are mutually "
-                            "exclusive. Note that Running is deprecated, please use "
-                            "RunStrategy instead")
             return
         admission = ctx.config.admission_errors(ctx.vm.get("spec") or {})
         if admission:
@@ -353,11 +358,51 @@ class VirtualMachineController(Controller):
             return
         vmi = ctx.vmi
         assert vmi is not None
-        restart = rules.needs_restart(ctx.vm, vmi, live_update=ctx.config.live_update)
+        last_seen = self._start_spec(ctx)
+        restart = last_seen is not None and rules.needs_restart(
+            ctx.vm, last_seen, live_update=ctx.config.live_update)
+        recompute = last_seen is not None and ctx.config.recomputes_restart_required
         if restart:
             ctx.set_condition("RestartRequired", "True", message=rules.MSG_NON_LIVE_UPDATABLE)
-        elif ctx.config.live_update and not ctx.has_condition("RestartRequired"):
+        elif ctx.config.live_update and (recompute
+                                         or not ctx.has_condition("RestartRequired")):
             self._handle_volume_update(ctx)
+        if recompute and not ctx.restart_marked:
+            # v1.8+ syncRestartRequired drops the condition when no restart is needed any
+            # more; the volume update above sets it again while the update stays invalid
+            # (decided in one pass, so an unchanged condition is not rewritten).
+            ctx.drop_condition("RestartRequired")
+
+    def _start_spec(self, ctx: _VMSync) -> dict[str, Any] | None:
+        """getLastVMRevisionSpec: the template spec the VMI started with, from the VM's
+        start ControllerRevision (None without one: then nothing requires a restart)."""
+        name = ((ctx.vmi or {}).get("status") or {}).get("virtualMachineRevisionName")
+        revision = self.sim.store.get(REVISION, ctx.namespace, name) if name else None
+        if revision is None:
+            return None
+        spec = ((revision.get("data") or {}).get("spec") or {})
+        return dict((spec.get("template") or {}).get("spec") or {})
+
+    def _create_revision(self, ctx: _VMSync) -> str:
+        """createVMRevision: `revision-start-vm-<uid>-<generation>` holding the VM spec
+        (older start revisions of the VM are deleted)."""
+        prefix = f"revision-start-vm-{ctx.vm['metadata']['uid']}"
+        generation = int(ctx.vm["metadata"].get("generation", 1))
+        name = f"{prefix}-{generation}"
+        for old in self.sim.store.list(REVISION, ctx.namespace):
+            if old["metadata"]["name"].startswith(prefix) and old["metadata"]["name"] != name:
+                self.sim.client.delete(REVISION, ctx.namespace, old["metadata"]["name"])
+        if self.sim.store.get(REVISION, ctx.namespace, name) is None:
+            body = {"metadata": {"name": name, "namespace": ctx.namespace,
+                                 "ownerReferences": [owner_reference(ctx.vm)]},
+                    "data": {"spec": copy.deepcopy(ctx.vm.get("spec") or {})},
+                    "revision": generation}
+            try:
+                self.sim.client.create(REVISION, body)
+            except ApiError as err:
+                if err.code != 409:
+                    raise
+        return name
 
     # -- DataVolumes
 
@@ -452,6 +497,7 @@ class VirtualMachineController(Controller):
             log.info("%s/%s: not starting, manual recovery required", ctx.namespace, ctx.name)
             return
         ctx.drop_condition("RestartRequired")
+        revision = self._create_revision(ctx)
         template = (ctx.vm.get("spec") or {}).get("template") or {}
         meta = _strip_template_meta(template.get("metadata"))
         annotations = {**meta.get("annotations", {}),
@@ -469,6 +515,7 @@ class VirtualMachineController(Controller):
                 "finalizers": [rules.VM_CONTROLLER_FINALIZER],
             },
             "spec": copy.deepcopy(template.get("spec") or {}),
+            "status": {"virtualMachineRevisionName": revision},
         }
         try:
             ctx.vmi = self.sim.client.create(VMI, body)
@@ -507,12 +554,13 @@ class VirtualMachineController(Controller):
     # -- volume updates (storage live migration)
 
     def _handle_volume_update(self, ctx: _VMSync) -> None:
-        """handleVolumeUpdateRequest (runs only with LiveUpdate and no RestartRequired)."""
+        """handleVolumeUpdateRequest (runs only with LiveUpdate and no RestartRequired):
+        cancel by revert, else validate every destination before anything is written."""
         vm, vmi = ctx.vm, ctx.vmi
         assert vmi is not None
         if rules.spec_volumes(vmi) == rules.template_volumes(vm):
             return
-        migrating = bool((vmi.get("status") or {}).get("migratedVolumes"))
+        migrating = rules.condition_is(vmi, "VolumesChange", "True")  # IsVolumeMigrating
         if migrating and rules.changes_migrated_volumes(vmi, vm):
             if rules.reverted_to_sources(vmi, vm):
                 self._cancel_migration(ctx)
@@ -523,7 +571,9 @@ class VirtualMachineController(Controller):
             return
         strategy = (vm.get("spec") or {}).get("updateVolumesStrategy")
         if strategy in (None, "Replacement"):
-            if not ctx.has_condition("RestartRequired"):
+            if ctx.has_condition("RestartRequired"):
+                ctx.restart_marked = True
+            else:
                 ctx.set_condition("RestartRequired", "True",
                                   message=rules.MSG_REPLACEMENT_RESTART)
             return
@@ -532,14 +582,27 @@ class VirtualMachineController(Controller):
                               "error encountered while handling volumes update requests: "
                               f"updateVolumes strategy not recognized: {strategy}")
             return
-        error = rules.invalid_volumes_error(vmi, vm, dvs=ctx.dvs, pvcs=ctx.pvcs,
-                                            config=ctx.config)
+        if not rules.updated_volumes(rules.spec_volumes(vmi), rules.template_volumes(vm)):
+            return  # PersistentVolumesUpdated: no claim changed
+        invalid = rules.validate_volumes(vmi, vm, dvs=ctx.dvs, pvcs=ctx.pvcs, config=ctx.config)
+        if invalid is not None:
+            if invalid.missing and ctx.config.reports_missing_destination:
+                self._set_volumes_change(ctx, "False",
+                                         f"{rules.MSG_DESTINATION_MISSING}: {invalid.message}")
+            else:
+                ctx.set_condition("RestartRequired", "True", message=invalid.message)
+            return
+        if ctx.config.unsets_volumes_change and rules.find_condition(vmi, "VolumesChange"):
+            status = copy.deepcopy(vmi.get("status") or {})
+            status["conditions"] = rules.drop_condition(status.get("conditions"),
+                                                        "VolumesChange")
+            vmi = ctx.vmi = write_status(self.sim, VMI, vmi, status)
         migrated = rules.migrated_volumes(vmi, vm, ctx.pvcs)
-        error = error or rules.update_migration_error(vmi, migrated)
+        error = rules.update_migration_error(vmi, migrated)
         if error:
             ctx.set_condition("RestartRequired", "True", message=error)
             return
-        if not migrating and migrated:
+        if migrated and (vmi.get("status") or {}).get("migratedVolumes") != migrated:
             vmi = write_status(self.sim, VMI, vmi,
                                {**(vmi.get("status") or {}), "migratedVolumes": migrated})
         volumes = rules.patched_vmi_volumes(vmi, vm)
@@ -549,6 +612,16 @@ class VirtualMachineController(Controller):
         if migrated and ctx.config.has_volume_update_state:
             ctx.status["volumeUpdateState"] = {
                 "volumeMigrationState": {"migratedVolumes": migrated}}
+
+    def _set_volumes_change(self, ctx: _VMSync, status_value: str, message: str) -> None:
+        """SetVolumesChangeCondition on the VMI."""
+        vmi = ctx.vmi
+        assert vmi is not None
+        status = copy.deepcopy(vmi.get("status") or {})
+        status["conditions"] = rules.put_condition(status.get("conditions"), "VolumesChange",
+                                                   status_value, message=message,
+                                                   now=now_rfc3339())
+        ctx.vmi = write_status(self.sim, VMI, vmi, status)
 
     def _cancel_migration(self, ctx: _VMSync) -> None:
         """VolumeMigrationCancel: the VMI gets its source volumes back."""
@@ -859,22 +932,16 @@ class VirtualMachineInstanceController(Controller):
     @staticmethod
     def _volumes_change(conds: list[dict[str, Any]], status: Mapping[str, Any],
                         pvcs: Mapping[str, Any], now: str) -> list[dict[str, Any]]:
-        """VolumesChange=True "migrate volumes" while volumes migrate; False while one of the
-        destination claims does not exist (the migration resumes once it does)."""
-        migrated = status.get("migratedVolumes") or []
-        if not migrated:
+        """requireVolumesUpdate / syncVolumesUpdate: VolumesChange=True "migrate volumes"
+        once volumes migrate and the VMI has no VolumesChange condition at all (a condition
+        left by a cancellation stays, and blocks a new migration, until the VM controller
+        removes it: v1.6+)."""
+        if not status.get("migratedVolumes"):
             return conds
-        current = rules.find_condition({"status": {"conditions": conds}}, "VolumesChange")
-        missing = [m["destinationPVCInfo"]["claimName"] for m in migrated
-                   if m["destinationPVCInfo"]["claimName"] not in pvcs]
-        if missing:
-            return rules.put_condition(conds, "VolumesChange", "False",
-                                       message=rules.MSG_DESTINATION_MISSING, now=now)
-        if current is None or (current.get("status") == "False"
-                               and current.get("message") == rules.MSG_DESTINATION_MISSING):
-            return rules.put_condition(conds, "VolumesChange", "True",
-                                       message=rules.MSG_MIGRATE_VOLUMES, now=now)
-        return conds
+        if rules.find_condition({"status": {"conditions": conds}}, "VolumesChange"):
+            return conds
+        return rules.put_condition(conds, "VolumesChange", "True",
+                                   message=rules.MSG_MIGRATE_VOLUMES, now=now)
 
     @staticmethod
     def _volume_status(vmi: Mapping[str, Any], pvcs: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.quantity import parse_quantity
+from reconciler.model.quantity import parse_quantity
 from testenv.simulator.core import GI
 
 # -- names used on objects -------------------------------------------------------------------
@@ -57,6 +57,7 @@ MIGRATION_FINALIZER = "kubevirt.io/migrationJobFinalize"
 
 MSG_MIGRATE_VOLUMES = "migrate volumes"
 MSG_DESTINATION_MISSING = "One of the destination volumes doesn't exist"
+"""Prefix; upstream appends ": the datavolume X doesn't exist" (or "the pvc X ...")."""
 MSG_REVERT_ONLY = "The volume can only be reverted to the previous version during the update"
 MSG_REPLACEMENT_RESTART = "the volumes replacement is effective only after restart"
 MSG_NON_LIVE_UPDATABLE = "a non-live-updatable field was changed in the template spec"
@@ -186,8 +187,32 @@ class KubeVirtConfig:
 
     @property
     def checks_populators(self) -> bool:
-        """From v1.5 a not-Succeeded destination DV needs a populated PVC (dataSourceRef)."""
+        """From v1.5 a destination DV must exist, and when not Succeeded its PVC must exist
+        and be populated by a volume populator (dataSourceRef)."""
         return self.minor >= (1, 5)
+
+    @property
+    def checks_destination_pvcs(self) -> bool:
+        """From v1.9 ValidateVolumes also requires a plain PVC destination to exist."""
+        return self.minor >= (1, 9)
+
+    @property
+    def reports_missing_destination(self) -> bool:
+        """From v1.6 a missing destination is VolumesChange=False "One of the destination
+        volumes doesn't exist: ..." (handleValidationErrors); v1.5 sets RestartRequired."""
+        return self.minor >= (1, 6)
+
+    @property
+    def unsets_volumes_change(self) -> bool:
+        """From v1.6 a valid new update first removes the VMI's old VolumesChange condition
+        (UnsetVolumeChangeCondition), so an update after a cancellation migrates again."""
+        return self.minor >= (1, 6)
+
+    @property
+    def recomputes_restart_required(self) -> bool:
+        """From v1.8 syncRestartRequired removes RestartRequired once no restart is needed;
+        before (addRestartRequiredIfNeeded) it stays until the VM restarts."""
+        return self.minor >= (1, 8)
 
     def admission_errors(self, vm_spec: Mapping[str, Any]) -> list[str]:
         """What the VM validating webhook would refuse about `updateVolumesStrategy`."""
@@ -497,18 +522,28 @@ def _go_list(items: Sequence[str]) -> str:
 # -- volume migration validation ------------------------------------------------------------
 
 
-def invalid_volumes_error(
+@dataclass(frozen=True)
+class VolumeError:
+    """What ValidateVolumes refused: the upstream message, and whether a destination is
+    missing (v1.6+ reports that as VolumesChange=False instead of RestartRequired)."""
+
+    message: str
+    missing: bool = False
+
+
+def validate_volumes(
     vmi: Mapping[str, Any],
     vm: Mapping[str, Any],
     *,
     dvs: Mapping[str, Mapping[str, Any]],
     pvcs: Mapping[str, Mapping[str, Any]],
     config: KubeVirtConfig,
-) -> str | None:
-    """ValidateVolumes: the upstream error for changed volumes that cannot be migrated.
+) -> VolumeError | None:
+    """ValidateVolumes (volume-migration.go), version by version: the kinds KubeVirt will
+    not migrate are collected; a missing destination stops the check at once (its DataVolume
+    from v1.5, the DataVolume's claim from v1.5, a plain PVC destination from v1.9).
 
-    `dvs` and `pvcs` map names to objects of the VM's namespace. A destination that does
-    not exist yet is not an error here: the VMI then reports MSG_DESTINATION_MISSING."""
+    `dvs` and `pvcs` map names to objects of the VM's namespace."""
     updated = updated_volumes(spec_volumes(vmi), template_volumes(vm))
     vmi_spec = vmi.get("spec") or {}
     disks = disks_by_name(vmi_spec)
@@ -537,12 +572,19 @@ def invalid_volumes_error(
         if disk.get("lun") is not None:
             invalid["luns"].append(name)
             continue
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim and config.checks_destination_pvcs and claim not in pvcs:
+            return VolumeError(f"the pvc {claim} doesn't exist", missing=True)
         if config.checks_populators and volume.get("dataVolume"):
-            dv = dvs.get(volume["dataVolume"]["name"])
-            pvc = pvcs.get(volume["dataVolume"]["name"])
-            phase = ((dv or {}).get("status") or {}).get("phase")
-            if dv is None or pvc is None or phase == "Succeeded":
+            dv_name = volume["dataVolume"]["name"]
+            dv = dvs.get(dv_name)
+            if dv is None:
+                return VolumeError(f"the datavolume {dv_name} doesn't exist", missing=True)
+            if ((dv.get("status") or {}).get("phase")) == "Succeeded":
                 continue
+            pvc = pvcs.get(dv_name)
+            if pvc is None:
+                return VolumeError(f"the pvc {dv_name} doesn't exist", missing=True)
             if not (pvc.get("spec") or {}).get("dataSourceRef"):
                 invalid["populators"].append(name)
     if not any(invalid.values()):
@@ -554,7 +596,20 @@ def invalid_volumes_error(
     for key, names in invalid.items():
         if names:
             text += f" {labels[key]}: {_go_list(names)}"
-    return text
+    return VolumeError(text)
+
+
+def invalid_volumes_error(
+    vmi: Mapping[str, Any],
+    vm: Mapping[str, Any],
+    *,
+    dvs: Mapping[str, Mapping[str, Any]],
+    pvcs: Mapping[str, Mapping[str, Any]],
+    config: KubeVirtConfig,
+) -> str | None:
+    """The message of `validate_volumes` (None when the volumes can be migrated)."""
+    error = validate_volumes(vmi, vm, dvs=dvs, pvcs=pvcs, config=config)
+    return error.message if error is not None else None
 
 
 def migrated_volumes(
@@ -647,14 +702,17 @@ def recovered_source_volumes(vm: Mapping[str, Any]) -> bool:
 # -- restart required -----------------------------------------------------------------------
 
 
-def needs_restart(vm: Mapping[str, Any], vmi: Mapping[str, Any], *, live_update: bool) -> bool:
-    """addRestartRequiredIfNeeded, compared against the running VMI's spec.
+def needs_restart(vm: Mapping[str, Any], last_seen: Mapping[str, Any], *,
+                  live_update: bool) -> bool:
+    """syncRestartRequired / addRestartRequiredIfNeeded: whether the VM's template spec
+    differs from `last_seen`, the template spec the VMI was started with (the VM's start
+    ControllerRevision, `getLastVMRevisionSpec`), in a field that cannot be live-updated.
 
     With LiveUpdate the live-updatable fields are ignored: CPU sockets, guest memory, node
     selector, affinity, tolerations, and the volumes/disks when only claims change under
     the Migration strategy (or only hotplugged ones change)."""
     current = _plain(((vm.get("spec") or {}).get("template") or {}).get("spec") or {})
-    running = _plain(vmi.get("spec") or {})
+    running = _plain(last_seen)
     if live_update:
         migration = (vm.get("spec") or {}).get("updateVolumesStrategy") == "Migration"
         if _valid_live_update_volumes(running.get("volumes") or [],

@@ -20,8 +20,7 @@ import pytest
 
 from testenv.simulator import Simulator
 from testenv.simulator import kubevirt_rules as rules
-
-Eventually = Callable[..., Any]  # the `eventually` fixture of conftest.py
+from tests.support.kube import Eventually, annotation, condition, stays
 
 HASH = "sim.vmstorage.dev/content-hash"
 FAULT = "sim.vmstorage.dev/fault"
@@ -41,8 +40,10 @@ KINDS: dict[str, tuple[str, str]] = {
     "StorageClass": ("storage.k8s.io/v1", "storageclasses"),
     "Namespace": ("v1", "namespaces"),
     "Event": ("v1", "events"),
+    "ControllerRevision": ("apps/v1", "controllerrevisions"),
+    "Pod": ("v1", "pods"),
+    "CSIDriver": ("storage.k8s.io/v1", "csidrivers"),
 }
-
 
 # ============================================================================ pure rules
 
@@ -103,9 +104,15 @@ def test_invalid_volume_message_lists_each_kind_like_upstream() -> None:
         "volumes": [pvc_volume("a", "a0"), pvc_volume("b", "b0"), pvc_volume("c", "c0")]}}
     vm = {"spec": {"template": {"spec": {
         "volumes": [pvc_volume("a", "a1"), pvc_volume("b", "b1"), pvc_volume("c", "c1")]}}}}
-    error = rules.invalid_volumes_error(vmi, vm, dvs={}, pvcs={},
+    error = rules.invalid_volumes_error(vmi, vm, dvs={}, pvcs={"c1": {}},
                                         config=rules.KubeVirtConfig("v1.9.0"))
     assert error == "invalid volumes to update with migration: shareable: [a] luns: [b]"
+    # a missing destination stops ValidateVolumes at once, from v1.9 for a plain PVC
+    missing = rules.validate_volumes(vmi, vm, dvs={}, pvcs={},
+                                     config=rules.KubeVirtConfig("v1.9.0"))
+    assert missing == rules.VolumeError("the pvc c1 doesn't exist", missing=True)
+    assert rules.invalid_volumes_error(vmi, vm, dvs={}, pvcs={},
+                                       config=rules.KubeVirtConfig("v1.8.0")) == error
 
 
 @pytest.mark.parametrize(("version", "error"), [
@@ -192,18 +199,8 @@ def delete(api: pykube.HTTPClient, kind: str, namespace: str | None, name: str) 
         api.raise_for_status(resp)
 
 
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    """The condition of `type_` ({} when absent)."""
-    return rules.find_condition(obj or {}, type_) or {}
-
-
 def status(obj: dict[str, Any] | None) -> dict[str, Any]:
     return dict((obj or {}).get("status") or {})
-
-
-def annotation(obj: dict[str, Any] | None, key: str) -> str | None:
-    value = ((obj or {}).get("metadata", {}).get("annotations") or {}).get(key)
-    return None if value is None else str(value)
 
 
 def events(api: pykube.HTTPClient, namespace: str, name: str) -> list[tuple[str, str, str]]:
@@ -213,16 +210,6 @@ def events(api: pykube.HTTPClient, namespace: str, name: str) -> list[tuple[str,
     api.raise_for_status(resp)
     return [(e.get("type", ""), e.get("reason", ""), e.get("message", ""))
             for e in resp.json()["items"]]
-
-
-def stays(probe: Callable[[], bool], seconds: float = 0.6) -> bool:
-    """Whether `probe` holds on every poll for `seconds` (for "nothing happens" checks)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not probe():
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # ============================================================================ object builders
@@ -562,18 +549,15 @@ def test_deprecated_running_true_starts_the_vm(cluster: Cluster) -> None:
 
 
 @pytest.mark.cluster
-def test_running_and_run_strategy_together_do_nothing(cluster: Cluster) -> None:
+def test_running_and_run_strategy_together_are_refused_by_the_api(cluster: Cluster) -> None:
+    # The webhook's refusal is an API error (tests/env/test_admission.py has the message).
     cluster.bound_pvc("root")
-    cluster.create("VirtualMachine", vm_body("vm1", [pvc_volume("rootdisk", "root")],
-                                             running=True))
-    vm = cluster.wait(lambda: (v := cluster.vm("vm1")) and condition(v, "Failure") and v,
-                      "Failure condition")
-    assert condition(vm, "Failure")["message"] == (
-        "Error fetching RunStrategy: running and runstrategy are mutually exclusive")
+    with pytest.raises(pykube.exceptions.HTTPError) as refused:
+        cluster.create("VirtualMachine", vm_body("vm1", [pvc_volume("rootdisk", "root")],
+                                                 running=True))
+    assert refused.value.code == 422
+    assert cluster.get("VirtualMachine", "vm1") is None
     assert cluster.vmi("vm1") is None
-    assert status(vm)["printableStatus"] == "Stopped"
-    warnings = [e for e in events(cluster.api, cluster.ns, "vm1") if e[0] == "Warning"]
-    assert any("Running and RunStrategy are mutually exclusive" in e[2] for e in warnings)
 
 
 @pytest.mark.cluster
