@@ -27,9 +27,11 @@ test: env lint  ## the whole suite: unit, simulator and cluster tests against a 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, ruff format --check, mypy --strict, import-linter contracts
 	$(BIN)/ruff check reconciler testenv tests benchmarks
+	$(BIN)/ruff format --check reconciler testenv tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: env  ## plan wall time, RSS and request count vs a raw LIST baseline
 	$(BIN)/python benchmarks/plan_bench.py

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from testenv.controlplane import ControlPlane  # noqa: E402
 
 GI = 2**30
-# The kinds `plan` lists (reconciler/observe.py); requests to anything else are not its own.
+# The kinds `plan` lists (reconciler/observe/fetch.py); requests to anything else are not its own.
 OBSERVED = {"virtualmachines", "virtualmachineinstances", "virtualmachineinstancemigrations",
             "kubevirts", "persistentvolumeclaims", "datavolumes", "storageprofiles",
             "storageclasses"}

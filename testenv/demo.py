@@ -3,9 +3,11 @@
 Starts the control plane and the simulator (copies take ``copy_seconds_per_gib`` per GiB, so
 progress is visible), seeds ``mig-vm/vm-fedora``, waits for its disk import and VMI with
 progress lines, then runs the reconciler's CLI exactly as a user would: ``validate`` and
-``plan`` (with manifests and a server-side dry run) on ``plans/seed``.
+``plan`` (with manifests and a server-side dry run) on ``plans/seed``, stopping at the first
+that fails.
 
-Then it sends the manifests `plan` rendered (the target DataVolume, then the VM JSON patch),
+Then it sends the manifests ``engine.plan`` rendered (the target DataVolume, then the VM JSON
+patch),
 which is what `apply` will do, one VM at a time, in the next milestone, so the live volume
 migration can be watched: DataVolume, VMIM phases, the VMI's new claim, the copied content
 hash. A final `plan` shows the VM in sync.
@@ -22,10 +24,10 @@ from typing import Any
 
 import pykube
 
-from reconciler import cli, kube, observe
-from reconciler.diff import diff
-from reconciler.plans import load_plans
-from reconciler.templating import load_templates
+from reconciler import engine
+from reconciler.cli.main import main
+from reconciler.kube.client import Cluster, load_client
+from reconciler.kube.resources import DATA_VOLUMES, VIRTUAL_MACHINES
 from testenv import seed
 from testenv.controlplane import ControlPlane
 from testenv.simulator import SimConfig, content_hash
@@ -51,9 +53,11 @@ def run(*, copy_seconds_per_gib: float = 1.0, keep: bool = False,
             if kubeconfig:
                 control_plane.write_kubeconfig(kubeconfig, control_plane.admin_token)
             rc = reconcile(config_path)
+            if rc not in (0, 1):  # validate or plan failed: nothing to migrate
+                return rc
             migrate(api, config_path)
             banner(f"$ vm-storage-reconciler plan {_short(str(PLANS))}")
-            rc = cli.main(["plan", str(PLANS), "--kubeconfig", str(config_path)])
+            rc = main(["plan", str(PLANS), "--kubeconfig", str(config_path)])
             print(f"(exit code {rc})", flush=True)
             if keep and wait_forever:
                 say(f"cluster kept running: export KUBECONFIG={config_path.resolve()}")
@@ -62,34 +66,37 @@ def run(*, copy_seconds_per_gib: float = 1.0, keep: bool = False,
 
 
 def reconcile(kubeconfig: Path) -> int:
-    """What a user runs: validate, then plan (twice: readable, then with manifests)."""
+    """What a user runs: validate, then plan (twice: readable, then with manifests).
+
+    Stops at the first command that fails (exit code other than 0 or 1, "pending"), and
+    returns that code; a failing validate must not be hidden by a later plan's exit code.
+    """
     steps: list[Sequence[str]] = [
         ["validate", str(PLANS)],
         ["plan", str(PLANS), "--kubeconfig", str(kubeconfig)],
         ["plan", str(PLANS), "--kubeconfig", str(kubeconfig), "--show-manifests",
          "--server-dry-run"],
     ]
-    rc = 0
     for argv in steps:
         banner(f"$ vm-storage-reconciler {' '.join(_short(a) for a in argv)}")
-        rc = cli.main(list(argv))
+        rc = main(list(argv))
         print(f"(exit code {rc})", flush=True)
-    return 0 if rc in (0, 1) else rc
+        if rc not in (0, 1):
+            return rc
+    return 0
 
 
 def migrate(api: pykube.HTTPClient, kubeconfig: Path, timeout: float = 600.0) -> None:
     """Send the plan's manifests as `apply` will, and narrate the live migration."""
-    cluster = kube.Cluster(kube.load_client(str(kubeconfig)))
-    plans = load_plans([str(PLANS)])
-    snapshot = observe.fetch(cluster, {p.namespace for p in plans})
-    rendered = cli.render_all(diff(plans, snapshot).vms, snapshot, load_templates(None))
-    for (namespace, name), vm in sorted(cli.fully_rendered(rendered).items()):
+    result = engine.plan([str(PLANS)], kubeconfig=str(kubeconfig), manifests=True)
+    cluster = Cluster(load_client(str(kubeconfig)))
+    for (namespace, name), vm in sorted(result.fully_rendered.items()):
         banner(f"# sending the rendered manifests for {namespace}/{name} "
                "(what `apply` does for each VM)")
         for dv in vm.data_volumes:
-            cluster.create(kube.DATA_VOLUMES, namespace, dv)
+            cluster.create(DATA_VOLUMES, namespace, dv)
             say(f"created DataVolume {dv['metadata']['name']}")
-        cluster.json_patch(kube.VIRTUAL_MACHINES, namespace, name, vm.vm_patch)
+        cluster.json_patch(VIRTUAL_MACHINES, namespace, name, vm.vm_patch)
         say(f"patched VirtualMachine {name}: volumes -> {dict(vm.target_names)}, "
             "updateVolumesStrategy: Migration")
         _watch_migration(api, namespace, name, dict(vm.target_names), timeout)

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from reconciler.quantity import format_quantity, parse_quantity
+from reconciler.model.quantity import format_quantity, parse_quantity
 from testenv.simulator.core import (
     CONTENT_HASH_ANNOTATION,
     GI,

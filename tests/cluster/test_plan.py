@@ -17,12 +17,11 @@ from typing import Any
 import pykube
 import pytest
 
-from reconciler import cli
-from reconciler.templating import load_templates
+from reconciler.cli.main import main
+from reconciler.render.sandbox import load_templates
 from testenv import seed
 from testenv.controlplane import ControlPlane
-
-Eventually = Callable[..., Any]
+from tests.support.kube import Eventually, get_json, reason_lines, vmi_running
 
 pytestmark = pytest.mark.usefixtures("sim")
 
@@ -69,22 +68,8 @@ def create(api: pykube.HTTPClient, obj: dict[str, Any]) -> None:
     api.raise_for_status(response)
 
 
-def get(api: pykube.HTTPClient, version: str, namespace: str, url: str) -> dict[str, Any]:
-    response = api.get(version=version, namespace=namespace, url=url)
-    if response.status_code == 404:
-        return {}
-    api.raise_for_status(response)
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def vm_running(api: pykube.HTTPClient, namespace: str, name: str) -> bool:
-    vmi = get(api, "kubevirt.io/v1", namespace, f"virtualmachineinstances/{name}")
-    return (vmi.get("status") or {}).get("phase") == "Running"
-
-
 def dv_succeeded(api: pykube.HTTPClient, namespace: str, name: str) -> bool:
-    dv = get(api, "cdi.kubevirt.io/v1beta1", namespace, f"datavolumes/{name}")
+    dv = get_json(api, "cdi.kubevirt.io/v1beta1", namespace, f"datavolumes/{name}")
     return (dv.get("status") or {}).get("phase") == "Succeeded"
 
 
@@ -102,7 +87,7 @@ def settle(api: pykube.HTTPClient, eventually: Eventually, vm: dict[str, Any]) -
         if vm["spec"].get("runStrategy") == "Always":
             eventually(lambda dv=dv: dv_succeeded(api, namespace, dv), what=f"DV {dv}")
     if vm["spec"].get("runStrategy") == "Always":
-        eventually(lambda: vm_running(api, namespace, name), what=f"VMI {name} Running")
+        eventually(lambda: vmi_running(api, namespace, name), what=f"VMI {name} Running")
 
 
 def plan_file(tmp_path: Path, namespace: str, body: str = "", *, name: str = "move") -> Path:
@@ -121,7 +106,7 @@ def run_plan(capsys: pytest.CaptureFixture[str], control_plane: ControlPlane,
              *args: str | Path) -> tuple[int, dict[str, Any] | str, str]:
     """Run `plan ... --kubeconfig <admin>`; parse stdout as JSON when -o json was given."""
     argv = ["plan", *map(str, args), "--kubeconfig", str(control_plane.kubeconfig)]
-    rc = cli.main(argv)
+    rc = main(argv)
     out, err = capsys.readouterr()
     return rc, (json.loads(out) if "json" in argv else out), err
 
@@ -148,7 +133,7 @@ class Ctx:
     def stop(self, name: str = "vm-fedora") -> None:
         _merge(self.api, "kubevirt.io/v1", self.ns, f"virtualmachines/{name}",
                {"spec": {"runStrategy": "Halted"}})
-        self.eventually(lambda: not vm_running(self.api, self.ns, name), what="VM stopped")
+        self.eventually(lambda: not vmi_running(self.api, self.ns, name), what="VM stopped")
 
     def delete_vm(self, name: str = "vm-fedora") -> None:
         """Delete a VM (the simulator removes its VMI and DataVolumes): tests that stall a copy
@@ -195,14 +180,14 @@ def test_running_seed_vm_is_planned_as_a_live_move(ctx: Ctx) -> None:
 
 def test_plan_names_are_deterministic_and_nothing_is_written(ctx: Ctx) -> None:
     ctx.settle(fedora(ctx.ns))
-    vm_before = get(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
+    vm_before = get_json(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
     first = only_vm(ctx.plan("-o", "json")[1])
     second = only_vm(ctx.plan("-o", "json", "--server-dry-run")[1])
 
     assert first["volumes"][0]["target"] == second["volumes"][0]["target"]
-    dvs = get(ctx.api, "cdi.kubevirt.io/v1beta1", ctx.ns, "datavolumes")["items"]
+    dvs = get_json(ctx.api, "cdi.kubevirt.io/v1beta1", ctx.ns, "datavolumes")["items"]
     assert [d["metadata"]["name"] for d in dvs] == ["vm-fedora-disk"], "dry run created nothing"
-    vm_after = get(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
+    vm_after = get_json(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
     assert vm_after["spec"] == vm_before["spec"]
 
 
@@ -256,7 +241,7 @@ def test_server_dry_run_surfaces_schema_errors_from_the_api_server(ctx: Ctx) -> 
 def _blocked(report: dict[str, Any] | str) -> tuple[str, str]:
     vm = only_vm(report)
     assert vm["action"] == "Blocked", vm
-    return " ".join(vm["reasons"]), json.dumps(vm["volumes"])
+    return " ".join(reason_lines(vm)), json.dumps(vm["volumes"])
 
 
 def test_running_vm_with_a_shareable_disk_needs_allow_stop(ctx: Ctx) -> None:
@@ -382,7 +367,7 @@ def test_unreachable_cluster_is_a_cluster_error_not_a_traceback(ctx: Ctx) -> Non
         current-context: c
         """))
     plan = plan_file(ctx.tmp_path, ctx.ns)
-    rc = cli.main(["plan", str(plan), "--kubeconfig", str(kubeconfig)])
+    rc = main(["plan", str(plan), "--kubeconfig", str(kubeconfig)])
     _, err = ctx.capsys.readouterr()
     assert rc == 6
     assert "cannot reach the API server" in err and "Traceback" not in err
@@ -426,7 +411,7 @@ def kubevirt_version(api: pykube.HTTPClient) -> Iterator[Callable[[str], None]]:
 
 
 def _reported_version(api: pykube.HTTPClient) -> str:
-    status = get(api, "kubevirt.io/v1", "kubevirt", "kubevirts/kubevirt").get("status") or {}
+    status = get_json(api, "kubevirt.io/v1", "kubevirt", "kubevirts/kubevirt").get("status") or {}
     return str(status.get("observedKubeVirtVersion", ""))
 
 
@@ -471,7 +456,7 @@ def test_data_volume_still_importing_is_blocked(ctx: Ctx) -> None:
         "sim.vmstorage.dev/fault": "stall"}
     vm["spec"]["runStrategy"] = "Always"  # KubeVirt creates the DataVolume for a VM it starts
     create(ctx.api, vm)
-    ctx.eventually(lambda: (get(ctx.api, "cdi.kubevirt.io/v1beta1", ctx.ns,
+    ctx.eventually(lambda: (get_json(ctx.api, "cdi.kubevirt.io/v1beta1", ctx.ns,
                                 "datavolumes/vm-fedora-disk").get("status") or {})
                    .get("phase") == "ImportInProgress", what="import stalled")
     assert "[datavolume-not-succeeded]" in ctx.blocked_reasons()
@@ -494,7 +479,7 @@ def _start_stalled_migration(ctx: Ctx) -> None:
     ctx.api.raise_for_status(response)
     ctx.eventually(lambda: any(
         (m.get("status") or {}).get("phase") == "Running"
-        for m in get(ctx.api, "kubevirt.io/v1", ctx.ns,
+        for m in get_json(ctx.api, "kubevirt.io/v1", ctx.ns,
                      "virtualmachineinstancemigrations").get("items", [])),
         what="volume migration Running")
 
@@ -504,7 +489,7 @@ def test_a_volume_migration_under_way_is_reported_in_progress(ctx: Ctx) -> None:
     rc, report, _ = ctx.plan("-o", "json")
     vm = only_vm(report)
     assert rc == 1 and vm["action"] == "InProgress"
-    assert "[volume-migration-in-progress]" in " ".join(vm["reasons"])
+    assert "[volume-migration-in-progress]" in " ".join(reason_lines(vm))
     ctx.delete_vm()
 
 
@@ -513,7 +498,7 @@ def test_vm_stopped_mid_migration_needs_manual_recovery(ctx: Ctx) -> None:
     ctx.stop()
     ctx.eventually(lambda: any(
         c.get("type") == "ManualRecoveryRequired" and c.get("status") == "True"
-        for c in (get(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
+        for c in (get_json(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
                   .get("status") or {}).get("conditions", [])),
         what="ManualRecoveryRequired")
     # The spec now names the half-copied destination on the target class: without the
@@ -521,6 +506,6 @@ def test_vm_stopped_mid_migration_needs_manual_recovery(ctx: Ctx) -> None:
     rc, report, _ = ctx.plan("-o", "json")
     vm = only_vm(report)
     assert rc == 1 and vm["action"] == "Blocked"
-    assert "[manual-recovery-required]" in vm["reasons"][0]
-    assert "restore the original claim names" in vm["reasons"][0]
+    assert "[manual-recovery-required]" in reason_lines(vm)[0]
+    assert "restore the original claim names" in reason_lines(vm)[0]
     ctx.delete_vm()

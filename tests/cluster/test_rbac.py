@@ -10,9 +10,10 @@ import pykube
 import pytest
 import yaml
 
-from reconciler import cli
+from reconciler.cli.main import main
 from testenv import seed
 from testenv.controlplane import ControlPlane
+from tests.support.kube import vmi_running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,12 +37,6 @@ def post(api: pykube.HTTPClient, version: str, url: str, body: dict[str, Any],
         api.raise_for_status(response)
 
 
-def running(api: pykube.HTTPClient, namespace: str) -> bool:
-    response = api.get(version="kubevirt.io/v1", namespace=namespace,
-                       url="virtualmachineinstances/vm-fedora")
-    return bool(response.ok and response.json().get("status", {}).get("phase") == "Running")
-
-
 def identity(control_plane: ControlPlane, namespace: str, sa: str, tmp_path: Path) -> Path:
     token = control_plane.service_account_token(namespace, sa)
     return control_plane.write_kubeconfig(tmp_path / f"{sa}.kubeconfig", token)
@@ -63,7 +58,7 @@ def test_plan_works_with_exactly_the_shipped_cluster_role(
 ) -> None:
     seed.seed_cluster(api)
     seed.create(api, seed.fedora_vm(namespace, "vm-fedora", "vm-fedora-disk"))
-    eventually(lambda: running(api, namespace), what="VMI vm-fedora Running")
+    eventually(lambda: vmi_running(api, namespace, "vm-fedora"), what="VMI vm-fedora Running")
     role = shipped("ClusterRole")
     role["metadata"]["name"] = f"vmsr-{namespace}"
     post(api, "rbac.authorization.k8s.io/v1", "clusterroles", role)
@@ -76,7 +71,7 @@ def test_plan_works_with_exactly_the_shipped_cluster_role(
     })
     kubeconfig = identity(control_plane, namespace, "reconciler", tmp_path)
 
-    rc = cli.main(["plan", str(plan_file(tmp_path, namespace)), "--kubeconfig", str(kubeconfig),
+    rc = main(["plan", str(plan_file(tmp_path, namespace)), "--kubeconfig", str(kubeconfig),
                    "-o", "json", "--server-dry-run"])
     out, err = capsys.readouterr()
     assert rc == 1, err
@@ -90,7 +85,7 @@ def test_plan_without_permissions_is_a_cluster_error_with_a_hint(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     kubeconfig = identity(control_plane, namespace, "nobody", tmp_path)
-    rc = cli.main(["plan", str(plan_file(tmp_path, namespace)), "--kubeconfig", str(kubeconfig)])
+    rc = main(["plan", str(plan_file(tmp_path, namespace)), "--kubeconfig", str(kubeconfig)])
     _, err = capsys.readouterr()
     assert rc == 6
     assert "forbidden" in err and "(HTTP 403)" in err

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pykube
 import pytest
 
-from reconciler.quantity import parse_quantity
+from reconciler.model.quantity import parse_quantity
 from testenv.simulator import Fault, FaultAction, Simulator
 from testenv.simulator.core import GI
 from testenv.simulator.storage import (
@@ -24,6 +24,7 @@ from testenv.simulator.storage import (
     provisioned_capacity,
     required_space,
 )
+from tests.support.kube import Eventually, annotation, condition, stays
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,9 +45,6 @@ MiB = 2**20
 # ---------------------------------------------------------------------------- helpers
 
 MakeClass = Callable[..., str]
-Eventually = Callable[..., Any]  # the `eventually` fixture of conftest.py
-
-
 @pytest.fixture
 def make_class(api: pykube.HTTPClient, namespace: str) -> Iterator[MakeClass]:
     """Create StorageClasses named after the test's namespace; deleted after the test
@@ -137,18 +135,6 @@ def phase(obj: dict[str, Any] | None) -> str | None:
     return None if value is None else str(value)
 
 
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for cond in (obj or {}).get("status", {}).get("conditions") or []:
-        if cond["type"] == type_:
-            return dict(cond)
-    return {}
-
-
-def annotation(obj: dict[str, Any] | None, key: str) -> str | None:
-    value = ((obj or {}).get("metadata", {}).get("annotations") or {}).get(key)
-    return None if value is None else str(value)
-
-
 def events(api: pykube.HTTPClient, namespace: str, name: str) -> list[tuple[str, str, str]]:
     """(type, reason, message) of the Events about object `name` in `namespace`."""
     query = pykube.Event.objects(api, namespace=namespace).filter(
@@ -177,16 +163,6 @@ def bound_pvc(api: pykube.HTTPClient, namespace: str, name: str
         pvc = get(api, "PersistentVolumeClaim", namespace, name)
         return pvc if phase(pvc) == "Bound" else None
     return probe
-
-
-def stays(probe: Callable[[], bool], seconds: float = 0.5) -> bool:
-    """Whether `probe` holds on every poll for `seconds` (for "nothing happens" checks)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not probe():
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def running_vmi(namespace: str, name: str, claim: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import cli
+from reconciler.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ spec:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    rc = cli.main(list(argv))
+    rc = main(list(argv))
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -119,7 +119,7 @@ def test_missing_path_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.main(["plan", "--help"])
+        main(["plan", "--help"])
     out, _ = capsys.readouterr()
     assert exited.value.code == 0
     for code in range(7):

@@ -6,20 +6,16 @@ from dataclasses import replace
 
 import pytest
 
-from reconciler import rules
-from reconciler.diff import diff, matches, resolve_desired
-from reconciler.model import (
-    Action,
-    KubeVirtInfo,
-    LabelSelector,
-    Mode,
-    Plan,
-    Snapshot,
-    VMVerdict,
-    VolumeMode,
-)
-from reconciler.plans import DEFAULT_CLASS
-from tests.unit.factories import (
+from reconciler.diff.context import vm_context
+from reconciler.diff.desired import matches, resolve_desired
+from reconciler.diff.judge import diff
+from reconciler.diff.rules_vm import running_field_deprecated
+from reconciler.model.live import KubeVirtInfo, Snapshot
+from reconciler.model.names import CONTENT_TYPE_ANNOTATION, JOURNAL_ANNOTATION
+from reconciler.model.plan import DEFAULT_CLASS, LabelSelector, Mode, Plan, VolumeMode
+from reconciler.model.verdict import Action, Effect, Finding, VMVerdict
+from reconciler.report.text import finding_line
+from tests.support.factories import (
     RWX,
     GiB,
     cond,
@@ -30,6 +26,7 @@ from tests.unit.factories import (
     override,
     plan,
     pvc,
+    reason_lines,
     select,
     snapshot,
     src,
@@ -233,8 +230,8 @@ def test_missing_explicit_vm_is_a_blocked_verdict_not_a_problem() -> None:
     assert ghost.action is Action.BLOCKED
     assert ghost.volumes == ()
     assert ghost.plan == "p"
-    assert ghost.reasons[0].endswith("[vm-not-found]")
-    assert "plan p names VM ns/ghost, which does not exist" in ghost.reasons[0]
+    assert reason_lines(ghost)[0].endswith("[vm-not-found]")
+    assert "plan p names VM ns/ghost, which does not exist" in reason_lines(ghost)[0]
 
 
 def test_override_naming_a_missing_volume_blocks_the_vm() -> None:
@@ -254,7 +251,7 @@ def test_override_naming_a_missing_volume_blocks_the_vm() -> None:
 def test_in_sync() -> None:
     verdict = only_vm(plan(storage_class="old"), healthy())
     assert verdict.action is Action.IN_SYNC
-    assert verdict.reasons == ()
+    assert reason_lines(verdict) == ()
     assert [(v.action, v.from_class, v.to_class) for v in verdict.volumes] == [
         (Action.IN_SYNC, "old", "old")
     ]
@@ -270,7 +267,7 @@ def test_in_sync_whatever_else_is_true_of_the_vm_but_manual_recovery() -> None:
 def test_running_vm_moves_live_with_the_target_spelled_out() -> None:
     verdict = only_vm(plan(), healthy())
     assert verdict.action is Action.MOVE_LIVE
-    assert (verdict.running, verdict.stop_required, verdict.reasons) == (True, False, ())
+    assert (verdict.running, verdict.stop_required, reason_lines(verdict)) == (True, False, ())
     (vol,) = verdict.volumes
     assert vol == replace(
         vol,
@@ -305,7 +302,7 @@ def test_stopped_vm_moves_offline_without_stopping() -> None:
     assert (verdict.running, verdict.stop_required) == (False, False)
     assert rules_of(verdict) == ["vm-not-running"]
     # Only the reason that matters: no KubeVirt-configuration noise for a stopped VM.
-    assert len(verdict.reasons) == 1 and "stopped" in verdict.reasons[0]
+    assert len(reason_lines(verdict)) == 1 and "stopped" in reason_lines(verdict)[0]
 
 
 def test_stopped_vm_moves_offline_even_without_kubevirt_live_support() -> None:
@@ -319,8 +316,13 @@ def test_running_vm_that_cannot_move_live_is_blocked_without_allow_stop() -> Non
     assert verdict.action is Action.BLOCKED
     assert rules_of(verdict) == ["stop-not-allowed"]
     assert "set allowStop: true" in verdict.volumes[0].reason
-    assert verdict.reasons[0].endswith("[stop-not-allowed]")
-    assert "volume rootdisk: disk rootdisk is shareable" in verdict.reasons[1]
+    assert reason_lines(verdict)[0].endswith("[stop-not-allowed]")
+    assert "volume rootdisk: disk rootdisk is shareable" in reason_lines(verdict)[1]
+    # ... and as data: the rule, its effect and the volume it concerns, no text to parse
+    stop, shareable = verdict.findings
+    assert (stop.rule, stop.effect, stop.volume) == ("stop-not-allowed", Effect.BLOCK, None)
+    assert (shareable.rule, shareable.effect, shareable.volume) == (
+        "shareable-disk", Effect.NO_LIVE, "rootdisk")
 
 
 def test_running_vm_that_cannot_move_live_moves_offline_with_allow_stop() -> None:
@@ -329,14 +331,14 @@ def test_running_vm_that_cannot_move_live_moves_offline_with_allow_stop() -> Non
     assert verdict.action is Action.MOVE_OFFLINE
     assert (verdict.running, verdict.stop_required) == (True, True)
     assert rules_of(verdict) == ["shareable-disk"]
-    assert verdict.reasons == (
-        "volume rootdisk: " + str(verdict_finding(verdict, "shareable-disk")),
+    assert reason_lines(verdict) == (
+        "volume rootdisk: " + finding_line(verdict_finding(verdict, "shareable-disk")),
     )
 
 
-def verdict_finding(verdict: VMVerdict, rule: str) -> rules.Finding:
+def verdict_finding(verdict: VMVerdict, rule: str) -> Finding:
     vol = next(v for v in verdict.volumes if v.rule == rule)
-    return rules.Finding(rule, rules.Effect.NO_LIVE, vol.reason)
+    return Finding(rule, Effect.NO_LIVE, None, vol.reason)
 
 
 @pytest.mark.parametrize(
@@ -354,7 +356,7 @@ def test_kubevirt_configuration_decides_live_for_running_vms(
     snap = replace(healthy(), kubevirt=kv)
     blocked = only_vm(plan(), snap)
     assert blocked.action is Action.BLOCKED
-    assert any(r.endswith(f"[{rule}]") for r in blocked.reasons)
+    assert any(r.endswith(f"[{rule}]") for r in reason_lines(blocked))
     offline = only_vm(plan(allow_stop=True), snap)
     assert (offline.action, offline.stop_required) == (Action.MOVE_OFFLINE, True)
     assert rules_of(offline) == [rule]
@@ -365,7 +367,7 @@ def test_storage_not_live_migratable_names_kubevirts_reason() -> None:
                                          message="VMI uses a PCI host device"),)))
     verdict = only_vm(plan(allow_stop=True), snap)
     assert verdict.action is Action.MOVE_OFFLINE
-    assert "(HostDevice: VMI uses a PCI host device)" in verdict.reasons[0]
+    assert "(HostDevice: VMI uses a PCI host device)" in reason_lines(verdict)[0]
 
 
 def test_rwo_volume_left_behind_prevents_a_live_move() -> None:
@@ -378,7 +380,7 @@ def test_rwo_volume_left_behind_prevents_a_live_move() -> None:
         ("data", Action.IN_SYNC),
     ]
     assert any("data (already on its target class) is ReadWriteOnce" in r
-               for r in verdict.reasons)
+               for r in reason_lines(verdict))
 
 
 def test_rwx_volume_left_behind_does_not_prevent_a_live_move() -> None:
@@ -395,7 +397,7 @@ def test_a_blocked_volume_blocks_the_whole_vm() -> None:
     verdict = only_vm(plan(), snap)
     assert verdict.action is Action.BLOCKED
     assert rules_of(verdict) == ["vm-blocked", "claim-not-bound"]
-    assert verdict.reasons == (
+    assert reason_lines(verdict) == (
         "volume data: " + verdict.volumes[1].reason + " [claim-not-bound]",
     )
 
@@ -406,7 +408,7 @@ def test_blocked_vm_lists_every_reason() -> None:
     snap = healthy(three, dv("rootdisk-dv", phase="ImportInProgress"), pvc("logs-dv"))
     verdict = only_vm(plan(), snap)  # data has no PVC at all
     assert verdict.action is Action.BLOCKED
-    assert [r.rsplit("[", 1)[1] for r in verdict.reasons] == [
+    assert [r.rsplit("[", 1)[1] for r in reason_lines(verdict)] == [
         "gitops-managed]",
         "datavolume-not-succeeded]",
         "claim-not-found]",
@@ -434,13 +436,13 @@ def test_manual_recovery_required_blocks_with_the_recovery_hint() -> None:
     verdict = only_vm(plan(), snap)
     assert verdict.action is Action.BLOCKED
     assert rules_of(verdict) == ["manual-recovery-required"]
-    assert "restore the original claim names" in verdict.reasons[0]
+    assert "restore the original claim names" in reason_lines(verdict)[0]
 
 
 @pytest.mark.parametrize(
     "scene",
     [
-        with_vm(healthy(), annotations={rules.JOURNAL_ANNOTATION: '{"step": "swap"}'}),
+        with_vm(healthy(), annotations={JOURNAL_ANNOTATION: '{"step": "swap"}'}),
         with_vm(healthy(vmi(conditions=(cond("VolumesChange"),))),
                 update_volumes_strategy="Migration"),
     ],
@@ -456,7 +458,7 @@ def test_in_progress_is_not_second_guessed_by_other_rules() -> None:
     # Mid offline move: stopped, the VM already points at a DataVolume still cloning.
     snap = with_vm(
         healthy(dv(phase="CloneInProgress"), running=False),
-        annotations={rules.JOURNAL_ANNOTATION: "{}"},
+        annotations={JOURNAL_ANNOTATION: "{}"},
         labels={"kustomize.toolkit.fluxcd.io/name": "apps"},
     )
     verdict = only_vm(plan(), snap)
@@ -482,24 +484,24 @@ def test_plan_mode(the_plan: Plan, running: bool, action: Action, rule: str) -> 
 
 
 def test_content_type_blocks_block_to_filesystem_offline_but_not_live() -> None:
-    block = pvc(volume_mode="Block", annotations={rules.CONTENT_TYPE_ANNOTATION: "archive"})
+    block = pvc(volume_mode="Block", annotations={CONTENT_TYPE_ANNOTATION: "archive"})
     the_plan = plan(volume_mode=VolumeMode.FILESYSTEM)
     live = only_vm(the_plan, healthy(block))
     assert live.action is Action.MOVE_LIVE
     offline = only_vm(the_plan, healthy(block, running=False))
     assert offline.action is Action.BLOCKED
     assert rules_of(offline) == ["offline-impossible"]
-    assert any("[content-type-not-kubevirt]" in r for r in offline.reasons)
+    assert any("[content-type-not-kubevirt]" in r for r in reason_lines(offline))
 
 
 def test_deprecated_running_field_is_noted_on_a_move() -> None:
     snap = with_vm(healthy(), uses_running_field=True)
     verdict = only_vm(plan(), snap)
     assert verdict.action is Action.MOVE_LIVE
-    assert verdict.reasons == (str(rules.Finding(
-        "running-field-deprecated", rules.Effect.NOTE,
-        rules.running_field_deprecated(rules.vm_context(snap.vms[("ns", "vm1")], snap)) or "",
-    )),)
+    assert verdict.findings == (Finding(
+        "running-field-deprecated", Effect.NOTE, None,
+        running_field_deprecated(vm_context(snap.vms[("ns", "vm1")], snap)) or "",
+    ),)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from reconciler.observe import (
+from reconciler.observe.parse import (
     RawObjects,
     build_snapshot,
     parse_data_volume,

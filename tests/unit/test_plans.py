@@ -13,8 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from reconciler.errors import ExitCode, PlanError, Problem
-from reconciler.model import (
+from reconciler.model.errors import ExitCode, PlanError, Problem
+from reconciler.model.plan import (
+    DEFAULT_CLASS,
     LabelSelector,
     Mode,
     Plan,
@@ -25,21 +26,19 @@ from reconciler.model import (
     VolumeTarget,
     Window,
 )
-from reconciler.plans import (
-    DEFAULT_CLASS,
+from reconciler.model.windows import (
     SpecError,
     format_duration,
     format_window,
-    load_plans,
     next_window_start,
     parse_duration,
-    parse_plans,
     parse_window,
-    plan_files,
+    parse_window_start,
     window_closes_at,
     window_open,
 )
-from reconciler.windows import parse_window_start
+from reconciler.plans.files import plan_files
+from reconciler.plans.load import load_plans, parse_plans
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from reconciler.quantity import format_quantity, human_size, parse_quantity
+from reconciler.model.quantity import format_quantity, human_size, parse_quantity
 
 
 @pytest.mark.parametrize(

@@ -23,18 +23,13 @@ import jsonpatch
 import pytest
 import yaml
 
-from reconciler import observe
-from reconciler.errors import TemplateError
-from reconciler.model import Action, Snapshot, VMInfo, VMVerdict, VolumeVerdict
-from reconciler.render import (
-    RenderedVM,
-    check_distinct_targets,
-    copied_labels,
-    render_vm,
-    target_name,
-    valid_name,
-)
-from reconciler.templating import (
+from reconciler.model.errors import TemplateError
+from reconciler.model.live import Snapshot, VMInfo
+from reconciler.model.verdict import Action, VMVerdict, VolumeVerdict
+from reconciler.observe.parse import RawObjects, build_snapshot
+from reconciler.render.datavolume import copied_labels
+from reconciler.render.move import RenderedVM, render_vm
+from reconciler.render.sandbox import (
     TEMPLATE_NAMES,
     TemplateSet,
     default_templates_dir,
@@ -42,6 +37,7 @@ from reconciler.templating import (
     quantity_filter,
     sha_filter,
 )
+from reconciler.render.targets import check_distinct_targets, target_name, valid_name
 from testenv import seed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,8 +202,8 @@ def scene(text: str, *more: str) -> Snapshot:
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for obj in objects:
         by_kind.setdefault(obj["kind"], []).append(obj)
-    return observe.build_snapshot(
-        observe.RawObjects(
+    return build_snapshot(
+        RawObjects(
             vms=by_kind.get("VirtualMachine", []),
             pvcs=by_kind.get("PersistentVolumeClaim", []),
             data_volumes=by_kind.get("DataVolume", []),
@@ -715,7 +711,7 @@ def test_the_wheel_ships_the_templates_and_uses_them(tmp_path: Path) -> None:
         names = set(archive.namelist())
         assert {f"reconciler/_templates/{n}" for n in TEMPLATE_NAMES} <= names
         archive.extractall(tmp_path / "site")
-    probe = ("from reconciler.templating import default_templates_dir, load_templates;"
+    probe = ("from reconciler.render.sandbox import default_templates_dir, load_templates;"
              "load_templates(None); print(default_templates_dir())")
     found = subprocess.run(
         [sys.executable, "-c", probe], check=True, capture_output=True, text=True,

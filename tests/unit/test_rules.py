@@ -12,11 +12,29 @@ from typing import Any
 
 import pytest
 
-from reconciler import rules
-from reconciler.model import Condition, KubeVirtInfo, Mode, PVCInfo, VMVolume, VolumeMode
-from reconciler.plans import DEFAULT_CLASS
-from reconciler.rules import Effect, Finding, RunContext, Version
-from tests.unit.factories import (
+from reconciler.diff.catalog import CATALOG
+from reconciler.diff.context import (
+    ClusterContext,
+    RunContext,
+    Version,
+    VMContext,
+    VolumeContext,
+    vm_context,
+    volume_context,
+)
+from reconciler.diff.gitops import gitops_owners
+from reconciler.diff.rule import evaluate, is_rwo
+from reconciler.diff.rules_cluster import CLUSTER_RULES, VOLUME_UPDATE_GATES
+from reconciler.diff.rules_run import decide
+from reconciler.diff.rules_vm import IN_PROGRESS_RULES, RECOVERY_RULES, VM_RULES
+from reconciler.diff.rules_volume import VOLUME_RULES
+from reconciler.diff.target import is_in_sync, target_size
+from reconciler.model.live import Condition, KubeVirtInfo, PVCInfo, VMVolume
+from reconciler.model.names import CONTENT_TYPE_ANNOTATION, JOURNAL_ANNOTATION
+from reconciler.model.plan import DEFAULT_CLASS, Mode, VolumeMode
+from reconciler.model.verdict import Effect, Finding, Route
+from reconciler.report.text import finding_line
+from tests.support.factories import (
     RWO,
     RWX,
     GiB,
@@ -104,7 +122,7 @@ def test_version_at_least(text: str, major: int, minor: int, expected: bool) -> 
 # Cluster rules: KubeVirt CR and version
 # --------------------------------------------------------------------------------------------
 
-ALL_GATES = rules.VOLUME_UPDATE_GATES
+ALL_GATES = VOLUME_UPDATE_GATES
 
 
 @pytest.mark.parametrize(
@@ -135,7 +153,7 @@ ALL_GATES = rules.VOLUME_UPDATE_GATES
     ),
 )
 def test_cluster_rules(rule: str | None, given: KubeVirtInfo | None, needle: str) -> None:
-    only(rules.evaluate(rules.CLUSTER_RULES, rules.ClusterContext(given)), rule, needle)
+    only(evaluate(CLUSTER_RULES, ClusterContext(given)), rule, needle)
 
 
 @pytest.mark.parametrize(
@@ -157,8 +175,8 @@ def test_cluster_rules(rule: str | None, given: KubeVirtInfo | None, needle: str
 def test_cluster_rules_report_every_problem_once(
     given: KubeVirtInfo | None, expected: set[str]
 ) -> None:
-    found = rules.evaluate(rules.CLUSTER_RULES, rules.ClusterContext(given))
-    assert [f.rule for f in found] == [r.id for r in rules.CLUSTER_RULES if r.id in expected]
+    found = evaluate(CLUSTER_RULES, ClusterContext(given))
+    assert [f.rule for f in found] == [r.id for r in CLUSTER_RULES if r.id in expected]
     assert all(f.effect is Effect.NO_LIVE for f in found)
 
 
@@ -182,14 +200,14 @@ def scene(
     wanted: tuple[str, ...] = ("rootdisk",),
     moving: tuple[str, ...] = ("rootdisk",),
     allow_gitops: bool = False,
-) -> rules.VMContext:
+) -> VMContext:
     """A VMContext for vm1 built through the same join diff uses."""
     the_vm = vm(**(vm_kw or {}))
     parts: list[SnapshotPart] = [the_vm, pvc(), pvc("data-dv")]
     if vmi_phase is not None:
         parts.append(vmi(phase=vmi_phase, conditions=vmi_conditions))
     snap = snapshot(*parts, *extra)
-    return rules.vm_context(
+    return vm_context(
         the_vm, snap, wanted=wanted, moving=moving, allow_gitops_managed=allow_gitops
     )
 
@@ -198,7 +216,7 @@ def scene(
     ("rule", "given", "needle"),
     cases(
         (None, scene(), ""),
-        ("journal-present", scene(vm_kw={"annotations": {rules.JOURNAL_ANNOTATION: "{}"}}),
+        ("journal-present", scene(vm_kw={"annotations": {JOURNAL_ANNOTATION: "{}"}}),
          "resumes or rolls back"),
         ("volume-migration-in-progress",
          scene(vm_kw={"update_volumes_strategy": "Migration"},
@@ -226,8 +244,8 @@ def scene(
                                           reason="VolumesChangeCancellation"),)), ""),
     ),
 )
-def test_in_progress_rules(rule: str | None, given: rules.VMContext, needle: str) -> None:
-    found = rules.evaluate(rules.IN_PROGRESS_RULES, given)
+def test_in_progress_rules(rule: str | None, given: VMContext, needle: str) -> None:
+    found = evaluate(IN_PROGRESS_RULES, given)
     only(found, rule, needle)
     assert all(f.effect is Effect.IN_PROGRESS for f in found)
 
@@ -303,12 +321,12 @@ def test_in_progress_rules(rule: str | None, given: rules.VMContext, needle: str
          "deprecated spec.running"),
     ),
 )
-def test_vm_rules(rule: str | None, given: rules.VMContext, needle: str) -> None:
-    only(rules.evaluate((*rules.RECOVERY_RULES, *rules.VM_RULES), given), rule, needle)
+def test_vm_rules(rule: str | None, given: VMContext, needle: str) -> None:
+    only(evaluate((*RECOVERY_RULES, *VM_RULES), given), rule, needle)
 
 
 def test_gitops_owners_names_every_owner() -> None:
-    owners = rules.gitops_owners(vm(labels={**FLUX_KS, **FLUX_HELM}, annotations=ARGO))
+    owners = gitops_owners(vm(labels={**FLUX_KS, **FLUX_HELM}, annotations=ARGO))
     assert [(o.tool, o.name) for o in owners] == [
         ("Argo CD", "shop"),
         ("Flux Kustomization", "apps"),
@@ -328,16 +346,16 @@ def vol_scene(
     volume_mode: VolumeMode = VolumeMode.AUTO,
     access_modes: tuple[str, ...] | None = None,
     vm_volumes: tuple[VMVolume, ...] | None = None,
-) -> rules.VolumeContext:
+) -> VolumeContext:
     """A VolumeContext for one wanted volume of vm1 in the healthy scene plus ``parts``."""
     the_vm = vm(volumes=vm_volumes)
     snap = healthy(the_vm, *parts)
     want = desired(want_volume, to, volume_mode=volume_mode, access_modes=access_modes)
-    return rules.volume_context(want, the_vm, snap)
+    return volume_context(want, the_vm, snap)
 
 
-def without(ctx: rules.VolumeContext, *, pvc_gone: bool = False, dv_gone: bool = False
-            ) -> rules.VolumeContext:
+def without(ctx: VolumeContext, *, pvc_gone: bool = False, dv_gone: bool = False
+            ) -> VolumeContext:
     """``ctx`` rebuilt over its snapshot without vm1's rootdisk PVC and/or DataVolume."""
     key = ("ns", "rootdisk-dv")
     snap = ctx.snapshot
@@ -346,13 +364,13 @@ def without(ctx: rules.VolumeContext, *, pvc_gone: bool = False, dv_gone: bool =
         pvcs={k: v for k, v in snap.pvcs.items() if not (pvc_gone and k == key)},
         data_volumes={k: v for k, v in snap.data_volumes.items() if not (dv_gone and k == key)},
     )
-    return rules.volume_context(ctx.want, ctx.vm, smaller)
+    return volume_context(ctx.want, ctx.vm, smaller)
 
 
 NO_PVC = without(vol_scene(), pvc_gone=True)
 NO_PVC_DV_IMPORTING = without(vol_scene(dv(phase="ImportInProgress")), pvc_gone=True)
-BLOCK_ARCHIVE = pvc(volume_mode="Block", annotations={rules.CONTENT_TYPE_ANNOTATION: "archive"})
-BLOCK_KUBEVIRT = pvc(volume_mode="Block", annotations={rules.CONTENT_TYPE_ANNOTATION: "kubevirt"})
+BLOCK_ARCHIVE = pvc(volume_mode="Block", annotations={CONTENT_TYPE_ANNOTATION: "archive"})
+BLOCK_KUBEVIRT = pvc(volume_mode="Block", annotations={CONTENT_TYPE_ANNOTATION: "kubevirt"})
 ZERO = PVCInfo("ns", "rootdisk-dv", "old", 0, None, "Filesystem", RWO, "Bound")
 
 
@@ -416,8 +434,8 @@ ZERO = PVCInfo("ns", "rootdisk-dv", "old", 0, None, "Filesystem", RWO, "Bound")
         (None, vol_scene(BLOCK_ARCHIVE, volume_mode=VolumeMode.AUTO), ""),  # stays Block
     ),
 )
-def test_volume_rules(rule: str | None, given: rules.VolumeContext, needle: str) -> None:
-    only(rules.evaluate(rules.VOLUME_RULES, given), rule, needle)
+def test_volume_rules(rule: str | None, given: VolumeContext, needle: str) -> None:
+    only(evaluate(VOLUME_RULES, given), rule, needle)
 
 
 @pytest.mark.parametrize(
@@ -430,7 +448,7 @@ def test_volume_rules(rule: str | None, given: rules.VolumeContext, needle: str)
     ],
 )
 def test_volume_rule_effects(rule: str, effect: Effect) -> None:
-    assert next(r for r in rules.VOLUME_RULES if r.id == rule).effect is effect
+    assert next(r for r in VOLUME_RULES if r.id == rule).effect is effect
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,17 +467,17 @@ def test_volume_rule_effects(rule: str, effect: Effect) -> None:
     ],
 )
 def test_target_size(source: PVCInfo, expected: int) -> None:
-    assert rules.target_size(source) == expected
+    assert target_size(source) == expected
 
 
 def test_target_size_of_a_datavolume_disk_is_its_request_not_the_inflated_pvc() -> None:
     """CDI's storage API grew the PVC by the filesystem overhead; asking for the PVC's size
     again would grow the disk by ~6% on every move."""
     inflated = pvc(size=int(30 * GiB / 0.94), capacity=int(30 * GiB / 0.94))
-    assert rules.target_size(inflated, dv(size=30 * GiB)) == 30 * GiB
-    assert rules.target_size(inflated, None) == inflated.request_bytes
+    assert target_size(inflated, dv(size=30 * GiB)) == 30 * GiB
+    assert target_size(inflated, None) == inflated.request_bytes
     block = pvc(size=30 * GiB, capacity=31 * GiB, volume_mode="Block")
-    assert rules.target_size(block, dv(size=30 * GiB)) == 31 * GiB
+    assert target_size(block, dv(size=30 * GiB)) == 31 * GiB
 
 
 @pytest.mark.parametrize(
@@ -509,8 +527,9 @@ def test_resolve_target(
         (vol_scene(to="old", want_volume="nosuch"), False),
     ],
 )
-def test_is_in_sync(ctx: rules.VolumeContext, expected: bool) -> None:
-    assert rules.is_in_sync(ctx) is expected
+def test_is_in_sync(ctx: VolumeContext, expected: bool) -> None:
+    assert is_in_sync(ctx.volume, ctx.pvc, ctx.want) is expected
+    assert ctx.in_sync is expected
 
 
 @pytest.mark.parametrize(
@@ -524,17 +543,17 @@ def test_is_in_sync(ctx: rules.VolumeContext, expected: bool) -> None:
     ],
 )
 def test_is_rwo(modes: tuple[str, ...], expected: bool) -> None:
-    assert rules.is_rwo(modes) is expected
+    assert is_rwo(modes) is expected
 
 
 # --------------------------------------------------------------------------------------------
 # Run-state rules
 # --------------------------------------------------------------------------------------------
 
-SHAREABLE = Finding("shareable-disk", Effect.NO_LIVE, "disk x is shareable")
-STOPPED = Finding("vm-not-running", Effect.NO_LIVE, "the VM is stopped")
-ARCHIVE = Finding("content-type-not-kubevirt", Effect.NO_OFFLINE, "contentType archive")
-LIVE, OFFLINE = True, False
+SHAREABLE = Finding("shareable-disk", Effect.NO_LIVE, "x", "disk x is shareable")
+STOPPED = Finding("vm-not-running", Effect.NO_LIVE, None, "the VM is stopped")
+ARCHIVE = Finding("content-type-not-kubevirt", Effect.NO_OFFLINE, "x", "contentType archive")
+LIVE, OFFLINE, BLOCKED = Route.LIVE, Route.OFFLINE, Route.BLOCKED
 
 
 def run(
@@ -561,26 +580,26 @@ RUN_CASES = [
                  id="offline-running-allow-stop"),
     pytest.param(None, run(Mode.OFFLINE, running=False), OFFLINE, id="offline-stopped"),
     pytest.param(None, run(Mode.LIVE, offline=(ARCHIVE,)), LIVE, id="live-ignores-offline"),
-    pytest.param("stop-not-allowed", run(live=(SHAREABLE,)), None,
+    pytest.param("stop-not-allowed", run(live=(SHAREABLE,)), BLOCKED,
                  id="stop-not-allowed"),
-    pytest.param("live-required", run(Mode.LIVE, live=(SHAREABLE,)), None,
+    pytest.param("live-required", run(Mode.LIVE, live=(SHAREABLE,)), BLOCKED,
                  id="live-required-blocker"),
-    pytest.param("live-required", run(Mode.LIVE, running=False), None,
+    pytest.param("live-required", run(Mode.LIVE, running=False), BLOCKED,
                  id="live-required-stopped"),
-    pytest.param("offline-needs-stop", run(Mode.OFFLINE), None, id="offline-needs-stop"),
-    pytest.param("offline-impossible", run(running=False, offline=(ARCHIVE,)), None,
+    pytest.param("offline-needs-stop", run(Mode.OFFLINE), BLOCKED, id="offline-needs-stop"),
+    pytest.param("offline-impossible", run(running=False, offline=(ARCHIVE,)), BLOCKED,
                  id="offline-impossible-stopped"),
     pytest.param("offline-impossible",
-                 run(Mode.OFFLINE, allow_stop=True, offline=(ARCHIVE,)), None,
+                 run(Mode.OFFLINE, allow_stop=True, offline=(ARCHIVE,)), BLOCKED,
                  id="offline-impossible-mode-offline"),
 ]
 COVERED.update(str(p.values[0]) for p in RUN_CASES if p.values[0])
 
 
 @pytest.mark.parametrize(("rule", "given", "expected"), RUN_CASES)
-def test_run_rules(rule: str | None, given: RunContext, expected: bool | None) -> None:
-    live, findings = rules.decide(given)
-    assert live is expected
+def test_run_rules(rule: str | None, given: RunContext, expected: Route) -> None:
+    route, findings = decide(given)
+    assert route is expected
     assert [f.rule for f in findings] == ([rule] if rule else [])
 
 
@@ -595,7 +614,7 @@ def test_run_rules(rule: str | None, given: RunContext, expected: bool | None) -
     ],
 )
 def test_run_rule_messages_say_what_to_do(given: RunContext, needle: str) -> None:
-    _, findings = rules.decide(given)
+    _, findings = decide(given)
     assert needle in findings[0].message
 
 
@@ -613,28 +632,30 @@ TESTED_IN_TEST_DIFF = {
 
 
 def test_catalog_ids_are_unique_kebab_case_and_documented() -> None:
-    ids = [r.id for r in rules.CATALOG]
+    ids = [r.id for r in CATALOG]
     assert len(ids) == len(set(ids))
     assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", i) for i in ids)
-    assert all(r.summary.endswith(".") for r in rules.CATALOG)
+    assert all(r.summary.endswith(".") for r in CATALOG)
 
 
 def test_every_rule_has_a_test() -> None:
     # COVERED is filled while the tables above are built, at import time.
-    untested = {r.id for r in rules.CATALOG} - COVERED - TESTED_IN_TEST_DIFF
+    untested = {r.id for r in CATALOG} - COVERED - TESTED_IN_TEST_DIFF
     assert untested == set()
 
 
-def test_finding_str_ends_with_rule_id() -> None:
-    assert str(SHAREABLE) == "disk x is shareable [shareable-disk]"
+def test_finding_text_ends_with_rule_id() -> None:
+    # Findings are data; report.text is the one place that turns them into the text users read.
+    assert finding_line(STOPPED) == "the VM is stopped [vm-not-running]"
+    assert finding_line(SHAREABLE) == "volume x: disk x is shareable [shareable-disk]"
 
 
 def test_healthy_factory_scene_is_silent() -> None:
     """The factories' default scene passes every rule (so each table row isolates one rule)."""
     snap = healthy()
     the_vm = snap.vms[("ns", "vm1")]
-    ctx = rules.vm_context(the_vm, snap, wanted=("rootdisk",), moving=("rootdisk",))
-    assert rules.evaluate(rules.CLUSTER_RULES, rules.ClusterContext(snap.kubevirt)) == ()
-    assert rules.evaluate(rules.VM_RULES, ctx) == ()
-    assert rules.evaluate(rules.VOLUME_RULES, vol_scene()) == ()
+    ctx = vm_context(the_vm, snap, wanted=("rootdisk",), moving=("rootdisk",))
+    assert evaluate(CLUSTER_RULES, ClusterContext(snap.kubevirt)) == ()
+    assert evaluate(VM_RULES, ctx) == ()
+    assert evaluate(VOLUME_RULES, vol_scene()) == ()
     assert storage_class("new") in snap.storage_classes.values()

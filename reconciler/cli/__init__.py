@@ -1,0 +1,1 @@
+"""Command line: argparse only, one module per command; ``main`` maps exceptions to exit codes."""

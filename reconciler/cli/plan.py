@@ -1,0 +1,91 @@
+"""``plan PATH...``: what would move, how, and what is blocked; changes nothing."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+from typing import TextIO
+
+from reconciler import engine
+from reconciler.cli.common import (
+    add_cluster_options,
+    add_command,
+    add_plan_inputs,
+    allowed_namespaces,
+    progress,
+)
+from reconciler.model.errors import ExitCode
+from reconciler.report.documents import dump, plan_document
+from reconciler.report.text import manifests_text, plan_text
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        commands,
+        "plan",
+        help="show what would move, how, and what is blocked (changes nothing)",
+        description="Observe the cluster (one LIST per kind), diff it against the plans and "
+        "print a per-VM preview. Writes nothing; --server-dry-run sends every rendered object "
+        "with dryRun=All so admission and schema errors show now, not during apply.",
+    )
+    add_plan_inputs(parser)
+    add_cluster_options(parser)
+    parser.add_argument(
+        "-o", "--output", choices=["text", "json", "yaml"], default="text",
+        help="text (a table per VM), json (a PlanReport; indented on a terminal, one compact "
+        "line when piped) or yaml",
+    )
+    parser.add_argument(
+        "--show-manifests",
+        action="store_true",
+        help="include the DataVolumes and VM JSON patches that apply would send",
+    )
+    parser.add_argument(
+        "--server-dry-run",
+        action="store_true",
+        help="send every DataVolume create and VM patch with dryRun=All",
+    )
+    parser.add_argument(
+        "--templates",
+        metavar="DIR",
+        type=Path,
+        help="directory of Jinja templates overriding the defaults one file at a time",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="list in-sync VMs in full")
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
+    """Run ``engine.plan``, print its result; exit 0 converged, 1 pending, 2 dry run refused."""
+    result = engine.plan(
+        args.paths,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        allowed_namespaces=allowed_namespaces(args),
+        templates_dir=args.templates,
+        manifests=args.show_manifests,
+        server_dry_run=args.server_dry_run,
+        progress=functools.partial(progress, err),
+    )
+    write(out, args, result)
+    if result.dry_run_errors:
+        return ExitCode.BAD_INPUT
+    return ExitCode.OK if result.converged else ExitCode.PENDING
+
+
+def write(out: TextIO, args: argparse.Namespace, result: engine.PlanResult) -> None:
+    """The plan on stdout, as text for people or as a PlanReport document for machines."""
+    manifests = result.manifests if args.show_manifests else None
+    if args.output != "text":
+        doc = plan_document(result.verdicts, manifests=manifests,
+                            dry_run_errors=result.dry_run_errors, windows=result.windows)
+        # Indented for a terminal, compact when piped (machines, `| jq`).
+        out.write(dump(doc, args.output, pretty=out.isatty()))
+        return
+    out.write(plan_text(result.verdicts, verbose=args.verbose, windows=result.windows))
+    if manifests:
+        out.write(manifests_text(manifests))
+    for line in result.dry_run_errors:
+        out.write(f"server dry run: {line}\n")
+    if args.server_dry_run and not result.dry_run_errors:
+        out.write("Server dry run: every DataVolume and VM patch was accepted.\n")

@@ -1,0 +1,1 @@
+"""Plan x Snapshot -> verdicts: desired volumes, contexts, rules and their judgement. Pure."""

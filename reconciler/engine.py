@@ -1,0 +1,200 @@
+"""The composition root: runs the stages and returns values. No argparse, no exit codes.
+
+``plan`` is load -> observe -> diff -> render (-> server dry run), the whole of the ``plan``
+command but its output: the CLI (``cli.plan``) prints what it returns and maps it to an exit
+code, and the demo (``testenv/demo.py``) sends its manifests. ``apply`` will compose the same
+stages with ``reconciler.apply``. Bad input raises ``UserError`` (nothing was changed), an
+unreachable or refusing cluster ``ClusterError``; nothing else is expected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler.diff.judge import diff
+from reconciler.kube import resources
+from reconciler.kube.client import Cluster, load_client
+from reconciler.model.errors import ClusterError, UserError
+from reconciler.model.live import Snapshot
+from reconciler.model.manifests import VMManifests
+from reconciler.model.plan import Plan
+from reconciler.model.verdict import Action, VMVerdict
+from reconciler.observe.fetch import fetch
+from reconciler.plans.load import load_plans
+from reconciler.render.move import RenderedVM, render_vm
+from reconciler.render.sandbox import TemplateSet, load_templates
+from reconciler.render.targets import Targets, check_distinct_targets, plan_targets
+from reconciler.report.documents import PlanKey, converged, window_states
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+"""Where progress for people goes (the CLI: stderr); never stdout, which stays a document."""
+
+VMKey = tuple[str, str]  # (namespace, VM name)
+
+
+def _quiet(message: str) -> None:
+    """The default ``Progress``: say nothing."""
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """What one ``plan`` found.
+
+    ``verdicts``: one per VM the plans select, in (namespace, name) order, with each moved
+    volume's destination name filled in. ``rendered``: per VM that will move, its full
+    ``RenderedVM`` (when manifests were asked for) or just its checked ``Targets``.
+    ``dry_run_errors``: the server's refusals (``server_dry_run``). ``windows``: maintenance
+    window state per plan with one (``report.documents.window_states``). ``requests``: HTTP
+    requests sent to observe the cluster, ``observe_seconds`` how long that took.
+    """
+
+    plans: tuple[Plan, ...]
+    snapshot: Snapshot
+    verdicts: tuple[VMVerdict, ...]
+    rendered: Mapping[VMKey, RenderedVM | Targets]
+    windows: Mapping[PlanKey, Mapping[str, Any]]
+    requests: int
+    observe_seconds: float
+    dry_run_errors: tuple[str, ...] = ()
+    server_dry_run: bool = field(default=False)
+
+    @property
+    def converged(self) -> bool:
+        """Every selected VM is in sync: nothing left to do."""
+        return converged(self.verdicts)
+
+    @property
+    def fully_rendered(self) -> dict[VMKey, RenderedVM]:
+        """The VMs rendered with their manifests (all moving VMs when ``manifests=True``)."""
+        return {k: v for k, v in self.rendered.items() if isinstance(v, RenderedVM)}
+
+    @property
+    def manifests(self) -> dict[VMKey, VMManifests]:
+        """What ``--show-manifests`` shows: per VM, its DataVolumes and its JSON patch."""
+        return {
+            key: {"dataVolumes": list(vm.data_volumes), "vmPatch": list(vm.vm_patch)}
+            for key, vm in self.fully_rendered.items()
+        }
+
+
+def plan(
+    paths: Sequence[str | Path],
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    allowed_namespaces: frozenset[str] | None = None,
+    templates_dir: Path | None = None,
+    manifests: bool = False,
+    server_dry_run: bool = False,
+    progress: Progress = _quiet,
+    now: datetime | None = None,
+) -> PlanResult:
+    """Load the plans under ``paths``, observe the cluster, diff and render; change nothing.
+
+    ``manifests`` renders every moving VM's DataVolumes and patches (else only names, which is
+    what keeps a preview of thousands of VMs fast); ``server_dry_run`` implies them and sends
+    each with ``dryRun=All``. Raises ``UserError`` for bad plans, templates, kubeconfig or
+    conflicts, ``ClusterError`` when the cluster cannot be observed.
+    """
+    plans = load_plans(paths, allowed_namespaces=allowed_namespaces)
+    templates = load_templates(templates_dir)
+    cluster = Cluster(load_client(kubeconfig, context))
+
+    started = time.monotonic()
+    progress("Observing the cluster (one LIST per kind)...")
+    snapshot = fetch(cluster, {p.namespace for p in plans})
+    observed = time.monotonic() - started
+    requests = cluster.requests
+    progress(f"Observed {len(snapshot.vms)} VM(s), {len(snapshot.pvcs)} PVC(s) in "
+             f"{observed:.1f}s ({requests} requests).")
+
+    result = diff(plans, snapshot, allowed_namespaces=allowed_namespaces)
+    if result.problems:
+        raise UserError(list(result.problems))
+    full = manifests or server_dry_run
+    rendered = render_all(result.vms, snapshot, templates, manifests=full)
+    verdicts = tuple(with_targets(v, rendered.get((v.namespace, v.name))) for v in result.vms)
+    errors = _server_dry_run(cluster, rendered, progress) if server_dry_run else []
+    log.debug("plan: %d VM(s), %d rendered, %d dry-run refusal(s)",
+              len(verdicts), len(rendered), len(errors))
+    return PlanResult(
+        plans=plans,
+        snapshot=snapshot,
+        verdicts=verdicts,
+        rendered=rendered,
+        windows=window_states(plans, now or datetime.now(UTC)),
+        requests=requests,
+        observe_seconds=observed,
+        dry_run_errors=tuple(errors),
+        server_dry_run=server_dry_run,
+    )
+
+
+def render_all(
+    verdicts: Sequence[VMVerdict], snapshot: Snapshot, templates: TemplateSet, *,
+    manifests: bool = True,
+) -> dict[VMKey, RenderedVM | Targets]:
+    """For every VM that will move: its RenderedVM (``manifests``) or just its Targets.
+
+    Either way destination names are decided and checked against the cluster and each other.
+    """
+    rendered: dict[VMKey, RenderedVM | Targets] = {}
+    for verdict in verdicts:
+        if verdict.action not in (Action.MOVE_LIVE, Action.MOVE_OFFLINE):
+            continue
+        vm = snapshot.vms[(verdict.namespace, verdict.name)]
+        rendered[(verdict.namespace, verdict.name)] = (
+            render_vm(verdict, vm, snapshot, templates, plan_name=verdict.plan)
+            if manifests else plan_targets(verdict, vm, snapshot, templates)
+        )
+    check_distinct_targets(rendered)
+    return rendered
+
+
+def with_targets(verdict: VMVerdict, rendered: RenderedVM | Targets | None) -> VMVerdict:
+    """The verdict with each moved volume's target name filled in from the rendering."""
+    if rendered is None:
+        return verdict
+    volumes = tuple(
+        replace(v, target_name=rendered.target_names.get(v.volume, v.target_name))
+        for v in verdict.volumes
+    )
+    return replace(verdict, volumes=volumes)
+
+
+def _server_dry_run(
+    cluster: Cluster, rendered: Mapping[VMKey, RenderedVM | Targets], progress: Progress
+) -> list[str]:
+    """Send every DataVolume create and VM patch with dryRun=All; return the refusals.
+
+    A DataVolume that already exists and is ours (a leftover the next apply will reuse) is
+    not a refusal: render already checked its ownership. Progress about every tenth of the
+    way (a request per object: thousands for a large plan).
+    """
+    errors: list[str] = []
+    vms = sorted((k, v) for k, v in rendered.items() if isinstance(v, RenderedVM))
+    progress(f"Server-side dry run of {len(vms)} VM(s)' manifests...")
+    step = max(len(vms) // 10, 50)
+    for done, ((namespace, name), vm) in enumerate(vms, start=1):
+        if done % step == 0:
+            progress(f"  {done}/{len(vms)} VMs sent ({len(errors)} refused so far)")
+        for dv in vm.data_volumes:
+            try:
+                cluster.create(resources.DATA_VOLUMES, namespace, dv, dry_run=True)
+            except ClusterError as exc:
+                if exc.code != 409:
+                    errors.append(str(exc))
+        try:
+            cluster.json_patch(resources.VIRTUAL_MACHINES, namespace, name, vm.vm_patch,
+                               dry_run=True)
+        except ClusterError as exc:
+            errors.append(str(exc))
+    return errors

@@ -1,0 +1,1 @@
+"""The cluster edge: the only module that speaks HTTP (through pykube-ng)."""

@@ -1,0 +1,217 @@
+"""The cluster edge: every HTTP request the reconciler makes goes through ``Cluster``.
+
+pykube-ng provides the transport (kubeconfig, auth, TLS). Requests are raw (``api.get`` with a
+version and a URL) because pykube's object classes would add a discovery round-trip per CRD kind
+and send merge patches where we need JSON patches and dry-runs. ``Cluster.requests`` counts
+every request sent (thread-safe), which the benchmark and the "one LIST per kind" contract rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pykube
+import requests
+from requests import Response
+
+from reconciler.kube.resources import Resource, subject
+from reconciler.model.errors import ClusterError, Problem, UserError
+from reconciler.model.names import FIELD_MANAGER
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def load_client(kubeconfig: str | None = None, context: str | None = None) -> pykube.HTTPClient:
+    """A pykube client from ``kubeconfig`` (or $KUBECONFIG, ~/.kube/config, in-cluster SA).
+
+    Raises UserError with a hint when no usable configuration exists.
+    """
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    default = Path.home() / ".kube" / "config"
+    try:
+        if path:
+            config = pykube.KubeConfig.from_file(path)
+        elif default.exists():
+            config = pykube.KubeConfig.from_file(str(default))
+        else:
+            config = pykube.KubeConfig.from_service_account()
+        if context:
+            config.set_current_context(context)
+    except (OSError, KeyError, ValueError, pykube.exceptions.PyKubeError) as exc:
+        raise UserError(
+            [
+                Problem(
+                    None,
+                    f"cannot load a kubeconfig ({path or default}): {exc}",
+                    "pass --kubeconfig PATH, set KUBECONFIG, or run inside a pod with a "
+                    "ServiceAccount",
+                )
+            ]
+        ) from exc
+    return pykube.HTTPClient(config, timeout=60)
+
+
+class Cluster:
+    """Thin I/O wrapper over a pykube client. Every method is one HTTP request.
+
+    Errors become ``ClusterError`` whose message opens with ``Kind/ns/name`` and carries the
+    API server's own message and HTTP code.
+    """
+
+    def __init__(self, api: pykube.HTTPClient) -> None:
+        self.api = api
+        self._requests = 0  # read through the ``requests`` property
+        # list_many sends from up to 8 threads: ``+= 1`` is a read-modify-write, not atomic.
+        self._lock = threading.Lock()
+        api.session.hooks["response"].append(self._count)
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent so far (every response counted once, retries included)."""
+        with self._lock:
+            return self._requests
+
+    def _count(self, response: Response, *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self._requests += 1
+        log.debug("%s %s -> %s (%.3fs)", response.request.method, response.request.url,
+                  response.status_code, response.elapsed.total_seconds())
+
+    def list_objects(
+        self, resource: Resource, namespace: str | None = None, *, missing_ok: bool = False
+    ) -> list[dict[str, Any]]:
+        """All objects of ``resource`` in ``namespace`` (None: every namespace) in one LIST.
+
+        ``missing_ok``: a resource the server does not serve (CRD not installed) or does not
+        let us list in that scope (404) gives [] instead of an error.
+        """
+        kwargs: dict[str, Any] = {"version": resource.api_version, "url": resource.plural}
+        if namespace is not None and resource.namespaced:
+            kwargs["namespace"] = namespace
+        response = self._send("get", _scope(resource, namespace), **kwargs)
+        if response.status_code == 404 and missing_ok:
+            return []
+        body = self._check(response, resource, namespace, "")
+        items: list[dict[str, Any]] = body.get("items") or []
+        return items
+
+    def list_many(
+        self,
+        requests_: Sequence[tuple[Resource, str | None, bool]],
+        then: Callable[[Resource, list[dict[str, Any]]], T],
+    ) -> list[T]:
+        """Several LISTs at once (threads); ``then(resource, items)`` runs in the thread that
+        fetched them. Results in request order.
+
+        The API server does the heavy lifting (serialising thousands of objects); issuing the
+        lists concurrently, and decoding and parsing each answer as soon as it arrives, overlaps
+        our work with the server's work on the lists still in flight.
+        """
+
+        def one(resource: Resource, namespace: str | None, missing_ok: bool) -> T:
+            return then(resource, self.list_objects(resource, namespace, missing_ok=missing_ok))
+
+        with ThreadPoolExecutor(max_workers=min(8, len(requests_) or 1)) as pool:
+            futures = [pool.submit(one, *request) for request in requests_]
+            return [future.result() for future in futures]
+
+    def create(
+        self, resource: Resource, namespace: str, body: Mapping[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """POST ``body``; with ``dry_run`` the server validates and admits but stores nothing."""
+        name = str(body.get("metadata", {}).get("name", ""))
+        response = self._send(
+            "post",
+            subject(resource, namespace, name),
+            version=resource.api_version,
+            namespace=namespace,
+            url=resource.plural,
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+            params=self._params(dry_run),
+        )
+        return self._check(response, resource, namespace, name)
+
+    def json_patch(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        ops: Sequence[Mapping[str, Any]],
+        *,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Apply RFC 6902 ``ops``; a failed ``test`` op is a 422 and changes nothing."""
+        response = self._send(
+            "patch",
+            subject(resource, namespace, name),
+            version=resource.api_version,
+            namespace=namespace,
+            url=f"{resource.plural}/{name}",
+            data=json.dumps(list(ops)),
+            headers={"Content-Type": "application/json-patch+json"},
+            params=self._params(dry_run),
+        )
+        return self._check(response, resource, namespace, name)
+
+    @staticmethod
+    def _params(dry_run: bool) -> dict[str, str]:
+        params = {"fieldManager": FIELD_MANAGER, "fieldValidation": "Strict"}
+        if dry_run:
+            params["dryRun"] = "All"
+        return params
+
+    def _send(self, method: str, who: str, **kwargs: Any) -> Response:
+        """One request; a 429 (API priority and fairness, or storage still initialising)
+        is retried after the server's Retry-After, a few times, before it is returned."""
+        for attempt in range(_RETRIES_ON_429 + 1):
+            try:
+                response: Response = getattr(self.api, method)(**kwargs)
+            except requests.RequestException as exc:
+                raise ClusterError(who, f"cannot reach the API server: {exc}") from exc
+            if response.status_code != 429 or attempt == _RETRIES_ON_429:
+                break
+            log.info("%s: HTTP 429, retry %d of %d", who, attempt + 1, _RETRIES_ON_429)
+            time.sleep(min(_retry_after(response), 5.0))
+        return response
+
+    @staticmethod
+    def _check(
+        response: Response, resource: Resource, namespace: str | None, name: str
+    ) -> dict[str, Any]:
+        if response.ok:
+            body: dict[str, Any] = response.json()
+            return body
+        message = response.text.strip()
+        try:
+            payload = response.json()
+            message = str(payload.get("message", message))
+        except ValueError:
+            pass
+        what = subject(resource, namespace, name) if name else _scope(resource, namespace)
+        code = response.status_code
+        raise ClusterError(what, f"{message} (HTTP {code})", code=code)
+
+
+_RETRIES_ON_429 = 5
+
+
+def _retry_after(response: Response) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", "1")), 0.1)
+    except ValueError:
+        return 1.0
+
+
+def _scope(resource: Resource, namespace: str | None) -> str:
+    where = f" in namespace {namespace}" if namespace else " (all namespaces)"
+    return f"{resource.plural}{where}"

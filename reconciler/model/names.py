@@ -1,0 +1,37 @@
+"""Every label and annotation key the reconciler owns or reads, and its field manager.
+
+One vocabulary: the diff, render, observe and kube read these names from here, so a key is
+spelled once and a grep for it finds every use. (The Jinja templates write ours too; render
+checks the ones that matter, e.g. ``SOURCE_CLAIM_ANNOTATION``.)
+"""
+
+from __future__ import annotations
+
+FIELD_MANAGER = "vm-storage-reconciler"
+"""``fieldManager`` of every write, and the value of ``MANAGED_BY_LABEL`` on what we create."""
+
+# -- ours ------------------------------------------------------------------------------------
+OUR_PREFIX = "vmstorage.dev"
+JOURNAL_ANNOTATION = "vmstorage.dev/journal"  # an open move of ours (on the VM)
+SOURCE_CLAIM_ANNOTATION = "vmstorage.dev/source-claim"  # on a destination: the claim it copies
+VM_LABEL = "vmstorage.dev/vm"
+PLAN_LABEL = "vmstorage.dev/plan"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = FIELD_MANAGER
+
+# -- Kubernetes, CDI and KubeVirt ------------------------------------------------------------
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
+DEFAULT_VIRT_CLASS_ANNOTATION = "storageclass.kubevirt.io/is-default-virt-class"
+CONTENT_TYPE_ANNOTATION = "cdi.kubevirt.io/storage.contentType"
+VOLUME_UPDATE_LABEL = "kubevirt.io/volume-update-migration"  # on a VMIM of a volume update
+
+# -- GitOps controllers that may own a VM ----------------------------------------------------
+ARGO_PREFIX = "argocd.argoproj.io/"
+ARGO_TRACKING_ANNOTATION = "argocd.argoproj.io/tracking-id"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+FLUX_KUSTOMIZATION_NAME_LABEL = "kustomize.toolkit.fluxcd.io/name"
+FLUX_KUSTOMIZATION_NAMESPACE_LABEL = "kustomize.toolkit.fluxcd.io/namespace"
+FLUX_SSA_ANNOTATION = "kustomize.toolkit.fluxcd.io/ssa"
+FLUX_RECONCILE_ANNOTATION = "kustomize.toolkit.fluxcd.io/reconcile"
+FLUX_HELM_NAME_LABEL = "helm.toolkit.fluxcd.io/name"
+FLUX_HELM_NAMESPACE_LABEL = "helm.toolkit.fluxcd.io/namespace"

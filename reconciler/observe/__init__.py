@@ -1,0 +1,1 @@
+"""Observe the cluster: one LIST per kind (``fetch``), parsed into a ``Snapshot`` (``parse``)."""

@@ -1,0 +1,322 @@
+"""The API's JSON -> ``model.live.Snapshot``. Pure: plain dicts in, frozen values out, so the
+parsers are tested without a cluster and reused by the benchmark. ``fetch`` does the I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from reconciler.kube import resources as kube
+from reconciler.model.live import (
+    Condition,
+    DataVolumeInfo,
+    KubeVirtInfo,
+    MigrationInfo,
+    PVCInfo,
+    Snapshot,
+    StorageClassInfo,
+    StorageProfileInfo,
+    VMIInfo,
+    VMInfo,
+    VMVolume,
+    default_class_of,
+)
+from reconciler.model.names import (
+    DEFAULT_CLASS_ANNOTATION,
+    DEFAULT_VIRT_CLASS_ANNOTATION,
+    VOLUME_UPDATE_LABEL,
+)
+from reconciler.model.quantity import parse_quantity
+
+Obj = Mapping[str, Any]
+
+
+
+@dataclass(frozen=True)
+class RawObjects:
+    """The items of every LIST: JSON dicts as read, or (between parsing and assembly) the
+    model objects parsed from them."""
+
+    vms: Sequence[Any] = ()
+    vmis: Sequence[Any] = ()
+    pvcs: Sequence[Any] = ()
+    data_volumes: Sequence[Any] = ()
+    storage_classes: Sequence[Any] = ()
+    storage_profiles: Sequence[Any] = ()
+    kubevirts: Sequence[Any] = ()
+    migrations: Sequence[Any] = ()
+
+
+def build_snapshot(raw: RawObjects) -> Snapshot:
+    """Parse every list into the model, resolving each PVC's class (default when unset)."""
+    parsed = {
+        name: parse_list(plural, getattr(raw, name)) for name, plural in _FIELDS.items()
+    }
+    return assemble(RawObjects(**parsed))
+
+
+# RawObjects field -> resource plural. StorageClasses and KubeVirt CRs stay raw until
+# assembly: a handful of objects, and choosing the default class / the deployed CR needs all.
+_FIELDS = {
+    "vms": kube.VIRTUAL_MACHINES.plural,
+    "vmis": kube.VMIS.plural,
+    "pvcs": kube.PVCS.plural,
+    "data_volumes": kube.DATA_VOLUMES.plural,
+    "storage_classes": kube.STORAGE_CLASSES.plural,
+    "storage_profiles": kube.STORAGE_PROFILES.plural,
+    "kubevirts": kube.KUBEVIRTS.plural,
+    "migrations": kube.MIGRATIONS.plural,
+}
+
+
+def parse_list(plural: str, items: Sequence[Obj]) -> list[Any]:
+    """The model objects of one LIST (PVC classes unresolved: see ``assemble``)."""
+    parser = _PARSERS.get(plural)
+    return [parser(o) for o in items] if parser else list(items)
+
+
+def assemble(parsed: RawObjects) -> Snapshot:
+    """The Snapshot from parsed lists (storage classes and KubeVirt CRs still raw)."""
+    classes = {sc.name: sc for sc in map(parse_storage_class, parsed.storage_classes)}
+    default_class = default_class_of(classes)
+    pvcs = (
+        p if p.storage_class or default_class is None else replace(p, storage_class=default_class)
+        for p in parsed.pvcs
+    )
+    return Snapshot(
+        vms=_by_key(parsed.vms),
+        vmis=_by_key(parsed.vmis),
+        pvcs=_by_key(pvcs),
+        data_volumes=_by_key(parsed.data_volumes),
+        storage_classes=classes,
+        storage_profiles={p.name: p for p in parsed.storage_profiles},
+        kubevirt=_pick_kubevirt(parsed.kubevirts),
+        migrations=tuple(parsed.migrations),
+    )
+
+
+def _by_key(items: Iterable[Any]) -> dict[tuple[str, str], Any]:
+    return {(i.namespace, i.name): i for i in items}
+
+
+def _meta(obj: Obj) -> Obj:
+    meta: Obj = obj.get("metadata") or {}
+    return meta
+
+
+def _conditions(status: Obj) -> tuple[Condition, ...]:
+    return tuple(
+        Condition(
+            type=str(c.get("type", "")),
+            status=str(c.get("status", "")),
+            reason=str(c.get("reason", "") or ""),
+            message=str(c.get("message", "") or ""),
+        )
+        for c in status.get("conditions") or ()
+    )
+
+
+def _size(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        return None
+
+
+def claim_of(volume: Obj) -> tuple[str, str | None, bool]:
+    """(kind, claim name, hotpluggable) of one ``spec.volumes`` entry."""
+    if "dataVolume" in volume:
+        source = volume["dataVolume"] or {}
+        return "dataVolume", source.get("name"), bool(source.get("hotpluggable"))
+    if "persistentVolumeClaim" in volume:
+        source = volume["persistentVolumeClaim"] or {}
+        return "persistentVolumeClaim", source.get("claimName"), bool(source.get("hotpluggable"))
+    kinds = [k for k in volume if k != "name"]
+    return (kinds[0] if kinds else "unknown"), None, False
+
+
+def run_strategy_of(spec: Obj) -> str:
+    """The effective runStrategy; the deprecated ``running`` maps to Always / Halted."""
+    if spec.get("runStrategy"):
+        return str(spec["runStrategy"])
+    return "Always" if spec.get("running") else "Halted"
+
+
+def parse_vm(obj: Obj) -> VMInfo:
+    meta, spec = _meta(obj), obj.get("spec") or {}
+    template_spec = (spec.get("template") or {}).get("spec") or {}
+    devices = (template_spec.get("domain") or {}).get("devices") or {}
+    disks = {d.get("name"): d for d in devices.get("disks") or ()}
+    filesystems = {f.get("name") for f in devices.get("filesystems") or ()}
+    templates = {
+        (t.get("metadata") or {}).get("name") for t in spec.get("dataVolumeTemplates") or ()
+    }
+    volumes = []
+    for volume in template_spec.get("volumes") or ():
+        kind, claim, hotpluggable = claim_of(volume)
+        disk = disks.get(volume.get("name")) or {}
+        disk_type = next((t for t in ("disk", "lun", "cdrom") if t in disk), None)
+        lun = disk.get("lun") or {}
+        volumes.append(
+            VMVolume(
+                name=str(volume.get("name", "")),
+                kind=kind,
+                claim=claim,
+                hotpluggable=hotpluggable,
+                disk_type=disk_type,
+                shareable=bool(disk.get("shareable")),
+                persistent_reservation=bool(lun.get("reservation")),
+                filesystem=volume.get("name") in filesystems,
+                from_template=kind == "dataVolume" and claim in templates,
+            )
+        )
+    status = obj.get("status") or {}
+    return VMInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        run_strategy=run_strategy_of(spec),
+        volumes=tuple(volumes),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        update_volumes_strategy=spec.get("updateVolumesStrategy"),
+        printable_status=str(status.get("printableStatus", "")),
+        conditions=_conditions(status),
+        uses_running_field="running" in spec and "runStrategy" not in spec,
+        raw=obj,
+    )
+
+
+def parse_vmi(obj: Obj) -> VMIInfo:
+    meta, status = _meta(obj), obj.get("status") or {}
+    claims = {}
+    for volume in (obj.get("spec") or {}).get("volumes") or ():
+        _, claim, _ = claim_of(volume)
+        if claim:
+            claims[str(volume.get("name"))] = claim
+    return VMIInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        phase=str(status.get("phase", "")),
+        node=str(status.get("nodeName", "")),
+        conditions=_conditions(status),
+        volume_claims=claims,
+        migrated_volumes=tuple(
+            str(m.get("volumeName", "")) for m in status.get("migratedVolumes") or ()
+        ),
+    )
+
+
+def parse_pvc(obj: Obj, default_class: str | None) -> PVCInfo:
+    meta, spec, status = _meta(obj), obj.get("spec") or {}, obj.get("status") or {}
+    requests = (spec.get("resources") or {}).get("requests") or {}
+    return PVCInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        storage_class=spec.get("storageClassName") or default_class,
+        request_bytes=_size(requests.get("storage")) or 0,
+        capacity_bytes=_size((status.get("capacity") or {}).get("storage")),
+        volume_mode=str(spec.get("volumeMode") or "Filesystem"),
+        access_modes=tuple(status.get("accessModes") or spec.get("accessModes") or ()),
+        phase=str(status.get("phase", "Pending")),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+    )
+
+
+def parse_data_volume(obj: Obj) -> DataVolumeInfo:
+    meta, spec, status = _meta(obj), obj.get("spec") or {}, obj.get("status") or {}
+    storage = spec.get("storage") or spec.get("pvc") or {}
+    source = spec.get("source") or spec.get("sourceRef") or {}
+    requests = (storage.get("resources") or {}).get("requests") or {}
+    return DataVolumeInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        phase=str(status.get("phase", "")),
+        progress=str(status.get("progress", "")),
+        source_kind=next(iter(source), "") if isinstance(source, Mapping) else "",
+        storage_class=storage.get("storageClassName"),
+        request_bytes=_size(requests.get("storage")),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+    )
+
+
+def parse_storage_class(obj: Obj) -> StorageClassInfo:
+    meta = _meta(obj)
+    annotations = meta.get("annotations") or {}
+    return StorageClassInfo(
+        name=str(meta.get("name", "")),
+        provisioner=str(obj.get("provisioner", "")),
+        is_default=annotations.get(DEFAULT_CLASS_ANNOTATION) == "true",
+        is_default_virt=annotations.get(DEFAULT_VIRT_CLASS_ANNOTATION) == "true",
+        volume_binding_mode=str(obj.get("volumeBindingMode") or "Immediate"),
+        allow_volume_expansion=bool(obj.get("allowVolumeExpansion")),
+    )
+
+
+def parse_storage_profile(obj: Obj) -> StorageProfileInfo:
+    status = obj.get("status") or {}
+    sets = tuple(
+        (tuple(s.get("accessModes") or ()), str(s.get("volumeMode") or "Filesystem"))
+        for s in status.get("claimPropertySets") or ()
+    )
+    return StorageProfileInfo(
+        name=str(_meta(obj).get("name", "")),
+        claim_property_sets=sets,
+        clone_strategy=status.get("cloneStrategy"),
+    )
+
+
+def parse_kubevirt(obj: Obj) -> KubeVirtInfo:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    configuration = spec.get("configuration") or {}
+    developer = configuration.get("developerConfiguration") or {}
+    updates = spec.get("workloadUpdateStrategy") or {}
+    return KubeVirtInfo(
+        version=str(status.get("observedKubeVirtVersion") or status.get("operatorVersion") or ""),
+        feature_gates=frozenset(developer.get("featureGates") or ()),
+        vm_rollout_strategy=configuration.get("vmRolloutStrategy"),
+        workload_update_methods=tuple(updates.get("workloadUpdateMethods") or ()),
+    )
+
+
+def _pick_kubevirt(items: Sequence[Obj]) -> KubeVirtInfo | None:
+    """The deployed KubeVirt CR (a cluster runs one; prefer phase Deployed, then the oldest)."""
+    if not items:
+        return None
+    ranked = sorted(
+        items,
+        key=lambda o: (
+            (o.get("status") or {}).get("phase") != "Deployed",
+            _meta(o).get("creationTimestamp", ""),
+        ),
+    )
+    return parse_kubevirt(ranked[0])
+
+
+def parse_migration(obj: Obj) -> MigrationInfo:
+    meta, status = _meta(obj), obj.get("status") or {}
+    labels = meta.get("labels") or {}
+    return MigrationInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        vmi_name=str((obj.get("spec") or {}).get("vmiName", "")),
+        phase=str(status.get("phase", "")),
+        volume_update=VOLUME_UPDATE_LABEL in labels,
+        failure_reason=str((status.get("migrationState") or {}).get("failureReason", "") or ""),
+    )
+
+
+_PARSERS: dict[str, Callable[[Obj], Any]] = {
+    kube.VIRTUAL_MACHINES.plural: parse_vm,
+    kube.VMIS.plural: parse_vmi,
+    kube.PVCS.plural: lambda o: parse_pvc(o, None),
+    kube.DATA_VOLUMES.plural: parse_data_volume,
+    kube.STORAGE_PROFILES.plural: parse_storage_profile,
+    kube.MIGRATIONS.plural: parse_migration,
+}

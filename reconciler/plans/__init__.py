@@ -1,0 +1,1 @@
+"""Plan files -> validated ``model.Plan`` values (reads files; no cluster)."""

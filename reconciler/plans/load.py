@@ -1,0 +1,229 @@
+"""Load and validate plan files into ``model.Plan`` values.
+
+Pure except for reading files. ``load_plans`` expands files and directories, reads every YAML
+document, validates it, checks the plans against each other, and either returns all plans
+sorted by (namespace, name) or raises ``PlanError`` listing *every* problem found, each with
+``file:line``, the field path, what is wrong and how to fix it. Nothing here raises anything
+else for bad input: an unreadable file, a binary file or broken YAML is a ``Problem`` too.
+
+Accepted documents (any number per file, separated by ``---``; empty documents are skipped):
+
+- ``vmstorage.dev/v1alpha1`` ``StoragePlan``: the native format (docs/plans.md).
+- ``migrations.kubevirt.io/v1alpha1`` ``VirtualMachineStorageMigrationPlan`` and
+  ``MultiNamespaceVirtualMachineStorageMigrationPlan``: kubevirt-migration-controller (KMC)
+  plans, mapped onto the same model (mode Auto, allowStop false, no window, timeout 2h,
+  ``origin_kind`` = the KMC kind). Only the listed volumes move (``Plan.storage_class`` is
+  None); a ``destinationPVC`` without ``storageClassName`` targets ``DEFAULT_CLASS``. A
+  multi-namespace plan becomes one ``Plan`` per ``spec.namespaces[]`` entry, named
+  ``<plan>-<namespace>`` (the name KMC gives the per-namespace plans it creates).
+- ``v1`` ``List`` whose ``items`` are any of the above (what ``kubectl get -o yaml`` prints).
+
+Checks across plans are ``crosscheck.check_across``; which files a path names is ``files``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from reconciler.model.errors import PlanError, Problem
+from reconciler.model.plan import Plan, Source
+from reconciler.plans import kmc, native
+from reconciler.plans.crosscheck import check_across
+from reconciler.plans.fields import close_match
+from reconciler.plans.files import expand
+from reconciler.plans.located_yaml import (
+    Field,
+    MappingNode,
+    Node,
+    Reader,
+    ScalarNode,
+    describe,
+    documents,
+    join,
+)
+
+_Read = Callable[[Reader, MappingNode, str, frozenset[str] | None], list[Plan]]
+_READERS: dict[tuple[str, str], _Read] = {
+    (native.API_VERSION, native.KIND): native.read_storage_plan,
+    (kmc.API_VERSION, kmc.KIND): kmc.read_kmc_plan,
+    (kmc.API_VERSION, kmc.MULTI_KIND): kmc.read_kmc_multi_plan,
+}
+ACCEPTED_KINDS: tuple[tuple[str, str], ...] = tuple(_READERS)
+"""(apiVersion, kind) of every plan document accepted (``v1 List`` of them is also read)."""
+
+_ACCEPTED_HINT = (
+    "plan documents are: apiVersion vmstorage.dev/v1alpha1 kind StoragePlan; apiVersion "
+    "migrations.kubevirt.io/v1alpha1 kind VirtualMachineStorageMigrationPlan or "
+    "MultiNamespaceVirtualMachineStorageMigrationPlan"
+)
+_STARTS_A_PLAN = (
+    "this starts a kubevirt-migration-controller plan; here every plan in the repository is "
+    "applied by `apply`: delete this document"
+)
+_NOT_PLAN_HINTS = {
+    "VirtualMachineStorageMigration": _STARTS_A_PLAN,
+    "MultiNamespaceVirtualMachineStorageMigration": _STARTS_A_PLAN,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def load_plans(
+    paths: Sequence[str | Path], *, allowed_namespaces: frozenset[str] | None = None
+) -> tuple[Plan, ...]:
+    """Read, validate and cross-check every plan under ``paths``.
+
+    ``allowed_namespaces``: when set, a plan acting in any other namespace is a problem.
+    Returns the plans sorted by (namespace, name). Raises ``PlanError`` with every problem
+    found (sorted by file and line) if there is any; then no plan is returned at all.
+    """
+    files, problems = expand(paths)
+    plans: list[Plan] = []
+    for path in files:
+        found, file_problems = _load_file(path, allowed_namespaces)
+        plans.extend(found)
+        problems.extend(file_problems)
+    problems.extend(check_across(plans))
+    if problems:
+        raise PlanError(sorted(problems, key=_problem_order))
+    return tuple(sorted(plans, key=lambda plan: (plan.namespace, plan.name)))
+
+
+def parse_plans(
+    text: str, file: str = "<string>", *, allowed_namespaces: frozenset[str] | None = None
+) -> tuple[Plan, ...]:
+    """``load_plans`` for one YAML text (e.g. stdin); ``file`` names it in problems."""
+    plans, problems = _parse_text(text, file, allowed_namespaces)
+    problems.extend(check_across(plans))
+    if problems:
+        raise PlanError(sorted(problems, key=_problem_order))
+    return tuple(sorted(plans, key=lambda plan: (plan.namespace, plan.name)))
+
+
+
+
+def _load_file(path: Path, allowed: frozenset[str] | None) -> tuple[list[Plan], list[Problem]]:
+    name = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [], [Problem(None, f"{name}: cannot read: {exc.strerror or exc}")]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return [], [
+            Problem(
+                Source(name, line),
+                f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+                "plan files are UTF-8 YAML; is a binary file in the plans directory?",
+            )
+        ]
+    try:
+        return _parse_text(text, name, allowed)
+    except Exception as exc:  # a bug must still not turn bad input into a traceback
+        return [], [
+            Problem(
+                Source(name, 1),
+                f"could not validate this file: internal error {type(exc).__name__}: {exc}",
+                "this is a bug in vm-storage-reconciler; please report it with this file",
+            )
+        ]
+
+
+def _parse_text(
+    text: str, file: str, allowed: frozenset[str] | None
+) -> tuple[list[Plan], list[Problem]]:
+    nodes, problems = documents(text, file)
+    reader = Reader(file)
+    plans: list[Plan] = []
+    for node in nodes:
+        plans.extend(_document(reader, node, "", allowed))
+    return plans, problems + reader.problems
+
+
+def _problem_order(problem: Problem) -> tuple[str, int, str, str]:
+    if problem.source is None:
+        return ("", 0, "", problem.message)
+    return (problem.source.file, problem.source.line, problem.source.path, problem.message)
+
+
+# --------------------------------------------------------------------------------------------
+# Documents
+# --------------------------------------------------------------------------------------------
+
+
+def _document(r: Reader, node: Node, path: str, allowed: frozenset[str] | None) -> list[Plan]:
+    """Route one document by apiVersion/kind; returns its plans, or none if it has problems."""
+    if not isinstance(node, MappingNode):
+        r.report(
+            node,
+            path,
+            f"a plan document must be a mapping (apiVersion, kind, metadata, spec), "
+            f"got {describe(node)}",
+            "start each document with 'apiVersion:' and separate documents with '---'",
+        )
+        return []
+    api_node, kind_node = _raw_field(node, "apiVersion"), _raw_field(node, "kind")
+    if api_node is None or kind_node is None:
+        missing = "apiVersion" if api_node is None else "kind"
+        r.report(node, join(path, missing), f"missing required field '{missing}'", _ACCEPTED_HINT)
+        return []
+    api = r.string(api_node, join(path, "apiVersion"))
+    kind = r.string(kind_node, join(path, "kind"))
+    if api is None or kind is None:
+        return []
+    before = len(r.problems)
+    if (api, kind) in _READERS:
+        plans = _READERS[api, kind](r, node, path, allowed)
+    elif (api, kind) == ("v1", "List"):
+        plans = _list(r, node, path, allowed)
+    else:
+        _unknown_kind(r, path, api_node=api_node, kind_node=kind_node, api=api, kind=kind)
+        return []
+    return plans if len(r.problems) == before else []
+
+
+def _unknown_kind(
+    r: Reader, path: str, *, api_node: Node, kind_node: Node, api: str, kind: str
+) -> None:
+    expected = {k: a for a, k in ACCEPTED_KINDS}
+    if kind in expected:
+        r.report(
+            api_node,
+            join(path, "apiVersion"),
+            f"kind {kind} needs apiVersion {expected[kind]}, got '{api}'",
+            f"write: apiVersion: {expected[kind]}",
+        )
+        return
+    hint = _NOT_PLAN_HINTS.get(kind, "")
+    if not hint:
+        close = close_match(kind, list(expected))
+        hint = (f"did you mean '{close}'? " if close else "") + _ACCEPTED_HINT
+    r.report(kind_node, join(path, "kind"), f"unknown kind '{kind}' (apiVersion '{api}')", hint)
+
+
+_LIST = {"apiVersion": Field(True), "kind": Field(True), "items": Field(True)}
+
+
+def _list(r: Reader, node: MappingNode, path: str, allowed: frozenset[str] | None) -> list[Plan]:
+    top = r.mapping(node, path, _LIST, ignored=("metadata",))
+    if top is None or "items" not in top:
+        return []
+    items = r.sequence(top["items"], join(path, "items"))
+    plans: list[Plan] = []
+    for index, item in enumerate(items or []):
+        plans.extend(_document(r, item, f"{join(path, 'items')}[{index}]", allowed))
+    return plans
+
+
+def _raw_field(node: MappingNode, name: str) -> Node | None:
+    """The value of ``name`` in ``node`` without validating anything else (for routing)."""
+    for key, value in node.value:
+        if isinstance(key, ScalarNode) and key.value == name and key.tag.endswith(":str"):
+            return None if value.tag.endswith(":null") else value
+    return None

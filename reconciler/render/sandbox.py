@@ -1,0 +1,313 @@
+"""The templates' sandbox: loading a template set, rendering, and locating errors. Pure.
+
+A ``TemplateSet`` is the default templates (``templates/`` in a checkout,
+``reconciler/_templates`` in a wheel) overridden one file at a time by ``--templates DIR``.
+Templates run in an ``ImmutableSandboxedEnvironment`` with ``StrictUndefined``: a template sees
+only the documented variables and the filters below, cannot reach Python internals or mutate
+its inputs, and an undefined variable is an error, never an empty string. Every error is a
+``TemplateError`` naming the template file and line. What the templates render, and the checks
+on it, are in ``render``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import re
+import string
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from reconciler.model.errors import Problem, TemplateError
+from reconciler.model.plan import Source
+from reconciler.model.quantity import format_quantity
+
+TARGET_NAME = "target-name.j2"
+DV_LIVE = "datavolume-live.j2"
+DV_OFFLINE = "datavolume-offline.j2"
+VM_PATCH = "vm-patch.j2"
+VM_REVERT = "vm-revert-patch.j2"
+TEMPLATE_NAMES = (TARGET_NAME, DV_LIVE, DV_OFFLINE, VM_PATCH, VM_REVERT)
+
+MAX_NAME = 63  # CDI refuses longer DataVolume names; PVC names follow the DV's
+
+_BASE36 = string.digits + string.ascii_lowercase
+
+Unchecked = Any
+"""JSON as parsed from a template's output or read from the cluster, before render's run-time
+checks: walked defensively (``.get(...) or {}``), and turned into the typed shapes of
+``model.manifests`` only once checked. Nothing typed ``Unchecked`` leaves ``render``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Filters (registered explicitly; templates get nothing else beyond Jinja's builtins)
+# --------------------------------------------------------------------------------------------
+
+
+def _defined(value: Any) -> Any:
+    """Raise the template's UndefinedError when ``value`` is undefined (StrictUndefined)."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises here, with the variable's name
+    return value
+
+
+def to_json_filter(value: Any) -> str:
+    """JSON text of ``value``; valid YAML too, so strings are always safely quoted."""
+    return json.dumps(plain(_defined(value)), sort_keys=True)
+
+
+def quantity_filter(size: Any) -> str:
+    """Bytes as a Kubernetes quantity: "10Gi" when exact, else the plain number of bytes."""
+    size = _defined(size)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"quantity: expected a number of bytes, got {size!r}")
+    return format_quantity(size)
+
+
+def dns_label_filter(value: Any, max_length: int = MAX_NAME) -> str:
+    """``value`` cut to ``max_length`` characters, without a trailing '-' or '.'."""
+    return str(_defined(value))[: max(max_length, 0)].rstrip("-.")
+
+
+def sha_filter(value: Any, length: int = 5) -> str:
+    """``length`` lowercase base36 characters of the SHA-256 of ``value`` (deterministic)."""
+    number = int(hashlib.sha256(str(_defined(value)).encode()).hexdigest(), 16)
+    digits = []
+    for _ in range(length):
+        number, digit = divmod(number, 36)
+        digits.append(_BASE36[digit])
+    return "".join(digits)
+
+
+def regex_replace_filter(value: Any, pattern: str, replacement: str = "") -> str:
+    """``re.sub(pattern, replacement, value)``."""
+    return re.sub(pattern, replacement, str(_defined(value)))
+
+
+FILTERS = {
+    "to_json": to_json_filter,
+    "quantity": quantity_filter,
+    "dns_label": dns_label_filter,
+    "sha": sha_filter,
+    "regex_replace": regex_replace_filter,
+}
+
+
+def plain(value: Any) -> Unchecked:
+    """A deep copy of ``value`` made of dicts and lists only (Mappings and tuples converted)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Template sets
+# --------------------------------------------------------------------------------------------
+
+
+def default_templates_dir() -> Path:
+    """The packaged default templates.
+
+    In an installed wheel they are ``reconciler/_templates`` (pyproject force-includes the
+    checkout's ``templates/`` there); in a checkout or editable install, ``templates/`` at the
+    top of the repository.
+    """
+    packaged = importlib.resources.files("reconciler") / "_templates"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / "templates"  # reconciler/render/ -> repo
+    if checkout.is_dir():
+        return checkout
+    raise TemplateError(
+        [
+            Problem(
+                None,
+                f"the default templates are missing (looked in {packaged} and {checkout})",
+                hint="reinstall vm-storage-reconciler, or pass --templates DIR with all of "
+                + ", ".join(TEMPLATE_NAMES),
+            )
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class TemplateSet:
+    """The templates in use: ``directory`` (the defaults) overridden file by file by
+    ``override`` when given. The Jinja environment is built once, on first use."""
+
+    directory: Path
+    override: Path | None = None
+
+    @classmethod
+    def default(cls) -> TemplateSet:
+        return cls(default_templates_dir())
+
+    @cached_property
+    def environment(self) -> ImmutableSandboxedEnvironment:
+        search = [str(self.override)] if self.override else []
+        env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader([*search, str(self.directory)]),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+        )
+        env.filters.update(FILTERS)
+        return env
+
+    def path_of(self, name: str) -> Path:
+        """The file that provides template ``name`` (the override when it has one)."""
+        if self.override is not None and (self.override / name).is_file():
+            return self.override / name
+        return self.directory / name
+
+    def get(self, name: str) -> jinja2.Template:
+        """The compiled template; a syntax error or a missing file is a TemplateError."""
+        try:
+            return self.environment.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            path = exc.filename or str(self.path_of(name))
+            raise template_error(path, exc.lineno, str(exc.message), _hint(exc)) from exc
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(
+                [Problem(None, f"template {name} not found in {self.directory}", hint="the "
+                         "default set is incomplete: reinstall, or provide it with --templates")]
+            ) from exc
+
+    def check(self) -> None:
+        """Compile every template, so a syntax error is reported before anything renders."""
+        problems: list[Problem] = []
+        for name in TEMPLATE_NAMES:
+            try:
+                self.get(name)
+            except TemplateError as exc:
+                problems += exc.problems
+        if problems:
+            raise TemplateError(problems)
+
+
+def load_templates(override_dir: Path | None) -> TemplateSet:
+    """The default templates, overridden one by one by the ``*.j2`` files in ``override_dir``
+    (``--templates DIR``). Every template is compiled now; a file in ``override_dir`` that is
+    not a known template name is an error (most likely a typo that would silently not apply)."""
+    defaults = default_templates_dir()
+    if override_dir is None:
+        templates = TemplateSet(defaults)
+    else:
+        if not override_dir.is_dir():
+            raise TemplateError(
+                [Problem(None, f"--templates {override_dir}: not a directory",
+                         hint="pass a directory holding *.j2 files named like the defaults")]
+            )
+        unknown = sorted(p.name for p in override_dir.glob("*.j2") if p.name not in TEMPLATE_NAMES)
+        if unknown:
+            raise TemplateError(
+                [
+                    Problem(Source(str(override_dir / n), 1), f"unknown template {n}",
+                            hint="template names are " + ", ".join(TEMPLATE_NAMES))
+                    for n in unknown
+                ]
+            )
+        templates = TemplateSet(defaults, override_dir)
+    templates.check()
+    return templates
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: every problem names the template file and the line
+# --------------------------------------------------------------------------------------------
+
+
+def template_error(
+    path: str | Path, line: int | None, message: str, hint: str = ""
+) -> TemplateError:
+    """A TemplateError at ``path``:``line`` (line 1 when unknown)."""
+    return TemplateError([Problem(Source(str(path), line or 1), message, hint)])
+
+
+def _hint(exc: Exception) -> str:
+    if isinstance(exc, jinja2.UndefinedError):
+        return "the variables a template may use are listed in the comment at its top"
+    if isinstance(exc, jinja2.exceptions.SecurityError):
+        return ("templates run in a sandbox: only the documented variables and filters are "
+                "available, '_' attributes and methods that modify data are refused")
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return "fix the Jinja syntax at that line"
+    return "check the filter arguments and the variables documented at the top of the template"
+
+
+def _line_in(exc: BaseException, filename: str) -> int | None:
+    """The template line of a rendering error (Jinja rewrites tracebacks to template lines)."""
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+    return lines[-1] if lines else None
+
+
+def _line_of(template: jinja2.Template, needle: str) -> int:
+    """Best effort: the first template line mentioning ``needle`` (for errors found in the
+    rendered output, which has no line mapping back to the template), else 1."""
+    path = Path(template.filename or "")
+    try:
+        text = path.read_text()
+    except OSError:
+        return 1
+    for number, line in enumerate(text.splitlines(), start=1):
+        if needle in line:
+            return number
+    return 1
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A template's parsed output and the template it came from (for error locations)."""
+
+    name: str
+    template: jinja2.Template
+    data: Unchecked
+
+    @property
+    def path(self) -> str:
+        return self.template.filename or self.name
+
+    def error(self, message: str, *, near: str = "", hint: str = "") -> TemplateError:
+        line = _line_of(self.template, near) if near else 1
+        return template_error(self.path, line, message, hint)
+
+
+# libyaml's loader when PyYAML was built with it (every wheel is): ~10x faster than the pure
+# Python one, which dominated `plan` for thousands of VMs. Same safe constructors.
+_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def render_text(
+    templates: TemplateSet, name: str, context: Mapping[str, Unchecked]
+) -> tuple[jinja2.Template, str, str]:
+    """Render ``name`` with ``context``: (template, its path, the output text)."""
+    template = templates.get(name)
+    path = template.filename or str(templates.path_of(name))
+    try:
+        return template, path, template.render(context)
+    except Exception as exc:  # jinja2 errors, and ValueError/TypeError raised by our filters
+        raise template_error(path, _line_in(exc, path), str(exc), _hint(exc)) from exc
+
+
+def render_yaml(templates: TemplateSet, name: str, context: Mapping[str, Unchecked]) -> Rendered:
+    """Render ``name`` with ``context`` and parse the output as YAML."""
+    template, path, text = render_text(templates, name, context)
+    try:
+        data = yaml.load(text, Loader=_SAFE_LOADER)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at rendered line {where.line + 1}" if where is not None else ""
+        raise template_error(path, 1, f"the output is not valid YAML{at}: {exc}",
+                     "values should go through the to_json filter, which quotes them") from exc
+    return Rendered(name, template, data)

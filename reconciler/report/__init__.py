@@ -1,0 +1,2 @@
+"""Values -> documents (JSON/YAML) and text for people. Pure; the only place findings
+become text."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites (unit, env, cluster): one copy each."""
