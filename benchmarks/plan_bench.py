@@ -42,9 +42,16 @@ from testenv.controlplane import ControlPlane  # noqa: E402
 
 GI = 2**30
 # The kinds `plan` lists (reconciler/observe/fetch.py); requests to anything else are not its own.
-OBSERVED = {"virtualmachines", "virtualmachineinstances", "virtualmachineinstancemigrations",
-            "kubevirts", "persistentvolumeclaims", "datavolumes", "storageprofiles",
-            "storageclasses"}
+OBSERVED = {
+    "virtualmachines",
+    "virtualmachineinstances",
+    "virtualmachineinstancemigrations",
+    "kubevirts",
+    "persistentvolumeclaims",
+    "datavolumes",
+    "storageprofiles",
+    "storageclasses",
+}
 SOURCE_CLASS, TARGET_CLASS = "bench-standard", "bench-fast"
 
 # The baseline: exactly the LISTs `plan` issues, decoded, in a fresh interpreter.
@@ -112,21 +119,48 @@ def main() -> int:
 def setup_cluster(api: pykube.HTTPClient) -> None:
     for name, default in ((SOURCE_CLASS, True), (TARGET_CLASS, False)):
         annotations = {"storageclass.kubernetes.io/is-default-class": "true"} if default else {}
-        post(api, "storage.k8s.io/v1", None, "storageclasses", {
-            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": name, "annotations": annotations},
-            "provisioner": f"{name}.csi.example.com",
-        })
-    post(api, "v1", None, "namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                        "metadata": {"name": "kubevirt"}})
-    post(api, "kubevirt.io/v1", "kubevirt", "kubevirts", {
-        "apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
-        "metadata": {"name": "kubevirt", "namespace": "kubevirt"},
-        "spec": {"configuration": {"vmRolloutStrategy": "LiveUpdate"},
-                 "workloadUpdateStrategy": {"workloadUpdateMethods": ["LiveMigrate"]}},
-    })
-    status(api, "kubevirt.io/v1", "kubevirt", "kubevirts", "kubevirt",
-           body={"status": {"phase": "Deployed", "observedKubeVirtVersion": "v1.9.0"}})
+        post(
+            api,
+            "storage.k8s.io/v1",
+            None,
+            "storageclasses",
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {"name": name, "annotations": annotations},
+                "provisioner": f"{name}.csi.example.com",
+            },
+        )
+    post(
+        api,
+        "v1",
+        None,
+        "namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kubevirt"}},
+    )
+    post(
+        api,
+        "kubevirt.io/v1",
+        "kubevirt",
+        "kubevirts",
+        {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "KubeVirt",
+            "metadata": {"name": "kubevirt", "namespace": "kubevirt"},
+            "spec": {
+                "configuration": {"vmRolloutStrategy": "LiveUpdate"},
+                "workloadUpdateStrategy": {"workloadUpdateMethods": ["LiveMigrate"]},
+            },
+        },
+    )
+    status(
+        api,
+        "kubevirt.io/v1",
+        "kubevirt",
+        "kubevirts",
+        "kubevirt",
+        body={"status": {"phase": "Deployed", "observedKubeVirtVersion": "v1.9.0"}},
+    )
 
 
 def load(cp: ControlPlane, namespace: str, n: int) -> None:
@@ -139,8 +173,9 @@ def load(cp: ControlPlane, namespace: str, n: int) -> None:
             version = manifest["apiVersion"]
             post(api, version, namespace, plural, manifest)
             if status_body:
-                status(api, version, namespace, plural, manifest["metadata"]["name"],
-                       body=status_body)
+                status(
+                    api, version, namespace, plural, manifest["metadata"]["name"], body=status_body
+                )
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(one, range(n)))
@@ -150,51 +185,102 @@ def objects_for(namespace: str, i: int) -> Iterable[tuple[dict[str, Any], dict[s
     vm = f"vm-{i:05d}"
     root, data = f"{vm}-root", f"{vm}-data"
     for claim, size in ((root, 30 * GI), (data, 10 * GI)):
-        storage = {"storageClassName": SOURCE_CLASS, "accessModes": ["ReadWriteOnce"],
-                   "resources": {"requests": {"storage": str(size)}}}
-        yield ({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        storage = {
+            "storageClassName": SOURCE_CLASS,
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": str(size)}},
+        }
+        yield (
+            {
+                "apiVersion": "cdi.kubevirt.io/v1beta1",
+                "kind": "DataVolume",
                 "metadata": {"name": claim, "namespace": namespace},
-                "spec": {"source": {"blank": {}}, "storage": storage}},
-               {"status": {"phase": "Succeeded", "progress": "100.0%", "claimName": claim}},
-               "datavolumes")
-        yield ({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "spec": {"source": {"blank": {}}, "storage": storage},
+            },
+            {"status": {"phase": "Succeeded", "progress": "100.0%", "claimName": claim}},
+            "datavolumes",
+        )
+        yield (
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
                 "metadata": {"name": claim, "namespace": namespace},
-                "spec": {**storage, "volumeMode": "Filesystem"}},
-               {"status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"],
-                           "capacity": {"storage": str(size)}}},
-               "persistentvolumeclaims")
+                "spec": {**storage, "volumeMode": "Filesystem"},
+            },
+            {
+                "status": {
+                    "phase": "Bound",
+                    "accessModes": ["ReadWriteOnce"],
+                    "capacity": {"storage": str(size)},
+                }
+            },
+            "persistentvolumeclaims",
+        )
     running = i % 2 == 0
-    volumes = [{"name": "rootdisk", "dataVolume": {"name": root}},
-               {"name": "datadisk", "dataVolume": {"name": data}}]
+    volumes = [
+        {"name": "rootdisk", "dataVolume": {"name": root}},
+        {"name": "datadisk", "dataVolume": {"name": data}},
+    ]
     spec = {
-        "domain": {"devices": {"disks": [{"name": "rootdisk", "disk": {"bus": "virtio"}},
-                                         {"name": "datadisk", "disk": {"bus": "virtio"}}]},
-                   "resources": {"requests": {"memory": "1Gi"}}},
+        "domain": {
+            "devices": {
+                "disks": [
+                    {"name": "rootdisk", "disk": {"bus": "virtio"}},
+                    {"name": "datadisk", "disk": {"bus": "virtio"}},
+                ]
+            },
+            "resources": {"requests": {"memory": "1Gi"}},
+        },
         "volumes": volumes,
     }
-    yield ({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+    yield (
+        {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachine",
             "metadata": {"name": vm, "namespace": namespace, "labels": {"bench": "true"}},
-            "spec": {"runStrategy": "Always" if running else "Halted",
-                     "dataVolumeTemplates": [{"metadata": {"name": root}, "spec": {
-                         "source": {"blank": {}},
-                         "storage": {"resources": {"requests": {"storage": str(30 * GI)}}}}}],
-                     "template": {"metadata": {"labels": {"kubevirt.io/vm": vm}}, "spec": spec}}},
-           {"status": {"printableStatus": "Running" if running else "Stopped",
-                       "ready": running}},
-           "virtualmachines")
+            "spec": {
+                "runStrategy": "Always" if running else "Halted",
+                "dataVolumeTemplates": [
+                    {
+                        "metadata": {"name": root},
+                        "spec": {
+                            "source": {"blank": {}},
+                            "storage": {"resources": {"requests": {"storage": str(30 * GI)}}},
+                        },
+                    }
+                ],
+                "template": {"metadata": {"labels": {"kubevirt.io/vm": vm}}, "spec": spec},
+            },
+        },
+        {"status": {"printableStatus": "Running" if running else "Stopped", "ready": running}},
+        "virtualmachines",
+    )
     if running:
-        yield ({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        yield (
+            {
+                "apiVersion": "kubevirt.io/v1",
+                "kind": "VirtualMachineInstance",
                 "metadata": {"name": vm, "namespace": namespace},
-                "spec": spec},
-               {"status": {"phase": "Running", "nodeName": f"node-{i % 3 + 1}", "conditions": [
-                   {"type": "Ready", "status": "True"},
-                   {"type": "LiveMigratable", "status": "True"},
-                   {"type": "StorageLiveMigratable", "status": "True"}]}},
-               "virtualmachineinstances")
+                "spec": spec,
+            },
+            {
+                "status": {
+                    "phase": "Running",
+                    "nodeName": f"node-{i % 3 + 1}",
+                    "conditions": [
+                        {"type": "Ready", "status": "True"},
+                        {"type": "LiveMigratable", "status": "True"},
+                        {"type": "StorageLiveMigratable", "status": "True"},
+                    ],
+                }
+            },
+            "virtualmachineinstances",
+        )
 
 
-def post(api: pykube.HTTPClient, version: str, namespace: str | None, plural: str,
-         body: dict[str, Any]) -> None:
+def post(
+    api: pykube.HTTPClient, version: str, namespace: str | None, plural: str, body: dict[str, Any]
+) -> None:
     kwargs: dict[str, Any] = {"version": version, "url": plural, "data": json.dumps(body)}
     if namespace:
         kwargs["namespace"] = namespace
@@ -203,10 +289,19 @@ def post(api: pykube.HTTPClient, version: str, namespace: str | None, plural: st
         api.raise_for_status(response)
 
 
-def status(api: pykube.HTTPClient, version: str, namespace: str | None, plural: str, name: str,
-           *, body: dict[str, Any]) -> None:
+def status(
+    api: pykube.HTTPClient,
+    version: str,
+    namespace: str | None,
+    plural: str,
+    name: str,
+    *,
+    body: dict[str, Any],
+) -> None:
     kwargs: dict[str, Any] = {
-        "version": version, "url": f"{plural}/{name}/status", "data": json.dumps(body),
+        "version": version,
+        "url": f"{plural}/{name}/status",
+        "data": json.dumps(body),
         "headers": {"Content-Type": "application/merge-patch+json"},
     }
     if namespace:
@@ -239,8 +334,9 @@ def _label(labels: str, name: str) -> str:
 
 
 def timed(argv: list[str]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", TIMER, *argv], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", TIMER, *argv], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
@@ -262,16 +358,21 @@ def counted(
     ours = {k: v for k, v in delta.items() if _label(k, "resource") in OBSERVED}
     for labels, count in sorted(delta.items()):
         if labels not in ours:
-            print(f"  (not counted, server-internal: {count} x {_label(labels, 'verb')} "
-                  f"{_label(labels, 'resource')})", file=sys.stderr)
+            print(
+                f"  (not counted, server-internal: {count} x {_label(labels, 'verb')} "
+                f"{_label(labels, 'resource')})",
+                file=sys.stderr,
+            )
     return result, sum(ours.values())
 
 
-def measure(cp: ControlPlane, api: pykube.HTTPClient, namespace: str, n: int,
-            repeat: int) -> dict[str, Any]:
+def measure(
+    cp: ControlPlane, api: pykube.HTTPClient, namespace: str, n: int, repeat: int
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="vmsr-bench-"))
     plan_file = workdir / "bench.yaml"
-    plan_file.write_text(textwrap.dedent(f"""\
+    plan_file.write_text(
+        textwrap.dedent(f"""\
         apiVersion: vmstorage.dev/v1alpha1
         kind: StoragePlan
         metadata: {{name: bench}}
@@ -279,9 +380,19 @@ def measure(cp: ControlPlane, api: pykube.HTTPClient, namespace: str, n: int,
           namespace: {namespace}
           storageClass: {TARGET_CLASS}
           selector: {{matchLabels: {{bench: "true"}}}}
-        """))
-    plan_argv = [sys.executable, "-m", "reconciler", "plan", str(plan_file),
-                 "--kubeconfig", str(cp.kubeconfig), "-o", "json"]
+        """)
+    )
+    plan_argv = [
+        sys.executable,
+        "-m",
+        "reconciler",
+        "plan",
+        str(plan_file),
+        "--kubeconfig",
+        str(cp.kubeconfig),
+        "-o",
+        "json",
+    ]
     base_argv = [sys.executable, "-c", BASELINE, str(cp.kubeconfig), namespace]
     plans, bases, requests_seen = [], [], []
     for _ in range(repeat):
@@ -308,13 +419,17 @@ def measure(cp: ControlPlane, api: pykube.HTTPClient, namespace: str, n: int,
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = "| VMs | plan (s) | raw LIST baseline (s) | plan / baseline | plan peak RSS (MB) " \
-             "| baseline peak RSS (MB) | API requests by plan |"
+    header = (
+        "| VMs | plan (s) | raw LIST baseline (s) | plan / baseline | plan peak RSS (MB) "
+        "| baseline peak RSS (MB) | API requests by plan |"
+    )
     print(header)
     print("|" + "---|" * 7)
     for r in rows:
-        print(f"| {r['n']:,} | {r['plan_s']:.2f} | {r['baseline_s']:.2f} | {r['ratio']:.2f}x "
-              f"| {r['plan_rss_mb']:.0f} | {r['baseline_rss_mb']:.0f} | {r['requests']} |")
+        print(
+            f"| {r['n']:,} | {r['plan_s']:.2f} | {r['baseline_s']:.2f} | {r['ratio']:.2f}x "
+            f"| {r['plan_rss_mb']:.0f} | {r['baseline_rss_mb']:.0f} | {r['requests']} |"
+        )
     print(f"\n(python {sys.version.split()[0]}, {os.cpu_count()} cores; medians)")
 
 

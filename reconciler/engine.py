@@ -113,8 +113,10 @@ def plan(
     snapshot = fetch(cluster, {p.namespace for p in plans})
     observed = time.monotonic() - started
     requests = cluster.requests
-    progress(f"Observed {len(snapshot.vms)} VM(s), {len(snapshot.pvcs)} PVC(s) in "
-             f"{observed:.1f}s ({requests} requests).")
+    progress(
+        f"Observed {len(snapshot.vms)} VM(s), {len(snapshot.pvcs)} PVC(s) in "
+        f"{observed:.1f}s ({requests} requests)."
+    )
 
     result = diff(plans, snapshot, allowed_namespaces=allowed_namespaces)
     if result.problems:
@@ -123,8 +125,12 @@ def plan(
     rendered = render_all(result.vms, snapshot, templates, manifests=full)
     verdicts = tuple(with_targets(v, rendered.get((v.namespace, v.name))) for v in result.vms)
     errors = _server_dry_run(cluster, rendered, progress) if server_dry_run else []
-    log.debug("plan: %d VM(s), %d rendered, %d dry-run refusal(s)",
-              len(verdicts), len(rendered), len(errors))
+    log.debug(
+        "plan: %d VM(s), %d rendered, %d dry-run refusal(s)",
+        len(verdicts),
+        len(rendered),
+        len(errors),
+    )
     return PlanResult(
         plans=plans,
         snapshot=snapshot,
@@ -139,7 +145,10 @@ def plan(
 
 
 def render_all(
-    verdicts: Sequence[VMVerdict], snapshot: Snapshot, templates: TemplateSet, *,
+    verdicts: Sequence[VMVerdict],
+    snapshot: Snapshot,
+    templates: TemplateSet,
+    *,
     manifests: bool = True,
 ) -> dict[VMKey, RenderedVM | Targets]:
     """For every VM that will move: its RenderedVM (``manifests``) or just its Targets.
@@ -153,7 +162,8 @@ def render_all(
         vm = snapshot.vms[(verdict.namespace, verdict.name)]
         rendered[(verdict.namespace, verdict.name)] = (
             render_vm(verdict, vm, snapshot, templates, plan_name=verdict.plan)
-            if manifests else plan_targets(verdict, vm, snapshot, templates)
+            if manifests
+            else plan_targets(verdict, vm, snapshot, templates)
         )
     check_distinct_targets(rendered)
     return rendered
@@ -193,8 +203,9 @@ def _server_dry_run(
                 if exc.code != 409:
                     errors.append(str(exc))
         try:
-            cluster.json_patch(resources.VIRTUAL_MACHINES, namespace, name, vm.vm_patch,
-                               dry_run=True)
+            cluster.json_patch(
+                resources.VIRTUAL_MACHINES, namespace, name, vm.vm_patch, dry_run=True
+            )
         except ClusterError as exc:
             errors.append(str(exc))
     return errors

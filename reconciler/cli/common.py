@@ -29,7 +29,10 @@ examples:
 
 
 def add_command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, *, help: str,
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help: str,
     description: str,
 ) -> argparse.ArgumentParser:
     """A sub-command parser with the shared epilog and the shared ``--debug`` option."""
@@ -63,8 +66,11 @@ def add_plan_inputs(parser: argparse.ArgumentParser) -> None:
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, "
-                        "~/.kube/config, then the in-cluster ServiceAccount)")
+    parser.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: $KUBECONFIG, "
+        "~/.kube/config, then the in-cluster ServiceAccount)",
+    )
     parser.add_argument("--context", help="kubeconfig context to use")
 
 

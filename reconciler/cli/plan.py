@@ -32,7 +32,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_plan_inputs(parser)
     add_cluster_options(parser)
     parser.add_argument(
-        "-o", "--output", choices=["text", "json", "yaml"], default="text",
+        "-o",
+        "--output",
+        choices=["text", "json", "yaml"],
+        default="text",
         help="text (a table per VM), json (a PlanReport; indented on a terminal, one compact "
         "line when piped) or yaml",
     )
@@ -77,8 +80,12 @@ def write(out: TextIO, args: argparse.Namespace, result: engine.PlanResult) -> N
     """The plan on stdout, as text for people or as a PlanReport document for machines."""
     manifests = result.manifests if args.show_manifests else None
     if args.output != "text":
-        doc = plan_document(result.verdicts, manifests=manifests,
-                            dry_run_errors=result.dry_run_errors, windows=result.windows)
+        doc = plan_document(
+            result.verdicts,
+            manifests=manifests,
+            dry_run_errors=result.dry_run_errors,
+            windows=result.windows,
+        )
         # Indented for a terminal, compact when piped (machines, `| jq`).
         out.write(dump(doc, args.output, pretty=out.isatty()))
         return

@@ -32,15 +32,22 @@ def run(args: argparse.Namespace, out: TextIO) -> ExitCode:
             "kind": "ValidationReport",
             "valid": True,
             "plans": [
-                {"name": p.name, "namespace": p.namespace, "kind": p.origin_kind,
-                 "file": p.source.file, "line": p.source.line}
+                {
+                    "name": p.name,
+                    "namespace": p.namespace,
+                    "kind": p.origin_kind,
+                    "file": p.source.file,
+                    "line": p.source.line,
+                }
                 for p in plans
             ],
         }
         out.write(dump(doc, "json"))
     else:
         for plan in plans:
-            out.write(f"ok  {plan.source.file}:{plan.source.line}  {plan.name} "
-                      f"(namespace {plan.namespace})\n")
+            out.write(
+                f"ok  {plan.source.file}:{plan.source.line}  {plan.name} "
+                f"(namespace {plan.namespace})\n"
+            )
         out.write(f"{len(plans)} plan(s) valid.\n")
     return ExitCode.OK

@@ -13,18 +13,21 @@ from reconciler.model.verdict import Effect, Finding
 
 VM_NOT_FOUND = RuleInfo("vm-not-found", Effect.BLOCK, "A VM the plan names does not exist.")
 VM_BLOCKED = RuleInfo(
-    "vm-blocked", Effect.BLOCK,
+    "vm-blocked",
+    Effect.BLOCK,
     "The volume could move, but another volume or the VM is blocked: a VM moves as a whole.",
 )
 NAMESPACE_NOT_ALLOWED = RuleInfo(
     "namespace-not-allowed", Effect.PROBLEM, "The plan's namespace is not in the allow-list."
 )
 CONFLICTING_TARGETS = RuleInfo(
-    "conflicting-targets", Effect.PROBLEM,
+    "conflicting-targets",
+    Effect.PROBLEM,
     "Two plans want different targets for the same VM volume (with live labels).",
 )
 CONFLICTING_PLAN_SETTINGS = RuleInfo(
-    "conflicting-plan-settings", Effect.PROBLEM,
+    "conflicting-plan-settings",
+    Effect.PROBLEM,
     f"Two plans move volumes of the same VM with different {'/'.join(PLAN_SETTINGS.values())}.",
 )
 STANDALONE_RULES: tuple[RuleInfo, ...] = (

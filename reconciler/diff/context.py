@@ -94,7 +94,6 @@ class VolumeContext:
         kv = self.snapshot.kubevirt
         return Version.parse(kv.version) if kv else None
 
-
     @property
     def in_sync(self) -> bool:
         """The claim already is what the plan wants (``target.is_in_sync``)."""
@@ -132,8 +131,6 @@ class RunContext:
     offline_blockers: tuple[Finding, ...] = ()
 
 
-
-
 def volume_context(want: DesiredVolume, vm: VMInfo, snapshot: Snapshot) -> VolumeContext:
     """Join one desired volume with the VM's volume, its claim, DataVolume and target."""
     volume = next((v for v in vm.volumes if v.name == want.volume), None)
@@ -167,9 +164,7 @@ def vm_context(
         if v.kind in CLAIM_KINDS
     }
     migrations = tuple(
-        m
-        for m in snapshot.migrations
-        if m.namespace == vm.namespace and m.vmi_name == vm.name
+        m for m in snapshot.migrations if m.namespace == vm.namespace and m.vmi_name == vm.name
     )
     return VMContext(
         vm=vm,

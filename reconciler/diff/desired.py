@@ -172,9 +172,7 @@ def resolve_desired(
                 )
     wants = {k: v for k, v in chosen.items() if k not in conflicted}
     problems += _settings_conflicts(wants, conflicted)
-    return tuple(w for _, (w, _) in sorted(wants.items(), key=lambda kv: kv[0])), tuple(
-        problems
-    )
+    return tuple(w for _, (w, _) in sorted(wants.items(), key=lambda kv: kv[0])), tuple(problems)
 
 
 def _settings_conflicts(
@@ -213,7 +211,6 @@ def _settings_conflicts(
             del wants[key]
             conflicted.add(key)
     return problems
-
 
 
 def refuse_namespaces(

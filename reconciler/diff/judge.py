@@ -23,7 +23,6 @@ Aggregation, per VM (a VM moves only as a whole):
 Target names are left "" unless the plan sets ``targetName`` (render decides names).
 """
 
-
 from __future__ import annotations
 
 from collections import Counter
@@ -250,11 +249,15 @@ def _blocked(
 ) -> VMVerdict:
     """A Blocked VM: blocked volumes carry their own findings, the others that would have
     moved carry the VM's blocking finding (or ``vm-blocked`` when a sibling is blocked)."""
-    withheld = vm_blocks[0] if vm_blocks else Finding(
-        catalog.VM_BLOCKED.id,
-        catalog.VM_BLOCKED.effect,
-        None,
-        "not moved: another volume of this VM is blocked, and a VM moves as a whole",
+    withheld = (
+        vm_blocks[0]
+        if vm_blocks
+        else Finding(
+            catalog.VM_BLOCKED.id,
+            catalog.VM_BLOCKED.effect,
+            None,
+            "not moved: another volume of this VM is blocked, and a VM moves as a whole",
+        )
     )
     volumes = []
     for c in scene.contexts:

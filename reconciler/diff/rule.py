@@ -27,7 +27,6 @@ class RuleInfo:
     summary: str
 
 
-
 C = TypeVar("C")
 
 
@@ -70,4 +69,3 @@ def names(items: Iterable[str]) -> str:
 
 def rule_ids(findings: Iterable[Finding]) -> str:
     return ", ".join(f.rule for f in findings)
-

@@ -93,20 +93,41 @@ def workload_update_no_live_migrate(ctx: ClusterContext) -> str | None:
 
 
 CLUSTER_RULES: tuple[Rule[ClusterContext], ...] = (
-    Rule("kubevirt-not-found", Effect.NO_LIVE, "No KubeVirt CR: no live moves.",
-         check=kubevirt_not_found),
-    Rule("kubevirt-version-unknown", Effect.NO_LIVE,
-         "The KubeVirt CR reports no parseable version: no live moves.",
-         check=kubevirt_version_unknown),
-    Rule("kubevirt-too-old", Effect.NO_LIVE, "KubeVirt older than v1.3.0: no live moves.",
-         check=kubevirt_too_old),
-    Rule("feature-gates-missing", Effect.NO_LIVE,
-         "KubeVirt v1.3/v1.4 without the VMLiveUpdateFeatures, VolumesUpdateStrategy and "
-         "VolumeMigration gates.", check=feature_gates_missing),
-    Rule("rollout-strategy-not-live-update", Effect.NO_LIVE,
-         "vmRolloutStrategy is not LiveUpdate (the default is Stage before v1.6).",
-         check=rollout_strategy_not_live_update),
-    Rule("workload-update-no-live-migrate", Effect.NO_LIVE,
-         "workloadUpdateMethods does not contain LiveMigrate.",
-         check=workload_update_no_live_migrate),
+    Rule(
+        "kubevirt-not-found",
+        Effect.NO_LIVE,
+        "No KubeVirt CR: no live moves.",
+        check=kubevirt_not_found,
+    ),
+    Rule(
+        "kubevirt-version-unknown",
+        Effect.NO_LIVE,
+        "The KubeVirt CR reports no parseable version: no live moves.",
+        check=kubevirt_version_unknown,
+    ),
+    Rule(
+        "kubevirt-too-old",
+        Effect.NO_LIVE,
+        "KubeVirt older than v1.3.0: no live moves.",
+        check=kubevirt_too_old,
+    ),
+    Rule(
+        "feature-gates-missing",
+        Effect.NO_LIVE,
+        "KubeVirt v1.3/v1.4 without the VMLiveUpdateFeatures, VolumesUpdateStrategy and "
+        "VolumeMigration gates.",
+        check=feature_gates_missing,
+    ),
+    Rule(
+        "rollout-strategy-not-live-update",
+        Effect.NO_LIVE,
+        "vmRolloutStrategy is not LiveUpdate (the default is Stage before v1.6).",
+        check=rollout_strategy_not_live_update,
+    ),
+    Rule(
+        "workload-update-no-live-migrate",
+        Effect.NO_LIVE,
+        "workloadUpdateMethods does not contain LiveMigrate.",
+        check=workload_update_no_live_migrate,
+    ),
 )

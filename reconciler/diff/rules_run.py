@@ -47,15 +47,25 @@ def offline_impossible(ctx: RunContext) -> str | None:
 
 
 RUN_RULES: tuple[Rule[RunContext], ...] = (
-    Rule("live-required", Effect.BLOCK, "mode: Live, but live is impossible.",
-         check=live_required),
-    Rule("offline-needs-stop", Effect.BLOCK,
-         "mode: Offline on a running VM without allowStop.", check=offline_needs_stop),
-    Rule("stop-not-allowed", Effect.BLOCK,
-         "A running VM cannot move live and allowStop is false.", check=stop_not_allowed),
-    Rule("offline-impossible", Effect.BLOCK,
-         "The VM must move offline, but a volume cannot be cloned offline.",
-         check=offline_impossible),
+    Rule("live-required", Effect.BLOCK, "mode: Live, but live is impossible.", check=live_required),
+    Rule(
+        "offline-needs-stop",
+        Effect.BLOCK,
+        "mode: Offline on a running VM without allowStop.",
+        check=offline_needs_stop,
+    ),
+    Rule(
+        "stop-not-allowed",
+        Effect.BLOCK,
+        "A running VM cannot move live and allowStop is false.",
+        check=stop_not_allowed,
+    ),
+    Rule(
+        "offline-impossible",
+        Effect.BLOCK,
+        "The VM must move offline, but a volume cannot be cloned offline.",
+        check=offline_impossible,
+    ),
 )
 
 

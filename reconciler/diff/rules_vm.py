@@ -26,9 +26,7 @@ def volume_migration_in_progress(ctx: VMContext) -> str | None:
         return None
     change = condition(ctx.vmi.conditions, "VolumesChange") if ctx.vmi else None
     in_flight = [
-        m.name
-        for m in ctx.migrations
-        if m.volume_update and m.phase not in FINAL_MIGRATION_PHASES
+        m.name for m in ctx.migrations if m.volume_update and m.phase not in FINAL_MIGRATION_PHASES
     ]
     if change is not None and change.status == "True":
         evidence = "the VMI has VolumesChange=True"
@@ -134,35 +132,60 @@ def running_field_deprecated(ctx: VMContext) -> str | None:
 
 
 IN_PROGRESS_RULES: tuple[Rule[VMContext], ...] = (
-    Rule("journal-present", Effect.IN_PROGRESS,
-         f"The VM carries our journal annotation {JOURNAL_ANNOTATION}: a move of ours is open.",
-         check=journal_present),
-    Rule("volume-migration-in-progress", Effect.IN_PROGRESS,
-         "updateVolumesStrategy is Migration and the VMI has VolumesChange=True or a "
-         "volume-update VMIM is in flight.", check=volume_migration_in_progress),
+    Rule(
+        "journal-present",
+        Effect.IN_PROGRESS,
+        f"The VM carries our journal annotation {JOURNAL_ANNOTATION}: a move of ours is open.",
+        check=journal_present,
+    ),
+    Rule(
+        "volume-migration-in-progress",
+        Effect.IN_PROGRESS,
+        "updateVolumesStrategy is Migration and the VMI has VolumesChange=True or a "
+        "volume-update VMIM is in flight.",
+        check=volume_migration_in_progress,
+    ),
 )
 
 # Checked before anything else about a VM: after an interrupted migration the VM's spec may
 # name a half-copied destination, so even a VM whose claims all sit on the target class is not
 # "in sync" until it is recovered.
 RECOVERY_RULES: tuple[Rule[VMContext], ...] = (
-    Rule("manual-recovery-required", Effect.BLOCK,
-         "The VM has ManualRecoveryRequired=True after an interrupted migration (even if its "
-         "claims already name the target class).",
-         check=manual_recovery_required),
+    Rule(
+        "manual-recovery-required",
+        Effect.BLOCK,
+        "The VM has ManualRecoveryRequired=True after an interrupted migration (even if its "
+        "claims already name the target class).",
+        check=manual_recovery_required,
+    ),
 )
 
 VM_RULES: tuple[Rule[VMContext], ...] = (
-    Rule("gitops-managed", Effect.BLOCK,
-         "Argo CD or Flux manages the VM and would revert the move, unless the plan allows it.",
-         check=gitops_managed),
-    Rule(VM_NOT_RUNNING, Effect.NO_LIVE, "No VMI, or the VMI is not Running.",
-         check=vm_not_running),
-    Rule("storage-not-live-migratable", Effect.NO_LIVE,
-         "The VMI has StorageLiveMigratable=False.", check=storage_not_live_migratable),
-    Rule("rwo-volume-not-moved", Effect.NO_LIVE,
-         "A RWO PVC/DataVolume volume of the VM is not moved in the same update.",
-         check=rwo_volume_not_moved),
-    Rule("running-field-deprecated", Effect.NOTE, "The VM uses the deprecated spec.running.",
-         check=running_field_deprecated),
+    Rule(
+        "gitops-managed",
+        Effect.BLOCK,
+        "Argo CD or Flux manages the VM and would revert the move, unless the plan allows it.",
+        check=gitops_managed,
+    ),
+    Rule(
+        VM_NOT_RUNNING, Effect.NO_LIVE, "No VMI, or the VMI is not Running.", check=vm_not_running
+    ),
+    Rule(
+        "storage-not-live-migratable",
+        Effect.NO_LIVE,
+        "The VMI has StorageLiveMigratable=False.",
+        check=storage_not_live_migratable,
+    ),
+    Rule(
+        "rwo-volume-not-moved",
+        Effect.NO_LIVE,
+        "A RWO PVC/DataVolume volume of the VM is not moved in the same update.",
+        check=rwo_volume_not_moved,
+    ),
+    Rule(
+        "running-field-deprecated",
+        Effect.NOTE,
+        "The VM uses the deprecated spec.running.",
+        check=running_field_deprecated,
+    ),
 )

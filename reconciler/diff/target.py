@@ -28,7 +28,6 @@ class TargetSpec:
     offered: bool = True
 
 
-
 def target_size(pvc: PVCInfo, dv: DataVolumeInfo | None = None) -> int:
     """The size to request for a copy of ``pvc`` (made by DataVolume ``dv``, if any).
 

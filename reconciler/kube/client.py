@@ -83,8 +83,13 @@ class Cluster:
     def _count(self, response: Response, *args: Any, **kwargs: Any) -> None:
         with self._lock:
             self._requests += 1
-        log.debug("%s %s -> %s (%.3fs)", response.request.method, response.request.url,
-                  response.status_code, response.elapsed.total_seconds())
+        log.debug(
+            "%s %s -> %s (%.3fs)",
+            response.request.method,
+            response.request.url,
+            response.status_code,
+            response.elapsed.total_seconds(),
+        )
 
     def list_objects(
         self, resource: Resource, namespace: str | None = None, *, missing_ok: bool = False

@@ -23,7 +23,6 @@ class Action(enum.Enum):
     IN_PROGRESS = "InProgress"
 
 
-
 class Effect(enum.Enum):
     """What a finding does to the decision.
 

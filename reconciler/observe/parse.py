@@ -32,7 +32,6 @@ from reconciler.model.quantity import parse_quantity
 Obj = Mapping[str, Any]
 
 
-
 @dataclass(frozen=True)
 class RawObjects:
     """The items of every LIST: JSON dicts as read, or (between parsing and assembly) the
@@ -50,9 +49,7 @@ class RawObjects:
 
 def build_snapshot(raw: RawObjects) -> Snapshot:
     """Parse every list into the model, resolving each PVC's class (default when unset)."""
-    parsed = {
-        name: parse_list(plural, getattr(raw, name)) for name, plural in _FIELDS.items()
-    }
+    parsed = {name: parse_list(plural, getattr(raw, name)) for name, plural in _FIELDS.items()}
     return assemble(RawObjects(**parsed))
 
 

@@ -104,8 +104,6 @@ def parse_plans(
     return tuple(sorted(plans, key=lambda plan: (plan.namespace, plan.name)))
 
 
-
-
 def _load_file(path: Path, allowed: frozenset[str] | None) -> tuple[list[Plan], list[Problem]]:
     name = str(path)
     try:

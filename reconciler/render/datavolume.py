@@ -31,7 +31,6 @@ _INTERNAL_LABEL_VALUES = {
 }
 
 
-
 def copied_labels(labels: Mapping[str, str]) -> dict[str, str]:
     """The source's labels worth keeping on the destination: without CDI/KubeVirt-internal
     ones (``*kubevirt.io/*`` keys, CDI's app/component markers) and without ours, which the
@@ -75,15 +74,27 @@ def _dv_context(
 
 
 def render_data_volume(
-    move: VolumeVerdict, name: str, vm: VMInfo, snapshot: Snapshot, templates: TemplateSet,
-    *, plan_name: str, live: bool,
+    move: VolumeVerdict,
+    name: str,
+    vm: VMInfo,
+    snapshot: Snapshot,
+    templates: TemplateSet,
+    *,
+    plan_name: str,
+    live: bool,
 ) -> DataVolumeManifest:
     """The destination DataVolume of ``move``, named ``name``, rendered and checked."""
     if live and move.size_bytes <= 0:
-        raise TemplateError([Problem(
-            None, f"VM {vm.namespace}/{vm.name} volume {move.volume}: the size of {move.claim} "
-            "is unknown, so the blank destination cannot be sized",
-            hint="the source PVC must have spec.resources.requests.storage")])
+        raise TemplateError(
+            [
+                Problem(
+                    None,
+                    f"VM {vm.namespace}/{vm.name} volume {move.volume}: the size of {move.claim} "
+                    "is unknown, so the blank destination cannot be sized",
+                    hint="the source PVC must have spec.resources.requests.storage",
+                )
+            ]
+        )
     context = _dv_context(move, name, vm, snapshot, plan_name=plan_name)
     out = render_yaml(templates, DV_LIVE if live else DV_OFFLINE, context)
     _check_data_volume(out, move, name, vm.namespace, live=live)
@@ -106,17 +117,24 @@ def _check_data_volume(
         if dv.get(key) != value:
             raise out.error(f"{key} is {dv.get(key)!r}, expected {value!r}", near=key)
     if meta.get("name") != name:
-        raise out.error(f"metadata.name is {meta.get('name')!r}, expected the destination "
-                        f"{name!r}", near="name:", hint="use the `name` variable")
+        raise out.error(
+            f"metadata.name is {meta.get('name')!r}, expected the destination {name!r}",
+            near="name:",
+            hint="use the `name` variable",
+        )
     if meta.get("namespace") != namespace:
-        raise out.error(f"metadata.namespace is {meta.get('namespace')!r}, expected "
-                        f"{namespace!r}", near="namespace")
+        raise out.error(
+            f"metadata.namespace is {meta.get('namespace')!r}, expected {namespace!r}",
+            near="namespace",
+        )
     _check_string_map(out, meta, "labels", label_values=True)
     annotations = _check_string_map(out, meta, "annotations", label_values=False)
     if annotations.get(SOURCE_CLAIM_ANNOTATION) != move.claim:
-        raise out.error(f"annotation {SOURCE_CLAIM_ANNOTATION} must be {move.claim!r}",
-                        near=SOURCE_CLAIM_ANNOTATION, hint="it marks the destination as ours "
-                        "so an interrupted run can resume with it")
+        raise out.error(
+            f"annotation {SOURCE_CLAIM_ANNOTATION} must be {move.claim!r}",
+            near=SOURCE_CLAIM_ANNOTATION,
+            hint="it marks the destination as ours so an interrupted run can resume with it",
+        )
     _check_dv_source(out, spec, move, namespace, live=live)
     _check_dv_storage(out, spec, move, live=live)
 
@@ -136,12 +154,18 @@ def _check_string_map(
         raise out.error(f"metadata.{key} must be a mapping", near=f"{key}:")
     for k, v in values.items():
         if not isinstance(v, str):
-            raise out.error(f"metadata.{key}[{k!r}] is {v!r}, not a string", near=str(k),
-                            hint='quote it ("true") or use the to_json filter')
+            raise out.error(
+                f"metadata.{key}[{k!r}] is {v!r}, not a string",
+                near=str(k),
+                hint='quote it ("true") or use the to_json filter',
+            )
         if label_values and (len(v) > 63 or not _LABEL_VALUE.match(v)):
-            raise out.error(f"label {k}={v!r} is not a valid label value", near=str(k),
-                            hint="at most 63 characters: alphanumerics, '-', '_' and '.'; "
-                            "the dns_label filter cuts long names")
+            raise out.error(
+                f"label {k}={v!r} is not a valid label value",
+                near=str(k),
+                hint="at most 63 characters: alphanumerics, '-', '_' and '.'; "
+                "the dns_label filter cuts long names",
+            )
     return values
 
 
@@ -151,14 +175,23 @@ def _check_dv_source(
     source = _mapping(out, spec, "source")
     if live:
         if "blank" not in source:
-            raise out.error("a live move's destination must be blank (spec.source.blank), "
-                            "KubeVirt copies the data", near="source")
+            raise out.error(
+                "a live move's destination must be blank (spec.source.blank), "
+                "KubeVirt copies the data",
+                near="source",
+            )
         return
     pvc = source.get("pvc")
-    if not isinstance(pvc, dict) or pvc.get("name") != move.claim or \
-            pvc.get("namespace", namespace) != namespace:
-        raise out.error(f"spec.source.pvc must clone {namespace}/{move.claim}, got {pvc!r}",
-                        near="pvc", hint="cloning another disk would lose data")
+    if (
+        not isinstance(pvc, dict)
+        or pvc.get("name") != move.claim
+        or pvc.get("namespace", namespace) != namespace
+    ):
+        raise out.error(
+            f"spec.source.pvc must clone {namespace}/{move.claim}, got {pvc!r}",
+            near="pvc",
+            hint="cloning another disk would lose data",
+        )
 
 
 def _check_dv_storage(
@@ -168,8 +201,10 @@ def _check_dv_storage(
     if not isinstance(storage, dict):
         raise out.error("spec.storage (or spec.pvc) must be a mapping", near="storage")
     if storage.get("storageClassName") != move.to_class:
-        raise out.error(f"storageClassName is {storage.get('storageClassName')!r}, expected "
-                        f"{move.to_class!r}", near="storageClassName")
+        raise out.error(
+            f"storageClassName is {storage.get('storageClassName')!r}, expected {move.to_class!r}",
+            near="storageClassName",
+        )
     requested = ((storage.get("resources") or {}).get("requests") or {}).get("storage")
     if requested is None and (move.size_bytes <= 0 or not live):
         return  # a clone without a size: CDI sizes it exactly from its source
@@ -178,9 +213,13 @@ def _check_dv_storage(
             raise ValueError(f"not a quantity: {requested!r}")
         size = parse_quantity(requested)
     except ValueError as exc:
-        raise out.error(f"resources.requests.storage {requested!r} is not a quantity",
-                        near="storage:") from exc
+        raise out.error(
+            f"resources.requests.storage {requested!r} is not a quantity", near="storage:"
+        ) from exc
     if size < move.size_bytes:
-        raise out.error(f"resources.requests.storage {requested!r} is smaller than the source "
-                        f"({move.size_bytes} bytes)", near="storage:",
-                        hint="a smaller destination fails the copy; use size_bytes | quantity")
+        raise out.error(
+            f"resources.requests.storage {requested!r} is smaller than the source "
+            f"({move.size_bytes} bytes)",
+            near="storage:",
+            hint="a smaller destination fails the copy; use size_bytes | quantity",
+        )

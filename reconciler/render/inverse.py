@@ -66,28 +66,36 @@ def invert(ops: Iterable[PatchOp], document: Unchecked) -> tuple[list[PatchOp], 
         if not existed:
             inverse.append({"op": "remove", "path": path})
         else:
-            inverse.append({"op": "add" if kind == "remove" else "replace", "path": path,
-                            "value": old})
+            inverse.append(
+                {"op": "add" if kind == "remove" else "replace", "path": path, "value": old}
+            )
         target = cleanup if path == STRATEGY_PATH else revert
         target[:0] = inverse
     return revert, cleanup
 
 
 def revert_patches(
-    templates: TemplateSet, context: Mapping[str, Unchecked], forward: Rendered, raw: Unchecked,
+    templates: TemplateSet,
+    context: Mapping[str, Unchecked],
+    forward: Rendered,
+    raw: Unchecked,
     patched: Unchecked,
 ) -> tuple[list[PatchOp], list[PatchOp]]:
     """Compute the inverse, shape it with vm-revert-patch.j2, and prove it restores the VM."""
     try:
         inverse, cleanup = invert(forward.data, raw)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise forward.error(f"the patch cannot be rolled back: {exc}",
-                            hint="use add/replace/remove on object fields only") from exc
+        raise forward.error(
+            f"the patch cannot be rolled back: {exc}",
+            hint="use add/replace/remove on object fields only",
+        ) from exc
     out = render_yaml(templates, VM_REVERT, {**context, "ops": inverse})
     revert = ops_of(out)
     restored = apply_ops(Rendered(out.name, out.template, revert), patched)
     cleaned = apply_ops(Rendered(forward.name, forward.template, cleanup), restored)
     if cleaned != raw:
-        raise out.error("the rollback does not restore the VM as it was observed",
-                        hint="keep the computed `ops`; extra operations must be undone too")
+        raise out.error(
+            "the rollback does not restore the VM as it was observed",
+            hint="keep the computed `ops`; extra operations must be undone too",
+        )
     return revert, cleanup

@@ -115,8 +115,9 @@ def render_vm(
     names = target_names(moves, vm, templates)
     reused = check_targets(moves, names, vm, snapshot)
     data_volumes = tuple(
-        render_data_volume(move, names[move.volume], vm, snapshot, templates,
-                            plan_name=plan_name, live=live)
+        render_data_volume(
+            move, names[move.volume], vm, snapshot, templates, plan_name=plan_name, live=live
+        )
         for move in moves
     )
     context = patch_context(moves, names, vm, raw, plan_name=plan_name, live=live)

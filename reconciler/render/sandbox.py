@@ -180,8 +180,14 @@ class TemplateSet:
             raise template_error(path, exc.lineno, str(exc.message), _hint(exc)) from exc
         except jinja2.TemplateNotFound as exc:
             raise TemplateError(
-                [Problem(None, f"template {name} not found in {self.directory}", hint="the "
-                         "default set is incomplete: reinstall, or provide it with --templates")]
+                [
+                    Problem(
+                        None,
+                        f"template {name} not found in {self.directory}",
+                        hint="the "
+                        "default set is incomplete: reinstall, or provide it with --templates",
+                    )
+                ]
             ) from exc
 
     def check(self) -> None:
@@ -206,15 +212,23 @@ def load_templates(override_dir: Path | None) -> TemplateSet:
     else:
         if not override_dir.is_dir():
             raise TemplateError(
-                [Problem(None, f"--templates {override_dir}: not a directory",
-                         hint="pass a directory holding *.j2 files named like the defaults")]
+                [
+                    Problem(
+                        None,
+                        f"--templates {override_dir}: not a directory",
+                        hint="pass a directory holding *.j2 files named like the defaults",
+                    )
+                ]
             )
         unknown = sorted(p.name for p in override_dir.glob("*.j2") if p.name not in TEMPLATE_NAMES)
         if unknown:
             raise TemplateError(
                 [
-                    Problem(Source(str(override_dir / n), 1), f"unknown template {n}",
-                            hint="template names are " + ", ".join(TEMPLATE_NAMES))
+                    Problem(
+                        Source(str(override_dir / n), 1),
+                        f"unknown template {n}",
+                        hint="template names are " + ", ".join(TEMPLATE_NAMES),
+                    )
                     for n in unknown
                 ]
             )
@@ -239,8 +253,10 @@ def _hint(exc: Exception) -> str:
     if isinstance(exc, jinja2.UndefinedError):
         return "the variables a template may use are listed in the comment at its top"
     if isinstance(exc, jinja2.exceptions.SecurityError):
-        return ("templates run in a sandbox: only the documented variables and filters are "
-                "available, '_' attributes and methods that modify data are refused")
+        return (
+            "templates run in a sandbox: only the documented variables and filters are "
+            "available, '_' attributes and methods that modify data are refused"
+        )
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return "fix the Jinja syntax at that line"
     return "check the filter arguments and the variables documented at the top of the template"
@@ -308,6 +324,10 @@ def render_yaml(templates: TemplateSet, name: str, context: Mapping[str, Uncheck
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at rendered line {where.line + 1}" if where is not None else ""
-        raise template_error(path, 1, f"the output is not valid YAML{at}: {exc}",
-                     "values should go through the to_json filter, which quotes them") from exc
+        raise template_error(
+            path,
+            1,
+            f"the output is not valid YAML{at}: {exc}",
+            "values should go through the to_json filter, which quotes them",
+        ) from exc
     return Rendered(name, template, data)

@@ -23,26 +23,38 @@ def valid_name(name: object) -> bool:
 
 
 def target_name(
-    templates: TemplateSet, *, namespace: str, vm: str, volume: str, claim: str,
+    templates: TemplateSet,
+    *,
+    namespace: str,
+    vm: str,
+    volume: str,
+    claim: str,
     storage_class: str,
 ) -> str:
     """The destination claim name for moving ``claim`` to ``storage_class``, rendered from
     ``target-name.j2``: deterministic, DNS-1123, at most 63 characters."""
-    context = {"namespace": namespace, "vm": vm, "volume": volume, "claim": claim,
-               "storage_class": storage_class}
+    context = {
+        "namespace": namespace,
+        "vm": vm,
+        "volume": volume,
+        "claim": claim,
+        "storage_class": storage_class,
+    }
     # The output is the bare name (no YAML to parse: this runs once per moved volume, and
     # thousands of YAML parses were the bulk of a large `plan`).
     template, _, text = render_text(templates, TARGET_NAME, context)
     name = text.strip()
     if not valid_name(name):
         out = Rendered(TARGET_NAME, template, name)
-        raise out.error(f"{name!r} (for volume {volume} of VM {namespace}/{vm}) is not a "
-                        "DNS-1123 name of at most 63 characters", near="dns_label",
-                        hint="render only the name: lowercase letters, digits, '-' and '.', "
-                        "starting and ending alphanumeric; cut the base with the dns_label "
-                        "filter")
+        raise out.error(
+            f"{name!r} (for volume {volume} of VM {namespace}/{vm}) is not a "
+            "DNS-1123 name of at most 63 characters",
+            near="dns_label",
+            hint="render only the name: lowercase letters, digits, '-' and '.', "
+            "starting and ending alphanumeric; cut the base with the dns_label "
+            "filter",
+        )
     return name
-
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,6 @@ def plan_targets(
     return Targets({m.volume: names[m.volume] for m in moves}, frozenset(reused))
 
 
-
 class HasTargets(Protocol):
     """A VM's rendering: ``Targets`` or a full ``move.RenderedVM``."""
 
@@ -88,10 +99,15 @@ def check_distinct_targets(
         for volume, name in sorted(rendered_vm.target_names.items()):
             owner = seen.setdefault((namespace, name), f"{vm_name}/{volume}")
             if owner != f"{vm_name}/{volume}":
-                problems.append(Problem(
-                    None, f"destination {namespace}/{name} is wanted by both {owner} and "
-                    f"{vm_name}/{volume}", hint="set volumes[].targetName in the plan for one "
-                    "of them, or change target-name.j2 so names differ"))
+                problems.append(
+                    Problem(
+                        None,
+                        f"destination {namespace}/{name} is wanted by both {owner} and "
+                        f"{vm_name}/{volume}",
+                        hint="set volumes[].targetName in the plan for one "
+                        "of them, or change target-name.j2 so names differ",
+                    )
+                )
     if problems:
         raise TemplateError(problems)
 
@@ -107,15 +123,26 @@ def target_names(
     for move in moves:
         if move.target_name:
             if not valid_name(move.target_name):
-                raise TemplateError([Problem(
-                    None, f"VM {vm.namespace}/{vm.name} volume {move.volume}: targetName "
-                    f"{move.target_name!r} is not a DNS-1123 name of at most 63 characters",
-                    hint="fix volumes[].targetName in the plan")])
+                raise TemplateError(
+                    [
+                        Problem(
+                            None,
+                            f"VM {vm.namespace}/{vm.name} volume {move.volume}: targetName "
+                            f"{move.target_name!r} is not a DNS-1123 name of at most 63 characters",
+                            hint="fix volumes[].targetName in the plan",
+                        )
+                    ]
+                )
             names[move.volume] = move.target_name
         else:
             names[move.volume] = target_name(
-                templates, namespace=vm.namespace, vm=vm.name, volume=move.volume,
-                claim=move.claim, storage_class=move.to_class)
+                templates,
+                namespace=vm.namespace,
+                vm=vm.name,
+                volume=move.volume,
+                claim=move.claim,
+                storage_class=move.to_class,
+            )
     return names
 
 
@@ -136,20 +163,34 @@ def check_targets(
     for move in moves:
         name = names[move.volume]
         where = f"VM {vm.namespace}/{vm.name} volume {move.volume}: destination {name!r}"
-        hint = ("delete or rename that object, or set volumes[].targetName in the plan "
-                "(or override target-name.j2) to choose another name")
+        hint = (
+            "delete or rename that object, or set volumes[].targetName in the plan "
+            "(or override target-name.j2) to choose another name"
+        )
         if seen.setdefault(name, move.volume) != move.volume:
-            problems.append(Problem(None, f"{where} is also the destination of volume "
-                                    f"{seen[name]}", hint=hint))
+            problems.append(
+                Problem(None, f"{where} is also the destination of volume {seen[name]}", hint=hint)
+            )
             continue
         if (vm.namespace, name) in referenced:
-            problems.append(Problem(None, f"{where} is already used by "
-                                    f"{referenced[(vm.namespace, name)]}", hint=hint))
+            problems.append(
+                Problem(
+                    None,
+                    f"{where} is already used by {referenced[(vm.namespace, name)]}",
+                    hint=hint,
+                )
+            )
             continue
         holder = _foreign_holder(snapshot, vm.namespace, name, move.claim)
         if holder:
-            problems.append(Problem(None, f"{where} collides with the existing {holder}, which "
-                                    "this tool did not create for this disk", hint=hint))
+            problems.append(
+                Problem(
+                    None,
+                    f"{where} collides with the existing {holder}, which "
+                    "this tool did not create for this disk",
+                    hint=hint,
+                )
+            )
         elif (vm.namespace, name) in snapshot.pvcs or (vm.namespace, name) in snapshot.data_volumes:
             reused.add(name)
     if problems:
@@ -167,5 +208,3 @@ def _foreign_holder(snapshot: Snapshot, namespace: str, name: str, claim: str) -
     if pvc is not None and not dv_ours and pvc.annotations.get(SOURCE_CLAIM_ANNOTATION) != claim:
         return f"PersistentVolumeClaim {namespace}/{name}"
     return ""
-
-

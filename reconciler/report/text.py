@@ -21,7 +21,6 @@ _ACTION_WORD = {
 }
 
 
-
 def finding_line(finding: Finding) -> str:
     """``"volume data: <message> [rule-id]"`` (no volume prefix for VM-wide findings)."""
     where = f"volume {finding.volume}: " if finding.volume else ""
@@ -58,9 +57,11 @@ def _vm_heading(verdict: VMVerdict, window: Mapping[str, Any] | None) -> str:
     action = _ACTION_WORD[verdict.action]
     extra = ", stop required" if verdict.stop_required else ""
     if window is not None and verdict.action in (Action.MOVE_LIVE, Action.MOVE_OFFLINE):
-        extra += (f"; window {window['window']} open until {window['closesAt']}"
-                  if window["open"] else
-                  f"; window {window['window']} closed, opens {window['opensAt']}")
+        extra += (
+            f"; window {window['window']} open until {window['closesAt']}"
+            if window["open"]
+            else f"; window {window['window']} closed, opens {window['opensAt']}"
+        )
     return f"VM {verdict.namespace}/{verdict.name} ({state}, plan {verdict.plan}): {action}{extra}"
 
 

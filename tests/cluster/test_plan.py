@@ -42,9 +42,13 @@ def kubevirt_config(api: pykube.HTTPClient) -> Iterator[Callable[[dict[str, Any]
     yield patch
     original = seed.kubevirt_cr()["spec"]
     body = [{"op": "replace", "path": "/spec", "value": original}]
-    response = api.patch(version="kubevirt.io/v1", namespace="kubevirt", url="kubevirts/kubevirt",
-                         data=json.dumps(body),
-                         headers={"Content-Type": "application/json-patch+json"})
+    response = api.patch(
+        version="kubevirt.io/v1",
+        namespace="kubevirt",
+        url="kubevirts/kubevirt",
+        data=json.dumps(body),
+        headers={"Content-Type": "application/json-patch+json"},
+    )
     api.raise_for_status(response)
 
 
@@ -53,18 +57,31 @@ def kubevirt_config(api: pykube.HTTPClient) -> Iterator[Callable[[dict[str, Any]
 # --------------------------------------------------------------------------------------------
 
 
-def _merge(api: pykube.HTTPClient, version: str, namespace: str, url: str,
-           body: dict[str, Any]) -> None:
-    response = api.patch(version=version, namespace=namespace, url=url, data=json.dumps(body),
-                         headers={"Content-Type": "application/merge-patch+json"})
+def _merge(
+    api: pykube.HTTPClient, version: str, namespace: str, url: str, body: dict[str, Any]
+) -> None:
+    response = api.patch(
+        version=version,
+        namespace=namespace,
+        url=url,
+        data=json.dumps(body),
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
     api.raise_for_status(response)
 
 
 def create(api: pykube.HTTPClient, obj: dict[str, Any]) -> None:
-    plural = {"VirtualMachine": "virtualmachines", "PersistentVolumeClaim":
-              "persistentvolumeclaims", "DataVolume": "datavolumes"}[obj["kind"]]
-    response = api.post(version=obj["apiVersion"], namespace=obj["metadata"]["namespace"],
-                        url=plural, data=json.dumps(obj))
+    plural = {
+        "VirtualMachine": "virtualmachines",
+        "PersistentVolumeClaim": "persistentvolumeclaims",
+        "DataVolume": "datavolumes",
+    }[obj["kind"]]
+    response = api.post(
+        version=obj["apiVersion"],
+        namespace=obj["metadata"]["namespace"],
+        url=plural,
+        data=json.dumps(obj),
+    )
     api.raise_for_status(response)
 
 
@@ -73,8 +90,9 @@ def dv_succeeded(api: pykube.HTTPClient, namespace: str, name: str) -> bool:
     return (dv.get("status") or {}).get("phase") == "Succeeded"
 
 
-def fedora(namespace: str, name: str = "vm-fedora", *, running: bool = True,
-           **kwargs: Any) -> dict[str, Any]:
+def fedora(
+    namespace: str, name: str = "vm-fedora", *, running: bool = True, **kwargs: Any
+) -> dict[str, Any]:
     return seed.fedora_vm(namespace, name, f"{name}-disk", running=running, **kwargs)
 
 
@@ -102,8 +120,9 @@ def plan_file(tmp_path: Path, namespace: str, body: str = "", *, name: str = "mo
     return path
 
 
-def run_plan(capsys: pytest.CaptureFixture[str], control_plane: ControlPlane,
-             *args: str | Path) -> tuple[int, dict[str, Any] | str, str]:
+def run_plan(
+    capsys: pytest.CaptureFixture[str], control_plane: ControlPlane, *args: str | Path
+) -> tuple[int, dict[str, Any] | str, str]:
     """Run `plan ... --kubeconfig <admin>`; parse stdout as JSON when -o json was given."""
     argv = ["plan", *map(str, args), "--kubeconfig", str(control_plane.kubeconfig)]
     rc = main(argv)
@@ -121,9 +140,15 @@ def only_vm(report: dict[str, Any] | str) -> dict[str, Any]:
 class Ctx:
     """What every test here uses: the cluster, its namespace, a scratch dir and the CLI."""
 
-    def __init__(self, api: pykube.HTTPClient, control_plane: ControlPlane, namespace: str,
-                 tmp_path: Path, eventually: Eventually,
-                 capsys: pytest.CaptureFixture[str]) -> None:
+    def __init__(
+        self,
+        api: pykube.HTTPClient,
+        control_plane: ControlPlane,
+        namespace: str,
+        tmp_path: Path,
+        eventually: Eventually,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
         self.api, self.control_plane, self.ns = api, control_plane, namespace
         self.tmp_path, self.eventually, self.capsys = tmp_path, eventually, capsys
 
@@ -131,21 +156,28 @@ class Ctx:
         settle(self.api, self.eventually, vm)
 
     def stop(self, name: str = "vm-fedora") -> None:
-        _merge(self.api, "kubevirt.io/v1", self.ns, f"virtualmachines/{name}",
-               {"spec": {"runStrategy": "Halted"}})
+        _merge(
+            self.api,
+            "kubevirt.io/v1",
+            self.ns,
+            f"virtualmachines/{name}",
+            {"spec": {"runStrategy": "Halted"}},
+        )
         self.eventually(lambda: not vmi_running(self.api, self.ns, name), what="VM stopped")
 
     def delete_vm(self, name: str = "vm-fedora") -> None:
         """Delete a VM (the simulator removes its VMI and DataVolumes): tests that stall a copy
         end with it, so the session's shared simulator is not kept busy by their leftovers."""
-        response = self.api.delete(version="kubevirt.io/v1", namespace=self.ns,
-                                   url=f"virtualmachines/{name}")
+        response = self.api.delete(
+            version="kubevirt.io/v1", namespace=self.ns, url=f"virtualmachines/{name}"
+        )
         self.api.raise_for_status(response)
 
     def plan(self, *args: str | Path, body: str = "") -> tuple[int, Any, str]:
         """Run `plan <plan file for body> args...` as admin."""
-        return run_plan(self.capsys, self.control_plane,
-                        plan_file(self.tmp_path, self.ns, body), *args)
+        return run_plan(
+            self.capsys, self.control_plane, plan_file(self.tmp_path, self.ns, body), *args
+        )
 
     def blocked_reasons(self, body: str = "") -> str:
         reasons, _ = _blocked(self.plan("-o", "json", body=body)[1])
@@ -153,8 +185,14 @@ class Ctx:
 
 
 @pytest.fixture
-def ctx(api: pykube.HTTPClient, control_plane: ControlPlane, namespace: str, tmp_path: Path,
-        eventually: Eventually, capsys: pytest.CaptureFixture[str]) -> Ctx:
+def ctx(
+    api: pykube.HTTPClient,
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    eventually: Eventually,
+    capsys: pytest.CaptureFixture[str],
+) -> Ctx:
     return Ctx(api, control_plane, namespace, tmp_path, eventually, capsys)
 
 
@@ -268,8 +306,10 @@ def test_rwo_volume_left_out_blocks_a_live_move(ctx: Ctx) -> None:
     template["volumes"].append({"name": "data", "dataVolume": {"name": "vm-fedora-data"}})
     ctx.settle(vm)
 
-    only_root = ("storageClass: ceph-rbd\nvirtualMachines:\n  - name: vm-fedora\n"
-                 "    volumes:\n      - name: data\n        storageClass: local-hostpath\n")
+    only_root = (
+        "storageClass: ceph-rbd\nvirtualMachines:\n  - name: vm-fedora\n"
+        "    volumes:\n      - name: data\n        storageClass: local-hostpath\n"
+    )
     reasons = ctx.blocked_reasons(only_root)
     assert "[rwo-volume-not-moved]" in reasons and "data" in reasons
 
@@ -277,7 +317,9 @@ def test_rwo_volume_left_out_blocks_a_live_move(ctx: Ctx) -> None:
 def test_persistent_reservation_makes_storage_not_live_migratable(ctx: Ctx) -> None:
     vm = fedora(ctx.ns)
     vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"][0] = {
-        "name": "datavolumedisk1", "lun": {"reservation": True}}
+        "name": "datavolumedisk1",
+        "lun": {"reservation": True},
+    }
     ctx.settle(vm)
     reasons = ctx.blocked_reasons()
     assert "[persistent-reservation]" in reasons
@@ -287,13 +329,18 @@ def test_persistent_reservation_makes_storage_not_live_migratable(ctx: Ctx) -> N
 @pytest.mark.parametrize(
     ("spec", "rule"),
     [
-        ({"workloadUpdateStrategy": {"workloadUpdateMethods": []}},
-         "workload-update-no-live-migrate"),
+        (
+            {"workloadUpdateStrategy": {"workloadUpdateMethods": []}},
+            "workload-update-no-live-migrate",
+        ),
         ({"configuration": {"vmRolloutStrategy": "Stage"}}, "rollout-strategy-not-live-update"),
     ],
 )
 def test_kubevirt_configuration_that_prevents_live_migration_blocks_running_vms(
-    ctx: Ctx, kubevirt_config: Callable[[dict[str, Any]], None], spec: dict[str, Any], rule: str,
+    ctx: Ctx,
+    kubevirt_config: Callable[[dict[str, Any]], None],
+    spec: dict[str, Any],
+    rule: str,
 ) -> None:
     ctx.settle(fedora(ctx.ns))
     kubevirt_config(spec)
@@ -311,15 +358,18 @@ def test_vm_whose_claim_does_not_exist_is_blocked(ctx: Ctx) -> None:
     vm = fedora(ctx.ns, running=False)
     vm["spec"].pop("dataVolumeTemplates")
     vm["spec"]["template"]["spec"]["volumes"][0] = {
-        "name": "datavolumedisk1", "persistentVolumeClaim": {"claimName": "gone"}}
+        "name": "datavolumedisk1",
+        "persistentVolumeClaim": {"claimName": "gone"},
+    }
     create(ctx.api, vm)
     assert "[claim-not-found]" in ctx.blocked_reasons()
 
 
 def test_gitops_managed_vm_is_refused_with_the_ignore_rule_to_add(ctx: Ctx) -> None:
     vm = fedora(ctx.ns)
-    vm["metadata"]["annotations"] = {"argocd.argoproj.io/tracking-id":
-                                     "vms:kubevirt.io/VirtualMachine:ns/vm-fedora"}
+    vm["metadata"]["annotations"] = {
+        "argocd.argoproj.io/tracking-id": "vms:kubevirt.io/VirtualMachine:ns/vm-fedora"
+    }
     ctx.settle(vm)
     reasons = ctx.blocked_reasons()
     assert "[gitops-managed]" in reasons
@@ -358,14 +408,16 @@ def test_plan_outside_the_namespace_allow_list_is_refused(ctx: Ctx) -> None:
 
 def test_unreachable_cluster_is_a_cluster_error_not_a_traceback(ctx: Ctx) -> None:
     kubeconfig = ctx.tmp_path / "kubeconfig"
-    kubeconfig.write_text(textwrap.dedent("""\
+    kubeconfig.write_text(
+        textwrap.dedent("""\
         apiVersion: v1
         kind: Config
         clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
         users: [{name: u, user: {token: t}}]
         contexts: [{name: c, context: {cluster: c, user: u}}]
         current-context: c
-        """))
+        """)
+    )
     plan = plan_file(ctx.tmp_path, ctx.ns)
     rc = main(["plan", str(plan), "--kubeconfig", str(kubeconfig)])
     _, err = ctx.capsys.readouterr()
@@ -402,12 +454,22 @@ def kubevirt_version(api: pykube.HTTPClient) -> Iterator[Callable[[str], None]]:
     """Make the simulated KubeVirt report another version for one test."""
 
     def set_version(version: str) -> None:
-        _merge(api, "kubevirt.io/v1", "kubevirt", "kubevirts/kubevirt",
-               {"metadata": {"annotations": {"sim.vmstorage.dev/version": version}}})
+        _merge(
+            api,
+            "kubevirt.io/v1",
+            "kubevirt",
+            "kubevirts/kubevirt",
+            {"metadata": {"annotations": {"sim.vmstorage.dev/version": version}}},
+        )
 
     yield set_version
-    _merge(api, "kubevirt.io/v1", "kubevirt", "kubevirts/kubevirt",
-           {"metadata": {"annotations": {"sim.vmstorage.dev/version": None}}})
+    _merge(
+        api,
+        "kubevirt.io/v1",
+        "kubevirt",
+        "kubevirts/kubevirt",
+        {"metadata": {"annotations": {"sim.vmstorage.dev/version": None}}},
+    )
 
 
 def _reported_version(api: pykube.HTTPClient) -> str:
@@ -430,22 +492,36 @@ def test_kubevirt_version_without_volume_migration_blocks_running_vms(
 
 def test_target_profile_without_the_wanted_volume_mode_is_blocked(ctx: Ctx) -> None:
     ctx.settle(fedora(ctx.ns))
-    body = ("storageClass: ceph-rbd\nvolumeMode: Block\nallowStop: true\n"
-            "virtualMachines:\n  - name: vm-fedora\n")
+    body = (
+        "storageClass: ceph-rbd\nvolumeMode: Block\nallowStop: true\n"
+        "virtualMachines:\n  - name: vm-fedora\n"
+    )
     reasons = ctx.blocked_reasons(body)
     assert "[storage-profile-mismatch]" in reasons and "Filesystem" in reasons
 
 
 def test_unbound_claim_of_a_stopped_vm_is_blocked(ctx: Ctx) -> None:
     """local-hostpath is WaitForFirstConsumer: a claim no VM has started on stays Pending."""
-    spec = {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-hostpath",
-            "resources": {"requests": {"storage": "1Gi"}}}
-    create(ctx.api, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                     "metadata": {"name": "data", "namespace": ctx.ns}, "spec": spec})
+    spec = {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": "local-hostpath",
+        "resources": {"requests": {"storage": "1Gi"}},
+    }
+    create(
+        ctx.api,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": ctx.ns},
+            "spec": spec,
+        },
+    )
     vm = fedora(ctx.ns, running=False)
     vm["spec"].pop("dataVolumeTemplates")
     vm["spec"]["template"]["spec"]["volumes"][0] = {
-        "name": "datavolumedisk1", "persistentVolumeClaim": {"claimName": "data"}}
+        "name": "datavolumedisk1",
+        "persistentVolumeClaim": {"claimName": "data"},
+    }
     create(ctx.api, vm)
     assert "[claim-not-bound]" in ctx.blocked_reasons()
 
@@ -453,12 +529,22 @@ def test_unbound_claim_of_a_stopped_vm_is_blocked(ctx: Ctx) -> None:
 def test_data_volume_still_importing_is_blocked(ctx: Ctx) -> None:
     vm = fedora(ctx.ns, running=False)
     vm["spec"]["dataVolumeTemplates"][0]["metadata"]["annotations"] = {
-        "sim.vmstorage.dev/fault": "stall"}
+        "sim.vmstorage.dev/fault": "stall"
+    }
     vm["spec"]["runStrategy"] = "Always"  # KubeVirt creates the DataVolume for a VM it starts
     create(ctx.api, vm)
-    ctx.eventually(lambda: (get_json(ctx.api, "cdi.kubevirt.io/v1beta1", ctx.ns,
-                                "datavolumes/vm-fedora-disk").get("status") or {})
-                   .get("phase") == "ImportInProgress", what="import stalled")
+    ctx.eventually(
+        lambda: (
+            (
+                get_json(
+                    ctx.api, "cdi.kubevirt.io/v1beta1", ctx.ns, "datavolumes/vm-fedora-disk"
+                ).get("status")
+                or {}
+            ).get("phase")
+            == "ImportInProgress"
+        ),
+        what="import stalled",
+    )
     assert "[datavolume-not-succeeded]" in ctx.blocked_reasons()
     ctx.delete_vm()
 
@@ -472,16 +558,23 @@ def _start_stalled_migration(ctx: Ctx) -> None:
     manifests = only_vm(report)["manifests"]
     for dv in manifests["dataVolumes"]:
         create(ctx.api, dv)
-    response = ctx.api.patch(version="kubevirt.io/v1", namespace=ctx.ns,
-                             url="virtualmachines/vm-fedora",
-                             data=json.dumps(manifests["vmPatch"]),
-                             headers={"Content-Type": "application/json-patch+json"})
+    response = ctx.api.patch(
+        version="kubevirt.io/v1",
+        namespace=ctx.ns,
+        url="virtualmachines/vm-fedora",
+        data=json.dumps(manifests["vmPatch"]),
+        headers={"Content-Type": "application/json-patch+json"},
+    )
     ctx.api.raise_for_status(response)
-    ctx.eventually(lambda: any(
-        (m.get("status") or {}).get("phase") == "Running"
-        for m in get_json(ctx.api, "kubevirt.io/v1", ctx.ns,
-                     "virtualmachineinstancemigrations").get("items", [])),
-        what="volume migration Running")
+    ctx.eventually(
+        lambda: any(
+            (m.get("status") or {}).get("phase") == "Running"
+            for m in get_json(
+                ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachineinstancemigrations"
+            ).get("items", [])
+        ),
+        what="volume migration Running",
+    )
 
 
 def test_a_volume_migration_under_way_is_reported_in_progress(ctx: Ctx) -> None:
@@ -496,11 +589,18 @@ def test_a_volume_migration_under_way_is_reported_in_progress(ctx: Ctx) -> None:
 def test_vm_stopped_mid_migration_needs_manual_recovery(ctx: Ctx) -> None:
     _start_stalled_migration(ctx)
     ctx.stop()
-    ctx.eventually(lambda: any(
-        c.get("type") == "ManualRecoveryRequired" and c.get("status") == "True"
-        for c in (get_json(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
-                  .get("status") or {}).get("conditions", [])),
-        what="ManualRecoveryRequired")
+    ctx.eventually(
+        lambda: any(
+            c.get("type") == "ManualRecoveryRequired" and c.get("status") == "True"
+            for c in (
+                get_json(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora").get(
+                    "status"
+                )
+                or {}
+            ).get("conditions", [])
+        ),
+        what="ManualRecoveryRequired",
+    )
     # The spec now names the half-copied destination on the target class: without the
     # recovery rule this VM would read as in sync (found by this very test).
     rc, report, _ = ctx.plan("-o", "json")

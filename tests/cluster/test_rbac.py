@@ -27,8 +27,13 @@ def shipped(kind: str) -> dict[str, Any]:
     return found
 
 
-def post(api: pykube.HTTPClient, version: str, url: str, body: dict[str, Any],
-         namespace: str | None = None) -> None:
+def post(
+    api: pykube.HTTPClient,
+    version: str,
+    url: str,
+    body: dict[str, Any],
+    namespace: str | None = None,
+) -> None:
     kwargs: dict[str, Any] = {"version": version, "url": url, "data": json.dumps(body)}
     if namespace:
         kwargs["namespace"] = namespace
@@ -53,8 +58,12 @@ def plan_file(tmp_path: Path, namespace: str) -> Path:
 
 
 def test_plan_works_with_exactly_the_shipped_cluster_role(
-    api: pykube.HTTPClient, control_plane: ControlPlane, namespace: str, tmp_path: Path,
-    eventually: Any, capsys: pytest.CaptureFixture[str],
+    api: pykube.HTTPClient,
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    eventually: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     seed.seed_cluster(api)
     seed.create(api, seed.fedora_vm(namespace, "vm-fedora", "vm-fedora-disk"))
@@ -62,17 +71,35 @@ def test_plan_works_with_exactly_the_shipped_cluster_role(
     role = shipped("ClusterRole")
     role["metadata"]["name"] = f"vmsr-{namespace}"
     post(api, "rbac.authorization.k8s.io/v1", "clusterroles", role)
-    post(api, "rbac.authorization.k8s.io/v1", "clusterrolebindings", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": f"vmsr-{namespace}"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": role["metadata"]["name"]},
-        "subjects": [{"kind": "ServiceAccount", "name": "reconciler", "namespace": namespace}],
-    })
+    post(
+        api,
+        "rbac.authorization.k8s.io/v1",
+        "clusterrolebindings",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"vmsr-{namespace}"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role["metadata"]["name"],
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "reconciler", "namespace": namespace}],
+        },
+    )
     kubeconfig = identity(control_plane, namespace, "reconciler", tmp_path)
 
-    rc = main(["plan", str(plan_file(tmp_path, namespace)), "--kubeconfig", str(kubeconfig),
-                   "-o", "json", "--server-dry-run"])
+    rc = main(
+        [
+            "plan",
+            str(plan_file(tmp_path, namespace)),
+            "--kubeconfig",
+            str(kubeconfig),
+            "-o",
+            "json",
+            "--server-dry-run",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 1, err
     report = json.loads(out)
@@ -81,7 +108,9 @@ def test_plan_works_with_exactly_the_shipped_cluster_role(
 
 
 def test_plan_without_permissions_is_a_cluster_error_with_a_hint(
-    control_plane: ControlPlane, namespace: str, tmp_path: Path,
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     kubeconfig = identity(control_plane, namespace, "nobody", tmp_path)

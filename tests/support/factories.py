@@ -254,9 +254,7 @@ def plan(
     **extra: Any,
 ) -> Plan:
     selections = tuple(
-        VMSelection(name=v, source=src(f"spec.virtualMachines[{i}]"))
-        if isinstance(v, str)
-        else v
+        VMSelection(name=v, source=src(f"spec.virtualMachines[{i}]")) if isinstance(v, str) else v
         for i, v in enumerate(vms)
     )
     return Plan(

@@ -50,8 +50,15 @@ def test_validate_json_lists_plans_with_their_source(
     rc, out, _ = run(capsys, "validate", str(path), "-o", "json")
     doc = json.loads(out)
     assert rc == 0 and doc["valid"] is True
-    assert doc["plans"] == [{"name": "fedora-to-ceph", "namespace": "mig-vm",
-                             "kind": "StoragePlan", "file": str(path), "line": 4}]
+    assert doc["plans"] == [
+        {
+            "name": "fedora-to-ceph",
+            "namespace": "mig-vm",
+            "kind": "StoragePlan",
+            "file": str(path),
+            "line": 4,
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -60,8 +67,10 @@ def test_validate_json_lists_plans_with_their_source(
         # malformed YAML: the parser's line
         ("apiVersion: vmstorage.dev/v1alpha1\nkind: [StoragePlan\n", "p.yaml:"),
         # wrong type: names the field and the type
-        (GOOD.replace("storageClass: ceph-rbd", "storageClass: [ceph-rbd]"),
-         "p.yaml:7: spec.storageClass"),
+        (
+            GOOD.replace("storageClass: ceph-rbd", "storageClass: [ceph-rbd]"),
+            "p.yaml:7: spec.storageClass",
+        ),
         # unknown field with a suggestion
         (GOOD.replace("storageClass:", "storageclass:"), "did you mean 'storageClass'?"),
         # bad name
@@ -86,8 +95,11 @@ def test_two_plans_with_different_targets_for_one_volume_conflict(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write(tmp_path, "a.yaml", GOOD)
-    write(tmp_path, "b.yaml", GOOD.replace("fedora-to-ceph", "fedora-to-nfs")
-          .replace("ceph-rbd", "nfs"))
+    write(
+        tmp_path,
+        "b.yaml",
+        GOOD.replace("fedora-to-ceph", "fedora-to-nfs").replace("ceph-rbd", "nfs"),
+    )
     rc, _, err = run(capsys, "validate", str(tmp_path))
     assert rc == 2
     assert "a.yaml" in err and "b.yaml" in err

@@ -116,8 +116,9 @@ def test_selector_needs_all_labels_and_expressions() -> None:
 
 
 def test_explicit_vms_and_selector_are_united_each_vm_once() -> None:
-    snap = healthy(vm("vm1", labels={"tier": "gold"}), vm("vm2", labels={"tier": "gold"}),
-                   vm("vm3"))
+    snap = healthy(
+        vm("vm1", labels={"tier": "gold"}), vm("vm2", labels={"tier": "gold"}), vm("vm3")
+    )
     the_plan = plan(
         vms=("vm3", select("vm1", override("rootdisk", "fast"))),
         selector=labels(tier="gold"),
@@ -138,8 +139,13 @@ def test_overrides_set_class_mode_access_and_target_name() -> None:
         vms=(
             select(
                 "vm1",
-                override("data", "fast", volume_mode=VolumeMode.BLOCK, access_modes=RWX,
-                         target_name="data-fast"),
+                override(
+                    "data",
+                    "fast",
+                    volume_mode=VolumeMode.BLOCK,
+                    access_modes=RWX,
+                    target_name="data-fast",
+                ),
             ),
         ),
         volume_mode=VolumeMode.FILESYSTEM,
@@ -150,7 +156,10 @@ def test_overrides_set_class_mode_access_and_target_name() -> None:
     assert by_volume["rootdisk"].volume_mode is VolumeMode.FILESYSTEM  # the plan's default
     data = by_volume["data"]
     assert (data.storage_class, data.volume_mode, data.access_modes, data.target_name) == (
-        "fast", VolumeMode.BLOCK, RWX, "data-fast"
+        "fast",
+        VolumeMode.BLOCK,
+        RWX,
+        "data-fast",
     )
 
 
@@ -218,8 +227,7 @@ def test_plans_sharing_a_vm_must_agree_on_its_settings() -> None:
 
 def test_desired_volumes_are_sorted() -> None:
     snap = healthy(vm("b"), vm("a"), vm("c", namespace="x"))
-    desired, _ = resolve_desired([plan(vms=("b", "a")), plan("q", namespace="x", vms=("c",))],
-                                 snap)
+    desired, _ = resolve_desired([plan(vms=("b", "a")), plan("q", namespace="x", vms=("c",))], snap)
     assert [(d.namespace, d.vm) for d in desired] == [("ns", "a"), ("ns", "b"), ("x", "c")]
 
 
@@ -322,7 +330,10 @@ def test_running_vm_that_cannot_move_live_is_blocked_without_allow_stop() -> Non
     stop, shareable = verdict.findings
     assert (stop.rule, stop.effect, stop.volume) == ("stop-not-allowed", Effect.BLOCK, None)
     assert (shareable.rule, shareable.effect, shareable.volume) == (
-        "shareable-disk", Effect.NO_LIVE, "rootdisk")
+        "shareable-disk",
+        Effect.NO_LIVE,
+        "rootdisk",
+    )
 
 
 def test_running_vm_that_cannot_move_live_moves_offline_with_allow_stop() -> None:
@@ -363,8 +374,18 @@ def test_kubevirt_configuration_decides_live_for_running_vms(
 
 
 def test_storage_not_live_migratable_names_kubevirts_reason() -> None:
-    snap = healthy(vmi(conditions=(cond("StorageLiveMigratable", "False", reason="HostDevice",
-                                         message="VMI uses a PCI host device"),)))
+    snap = healthy(
+        vmi(
+            conditions=(
+                cond(
+                    "StorageLiveMigratable",
+                    "False",
+                    reason="HostDevice",
+                    message="VMI uses a PCI host device",
+                ),
+            )
+        )
+    )
     verdict = only_vm(plan(allow_stop=True), snap)
     assert verdict.action is Action.MOVE_OFFLINE
     assert "(HostDevice: VMI uses a PCI host device)" in reason_lines(verdict)[0]
@@ -379,8 +400,9 @@ def test_rwo_volume_left_behind_prevents_a_live_move() -> None:
         ("rootdisk", Action.BLOCKED),
         ("data", Action.IN_SYNC),
     ]
-    assert any("data (already on its target class) is ReadWriteOnce" in r
-               for r in reason_lines(verdict))
+    assert any(
+        "data (already on its target class) is ReadWriteOnce" in r for r in reason_lines(verdict)
+    )
 
 
 def test_rwx_volume_left_behind_does_not_prevent_a_live_move() -> None:
@@ -403,8 +425,10 @@ def test_a_blocked_volume_blocks_the_whole_vm() -> None:
 
 
 def test_blocked_vm_lists_every_reason() -> None:
-    three = vm(volumes=(volume("rootdisk"), volume("data"), volume("logs")),
-               labels={"kustomize.toolkit.fluxcd.io/name": "apps"})
+    three = vm(
+        volumes=(volume("rootdisk"), volume("data"), volume("logs")),
+        labels={"kustomize.toolkit.fluxcd.io/name": "apps"},
+    )
     snap = healthy(three, dv("rootdisk-dv", phase="ImportInProgress"), pvc("logs-dv"))
     verdict = only_vm(plan(), snap)  # data has no PVC at all
     assert verdict.action is Action.BLOCKED
@@ -443,8 +467,9 @@ def test_manual_recovery_required_blocks_with_the_recovery_hint() -> None:
     "scene",
     [
         with_vm(healthy(), annotations={JOURNAL_ANNOTATION: '{"step": "swap"}'}),
-        with_vm(healthy(vmi(conditions=(cond("VolumesChange"),))),
-                update_volumes_strategy="Migration"),
+        with_vm(
+            healthy(vmi(conditions=(cond("VolumesChange"),))), update_volumes_strategy="Migration"
+        ),
     ],
     ids=["journal", "volumes-change"],
 )
@@ -498,10 +523,14 @@ def test_deprecated_running_field_is_noted_on_a_move() -> None:
     snap = with_vm(healthy(), uses_running_field=True)
     verdict = only_vm(plan(), snap)
     assert verdict.action is Action.MOVE_LIVE
-    assert verdict.findings == (Finding(
-        "running-field-deprecated", Effect.NOTE, None,
-        running_field_deprecated(vm_context(snap.vms[("ns", "vm1")], snap)) or "",
-    ),)
+    assert verdict.findings == (
+        Finding(
+            "running-field-deprecated",
+            Effect.NOTE,
+            None,
+            running_field_deprecated(vm_context(snap.vms[("ns", "vm1")], snap)) or "",
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,14 +554,23 @@ def test_verdicts_are_ordered_and_counted() -> None:
     snap = snapshot(
         *healthy().vms.values(),
         *healthy().vmis.values(),
-        vm("b"), vm("a"), vm("z", namespace="aa"),
-        pvc(), pvc(namespace="aa"),
-        storage_class("old", default=True), storage_class("new"), kubevirt(),
+        vm("b"),
+        vm("a"),
+        vm("z", namespace="aa"),
+        pvc(),
+        pvc(namespace="aa"),
+        storage_class("old", default=True),
+        storage_class("new"),
+        kubevirt(),
     )
     plans = [plan(vms=("vm1", "b", "a", "gone")), plan("q", namespace="aa", vms=("z",))]
     result = diff(plans, snap)
     assert [(v.namespace, v.name) for v in result.vms] == [
-        ("aa", "z"), ("ns", "a"), ("ns", "b"), ("ns", "gone"), ("ns", "vm1"),
+        ("aa", "z"),
+        ("ns", "a"),
+        ("ns", "b"),
+        ("ns", "gone"),
+        ("ns", "vm1"),
     ]
     assert dict(result.summary) == {
         Action.IN_SYNC: 0,

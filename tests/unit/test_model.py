@@ -27,4 +27,5 @@ def test_both_checks_compare_exactly_the_target_fields() -> None:
 
 def test_field_list_names_the_fields_as_users_write_them() -> None:
     assert field_list(PLAN_SETTINGS) == (
-        "mode, allowStop, retention, window, timeout or allowGitOpsManaged")
+        "mode, allowStop, retention, window, timeout or allowGitOpsManaged"
+    )

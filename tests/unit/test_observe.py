@@ -15,8 +15,13 @@ from reconciler.observe.parse import (
 VM: dict[str, Any] = {
     "apiVersion": "kubevirt.io/v1",
     "kind": "VirtualMachine",
-    "metadata": {"name": "vm-fedora", "namespace": "mig-vm", "uid": "u1",
-                 "resourceVersion": "7", "labels": {"tier": "gold"}},
+    "metadata": {
+        "name": "vm-fedora",
+        "namespace": "mig-vm",
+        "uid": "u1",
+        "resourceVersion": "7",
+        "labels": {"tier": "gold"},
+    },
     "spec": {
         "running": True,
         "dataVolumeTemplates": [{"metadata": {"name": "fedora-40-dv-template"}, "spec": {}}],
@@ -35,16 +40,17 @@ VM: dict[str, Any] = {
                 "volumes": [
                     {"name": "datavolumedisk1", "dataVolume": {"name": "fedora-40-dv-template"}},
                     {"name": "shared", "persistentVolumeClaim": {"claimName": "shared-pvc"}},
-                    {"name": "pr", "persistentVolumeClaim": {"claimName": "pr-pvc",
-                                                             "hotpluggable": True}},
+                    {
+                        "name": "pr",
+                        "persistentVolumeClaim": {"claimName": "pr-pvc", "hotpluggable": True},
+                    },
                     {"name": "fs", "persistentVolumeClaim": {"claimName": "fs-pvc"}},
                     {"name": "cloudinitdisk", "cloudInitNoCloud": {"userData": "#cloud-config"}},
                 ],
             }
         },
     },
-    "status": {"printableStatus": "Running",
-               "conditions": [{"type": "Ready", "status": "True"}]},
+    "status": {"printableStatus": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
 }
 
 
@@ -77,19 +83,34 @@ def test_run_strategy_wins_over_the_deprecated_running_field() -> None:
 def test_pvc_without_class_resolves_to_the_default_class() -> None:
     raw = RawObjects(
         pvcs=[
-            {"metadata": {"name": "a", "namespace": "ns"},
-             "spec": {"resources": {"requests": {"storage": "10Gi"}}, "volumeMode": "Block",
-                      "accessModes": ["ReadWriteOnce"]},
-             "status": {"phase": "Bound", "capacity": {"storage": "9.9Gi"}}},
-            {"metadata": {"name": "b", "namespace": "ns"},
-             "spec": {"storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}}},
-             "status": {"phase": "Pending"}},
+            {
+                "metadata": {"name": "a", "namespace": "ns"},
+                "spec": {
+                    "resources": {"requests": {"storage": "10Gi"}},
+                    "volumeMode": "Block",
+                    "accessModes": ["ReadWriteOnce"],
+                },
+                "status": {"phase": "Bound", "capacity": {"storage": "9.9Gi"}},
+            },
+            {
+                "metadata": {"name": "b", "namespace": "ns"},
+                "spec": {"storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}}},
+                "status": {"phase": "Pending"},
+            },
         ],
         storage_classes=[
-            {"metadata": {"name": "slow", "annotations": {
-                "storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "x"},
-            {"metadata": {"name": "fast"}, "provisioner": "y",
-             "volumeBindingMode": "WaitForFirstConsumer"},
+            {
+                "metadata": {
+                    "name": "slow",
+                    "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                },
+                "provisioner": "x",
+            },
+            {
+                "metadata": {"name": "fast"},
+                "provisioner": "y",
+                "volumeBindingMode": "WaitForFirstConsumer",
+            },
         ],
     )
     snap = build_snapshot(raw)
@@ -103,12 +124,18 @@ def test_pvc_without_class_resolves_to_the_default_class() -> None:
 
 
 def test_kubevirt_cr_configuration_is_read() -> None:
-    kv = parse_kubevirt({
-        "spec": {"configuration": {"vmRolloutStrategy": "LiveUpdate",
-                                   "developerConfiguration": {"featureGates": ["VolumeMigration"]}},
-                 "workloadUpdateStrategy": {"workloadUpdateMethods": ["LiveMigrate"]}},
-        "status": {"observedKubeVirtVersion": "v1.4.0", "phase": "Deployed"},
-    })
+    kv = parse_kubevirt(
+        {
+            "spec": {
+                "configuration": {
+                    "vmRolloutStrategy": "LiveUpdate",
+                    "developerConfiguration": {"featureGates": ["VolumeMigration"]},
+                },
+                "workloadUpdateStrategy": {"workloadUpdateMethods": ["LiveMigrate"]},
+            },
+            "status": {"observedKubeVirtVersion": "v1.4.0", "phase": "Deployed"},
+        }
+    )
     assert kv.version == "v1.4.0"
     assert kv.feature_gates == {"VolumeMigration"}
     assert kv.vm_rollout_strategy == "LiveUpdate"
@@ -116,32 +143,49 @@ def test_kubevirt_cr_configuration_is_read() -> None:
 
 
 def test_vmi_and_migration_report_claims_and_volume_updates() -> None:
-    vmi = parse_vmi({
-        "metadata": {"name": "vm-fedora", "namespace": "mig-vm"},
-        "spec": {"volumes": [{"name": "d", "dataVolume": {"name": "new"}}]},
-        "status": {"phase": "Running", "nodeName": "node-1",
-                   "migratedVolumes": [{"volumeName": "d"}],
-                   "conditions": [{"type": "VolumesChange", "status": "True",
-                                   "message": "migrate volumes"}]},
-    })
+    vmi = parse_vmi(
+        {
+            "metadata": {"name": "vm-fedora", "namespace": "mig-vm"},
+            "spec": {"volumes": [{"name": "d", "dataVolume": {"name": "new"}}]},
+            "status": {
+                "phase": "Running",
+                "nodeName": "node-1",
+                "migratedVolumes": [{"volumeName": "d"}],
+                "conditions": [
+                    {"type": "VolumesChange", "status": "True", "message": "migrate volumes"}
+                ],
+            },
+        }
+    )
     assert vmi.volume_claims == {"d": "new"} and vmi.migrated_volumes == ("d",)
     assert vmi.conditions[0].message == "migrate volumes"
-    vmim = parse_migration({
-        "metadata": {"name": "kubevirt-workload-update-abc", "namespace": "mig-vm",
-                     "labels": {"kubevirt.io/volume-update-migration": "vm-fedora"}},
-        "spec": {"vmiName": "vm-fedora"},
-        "status": {"phase": "Failed", "migrationState": {"failureReason": "too small"}},
-    })
+    vmim = parse_migration(
+        {
+            "metadata": {
+                "name": "kubevirt-workload-update-abc",
+                "namespace": "mig-vm",
+                "labels": {"kubevirt.io/volume-update-migration": "vm-fedora"},
+            },
+            "spec": {"vmiName": "vm-fedora"},
+            "status": {"phase": "Failed", "migrationState": {"failureReason": "too small"}},
+        }
+    )
     assert vmim.volume_update and vmim.failure_reason == "too small"
 
 
 def test_data_volume_source_kind_and_size() -> None:
-    dv = parse_data_volume({
-        "metadata": {"name": "d", "namespace": "ns"},
-        "spec": {"source": {"registry": {"url": "docker://x"}},
-                 "storage": {"storageClassName": "sc",
-                             "resources": {"requests": {"storage": "30Gi"}}}},
-        "status": {"phase": "Succeeded", "progress": "100.0%"},
-    })
+    dv = parse_data_volume(
+        {
+            "metadata": {"name": "d", "namespace": "ns"},
+            "spec": {
+                "source": {"registry": {"url": "docker://x"}},
+                "storage": {
+                    "storageClassName": "sc",
+                    "resources": {"requests": {"storage": "30Gi"}},
+                },
+            },
+            "status": {"phase": "Succeeded", "progress": "100.0%"},
+        }
+    )
     assert (dv.source_kind, dv.storage_class, dv.request_bytes) == ("registry", "sc", 30 * 2**30)
     assert dv.phase == "Succeeded"

@@ -49,15 +49,18 @@ MiB = 1024**2
 # Scenes: cluster objects as the API server returns them
 # --------------------------------------------------------------------------------------------
 
+
 def _fedora_objects() -> list[dict[str, Any]]:
     """The seed's vm-fedora as the API server returns it once CDI has imported its disk."""
     vm = seed.fedora_vm()
     vm["metadata"].update(uid="7d3c2a10-0000-4000-8000-000000000001", resourceVersion="4711")
     vm["status"] = {"printableStatus": "Running"}
     pvc = {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
         "metadata": {
-            "name": CLAIM, "namespace": seed.NAMESPACE,
+            "name": CLAIM,
+            "namespace": seed.NAMESPACE,
             "labels": {
                 "app": "containerized-data-importer",
                 "app.kubernetes.io/component": "storage",
@@ -68,12 +71,17 @@ def _fedora_objects() -> list[dict[str, Any]]:
             },
             "annotations": {"cdi.kubevirt.io/storage.contentType": "kubevirt"},
         },
-        "spec": {"storageClassName": seed.SOURCE_CLASS, "accessModes": ["ReadWriteOnce"],
-                 "volumeMode": "Filesystem", "resources": {"requests": {"storage": "30Gi"}}},
+        "spec": {
+            "storageClassName": seed.SOURCE_CLASS,
+            "accessModes": ["ReadWriteOnce"],
+            "volumeMode": "Filesystem",
+            "resources": {"requests": {"storage": "30Gi"}},
+        },
         "status": {"phase": "Bound", "capacity": {"storage": "30Gi"}},
     }
     dv = {
-        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "apiVersion": "cdi.kubevirt.io/v1beta1",
+        "kind": "DataVolume",
         "metadata": {"name": CLAIM, "namespace": seed.NAMESPACE},
         "spec": vm["spec"]["dataVolumeTemplates"][0]["spec"],
         "status": {"phase": "Succeeded", "progress": "100.0%"},
@@ -212,20 +220,40 @@ def scene(text: str, *more: str) -> Snapshot:
 
 
 def move(
-    volume: str, claim: str, to_class: str, *, live: bool = True, size: int = 10 * GiB,
-    from_class: str = "old", mode: str = "", access: tuple[str, ...] = (), target: str = "",
+    volume: str,
+    claim: str,
+    to_class: str,
+    *,
+    live: bool = True,
+    size: int = 10 * GiB,
+    from_class: str = "old",
+    mode: str = "",
+    access: tuple[str, ...] = (),
+    target: str = "",
 ) -> VolumeVerdict:
     return VolumeVerdict(
-        volume=volume, claim=claim, from_class=from_class, to_class=to_class,
-        action=Action.MOVE_LIVE if live else Action.MOVE_OFFLINE, size_bytes=size,
-        volume_mode=mode, access_modes=access, target_name=target,
+        volume=volume,
+        claim=claim,
+        from_class=from_class,
+        to_class=to_class,
+        action=Action.MOVE_LIVE if live else Action.MOVE_OFFLINE,
+        size_bytes=size,
+        volume_mode=mode,
+        access_modes=access,
+        target_name=target,
     )
 
 
 def verdict(vm: VMInfo, *moves: VolumeVerdict, plan: str = "p") -> VMVerdict:
     action = moves[0].action if moves else Action.IN_SYNC
-    return VMVerdict(namespace=vm.namespace, name=vm.name, plan=plan, action=action,
-                     volumes=moves, running=action == Action.MOVE_LIVE)
+    return VMVerdict(
+        namespace=vm.namespace,
+        name=vm.name,
+        plan=plan,
+        action=action,
+        volumes=moves,
+        running=action == Action.MOVE_LIVE,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +266,10 @@ def only_vm(snap: Snapshot, name: str) -> VMInfo:
 
 
 def render(
-    snap: Snapshot, vm_name: str, *moves: VolumeVerdict, templates: TemplateSet,
+    snap: Snapshot,
+    vm_name: str,
+    *moves: VolumeVerdict,
+    templates: TemplateSet,
     plan: str = "p",
 ) -> RenderedVM:
     vm = only_vm(snap, vm_name)
@@ -256,23 +287,52 @@ def apply(ops: Any, doc: Mapping[str, Any]) -> dict[str, Any]:
 
 CASES = {
     "fedora-live-template": (
-        FEDORA, "vm-fedora", "fedora-to-ceph",
+        FEDORA,
+        "vm-fedora",
+        "fedora-to-ceph",
         [move("datavolumedisk1", CLAIM, "ceph-rbd", size=30 * GiB, from_class=seed.SOURCE_CLASS)],
     ),
     "offline-pvc": (
-        OFFLINE_PVC, "vm-db", "db-to-fast",
-        [move("data", "db-data", "fast", live=False, size=20 * GiB, from_class="standard",
-              mode="Filesystem", access=("ReadWriteMany",))],
+        OFFLINE_PVC,
+        "vm-db",
+        "db-to-fast",
+        [
+            move(
+                "data",
+                "db-data",
+                "fast",
+                live=False,
+                size=20 * GiB,
+                from_class="standard",
+                mode="Filesystem",
+                access=("ReadWriteMany",),
+            )
+        ],
     ),
     "block-capacity": (
-        BLOCK, "vm-block", "block-to-ssd",
-        [move("disk0", "blk-disk-mig-k3x9q", "ssd-block", size=10 * GiB + 5 * MiB,
-              from_class="san-block", mode="Block", access=("ReadWriteMany",))],
+        BLOCK,
+        "vm-block",
+        "block-to-ssd",
+        [
+            move(
+                "disk0",
+                "blk-disk-mig-k3x9q",
+                "ssd-block",
+                size=10 * GiB + 5 * MiB,
+                from_class="san-block",
+                mode="Block",
+                access=("ReadWriteMany",),
+            )
+        ],
     ),
     "two-disks": (
-        TWO_DISKS, "vm-two", "two-to-new",
-        [move("rootdisk", "two-root", "new", size=8 * GiB),
-         move("datadisk", "two-data", "new", size=50 * GiB)],
+        TWO_DISKS,
+        "vm-two",
+        "two-to-new",
+        [
+            move("rootdisk", "two-root", "new", size=8 * GiB),
+            move("datadisk", "two-data", "new", size=50 * GiB),
+        ],
     ),
 }
 
@@ -323,7 +383,9 @@ def test_live_move_creates_a_blank_adoptable_datavolume(templates: TemplateSet) 
     assert dv["metadata"]["name"] == target
     assert dv["spec"]["source"] == {"blank": {}}
     assert dv["spec"]["storage"] == {
-        "storageClassName": "ceph-rbd", "resources": {"requests": {"storage": "30Gi"}}}
+        "storageClassName": "ceph-rbd",
+        "resources": {"requests": {"storage": "30Gi"}},
+    }
     assert dv["metadata"]["annotations"] == {
         "cdi.kubevirt.io/allowClaimAdoption": "true",
         "cdi.kubevirt.io/storage.bind.immediate.requested": "true",
@@ -404,16 +466,17 @@ def test_offline_move_clones_the_source_and_leaves_the_strategy_alone(
     out = render_case("offline-pvc", templates)
     (dv,) = out.data_volumes
     assert dv["spec"]["source"] == {"pvc": {"namespace": "apps", "name": "db-data"}}
-    assert dv["metadata"]["annotations"]["cdi.kubevirt.io/storage.deleteAfterCompletion"] == \
-        "false"
+    assert dv["metadata"]["annotations"]["cdi.kubevirt.io/storage.deleteAfterCompletion"] == "false"
     assert dv["spec"]["storage"]["volumeMode"] == "Filesystem"
     assert dv["spec"]["storage"]["accessModes"] == ["ReadWriteMany"]
     assert dv["metadata"]["labels"]["tier"] == "gold"
     assert dv["metadata"]["labels"]["vmstorage.dev/plan"] == "db-to-fast"  # ours, not the copy
     assert "vm.kubevirt.io/name" not in dv["metadata"]["labels"]
     volume = out.patched_vm["spec"]["template"]["spec"]["volumes"][1]
-    assert volume == {"name": "data",
-                      "persistentVolumeClaim": {"claimName": dv["metadata"]["name"]}}
+    assert volume == {
+        "name": "data",
+        "persistentVolumeClaim": {"claimName": dv["metadata"]["name"]},
+    }
     assert "updateVolumesStrategy" not in out.patched_vm["spec"]
     assert all("updateVolumesStrategy" not in op["path"] for op in out.vm_patch)
     assert out.strategy_cleanup_patch == ()
@@ -436,10 +499,13 @@ def test_two_disks_move_in_one_patch(templates: TemplateSet) -> None:
     snap = scene(TWO_DISKS)
     out = render_case("two-disks", templates)
     assert [dv["metadata"]["name"] for dv in out.data_volumes] == [
-        out.target_names["rootdisk"], out.target_names["datadisk"]]
+        out.target_names["rootdisk"],
+        out.target_names["datadisk"],
+    ]
     spec = out.patched_vm["spec"]
-    assert spec["template"]["spec"]["volumes"][2]["dataVolume"]["name"] == \
-        out.target_names["datadisk"]
+    assert (
+        spec["template"]["spec"]["volumes"][2]["dataVolume"]["name"] == out.target_names["datadisk"]
+    )
     # The data template uses spec.pvc and had no class: the class is added there.
     assert spec["dataVolumeTemplates"][1]["spec"]["pvc"]["storageClassName"] == "new"
     assert spec["dataVolumeTemplates"][0]["spec"]["storage"]["storageClassName"] == "new"
@@ -453,13 +519,24 @@ def test_two_disks_move_in_one_patch(templates: TemplateSet) -> None:
 
 
 def name_for(templates: TemplateSet, claim: str, storage_class: str = "new") -> str:
-    return target_name(templates, namespace="ns", vm="vm1", volume="rootdisk", claim=claim,
-                       storage_class=storage_class)
+    return target_name(
+        templates,
+        namespace="ns",
+        vm="vm1",
+        volume="rootdisk",
+        claim=claim,
+        storage_class=storage_class,
+    )
 
 
 def test_target_name_is_deterministic_and_depends_on_every_input(templates: TemplateSet) -> None:
-    base = {"namespace": "ns", "vm": "vm1", "volume": "rootdisk", "claim": "disk",
-            "storage_class": "new"}
+    base = {
+        "namespace": "ns",
+        "vm": "vm1",
+        "volume": "rootdisk",
+        "claim": "disk",
+        "storage_class": "new",
+    }
     first = target_name(templates, **base)
     assert first == target_name(load_templates(None), **base)
     for key, value in base.items():
@@ -490,9 +567,15 @@ def test_filters() -> None:
     assert quantity_filter(0) == "0"
     assert re.fullmatch(r"[0-9a-z]{5}", sha_filter("x"))
     assert sha_filter("x") == sha_filter("x") != sha_filter("y")
-    assert copied_labels({"kubevirt.io/created-by": "u", "cdi.kubevirt.io/x": "y",
-                          "app": "containerized-data-importer", "a": "b",
-                          "vmstorage.dev/plan": "old"}) == {"a": "b"}
+    assert copied_labels(
+        {
+            "kubevirt.io/created-by": "u",
+            "cdi.kubevirt.io/x": "y",
+            "app": "containerized-data-importer",
+            "a": "b",
+            "vmstorage.dev/plan": "old",
+        }
+    ) == {"a": "b"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,25 +584,52 @@ def test_filters() -> None:
 
 
 def fedora_target(templates: TemplateSet) -> str:
-    return target_name(templates, namespace="mig-vm", vm="vm-fedora", volume="datavolumedisk1",
-                       claim=CLAIM, storage_class="ceph-rbd")
+    return target_name(
+        templates,
+        namespace="mig-vm",
+        vm="vm-fedora",
+        volume="datavolumedisk1",
+        claim=CLAIM,
+        storage_class="ceph-rbd",
+    )
 
 
 def existing_pvc(name: str, annotations: Mapping[str, str] | None = None) -> str:
-    return yaml.safe_dump([{
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": "mig-vm", "annotations": dict(annotations or {})},
-        "spec": {"storageClassName": "ceph-rbd", "resources": {"requests": {"storage": "10Gi"}}},
-        "status": {"phase": "Bound"},
-    }])
+    return yaml.safe_dump(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {
+                    "name": name,
+                    "namespace": "mig-vm",
+                    "annotations": dict(annotations or {}),
+                },
+                "spec": {
+                    "storageClassName": "ceph-rbd",
+                    "resources": {"requests": {"storage": "10Gi"}},
+                },
+                "status": {"phase": "Bound"},
+            }
+        ]
+    )
 
 
 def existing_dv(name: str, annotations: Mapping[str, str] | None = None) -> str:
-    return yaml.safe_dump([{
-        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
-        "metadata": {"name": name, "namespace": "mig-vm", "annotations": dict(annotations or {})},
-        "spec": {"source": {"blank": {}}, "storage": {"storageClassName": "ceph-rbd"}},
-    }])
+    return yaml.safe_dump(
+        [
+            {
+                "apiVersion": "cdi.kubevirt.io/v1beta1",
+                "kind": "DataVolume",
+                "metadata": {
+                    "name": name,
+                    "namespace": "mig-vm",
+                    "annotations": dict(annotations or {}),
+                },
+                "spec": {"source": {"blank": {}}, "storage": {"storageClassName": "ceph-rbd"}},
+            }
+        ]
+    )
 
 
 FEDORA_MOVE = CASES["fedora-live-template"][3][0]
@@ -539,10 +649,15 @@ def test_a_foreign_datavolume_or_vm_reference_is_an_error(templates: TemplateSet
     target = fedora_target(templates)
     ours_for_another_disk = {"vmstorage.dev/source-claim": "some-other-disk"}
     with pytest.raises(TemplateError, match=f"DataVolume mig-vm/{target}"):
-        render(scene(FEDORA, existing_dv(target, ours_for_another_disk)), "vm-fedora",
-               FEDORA_MOVE, templates=templates)
+        render(
+            scene(FEDORA, existing_dv(target, ours_for_another_disk)),
+            "vm-fedora",
+            FEDORA_MOVE,
+            templates=templates,
+        )
     other_vm = OFFLINE_PVC.replace("namespace: apps", "namespace: mig-vm").replace(
-        "claimName: db-data", f"claimName: {target}")
+        "claimName: db-data", f"claimName: {target}"
+    )
     with pytest.raises(TemplateError, match="already used by VirtualMachine mig-vm/vm-db"):
         render(scene(FEDORA, other_vm), "vm-fedora", FEDORA_MOVE, templates=templates)
 
@@ -555,8 +670,12 @@ def test_our_own_leftover_is_reused(templates: TemplateSet) -> None:
         assert out.reused_targets == {target}
         assert out.target_names == {"datavolumedisk1": target}
     # A PVC without the marker belongs to our DataVolume of the same name (CDI made it).
-    out = render(scene(FEDORA, existing_dv(target, ours), existing_pvc(target)), "vm-fedora",
-                 FEDORA_MOVE, templates=templates)
+    out = render(
+        scene(FEDORA, existing_dv(target, ours), existing_pvc(target)),
+        "vm-fedora",
+        FEDORA_MOVE,
+        templates=templates,
+    )
     assert out.reused_targets == {target}
 
 
@@ -596,8 +715,7 @@ def test_the_checkout_serves_the_top_level_templates() -> None:
 
 
 def test_an_override_dir_replaces_one_template_only(tmp_path: Path) -> None:
-    custom = override(tmp_path, "target-name.j2",
-                      "{{ claim ~ '-on-' ~ storage_class }}\n")
+    custom = override(tmp_path, "target-name.j2", "{{ claim ~ '-on-' ~ storage_class }}\n")
     assert custom.path_of("target-name.j2") == tmp_path / "target-name.j2"
     assert custom.path_of("vm-patch.j2") == ROOT / "templates" / "vm-patch.j2"
     out = render(scene(FEDORA), "vm-fedora", FEDORA_MOVE, templates=custom)
@@ -641,8 +759,11 @@ def test_a_syntax_error_is_reported_when_loading(tmp_path: Path) -> None:
 )
 def test_the_sandbox_refuses_unsafe_access(tmp_path: Path, expression: str) -> None:
     text = (ROOT / "templates" / "datavolume-live.j2").read_text()
-    custom = override(tmp_path, "datavolume-live.j2",
-                      text.replace("kind: DataVolume", f"kind: DataVolume{{{{ {expression} }}}}"))
+    custom = override(
+        tmp_path,
+        "datavolume-live.j2",
+        text.replace("kind: DataVolume", f"kind: DataVolume{{{{ {expression} }}}}"),
+    )
     with pytest.raises(TemplateError, match="unsafe") as caught:
         render(scene(FEDORA), "vm-fedora", FEDORA_MOVE, templates=custom)
     assert "sandbox" in caught.value.problems[0].hint
@@ -651,22 +772,42 @@ def test_the_sandbox_refuses_unsafe_access(tmp_path: Path, expression: str) -> N
 @pytest.mark.parametrize(
     ("name", "old", "new", "complaint"),
     [
-        ("datavolume-live.j2", "namespace: {{ namespace | to_json }}", "namespace: elsewhere",
-         "metadata.namespace is 'elsewhere'"),
+        (
+            "datavolume-live.j2",
+            "namespace: {{ namespace | to_json }}",
+            "namespace: elsewhere",
+            "metadata.namespace is 'elsewhere'",
+        ),
         ("datavolume-live.j2", "blank: {}", "http: {url: x}", "must be blank"),
         ("datavolume-live.j2", "{{ size_bytes | quantity | to_json }}", "1Gi", "smaller"),
         ("datavolume-live.j2", '"true"', "true", "not a string"),
-        ("vm-patch.j2", '"value": {{ resource_version | to_json }}', '"value": "1"',
-         "must test /metadata/resourceVersion"),
-        ("vm-patch.j2", '"/spec/updateVolumesStrategy", "value": "Migration"',
-         '"/spec/updateVolumesStrategy", "value": "Replacement"', "expected 'Migration'"),
+        (
+            "vm-patch.j2",
+            '"value": {{ resource_version | to_json }}',
+            '"value": "1"',
+            "must test /metadata/resourceVersion",
+        ),
+        (
+            "vm-patch.j2",
+            '"/spec/updateVolumesStrategy", "value": "Migration"',
+            '"/spec/updateVolumesStrategy", "value": "Replacement"',
+            "expected 'Migration'",
+        ),
         ("vm-patch.j2", '"value": {{ m.claim | to_json }}}', '"value": "wrong"}', "does not apply"),
-        ("vm-revert-patch.j2", "{%- for op in ops %}", "{%- for op in ops[:-1] %}",
-         "does not restore the VM"),
+        (
+            "vm-revert-patch.j2",
+            "{%- for op in ops %}",
+            "{%- for op in ops[:-1] %}",
+            "does not restore the VM",
+        ),
     ],
 )
 def test_unsafe_renderings_are_refused(
-    tmp_path: Path, name: str, old: str, new: str, complaint: str,
+    tmp_path: Path,
+    name: str,
+    old: str,
+    new: str,
+    complaint: str,
 ) -> None:
     text = (ROOT / "templates" / name).read_text()
     assert old in text
@@ -695,26 +836,42 @@ def test_the_wheel_ships_the_templates_and_uses_them(tmp_path: Path) -> None:
     source.mkdir()
     shutil.copy(ROOT / "pyproject.toml", source)
     for tree in ("reconciler", "templates"):
-        shutil.copytree(ROOT / tree, source / tree,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / tree, source / tree, ignore=shutil.ignore_patterns("__pycache__"))
     readme = ROOT / "README.md"
     (source / "README.md").write_text(readme.read_text() if readme.exists() else "readme\n")
     dist = tmp_path / "dist"
     pip = Path(sys.executable).with_name("pip")
     subprocess.run(
-        [str(pip), "wheel", "--no-deps", "--no-build-isolation", "-q", str(source),
-         "-w", str(dist)],
-        check=True, capture_output=True, timeout=170,
+        [
+            str(pip),
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(source),
+            "-w",
+            str(dist),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=170,
     )
     (wheel,) = dist.glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         assert {f"reconciler/_templates/{n}" for n in TEMPLATE_NAMES} <= names
         archive.extractall(tmp_path / "site")
-    probe = ("from reconciler.render.sandbox import default_templates_dir, load_templates;"
-             "load_templates(None); print(default_templates_dir())")
+    probe = (
+        "from reconciler.render.sandbox import default_templates_dir, load_templates;"
+        "load_templates(None); print(default_templates_dir())"
+    )
     found = subprocess.run(
-        [sys.executable, "-c", probe], check=True, capture_output=True, text=True,
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=60,
+        [sys.executable, "-c", probe],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+        timeout=60,
     ).stdout.strip()
     assert Path(found) == tmp_path / "site" / "reconciler" / "_templates"

@@ -136,20 +136,32 @@ ALL_GATES = VOLUME_UPDATE_GATES
         ("kubevirt-version-unknown", kubevirt(""), "observedKubeVirtVersion is empty"),
         ("kubevirt-version-unknown", kubevirt("devel"), "is devel"),
         ("kubevirt-too-old", kubevirt("v1.2.3"), "arrived in v1.3.0"),
-        ("feature-gates-missing", kubevirt("v1.3.0", rollout="LiveUpdate"),
-         "VMLiveUpdateFeatures, VolumesUpdateStrategy, VolumeMigration"),
-        ("feature-gates-missing",
-         kubevirt("v1.4.2", gates=("VolumesUpdateStrategy", "VolumeMigration"),
-                  rollout="LiveUpdate"),
-         "needs the feature gates VMLiveUpdateFeatures for"),
-        ("feature-gates-missing", kubevirt("v1.5.0-rc.1", rollout="LiveUpdate"),
-         "developerConfiguration.featureGates"),
+        (
+            "feature-gates-missing",
+            kubevirt("v1.3.0", rollout="LiveUpdate"),
+            "VMLiveUpdateFeatures, VolumesUpdateStrategy, VolumeMigration",
+        ),
+        (
+            "feature-gates-missing",
+            kubevirt(
+                "v1.4.2", gates=("VolumesUpdateStrategy", "VolumeMigration"), rollout="LiveUpdate"
+            ),
+            "needs the feature gates VMLiveUpdateFeatures for",
+        ),
+        (
+            "feature-gates-missing",
+            kubevirt("v1.5.0-rc.1", rollout="LiveUpdate"),
+            "developerConfiguration.featureGates",
+        ),
         ("rollout-strategy-not-live-update", kubevirt("v1.5.0"), "is unset"),
         ("rollout-strategy-not-live-update", kubevirt("v1.4.2", gates=ALL_GATES), "Stage"),
         ("rollout-strategy-not-live-update", kubevirt("v1.9.0", rollout="Stage"), "is Stage"),
         ("workload-update-no-live-migrate", kubevirt("v1.9.0", methods=()), "is []"),
-        ("workload-update-no-live-migrate", kubevirt("v1.9.0", methods=("Evict",)),
-         "is [Evict]: without LiveMigrate"),
+        (
+            "workload-update-no-live-migrate",
+            kubevirt("v1.9.0", methods=("Evict",)),
+            "is [Evict]: without LiveMigrate",
+        ),
     ),
 )
 def test_cluster_rules(rule: str | None, given: KubeVirtInfo | None, needle: str) -> None:
@@ -165,11 +177,14 @@ def test_cluster_rules(rule: str | None, given: KubeVirtInfo | None, needle: str
         (kubevirt(""), {"kubevirt-version-unknown", "rollout-strategy-not-live-update"}),
         (kubevirt("", rollout="LiveUpdate"), {"kubevirt-version-unknown"}),
         (None, {"kubevirt-not-found"}),
-        (kubevirt("v1.3.0", methods=()), {
-            "feature-gates-missing",
-            "rollout-strategy-not-live-update",
-            "workload-update-no-live-migrate",
-        }),
+        (
+            kubevirt("v1.3.0", methods=()),
+            {
+                "feature-gates-missing",
+                "rollout-strategy-not-live-update",
+                "workload-update-no-live-migrate",
+            },
+        ),
     ],
 )
 def test_cluster_rules_report_every_problem_once(
@@ -185,8 +200,10 @@ def test_cluster_rules_report_every_problem_once(
 # --------------------------------------------------------------------------------------------
 
 ARGO = {"argocd.argoproj.io/tracking-id": "shop:kubevirt.io/VirtualMachine:ns/vm1"}
-FLUX_KS = {"kustomize.toolkit.fluxcd.io/name": "apps", "kustomize.toolkit.fluxcd.io/namespace":
-           "flux-system"}
+FLUX_KS = {
+    "kustomize.toolkit.fluxcd.io/name": "apps",
+    "kustomize.toolkit.fluxcd.io/namespace": "flux-system",
+}
 FLUX_HELM = {"helm.toolkit.fluxcd.io/name": "vms", "helm.toolkit.fluxcd.io/namespace": "ns"}
 TWO_DISKS = (volume("rootdisk"), volume("data"))
 
@@ -207,41 +224,77 @@ def scene(
     if vmi_phase is not None:
         parts.append(vmi(phase=vmi_phase, conditions=vmi_conditions))
     snap = snapshot(*parts, *extra)
-    return vm_context(
-        the_vm, snap, wanted=wanted, moving=moving, allow_gitops_managed=allow_gitops
-    )
+    return vm_context(the_vm, snap, wanted=wanted, moving=moving, allow_gitops_managed=allow_gitops)
 
 
 @pytest.mark.parametrize(
     ("rule", "given", "needle"),
     cases(
         (None, scene(), ""),
-        ("journal-present", scene(vm_kw={"annotations": {JOURNAL_ANNOTATION: "{}"}}),
-         "resumes or rolls back"),
-        ("volume-migration-in-progress",
-         scene(vm_kw={"update_volumes_strategy": "Migration"},
-               vmi_conditions=(cond("VolumesChange", "True", message="migrate volumes"),)),
-         "VolumesChange=True"),
-        ("volume-migration-in-progress",
-         scene(vm_kw={"update_volumes_strategy": "Migration"}, extra=(migration(),)),
-         "kubevirt-workload-update-vm1 is in flight"),
-        ("volume-migration-in-progress",
-         scene(vm_kw={"update_volumes_strategy": "Migration"}, extra=(migration(phase=""),)),
-         "in flight"),
+        (
+            "journal-present",
+            scene(vm_kw={"annotations": {JOURNAL_ANNOTATION: "{}"}}),
+            "resumes or rolls back",
+        ),
+        (
+            "volume-migration-in-progress",
+            scene(
+                vm_kw={"update_volumes_strategy": "Migration"},
+                vmi_conditions=(cond("VolumesChange", "True", message="migrate volumes"),),
+            ),
+            "VolumesChange=True",
+        ),
+        (
+            "volume-migration-in-progress",
+            scene(vm_kw={"update_volumes_strategy": "Migration"}, extra=(migration(),)),
+            "kubevirt-workload-update-vm1 is in flight",
+        ),
+        (
+            "volume-migration-in-progress",
+            scene(vm_kw={"update_volumes_strategy": "Migration"}, extra=(migration(phase=""),)),
+            "in flight",
+        ),
         # After a successful migration the strategy stays Migration: not in progress.
-        (None, scene(vm_kw={"update_volumes_strategy": "Migration"},
-                     extra=(migration(phase="Succeeded"),)), ""),
-        (None, scene(vm_kw={"update_volumes_strategy": "Migration"},
-                     extra=(migration(phase="Failed"),)), ""),
+        (
+            None,
+            scene(
+                vm_kw={"update_volumes_strategy": "Migration"},
+                extra=(migration(phase="Succeeded"),),
+            ),
+            "",
+        ),
+        (
+            None,
+            scene(
+                vm_kw={"update_volumes_strategy": "Migration"}, extra=(migration(phase="Failed"),)
+            ),
+            "",
+        ),
         # A plain (non volume-update) migration, or one of another VMI, is not ours to wait for.
-        (None, scene(vm_kw={"update_volumes_strategy": "Migration"},
-                     extra=(migration(volume_update=False),)), ""),
-        (None, scene(vm_kw={"update_volumes_strategy": "Migration"},
-                     extra=(migration("vm2"),)), ""),
+        (
+            None,
+            scene(
+                vm_kw={"update_volumes_strategy": "Migration"},
+                extra=(migration(volume_update=False),),
+            ),
+            "",
+        ),
+        (
+            None,
+            scene(vm_kw={"update_volumes_strategy": "Migration"}, extra=(migration("vm2"),)),
+            "",
+        ),
         (None, scene(vmi_conditions=(cond("VolumesChange", "True"),)), ""),
-        (None, scene(vm_kw={"update_volumes_strategy": "Migration"},
-                     vmi_conditions=(cond("VolumesChange", "False",
-                                          reason="VolumesChangeCancellation"),)), ""),
+        (
+            None,
+            scene(
+                vm_kw={"update_volumes_strategy": "Migration"},
+                vmi_conditions=(
+                    cond("VolumesChange", "False", reason="VolumesChangeCancellation"),
+                ),
+            ),
+            "",
+        ),
     ),
 )
 def test_in_progress_rules(rule: str | None, given: VMContext, needle: str) -> None:
@@ -254,71 +307,136 @@ def test_in_progress_rules(rule: str | None, given: VMContext, needle: str) -> N
     ("rule", "given", "needle"),
     cases(
         (None, scene(), ""),
-        ("manual-recovery-required",
-         scene(vm_kw={"conditions": (cond(
-             "ManualRecoveryRequired",
-             message="VMI was removed or was final during the volume migration"),)}),
-         "restore the original claim names in spec.template.spec.volumes"),
-        ("manual-recovery-required",
-         scene(vm_kw={"conditions": (cond("ManualRecoveryRequired", reason="Interrupted"),)}),
-         "remove spec.updateVolumesStrategy to keep the destination"),
+        (
+            "manual-recovery-required",
+            scene(
+                vm_kw={
+                    "conditions": (
+                        cond(
+                            "ManualRecoveryRequired",
+                            message="VMI was removed or was final during the volume migration",
+                        ),
+                    )
+                }
+            ),
+            "restore the original claim names in spec.template.spec.volumes",
+        ),
+        (
+            "manual-recovery-required",
+            scene(vm_kw={"conditions": (cond("ManualRecoveryRequired", reason="Interrupted"),)}),
+            "remove spec.updateVolumesStrategy to keep the destination",
+        ),
         (None, scene(vm_kw={"conditions": (cond("ManualRecoveryRequired", "False"),)}), ""),
-        ("gitops-managed", scene(vm_kw={"annotations": ARGO}),
-         "spec.ignoreDifferences: [{group: kubevirt.io, kind: VirtualMachine, name: vm1, "
-         "namespace: ns, jqPathExpressions: [.spec.template.spec.volumes, "
-         ".spec.dataVolumeTemplates, .spec.updateVolumesStrategy, .spec.runStrategy]}]"),
-        ("gitops-managed", scene(vm_kw={"annotations": ARGO}),
-         "syncOptions: [RespectIgnoreDifferences=true]"),
+        (
+            "gitops-managed",
+            scene(vm_kw={"annotations": ARGO}),
+            "spec.ignoreDifferences: [{group: kubevirt.io, kind: VirtualMachine, name: vm1, "
+            "namespace: ns, jqPathExpressions: [.spec.template.spec.volumes, "
+            ".spec.dataVolumeTemplates, .spec.updateVolumesStrategy, .spec.runStrategy]}]",
+        ),
+        (
+            "gitops-managed",
+            scene(vm_kw={"annotations": ARGO}),
+            "syncOptions: [RespectIgnoreDifferences=true]",
+        ),
         ("gitops-managed", scene(vm_kw={"annotations": ARGO}), "Application shop"),
         ("gitops-managed", scene(vm_kw={"annotations": ARGO}), "allowGitOpsManaged: true"),
-        ("gitops-managed",
-         scene(vm_kw={"labels": {"app.kubernetes.io/instance": "shop"},
-                      "annotations": {"argocd.argoproj.io/sync-wave": "2"}}),
-         "managed by Argo CD shop"),
-        ("gitops-managed", scene(vm_kw={"labels": FLUX_KS}),
-         "in Kustomization flux-system/apps add spec.driftIgnoreRules: [{paths: "
-         "[/spec/template/spec/volumes, /spec/dataVolumeTemplates, /spec/updateVolumesStrategy, "
-         "/spec/runStrategy], target: {group: kubevirt.io, kind: VirtualMachine, name: vm1, "
-         "namespace: ns}}]"),
-        ("gitops-managed", scene(vm_kw={"labels": FLUX_KS}),
-         "kustomize.toolkit.fluxcd.io/ssa: IfNotPresent"),
-        ("gitops-managed", scene(vm_kw={"labels": FLUX_HELM}),
-         "in HelmRelease ns/vms add spec.driftDetection.ignore"),
+        (
+            "gitops-managed",
+            scene(
+                vm_kw={
+                    "labels": {"app.kubernetes.io/instance": "shop"},
+                    "annotations": {"argocd.argoproj.io/sync-wave": "2"},
+                }
+            ),
+            "managed by Argo CD shop",
+        ),
+        (
+            "gitops-managed",
+            scene(vm_kw={"labels": FLUX_KS}),
+            "in Kustomization flux-system/apps add spec.driftIgnoreRules: [{paths: "
+            "[/spec/template/spec/volumes, /spec/dataVolumeTemplates, /spec/updateVolumesStrategy, "
+            "/spec/runStrategy], target: {group: kubevirt.io, kind: VirtualMachine, name: vm1, "
+            "namespace: ns}}]",
+        ),
+        (
+            "gitops-managed",
+            scene(vm_kw={"labels": FLUX_KS}),
+            "kustomize.toolkit.fluxcd.io/ssa: IfNotPresent",
+        ),
+        (
+            "gitops-managed",
+            scene(vm_kw={"labels": FLUX_HELM}),
+            "in HelmRelease ns/vms add spec.driftDetection.ignore",
+        ),
         # Not owned, or owned but safe / allowed:
         (None, scene(vm_kw={"labels": {"app.kubernetes.io/instance": "shop"}}), ""),
-        (None, scene(vm_kw={"labels": FLUX_KS,
-                            "annotations": {"kustomize.toolkit.fluxcd.io/ssa": "IfNotPresent"}}),
-         ""),
-        (None, scene(vm_kw={"labels": FLUX_KS,
-                            "annotations": {"kustomize.toolkit.fluxcd.io/reconcile": "disabled"}}),
-         ""),
+        (
+            None,
+            scene(
+                vm_kw={
+                    "labels": FLUX_KS,
+                    "annotations": {"kustomize.toolkit.fluxcd.io/ssa": "IfNotPresent"},
+                }
+            ),
+            "",
+        ),
+        (
+            None,
+            scene(
+                vm_kw={
+                    "labels": FLUX_KS,
+                    "annotations": {"kustomize.toolkit.fluxcd.io/reconcile": "disabled"},
+                }
+            ),
+            "",
+        ),
         (None, scene(vm_kw={"annotations": ARGO}, allow_gitops=True), ""),
         ("vm-not-running", scene(vmi_phase=None), "the VM is stopped (no VMI)"),
         ("vm-not-running", scene(vmi_phase="Scheduling"), "phase Scheduling, not Running"),
         ("vm-not-running", scene(vmi_phase="Succeeded"), "has ended (phase Succeeded)"),
-        ("storage-not-live-migratable",
-         scene(vmi_conditions=(cond("StorageLiveMigratable", "False",
-                                    reason="DisksNotLiveMigratable",
-                                    message="cannot migrate VMI: PVC data is not shared"),)),
-         "(DisksNotLiveMigratable: cannot migrate VMI: PVC data is not shared)"),
+        (
+            "storage-not-live-migratable",
+            scene(
+                vmi_conditions=(
+                    cond(
+                        "StorageLiveMigratable",
+                        "False",
+                        reason="DisksNotLiveMigratable",
+                        message="cannot migrate VMI: PVC data is not shared",
+                    ),
+                )
+            ),
+            "(DisksNotLiveMigratable: cannot migrate VMI: PVC data is not shared)",
+        ),
         (None, scene(vmi_conditions=(cond("StorageLiveMigratable", "True"),)), ""),
-        ("rwo-volume-not-moved", scene(vm_kw={"volumes": TWO_DISKS}),
-         "volume data is ReadWriteOnce and not moved"),
-        ("rwo-volume-not-moved", scene(vm_kw={"volumes": TWO_DISKS}),
-         "add data to the plan, or let the VM move offline"),
-        ("rwo-volume-not-moved",
-         scene(vm_kw={"volumes": TWO_DISKS}, wanted=("rootdisk", "data")),
-         "data (already on its target class) is ReadWriteOnce and not moved in this update, but "
-         "KubeVirt moves every RWO volume of a VM in the same update ('The volume ... is RWO and "
-         "not included in the migration volumes'): let the VM move offline"),
+        (
+            "rwo-volume-not-moved",
+            scene(vm_kw={"volumes": TWO_DISKS}),
+            "volume data is ReadWriteOnce and not moved",
+        ),
+        (
+            "rwo-volume-not-moved",
+            scene(vm_kw={"volumes": TWO_DISKS}),
+            "add data to the plan, or let the VM move offline",
+        ),
+        (
+            "rwo-volume-not-moved",
+            scene(vm_kw={"volumes": TWO_DISKS}, wanted=("rootdisk", "data")),
+            "data (already on its target class) is ReadWriteOnce and not moved in this update, "
+            "but KubeVirt moves every RWO volume of a VM in the same update ('The volume ... is "
+            "RWO and not included in the migration volumes'): let the VM move offline",
+        ),
         (None, scene(vm_kw={"volumes": TWO_DISKS}, moving=("rootdisk", "data")), ""),
-        (None, scene(vm_kw={"volumes": TWO_DISKS}, extra=(pvc("data-dv", access_modes=RWX),)),
-         ""),
+        (None, scene(vm_kw={"volumes": TWO_DISKS}, extra=(pvc("data-dv", access_modes=RWX),)), ""),
         (None, scene(vm_kw={"volumes": TWO_DISKS}, moving=()), ""),  # nothing moves
         # Non-claim volumes (cloudInit, containerDisk) never count.
         (None, scene(vm_kw={"volumes": (volume(), volume("ci", kind="cloudInitNoCloud"))}), ""),
-        ("running-field-deprecated", scene(vm_kw={"uses_running_field": True}),
-         "deprecated spec.running"),
+        (
+            "running-field-deprecated",
+            scene(vm_kw={"uses_running_field": True}),
+            "deprecated spec.running",
+        ),
     ),
 )
 def test_vm_rules(rule: str | None, given: VMContext, needle: str) -> None:
@@ -354,8 +472,7 @@ def vol_scene(
     return volume_context(want, the_vm, snap)
 
 
-def without(ctx: VolumeContext, *, pvc_gone: bool = False, dv_gone: bool = False
-            ) -> VolumeContext:
+def without(ctx: VolumeContext, *, pvc_gone: bool = False, dv_gone: bool = False) -> VolumeContext:
     """``ctx`` rebuilt over its snapshot without vm1's rootdisk PVC and/or DataVolume."""
     key = ("ns", "rootdisk-dv")
     snap = ctx.snapshot
@@ -378,57 +495,95 @@ ZERO = PVCInfo("ns", "rootdisk-dv", "old", 0, None, "Filesystem", RWO, "Bound")
     ("rule", "given", "needle"),
     cases(
         (None, vol_scene(), ""),
-        ("volume-not-found", vol_scene(want_volume="datadisk"),
-         "has no such volume (it has: rootdisk)"),
-        ("volume-not-a-claim",
-         vol_scene(want_volume="cd", vm_volumes=(volume(), volume("cd", kind="containerDisk"))),
-         "cd is a containerDisk volume"),
+        (
+            "volume-not-found",
+            vol_scene(want_volume="datadisk"),
+            "has no such volume (it has: rootdisk)",
+        ),
+        (
+            "volume-not-a-claim",
+            vol_scene(want_volume="cd", vm_volumes=(volume(), volume("cd", kind="containerDisk"))),
+            "cd is a containerDisk volume",
+        ),
         ("claim-not-found", NO_PVC, "PVC ns/rootdisk-dv of volume rootdisk does not exist"),
         ("claim-not-found", NO_PVC_DV_IMPORTING, "(DataVolume phase ImportInProgress)"),
         ("claim-not-bound", vol_scene(pvc(phase="Pending")), "is Pending, not Bound"),
         ("claim-not-bound", vol_scene(pvc(phase="Lost")), "is Lost"),
-        ("datavolume-not-succeeded", vol_scene(dv(phase="ImportInProgress", progress="45.20%")),
-         "is ImportInProgress, progress 45.20%, not Succeeded"),
-        ("datavolume-not-succeeded", vol_scene(dv(phase="WaitForFirstConsumer", progress="N/A")),
-         "WaitForFirstConsumer"),
+        (
+            "datavolume-not-succeeded",
+            vol_scene(dv(phase="ImportInProgress", progress="45.20%")),
+            "is ImportInProgress, progress 45.20%, not Succeeded",
+        ),
+        (
+            "datavolume-not-succeeded",
+            vol_scene(dv(phase="WaitForFirstConsumer", progress="N/A")),
+            "WaitForFirstConsumer",
+        ),
         # The DataVolume of a Succeeded import may be garbage-collected: the PVC is enough.
         (None, without(vol_scene(), dv_gone=True), ""),
         ("source-size-unknown", vol_scene(ZERO), "cannot be sized"),
-        ("storage-class-not-found", vol_scene(to="fast"),
-         "StorageClass fast does not exist (classes: new, old)"),
-        ("storage-class-not-found", vol_scene(to=DEFAULT_CLASS),
-         "no StorageClass is annotated storageclass.kubevirt.io/is-default-virt-class or "
-         "storageclass.kubernetes.io/is-default-class"),
-        ("storage-profile-mismatch",
-         vol_scene(profile("new", (RWX, "Block"), (RWO, "Block")),
-                   volume_mode=VolumeMode.FILESYSTEM),
-         "does not offer Filesystem [ReadWriteOnce]; it offers: Block [ReadWriteMany], "
-         "Block [ReadWriteOnce]"),
-        ("storage-profile-mismatch",
-         vol_scene(profile("new", (RWO, "Filesystem")), access_modes=RWX),
-         "does not offer Filesystem [ReadWriteMany]"),
+        (
+            "storage-class-not-found",
+            vol_scene(to="fast"),
+            "StorageClass fast does not exist (classes: new, old)",
+        ),
+        (
+            "storage-class-not-found",
+            vol_scene(to=DEFAULT_CLASS),
+            "no StorageClass is annotated storageclass.kubevirt.io/is-default-virt-class or "
+            "storageclass.kubernetes.io/is-default-class",
+        ),
+        (
+            "storage-profile-mismatch",
+            vol_scene(
+                profile("new", (RWX, "Block"), (RWO, "Block")), volume_mode=VolumeMode.FILESYSTEM
+            ),
+            "does not offer Filesystem [ReadWriteOnce]; it offers: Block [ReadWriteMany], "
+            "Block [ReadWriteOnce]",
+        ),
+        (
+            "storage-profile-mismatch",
+            vol_scene(profile("new", (RWO, "Filesystem")), access_modes=RWX),
+            "does not offer Filesystem [ReadWriteMany]",
+        ),
         # Auto follows the profile; a profile without claim property sets says nothing.
         (None, vol_scene(profile("new", (RWX, "Block")), volume_mode=VolumeMode.AUTO), ""),
         (None, vol_scene(profile("new"), volume_mode=VolumeMode.BLOCK, access_modes=RWX), ""),
-        ("shareable-disk", vol_scene(vm_volumes=(volume(shareable=True),)),
-         "disk rootdisk is shareable"),
-        ("lun-disk", vol_scene(vm_volumes=(volume(disk_type="lun"),)),
-         "attached as a LUN"),
-        ("virtiofs-filesystem", vol_scene(vm_volumes=(volume(filesystem=True, disk_type=None),)),
-         "virtiofs filesystem"),
-        ("persistent-reservation",
-         vol_scene(vm_volumes=(volume(disk_type="lun", persistent_reservation=True),)),
-         "SCSI persistent reservation"),
-        ("hotplug-volume",
-         vol_scene(kubevirt("v1.4.2", gates=ALL_GATES, rollout="LiveUpdate"),
-                   vm_volumes=(volume(hotpluggable=True),)),
-         "KubeVirt v1.4.2 refuses hotplugged volumes"),
-        ("hotplug-volume",
-         vol_scene(kubevirt("v1.5.0-rc.1"), vm_volumes=(volume(hotpluggable=True),)),
-         "allowed from v1.5.0"),
+        (
+            "shareable-disk",
+            vol_scene(vm_volumes=(volume(shareable=True),)),
+            "disk rootdisk is shareable",
+        ),
+        ("lun-disk", vol_scene(vm_volumes=(volume(disk_type="lun"),)), "attached as a LUN"),
+        (
+            "virtiofs-filesystem",
+            vol_scene(vm_volumes=(volume(filesystem=True, disk_type=None),)),
+            "virtiofs filesystem",
+        ),
+        (
+            "persistent-reservation",
+            vol_scene(vm_volumes=(volume(disk_type="lun", persistent_reservation=True),)),
+            "SCSI persistent reservation",
+        ),
+        (
+            "hotplug-volume",
+            vol_scene(
+                kubevirt("v1.4.2", gates=ALL_GATES, rollout="LiveUpdate"),
+                vm_volumes=(volume(hotpluggable=True),),
+            ),
+            "KubeVirt v1.4.2 refuses hotplugged volumes",
+        ),
+        (
+            "hotplug-volume",
+            vol_scene(kubevirt("v1.5.0-rc.1"), vm_volumes=(volume(hotpluggable=True),)),
+            "allowed from v1.5.0",
+        ),
         (None, vol_scene(kubevirt("v1.5.0"), vm_volumes=(volume(hotpluggable=True),)), ""),
-        ("content-type-not-kubevirt", vol_scene(BLOCK_ARCHIVE, volume_mode=VolumeMode.FILESYSTEM),
-         "cdi.kubevirt.io/storage.contentType: archive"),
+        (
+            "content-type-not-kubevirt",
+            vol_scene(BLOCK_ARCHIVE, volume_mode=VolumeMode.FILESYSTEM),
+            "cdi.kubevirt.io/storage.contentType: archive",
+        ),
         (None, vol_scene(BLOCK_KUBEVIRT, volume_mode=VolumeMode.FILESYSTEM), ""),
         (None, vol_scene(pvc(volume_mode="Block"), volume_mode=VolumeMode.FILESYSTEM), ""),
         (None, vol_scene(BLOCK_ARCHIVE, volume_mode=VolumeMode.AUTO), ""),  # stays Block
@@ -485,21 +640,36 @@ def test_target_size_of_a_datavolume_disk_is_its_request_not_the_inflated_pvc() 
     [
         # No profile: Auto keeps the source's Filesystem/RWO.
         ((), VolumeMode.AUTO, None, ("Filesystem", RWO, True)),
-        ((profile("new", (RWO, "Filesystem")),), VolumeMode.AUTO, None,
-         ("Filesystem", RWO, True)),
+        ((profile("new", (RWO, "Filesystem")),), VolumeMode.AUTO, None, ("Filesystem", RWO, True)),
         # The source's pair is not offered: Auto takes the profile's first set, like CDI.
-        ((profile("new", (RWX, "Block"), (RWO, "Block")),), VolumeMode.AUTO, None,
-         ("Block", RWX, True)),
+        (
+            (profile("new", (RWX, "Block"), (RWO, "Block")),),
+            VolumeMode.AUTO,
+            None,
+            ("Block", RWX, True),
+        ),
         # Explicit mode, Auto access: keep the source's access if offered with that mode.
-        ((profile("new", (RWX, "Block"), (RWO, "Block")),), VolumeMode.BLOCK, None,
-         ("Block", RWO, True)),
+        (
+            (profile("new", (RWX, "Block"), (RWO, "Block")),),
+            VolumeMode.BLOCK,
+            None,
+            ("Block", RWO, True),
+        ),
         ((profile("new", (RWX, "Block")),), VolumeMode.BLOCK, None, ("Block", RWX, True)),
         # Explicit access, Auto mode: the first set that offers that access.
-        ((profile("new", (RWO, "Filesystem"), (RWX, "Block")),), VolumeMode.AUTO, RWX,
-         ("Block", RWX, True)),
+        (
+            (profile("new", (RWO, "Filesystem"), (RWX, "Block")),),
+            VolumeMode.AUTO,
+            RWX,
+            ("Block", RWX, True),
+        ),
         # Explicit and not offered.
-        ((profile("new", (RWX, "Block")),), VolumeMode.FILESYSTEM, None,
-         ("Filesystem", RWO, False)),
+        (
+            (profile("new", (RWX, "Block")),),
+            VolumeMode.FILESYSTEM,
+            None,
+            ("Filesystem", RWO, False),
+        ),
         ((profile("new", (RWX, "Block")),), VolumeMode.BLOCK, RWO, ("Block", RWO, False)),
     ],
 )
@@ -572,26 +742,39 @@ def run(
 RUN_CASES = [
     pytest.param(None, run(), LIVE, id="auto-running-live"),
     pytest.param(None, run(running=False), OFFLINE, id="auto-stopped-offline"),
-    pytest.param(None, run(live=(SHAREABLE,), allow_stop=True), OFFLINE,
-                 id="auto-running-no-live-allow-stop-offline"),
+    pytest.param(
+        None,
+        run(live=(SHAREABLE,), allow_stop=True),
+        OFFLINE,
+        id="auto-running-no-live-allow-stop-offline",
+    ),
     pytest.param(None, run(offline=(ARCHIVE,)), LIVE, id="auto-live-ignores-offline-blocker"),
     pytest.param(None, run(Mode.LIVE), LIVE, id="live-running-live"),
-    pytest.param(None, run(Mode.OFFLINE, allow_stop=True), OFFLINE,
-                 id="offline-running-allow-stop"),
+    pytest.param(
+        None, run(Mode.OFFLINE, allow_stop=True), OFFLINE, id="offline-running-allow-stop"
+    ),
     pytest.param(None, run(Mode.OFFLINE, running=False), OFFLINE, id="offline-stopped"),
     pytest.param(None, run(Mode.LIVE, offline=(ARCHIVE,)), LIVE, id="live-ignores-offline"),
-    pytest.param("stop-not-allowed", run(live=(SHAREABLE,)), BLOCKED,
-                 id="stop-not-allowed"),
-    pytest.param("live-required", run(Mode.LIVE, live=(SHAREABLE,)), BLOCKED,
-                 id="live-required-blocker"),
-    pytest.param("live-required", run(Mode.LIVE, running=False), BLOCKED,
-                 id="live-required-stopped"),
+    pytest.param("stop-not-allowed", run(live=(SHAREABLE,)), BLOCKED, id="stop-not-allowed"),
+    pytest.param(
+        "live-required", run(Mode.LIVE, live=(SHAREABLE,)), BLOCKED, id="live-required-blocker"
+    ),
+    pytest.param(
+        "live-required", run(Mode.LIVE, running=False), BLOCKED, id="live-required-stopped"
+    ),
     pytest.param("offline-needs-stop", run(Mode.OFFLINE), BLOCKED, id="offline-needs-stop"),
-    pytest.param("offline-impossible", run(running=False, offline=(ARCHIVE,)), BLOCKED,
-                 id="offline-impossible-stopped"),
-    pytest.param("offline-impossible",
-                 run(Mode.OFFLINE, allow_stop=True, offline=(ARCHIVE,)), BLOCKED,
-                 id="offline-impossible-mode-offline"),
+    pytest.param(
+        "offline-impossible",
+        run(running=False, offline=(ARCHIVE,)),
+        BLOCKED,
+        id="offline-impossible-stopped",
+    ),
+    pytest.param(
+        "offline-impossible",
+        run(Mode.OFFLINE, allow_stop=True, offline=(ARCHIVE,)),
+        BLOCKED,
+        id="offline-impossible-mode-offline",
+    ),
 ]
 COVERED.update(str(p.values[0]) for p in RUN_CASES if p.values[0])
 
@@ -607,8 +790,11 @@ def test_run_rules(rule: str | None, given: RunContext, expected: Route) -> None
     ("given", "needle"),
     [
         (run(live=(SHAREABLE,)), "cannot move live (shareable-disk): set allowStop: true"),
-        (run(Mode.LIVE, running=False), "mode is Live, but the VM cannot move live "
-         "(vm-not-running): fix that, or set mode: Auto"),
+        (
+            run(Mode.LIVE, running=False),
+            "mode is Live, but the VM cannot move live "
+            "(vm-not-running): fix that, or set mode: Auto",
+        ),
         (run(Mode.OFFLINE), "set allowStop: true so the reconciler may stop it"),
         (run(running=False, offline=(ARCHIVE,)), "(content-type-not-kubevirt)"),
     ],
