@@ -29,7 +29,7 @@ unit: $(STAMP)
 
 lint: $(STAMP)  ## ruff, ruff format --check, mypy --strict, import-linter contracts
 	$(BIN)/ruff check reconciler testenv tests benchmarks
-	$(BIN)/ruff format --check reconciler testenv tests benchmarks
+	$(BIN)/ruff format --check --force-exclude reconciler testenv tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
