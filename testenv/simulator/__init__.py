@@ -48,12 +48,12 @@ __all__ = [
 def all_controllers() -> list[type[Controller]]:
     """The storage controllers, plus the KubeVirt ones when that module exists, and the
     VirtualMachineSnapshot controller."""
-    from testenv.simulator import storage
+    from testenv.simulator import pods, storage
 
-    found: list[type[Controller]] = list(storage.CONTROLLERS)
-    if importlib.util.find_spec("testenv.simulator.kubevirt") is not None:
-        kubevirt = importlib.import_module("testenv.simulator.kubevirt")
-        found.extend(kubevirt.CONTROLLERS)
+    found: list[type[Controller]] = [*storage.CONTROLLERS, *pods.CONTROLLERS]
+    for name in ("kubevirt", "kubevirt_migration"):
+        if importlib.util.find_spec(f"testenv.simulator.{name}") is not None:
+            found.extend(importlib.import_module(f"testenv.simulator.{name}").CONTROLLERS)
     from testenv.simulator import snapshot
 
     found.extend(snapshot.CONTROLLERS)

@@ -442,12 +442,17 @@ class Client:
         return self._remember(resource, updated)
 
     def delete(
-        self, resource: str, namespace: str, name: str, *, propagation: str = "Background"
+        self, resource: str, namespace: str, name: str, *, propagation: str = "Background",
+        grace_period: int | None = None,
     ) -> None:
-        """DELETE an object; a missing object is not an error."""
+        """DELETE an object; a missing object is not an error. `grace_period=0` removes a
+        scheduled pod at once (what the kubelet does once its containers stopped)."""
         path = RESOURCES[resource].url(resource, namespace, name)
+        body: dict[str, Any] = {"propagationPolicy": propagation}
+        if grace_period is not None:
+            body["gracePeriodSeconds"] = grace_period
         try:
-            result = self.request("DELETE", path, body={"propagationPolicy": propagation})
+            result = self.request("DELETE", path, body=body)
         except ApiError as err:
             if err.code == 404:
                 return

@@ -45,28 +45,25 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import secrets
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from testenv.simulator import kubevirt_rules as rules
+from testenv.simulator import pods
 from testenv.simulator.core import (
-    CONTENT_HASH_ANNOTATION,
     ApiError,
     Controller,
     Key,
     Simulator,
     annotations_of,
-    content_hash,
     key_of,
     now_rfc3339,
     owner_reference,
 )
 from testenv.simulator.kubevirt_rules import (
     KubeVirtConfig,
-    MigrationPhase,
     RunStrategy,
     VMIPhase,
 )
@@ -196,7 +193,7 @@ class Dwell:
         self._since.pop(uid, None)
 
 
-def _controller_owner(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+def controller_owner(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     for ref in obj.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("controller"):
             return dict(ref)
@@ -746,7 +743,7 @@ class VirtualMachineController(Controller):
 
     @staticmethod
     def _owns(vm: Mapping[str, Any], vmi: Mapping[str, Any]) -> bool:
-        owner = _controller_owner(vmi)
+        owner = controller_owner(vmi)
         return owner is None or owner.get("uid") == vm["metadata"]["uid"]
 
     def _stale_vmi(self, vm: Mapping[str, Any], vmi: dict[str, Any]) -> dict[str, Any] | None:
@@ -760,7 +757,7 @@ class VirtualMachineController(Controller):
         """The VM is gone: drop our finalizer from its VMI and delete the VMI."""
         if vmi is None:
             return
-        owner = _controller_owner(vmi)
+        owner = controller_owner(vmi)
         if owner is not None and owner.get("kind") != "VirtualMachine":
             return
         if owner is None and rules.VM_CONTROLLER_FINALIZER not in (
@@ -776,7 +773,7 @@ class VirtualMachineController(Controller):
         runs no garbage collector; upstream relies on it for dataVolumeTemplates)."""
         alive = {vm["metadata"]["uid"] for vm in self.sim.store.list(VM, namespace)}
         for dv in self.sim.store.list(DV, namespace):
-            owner = _controller_owner(dv)
+            owner = controller_owner(dv)
             if owner is None or owner.get("kind") != "VirtualMachine" \
                     or owner.get("uid") in alive or rules.is_deleting_obj(dv):
                 continue
@@ -906,7 +903,10 @@ class VirtualMachineInstanceController(Controller):
         key = key_of(VMI, vmi)
         if self._wait(key, vmi["metadata"]["uid"], VMIPhase.SCHEDULING, self.tick):
             return
+        pod = pods.active_pod(self.sim.store, vmi, node) or pods.create_launcher_pod(
+            self.sim, vmi, node, rules.claims_by_volume(rules.spec_volumes(vmi)))
         status["nodeName"] = node
+        status["activePods"] = {pod["metadata"]["uid"]: node}
         vmi = write_meta(self.sim, VMI, vmi, {"metadata": {"labels": {
             rules.NODE_NAME_LABEL: node}}})
         self._set_phase(vmi, VMIPhase.SCHEDULED, status)
@@ -968,6 +968,7 @@ class VirtualMachineInstanceController(Controller):
                 status.get("conditions"), "Ready", "False", reason="PodTerminating",
                 message="virt-launcher pod is terminating", now=now_rfc3339())
             self._set_phase(vmi, VMIPhase.SUCCEEDED, status)
+            pods.finish_pods(self.sim, vmi)
             self.sim.client.event(vmi, "Normal", "Stopped",
                                   "The VirtualMachineInstance was shut down.")
             return
@@ -1071,479 +1072,10 @@ def _disk_targets(spec: Mapping[str, Any]) -> dict[str, str]:
     return targets
 
 
-# --------------------------------------------------------------------------------------------
-# Workload updater
-
-
-class WorkloadUpdater(Controller):
-    """virt-controller's workload updater, for volume changes only."""
-
-    watches: ClassVar[tuple[str, ...]] = (VMI, VMIM, KUBEVIRT)
-
-    def keys_for(self, resource: str, obj: dict[str, Any]) -> Iterable[Key]:
-        if resource == VMI:
-            return [key_of(VMI, obj)]
-        if resource == VMIM:
-            vmi_name = (obj.get("spec") or {}).get("vmiName")
-            return [(VMI, obj["metadata"]["namespace"], vmi_name)] if vmi_name else []
-        return [key_of(VMI, vmi) for vmi in self.sim.store.list(VMI)]
-
-    def reconcile(self, key: Key) -> None:
-        cr = kubevirt_cr(self.sim)
-        if cr is None or (cr.get("status") or {}).get("phase") != "Deployed" \
-                or namespace_terminating(self.sim, key[1]):
-            return
-        config = cluster_config(self.sim)
-        vmi = self.sim.store.get(*key)
-        if vmi is None or rules.vmi_phase(vmi) != VMIPhase.RUNNING \
-                or rules.is_deleting_obj(vmi):
-            return
-        namespace, name = key[1], key[2]
-        unfinished = [m for m in self.sim.store.list(VMIM, namespace)
-                      if (m.get("spec") or {}).get("vmiName") == name
-                      and not rules.is_final_migration(m)]
-        if rules.condition_is(vmi, "VolumesChange", "True"):
-            if unfinished or rules.is_migrating(vmi) or not config.live_migrate:
-                return
-            migrated = (vmi.get("status") or {}).get("migratedVolumes") or []
-            if not migrated or rules.update_migration_error(vmi, migrated) is not None:
-                return
-            self._create_migration(vmi)
-            return
-        state = (vmi.get("status") or {}).get("migrationState") or {}
-        if state.get("targetNodeDomainReadyTimestamp"):
-            return
-        for migration in unfinished:
-            if rules.WORKLOAD_UPDATE_ANNOTATION not in annotations_of(migration):
-                continue
-            if rules.is_deleting_obj(migration):
-                continue
-            self.sim.client.delete(VMIM, namespace, migration["metadata"]["name"])
-            self.sim.client.event(vmi, "Normal", "SuccessfulChangeAbortion",
-                                  f"Aborted change for vmi: {name}")
-
-    def _create_migration(self, vmi: Mapping[str, Any]) -> None:
-        meta = vmi["metadata"]
-        label = meta["name"] if len(meta["name"]) <= 63 else meta["uid"]
-        body = {
-            "apiVersion": "kubevirt.io/v1",
-            "kind": "VirtualMachineInstanceMigration",
-            "metadata": {
-                "generateName": "kubevirt-workload-update-",
-                "namespace": meta["namespace"],
-                "annotations": {rules.WORKLOAD_UPDATE_ANNOTATION: ""},
-                "labels": {rules.VOLUME_UPDATE_MIGRATION_LABEL: label,
-                           rules.VMI_NAME_LABEL: meta["name"]},
-            },
-            "spec": {"vmiName": meta["name"], "priority": "user-triggered"},
-        }
-        created = self.sim.client.create(VMIM, body)
-        self.sim.client.event(vmi, "Normal", "SuccessfulCreate",
-                              f"Created Migration {created['metadata']['name']} for automated "
-                              "workload update")
-
-
-# --------------------------------------------------------------------------------------------
-# Migrations
-
-
-class MigrationController(Controller):
-    """The migration controller plus the source/target virt-handlers of a live migration."""
-
-    watches: ClassVar[tuple[str, ...]] = (VMIM, VMI, PVC)
-
-    def __init__(self, sim: Simulator) -> None:
-        super().__init__(sim)
-        self._dwell = Dwell()
-        self._seq: dict[str, int] = {}
-        self._counter = itertools.count()
-        self._failed_at: dict[str, float] = {}
-        self._verdict: dict[str, str] = {}
-        self._backoff_reported: set[str] = set()
-
-    def keys_for(self, resource: str, obj: dict[str, Any]) -> Iterable[Key]:
-        meta = obj["metadata"]
-        if resource == VMIM:
-            vmi_name = (obj.get("spec") or {}).get("vmiName")
-            return [key_of(VMIM, obj), *self._active_keys(meta["namespace"], vmi_name)]
-        if resource == VMI:
-            return self._active_keys(meta["namespace"], meta["name"])
-        return self._active_keys(meta["namespace"], None)
-
-    def _active_keys(self, namespace: str, vmi_name: str | None) -> list[Key]:
-        return [key_of(VMIM, m) for m in self.sim.store.list(VMIM, namespace)
-                if not rules.is_final_migration(m)
-                and (vmi_name is None or (m.get("spec") or {}).get("vmiName") == vmi_name)]
-
-    @property
-    def tick(self) -> float:
-        return float(self.sim.config.progress_tick)
-
-    # -- main loop
-
-    def reconcile(self, key: Key) -> None:
-        migration = self.sim.store.get(*key)
-        if migration is None or namespace_terminating(self.sim, key[1]):
-            return
-        meta = migration["metadata"]
-        uid = meta["uid"]
-        self._seq.setdefault(uid, next(self._counter))
-        vmi_name = (migration.get("spec") or {}).get("vmiName", "")
-        if (meta.get("labels") or {}).get(rules.VMI_NAME_LABEL) != vmi_name \
-                and not rules.is_deleting_obj(migration):
-            # the VMIM mutating webhook labels every migration with its VMI
-            write_meta(self.sim, VMIM, migration,
-                       {"metadata": {"labels": {rules.VMI_NAME_LABEL: vmi_name}}})
-            return
-        if rules.is_deleting_obj(migration):
-            self._finalize(migration)
-            return
-        phase = rules.migration_phase(migration)
-        if phase in rules.FINAL_MIGRATION_PHASES:
-            return
-        if not phase:
-            self._admit(migration)
-            return
-        vmi = self.sim.store.get(VMI, meta["namespace"], vmi_name)
-        if vmi is None or rules.is_deleting_obj(vmi) or rules.is_final_vmi(vmi) \
-                or rules.vmi_phase(vmi) != VMIPhase.RUNNING:
-            self._fail(migration, vmi, f"VMI {vmi_name} is not running")
-            return
-        steps = {
-            MigrationPhase.PENDING: self._pending,
-            MigrationPhase.SCHEDULING: self._scheduling,
-            MigrationPhase.SCHEDULED: self._prepare,
-            MigrationPhase.PREPARING_TARGET: self._prepare,
-            MigrationPhase.TARGET_READY: self._start_copy,
-            MigrationPhase.RUNNING: self._copy,
-        }
-        step = steps.get(MigrationPhase(phase)) if phase in steps else None
-        if step is not None:
-            step(migration, vmi)
-
-    # -- phases
-
-    def _admit(self, migration: dict[str, Any]) -> None:
-        """Take the migration in: our finalizer, then Pending."""
-        finalizers = migration["metadata"].get("finalizers") or []
-        if rules.MIGRATION_FINALIZER not in finalizers:
-            migration = write_meta(self.sim, VMIM, migration, {"metadata": {
-                "finalizers": [*finalizers, rules.MIGRATION_FINALIZER]}})
-        self._set_phase(migration, MigrationPhase.PENDING, {})
-
-    def _pending(self, migration: dict[str, Any], vmi: dict[str, Any]) -> None:
-        key = key_of(VMIM, migration)
-        uid = migration["metadata"]["uid"]
-        volume_migration = bool((vmi.get("status") or {}).get("migratedVolumes"))
-        if not volume_migration:
-            live = rules.find_condition(vmi, "LiveMigratable")
-            if live is not None and live.get("status") == "False":
-                self._fail(migration, vmi,
-                           f"Cannot migrate VMI, Reason: {live.get('reason', '')}, "
-                           f"Message: {live.get('message', '')}")
-                return
-        if self._other_active(migration):
-            return  # one migration per VMI at a time; its progress wakes us up
-        deadline = self._backoff_deadline(migration)
-        if deadline is not None and deadline > time.monotonic():
-            if uid not in self._backoff_reported:
-                self._backoff_reported.add(uid)
-                self.sim.client.event(migration, "Normal", "MigrationBackoff",
-                                      f"backoff migrating vmi {migration['metadata']['namespace']}"
-                                      f"/{vmi['metadata']['name']}")
-            self.sim.enqueue(self, key, deadline - time.monotonic())
-            return
-        if volume_migration and not rules.condition_is(vmi, "VolumesChange", "True"):
-            return  # a destination is missing; the VMI's VolumesChange flip wakes us up
-        source = (vmi.get("status") or {}).get("nodeName", "")
-        target = self._target_node(source)
-        if target is None:
-            log.warning("%s: no node to migrate %s to", key, vmi["metadata"]["name"])
-            self.sim.enqueue(self, key, 1.0)
-            return
-        if self._wait(key, uid, MigrationPhase.PENDING, self.tick):
-            return
-        name = vmi["metadata"]["name"]
-        state = {
-            "migrationUid": uid,
-            "sourceNode": source,
-            "sourcePod": f"virt-launcher-{name}-{secrets.token_hex(3)[:5]}",
-            "targetNode": target,
-            "targetPod": f"virt-launcher-{name}-{secrets.token_hex(3)[:5]}",
-            "mode": "PreCopy",
-        }
-        self._set_vmi_migration_state(vmi, state)
-        self._set_phase(migration, MigrationPhase.SCHEDULING, {"migrationState": state})
-
-    def _scheduling(self, migration: dict[str, Any], vmi: dict[str, Any]) -> None:
-        """The target pod starts once every destination claim is bound on the target node."""
-        state = (migration.get("status") or {}).get("migrationState") or {}
-        namespace = migration["metadata"]["namespace"]
-        destinations = self._destinations(vmi)
-        select_node(self.sim, namespace, destinations, str(state.get("targetNode", "")))
-        pvcs = by_name(self.sim, PVC, namespace)
-        if not all(((pvcs.get(c) or {}).get("status") or {}).get("phase") == "Bound"
-                   for c in destinations):
-            return
-        if self._wait(key_of(VMIM, migration), migration["metadata"]["uid"],
-                      MigrationPhase.SCHEDULING, self.tick):
-            return
-        self._set_phase(migration, MigrationPhase.SCHEDULED, {})
-
-    def _prepare(self, migration: dict[str, Any], vmi: dict[str, Any]) -> None:
-        phase = MigrationPhase(rules.migration_phase(migration))
-        if self._wait(key_of(VMIM, migration), migration["metadata"]["uid"], phase, self.tick):
-            return
-        following = (MigrationPhase.PREPARING_TARGET if phase is MigrationPhase.SCHEDULED
-                     else MigrationPhase.TARGET_READY)
-        self._set_phase(migration, following, {})
-
-    def _start_copy(self, migration: dict[str, Any], vmi: dict[str, Any]) -> None:
-        """TargetReady -> Running: the copy starts; decide now whether it will fail."""
-        uid = migration["metadata"]["uid"]
-        if self._wait(key_of(VMIM, migration), uid, MigrationPhase.TARGET_READY, self.tick):
-            return
-        verdict = self._smaller_destination(vmi)
-        if verdict is None:
-            fault = self._take_fault(migration, vmi, "fail")
-            if fault is not None:
-                verdict = f"Live migration failed {fault.message}"
-        if verdict is not None:
-            self._verdict[uid] = verdict
-        state = {**((migration.get("status") or {}).get("migrationState") or {}),
-                 "startTimestamp": now_rfc3339()}
-        volume_migration = bool((vmi.get("status") or {}).get("migratedVolumes"))
-        vmi_status = copy.deepcopy(vmi.get("status") or {})
-        vmi_status["migrationState"] = state
-        vmi_status["migrationMethod"] = "BlockMigration" if volume_migration or not \
-            rules.condition_is(vmi, "LiveMigratable", "True") else "LiveMigration"
-        write_status(self.sim, VMI, vmi, vmi_status)
-        self._set_phase(migration, MigrationPhase.RUNNING, {"migrationState": state})
-
-    def _copy(self, migration: dict[str, Any], vmi: dict[str, Any]) -> None:
-        """Running: the copy takes GiB x copy_seconds_per_gib (a stall holds it)."""
-        key = key_of(VMIM, migration)
-        uid = migration["metadata"]["uid"]
-        if self._take_fault(migration, vmi, "stall") is not None:
-            self._dwell.restart(uid, MigrationPhase.RUNNING)
-            self.sim.enqueue(self, key, max(self.tick, 0.2))
-            return
-        verdict = self._verdict.get(uid)
-        duration = self.tick if verdict is not None else max(self._copy_seconds(vmi), self.tick)
-        if self._wait(key, uid, MigrationPhase.RUNNING, duration):
-            return
-        if verdict is not None:
-            self._fail(migration, vmi, verdict)
-        else:
-            self._succeed(migration, vmi)
-
-    # -- outcomes
-
-    def _succeed(self, migration: dict[str, Any], vmi: dict[str, Any]) -> None:
-        namespace = migration["metadata"]["namespace"]
-        migrated = (vmi.get("status") or {}).get("migratedVolumes") or []
-        for entry in migrated:
-            self._carry_content(namespace, entry)
-        now = now_rfc3339()
-        state = {**((migration.get("status") or {}).get("migrationState") or {}),
-                 "endTimestamp": now, "targetNodeDomainReadyTimestamp": now,
-                 "targetNodeDomainDetected": True, "completed": True}
-        self._set_phase(migration, MigrationPhase.SUCCEEDED, {"migrationState": state})
-        target = str(state.get("targetNode", ""))
-        vmi = write_meta(self.sim, VMI, vmi, {"metadata": {"labels": {
-            rules.NODE_NAME_LABEL: target}}})
-        status = copy.deepcopy(vmi.get("status") or {})
-        status["nodeName"] = target
-        status["migrationState"] = state
-        status.pop("migratedVolumes", None)
-        status["conditions"] = rules.drop_condition(status.get("conditions"), "VolumesChange")
-        write_status(self.sim, VMI, vmi, status)
-        self._verdict.pop(migration["metadata"]["uid"], None)
-        self.sim.client.event(vmi, "Normal", "Migrated",
-                              f"The VirtualMachineInstance migrated to node {target}.")
-
-    def _fail(self, migration: dict[str, Any], vmi: dict[str, Any] | None, reason: str,
-              *, aborted: bool = False) -> None:
-        uid = migration["metadata"]["uid"]
-        now = now_rfc3339()
-        state = {**((migration.get("status") or {}).get("migrationState") or {}),
-                 "migrationUid": uid, "endTimestamp": now, "failed": True,
-                 "failureReason": reason, "completed": False}
-        if aborted:
-            state.update(abortRequested=True, abortStatus="Succeeded")
-        self._set_phase(migration, MigrationPhase.FAILED, {"migrationState": state})
-        self._failed_at[uid] = time.monotonic()
-        self._verdict.pop(uid, None)
-        if vmi is None or rules.is_final_vmi(vmi):
-            return
-        current = (vmi.get("status") or {}).get("migrationState") or {}
-        if current.get("migrationUid") not in (None, uid):
-            return
-        if current:
-            status = copy.deepcopy(vmi.get("status") or {})
-            status["migrationState"] = state
-            write_status(self.sim, VMI, vmi, status)
-        if aborted:
-            return
-        self.sim.client.event(vmi, "Warning", "Migrated",
-                              f"VirtualMachineInstance migration uid {uid} failed. "
-                              f"reason:{reason}")
-
-    def _finalize(self, migration: dict[str, Any]) -> None:
-        """A deleted migration: abort it if it still runs, then let it go."""
-        meta = migration["metadata"]
-        if not rules.is_final_migration(migration):
-            vmi = self.sim.store.get(VMI, meta["namespace"],
-                                     (migration.get("spec") or {}).get("vmiName", ""))
-            self._fail(migration, vmi, rules.MSG_ABORTED, aborted=True)
-            migration = self.sim.store.get(*key_of(VMIM, migration)) or migration
-        finalizers = migration["metadata"].get("finalizers") or []
-        if rules.MIGRATION_FINALIZER in finalizers:
-            kept = [f for f in finalizers if f != rules.MIGRATION_FINALIZER]
-            write_meta(self.sim, VMIM, migration, {"metadata": {"finalizers": kept}})
-        self._dwell.forget(meta["uid"])
-
-    def _carry_content(self, namespace: str, entry: Mapping[str, Any]) -> None:
-        """The copied disk: the destination PVC gets the source's content hash."""
-        source = self.sim.store.get(PVC, namespace, entry["sourcePVCInfo"]["claimName"])
-        destination_name = entry["destinationPVCInfo"]["claimName"]
-        destination = self.sim.store.get(PVC, namespace, destination_name)
-        if source is None or destination is None:
-            return
-        value = content_hash(source)
-        if content_hash(destination) != value:
-            self.sim.client.merge_patch(PVC, namespace, destination_name, {
-                "metadata": {"annotations": {CONTENT_HASH_ANNOTATION: value}}})
-
-    # -- helpers
-
-    def _set_phase(self, migration: dict[str, Any], phase: MigrationPhase,
-                   changes: Mapping[str, Any]) -> dict[str, Any]:
-        old = migration.get("status") or {}
-        now = now_rfc3339()
-        status = {**old, **changes, "phase": phase.value,
-                  "phaseTransitionTimestamps": phase_history(old, phase.value, now)}
-        return write_status(self.sim, VMIM, migration, status)
-
-    def _set_vmi_migration_state(self, vmi: dict[str, Any], state: Mapping[str, Any]) -> None:
-        status = copy.deepcopy(vmi.get("status") or {})
-        status["migrationState"] = dict(state)
-        write_status(self.sim, VMI, vmi, status)
-
-    def _other_active(self, migration: Mapping[str, Any]) -> bool:
-        namespace = migration["metadata"]["namespace"]
-        vmi_name = (migration.get("spec") or {}).get("vmiName")
-        return any(
-            m["metadata"]["uid"] != migration["metadata"]["uid"]
-            and (m.get("spec") or {}).get("vmiName") == vmi_name
-            and rules.migration_phase(m) not in ("", MigrationPhase.PENDING)
-            and not rules.is_final_migration(m)
-            for m in self.sim.store.list(VMIM, namespace))
-
-    def _backoff_deadline(self, migration: Mapping[str, Any]) -> float | None:
-        """handleMigrationBackoff over this VMI's workload-update migrations."""
-        if rules.WORKLOAD_UPDATE_ANNOTATION not in annotations_of(migration):
-            return None
-        namespace = migration["metadata"]["namespace"]
-        vmi_name = (migration.get("spec") or {}).get("vmiName")
-        history = [self._record(m) for m in self.sim.store.list(VMIM, namespace)
-                   if (m.get("spec") or {}).get("vmiName") == vmi_name
-                   and rules.WORKLOAD_UPDATE_ANNOTATION in annotations_of(m)]
-        return rules.backoff_deadline(migration["metadata"]["uid"], history,
-                                      self._backoff_base())
-
-    def _record(self, migration: Mapping[str, Any]) -> rules.MigrationRecord:
-        meta = migration["metadata"]
-        uid = meta["uid"]
-        failed_at = self._failed_at.get(uid)
-        if failed_at is None and rules.migration_phase(migration) == MigrationPhase.FAILED:
-            stamps = [h.get("phaseTransitionTimestamp") for h in
-                      (migration.get("status") or {}).get("phaseTransitionTimestamps") or []
-                      if h.get("phase") == MigrationPhase.FAILED]
-            failed_at = wall_to_monotonic(stamps[-1]) if stamps and stamps[-1] else None
-        return rules.MigrationRecord(
-            uid=uid,
-            order=(meta.get("creationTimestamp", ""), self._seq.setdefault(uid, next(
-                self._counter)), meta["name"]),
-            phase=rules.migration_phase(migration),
-            deleting=rules.is_deleting_obj(migration),
-            failed_at=failed_at,
-        )
-
-    def _backoff_base(self) -> float:
-        """The KubeVirt CR annotation, else SimConfig.migration_backoff_base (20 s)."""
-        configured = cluster_config(self.sim).backoff_seconds
-        if configured is not None:
-            return configured
-        return float(self.sim.config.migration_backoff_base)
-
-    def _target_node(self, source: str) -> str | None:
-        """The next node after the source (a live migration always changes node)."""
-        nodes = list(self.sim.config.nodes)
-        if source in nodes:
-            index = nodes.index(source)
-            nodes = nodes[index + 1:] + nodes[:index]
-        candidates = [n for n in nodes if n != source]
-        return candidates[0] if candidates else None
-
-    def _destinations(self, vmi: Mapping[str, Any]) -> list[str]:
-        return [m["destinationPVCInfo"]["claimName"]
-                for m in (vmi.get("status") or {}).get("migratedVolumes") or []]
-
-    def _smaller_destination(self, vmi: Mapping[str, Any]) -> str | None:
-        """libvirt refuses a destination smaller than its source."""
-        namespace = vmi["metadata"]["namespace"]
-        for entry in (vmi.get("status") or {}).get("migratedVolumes") or []:
-            source = self.sim.store.get(PVC, namespace, entry["sourcePVCInfo"]["claimName"])
-            destination = self.sim.store.get(PVC, namespace,
-                                             entry["destinationPVCInfo"]["claimName"])
-            if source is None or destination is None:
-                continue
-            source_size = rules.disk_image_size(source)
-            destination_size = rules.disk_image_size(destination)
-            if destination_size < source_size:
-                return (f"{rules.MSG_SMALLER_DESTINATION}: virError(Code=1, Domain=10, "
-                        "Message='internal error: unable to execute QEMU command "
-                        f"'blockdev-mirror': Size of the destination ({destination_size} "
-                        "bytes) has to be smaller or equal to the actual size of the "
-                        f"containing file ({source_size} bytes)')")
-        return None
-
-    def _copy_seconds(self, vmi: Mapping[str, Any]) -> float:
-        namespace = vmi["metadata"]["namespace"]
-        sizes = []
-        for entry in (vmi.get("status") or {}).get("migratedVolumes") or []:
-            source = self.sim.store.get(PVC, namespace, entry["sourcePVCInfo"]["claimName"])
-            sizes.append(rules.pvc_size(source) if source is not None else 0)
-        return rules.copy_seconds(sizes, float(self.sim.config.copy_seconds_per_gib))
-
-    def _take_fault(self, migration: Mapping[str, Any], vmi: Mapping[str, Any],
-                    action: str) -> Any:
-        """A fault of the VM (annotation or test-injected) or of the migration itself."""
-        namespace = vmi["metadata"]["namespace"]
-        owner = _controller_owner(vmi)
-        vm_name = owner["name"] if owner and owner.get("kind") == "VirtualMachine" \
-            else vmi["metadata"]["name"]
-        vm = self.sim.store.get(VM, namespace, vm_name)
-        fault = self.sim.faults.take(VM, namespace, vm_name, action, obj=vm)
-        if fault is None:
-            fault = self.sim.faults.take(VMIM, namespace, migration["metadata"]["name"],
-                                         action, obj=migration)
-        return fault
-
-    def _wait(self, key: Key, uid: str, phase: str, seconds: float) -> bool:
-        left = self._dwell.remaining(uid, phase, seconds)
-        if left > 0:
-            self.sim.enqueue(self, key, left)
-            return True
-        return False
-
-
 CONTROLLERS: list[type[Controller]] = [
     KubeVirtStatusController,
     VirtualMachineController,
     VirtualMachineInstanceController,
-    WorkloadUpdater,
-    MigrationController,
 ]
-"""The KubeVirt controllers, picked up by `testenv.simulator.all_controllers()`."""
+"""The VM and VMI controllers, picked up by `testenv.simulator.all_controllers()` (the
+workload updater and the migration controller are in `kubevirt_migration`)."""

@@ -150,6 +150,9 @@ class KubeVirtConfig:
     workload_update_methods: tuple[str, ...] = ()
     deployed: bool = False  # a KubeVirt CR exists (the workload updater needs one)
     backoff_seconds: float | None = None  # from the CR annotation, None = default
+    parallel_migrations_per_cluster: int = 5  # spec.configuration.migrations.*
+    parallel_outbound_migrations_per_node: int = 2
+    progress_timeout: float = 150.0  # seconds without copy progress before an abort
 
     @property
     def minor(self) -> tuple[int, int]:
@@ -174,6 +177,11 @@ class KubeVirtConfig:
     def live_migrate(self) -> bool:
         """The workload updater may create migrations (LiveMigrate is an update method)."""
         return "LiveMigrate" in self.workload_update_methods
+
+    @property
+    def evict(self) -> bool:
+        """The workload updater may evict outdated VMIs it cannot migrate (Evict method)."""
+        return "Evict" in self.workload_update_methods
 
     @property
     def has_volume_update_state(self) -> bool:
@@ -239,6 +247,7 @@ def kubevirt_config(cr: Mapping[str, Any] | None, default_version: str) -> KubeV
     developer = configuration.get("developerConfiguration") or {}
     methods = (spec.get("workloadUpdateStrategy") or {}).get("workloadUpdateMethods") or []
     backoff = annotations.get(BACKOFF_ANNOTATION)
+    migrations = configuration.get("migrations") or {}
     return KubeVirtConfig(
         version=annotations.get(VERSION_ANNOTATION) or default_version,
         rollout_strategy=configuration.get("vmRolloutStrategy"),
@@ -246,6 +255,10 @@ def kubevirt_config(cr: Mapping[str, Any] | None, default_version: str) -> KubeV
         workload_update_methods=tuple(methods),
         deployed=True,
         backoff_seconds=float(backoff) if backoff else None,
+        parallel_migrations_per_cluster=int(migrations.get("parallelMigrationsPerCluster", 5)),
+        parallel_outbound_migrations_per_node=int(
+            migrations.get("parallelOutboundMigrationsPerNode", 2)),
+        progress_timeout=float(migrations.get("progressTimeout", 150)),
     )
 
 

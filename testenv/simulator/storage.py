@@ -35,7 +35,6 @@ from testenv.simulator.core import (
     Controller,
     FaultAction,
     Key,
-    Store,
     annotations_of,
     content_hash,
     is_deleting,
@@ -44,6 +43,7 @@ from testenv.simulator.core import (
     owner_reference,
     set_condition,
 )
+from testenv.simulator.pods import claim_users, pod_claims
 
 # Kubernetes annotations and finalizers
 ANN_DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
@@ -242,29 +242,6 @@ def clone_source(dv: Mapping[str, Any]) -> tuple[str, str]:
     return src.get("namespace") or dv["metadata"]["namespace"], src["name"]
 
 
-def vmi_claims(vmi: Mapping[str, Any]) -> set[str]:
-    """Claim names a VMI's volumes use (PVC volumes and DataVolume volumes, whose claim has
-    the DataVolume's name)."""
-    claims: set[str] = set()
-    for vol in vmi.get("spec", {}).get("volumes") or []:
-        if "persistentVolumeClaim" in vol:
-            claims.add(vol["persistentVolumeClaim"].get("claimName", ""))
-        if "dataVolume" in vol:
-            claims.add(vol["dataVolume"].get("name", ""))
-    return claims
-
-
-def claim_users(store: Store, namespace: str, claim: str) -> list[str]:
-    """Names of the active VMIs (phase not Succeeded/Failed) using a claim. Each stands for
-    the virt-launcher pod that would hold the PVC open."""
-    return [
-        vmi["metadata"]["name"]
-        for vmi in store.list("virtualmachineinstances", namespace)
-        if vmi.get("status", {}).get("phase") not in ("Succeeded", "Failed")
-        and claim in vmi_claims(vmi)
-    ]
-
-
 def waits_for_consumer(pvc: Mapping[str, Any], sc: Mapping[str, Any] | None) -> bool:
     """Whether binding is deferred: a WaitForFirstConsumer class, no node selected by the
     scheduler yet, and no CDI request for immediate binding."""
@@ -346,15 +323,16 @@ class ProvisionerController(Controller):
     classes, and for WaitForFirstConsumer classes once the scheduler (the KubeVirt half of the
     simulator) annotates `volume.kubernetes.io/selected-node`, or CDI asks for immediate
     binding. A PVC without a class name gets the default class. A deleted PVC releases its PV,
-    which is deleted under reclaimPolicy Delete. A deleting PVC keeps its pvc-protection
-    finalizer while an active VMI uses it (a virt-launcher pod would).
+    which is deleted under reclaimPolicy Delete. pvc-protection: every claim gets the
+    `kubernetes.io/pvc-protection` finalizer, and a deleting claim keeps it (Terminating)
+    while a scheduled, not terminated pod mounts it (`pods.claim_users`).
     """
 
     watches: ClassVar[tuple[str, ...]] = (
         "persistentvolumeclaims",
         "persistentvolumes",
         "storageclasses",
-        "virtualmachineinstances",
+        "pods",
     )
 
     def __init__(self, sim: Any) -> None:
@@ -373,10 +351,9 @@ class ProvisionerController(Controller):
         if resource == "storageclasses":
             return [key_of("persistentvolumeclaims", p)
                     for p in store.list("persistentvolumeclaims") if pvc_phase(p) == "Pending"]
-        # virtualmachineinstances: a gone or finished VMI may free a deleting claim, and a
-        # VMI may be the first consumer of a WaitForFirstConsumer claim
+        # pods: a finished or deleted pod may free a deleting claim
         namespace = obj["metadata"].get("namespace", "")
-        return [("persistentvolumeclaims", namespace, c) for c in vmi_claims(obj) if c]
+        return [("persistentvolumeclaims", namespace, c) for c in pod_claims(obj) if c]
 
     def reconcile(self, key: Key) -> None:
         _, namespace, name = key
@@ -387,6 +364,8 @@ class ProvisionerController(Controller):
         if is_deleting(pvc):
             self._protect(pvc)
             return
+        if FINALIZER_PVC_PROTECTION not in (pvc["metadata"].get("finalizers") or []):
+            pvc = self._add_protection(pvc)
         if pvc_phase(pvc) == "Bound" and pvc.get("spec", {}).get("volumeName"):
             return
         sc = self._storage_class(pvc)
@@ -521,8 +500,16 @@ class ProvisionerController(Controller):
         if not is_deleting(pv):
             self.sim.client.delete("persistentvolumes", "", meta["name"])
 
+    def _add_protection(self, pvc: dict[str, Any]) -> dict[str, Any]:
+        """pvc-protection adds its finalizer to every claim that is not being deleted."""
+        meta = pvc["metadata"]
+        finalizers = [*(meta.get("finalizers") or []), FINALIZER_PVC_PROTECTION]
+        return self.sim.client.merge_patch(
+            "persistentvolumeclaims", meta["namespace"], meta["name"],
+            {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}})
+
     def _protect(self, pvc: dict[str, Any]) -> None:
-        """pvc-protection: drop the finalizer once no active VMI uses the claim."""
+        """pvc-protection: drop the finalizer once no pod mounts the claim."""
         meta = pvc["metadata"]
         finalizers = list(meta.get("finalizers") or [])
         if FINALIZER_PVC_PROTECTION not in finalizers:
@@ -592,9 +579,10 @@ class DataVolumeController(Controller):
     watches: ClassVar[tuple[str, ...]] = (
         "datavolumes",
         "persistentvolumeclaims",
-        "virtualmachineinstances",
+        "pods",
         "storageprofiles",
         "storageclasses",
+        "csidrivers",
     )
 
     def __init__(self, sim: Any) -> None:
@@ -617,9 +605,11 @@ class DataVolumeController(Controller):
             return keys
         unfinished = [dv for dv in store.list("datavolumes")
                       if dv.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
-        if resource == "virtualmachineinstances":
+        if resource == "pods":  # a pod that lets go of a clone source
+            claims = pod_claims(obj)
             return [key_of("datavolumes", dv) for dv in unfinished
-                    if source_kind(dv) == "pvc" and clone_source(dv)[0] == namespace]
+                    if source_kind(dv) == "pvc" and clone_source(dv)[0] == namespace
+                    and clone_source(dv)[1] in claims]
         return [key_of("datavolumes", dv) for dv in unfinished]  # profiles and classes
 
     # -- reconcile
@@ -808,12 +798,12 @@ class DataVolumeController(Controller):
         transfer = self._transfers.get(dv["metadata"]["uid"])
         if transfer is None or not transfer.started:
             users = claim_users(self.sim.store, meta["namespace"], meta["name"])
-            if users:
-                message = (f"pod {meta['namespace']}/virt-launcher-{users[0]} using "
-                           f"PersistentVolumeClaim {meta['name']}")
-                self._status(dv, "CloneScheduled", claim, progress="N/A",
-                             running=("False", "CloneSourceInUse", message))
-                self._announce(dv, "Normal", "CloneSourceInUse", message)
+            if users:  # clone/common.go: a Warning per pod, the DV just waits
+                self._status(dv, "CloneScheduled", claim, progress="N/A")
+                for pod in users:
+                    self._announce(dv, "Warning", "CloneSourceInUse",
+                                   f"pod {meta['namespace']}/{pod} using "
+                                   f"PersistentVolumeClaim {meta['name']}", key=pod)
                 return
         self._fill(dv, claim, CLONE, content_hash(source) or "", source=source)
 
@@ -1004,8 +994,9 @@ class DataVolumeController(Controller):
             return ("True", "Bound", f"PVC {name} Bound")
         return ("False", "Pending", f"PVC {name} Pending")
 
-    def _announce(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        ident = (obj["metadata"].get("uid", ""), reason)
+    def _announce(self, obj: dict[str, Any], type_: str, reason: str, message: str,
+                  key: str = "") -> None:
+        ident = (obj["metadata"].get("uid", ""), reason + key)
         if self._announced.get(ident) == message:
             return
         self._announced[ident] = message

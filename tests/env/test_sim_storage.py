@@ -4,6 +4,7 @@ driven only through the real kube-apiserver with plain pykube-ng calls."""
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -79,7 +80,7 @@ def get(api: pykube.HTTPClient, kind: str, namespace: str, name: str) -> dict[st
 
 def _kind(api: pykube.HTTPClient, kind: str) -> Any:
     builtin = {"PersistentVolumeClaim": pykube.PersistentVolumeClaim,
-               "PersistentVolume": pykube.PersistentVolume}
+               "PersistentVolume": pykube.PersistentVolume, "Pod": pykube.Pod}
     if kind in builtin:
         return builtin[kind]
     group = {"DataVolume": CDI, "StorageProfile": CDI,
@@ -165,15 +166,17 @@ def bound_pvc(api: pykube.HTTPClient, namespace: str, name: str
     return probe
 
 
-def running_vmi(namespace: str, name: str, claim: str) -> dict[str, Any]:
-    """A VMI (made by hand, as virt-controller would) that uses `claim` and is Running."""
-    return {
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"domain": {"devices": {"disks": [{"name": "disk0", "disk": {"bus": "virtio"}}]},
-                            "resources": {"requests": {"memory": "128Mi"}}},
-                 "volumes": [{"name": "disk0", "persistentVolumeClaim": {"claimName": claim}}]},
-        "status": {"phase": "Running"},
-    }
+def mounting_pod(api: pykube.HTTPClient, namespace: str, name: str, claim: str) -> None:
+    """A Running pod on node-1 that mounts `claim` (as a kubelet would report it)."""
+    create(api, "Pod", {"metadata": {"name": name, "namespace": namespace},
+                        "spec": {"nodeName": "node-1",
+                                 "containers": [{"name": "c", "image": "busybox"}],
+                                 "volumes": [{"name": "d", "persistentVolumeClaim": {
+                                     "claimName": claim}}]}})
+    resp = api.patch(url=f"pods/{name}/status", namespace=namespace,
+                     headers={"Content-Type": "application/merge-patch+json"},
+                     data=json.dumps({"status": {"phase": "Running"}}))
+    api.raise_for_status(resp)
 
 
 # ---------------------------------------------------------------------------- pure rules
@@ -467,24 +470,26 @@ def test_clone_copies_hash_and_records_clone_type(
 
 
 @cluster_test
-def test_clone_waits_while_a_running_vmi_uses_the_source(
+def test_clone_waits_while_a_pod_mounts_the_source(
     api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
     src = _imported_source(api, namespace, sc, eventually)
-    create(api, "VirtualMachineInstance", running_vmi(namespace, "vm", src))
+    mounting_pod(api, namespace, "user", src)
 
     create(api, "DataVolume", dv_body(namespace, "clone", clone_of(namespace, src),
                                       storage=storage(sc, None)))
 
     event = eventually(lambda: reason_seen(api, namespace, "clone", "CloneSourceInUse"))
-    assert src in event[2]
+    assert event == ("Warning", "CloneSourceInUse",
+                     f"pod {namespace}/user using PersistentVolumeClaim {src}")
     assert stays(lambda: phase(get(api, "DataVolume", namespace, "clone")) == "CloneScheduled")
+    running = condition(get(api, "DataVolume", namespace, "clone"), "Running")
+    assert running.get("reason", "") != "CloneSourceInUse"  # no invented condition reason
 
-    vmi = _kind(api, "VirtualMachineInstance").objects(api, namespace=namespace).get(name="vm")
-    vmi.delete()
-    eventually(in_phase(api, namespace, "clone", "Succeeded"), what="clone after VMI gone")
+    pykube.Pod.objects(api, namespace=namespace).get(name="user").delete()
+    eventually(in_phase(api, namespace, "clone", "Succeeded"), what="clone after the pod went")
 
 
 @cluster_test
@@ -686,19 +691,21 @@ def test_deleting_a_dv_deletes_its_claim_and_volume(
 
 
 @cluster_test
-def test_claim_in_use_stays_terminating_until_the_vmi_is_gone(
+def test_claim_in_use_stays_terminating_until_no_pod_mounts_it(
     api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
     create(api, "PersistentVolumeClaim", pvc_body(namespace, "disk", "1Gi", sc))
-    eventually(bound_pvc(api, namespace, "disk"))
-    create(api, "VirtualMachineInstance", running_vmi(namespace, "vm", "disk"))
+    claim = eventually(bound_pvc(api, namespace, "disk"))
+    assert "kubernetes.io/pvc-protection" in claim["metadata"]["finalizers"]
+    mounting_pod(api, namespace, "user", "disk")
 
     pykube.PersistentVolumeClaim.objects(api, namespace=namespace).get(name="disk").delete()
-    assert stays(lambda: get(api, "PersistentVolumeClaim", namespace, "disk") is not None)
+    assert stays(lambda: (c := get(api, "PersistentVolumeClaim", namespace, "disk")) is not None
+                 and bool(c["metadata"].get("deletionTimestamp")))  # Terminating
 
-    _kind(api, "VirtualMachineInstance").objects(api, namespace=namespace).get(name="vm").delete()
+    pykube.Pod.objects(api, namespace=namespace).get(name="user").delete()
     eventually(lambda: get(api, "PersistentVolumeClaim", namespace, "disk") is None)
 
 
