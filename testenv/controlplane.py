@@ -40,7 +40,7 @@ import pykube
 import requests
 import yaml
 
-from testenv import crds
+from testenv import admission, crds
 from testenv.binaries import Binaries, ensure_all
 
 Log = Callable[[str], None]
@@ -65,8 +65,10 @@ class ControlPlaneError(RuntimeError):
 class ControlPlane:
     """etcd + kube-apiserver with the KubeVirt/CDI CRDs installed; a context manager.
 
-    ``start()`` returns once ``/readyz`` is ok and every CRD is Established and served by
-    discovery. ``stop()`` is idempotent and leaves no processes and no temp dir behind.
+    ``start()`` returns once ``/readyz`` is ok, every CRD is Established and served by
+    discovery, and the admission policies standing in for the KubeVirt/CDI webhooks
+    (``testenv.admission``) are enforced. ``stop()`` is idempotent and leaves no processes
+    and no temp dir behind.
     Attributes (valid between start and stop): ``kubeconfig``, ``server``, ``ca_file``,
     ``admin_token``, ``workdir``.
     """
@@ -164,6 +166,8 @@ class ControlPlane:
 
         self.kubeconfig = self.write_kubeconfig(self.workdir / "kubeconfig", self.admin_token)
         self._install_crds(binaries.crd_dir)
+        # After the CRDs: the policies match (and their probes create) KubeVirt/CDI objects.
+        admission.install(self.api(), timeout=_START_TIMEOUT, log=self._log)
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
         assert self.workdir is not None

@@ -1,7 +1,8 @@
 """KubeVirt/CDI CRDs for the test control plane: generation and post-processing.
 
 The schemas come from the real Go API types: ``controller-gen crd`` runs over
-``kubevirt.io/api/core/v1`` and ``containerized-data-importer-api/.../core/v1beta1``
+``kubevirt.io/api/core/v1``, ``kubevirt.io/api/snapshot/v1beta1`` and
+``containerized-data-importer-api/.../core/v1beta1``
 (versions pinned in ``tools/crdgen/go.mod``). controller-gen emits every kind it finds;
 only the kinds in ``KEPT`` are installed.
 
@@ -10,10 +11,12 @@ because KubeVirt's virt-operator adds them in code
 (``pkg/virt-operator/resource/generate/components/crds.go``). ``postprocess`` adds the
 same names, columns and subresources here. What upstream does, and therefore what we do:
 
-- VirtualMachine, VirtualMachineInstanceMigration, KubeVirt: ``subresources.status``.
+- VirtualMachine, VirtualMachineInstanceMigration, KubeVirt, VirtualMachineSnapshot:
+  ``subresources.status``.
 - VirtualMachineInstance: **no** status subresource (upstream ``NewVirtualMachineInstanceCrd``
   sets none; virt-handler writes VMI status through the main resource).
-- Upstream also serves ``v1alpha3`` with the same schema; only ``v1`` is generated here.
+- Upstream also serves ``v1alpha3`` with the same schema; only ``v1`` is generated here
+  (likewise VirtualMachineSnapshot: upstream also serves ``v1alpha1``; only ``v1beta1`` here).
 
 CDI's types do carry markers, so DataVolume and StorageProfile come out of controller-gen
 complete; ``EXPECTED`` still checks them so a marker change upstream fails loudly here
@@ -35,6 +38,7 @@ from typing import Any
 import yaml
 
 KUBEVIRT_API_PACKAGE = "kubevirt.io/api/core/v1"
+SNAPSHOT_API_PACKAGE = "kubevirt.io/api/snapshot/v1beta1"
 CDI_API_PACKAGE = "kubevirt.io/containerized-data-importer-api/pkg/apis/core/v1beta1"
 
 
@@ -137,6 +141,19 @@ EXPECTED: Mapping[str, CrdShape] = {
         printer_columns=(_AGE, _PHASE),
         labels={"operator.kubevirt.io": ""},
     ),
+    "virtualmachinesnapshots.snapshot.kubevirt.io": CrdShape(
+        short_names=("vmsnapshot", "vmsnapshots"),
+        status_subresource=True,
+        printer_columns=(
+            PrinterColumn("SourceKind", "string", ".spec.source.kind"),
+            PrinterColumn("SourceName", "string", ".spec.source.name"),
+            _PHASE,
+            PrinterColumn("ReadyToUse", "boolean", ".status.readyToUse"),
+            PrinterColumn("CreationTime", "date", ".status.creationTime"),
+            PrinterColumn("Error", "string", ".status.error.message"),
+        ),
+        labels={"kubevirt.io": ""},
+    ),
     "datavolumes.cdi.kubevirt.io": CrdShape(
         short_names=("dv", "dvs"), status_subresource=True, override=False
     ),
@@ -235,6 +252,7 @@ def _run_controller_gen(
         str(controller_gen),
         "crd:allowDangerousTypes=true",
         f"paths={KUBEVIRT_API_PACKAGE}",
+        f"paths={SNAPSHOT_API_PACKAGE}",
         f"paths={CDI_API_PACKAGE}",
         f"output:crd:dir={raw_dir}",
     ]

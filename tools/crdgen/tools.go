@@ -6,5 +6,6 @@ package tools
 
 import (
 	_ "kubevirt.io/api/core/v1"
+	_ "kubevirt.io/api/snapshot/v1beta1"
 	_ "kubevirt.io/containerized-data-importer-api/pkg/apis/core/v1beta1"
 )
