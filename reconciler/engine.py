@@ -10,6 +10,7 @@ unreachable or refusing cluster ``ClusterError``; nothing else is expected.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,12 +18,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.apply.context import Settings
+from reconciler.apply.lease import Lease
+from reconciler.apply.runner import Options, Runner
 from reconciler.diff.judge import diff
 from reconciler.kube import resources
 from reconciler.kube.client import Cluster, load_client
-from reconciler.model.errors import ClusterError, UserError
+from reconciler.model import journal as journals
+from reconciler.model import names
+from reconciler.model.errors import ClusterError, Problem, UserError
+from reconciler.model.journal import Journal, LastMigration
 from reconciler.model.live import Snapshot
 from reconciler.model.manifests import VMManifests
+from reconciler.model.outcome import ApplyReport
 from reconciler.model.plan import Plan
 from reconciler.model.verdict import Action, VMVerdict
 from reconciler.observe.fetch import fetch
@@ -209,3 +217,88 @@ def _server_dry_run(
         except ClusterError as exc:
             errors.append(str(exc))
     return errors
+
+
+def apply(
+    paths: Sequence[str | Path],
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    allowed_namespaces: frozenset[str] | None = None,
+    templates_dir: Path | None = None,
+    max_vms: int | None = None,
+    lease_namespace: str = "vm-storage-reconciler",
+    holder: str = "vm-storage-reconciler",
+    settings: Settings | None = None,
+    progress: Progress = _quiet,
+    stop: threading.Event | None = None,
+    commit: str | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ApplyReport:
+    """Load the plans, take the Lease, and run ``apply.runner``: open journals first, then new
+    moves one VM at a time. Raises ``UserError`` (bad input, found before anything is written),
+    ``LockHeld`` (another run holds the Lease: nothing changed) and ``ClusterError``."""
+    plans = load_plans(paths, allowed_namespaces=allowed_namespaces)
+    templates = load_templates(templates_dir)
+    cluster = Cluster(load_client(kubeconfig, context))
+    stop = stop or threading.Event()
+    lease = Lease(cluster, lease_namespace, holder, lost=stop, now=now)
+    lease.acquire()
+    try:
+        options = Options(max_vms=max_vms, commit=commit, settings=settings or Settings(), now=now)
+        return Runner(
+            cluster,
+            plans,
+            templates,
+            options,
+            progress=progress,
+            stop=stop,
+            allowed_namespaces=allowed_namespaces,
+        ).run()
+    finally:
+        lease.release()
+
+
+StatusEntry = tuple[str, str, Journal | None, LastMigration | None, str]
+"""(namespace, VM, open journal, last migration record, why the journal is unreadable)."""
+
+
+def status(
+    paths: Sequence[str | Path],
+    *,
+    namespaces: Sequence[str] = (),
+    kubeconfig: str | None = None,
+    context: str | None = None,
+) -> list[StatusEntry]:
+    """Every VM of the plans' namespaces (and ``namespaces``) that has a journal or a last
+    migration record, in (namespace, name) order. Reads only the VMs: one LIST per namespace."""
+    selected = set(namespaces)
+    if paths:
+        selected |= {p.namespace for p in load_plans(paths)}
+    if not selected:
+        raise UserError(
+            [
+                Problem(
+                    None, "no namespace to show", "pass plan files or directories, or -n NAMESPACE"
+                )
+            ]
+        )
+    cluster = Cluster(load_client(kubeconfig, context))
+    entries: list[StatusEntry] = []
+    for namespace in sorted(selected):
+        for vm in sorted(
+            cluster.list_objects(resources.VIRTUAL_MACHINES, namespace),
+            key=lambda o: str(o["metadata"]["name"]),
+        ):
+            notes = (vm.get("metadata") or {}).get("annotations") or {}
+            journal, error = None, ""
+            if names.JOURNAL_ANNOTATION in notes:
+                try:
+                    journal = journals.decode(notes[names.JOURNAL_ANNOTATION])
+                except journals.JournalError as exc:
+                    error = str(exc)
+            last_text = notes.get(names.LAST_MIGRATION_ANNOTATION)
+            last = journals.decode_last(last_text) if last_text else None
+            if journal or last or error:
+                entries.append((namespace, str(vm["metadata"]["name"]), journal, last, error))
+    return entries

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
-from reconciler.cli import plan, validate
+from reconciler.cli import apply, plan, status, validate
 from reconciler.cli.common import EXIT_CODES, PROG, configure_logging
 from reconciler.model.errors import ClusterError, UserError
 from reconciler.report.documents import dump, problems_document
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     validate.add_parser(commands)
     plan.add_parser(commands)
+    apply.add_parser(commands)
+    status.add_parser(commands)
     return parser
 
 
@@ -75,6 +77,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "validate":
             return int(validate.run(args, out))
+        if args.command == "apply":
+            return int(apply.run(args, out, err))
+        if args.command == "status":
+            return int(status.run(args, out, err))
         return int(plan.run(args, out, err))
     except UserError as exc:
         for problem in exc.problems:

@@ -92,9 +92,15 @@ class Cluster:
         )
 
     def list_objects(
-        self, resource: Resource, namespace: str | None = None, *, missing_ok: bool = False
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        missing_ok: bool = False,
+        label_selector: str | None = None,
     ) -> list[dict[str, Any]]:
-        """All objects of ``resource`` in ``namespace`` (None: every namespace) in one LIST.
+        """All objects of ``resource`` in ``namespace`` (None: every namespace) in one LIST,
+        optionally only those matching ``label_selector``.
 
         ``missing_ok``: a resource the server does not serve (CRD not installed) or does not
         let us list in that scope (404) gives [] instead of an error.
@@ -102,6 +108,8 @@ class Cluster:
         kwargs: dict[str, Any] = {"version": resource.api_version, "url": resource.plural}
         if namespace is not None and resource.namespaced:
             kwargs["namespace"] = namespace
+        if label_selector:
+            kwargs["params"] = {"labelSelector": label_selector}
         response = self._send("get", _scope(resource, namespace), **kwargs)
         if response.status_code == 404 and missing_ok:
             return []
@@ -145,6 +153,55 @@ class Cluster:
             params=self._params(dry_run),
         )
         return self._check(response, resource, namespace, name)
+
+    def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist (404)."""
+        kwargs: dict[str, Any] = {
+            "version": resource.api_version,
+            "url": f"{resource.plural}/{name}",
+        }
+        if namespace is not None and resource.namespaced:
+            kwargs["namespace"] = namespace
+        response = self._send("get", subject(resource, namespace, name), **kwargs)
+        if response.status_code == 404:
+            return None
+        return self._check(response, resource, namespace, name)
+
+    def replace(
+        self, resource: Resource, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """PUT ``body`` (its metadata.resourceVersion makes it a compare-and-swap: 409 when
+        the object changed since it was read)."""
+        response = self._send(
+            "put",
+            subject(resource, namespace, name),
+            version=resource.api_version,
+            namespace=namespace,
+            url=f"{resource.plural}/{name}",
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+            params=self._params(False),
+        )
+        return self._check(response, resource, namespace, name)
+
+    def delete(self, resource: Resource, namespace: str, name: str) -> bool:
+        """DELETE the object (background propagation, as kubectl does); False when it was
+        already gone."""
+        response = self._send(
+            "delete",
+            subject(resource, namespace, name),
+            version=resource.api_version,
+            namespace=namespace,
+            url=f"{resource.plural}/{name}",
+            data=json.dumps(
+                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+            ),
+            headers={"Content-Type": "application/json"},
+        )
+        if response.status_code == 404:
+            return False
+        self._check(response, resource, namespace, name)
+        return True
 
     def json_patch(
         self,

@@ -25,6 +25,9 @@ KUBEVIRTS = Resource("kubevirt.io/v1", "KubeVirt", "kubevirts")
 PVCS = Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 DATA_VOLUMES = Resource("cdi.kubevirt.io/v1beta1", "DataVolume", "datavolumes")
 STORAGE_CLASSES = Resource("storage.k8s.io/v1", "StorageClass", "storageclasses", False)
+PODS = Resource("v1", "Pod", "pods")
+LEASES = Resource("coordination.k8s.io/v1", "Lease", "leases")
+EVENTS = Resource("events.k8s.io/v1", "Event", "events")
 STORAGE_PROFILES = Resource("cdi.kubevirt.io/v1beta1", "StorageProfile", "storageprofiles", False)
 
 

@@ -13,6 +13,8 @@ FIELD_MANAGER = "vm-storage-reconciler"
 # -- ours ------------------------------------------------------------------------------------
 OUR_PREFIX = "vmstorage.dev"
 JOURNAL_ANNOTATION = "vmstorage.dev/journal"  # an open move of ours (on the VM)
+LAST_MIGRATION_ANNOTATION = "vmstorage.dev/last-migration"  # the last move's result (on the VM)
+MIGRATION_LABEL = "vmstorage.dev/migration"  # on every DataVolume a move creates: the move's id
 SOURCE_CLAIM_ANNOTATION = "vmstorage.dev/source-claim"  # on a destination: the claim it copies
 VM_LABEL = "vmstorage.dev/vm"
 PLAN_LABEL = "vmstorage.dev/plan"

@@ -141,7 +141,7 @@ class Plan:
     allow_stop: bool = False
     retention: Retention = Retention.KEEP
     window: Window | None = None
-    timeout: timedelta = timedelta(hours=2)
+    timeout: timedelta | None = None  # None: 15 min + 1 min per GiB moved (apply.begin)
     allow_gitops_managed: bool = False
     origin_kind: str = "StoragePlan"
 

@@ -11,7 +11,7 @@ Accepted documents (any number per file, separated by ``---``; empty documents a
 - ``vmstorage.dev/v1alpha1`` ``StoragePlan``: the native format (docs/plans.md).
 - ``migrations.kubevirt.io/v1alpha1`` ``VirtualMachineStorageMigrationPlan`` and
   ``MultiNamespaceVirtualMachineStorageMigrationPlan``: kubevirt-migration-controller (KMC)
-  plans, mapped onto the same model (mode Auto, allowStop false, no window, timeout 2h,
+  plans, mapped onto the same model (mode Auto, allowStop false, no window, the default timeout,
   ``origin_kind`` = the KMC kind). Only the listed volumes move (``Plan.storage_class`` is
   None); a ``destinationPVC`` without ``storageClassName`` targets ``DEFAULT_CLASS``. A
   multi-namespace plan becomes one ``Plan`` per ``spec.namespaces[]`` entry, named

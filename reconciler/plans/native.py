@@ -8,7 +8,6 @@ target class (``spec.storageClass``, or a ``storageClass`` on each listed volume
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from typing import TypeVar
 
 from reconciler.model.errors import Problem
@@ -27,14 +26,13 @@ from reconciler.plans.fields import (
 )
 from reconciler.plans.located_yaml import Field, MappingNode, Node, Reader, join, peek
 
-__all__ = ["ACCESS_MODES", "API_VERSION", "DEFAULT_TIMEOUT", "KIND", "read_storage_plan"]
+__all__ = ["ACCESS_MODES", "API_VERSION", "KIND", "read_storage_plan"]
 
 T = TypeVar("T")
 
 API_VERSION = "vmstorage.dev/v1alpha1"
 KIND = "StoragePlan"
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod")
-DEFAULT_TIMEOUT = timedelta(hours=2)
 
 _TOP = {
     "apiVersion": Field(True),
@@ -120,7 +118,7 @@ def read_storage_plan(
         retention=opt("retention", lambda n, p: read_enum(r, n, p, Retention, "retention"))
         or Retention.KEEP,
         window=opt("window", lambda n, p: read_window(r, n, p)),
-        timeout=opt("timeout", lambda n, p: read_duration(r, n, p, "timeout")) or DEFAULT_TIMEOUT,
+        timeout=opt("timeout", lambda n, p: read_duration(r, n, p, "timeout")),
         allow_gitops_managed=bool(opt("allowGitOpsManaged", r.boolean)),
         origin_kind=KIND,
     )

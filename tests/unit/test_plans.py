@@ -430,7 +430,7 @@ def test_plan_defaults_are_the_documented_ones(tmp_path: Path) -> None:
     (plan,) = load_plans([write(tmp_path, "p.yaml", MINIMAL)])
     assert (plan.mode, plan.allow_stop, plan.retention) == (Mode.AUTO, False, Retention.KEEP)
     assert (plan.volume_mode, plan.access_modes, plan.window) == (VolumeMode.AUTO, None, None)
-    assert (plan.timeout, plan.allow_gitops_managed) == (timedelta(hours=2), False)
+    assert (plan.timeout, plan.allow_gitops_managed) == (None, False)  # None: sized by apply
     assert plan.origin_kind == "StoragePlan"
 
 
@@ -1267,7 +1267,7 @@ def test_plans_that_move_a_vm_differently_conflict(tmp_path: Path) -> None:
             7,
             "spec.virtualMachines[0]",
             f"VM apps/vm-a is in plan 'one' ({first}:7) and plan 'two' with different settings: "
-            "mode 'Live' vs 'Offline', allowStop false vs true, timeout 2h vs 30m",
+            "mode 'Live' vs 'Offline', allowStop false vs true, timeout (unset) vs 30m",
             "a VM moves as a whole under one set of settings: make the plans agree, or keep the "
             "VM in one plan",
         )

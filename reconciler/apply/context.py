@@ -1,0 +1,101 @@
+"""What every step of one VM's move gets: the cluster, the VM's name, the clock, the output.
+
+Steps are functions ``(MoveRun, Journal) -> Journal``; they raise ``StepFailed`` to roll the move
+back (rule id + reason, kept as data for the report), ``Interrupted`` when the run must stop
+with the journal as it is (SIGTERM, lost Lease), and let ``ClusterError`` through.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from reconciler.kube.client import Cluster
+from reconciler.kube.watch import Observer, State, Stream, WaitTimeout
+from reconciler.model.journal import Journal
+
+
+class StepFailed(Exception):
+    """The move cannot go on: roll it back. ``rule`` is a stable id (timeout,
+    migration-failed, clone-failed, vm-changed, ...), ``reason`` says what happened."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(f"{reason} [{rule}]")
+        self.rule = rule
+        self.reason = reason
+
+
+class Interrupted(Exception):
+    """Stop now, leaving the journal as written (the next run resumes from it)."""
+
+
+@dataclass
+class Settings:
+    """Knobs of a run that are not in the plans (flags, or defaults)."""
+
+    max_migration_attempts: int = 3  # failed VMIMs of one move before it is rolled back
+    max_clone_restarts: int = 3  # DataVolume restartCount before a copy counts as failed
+    rollback_timeout: float = 900.0  # seconds for each wait of a rollback
+    settle_timeout: float = 120.0  # seconds for status to settle (verify, stop, start)
+    release_timeout: float = 600.0  # seconds to wait for a source's last pod (retention Delete)
+    tick: float = 2.0  # seconds between progress lines during a wait
+
+
+@dataclass
+class MoveRun:
+    """One VM's move in progress. ``stop`` is set by SIGTERM or a lost Lease."""
+
+    cluster: Cluster
+    namespace: str
+    vm: str
+    settings: Settings = field(default_factory=Settings)
+    progress: Callable[[str], None] = lambda _message: None
+    stop: threading.Event = field(default_factory=threading.Event)
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted(f"{self.namespace}/{self.vm}: stopped; the journal is kept")
+
+    def say(self, message: str) -> None:
+        self.progress(f"{self.namespace}/{self.vm}: {message}")
+
+    def seconds_left(self, journal: Journal) -> float:
+        """Until the move's deadline (forward steps); a rollback gets its own budget."""
+        if journal.rolling_back:
+            return self.settings.rollback_timeout
+        deadline = datetime.fromisoformat(journal.deadline)
+        return (deadline - self.now()).total_seconds()
+
+    def wait(
+        self,
+        streams: list[Stream],
+        predicate: Callable[[State], object | None],
+        *,
+        seconds: float,
+        what: str,
+        on_tick: Callable[[State], None] | None = None,
+        timeout_rule: str = "timeout",
+    ) -> object:
+        """Watch ``streams`` until ``predicate`` returns non-None (returned) or ``seconds``
+        pass (StepFailed ``timeout_rule``). SIGTERM interrupts the wait within a tick."""
+        deadline = time.monotonic() + max(seconds, 0.0)
+
+        def checked(state: State) -> object | None:
+            self.check_stop()
+            return predicate(state)
+
+        with Observer(self.cluster.api, streams) as observer:
+            try:
+                return observer.wait(
+                    checked,
+                    deadline,
+                    what=what,
+                    tick=min(self.settings.tick, 0.5) if on_tick is None else self.settings.tick,
+                    on_tick=on_tick,
+                )
+            except WaitTimeout as exc:
+                raise StepFailed(timeout_rule, f"timed out waiting for {what}") from exc

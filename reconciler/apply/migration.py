@@ -1,0 +1,248 @@
+"""Following KubeVirt through a live volume migration, and through its cancellation.
+
+What "done" means is read off the objects KubeVirt maintains (see the reference): the
+VirtualMachineInstanceMigrations it creates for this VMI (label
+``kubevirt.io/volume-update-migration``), the VMI's ``VolumesChange`` condition,
+``status.migratedVolumes`` and ``volumeStatus``, and the VM's ``RestartRequired`` and
+``ManualRecoveryRequired`` conditions. KubeVirt retries a failed migration on its own (a new
+VMIM each time, with backoff), so a failure is ours to declare: after
+``max_migration_attempts`` failed VMIMs, or at the deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from reconciler.apply.context import MoveRun, StepFailed
+from reconciler.apply.vm_steps import claims_of, patch_vm
+from reconciler.kube.resources import MIGRATIONS, VIRTUAL_MACHINES, VMIS
+from reconciler.kube.watch import State, Stream
+from reconciler.model.journal import Journal
+from reconciler.model.names import VOLUME_UPDATE_LABEL
+
+Obj = Mapping[str, Any]
+FINAL_VMI = ("Succeeded", "Failed")
+
+
+def condition(obj: Obj | None, kind: str) -> Obj | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or ():
+        if isinstance(c, dict) and c.get("type") == kind:
+            return c
+    return None
+
+
+def is_true(obj: Obj | None, kind: str) -> bool:
+    found = condition(obj, kind)
+    return found is not None and found.get("status") == "True"
+
+
+def vmi_claims(vmi: Obj) -> dict[str, str]:
+    """volume name -> claim, from the VMI's spec (what KubeVirt patched it to)."""
+    return claims_of({"spec": {"template": {"spec": vmi.get("spec") or {}}}})
+
+
+def volume_status_claims(vmi: Obj) -> dict[str, str]:
+    """volume name -> claim, from ``status.volumeStatus`` (what the guest really uses)."""
+    found: dict[str, str] = {}
+    for v in (vmi.get("status") or {}).get("volumeStatus") or ():
+        claim = ((v or {}).get("persistentVolumeClaimInfo") or {}).get("claimName")
+        if claim:
+            found[str(v.get("name"))] = str(claim)
+    return found
+
+
+def migration_label(vmi_name: str, vmi_uid: str) -> str:
+    """KubeVirt labels the VMIMs of a volume update with the VMI's name, or its UID when the
+    name does not fit a label value."""
+    return vmi_name if len(vmi_name) <= 63 else vmi_uid
+
+
+def _ours(migrations: Iterable[Obj], journal: Journal) -> list[Obj]:
+    """This move's VMIMs, oldest first (those created since the move started)."""
+    started = datetime.fromisoformat(journal.started).replace(microsecond=0)
+    ours = [m for m in migrations if _created(m) is not None and _created(m) >= started]  # type: ignore[operator]
+    return sorted(ours, key=lambda m: (_created(m), (m.get("metadata") or {}).get("name", "")))
+
+
+def _created(m: Obj) -> datetime | None:
+    stamp = (m.get("metadata") or {}).get("creationTimestamp")
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _phase(m: Obj) -> str:
+    return str((m.get("status") or {}).get("phase") or "Pending")
+
+
+def _copy_finished(m: Obj) -> bool:
+    return bool(
+        ((m.get("status") or {}).get("migrationState") or {}).get("targetNodeDomainReadyTimestamp")
+    )
+
+
+def _streams(run: MoveRun, journal: Journal) -> list[Stream]:
+    label = f"{VOLUME_UPDATE_LABEL}={migration_label(run.vm, journal.vmi_uid)}"
+    return [
+        Stream("vm", VIRTUAL_MACHINES, run.namespace, name=run.vm),
+        Stream("vmi", VMIS, run.namespace, name=run.vm),
+        Stream("migrations", MIGRATIONS, run.namespace, label_selector=label),
+    ]
+
+
+class _Copied:
+    """The VMI went away after the copy finished (ManualRecoveryRequired, copy complete)."""
+
+
+def _migrated(run: MoveRun, journal: Journal, state: State) -> object | None:
+    vm = state["vm"].get(run.vm)
+    if vm is None:
+        raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+    vmi = state["vmi"].get(run.vm)
+    ours = _ours(state["migrations"].values(), journal)
+    if is_true(vm, "ManualRecoveryRequired"):
+        failed = [m for m in ours if _phase(m) == "Failed"]
+        if failed and _copy_finished(failed[-1]):
+            return _Copied()
+        reason = (condition(vm, "ManualRecoveryRequired") or {}).get("reason", "")
+        raise StepFailed(
+            "manual-recovery-required",
+            f"KubeVirt set ManualRecoveryRequired ({reason}) before the copy ended",
+        )
+    claims = claims_of(vm)
+    if any(claims.get(v.volume) != v.target for v in journal.volumes):
+        who = (
+            "reverted to the sources"
+            if all(claims.get(v.volume) == v.source for v in journal.volumes)
+            else "changed"
+        )
+        raise StepFailed(
+            "migration-cancelled",
+            (
+                f"the VM's volumes were {who} by someone else during the migration (a GitOps "
+                "controller syncing the old manifest?), which KubeVirt treats as a cancellation"
+            ),
+        )
+    if is_true(vm, "RestartRequired"):
+        message = (condition(vm, "RestartRequired") or {}).get("message", "")
+        raise StepFailed("restart-required", f"KubeVirt refused the volume update: {message}")
+    if vmi is None or (vmi.get("status") or {}).get("phase") in FINAL_VMI:
+        return None  # KubeVirt sets ManualRecoveryRequired next
+    if journal.vmi_uid and (vmi.get("metadata") or {}).get("uid") != journal.vmi_uid:
+        raise StepFailed("vmi-restarted", "the VM was restarted during the live move")
+    change = condition(vmi, "VolumesChange")
+    if change is not None and change.get("status") == "False":
+        message = str(change.get("message") or change.get("reason") or "")
+        if change.get("reason") == "VolumesChangeCancellation" or "doesn't exist" in message:
+            raise StepFailed("migration-refused", f"KubeVirt: {message}")
+    failed = [m for m in ours if _phase(m) == "Failed"]
+    if len(failed) >= run.settings.max_migration_attempts:
+        reasons = sorted(
+            {
+                str(
+                    ((m.get("status") or {}).get("migrationState") or {}).get("failureReason")
+                    or "no reason given"
+                )
+                for m in failed
+            }
+        )
+        raise StepFailed(
+            "migration-failed", f"{len(failed)} migration attempts failed: " + "; ".join(reasons)
+        )
+    targets = journal.targets
+    done = (
+        any(_phase(m) == "Succeeded" for m in ours)
+        and all(vmi_claims(vmi).get(k) == t for k, t in targets.items())
+        and all(volume_status_claims(vmi).get(k) == t for k, t in targets.items())
+        and not (change is not None and change.get("status") == "True")
+        and not (vmi.get("status") or {}).get("migratedVolumes")
+    )
+    return True if done else None
+
+
+def _describe(run: MoveRun, journal: Journal, state: State) -> str:
+    ours = _ours(state["migrations"].values(), journal)
+    if not ours:
+        return "waiting for KubeVirt to create the migration"
+    newest = ours[-1]
+    phase = _phase(newest)
+    name = (newest.get("metadata") or {}).get("name")
+    failed = sum(1 for m in ours if _phase(m) == "Failed")
+    retry = f", {failed} failed attempt(s)" if failed else ""
+    if phase in ("", "Pending"):
+        why = (
+            "; ".join(
+                str(c.get("message") or c.get("reason"))
+                for c in (newest.get("status") or {}).get("conditions") or ()
+                if isinstance(c, dict)
+            )
+            or "waiting for a migration slot"
+        )
+        return f"migration {name} queued ({why}){retry}"
+    return f"migration {name} {phase}{retry}"
+
+
+def _wait_migration(run: MoveRun, journal: Journal) -> Journal:
+    result = run.wait(
+        _streams(run, journal),
+        lambda state: _migrated(run, journal, state),
+        seconds=run.seconds_left(journal),
+        what="KubeVirt's volume migration",
+        on_tick=lambda state: run.say(_describe(run, journal, state)),
+    )
+    if isinstance(result, _Copied):
+        # The upstream recovery when the copy finished but the VMI went away: drop the
+        # strategy so KubeVirt keeps the destination, and the VM starts on it.
+        run.say("the copy finished before the VMI went away: keeping the destination")
+        patch_vm(
+            run,
+            lambda vm: (
+                [
+                    {"op": "test", "path": "/spec/updateVolumesStrategy", "value": "Migration"},
+                    {"op": "remove", "path": "/spec/updateVolumesStrategy"},
+                ]
+                if (vm.get("spec") or {}).get("updateVolumesStrategy") == "Migration"
+                else None
+            ),
+            refused_rule="recovery-refused",
+        )
+        return replace(journal, vmi_uid="")
+    run.say("migration succeeded")
+    return journal
+
+
+def _reverted(run: MoveRun, journal: Journal, state: State) -> bool | None:
+    vm = state["vm"].get(run.vm)
+    if vm is None:
+        return True
+    vmi = state["vmi"].get(run.vm)
+    if vmi is None or (vmi.get("status") or {}).get("phase") in FINAL_VMI:
+        return None if is_true(vm, "ManualRecoveryRequired") else True
+    sources = journal.sources
+    change = condition(vmi, "VolumesChange")
+    back = (
+        all(vmi_claims(vmi).get(k) == s for k, s in sources.items())
+        and all(volume_status_claims(vmi).get(k, s) == s for k, s in sources.items())
+        and not (change is not None and change.get("status") == "True")
+        and not (vmi.get("status") or {}).get("migratedVolumes")
+    )
+    return True if back else None
+
+
+def _wait_reverted(run: MoveRun, journal: Journal) -> Journal:
+    run.wait(
+        _streams(run, journal),
+        lambda state: _reverted(run, journal, state),
+        seconds=run.settings.rollback_timeout,
+        what="KubeVirt to confirm the cancellation",
+        on_tick=lambda _s: run.say("waiting for KubeVirt to cancel the migration"),
+        timeout_rule="rollback-timeout",
+    )
+    return journal
+
+
+STEPS = {"wait-migration": _wait_migration, "wait-reverted": _wait_reverted}

@@ -1,0 +1,224 @@
+"""The loop over VMs: first finish (or roll back) every move a journal says is open, then start
+new ones, one VM at a time, in (namespace, name) order.
+
+Each new move is judged again on a fresh observation of its namespace right before it starts
+(the cluster moved on while earlier VMs were moving), rendered, journaled and driven by
+``machine.drive``. ``--max-vms`` bounds the new moves of one run; a maintenance window that is
+shut leaves its VMs for a later run; after ``breaker`` consecutive failures the run stops (the
+cause is probably not the VMs). The per-VM state machine knows nothing of this loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from reconciler.apply.begin import first_journal
+from reconciler.apply.context import MoveRun, Settings
+from reconciler.apply.machine import drive
+from reconciler.apply.store import annotations_of
+from reconciler.apply.vm_steps import run_strategy_of
+from reconciler.diff.judge import diff
+from reconciler.kube.client import Cluster
+from reconciler.kube.resources import VIRTUAL_MACHINES, VMIS
+from reconciler.model import journal as journals
+from reconciler.model.errors import PlanError, TemplateError
+from reconciler.model.names import JOURNAL_ANNOTATION
+from reconciler.model.outcome import FAILED, ROLLED_BACK, ApplyReport, Outcome
+from reconciler.model.plan import Plan
+from reconciler.model.verdict import Action, VMVerdict
+from reconciler.model.windows import window_open
+from reconciler.observe.fetch import fetch
+from reconciler.render.move import render_vm
+from reconciler.render.sandbox import TemplateSet
+
+log = logging.getLogger(__name__)
+MOVES = (Action.MOVE_LIVE, Action.MOVE_OFFLINE)
+
+
+@dataclass
+class Options:
+    max_vms: int | None = None
+    breaker: int = 3  # consecutive failed VMs that stop the run
+    commit: str | None = None
+    settings: Settings = field(default_factory=Settings)
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Runner:
+    def __init__(
+        self,
+        cluster: Cluster,
+        plans: Sequence[Plan],
+        templates: TemplateSet,
+        options: Options,
+        *,
+        progress: Callable[[str], None],
+        stop: threading.Event,
+        allowed_namespaces: frozenset[str] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.plans = tuple(plans)
+        self.templates = templates
+        self.options = options
+        self.progress = progress
+        self.stop = stop
+        self.allowed = allowed_namespaces
+        self.namespaces = sorted({p.namespace for p in plans})
+        self.outcomes: list[Outcome] = []
+        self._consecutive_failures = 0
+
+    def _run_for(self, namespace: str, vm: str) -> MoveRun:
+        return MoveRun(
+            self.cluster,
+            namespace,
+            vm,
+            settings=self.options.settings,
+            progress=self.progress,
+            stop=self.stop,
+            now=self.options.now,
+        )
+
+    def _record(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        failed = outcome.result in (FAILED, ROLLED_BACK)
+        self._consecutive_failures = self._consecutive_failures + 1 if failed else 0
+
+    def _tripped(self) -> bool:
+        return self._consecutive_failures >= self.options.breaker
+
+    def run(self) -> ApplyReport:
+        self._resume_open_moves()
+        snapshot = fetch(self.cluster, self.namespaces)
+        judged = diff(self.plans, snapshot, allowed_namespaces=self.allowed)
+        if judged.problems:
+            raise PlanError(list(judged.problems))
+        pending: list[str] = []
+        outside: list[str] = []
+        started = 0
+        stopped_early = ""
+        for verdict in judged.vms:
+            if verdict.action not in MOVES:
+                continue
+            key = f"{verdict.namespace}/{verdict.name}"
+            if self._tripped():
+                stopped_early = stopped_early or (
+                    f"{self.options.breaker} VMs failed in a row: stopping before the rest"
+                )
+                pending.append(key)
+                continue
+            if self.options.max_vms is not None and started >= self.options.max_vms:
+                pending.append(key)
+                continue
+            plan = self._plan(verdict)
+            if plan.window is not None and not window_open(plan.window, self.options.now()):
+                outside.append(key)
+                continue
+            outcome = self._move(verdict.namespace, verdict.name)
+            if outcome is not None:
+                started += 1
+                self._record(outcome)
+        return ApplyReport(
+            outcomes=tuple(self.outcomes),
+            verdicts=judged.vms,
+            pending=tuple(pending),
+            outside_window=tuple(outside),
+            stopped_early=stopped_early,
+            commit=self.options.commit,
+            requests=self.cluster.requests,
+        )
+
+    def _plan(self, verdict: VMVerdict) -> Plan:
+        return next(
+            p for p in self.plans if p.namespace == verdict.namespace and p.name == verdict.plan
+        )
+
+    def _resume_open_moves(self) -> None:
+        """Every VM with a journal, in order: finish or roll back its move first."""
+        for namespace in self.namespaces:
+            vms = self.cluster.list_objects(VIRTUAL_MACHINES, namespace)
+            for vm in sorted(vms, key=lambda o: str(o["metadata"]["name"])):
+                text = annotations_of(vm).get(JOURNAL_ANNOTATION)
+                if text is None:
+                    continue
+                name = str(vm["metadata"]["name"])
+                try:
+                    journal = journals.decode(text)
+                except journals.JournalError as exc:
+                    self._record(
+                        Outcome(
+                            migration_id="",
+                            plan="",
+                            flow="",
+                            result=FAILED,
+                            rule="journal-unreadable",
+                            reason=f"the journal annotation cannot be read: {exc}",
+                            namespace=namespace,
+                            vm=name,
+                        )
+                    )
+                    continue
+                self._record(drive(self._run_for(namespace, name), journal, resumed=True))
+
+    def _move(self, namespace: str, name: str) -> Outcome | None:
+        """Judge ``namespace/name`` again on a fresh look at its namespace and, if it still
+        moves, journal and drive the move. None when it no longer needs to move."""
+        snapshot = fetch(self.cluster, [namespace])
+        plans = [p for p in self.plans if p.namespace == namespace]
+        fresh = next(
+            (
+                v
+                for v in diff(plans, snapshot, allowed_namespaces=self.allowed).vms
+                if v.name == name
+            ),
+            None,
+        )
+        if fresh is None or fresh.action not in MOVES:
+            self.progress(
+                f"{namespace}/{name}: no longer needs a move "
+                f"({fresh.action.value if fresh else 'not selected'})"
+            )
+            return None
+        vm = snapshot.vms[(namespace, name)]
+        plan = self._plan(fresh)
+        migration_id = _new_id()
+        try:
+            rendered = render_vm(fresh, vm, snapshot, self.templates, plan_name=plan.name)
+        except TemplateError as exc:
+            return Outcome(
+                migration_id=migration_id,
+                plan=f"{namespace}/{plan.name}",
+                flow="",
+                result=FAILED,
+                rule="render-failed",
+                reason=str(exc),
+                namespace=namespace,
+                vm=name,
+            )
+        vmi = self.cluster.get(VMIS, namespace, name)
+        journal = first_journal(
+            verdict=fresh,
+            vm=vm,
+            vmi=vmi,
+            rendered=rendered,
+            snapshot=snapshot,
+            plan=plan,
+            migration_id=migration_id,
+            run_strategy=run_strategy_of(vm.raw),
+            now=self.options.now(),
+            commit=self.options.commit,
+        )
+        run = self._run_for(namespace, name)
+        run.say(
+            f"moving {journal.flow.value} (move {migration_id}, plan {plan.name}): "
+            + ", ".join(f"{v.volume} {v.from_class} -> {v.to_class}" for v in journal.volumes)
+        )
+        return drive(run, journal)

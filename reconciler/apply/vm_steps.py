@@ -1,0 +1,285 @@
+"""Steps that change the VirtualMachine: stop, swap, start, revert, remove the strategy; and the
+waits for its run state (stopped, running).
+
+Every change is one JSON patch whose first op tests the resourceVersion just read, and whose
+other ops test each value they replace: a concurrent edit makes the patch fail (409/422) instead
+of being overwritten. Then the VM is read again and the step decides afresh: already done (the
+step is idempotent), still to do (retry), or changed by someone else into a state we did not
+expect (``StepFailed vm-changed``: never clobber).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from reconciler.apply.context import MoveRun, StepFailed
+from reconciler.apply.store import read_vm
+from reconciler.kube.resources import PODS, VIRTUAL_MACHINES, VMIS
+from reconciler.kube.watch import State, Stream
+from reconciler.model.errors import ClusterError
+from reconciler.model.journal import Journal
+
+Obj = dict[str, Any]
+Op = Mapping[str, Any]
+
+RUNNING_FIELD = "running:"  # journal run_strategy prefix for VMs that use spec.running
+HALTED = "Halted"
+_PATCH_ATTEMPTS = 5
+_VM_ERROR_STATES = (
+    "ErrorPvcNotFound",
+    "DataVolumeError",
+    "CrashLoopBackOff",
+    "ErrorUnschedulable",
+    "ErrImagePull",
+    "ImagePullBackOff",
+)
+
+
+def claims_of(vm: Mapping[str, Any]) -> dict[str, str]:
+    """volume name -> the claim (DataVolume or PVC name) it uses in the VM's template."""
+    spec = ((vm.get("spec") or {}).get("template") or {}).get("spec") or {}
+    claims: dict[str, str] = {}
+    for volume in spec.get("volumes") or ():
+        if not isinstance(volume, dict):
+            continue
+        dv = volume.get("dataVolume") or {}
+        pvc = volume.get("persistentVolumeClaim") or {}
+        claim = dv.get("name") or pvc.get("claimName")
+        if claim:
+            claims[str(volume.get("name"))] = str(claim)
+    return claims
+
+
+def run_strategy_of(vm: Mapping[str, Any]) -> str:
+    """``spec.runStrategy``, or ``running:true|false`` for VMs on the deprecated field."""
+    spec = vm.get("spec") or {}
+    if "runStrategy" in spec:
+        return str(spec["runStrategy"])
+    if "running" in spec:
+        return f"{RUNNING_FIELD}{str(bool(spec['running'])).lower()}"
+    return HALTED  # KubeVirt's default when neither is set
+
+
+def _run_strategy_ops(current: str, wanted: str) -> list[Obj]:
+    """Test ``current``, write ``wanted``: both in the field the VM uses (a VM on the
+    deprecated ``spec.running`` stays on it, so we leave its spec as we found it)."""
+    if current.startswith(RUNNING_FIELD):
+        return [
+            {"op": "test", "path": "/spec/running", "value": current == f"{RUNNING_FIELD}true"},
+            {"op": "replace", "path": "/spec/running", "value": wanted == f"{RUNNING_FIELD}true"},
+        ]
+    return [
+        {"op": "test", "path": "/spec/runStrategy", "value": current},
+        {"op": "replace", "path": "/spec/runStrategy", "value": wanted},
+    ]
+
+
+def _stopped_form(original: str) -> str:
+    return f"{RUNNING_FIELD}false" if original.startswith(RUNNING_FIELD) else HALTED
+
+
+def patch_vm(
+    run: MoveRun,
+    build: Callable[[Obj], list[Obj] | None],
+    *,
+    refused_rule: str,
+) -> Obj | None:
+    """Read the VM, ``build(vm)`` the ops (None: nothing to do), send them behind a test of
+    the resourceVersion; on a conflict read again and rebuild. Returns the VM as last read.
+
+    A 409/422 with an unchanged resourceVersion is not a race but a refusal (admission, a
+    failed test of a value): StepFailed ``refused_rule`` with the server's message.
+    """
+    for _ in range(_PATCH_ATTEMPTS):
+        vm = read_vm(run)
+        if vm is None:
+            raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+        ops = build(vm)
+        if ops is None:
+            return vm
+        version = str(vm["metadata"].get("resourceVersion", ""))
+        guarded = [{"op": "test", "path": "/metadata/resourceVersion", "value": version}, *ops]
+        try:
+            run.cluster.json_patch(VIRTUAL_MACHINES, run.namespace, run.vm, guarded)
+            return None
+        except ClusterError as exc:
+            if exc.code not in (409, 422):
+                raise
+            again = read_vm(run)
+            if again is not None and again["metadata"].get("resourceVersion") == version:
+                raise StepFailed(refused_rule, str(exc)) from exc
+    raise StepFailed("vm-changed", "the VM kept changing under us; nothing was overwritten")
+
+
+def _stop(run: MoveRun, journal: Journal) -> Journal:
+    stopped = _stopped_form(journal.run_strategy)
+
+    def build(vm: Obj) -> list[Obj] | None:
+        current = run_strategy_of(vm)
+        if current == stopped:
+            return None
+        if current != journal.run_strategy:
+            raise StepFailed(
+                "vm-changed",
+                f"the VM's run strategy changed to {current!r} "
+                f"(was {journal.run_strategy!r}) before we stopped it",
+            )
+        return _run_strategy_ops(current, stopped)
+
+    run.say("stopping the VM (runStrategy Halted) for an offline move")
+    patch_vm(run, build, refused_rule="stop-refused")
+    return journal
+
+
+def _start(run: MoveRun, journal: Journal) -> Journal:
+    def build(vm: Obj) -> list[Obj] | None:
+        current = run_strategy_of(vm)
+        if current == journal.run_strategy:
+            return None
+        if current != _stopped_form(journal.run_strategy):
+            raise StepFailed(
+                "vm-changed",
+                f"the VM's run strategy is {current!r}: someone "
+                "else changed it while the VM was stopped for the move",
+            )
+        return _run_strategy_ops(current, journal.run_strategy)
+
+    if journal.run_strategy != _stopped_form(journal.run_strategy):
+        run.say(f"restoring runStrategy {journal.run_strategy.removeprefix(RUNNING_FIELD)}")
+    patch_vm(run, build, refused_rule="start-refused")
+    return journal
+
+
+def _launcher_pods(state: State) -> list[str]:
+    return [
+        name
+        for name, pod in state["pods"].items()
+        if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
+
+
+def _wait_stopped(run: MoveRun, journal: Journal) -> Journal:
+    streams = [
+        Stream("vmi", VMIS, run.namespace, name=run.vm),
+        Stream("pods", PODS, run.namespace, label_selector=f"vm.kubevirt.io/name={run.vm}"),
+    ]
+
+    def stopped(state: State) -> bool | None:
+        return True if not state["vmi"] and not _launcher_pods(state) else None
+
+    def tick(state: State) -> None:
+        held = ", ".join(_launcher_pods(state))
+        run.say("waiting for the VMI to stop" + (f" (pods {held})" if held else ""))
+
+    run.wait(
+        streams,
+        stopped,
+        seconds=min(run.seconds_left(journal), max(run.settings.settle_timeout, 300.0)),
+        what="the VM to stop (VMI and virt-launcher pod gone)",
+        on_tick=tick,
+    )
+    return journal
+
+
+def _wait_running(run: MoveRun, journal: Journal) -> Journal:
+    if not journal.was_running:
+        return journal
+    streams = [
+        Stream("vmi", VMIS, run.namespace, name=run.vm),
+        Stream("vm", VIRTUAL_MACHINES, run.namespace, name=run.vm),
+    ]
+
+    def running(state: State) -> bool | None:
+        vmi = state["vmi"].get(run.vm)
+        if vmi is not None and (vmi.get("status") or {}).get("phase") == "Running":
+            return True
+        vm = state["vm"].get(run.vm)
+        status = str(((vm or {}).get("status") or {}).get("printableStatus") or "")
+        if status in _VM_ERROR_STATES:
+            raise StepFailed("vm-start-failed", f"the VM does not start: {status}")
+        return None
+
+    run.say("waiting for the VM to run again")
+    run.wait(
+        streams,
+        running,
+        seconds=min(run.seconds_left(journal), max(run.settings.settle_timeout, 300.0)),
+        what="the VMI to be Running",
+        on_tick=lambda _s: run.say("waiting for the VMI"),
+    )
+    return journal
+
+
+def _swap(run: MoveRun, journal: Journal) -> Journal:
+    """Rename every moved volume (and its dataVolumeTemplate) in one patch."""
+
+    def build(vm: Obj) -> list[Obj] | None:
+        claims = claims_of(vm)
+        if all(claims.get(v.volume) == v.target for v in journal.volumes):
+            return None
+        for v in journal.volumes:
+            if claims.get(v.volume) != v.source:
+                raise StepFailed(
+                    "vm-changed",
+                    f"volume {v.volume} now uses "
+                    f"{claims.get(v.volume)!r}, neither {v.source} nor {v.target}: "
+                    "the VM was edited by someone else; nothing was overwritten",
+                )
+        return [dict(op) for op in journal.forward_ops]
+
+    run.say(
+        "swapping volumes: "
+        + ", ".join(f"{v.volume} {v.source} -> {v.target}" for v in journal.volumes)
+    )
+    patch_vm(run, build, refused_rule="swap-refused")
+    return replace(journal, swapped=True)
+
+
+def _revert(run: MoveRun, journal: Journal) -> Journal:
+    """Rename the volumes back exactly (for a live move: KubeVirt's cancellation)."""
+
+    def build(vm: Obj) -> list[Obj] | None:
+        claims = claims_of(vm)
+        if all(claims.get(v.volume) == v.source for v in journal.volumes):
+            return None
+        if not all(claims.get(v.volume) == v.target for v in journal.volumes):
+            raise StepFailed(
+                "vm-changed",
+                "the VM's volumes are neither the sources nor the "
+                f"targets ({claims}); fix the VM by hand, then run again",
+            )
+        return [dict(op) for op in journal.revert_ops]
+
+    if read_vm(run) is None:
+        return journal
+    run.say("rolling back: restoring the original volumes")
+    patch_vm(run, build, refused_rule="revert-refused")
+    return replace(journal, swapped=False)
+
+
+def _remove_strategy(run: MoveRun, journal: Journal) -> Journal:
+    """Drop the ``updateVolumesStrategy: Migration`` we added, once the volumes are back."""
+    if not journal.cleanup_ops:
+        return journal
+
+    def build(vm: Obj) -> list[Obj] | None:
+        if (vm.get("spec") or {}).get("updateVolumesStrategy") != "Migration":
+            return None
+        return [dict(op) for op in journal.cleanup_ops]
+
+    if read_vm(run) is not None:
+        patch_vm(run, build, refused_rule="revert-refused")
+    return journal
+
+
+STEPS = {
+    "stop": _stop,
+    "wait-stopped": _wait_stopped,
+    "swap": _swap,
+    "start": _start,
+    "wait-running": _wait_running,
+    "revert": _revert,
+    "remove-strategy": _remove_strategy,
+}

@@ -1,0 +1,153 @@
+"""``apply PATH...``: move the disks, one VM at a time, verified, rolled back on failure."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from reconciler import engine
+from reconciler.apply.context import Settings
+from reconciler.apply.lease import LockHeld
+from reconciler.cli import plan as plan_command
+from reconciler.cli.common import (
+    add_cluster_options,
+    add_command,
+    add_plan_inputs,
+    allowed_namespaces,
+    progress,
+)
+from reconciler.model.errors import ExitCode
+from reconciler.model.outcome import INTERRUPTED, ApplyReport
+from reconciler.report.apply import apply_document, apply_text
+from reconciler.report.documents import dump
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        commands,
+        "apply",
+        help="move the disks: one VM at a time, journaled, verified, rolled back on failure",
+        description="Finish (or roll back) every move a journal on a VM says is open, then "
+        "move each VM the plans want elsewhere, one at a time, in (namespace, name) order: live "
+        "(KubeVirt volume migration) or offline (stop, CDI clone, swap, start), verified before "
+        "the next. A failure rolls the VM back and the run goes on; 3 failures in a row stop "
+        "it. A Lease keeps a second run out (exit 4). Progress goes to stderr; stdout has the "
+        "report. Safe to kill at any point: the next run resumes from the journal.",
+    )
+    add_plan_inputs(parser)
+    add_cluster_options(parser)
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json", "yaml"],
+        default="text",
+        help="text, or an ApplyReport document (json | yaml)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="change nothing: the same as `plan --server-dry-run`"
+    )
+    parser.add_argument(
+        "--max-vms",
+        type=_positive,
+        metavar="N",
+        help="start at most N new moves in this run (open journals are always finished first)",
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "vm-storage-reconciler",
+        metavar="NS",
+        help="namespace of the Lease that keeps runs apart (default: "
+        "$POD_NAMESPACE, else vm-storage-reconciler)",
+    )
+    parser.add_argument(
+        "--max-migration-attempts",
+        type=_positive,
+        default=3,
+        metavar="N",
+        help="failed KubeVirt migrations of one VM before it is rolled back",
+    )
+    parser.add_argument(
+        "--templates",
+        metavar="DIR",
+        type=Path,
+        help="directory of Jinja templates overriding the defaults",
+    )
+    parser.add_argument("--show-manifests", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", "-v", action="store_true", help=argparse.SUPPRESS)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """SIGTERM (a CronJob pod being stopped) sets the event: the run stops at the next step
+    boundary or within a second of a wait, the journal kept for the next run."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_code(report: ApplyReport) -> ExitCode:
+    """3 a VM failed; 1 work remains (blocked, pending, interrupted); 5 nothing could start
+    because windows are shut; else 0."""
+    if report.failed:
+        return ExitCode.VM_FAILED
+    interrupted = any(o.result == INTERRUPTED for o in report.outcomes)
+    if report.outside_window and not report.outcomes and not report.pending:
+        return ExitCode.OUTSIDE_WINDOW
+    blocked = any(v.action.value in ("Blocked", "InProgress") for v in report.verdicts)
+    if interrupted or report.pending or blocked or report.outside_window:
+        return ExitCode.PENDING
+    return ExitCode.OK
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
+    if args.dry_run:
+        args.server_dry_run = True
+        return plan_command.run(args, out, err)
+    settings = Settings(max_migration_attempts=args.max_migration_attempts)
+    with _stop_on_sigterm() as stop:
+        try:
+            report = engine.apply(
+                args.paths,
+                kubeconfig=args.kubeconfig,
+                context=args.context,
+                allowed_namespaces=allowed_namespaces(args),
+                templates_dir=args.templates,
+                max_vms=args.max_vms,
+                lease_namespace=args.lease_namespace,
+                holder=f"{socket.gethostname()}-{os.getpid()}",
+                settings=settings,
+                progress=functools.partial(progress, err),
+                stop=stop,
+            )
+        except LockHeld as exc:
+            err.write(f"error: {exc}; nothing was changed\n")
+            return ExitCode.LOCKED
+    if args.output != "text":
+        out.write(dump(apply_document(report), args.output, pretty=out.isatty()))
+    else:
+        out.write(apply_text(report))
+    return exit_code(report)

@@ -1,0 +1,58 @@
+"""What `apply` did: one ``Outcome`` per VM it acted on, gathered in an ``ApplyReport``. Values.
+
+``result``: ``Succeeded`` (moved and verified), ``RolledBack`` (failed, restored, what it
+created deleted), ``Failed`` (the rollback itself could not finish, or the VM was deleted: the
+journal, if any, is kept and ``status`` shows it), ``Interrupted`` (SIGTERM or a lost Lease:
+the journal is kept, the next run resumes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from reconciler.model.verdict import VMVerdict
+
+SUCCEEDED = "Succeeded"
+ROLLED_BACK = "RolledBack"
+FAILED = "Failed"
+INTERRUPTED = "Interrupted"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    migration_id: str
+    plan: str
+    flow: str
+    result: str
+    rule: str = ""
+    reason: str = ""
+    seconds: float = 0.0
+    steps: tuple[tuple[str, float], ...] = ()  # (step, seconds) in the order taken
+    resumed: bool = False
+    commit: str | None = None
+    volumes: tuple[tuple[str, str, str], ...] = ()  # (volume, source, target)
+    namespace: str = ""
+    vm: str = ""
+
+    def of(self, namespace: str, vm: str) -> Outcome:
+        return replace(self, namespace=namespace, vm=vm)
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """``outcomes`` in the order taken; ``verdicts`` the plan as judged at the start (blocked
+    VMs and those left for later show there); ``pending`` VMs not started because of
+    ``--max-vms`` or the circuit breaker; ``outside_window`` because their window was shut."""
+
+    outcomes: tuple[Outcome, ...] = ()
+    verdicts: tuple[VMVerdict, ...] = ()
+    pending: tuple[str, ...] = ()
+    outside_window: tuple[str, ...] = ()
+    stopped_early: str = ""  # why the run stopped before the end ("" = it did not)
+    commit: str | None = None
+    requests: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def failed(self) -> tuple[Outcome, ...]:
+        return tuple(o for o in self.outcomes if o.result in (ROLLED_BACK, FAILED))
