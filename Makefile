@@ -1,4 +1,5 @@
-# Every target sets up what it needs on a fresh machine (venv, Go-built control plane, CRDs).
+# Every target sets up what it needs on a fresh machine (venv, Go-built control plane, CRDs,
+# and the Flux controllers the GitOps tests run).
 # Caches live outside the repo: ~/.cache/vm-storage-reconciler (binaries, CRDs), Go's and pip's.
 PY      ?= python3
 VENV    := .venv
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-env: $(STAMP)  ## build (or reuse) kube-apiserver, etcd and the KubeVirt/CDI CRDs
+env: $(STAMP)  ## build (or reuse) kube-apiserver, etcd, the KubeVirt/CDI CRDs, Flux controllers
 	$(BIN)/python -m testenv build
 
 demo: env  ## the main job on the built-in local environment (control plane + simulator)

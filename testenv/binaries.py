@@ -7,17 +7,24 @@ version bump never reuses a stale artefact:
 - ``etcd-<version>/etcd``              version from ``tools/etcd/go.mod``
 - ``controller-gen-<version>/controller-gen``  version from ``tools/crdgen/go.mod``
 - ``crds-<hash>/*.yaml``               hash of tools/crdgen/go.{mod,sum} + testenv/crds.py
+- ``source-controller-<version>/``     Flux source-controller + ``crds/`` (tools/flux-source)
+- ``kustomize-controller-<version>/``  kustomize-controller + ``crds/`` (tools/flux-kustomize)
 
 A warm call only checks that these paths exist and needs no Go toolchain. A cold call
 builds what is missing with ``go build`` (``GOTOOLCHAIN=local CGO_ENABLED=0``), which
 takes ~5-15 min for kube-apiserver on 2 cores. A file lock in the cache dir makes
 concurrent callers wait for one build instead of building twice.
+
+``ensure_flux`` does the same for the two Flux controllers the GitOps tests run
+(``testenv.flux``); their CRDs are copied out of the upstream modules' ``config/crd/bases``
+(located with ``go list -m``) at build time, so a warm run needs no Go either.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -57,6 +64,15 @@ class Binaries:
     kube_apiserver: Path
     etcd: Path
     crd_dir: Path
+
+
+@dataclass(frozen=True)
+class FluxBinaries:
+    """Paths of the Flux controllers and the directories holding their CRDs."""
+
+    source_controller: Path
+    kustomize_controller: Path
+    crd_dirs: tuple[Path, ...]
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,89 @@ def ensure_all(log: Log = print) -> Binaries:
             )
             log(f"CRDs written to {crd_dir}")
     return Binaries(*wanted)
+
+
+def ensure_flux(log: Log = print) -> FluxBinaries:
+    """Return Flux's source- and kustomize-controller and their CRDs, building what is missing.
+
+    Same contract as ``ensure_all``: warm = only path checks; cold = ``go build`` from the
+    wrapper modules ``tools/flux-source`` and ``tools/flux-kustomize`` under the shared
+    build lock, ``MissingPrerequisiteError`` without Go, ``BuildError`` when a build fails.
+    """
+    cache = cache_dir()
+    binaries = _flux_binaries()
+    crd_dirs = tuple(_flux_crd_dir(binary, cache) for binary in binaries)
+    if all(b.path(cache).exists() for b in binaries) and all(d.exists() for d in crd_dirs):
+        return FluxBinaries(binaries[0].path(cache), binaries[1].path(cache), crd_dirs)
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with _build_lock(cache / ".build.lock", log):
+        for binary, crd_dir in zip(binaries, crd_dirs, strict=True):
+            if not binary.path(cache).exists():
+                _go_build(binary, binary.path(cache), log)
+            if not crd_dir.exists():
+                _copy_module_crds(binary, crd_dir, log)
+    return FluxBinaries(binaries[0].path(cache), binaries[1].path(cache), crd_dirs)
+
+
+def _flux_binaries() -> tuple[_GoBinary, _GoBinary]:
+    built = []
+    for name, tools_dir in (
+        ("source-controller", "flux-source"),
+        ("kustomize-controller", "flux-kustomize"),
+    ):
+        module = f"github.com/fluxcd/{name}"
+        built.append(
+            _GoBinary(
+                name=name,
+                cache_prefix=name,
+                module_dir=TOOLS_DIR / tools_dir,
+                package=module,  # the module root is package main (upstream main.go)
+                version=module_version(TOOLS_DIR / tools_dir / "go.mod", module),
+                ldflags="-s -w",
+                expected_minutes="3-6",
+            )
+        )
+    return built[0], built[1]
+
+
+def _flux_crd_dir(binary: _GoBinary, cache: Path) -> Path:
+    return binary.path(cache).parent / "crds"
+
+
+def _copy_module_crds(binary: _GoBinary, crd_dir: Path, log: Log) -> None:
+    """Copy ``config/crd/bases/*.yaml`` of ``binary.package`` (a module) into ``crd_dir``.
+
+    The module's directory in the Go module cache comes from ``go list -m -json``, run in
+    the wrapper module so the pinned version is the one read. Written to a temp dir, then
+    renamed, so a half-copied dir never looks complete.
+    """
+    go = _require_go()
+    listed = subprocess.run(
+        [go, "list", "-m", "-json", binary.package],
+        cwd=binary.module_dir,
+        env=_go_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        raise BuildError(f"go list -m {binary.package} failed:\n{listed.stderr[-4000:]}")
+    module_root = json.loads(listed.stdout).get("Dir")
+    if not module_root:
+        raise BuildError(f"go list -m {binary.package}: module not in the Go module cache")
+    sources = sorted((Path(module_root) / "config/crd/bases").glob("*.yaml"))
+    if not sources:
+        raise BuildError(f"no CRDs in {module_root}/config/crd/bases")
+    tmp = Path(tempfile.mkdtemp(prefix=".crds-", dir=crd_dir.parent))
+    try:
+        for source in sources:
+            shutil.copyfile(source, tmp / source.name)
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        tmp.replace(crd_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"{binary.name} CRDs ({len(sources)}) copied to {crd_dir}")
 
 
 def crd_cache_key() -> str:

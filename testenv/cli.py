@@ -1,7 +1,9 @@
 """Command line for the test environment.
 
-``python -m testenv build``
-    Build (or find in the cache) kube-apiserver, etcd and the CRDs, with progress lines.
+``python -m testenv build [--no-flux]``
+    Build (or find in the cache) everything the test suite runs, with progress lines:
+    kube-apiserver, etcd and the CRDs, and Flux's source- and kustomize-controller (for the
+    GitOps tests; ``--no-flux`` skips them, e.g. for ``demo`` or ``up`` only).
 ``python -m testenv up [--kubeconfig PATH] [--no-simulator]``
     Start a control plane and the simulator, write an admin kubeconfig to PATH (default
     ``./.testenv/kubeconfig``), and keep it running until Ctrl-C or SIGTERM; then stop it
@@ -22,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from testenv import demo
-from testenv.binaries import BuildError, MissingPrerequisiteError, ensure_all
+from testenv.binaries import BuildError, MissingPrerequisiteError, ensure_all, ensure_flux
 from testenv.controlplane import ControlPlane, ControlPlaneError
 from testenv.simulator import start as start_simulator
 
@@ -34,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "build":
-            return _build()
+            return _build(flux=not args.no_flux)
         if args.command == "demo":
             ensure_all(log=print)
             return demo.run(copy_seconds_per_gib=args.copy_seconds_per_gib, keep=args.keep,
@@ -51,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m testenv", description="Local etcd + kube-apiserver with KubeVirt CRDs."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build the binaries and CRDs into the cache")
+    build = commands.add_parser("build", help="build the binaries and CRDs into the cache")
+    build.add_argument("--no-flux", action="store_true",
+                       help="skip Flux's source- and kustomize-controller (GitOps tests only)")
     up = commands.add_parser("up", help="run a control plane until Ctrl-C / SIGTERM")
     up.add_argument(
         "--kubeconfig",
@@ -71,11 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _build() -> int:
+def _build(*, flux: bool) -> int:
     binaries = ensure_all(log=print)
     print(f"kube-apiserver: {binaries.kube_apiserver}")
     print(f"etcd:           {binaries.etcd}")
     print(f"CRDs:           {binaries.crd_dir}")
+    if flux:
+        controllers = ensure_flux(log=print)
+        print(f"source-controller:    {controllers.source_controller}")
+        print(f"kustomize-controller: {controllers.kustomize_controller}")
+        print(f"Flux CRDs:            {', '.join(map(str, controllers.crd_dirs))}")
     return 0
 
 

@@ -22,6 +22,9 @@ import pytest
 from testenv.controlplane import ControlPlane
 from testenv.simulator import SimConfig, Simulator, start
 
+# The `flux` and `flux_sync` fixtures (a real Flux, started only for the tests that use it).
+pytest_plugins = ("tests.support.flux",)
+
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
