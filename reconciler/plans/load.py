@@ -31,7 +31,7 @@ from reconciler.model.plan import Plan, Source
 from reconciler.plans import kmc, native
 from reconciler.plans.crosscheck import check_across
 from reconciler.plans.fields import close_match
-from reconciler.plans.files import expand
+from reconciler.plans.files import expand, read_plan_file
 from reconciler.plans.located_yaml import (
     Field,
     MappingNode,
@@ -106,10 +106,9 @@ def parse_plans(
 
 def _load_file(path: Path, allowed: frozenset[str] | None) -> tuple[list[Plan], list[Problem]]:
     name = str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return [], [Problem(None, f"{name}: cannot read: {exc.strerror or exc}")]
+    data, problem = read_plan_file(path)
+    if data is None:
+        return [], [problem] if problem is not None else []
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
