@@ -40,6 +40,7 @@ from reconciler.plans.located_yaml import (
     ScalarNode,
     describe,
     documents,
+    expansion_problem,
     join,
 )
 
@@ -139,6 +140,10 @@ def _parse_text(
     reader = Reader(file)
     plans: list[Plan] = []
     for node in nodes:
+        bomb = expansion_problem(node, file)
+        if bomb is not None:
+            problems.append(bomb)
+            continue
         plans.extend(_document(reader, node, "", allowed))
     return plans, problems + reader.problems
 
@@ -154,8 +159,11 @@ def _problem_order(problem: Problem) -> tuple[str, int, str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _document(r: Reader, node: Node, path: str, allowed: frozenset[str] | None) -> list[Plan]:
-    """Route one document by apiVersion/kind; returns its plans, or none if it has problems."""
+def _document(
+    r: Reader, node: Node, path: str, allowed: frozenset[str] | None, *, in_list: bool = False
+) -> list[Plan]:
+    """Route one document by apiVersion/kind; returns its plans, or none if it has problems.
+    ``in_list``: an item of a ``v1 List``, which may not be a List itself."""
     if not isinstance(node, MappingNode):
         r.report(
             node,
@@ -177,6 +185,14 @@ def _document(r: Reader, node: Node, path: str, allowed: frozenset[str] | None) 
     before = len(r.problems)
     if (api, kind) in _READERS:
         plans = _READERS[api, kind](r, node, path, allowed)
+    elif (api, kind) == ("v1", "List") and in_list:
+        r.report(
+            kind_node,
+            join(path, "kind"),
+            "a List inside a List is not read",
+            "list the plans themselves in items (as kubectl get -o yaml prints them)",
+        )
+        return []
     elif (api, kind) == ("v1", "List"):
         plans = _list(r, node, path, allowed)
     else:
@@ -214,7 +230,8 @@ def _list(r: Reader, node: MappingNode, path: str, allowed: frozenset[str] | Non
     items = r.sequence(top["items"], join(path, "items"))
     plans: list[Plan] = []
     for index, item in enumerate(items or []):
-        plans.extend(_document(r, item, f"{join(path, 'items')}[{index}]", allowed))
+        where = f"{join(path, 'items')}[{index}]"
+        plans.extend(_document(r, item, where, allowed, in_list=True))
     return plans
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "SequenceNode",
     "describe",
     "documents",
+    "expansion_problem",
     "join",
     "peek",
 ]
@@ -98,6 +99,72 @@ def documents(text: str, file: str) -> tuple[list[Node], list[Problem]]:
             )
         ]
     return nodes, []
+
+
+MAX_ALIAS_NODES = 100_000
+"""How many values aliases (``*a``) and merge keys (``<<: *a``) may add to one document, in
+total. A plan needs a few dozen; a 739-byte file of nested ``<<: [*a, *a, ...]`` expands to
+billions, which reading node by node would walk for minutes."""
+
+
+def expansion_problem(root: Node, file: str) -> Problem | None:
+    """A problem when ``root`` expands, through aliases and merge keys, to more than
+    ``MAX_ALIAS_NODES`` values beyond those written, or refers to itself; None otherwise.
+
+    Linear in the nodes written: each node's expanded size is computed once (memoised by
+    identity), so counting costs nothing like expanding. The problem names the line of the
+    smallest node whose children together go over the bound: where the bomb is built.
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    cycle: list[Node] = []
+
+    def size(node: Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            cycle.append(node)
+            return 0
+        open_.add(key)
+        total = 1 + sum(size(child) for child in _children(node))
+        open_.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        expanded = size(root)
+    except RecursionError:
+        return Problem(Source(file, root.start_mark.line + 1), "invalid YAML: nested too deeply")
+    if cycle:
+        return Problem(
+            Source(file, cycle[0].start_mark.line + 1),
+            "an alias refers to a node that contains it (the value would be infinite)",
+            "an anchor (&name) can only be used (*name) after the value it names is complete",
+        )
+    if expanded - len(sizes) <= MAX_ALIAS_NODES:
+        return None
+    node = root
+    while True:
+        big = [c for c in _children(node) if sizes[id(c)] - 1 > MAX_ALIAS_NODES]
+        if not big:
+            break
+        node = big[0]
+    return Problem(
+        Source(file, node.start_mark.line + 1),
+        f"aliases and merge keys here expand to {sizes[id(node)]:,} values, more than the "
+        f"{MAX_ALIAS_NODES:,} a document may add through them",
+        "write the values out, or use fewer nested aliases (*name) and merge keys (<<)",
+    )
+
+
+def _children(node: Node) -> Iterator[Node]:
+    if isinstance(node, SequenceNode):
+        yield from node.value
+    elif isinstance(node, MappingNode):
+        for key, value in node.value:
+            yield key
+            yield value
 
 
 @dataclass(frozen=True)
