@@ -99,6 +99,7 @@ def plan(
     kubeconfig: str | None = None,
     context: str | None = None,
     allowed_namespaces: frozenset[str] | None = None,
+    namespace: str | None = None,
     templates_dir: Path | None = None,
     manifests: bool = False,
     server_dry_run: bool = False,
@@ -110,9 +111,10 @@ def plan(
     ``manifests`` renders every moving VM's DataVolumes and patches (else only names, which is
     what keeps a preview of thousands of VMs fast); ``server_dry_run`` implies them and sends
     each with ``dryRun=All``. Raises ``UserError`` for bad plans, templates, kubeconfig or
-    conflicts, ``ClusterError`` when the cluster cannot be observed.
+    conflicts, ``ClusterError`` when the cluster cannot be observed. ``namespace`` is ``-n``
+    (``load_plans``).
     """
-    plans = load_plans(paths, allowed_namespaces=allowed_namespaces)
+    plans = load_plans(paths, allowed_namespaces=allowed_namespaces, namespace=namespace)
     templates = load_templates(templates_dir)
     cluster = Cluster(load_client(kubeconfig, context))
 
@@ -225,6 +227,7 @@ def apply(
     kubeconfig: str | None = None,
     context: str | None = None,
     allowed_namespaces: frozenset[str] | None = None,
+    namespace: str | None = None,
     templates_dir: Path | None = None,
     max_vms: int | None = None,
     lease_namespace: str = "vm-storage-reconciler",
@@ -238,7 +241,7 @@ def apply(
     """Load the plans, take the Lease, and run ``apply.runner``: open journals first, then new
     moves one VM at a time. Raises ``UserError`` (bad input, found before anything is written),
     ``LockHeld`` (another run holds the Lease: nothing changed) and ``ClusterError``."""
-    plans = load_plans(paths, allowed_namespaces=allowed_namespaces)
+    plans = load_plans(paths, allowed_namespaces=allowed_namespaces, namespace=namespace)
     templates = load_templates(templates_dir)
     cluster = Cluster(load_client(kubeconfig, context))
     stop = stop or threading.Event()

@@ -135,6 +135,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
                 kubeconfig=args.kubeconfig,
                 context=args.context,
                 allowed_namespaces=allowed_namespaces(args),
+                namespace=args.namespace,
                 templates_dir=args.templates,
                 max_vms=args.max_vms,
                 lease_namespace=args.lease_namespace,

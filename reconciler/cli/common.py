@@ -63,6 +63,14 @@ def add_plan_inputs(parser: argparse.ArgumentParser) -> None:
         help="refuse plans for any other namespace (repeatable; default: "
         "$VMSR_ALLOWED_NAMESPACES, comma-separated, else any)",
     )
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        metavar="NS",
+        help="kubectl's rule for plan documents: one without a namespace (metadata.namespace "
+        "of a KMC plan, spec.namespace of a StoragePlan) acts in NS; one naming another "
+        "namespace is an error",
+    )
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
         kubeconfig=args.kubeconfig,
         context=args.context,
         allowed_namespaces=allowed_namespaces(args),
+        namespace=args.namespace,
         templates_dir=args.templates,
         manifests=args.show_manifests,
         server_dry_run=args.server_dry_run,

@@ -25,7 +25,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace, out: TextIO) -> ExitCode:
     """Load every plan (``PlanError`` on any problem, mapped by ``main``); print them."""
-    plans = load_plans(args.paths, allowed_namespaces=allowed_namespaces(args))
+    plans = load_plans(
+        args.paths, allowed_namespaces=allowed_namespaces(args), namespace=args.namespace
+    )
     if args.output == "json":
         doc = {
             "apiVersion": API_VERSION,

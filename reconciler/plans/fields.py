@@ -11,6 +11,7 @@ import difflib
 import enum
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
@@ -28,6 +29,7 @@ from reconciler.plans.located_yaml import Field, Node, Reader, SequenceNode, joi
 __all__ = [
     "OPERATORS",
     "NameRule",
+    "Scope",
     "close_match",
     "fix_name",
     "read_access_modes",
@@ -37,6 +39,7 @@ __all__ = [
     "read_name",
     "read_namespace",
     "read_plan_name",
+    "read_scoped_namespace",
     "read_selector",
     "read_window",
     "report_repeats",
@@ -45,6 +48,7 @@ __all__ = [
 E = TypeVar("E", bound=enum.Enum)
 
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
@@ -67,27 +71,56 @@ class NameRule(enum.Enum):
 
     LABEL = "DNS-1123 label"  # namespaces, volume names, claim names
     SUBDOMAIN = "DNS-1123 subdomain"  # plans, VMs, StorageClasses
+    # What the KMC CRDs allow for VM and destination PVC names: ^[a-z]([-a-z0-9]*[a-z0-9])?$,
+    # at most 63 (a DNS-1123 label that starts with a letter).
+    DNS1035 = "DNS-1035 label"
 
     @property
     def max_length(self) -> int:
-        return 63 if self is NameRule.LABEL else 253
+        return 253 if self is NameRule.SUBDOMAIN else 63
 
     @property
     def rule(self) -> str:
         chars = "lowercase letters, digits and '-'"
         if self is NameRule.SUBDOMAIN:
             chars = "lowercase letters, digits, '-' and '.'"
+        if self is NameRule.DNS1035:
+            return (
+                f"use at most {self.max_length} {chars}, starting with a letter and ending with "
+                "a letter or digit"
+            )
         return f"use at most {self.max_length} {chars}, starting and ending with a letter or digit"
 
     def matches(self, value: str) -> bool:
-        pattern = _LABEL if self is NameRule.LABEL else _SUBDOMAIN
+        pattern = {NameRule.LABEL: _LABEL, NameRule.SUBDOMAIN: _SUBDOMAIN}.get(self, _DNS1035)
         return len(value) <= self.max_length and pattern.fullmatch(value) is not None
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What the command line says about namespaces, for every document of a run.
+
+    ``allowed``: ``--allow-namespace`` (None: any). ``namespace``: ``-n/--namespace``, kubectl's
+    rule: a namespaced document without a namespace lands in it, and a document that names a
+    different one is an error.
+    """
+
+    allowed: frozenset[str] | None = None
+    namespace: str | None = None
+
+
 def read_name(
-    r: Reader, node: Node, path: str, what: str, rule: NameRule = NameRule.SUBDOMAIN
+    r: Reader,
+    node: Node,
+    path: str,
+    what: str,
+    rule: NameRule = NameRule.SUBDOMAIN,
+    *,
+    why: str = "",
 ) -> str | None:
-    """A Kubernetes name; a problem says which rule it breaks and suggests a fixed spelling."""
+    """A Kubernetes name; a problem says which rule it breaks and suggests a fixed spelling.
+
+    ``why`` names who enforces the rule (and when), appended to the hint."""
     value = r.string(node, path)
     if value is None or rule.matches(value):
         return value
@@ -97,14 +130,16 @@ def read_name(
         message = f"invalid {what} '{value}': not a {rule.value}"
     suggestion = fix_name(value, rule)
     guess = f"did you mean '{suggestion}'? " if suggestion else ""
-    r.report(node, path, message, guess + rule.rule)
+    r.report(node, path, message, guess + rule.rule + (f" ({why})" if why else ""))
     return None
 
 
 def fix_name(value: str, rule: NameRule) -> str | None:
     """The closest valid name (lowercased, bad characters as '-'), if it differs."""
-    allowed = "a-z0-9-" if rule is NameRule.LABEL else "a-z0-9.-"
+    allowed = "a-z0-9.-" if rule is NameRule.SUBDOMAIN else "a-z0-9-"
     fixed = re.sub(f"[^{allowed}]+", "-", value.lower()).strip("-.")[: rule.max_length]
+    if rule is NameRule.DNS1035:
+        fixed = fixed.lstrip("-0123456789")
     fixed = fixed.rstrip("-.")
     return fixed if fixed and fixed != value and rule.matches(fixed) else None
 
@@ -114,13 +149,63 @@ def read_namespace(r: Reader, node: Node, path: str, allowed: frozenset[str] | N
     namespace = read_name(r, node, path, "namespace", NameRule.LABEL)
     if namespace is None or allowed is None or namespace in allowed:
         return namespace
-    hint = (
-        f"this run may act only in: {', '.join(sorted(allowed))}"
-        if allowed
-        else "this run may act in no namespace"
-    )
-    r.report(node, path, f"namespace '{namespace}' is not allowed here", hint)
+    r.report(node, path, f"namespace '{namespace}' is not allowed here", _allowed_hint(allowed))
     return None
+
+
+def _allowed_hint(allowed: frozenset[str]) -> str:
+    if allowed:
+        return f"this run may act only in: {', '.join(sorted(allowed))}"
+    return "this run may act in no namespace"
+
+
+def read_scoped_namespace(
+    r: Reader,
+    scope: Scope,
+    node: Node | None,
+    path: str,
+    *,
+    holder: Node,
+    what: str,
+) -> str | None:
+    """The namespace a namespaced document acts in, by kubectl's rule.
+
+    ``node`` is the document's own namespace field (None when it has none) at ``path``;
+    ``holder`` is the mapping that would hold it (where a missing namespace is reported) and
+    ``what`` names the document kind in the hint. The document's namespace wins when it agrees
+    with ``-n``; without one, ``-n`` is used; with neither, a problem says how to set either.
+    """
+    if node is not None:
+        namespace = read_namespace(r, node, path, scope.allowed)
+        if namespace is not None and scope.namespace is not None and namespace != scope.namespace:
+            r.report(
+                node,
+                path,
+                f"the namespace from the document '{namespace}' does not match the namespace "
+                f"'{scope.namespace}' given with -n/--namespace",
+                f"kubectl refuses this too: pass --namespace={namespace}, or remove {path} so "
+                f"the document lands in '{scope.namespace}'",
+            )
+            return None
+        return namespace
+    if scope.namespace is None:
+        r.report(
+            holder,
+            path,
+            "missing required field 'namespace'",
+            f"{what} acts in one namespace: set {path}, or pass -n/--namespace NAMESPACE "
+            "(as with kubectl, a document without a namespace lands in the given one)",
+        )
+        return None
+    if scope.allowed is not None and scope.namespace not in scope.allowed:
+        r.report(
+            holder,
+            path,
+            f"namespace '{scope.namespace}' (from -n/--namespace) is not allowed here",
+            _allowed_hint(scope.allowed),
+        )
+        return None
+    return scope.namespace
 
 
 def read_plan_name(

@@ -4,7 +4,11 @@
 ``MultiNamespaceVirtualMachineStorageMigrationPlan`` are accepted as KMC defines them, so a
 team that uses KMC can commit its plans to Git unchanged. The mapping:
 
-- ``metadata.namespace`` is the plan's namespace (required: there is no ``kubectl -n`` here).
+- ``metadata.namespace`` is the plan's namespace, by kubectl's rule for namespaced objects:
+  without one the plan lands in the namespace given with ``-n/--namespace``; one that differs
+  from ``-n`` is an error (as ``kubectl apply -n`` refuses it); with neither, the plan is
+  refused with a hint. A multi-namespace plan's own namespace is checked against ``-n`` too,
+  but its VMs are in the ``spec.namespaces[]`` entries.
 - Only the listed volumes move (``Plan.storage_class`` is None). Each
   ``targetMigrationPVCs[]`` entry is a ``VolumeTarget``: ``volumeName`` is the VM's volume,
   ``destinationPVC.name`` the target claim name, ``storageClassName`` the class
@@ -14,9 +18,16 @@ team that uses KMC can commit its plans to Git unchanged. The mapping:
 - ``retentionPolicy`` keepSource/deleteSource is retention Keep/Delete.
 - KMC has no modes, windows or stops: mode Auto, allowStop false (KMC moves a stopped VM
   offline and never stops a running one), no window, the default timeout.
-- A multi-namespace plan is one ``Plan`` per ``spec.namespaces[]`` entry, named
-  ``<plan>-<namespace>`` as KMC names the per-namespace plans it creates. A top-level
-  ``retentionPolicy: deleteSource`` applies to every namespace (KMC semantics).
+- A multi-namespace plan is one ``Plan`` per ``spec.namespaces[]`` entry, named as KMC names
+  the per-namespace plans it creates (``child_plan_name``: ``<plan>-<namespace>``, shortened
+  with a hash beyond 253 characters). A top-level ``retentionPolicy: deleteSource`` applies to
+  every namespace (KMC semantics).
+- Names follow the CRDs of kubevirt-migration-controller main (2026-04-30, 8a45c9e):
+  ``virtualMachines[].name`` and ``destinationPVC.name`` match ``^[a-z]([-a-z0-9]*[a-z0-9])?$``
+  with at most 63 characters (a DNS-1035 label: the API server refuses the plan otherwise);
+  ``virtualMachines`` and ``namespaces`` are list-maps keyed by name (a repeated name is
+  refused). ``volumeName`` has no CRD pattern, but KubeVirt admits only DNS-1123 label disk
+  names and every volume needs a disk of its name, so no VM can have another volume name.
 - ``status`` and server-set metadata are ignored, so ``kubectl get -o yaml`` output loads.
 """
 
@@ -37,14 +48,25 @@ from reconciler.model.plan import (
 )
 from reconciler.plans.fields import (
     NameRule,
+    Scope,
     read_access_modes,
     read_choice,
     read_name,
     read_namespace,
     read_plan_name,
+    read_scoped_namespace,
     report_repeats,
 )
-from reconciler.plans.located_yaml import Field, MappingNode, Node, Reader, join, peek
+from reconciler.plans.kmc_names import CRD_NAME_RULE, KUBEVIRT_DISK_RULE, child_plan_name
+from reconciler.plans.located_yaml import (
+    Field,
+    MappingNode,
+    Node,
+    Reader,
+    ScalarNode,
+    join,
+    peek,
+)
 
 __all__ = [
     "API_VERSION",
@@ -91,11 +113,12 @@ _TOP = {
 }
 _META = {
     "name": Field(True, "name the plan: metadata.name, a DNS-1123 subdomain"),
-    "namespace": Field(True, "KMC plans are namespaced: set metadata.namespace to the VMs' one"),
+    # Required unless -n/--namespace gives it (read_scoped_namespace reports it missing).
+    "namespace": Field(),
     "labels": Field(),
     "annotations": Field(),
 }
-_MULTI_META = {k: v for k, v in _META.items() if k != "namespace"}
+_MULTI_META = _META  # its namespace is only checked against -n (its VMs are per entry)
 _SPEC = {
     "virtualMachines": Field(True, "list the VMs: virtualMachines: [{name, targetMigrationPVCs}]"),
     "retentionPolicy": Field(),
@@ -146,9 +169,7 @@ def _read_head(
     return meta, name, source, spec, spec_path
 
 
-def read_kmc_plan(
-    r: Reader, node: MappingNode, path: str, allowed: frozenset[str] | None
-) -> list[Plan]:
+def read_kmc_plan(r: Reader, node: MappingNode, path: str, scope: Scope) -> list[Plan]:
     """The plan in one VirtualMachineStorageMigrationPlan document."""
     head = _read_head(
         r, node, path, meta_fields=_META, meta_ignored=_SERVER_METADATA, spec_fields=_SPEC
@@ -158,8 +179,15 @@ def read_kmc_plan(
     meta, name, source, spec, spec_path = head
     meta_path = join(path, "metadata")
     namespace = None
-    if meta is not None and "namespace" in meta:
-        namespace = read_namespace(r, meta["namespace"], join(meta_path, "namespace"), allowed)
+    if meta is not None:
+        namespace = read_scoped_namespace(
+            r,
+            scope,
+            meta.get("namespace"),
+            join(meta_path, "namespace"),
+            holder=_raw(node, "metadata") or node,
+            what=f"a {KIND}",
+        )
     if spec is None:
         return []
     plan = _plan(
@@ -173,18 +201,26 @@ def read_kmc_plan(
     return [plan]
 
 
-def read_kmc_multi_plan(
-    r: Reader, node: MappingNode, path: str, allowed: frozenset[str] | None
-) -> list[Plan]:
+def read_kmc_multi_plan(r: Reader, node: MappingNode, path: str, scope: Scope) -> list[Plan]:
     """One plan per namespace of a MultiNamespaceVirtualMachineStorageMigrationPlan."""
-    # The object's own namespace is ignored: each spec.namespaces[] entry names one.
-    ignored = (*_SERVER_METADATA, "namespace")
     head = _read_head(
-        r, node, path, meta_fields=_MULTI_META, meta_ignored=ignored, spec_fields=_MULTI_SPEC
+        r,
+        node,
+        path,
+        meta_fields=_MULTI_META,
+        meta_ignored=_SERVER_METADATA,
+        spec_fields=_MULTI_SPEC,
     )
     if head is None:
         return []
-    _, name, _, spec, spec_path = head
+    meta, name, _, spec, spec_path = head
+    if meta is not None and "namespace" in meta:
+        # Where the object itself would live: only kubectl's -n rule applies; its VMs are in
+        # the spec.namespaces[] entries (those obey --allow-namespace).
+        where = join(join(path, "metadata"), "namespace")
+        read_scoped_namespace(
+            r, Scope(namespace=scope.namespace), meta["namespace"], where, holder=node, what=""
+        )
     if spec is None or "namespaces" not in spec:
         return []
     overall = _retention(r, spec, spec_path)
@@ -215,7 +251,7 @@ def read_kmc_multi_plan(
         elif namespace_name is not None:
             first_line[namespace_name] = entry.start_mark.line + 1
         plan = _namespace_plan(
-            r, entry, entry_path, plan_name=name, overall=overall, allowed=allowed
+            r, entry, entry_path, plan_name=name, overall=overall, allowed=scope.allowed
         )
         if plan is not None:
             plans.append(plan)
@@ -236,14 +272,15 @@ def _namespace_plan(
         return None
     name_path = join(path, "name")
     namespace = read_namespace(r, fields["name"], name_path, allowed)
-    child = f"{plan_name}-{namespace}"
+    child = child_plan_name(plan_name or "", namespace or "")
     if plan_name and namespace and not NameRule.SUBDOMAIN.matches(child):
+        # Only when shortening cut the plan name at a '.' or '-' (KMC would fail to create it).
         r.report(
             fields["name"],
             name_path,
-            f"the per-namespace plan name '{child}' (<plan>-<namespace>) is not a valid "
-            f"{NameRule.SUBDOMAIN.value}",
-            f"shorten metadata.name; {NameRule.SUBDOMAIN.rule}",
+            f"the per-namespace plan name '{child}' that KMC derives from the plan and "
+            f"namespace names is not a valid {NameRule.SUBDOMAIN.value}",
+            f"shorten or rename metadata.name; {NameRule.SUBDOMAIN.rule}",
         )
     # deleteSource at the top overrides every namespace; keepSource or unset defers to them.
     retention = _retention(r, fields, path) or Retention.KEEP
@@ -257,6 +294,15 @@ def _namespace_plan(
         retention=retention,
         kind=MULTI_KIND,
     )
+
+
+def _raw(node: MappingNode, key: str) -> Node | None:
+    """The value node of ``key`` (already validated by the caller), for pointing at it."""
+    for key_node, value in node.value:
+        if isinstance(key_node, ScalarNode) and key_node.value == key:
+            found: Node = value
+            return found
+    return None
 
 
 def _plan(
@@ -309,7 +355,10 @@ def _vm(r: Reader, node: Node, path: str) -> VMSelection | None:
     fields = r.mapping(node, path, _VM)
     if fields is None:
         return None
-    name = read_name(r, fields["name"], join(path, "name"), "VM name") if "name" in fields else None
+    name = None
+    if "name" in fields:
+        where = join(path, "name")
+        name = read_name(r, fields["name"], where, "VM name", NameRule.DNS1035, why=CRD_NAME_RULE)
     if "targetMigrationPVCs" not in fields:
         return None
     targets, targets_path = fields["targetMigrationPVCs"], join(path, "targetMigrationPVCs")
@@ -336,7 +385,9 @@ def _volume(r: Reader, node: Node, path: str) -> VolumeTarget | None:
     name = None
     if "volumeName" in fields:
         where = join(path, "volumeName")
-        name = read_name(r, fields["volumeName"], where, "volume name", NameRule.LABEL)
+        name = read_name(
+            r, fields["volumeName"], where, "volume name", NameRule.LABEL, why=KUBEVIRT_DISK_RULE
+        )
     dest_path = join(path, "destinationPVC")
     dest: Mapping[str, Node] = {}
     if "destinationPVC" in fields:
@@ -358,7 +409,10 @@ def _volume(r: Reader, node: Node, path: str) -> VolumeTarget | None:
         volume_mode=_VOLUME_MODES[volume_mode] if volume_mode is not None else None,
         access_modes=concrete or None,
         target_name=opt(
-            "name", lambda n, p: read_name(r, n, p, "destination PVC name", NameRule.LABEL)
+            "name",
+            lambda n, p: read_name(
+                r, n, p, "destination PVC name", NameRule.DNS1035, why=CRD_NAME_RULE
+            ),
         ),
     )
     return volume if len(r.problems) == before else None

@@ -30,7 +30,7 @@ from reconciler.model.errors import PlanError, Problem
 from reconciler.model.plan import Plan, Source
 from reconciler.plans import kmc, native
 from reconciler.plans.crosscheck import check_across
-from reconciler.plans.fields import close_match
+from reconciler.plans.fields import NameRule, Scope, close_match
 from reconciler.plans.files import expand, read_plan_file
 from reconciler.plans.located_yaml import (
     Field,
@@ -44,7 +44,7 @@ from reconciler.plans.located_yaml import (
     join,
 )
 
-_Read = Callable[[Reader, MappingNode, str, frozenset[str] | None], list[Plan]]
+_Read = Callable[[Reader, MappingNode, str, Scope], list[Plan]]
 _READERS: dict[tuple[str, str], _Read] = {
     (native.API_VERSION, native.KIND): native.read_storage_plan,
     (kmc.API_VERSION, kmc.KIND): kmc.read_kmc_plan,
@@ -74,18 +74,24 @@ _NOT_PLAN_HINTS = {
 
 
 def load_plans(
-    paths: Sequence[str | Path], *, allowed_namespaces: frozenset[str] | None = None
+    paths: Sequence[str | Path],
+    *,
+    allowed_namespaces: frozenset[str] | None = None,
+    namespace: str | None = None,
 ) -> tuple[Plan, ...]:
     """Read, validate and cross-check every plan under ``paths``.
 
     ``allowed_namespaces``: when set, a plan acting in any other namespace is a problem.
+    ``namespace`` (``-n``): kubectl's rule for every namespaced document: one without a
+    namespace acts in this one, one that names another is a problem.
     Returns the plans sorted by (namespace, name). Raises ``PlanError`` with every problem
     found (sorted by file and line) if there is any; then no plan is returned at all.
     """
+    scope = _scope(allowed_namespaces, namespace)
     files, problems = expand(paths)
     plans: list[Plan] = []
     for path in files:
-        found, file_problems = _load_file(path, allowed_namespaces)
+        found, file_problems = _load_file(path, scope)
         plans.extend(found)
         problems.extend(file_problems)
     problems.extend(check_across(plans))
@@ -95,17 +101,37 @@ def load_plans(
 
 
 def parse_plans(
-    text: str, file: str = "<string>", *, allowed_namespaces: frozenset[str] | None = None
+    text: str,
+    file: str = "<string>",
+    *,
+    allowed_namespaces: frozenset[str] | None = None,
+    namespace: str | None = None,
 ) -> tuple[Plan, ...]:
     """``load_plans`` for one YAML text (e.g. stdin); ``file`` names it in problems."""
-    plans, problems = _parse_text(text, file, allowed_namespaces)
+    plans, problems = _parse_text(text, file, _scope(allowed_namespaces, namespace))
     problems.extend(check_across(plans))
     if problems:
         raise PlanError(sorted(problems, key=_problem_order))
     return tuple(sorted(plans, key=lambda plan: (plan.namespace, plan.name)))
 
 
-def _load_file(path: Path, allowed: frozenset[str] | None) -> tuple[list[Plan], list[Problem]]:
+def _scope(allowed: frozenset[str] | None, namespace: str | None) -> Scope:
+    """The run's namespace scope; a ``namespace`` that is no namespace name is bad input."""
+    if namespace is not None and not NameRule.LABEL.matches(namespace):
+        raise PlanError(
+            [
+                Problem(
+                    None,
+                    f"-n/--namespace: invalid namespace '{namespace}': not a "
+                    f"{NameRule.LABEL.value}",
+                    NameRule.LABEL.rule,
+                )
+            ]
+        )
+    return Scope(allowed=allowed, namespace=namespace)
+
+
+def _load_file(path: Path, scope: Scope) -> tuple[list[Plan], list[Problem]]:
     name = str(path)
     data, problem = read_plan_file(path)
     if data is None:
@@ -122,7 +148,7 @@ def _load_file(path: Path, allowed: frozenset[str] | None) -> tuple[list[Plan], 
             )
         ]
     try:
-        return _parse_text(text, name, allowed)
+        return _parse_text(text, name, scope)
     except Exception as exc:  # a bug must still not turn bad input into a traceback
         return [], [
             Problem(
@@ -133,9 +159,7 @@ def _load_file(path: Path, allowed: frozenset[str] | None) -> tuple[list[Plan], 
         ]
 
 
-def _parse_text(
-    text: str, file: str, allowed: frozenset[str] | None
-) -> tuple[list[Plan], list[Problem]]:
+def _parse_text(text: str, file: str, scope: Scope) -> tuple[list[Plan], list[Problem]]:
     nodes, problems = documents(text, file)
     reader = Reader(file)
     plans: list[Plan] = []
@@ -144,7 +168,7 @@ def _parse_text(
         if bomb is not None:
             problems.append(bomb)
             continue
-        plans.extend(_document(reader, node, "", allowed))
+        plans.extend(_document(reader, node, "", scope))
     return plans, problems + reader.problems
 
 
@@ -160,7 +184,7 @@ def _problem_order(problem: Problem) -> tuple[str, int, str, str]:
 
 
 def _document(
-    r: Reader, node: Node, path: str, allowed: frozenset[str] | None, *, in_list: bool = False
+    r: Reader, node: Node, path: str, scope: Scope, *, in_list: bool = False
 ) -> list[Plan]:
     """Route one document by apiVersion/kind; returns its plans, or none if it has problems.
     ``in_list``: an item of a ``v1 List``, which may not be a List itself."""
@@ -184,7 +208,7 @@ def _document(
         return []
     before = len(r.problems)
     if (api, kind) in _READERS:
-        plans = _READERS[api, kind](r, node, path, allowed)
+        plans = _READERS[api, kind](r, node, path, scope)
     elif (api, kind) == ("v1", "List") and in_list:
         r.report(
             kind_node,
@@ -194,7 +218,7 @@ def _document(
         )
         return []
     elif (api, kind) == ("v1", "List"):
-        plans = _list(r, node, path, allowed)
+        plans = _list(r, node, path, scope)
     else:
         _unknown_kind(r, path, api_node=api_node, kind_node=kind_node, api=api, kind=kind)
         return []
@@ -223,7 +247,7 @@ def _unknown_kind(
 _LIST = {"apiVersion": Field(True), "kind": Field(True), "items": Field(True)}
 
 
-def _list(r: Reader, node: MappingNode, path: str, allowed: frozenset[str] | None) -> list[Plan]:
+def _list(r: Reader, node: MappingNode, path: str, scope: Scope) -> list[Plan]:
     top = r.mapping(node, path, _LIST, ignored=("metadata",))
     if top is None or "items" not in top:
         return []
@@ -231,7 +255,7 @@ def _list(r: Reader, node: MappingNode, path: str, allowed: frozenset[str] | Non
     plans: list[Plan] = []
     for index, item in enumerate(items or []):
         where = f"{join(path, 'items')}[{index}]"
-        plans.extend(_document(r, item, where, allowed, in_list=True))
+        plans.extend(_document(r, item, where, scope, in_list=True))
     return plans
 
 

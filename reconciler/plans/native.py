@@ -14,12 +14,13 @@ from reconciler.model.errors import Problem
 from reconciler.model.plan import Mode, Plan, Retention, VMSelection, VolumeMode, VolumeTarget
 from reconciler.plans.fields import (
     NameRule,
+    Scope,
     read_access_modes,
     read_duration,
     read_enum,
     read_name,
-    read_namespace,
     read_plan_name,
+    read_scoped_namespace,
     read_selector,
     read_window,
     report_repeats,
@@ -47,7 +48,8 @@ _META = {
 }
 _META_MISPLACED = {"namespace": "a StoragePlan names the namespace it acts in with spec.namespace"}
 _SPEC = {
-    "namespace": Field(True, "the namespace whose VMs this plan moves; a plan acts in one"),
+    # Required unless -n/--namespace gives it (read_scoped_namespace reports it missing).
+    "namespace": Field(),
     "storageClass": Field(),
     "virtualMachines": Field(),
     "selector": Field(),
@@ -78,9 +80,7 @@ _VOLUME = {
 }
 
 
-def read_storage_plan(
-    r: Reader, node: MappingNode, path: str, allowed: frozenset[str] | None
-) -> list[Plan]:
+def read_storage_plan(r: Reader, node: MappingNode, path: str, scope: Scope) -> list[Plan]:
     """The plan in one StoragePlan document; problems go to ``r`` (the caller discards the
     plan of a document that had any)."""
     top = r.mapping(node, path, _TOP)
@@ -101,11 +101,19 @@ def read_storage_plan(
     def opt(key: str, read: Callable[[Node, str], T | None]) -> T | None:
         return read(spec[key], join(spec_path, key)) if key in spec else None
 
+    namespace = read_scoped_namespace(
+        r,
+        scope,
+        spec.get("namespace"),
+        join(spec_path, "namespace"),
+        holder=spec_node,
+        what="a StoragePlan",
+    )
     vms = opt("virtualMachines", lambda n, p: _vms(r, n, p))
     selector = opt("selector", lambda n, p: read_selector(r, n, p))
     plan = Plan(
         name=name or "",
-        namespace=opt("namespace", lambda n, p: read_namespace(r, n, p, allowed)) or "",
+        namespace=namespace or "",
         source=source,
         storage_class=opt("storageClass", lambda n, p: read_name(r, n, p, "StorageClass name")),
         volume_mode=opt("volumeMode", lambda n, p: read_enum(r, n, p, VolumeMode, "volumeMode"))
