@@ -546,15 +546,16 @@ def _api_error(resp: requests.Response) -> ApiError:
 class FaultAction(enum.StrEnum):
     """What an injected fault does to the operation that takes it."""
 
-    FAIL = "fail"  # fail the next operation (permanently, for that operation)
+    FAIL = "fail"  # every attempt fails (retried, as upstream) until the fault is cleared
     FAIL_TIMES = "fail-times"  # fail `times` attempts, then succeed
+    FATAL = "fatal"  # the operation fails for good (e.g. a DataVolume goes Failed)
     STALL = "stall"  # never progress until the fault is cleared
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One injected fault. `times` counts occurrences for FAIL / FAIL_TIMES; a STALL lasts
-    until cleared (removed from `Faults`, or its annotation removed)."""
+    """One injected fault. `times` counts the occurrences of FAIL_TIMES; FAIL, FATAL and
+    STALL last until cleared (removed from `Faults`, or their annotation removed)."""
 
     action: FaultAction
     times: int = 1
@@ -562,7 +563,8 @@ class Fault:
 
     @classmethod
     def parse(cls, text: str) -> Fault:
-        """Parse the annotation form `<action>[:N]`, e.g. "fail", "fail-times:3", "stall"."""
+        """Parse the annotation form `<action>[:N]`: "fail", "fail-times:3", "fatal",
+        "stall"."""
         action_text, _, count = text.strip().partition(":")
         action = FaultAction(action_text.strip())
         times = int(count) if count.strip() else 1
@@ -616,9 +618,9 @@ class Faults:
     ) -> Fault | None:
         """Consume one occurrence of a fault of `action` and return it, or None.
 
-        Asking for "fail" also matches "fail-times" (both fail the attempt). A "stall" is
-        returned every time and never consumed. Pass the current object as `obj` so its
-        fault annotation is honoured.
+        Asking for "fail" also matches "fail-times" and "fatal" (all fail the attempt). Only
+        "fail-times" is consumed; the others are returned every time until cleared. Pass the
+        current object as `obj` so its fault annotation is honoured.
         """
         wanted = FaultAction(action)
         key = self._key(kind, namespace, name)
@@ -628,7 +630,7 @@ class Faults:
             for armed in self._armed.get(key, []):
                 if not _matches(armed.fault.action, wanted):
                     continue
-                if armed.fault.action is FaultAction.STALL:
+                if armed.fault.action is not FaultAction.FAIL_TIMES:
                     return armed.fault
                 if armed.left > 0:
                     armed.left -= 1
@@ -641,7 +643,7 @@ class Faults:
             return [
                 a.fault
                 for a in self._armed.get(self._key(kind, namespace, name), [])
-                if a.left > 0 or a.fault.action is FaultAction.STALL
+                if a.left > 0 or a.fault.action is not FaultAction.FAIL_TIMES
             ]
 
     @staticmethod
@@ -666,7 +668,7 @@ class Faults:
 
 def _matches(have: FaultAction, wanted: FaultAction) -> bool:
     if wanted is FaultAction.FAIL:
-        return have in (FaultAction.FAIL, FaultAction.FAIL_TIMES)
+        return have in (FaultAction.FAIL, FaultAction.FAIL_TIMES, FaultAction.FATAL)
     return have is wanted
 
 

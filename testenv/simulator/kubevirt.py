@@ -681,7 +681,10 @@ class VirtualMachineController(Controller):
             return
         vmi = ctx.vmi
         if vmi is None or rules.is_final_vmi(vmi):
-            if ctx.has_condition("VolumesChange", "True"):
+            # The VM mirrors the VMI's VolumesChange; a final VMI still carries it (the
+            # mirror may not have run between the migration's start and the VMI's end).
+            if ctx.has_condition("VolumesChange", "True") or (
+                    vmi is not None and rules.condition_is(vmi, "VolumesChange", "True")):
                 ctx.set_condition("ManualRecoveryRequired", "True",
                                   reason=rules.MSG_MANUAL_RECOVERY)
             return

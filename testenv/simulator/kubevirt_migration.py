@@ -384,7 +384,6 @@ class MigrationController(Controller):
         state = {**((migration.get("status") or {}).get("migrationState") or {}),
                  "endTimestamp": now, "targetNodeDomainReadyTimestamp": now,
                  "targetNodeDomainDetected": True, "completed": True}
-        self._set_phase(migration, MigrationPhase.SUCCEEDED, {"migrationState": state})
         target = str(state.get("targetNode", ""))
         vmi = write_meta(self.sim, VMI, vmi, {"metadata": {"labels": {
             rules.NODE_NAME_LABEL: target}}})
@@ -399,6 +398,8 @@ class MigrationController(Controller):
         status.pop("migratedVolumes", None)
         status["conditions"] = rules.drop_condition(status.get("conditions"), "VolumesChange")
         write_status(self.sim, VMI, vmi, status)
+        # virt-handler reports the handover on the VMI first; then the migration is done
+        self._set_phase(migration, MigrationPhase.SUCCEEDED, {"migrationState": state})
         self._verdict.pop(migration["metadata"]["uid"], None)
         self.sim.client.event(vmi, "Normal", "Migrated",
                               f"The VirtualMachineInstance migrated to node {target}.")
@@ -463,7 +464,8 @@ class MigrationController(Controller):
         config = cluster_config(self.sim)
         running = [m for m in self.sim.store.list(VMIM)
                    if rules.migration_phase(m) not in ("", MigrationPhase.PENDING)
-                   and not rules.is_final_migration(m)]
+                   and not rules.is_final_migration(m)
+                   and not namespace_terminating(self.sim, m["metadata"]["namespace"])]
         if len(running) >= config.parallel_migrations_per_cluster:
             return True
         node = (vmi.get("status") or {}).get("nodeName")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from reconciler.model.quantity import format_quantity, parse_quantity
+from testenv.simulator import cdi_populator as populator
 from testenv.simulator.core import (
     CONTENT_HASH_ANNOTATION,
     GI,
@@ -368,6 +369,8 @@ class ProvisionerController(Controller):
             pvc = self._add_protection(pvc)
         if pvc_phase(pvc) == "Bound" and pvc.get("spec", {}).get("volumeName"):
             return
+        if populator.is_populator_target(pvc):
+            return  # the CDI populator binds it (by rebinding the prime claim's PV)
         sc = self._storage_class(pvc)
         if sc is None or waits_for_consumer(pvc, sc):
             return
@@ -572,8 +575,12 @@ class DataVolumeController(Controller):
     `sim.vmstorage.dev/copy-seconds` overrides it); csi-clone and snapshot clones are instant.
 
     Faults (test API or the DV annotation `sim.vmstorage.dev/fault`), taken when a fill
-    attempt starts: "fail" -> Failed; "fail-times:N" -> N failed attempts (restartCount,
-    Running=False reason Error) then success; "stall" -> progress freezes until cleared.
+    attempt starts. As upstream, a failing importer/cloner pod is restarted, not final:
+    "fail" -> every attempt fails until the fault is cleared (phase stays *InProgress,
+    Running=False reason Error, rising restartCount, a Warning ImportFailed/CloneFailed
+    Event per attempt, back-off doubling up to 2 s); "fail-times:N" -> N failed attempts
+    then success; "fatal" -> Failed (what only fatal import errors do upstream);
+    "stall" -> progress freezes until cleared.
     """
 
     watches: ClassVar[tuple[str, ...]] = (
@@ -598,7 +605,7 @@ class DataVolumeController(Controller):
         if resource == "datavolumes":
             return [key_of(resource, obj)]
         if resource == "persistentvolumeclaims":
-            name = obj["metadata"]["name"]
+            name = populator.target_of_prime(obj) or obj["metadata"]["name"]
             keys = [("datavolumes", namespace, name)]  # owner, adopter or blocked creator
             keys += [key_of("datavolumes", dv) for dv in store.list("datavolumes")
                      if source_kind(dv) == "pvc" and clone_source(dv) == (namespace, name)]
@@ -631,6 +638,9 @@ class DataVolumeController(Controller):
             return
         claim = self._claim(dv)
         if claim is None:
+            return
+        if populator.is_populator_target(claim):
+            self._populate(dv, claim)
             return
         if pvc_phase(claim) != "Bound":
             self._wait_for_bind(dv, claim)
@@ -669,6 +679,11 @@ class DataVolumeController(Controller):
             anns[ANN_IMPORT_SOURCE] = "none"
         else:
             anns[ANN_CLONE_REQUEST] = "/".join(clone_source(dv))
+        class_name = spec.get("storageClassName")
+        sc = self.sim.store.get("storageclasses", "", class_name) if class_name else None
+        if populator.uses_populator(dv, sc, self.sim.store):
+            anns[populator.ANN_USE_POPULATOR] = "true"
+            spec = {**spec, "dataSourceRef": populator.data_source_ref(dv, kind == "pvc")}
         labels = {**(meta.get("labels") or {}), "app": "containerized-data-importer"}
         body = {"metadata": {"name": meta["name"], "namespace": meta["namespace"],
                              "labels": labels, "annotations": anns,
@@ -872,13 +887,15 @@ class DataVolumeController(Controller):
         meta = dv["metadata"]
         fault = self.sim.faults.take("datavolumes", meta["namespace"], meta["name"],
                                      FaultAction.FAIL, obj=dv)
-        if fault is not None and fault.action is FaultAction.FAIL:
+        if fault is not None and fault.action is FaultAction.FATAL:
             self._fail(dv, claim, flavor.failed_reason,
                        f"Unable to process data: {fault.message}", restarts=transfer.restarts)
             return False
-        if fault is not None:  # fail-times: the pod fails, restarts and tries again
+        if fault is not None:  # the importer/cloner pod fails, restarts and tries again
             transfer.restarts += 1
-            transfer.retry_at = time.monotonic() + max(self.sim.config.progress_tick, 0.05)
+            backoff = min(max(self.sim.config.progress_tick, 0.05) * 2 ** min(
+                transfer.restarts - 1, 5), 2.0)
+            transfer.retry_at = time.monotonic() + backoff
             message = f"Unable to process data: {fault.message}"
             self.sim.client.merge_patch(
                 "persistentvolumeclaims", claim["metadata"]["namespace"],
@@ -910,12 +927,81 @@ class DataVolumeController(Controller):
     def _complete(self, dv: dict[str, Any], claim: dict[str, Any], flavor: _Flavor,
                   digest: str) -> None:
         """Write the disk content (hash) first, so Succeeded always implies the content."""
+        if populator.target_of_prime(claim) is not None:
+            self._rebind(dv, claim, flavor, digest)
+            return
         cmeta = claim["metadata"]
         self.sim.client.merge_patch(
             "persistentvolumeclaims", cmeta["namespace"], cmeta["name"],
             {"metadata": {"annotations": {CONTENT_HASH_ANNOTATION: digest,
                                           ANN_POD_PHASE: "Succeeded"}}})
         self._succeed(dv, claim, flavor)
+
+    # -- populators (see cdi_populator)
+
+    def _populate(self, dv: dict[str, Any], target: dict[str, Any]) -> None:
+        """The populator flow: PendingPopulation while a WaitForFirstConsumer target has no
+        node, then a prime claim that is filled and whose PV is handed to the target."""
+        meta, store = target["metadata"], self.sim.store
+        flavor = CLONE if source_kind(dv) == "pvc" else IMPORT
+        if pvc_phase(target) == "Bound":
+            if content_hash(target) is not None:
+                self._succeed(dv, target, None)
+            return
+        class_name = (target.get("spec") or {}).get("storageClassName")
+        sc = store.get("storageclasses", "", class_name) if class_name else None
+        if waits_for_consumer(target, sc):  # shouldBeMarkedPendingPopulation
+            self._status(dv, "PendingPopulation", target, progress="N/A")
+            return
+        prime = store.get("persistentvolumeclaims", meta["namespace"],
+                          populator.prime_name(target))
+        if prime is None:
+            self.sim.client.create("persistentvolumeclaims", populator.prime_body(target))
+            self._status(dv, flavor.scheduled, target, progress="N/A")
+            return
+        if is_deleting(prime):
+            return
+        if populator.ANN_SELECTED_NODE in annotations_of(target) and \
+                populator.ANN_SELECTED_NODE not in annotations_of(prime):
+            node = annotations_of(target)[populator.ANN_SELECTED_NODE]
+            self.sim.client.merge_patch("persistentvolumeclaims", meta["namespace"],
+                                        prime["metadata"]["name"], {"metadata": {
+                                            "annotations": {populator.ANN_SELECTED_NODE: node}}})
+            return
+        if pvc_phase(prime) != "Bound":
+            self._status(dv, flavor.scheduled, target, progress="N/A")
+            return
+        if flavor is CLONE:
+            self._clone(dv, prime)
+        else:
+            self._fill(dv, prime, IMPORT, "" if source_kind(dv) == "blank" else import_hash(dv))
+
+    def _rebind(self, dv: dict[str, Any], prime: dict[str, Any], flavor: _Flavor,
+                digest: str) -> None:
+        """The filled prime claim's PV moves to the target claim; the prime claim goes."""
+        namespace = prime["metadata"]["namespace"]
+        target_name = populator.target_of_prime(prime) or dv["metadata"]["name"]
+        target = self.sim.store.get("persistentvolumeclaims", namespace, target_name)
+        pv_name = (prime.get("spec") or {}).get("volumeName")
+        pv = self.sim.store.get("persistentvolumes", "", pv_name) if pv_name else None
+        if target is None or pv is None:
+            return
+        tmeta = target["metadata"]
+        self.sim.client.merge_patch("persistentvolumes", "", pv["metadata"]["name"], {"spec": {
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                         "namespace": namespace, "name": target_name, "uid": tmeta["uid"],
+                         "resourceVersion": tmeta["resourceVersion"]}}})
+        self.sim.client.merge_patch("persistentvolumeclaims", namespace, target_name, {
+            "metadata": {"annotations": {CONTENT_HASH_ANNOTATION: digest,
+                                         ANN_POD_PHASE: "Succeeded",
+                                         ANN_BIND_COMPLETED: "yes",
+                                         ANN_BOUND_BY_CONTROLLER: "yes"}},
+            "spec": {"volumeName": pv["metadata"]["name"]}})
+        bound = self.sim.client.patch_status("persistentvolumeclaims", namespace, target_name, {
+            "status": {"phase": "Bound", "accessModes": pv["spec"]["accessModes"],
+                       "capacity": {"storage": pv["spec"]["capacity"]["storage"]}}})
+        self.sim.client.delete("persistentvolumeclaims", namespace, prime["metadata"]["name"])
+        self._succeed(dv, bound, flavor)
 
     def _succeed(self, dv: dict[str, Any], claim: dict[str, Any], flavor: _Flavor | None) -> None:
         transfer = self._transfers.pop(dv["metadata"]["uid"], None)
@@ -969,7 +1055,7 @@ class DataVolumeController(Controller):
         conditions = set_condition(conditions, "Running", *running)
         status: dict[str, Any] = {"phase": phase, "conditions": conditions}
         if claim is not None:
-            status["claimName"] = claim["metadata"]["name"]
+            status["claimName"] = dv["metadata"]["name"]  # the target, also while a prime fills
         if progress is not None:
             status["progress"] = progress
         if restarts is not None:

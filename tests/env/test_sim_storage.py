@@ -166,6 +166,15 @@ def bound_pvc(api: pykube.HTTPClient, namespace: str, name: str
     return probe
 
 
+def patch_annotations(api: pykube.HTTPClient, namespace: str, name: str,
+                      annotations: dict[str, str | None]) -> None:
+    """Merge-patch a DataVolume's annotations (None removes one)."""
+    resp = api.patch(url=f"datavolumes/{name}", namespace=namespace, version=CDI,
+                     headers={"Content-Type": "application/merge-patch+json"},
+                     data=json.dumps({"metadata": {"annotations": annotations}}))
+    api.raise_for_status(resp)
+
+
 def mounting_pod(api: pykube.HTTPClient, namespace: str, name: str, claim: str) -> None:
     """A Running pod on node-1 that mounts `claim` (as a kubelet would report it)."""
     create(api, "Pod", {"metadata": {"name": name, "namespace": namespace},
@@ -595,13 +604,38 @@ def test_duplicate_storage_definition_fails(
 
 
 @cluster_test
-def test_fault_fail_annotation_fails_the_import(
+def test_fault_fail_annotation_retries_the_import_until_cleared(
     api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
     create(api, "DataVolume", dv_body(namespace, "img", {"http": {"url": URL}},
                                       storage=storage(sc), annotations={FAULT: "fail"}))
+
+    def retried() -> dict[str, Any] | None:
+        dv = get(api, "DataVolume", namespace, "img")
+        return dv if (dv or {}).get("status", {}).get("restartCount", 0) >= 2 else None
+    dv = eventually(retried, what="two restarts")
+    assert phase(dv) == "ImportInProgress"  # not Failed: CDI restarts the importer pod
+    running = condition(dv, "Running")
+    assert (running["status"], running["reason"]) == ("False", "Error")
+    assert eventually(lambda: reason_seen(api, namespace, "img", "ImportFailed"))[0] == "Warning"
+    assert stays(lambda: phase(get(api, "DataVolume", namespace, "img")) != "Failed")
+
+    patch_annotations(api, namespace, "img", {FAULT: None})
+    done = eventually(in_phase(api, namespace, "img", "Succeeded"), what="import after clearing")
+    assert done["status"]["restartCount"] >= 2
+    assert annotation(get(api, "PersistentVolumeClaim", namespace, "img"), HASH)
+
+
+@cluster_test
+def test_fault_fatal_annotation_fails_the_import(
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
+    eventually: Eventually,
+) -> None:
+    sc = make_class("a")
+    create(api, "DataVolume", dv_body(namespace, "img", {"http": {"url": URL}},
+                                      storage=storage(sc), annotations={FAULT: "fatal"}))
 
     dv = eventually(in_phase(api, namespace, "img", "Failed", "Succeeded"))
 
@@ -630,7 +664,7 @@ def test_fault_fail_times_annotation_restarts_then_succeeds(
 
 
 @cluster_test
-def test_fault_added_by_test_code_fails_a_clone(
+def test_fault_added_by_test_code_makes_a_clone_retry(
     api: pykube.HTTPClient, sim: Simulator, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
@@ -640,10 +674,15 @@ def test_fault_added_by_test_code_fails_a_clone(
     create(api, "DataVolume", dv_body(namespace, "clone", clone_of(namespace, src),
                                       storage=storage(sc, None)))
 
-    dv = eventually(in_phase(api, namespace, "clone", "Failed", "Succeeded"))
-
-    assert phase(dv) == "Failed"
+    def retried() -> dict[str, Any] | None:
+        dv = get(api, "DataVolume", namespace, "clone")
+        return dv if (dv or {}).get("status", {}).get("restartCount", 0) >= 1 else None
+    dv = eventually(retried, what="a restart")
+    assert phase(dv) == "CloneInProgress"
+    assert condition(dv, "Running")["reason"] == "Error"
     assert eventually(lambda: reason_seen(api, namespace, "clone", "CloneFailed"))[0] == "Warning"
+    sim.faults.clear("DataVolume", namespace, "clone")
+    eventually(in_phase(api, namespace, "clone", "Succeeded"), what="clone after clearing")
 
 
 @cluster_test
