@@ -5,31 +5,19 @@ Controllers (all run on the framework's single worker thread, see `core`):
 - `KubeVirtStatusController`: marks the KubeVirt CR `Deployed` with the simulated version
   (`SimConfig.kubevirt_version`, or the CR annotation `sim.vmstorage.dev/version`).
 - `VirtualMachineController` (virt-controller VM loop): DataVolumes from
-  `dataVolumeTemplates`, the VMI per run strategy, RestartRequired, the storage live
-  migration request (validation, VMI `migratedVolumes` + volumes, cancellation by revert),
-  ManualRecoveryRequired, and the VM status (printableStatus, conditions, ...).
+  `dataVolumeTemplates`, the VMI per run strategy with its start ControllerRevision
+  (`revision-start-vm-<uid>-<generation>`, the restart baseline), RestartRequired (recomputed
+  from v1.8, sticky before), the storage live migration request (`handleVolumeUpdateRequest`:
+  cancellation by revert, destinations validated before anything is written, v1.6+ removal
+  of an old VolumesChange condition), ManualRecoveryRequired, and the VM status.
 - `VirtualMachineInstanceController` (virt-controller VMI loop + scheduler + virt-handler):
   VMI phases Pending -> Scheduling -> Scheduled -> Running on a node (round-robin over
-  `SimConfig.nodes`), WaitForFirstConsumer binding (`volume.kubernetes.io/selected-node`),
-  volumeStatus, LiveMigratable / StorageLiveMigratable / VolumesChange, graceful shutdown.
-- `WorkloadUpdater`: creates the `kubevirt-workload-update-*` migration for a VMI whose
-  volumes change, and deletes it again when the change is cancelled.
-- `MigrationController` (migration controller + virt-handler/virt-launcher of a live
-  migration): VMIM phases with `migrationState`, the copy (duration = GiB of the migrated
-  volumes x `copy_seconds_per_gib`), content hashes carried to the destination PVCs, the
-  "destination smaller" failure, retries with back-off, abort on delete.
+  `SimConfig.nodes`), the virt-launcher Pod (`pods`), WaitForFirstConsumer binding
+  (`volume.kubernetes.io/selected-node`), volumeStatus, LiveMigratable /
+  StorageLiveMigratable / VolumesChange, graceful shutdown.
 
-Faults: the annotation `sim.vmstorage.dev/fault` on the VM (or `sim.faults.add` on the VM or
-the VMIM) makes migrations fail (`fail`, `fail-times:N`: the migration that reaches Running
-fails with a `failureReason`) or stall (`stall`: the migration stays Running until the fault
-is cleared).
-
-Back-off: after a failed attempt the workload updater creates a new migration at once, and
-the migration controller holds it in Pending for 20 s, doubling per consecutive failure
-(upstream `handleMigrationBackoff`; an Event `MigrationBackoff` is recorded on it). The base
-is `SimConfig.migration_backoff_base`; the KubeVirt CR annotation
-`sim.vmstorage.dev/migration-backoff-seconds` overrides it, so cluster tests can scale it
-down with a plain API call.
+The workload updater and the migration controller (faults, back-off, limits, progress
+timeout, GC) are in `kubevirt_migration`; every knob is listed in `testenv.simulator`.
 
 Admission: the VM webhook's refusals (unreferenced `dataVolumeTemplates`, `running` with
 `runStrategy`, edits during a snapshot) are API errors (HTTP 422) from the policies in

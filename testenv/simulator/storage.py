@@ -1,12 +1,14 @@
 """Storage half of the simulator: StorageProfiles, a CSI provisioner and CDI DataVolumes.
 
-Behaviour follows the KubeVirt/CDI reference (section 4) with the legacy, non-populator CDI
-flow: the DataVolume's PVC is created and bound first, then filled. Simplifications:
+Behaviour follows the KubeVirt/CDI reference (section 4). On classes without a CSIDriver
+object the legacy CDI flow runs (the DataVolume's PVC is created and bound first, then
+filled); with one (or the DV annotation `cdi.kubevirt.io/storage.usePopulator`) the populator
+flow of `cdi_populator`. Simplifications:
 
 - one simulated CSI driver per StorageClass provisioner name; no attach/mount, no topology;
 - no VolumeSnapshotClasses: a `snapshot` clone strategy behaves like `csi-clone`;
 - CDIConfig is not read: the filesystem overhead is always 0.06;
-- upload, snapshot, sourceRef and populator sources are refused (DataVolume Failed).
+- upload, snapshot and sourceRef sources are refused (DataVolume Failed).
 
 Disk contents are modelled by a hash in the PVC annotation `sim.vmstorage.dev/content-hash`:
 "" for a blank disk, sha256 of the URL for an import, the source's hash for a clone. The
