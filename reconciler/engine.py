@@ -114,7 +114,9 @@ def plan(
     conflicts, ``ClusterError`` when the cluster cannot be observed. ``namespace`` is ``-n``
     (``load_plans``).
     """
-    plans = load_plans(paths, allowed_namespaces=allowed_namespaces, namespace=namespace)
+    plans = require_plans(
+        load_plans(paths, allowed_namespaces=allowed_namespaces, namespace=namespace), paths
+    )
     templates = load_templates(templates_dir)
     cluster = Cluster(load_client(kubeconfig, context))
 
@@ -151,6 +153,22 @@ def plan(
         observe_seconds=observed,
         dry_run_errors=tuple(errors),
         server_dry_run=server_dry_run,
+    )
+
+
+def require_plans(plans: tuple[Plan, ...], paths: Sequence[str | Path]) -> tuple[Plan, ...]:
+    """``plans``, or a ``UserError`` when there are none: with no plan, ``plan`` would list
+    the whole cluster and report "converged". Checked before any request is sent."""
+    if plans:
+        return plans
+    raise UserError(
+        [
+            Problem(
+                None,
+                f"no plans in {', '.join(str(p) for p in paths)}: the files hold no plan documents",
+                "add a StoragePlan (docs/plans.md), or point at the directory that holds them",
+            )
+        ]
     )
 
 
@@ -195,9 +213,11 @@ def _server_dry_run(
 ) -> list[str]:
     """Send every DataVolume create and VM patch with dryRun=All; return the refusals.
 
-    A DataVolume that already exists and is ours (a leftover the next apply will reuse) is
-    not a refusal: render already checked its ownership. Progress about every tenth of the
-    way (a request per object: thousands for a large plan).
+    Only 400, 409 and 422 answers refuse our objects (bad input, exit 2); anything else
+    (401, 403, 404, 5xx, no answer) is the cluster's problem and raised as the
+    ``ClusterError`` it is (exit 6). A DataVolume that already exists and is ours (a leftover
+    the next apply will reuse) is not a refusal: render already checked its ownership.
+    Progress about every tenth of the way (a request per object: thousands for a large plan).
     """
     errors: list[str] = []
     vms = sorted((k, v) for k, v in rendered.items() if isinstance(v, RenderedVM))
@@ -210,6 +230,8 @@ def _server_dry_run(
             try:
                 cluster.create(resources.DATA_VOLUMES, namespace, dv, dry_run=True)
             except ClusterError as exc:
+                if exc.code not in REFUSALS:
+                    raise
                 if exc.code != 409:
                     errors.append(str(exc))
         try:
@@ -217,8 +239,14 @@ def _server_dry_run(
                 resources.VIRTUAL_MACHINES, namespace, name, vm.vm_patch, dry_run=True
             )
         except ClusterError as exc:
+            if exc.code not in REFUSALS:
+                raise
             errors.append(str(exc))
     return errors
+
+
+REFUSALS = (400, 409, 422)
+"""HTTP answers to a dry run that refuse the object sent (schema, conflict, admission)."""
 
 
 def apply(
@@ -241,7 +269,9 @@ def apply(
     """Load the plans, take the Lease, and run ``apply.runner``: open journals first, then new
     moves one VM at a time. Raises ``UserError`` (bad input, found before anything is written),
     ``LockHeld`` (another run holds the Lease: nothing changed) and ``ClusterError``."""
-    plans = load_plans(paths, allowed_namespaces=allowed_namespaces, namespace=namespace)
+    plans = require_plans(
+        load_plans(paths, allowed_namespaces=allowed_namespaces, namespace=namespace), paths
+    )
     templates = load_templates(templates_dir)
     cluster = Cluster(load_client(kubeconfig, context))
     stop = stop or threading.Event()

@@ -2,21 +2,31 @@
 
 argparse and exit codes only: each command is a module (``validate``, ``plan``) that calls
 ``reconciler.engine`` or a stage and prints; ``main`` maps every ``UserError`` and
-``ClusterError`` to its documented exit code (README "Exit codes"), never a traceback.
+``ClusterError`` to its documented exit code (README "Exit codes"), never a traceback. Any
+other exception is a bug: "internal error" (the traceback only with ``--debug``), exit 2 when
+no cluster client was made yet (input stage) and 6 after (cluster stage), never 1. Output that
+cannot be written (a broken pipe, a closed stdout, a full disk) ends quietly, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import gc
+import io
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Iterator, Sequence
+from typing import TextIO
 
 from reconciler.cli import apply, plan, status, validate
 from reconciler.cli.common import EXIT_CODES, PROG, configure_logging
-from reconciler.model.errors import ClusterError, UserError
+from reconciler.kube.client import clients_loaded
+from reconciler.model.errors import ClusterError, ExitCode, UserError
+from reconciler.model.text import clean
 from reconciler.report.documents import dump, problems_document
 
 DESCRIPTION = """\
@@ -73,31 +83,85 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out, err = sys.stdout, sys.stderr
+    out: TextIO = sys.stdout if sys.stdout is not None else open(os.devnull, "w")  # noqa: SIM115
+    err: TextIO = sys.stderr if sys.stderr is not None else open(os.devnull, "w")  # noqa: SIM115
+    loaded = clients_loaded()
     try:
-        if args.command == "validate":
-            return int(validate.run(args, out))
-        if args.command == "apply":
-            return int(apply.run(args, out, err))
-        if args.command == "status":
-            return int(status.run(args, out, err))
-        return int(plan.run(args, out, err))
+        try:
+            return _command(args, out, err)
+        finally:
+            out.flush()  # a broken pipe or a full disk shows here at the latest
     except UserError as exc:
         for problem in exc.problems:
             err.write(f"error: {problem}\n")
         noun = "problem" if len(exc.problems) == 1 else "problems"
         err.write(f"{len(exc.problems)} {noun}; nothing was changed.\n")
         if args.output in ("json", "yaml"):  # machines get the problems as data too
-            out.write(dump(problems_document(exc.problems), args.output))
+            with contextlib.suppress(OSError, ValueError):
+                out.write(dump(problems_document(exc.problems), args.output))
+                out.flush()
         return int(exc.exit_code)
     except ClusterError as exc:
-        err.write(f"error: {exc}\n")
+        err.write(f"error: {clean(str(exc))}\n")
         if exc.code in (401, 403):
             err.write("  hint: check the kubeconfig's credentials and the RBAC in cronjob.yaml\n")
         return int(exc.exit_code)
     except KeyboardInterrupt:
         err.write("interrupted\n")
         return 130
+    except (BrokenPipeError, ConnectionResetError):
+        _discard(out)  # the reader went away (`| head -1`): nothing more to say
+        return int(ExitCode.BAD_INPUT)
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRORS:
+            return _internal_error(args, err, exc, loaded)
+        _discard(out)
+        with contextlib.suppress(OSError, ValueError):
+            err.write(f"error: cannot write the output: {exc.strerror or exc}\n")
+        return int(ExitCode.BAD_INPUT)
+    except ValueError as exc:
+        if "closed file" not in str(exc):
+            return _internal_error(args, err, exc, loaded)
+        return int(ExitCode.BAD_INPUT)  # stdout was closed under us
+    except Exception as exc:
+        return _internal_error(args, err, exc, loaded)
+
+
+def _command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.command == "validate":
+        return int(validate.run(args, out))
+    if args.command == "apply":
+        return int(apply.run(args, out, err))
+    if args.command == "status":
+        return int(status.run(args, out, err))
+    return int(plan.run(args, out, err))
+
+
+_OUTPUT_ERRORS = (errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EBADF, errno.EFBIG, errno.EIO)
+
+
+def _internal_error(args: argparse.Namespace, err: TextIO, exc: BaseException, loaded: int) -> int:
+    """A bug: say so in one line (the traceback with --debug); exit 6 once a cluster client
+    was made (the cluster stage: its data may have caused it), else 2. Never 1."""
+    cluster_stage = clients_loaded() > loaded
+    with contextlib.suppress(OSError, ValueError):
+        err.write(f"error: internal error: {type(exc).__name__}: {clean(str(exc), 500)}\n")
+        if args.debug:
+            err.write("".join(traceback.format_exception(exc)))
+        else:
+            err.write(
+                "  hint: this is a bug in vm-storage-reconciler; rerun with --debug for the "
+                "traceback and report it. Nothing was changed by this command's last step.\n"
+            )
+    return int(ExitCode.CLUSTER_ERROR if cluster_stage else ExitCode.BAD_INPUT)
+
+
+def _discard(out: TextIO) -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -71,9 +71,33 @@ def source_size_unknown(ctx: VolumeContext) -> str | None:
     if ctx.pvc is None or ctx.target.size_bytes > 0:
         return None
     return (
-        f"PVC {_claim_ref(ctx)} has no storage request or capacity, so the destination cannot "
-        "be sized (it must be at least as large as the source); fix the claim"
+        f"PVC {_claim_ref(ctx)} has no usable storage request or capacity (missing, or "
+        "beyond 8 EiB), so the destination cannot be sized (it must be at least as large as "
+        "the source); fix the claim"
     )
+
+
+def datavolume_template_unsized(ctx: VolumeContext) -> str | None:
+    """A dataVolumeTemplate (schema-valid, accepted by the API server) with neither
+    ``spec.storage`` nor ``spec.pvc`` as a mapping: there is no class in it to change."""
+    if ctx.volume is None or not ctx.volume.from_template:
+        return None
+    spec = ctx.vm.raw.get("spec")
+    templates = spec.get("dataVolumeTemplates") if isinstance(spec, dict) else None
+    for template in templates if isinstance(templates, list) else ():
+        meta = template.get("metadata") if isinstance(template, dict) else None
+        if not isinstance(meta, dict) or meta.get("name") != ctx.volume.claim:
+            continue
+        dv_spec = template.get("spec")
+        storage = dv_spec.get("storage", dv_spec.get("pvc")) if isinstance(dv_spec, dict) else None
+        if isinstance(storage, dict):
+            return None
+        return (
+            f"dataVolumeTemplate {ctx.volume.claim} of VM {ctx.vm.namespace}/{ctx.vm.name} has "
+            "neither spec.storage nor spec.pvc, so there is no StorageClass in it to change; "
+            "fix the VM's dataVolumeTemplates"
+        )
+    return None
 
 
 def storage_class_not_found(ctx: VolumeContext) -> str | None:
@@ -195,6 +219,12 @@ VOLUME_RULES: tuple[Rule[VolumeContext], ...] = (
         Effect.BLOCK,
         "The source PVC has no request/capacity to size the destination from.",
         check=source_size_unknown,
+    ),
+    Rule(
+        "datavolume-template-unsized",
+        Effect.BLOCK,
+        "The volume's dataVolumeTemplate has neither spec.storage nor spec.pvc.",
+        check=datavolume_template_unsized,
     ),
     Rule(
         "storage-class-not-found",

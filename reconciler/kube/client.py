@@ -33,6 +33,18 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+_loaded = [0]  # one counter, mutated in place
+_loaded_lock = threading.Lock()
+
+
+def clients_loaded() -> int:
+    """How many clients ``load_client`` has made in this process. The CLI compares it before
+    and after a command: an unexpected error after the cluster was contacted is a cluster-stage
+    error (exit 6), before it an input-stage one (exit 2)."""
+    with _loaded_lock:
+        return _loaded[0]
+
+
 def load_client(kubeconfig: str | None = None, context: str | None = None) -> pykube.HTTPClient:
     """A pykube client from ``kubeconfig`` (or $KUBECONFIG merged like kubectl, then
     ~/.kube/config, then the in-cluster ServiceAccount), checked by ``kube.kubeconfig``.
@@ -66,6 +78,8 @@ def load_client(kubeconfig: str | None = None, context: str | None = None) -> py
                 )
             ]
         ) from exc
+    with _loaded_lock:
+        _loaded[0] += 1
     return pykube.HTTPClient(config, timeout=60, http_adapter=GuardedAdapter(config))
 
 
@@ -216,8 +230,7 @@ class Cluster:
         if response.status_code == 404 and missing_ok:
             return []
         body = self._check(response, resource, namespace, "")
-        items: list[dict[str, Any]] = body.get("items") or []
-        return items
+        return checked_items(body, _scope(resource, namespace))
 
     def list_many(
         self,
@@ -354,18 +367,71 @@ class Cluster:
     def _check(
         response: Response, resource: Resource, namespace: str | None, name: str
     ) -> dict[str, Any]:
-        if response.ok:
-            body: dict[str, Any] = response.json()
-            return body
+        what = subject(resource, namespace, name) if name else _scope(resource, namespace)
+        code = response.status_code
+        if 200 <= code < 300:
+            return decode_object(response, what)
         message = response.text.strip()
         try:
             payload = response.json()
-            message = str(payload.get("message", message))
-        except ValueError:
+            if isinstance(payload, dict) and payload.get("message"):
+                message = str(payload["message"])
+        except (ValueError, RecursionError):
             pass
-        what = subject(resource, namespace, name) if name else _scope(resource, namespace)
-        code = response.status_code
-        raise ClusterError(what, f"{message} (HTTP {code})", code=code)
+        raise ClusterError(what, f"{shown(message, 500)} (HTTP {code})", code=code)
+
+
+def decode_object(response: Response, what: str) -> dict[str, Any]:
+    """The JSON object of a good answer; anything else (a proxy's HTML login page, a list, a
+    body nested beyond reason) is a ``ClusterError`` saying, in short, what came instead."""
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+    try:
+        body = json.loads(response.content)
+    except RecursionError:
+        raise ClusterError(
+            what, f"the API server's answer is JSON nested too deeply to read ({kind})"
+        ) from None
+    except ValueError:
+        raise ClusterError(
+            what,
+            f"the API server's answer is not JSON ({kind}): {shown(response.content, 120)}; "
+            "is a proxy or login page in front of the API server?",
+        ) from None
+    if not isinstance(body, dict):
+        raise ClusterError(
+            what,
+            "the API server's answer is not an object: expected a JSON object, got "
+            + _json_kind(body),
+        )
+    return body
+
+
+def checked_items(body: dict[str, Any], what: str) -> list[dict[str, Any]]:
+    """A LIST answer's ``items``: a list of objects, or a ``ClusterError``."""
+    items = body.get("items")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ClusterError(
+            what,
+            f"the API server's answer is not a list: items is not a list, got {_json_kind(items)}",
+        )
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("metadata") or {}, dict):
+            raise ClusterError(
+                what,
+                f"the API server's answer is malformed: items[{index}] is not an object "
+                f"({_json_kind(item)})",
+            )
+    return items
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object without metadata"
+    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
 
 
 _RETRIES_ON_429 = 5

@@ -29,6 +29,10 @@ _SUFFIX: dict[str, int | Decimal] = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
+MAX_BYTES = 2**63 - 1
+"""The largest quantity Kubernetes can use as a number (an int64, ~8 EiB); anything beyond
+(``1e400`` is schema-valid and the API server stores it) is refused here, before arithmetic
+on it or its formatting can overflow or take forever (``1e999999999`` has a billion digits)."""
 _QUANTITY = re.compile(r"^([+]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|)$")
 
 
@@ -40,9 +44,11 @@ def parse_quantity(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError(f"not a quantity: {value!r}")
     if isinstance(value, int):
-        return value
+        return _bounded(value, value)
     if isinstance(value, float):
-        return math.ceil(value)
+        if not math.isfinite(value):
+            raise ValueError(f"not a quantity: {value!r}")
+        return _bounded(math.ceil(value), value)
     text = str(value).strip()
     match = _QUANTITY.match(text)
     if not match:
@@ -51,7 +57,15 @@ def parse_quantity(value: str | int | float) -> int:
         number = Decimal(match.group(1))
     except InvalidOperation as exc:
         raise ValueError(f"not a quantity: {value!r}") from exc
-    return math.ceil(number * _SUFFIX[match.group(2)])
+    if number.is_finite() and number.adjusted() > 30:  # checked before it becomes an int
+        raise ValueError(f"quantity too large: {text[:40]!r} (more than {MAX_BYTES} bytes)")
+    return _bounded(math.ceil(number * _SUFFIX[match.group(2)]), value)
+
+
+def _bounded(size: int, value: object) -> int:
+    if size > MAX_BYTES:
+        raise ValueError(f"quantity too large: {str(value)[:40]!r} (more than {MAX_BYTES} bytes)")
+    return size
 
 
 def format_quantity(size: int) -> str:

@@ -10,10 +10,36 @@ from typing import Any
 
 from reconciler.kube import resources as kube
 from reconciler.kube.client import Cluster
+from reconciler.model.errors import ClusterError
 from reconciler.model.live import Snapshot
+from reconciler.model.text import shown
 from reconciler.observe.parse import RawObjects, assemble, parse_list
 
 log = logging.getLogger(__name__)
+
+
+def _parse(resource: kube.Resource, items: list[Any]) -> list[Any]:
+    """``parse_list``; an object whose fields have shapes no API server would send (``spec``
+    a string, ``volumes`` a number) is a ``ClusterError`` naming it, not a traceback."""
+    try:
+        return parse_list(resource.plural, items)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        bad = _first_bad(resource.plural, items)
+        raise ClusterError(
+            f"{resource.plural} {bad}", f"an object of unexpected shape: {shown(exc)}"
+        ) from exc
+
+
+def _first_bad(plural: str, items: list[Any]) -> str:
+    for item in items:
+        try:
+            parse_list(plural, [item])
+        except (AttributeError, TypeError, ValueError, KeyError):
+            meta = item.get("metadata") if isinstance(item, dict) else None
+            if isinstance(meta, dict):
+                return shown(f"{meta.get('namespace', '')}/{meta.get('name', '')}".lstrip("/"), 120)
+            return "(unnamed)"
+    return ""
 
 
 def fetch(cluster: Cluster, namespaces: Iterable[str]) -> Snapshot:
@@ -38,7 +64,7 @@ def fetch(cluster: Cluster, namespaces: Iterable[str]) -> Snapshot:
             (kube.KUBEVIRTS, None, True),
             (kube.MIGRATIONS, scope, False),
         ],
-        then=lambda resource, items: parse_list(resource.plural, items),
+        then=_parse,
     )
     keep = set(wanted)
 

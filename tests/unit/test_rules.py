@@ -491,6 +491,16 @@ BLOCK_KUBEVIRT = pvc(volume_mode="Block", annotations={CONTENT_TYPE_ANNOTATION: 
 ZERO = PVCInfo("ns", "rootdisk-dv", "old", 0, None, "Filesystem", RWO, "Bound")
 
 
+def unsized_template() -> VolumeContext:
+    """vm1's rootdisk comes from a dataVolumeTemplate with neither spec.storage nor spec.pvc
+    (schema-valid; the API server accepts it)."""
+    template = {"metadata": {"name": "rootdisk-dv"}, "spec": {"source": {"blank": {}}}}
+    the_vm = vm(
+        volumes=(volume(from_template=True),), raw={"spec": {"dataVolumeTemplates": [template]}}
+    )
+    return volume_context(desired("rootdisk", "new"), the_vm, healthy(the_vm))
+
+
 @pytest.mark.parametrize(
     ("rule", "given", "needle"),
     cases(
@@ -522,6 +532,11 @@ ZERO = PVCInfo("ns", "rootdisk-dv", "old", 0, None, "Filesystem", RWO, "Bound")
         # The DataVolume of a Succeeded import may be garbage-collected: the PVC is enough.
         (None, without(vol_scene(), dv_gone=True), ""),
         ("source-size-unknown", vol_scene(ZERO), "cannot be sized"),
+        (
+            "datavolume-template-unsized",
+            unsized_template(),
+            "dataVolumeTemplate rootdisk-dv of VM ns/vm1 has neither spec.storage nor spec.pvc",
+        ),
         (
             "storage-class-not-found",
             vol_scene(to="fast"),
