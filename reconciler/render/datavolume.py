@@ -12,6 +12,7 @@ from reconciler.model.live import PVCInfo, Snapshot, VMInfo
 from reconciler.model.manifests import DataVolumeManifest
 from reconciler.model.names import MANAGED_BY_LABEL, OUR_PREFIX, SOURCE_CLAIM_ANNOTATION
 from reconciler.model.quantity import parse_quantity
+from reconciler.model.text import shown
 from reconciler.model.verdict import VolumeVerdict
 from reconciler.render.sandbox import (
     DV_LIVE,
@@ -174,11 +175,16 @@ def _check_dv_source(
 ) -> None:
     source = _mapping(out, spec, "source")
     if live:
-        if "blank" not in source:
+        if source != {"blank": {}} or "sourceRef" in spec:
+            got = {
+                "source": source,
+                **({"sourceRef": spec["sourceRef"]} if "sourceRef" in spec else {}),
+            }
             raise out.error(
-                "a live move's destination must be blank (spec.source.blank), "
-                "KubeVirt copies the data",
+                "a live move's destination must be blank: spec.source must be exactly "
+                f"{{blank: {{}}}} and there may be no spec.sourceRef, got {shown(got, 200)}",
                 near="source",
+                hint="KubeVirt copies the data into it; anything else would populate it first",
             )
         return
     pvc = source.get("pvc")
