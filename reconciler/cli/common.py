@@ -8,6 +8,9 @@ import os
 import sys
 from typing import TextIO
 
+from reconciler.model.errors import Problem, UserError
+from reconciler.model.text import shown
+
 PROG = "vm-storage-reconciler"
 
 EXIT_CODES = """\
@@ -83,11 +86,29 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
 
 
 def allowed_namespaces(args: argparse.Namespace) -> frozenset[str] | None:
-    """The namespace allow-list from flags, else from $VMSR_ALLOWED_NAMESPACES; None = any."""
-    if args.allowed_namespaces:
-        return frozenset(args.allowed_namespaces)
-    env = os.environ.get("VMSR_ALLOWED_NAMESPACES", "").strip()
-    return frozenset(n.strip() for n in env.split(",") if n.strip()) or None
+    """The namespace allow-list from flags, else from $VMSR_ALLOWED_NAMESPACES; None = any
+    (neither given). A blank entry (``--allow-namespace ''``, a set but blank variable, an
+    empty item between commas) is a ``UserError``: it would silently mean "no restriction"
+    or "nothing allowed", and an allow-list is a safety control."""
+    if args.allowed_namespaces is not None:
+        names = [n.strip() for n in args.allowed_namespaces]
+        if not all(names):
+            raise _blank("--allow-namespace ''", "pass a namespace name, or leave the flag out")
+        return frozenset(names)
+    env = os.environ.get("VMSR_ALLOWED_NAMESPACES")
+    if env is None:
+        return None
+    names = [n.strip() for n in env.split(",")]
+    if not all(names):
+        raise _blank(
+            f"VMSR_ALLOWED_NAMESPACES={shown(env, 80)!s}",
+            "list namespaces separated by commas (a,b), or unset the variable for no restriction",
+        )
+    return frozenset(names)
+
+
+def _blank(what: str, hint: str) -> UserError:
+    return UserError([Problem(None, f"{what}: a blank namespace in the allow-list", hint)])
 
 
 def progress(err: TextIO, message: str) -> None:

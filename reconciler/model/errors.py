@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 
 from reconciler.model.plan import Source
+from reconciler.model.text import clean
 
 
 class ExitCode(enum.IntEnum):
@@ -31,6 +32,12 @@ class Problem:
     source: Source | None
     message: str
     hint: str = ""
+
+    def __post_init__(self) -> None:
+        # Messages echo plan values, template output and server text: never raw control
+        # characters or terminal escapes, never megabytes (model.text).
+        object.__setattr__(self, "message", clean(self.message))
+        object.__setattr__(self, "hint", clean(self.hint))
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""
@@ -62,6 +69,7 @@ class ClusterError(Exception):
     exit_code: ExitCode = ExitCode.CLUSTER_ERROR
 
     def __init__(self, subject: str, message: str, *, code: int | None = None) -> None:
-        self.subject = subject
+        self.subject = clean(subject, 300)
         self.code = code
-        super().__init__(f"{subject}: {message}" if subject else message)
+        message = clean(message)
+        super().__init__(f"{self.subject}: {message}" if subject else message)

@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 
 from reconciler.model.plan import Window
+from reconciler.model.text import shown
 
 __all__ = [
     "DURATION_HINT",
@@ -53,11 +54,15 @@ WINDOW_START_HINT = (
 )
 # A window of a week or more is open all the time: that is "no window", so say it plainly.
 MAX_WINDOW = timedelta(days=7)
+MAX_DURATION = timedelta(days=3650)
+"""The longest duration accepted: ten years; anything longer (``99999999999d``) would
+overflow the clock when added to now."""
 
-_DURATION = re.compile(r"(?:\d+[dhms])+")
-_DURATION_PART = re.compile(r"(\d+)([dhms])")
+# [0-9], not \d: "٤h" (an Arabic-Indic four) is not a duration, whatever int() makes of it.
+_DURATION = re.compile(r"(?:[0-9]+[dhms])+")
+_DURATION_PART = re.compile(r"([0-9]+)([dhms])")
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_CLOCK = re.compile(r"(\d{1,2}):(\d{2})")
+_CLOCK = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 _DAYS = {
     name: number
     for number, names in enumerate(
@@ -97,14 +102,20 @@ def parse_duration(text: str) -> timedelta:
     Surrounding whitespace is ignored. Raises ``SpecError`` for anything else, including zero.
     """
     compact = text.strip()
-    if not _DURATION.fullmatch(compact):
-        reason = "a number needs a unit" if compact.isdigit() else "not a duration"
-        raise SpecError(f"invalid duration '{text}': {reason}", DURATION_HINT)
+    if len(compact) > 64 or not _DURATION.fullmatch(compact):
+        digits = compact.isascii() and compact.isdigit()
+        reason = "a number needs a unit" if digits else "not a duration"
+        raise SpecError(f"invalid duration '{shown(text, 80)}': {reason}", DURATION_HINT)
     seconds = sum(
         int(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(compact)
     )
     if seconds == 0:
         raise SpecError(f"invalid duration '{text}': must be longer than zero", DURATION_HINT)
+    if seconds > MAX_DURATION.total_seconds():
+        raise SpecError(
+            f"invalid duration '{text}': longer than ten years ({format_duration(MAX_DURATION)})",
+            DURATION_HINT,
+        )
     return timedelta(seconds=seconds)
 
 
@@ -120,6 +131,12 @@ def parse_window_start(text: str) -> tuple[frozenset[int], time]:
 
 def parse_time_zone(name: str) -> zoneinfo.ZoneInfo:
     """Return the IANA time zone ``name``; ``SpecError`` with a suggestion when unknown."""
+    if not name.strip():
+        raise SpecError(
+            f"unknown time zone '{name}'",
+            "the time zone is empty: leave timeZone out for UTC, or name an IANA time zone "
+            "such as Europe/Berlin",
+        )
     try:
         if name.strip() != name or not name:
             raise ValueError(name)

@@ -296,11 +296,13 @@ def read_window(r: Reader, node: Node, path: str) -> Window | None:
             )
     zone = "UTC"
     if "timeZone" in fields:
-        zone = r.string(fields["timeZone"], join(path, "timeZone")) or zone
-        try:
-            parse_time_zone(zone)
-        except SpecError as exc:
-            r.report(fields["timeZone"], join(path, "timeZone"), exc.message, exc.hint)
+        written = r.string(fields["timeZone"], join(path, "timeZone"))
+        if written is not None:  # "" is an error, not UTC: leave the field out for UTC
+            zone = written
+            try:
+                parse_time_zone(zone)
+            except SpecError as exc:
+                r.report(fields["timeZone"], join(path, "timeZone"), exc.message, exc.hint)
     if len(r.problems) != before or start is None or duration is None:
         return None
     days, clock = start
