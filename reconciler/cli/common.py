@@ -17,11 +17,13 @@ EXIT_CODES = """\
 exit codes:
   0  converged: every selected volume is already on its target (validate: plans are valid)
   1  changes pending: `plan` found volumes to move, in progress or blocked
-  2  bad input: invalid plan files, flags, templates or kubeconfig; nothing was changed
+  2  bad input: invalid plan files, flags, templates or kubeconfig, no plans, or a
+     server dry run refused an object (400/409/422); nothing was changed
   3  a VM failed and was rolled back (apply)
   4  another run holds the lock (apply)
   5  outside every plan's maintenance window (apply)
-  6  cluster error: the API server could not be reached or refused a request
+  6  cluster error: the API server could not be reached, refused a request (401, 403,
+     5xx), redirected, or answered nonsense; or the exec credential plugin failed
 
 examples:
   vm-storage-reconciler validate plans/
