@@ -20,7 +20,7 @@ from typing import Any
 
 from reconciler.apply.context import Settings
 from reconciler.apply.lease import Lease
-from reconciler.apply.runner import Options, Runner
+from reconciler.apply.runner import Listener, Options, Runner, Silent
 from reconciler.diff.judge import diff
 from reconciler.kube import resources
 from reconciler.kube.client import Cluster, load_client
@@ -265,6 +265,7 @@ def apply(
     stop: threading.Event | None = None,
     commit: str | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    listener: Listener | None = None,
 ) -> ApplyReport:
     """Load the plans, take the Lease, and run ``apply.runner``: open journals first, then new
     moves one VM at a time. Raises ``UserError`` (bad input, found before anything is written),
@@ -278,7 +279,13 @@ def apply(
     lease = Lease(cluster, lease_namespace, holder, lost=stop, now=now)
     lease.acquire()
     try:
-        options = Options(max_vms=max_vms, commit=commit, settings=settings or Settings(), now=now)
+        options = Options(
+            max_vms=max_vms,
+            commit=commit,
+            settings=settings or Settings(),
+            now=now,
+            listener=listener or Silent(),
+        )
         return Runner(
             cluster,
             plans,

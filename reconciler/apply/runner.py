@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from reconciler.apply.begin import first_journal
 from reconciler.apply.context import MoveRun, Settings
@@ -27,6 +28,7 @@ from reconciler.kube.client import Cluster
 from reconciler.kube.resources import VIRTUAL_MACHINES, VMIS
 from reconciler.model import journal as journals
 from reconciler.model.errors import PlanError, TemplateError
+from reconciler.model.journal import Journal
 from reconciler.model.names import JOURNAL_ANNOTATION
 from reconciler.model.outcome import FAILED, ROLLED_BACK, ApplyReport, Outcome
 from reconciler.model.plan import Plan
@@ -40,6 +42,31 @@ log = logging.getLogger(__name__)
 MOVES = (Action.MOVE_LIVE, Action.MOVE_OFFLINE)
 
 
+class Listener(Protocol):
+    """Who hears about a run as it goes (Events, metrics, status: ``reconciler.publish``,
+    wired by the engine; apply never imports it). Every method must return quickly and never
+    raise: a failure to report is logged, not a reason to stop a move."""
+
+    def move_started(self, namespace: str, vm: str, journal: Journal, resumed: bool) -> None: ...
+
+    def move_finished(self, outcome: Outcome) -> None: ...
+
+    def vm_blocked(self, verdict: VMVerdict) -> None: ...
+
+
+class Silent:
+    """The default ``Listener``: hears nothing."""
+
+    def move_started(self, namespace: str, vm: str, journal: Journal, resumed: bool) -> None:
+        return None
+
+    def move_finished(self, outcome: Outcome) -> None:
+        return None
+
+    def vm_blocked(self, verdict: VMVerdict) -> None:
+        return None
+
+
 @dataclass
 class Options:
     max_vms: int | None = None
@@ -47,10 +74,18 @@ class Options:
     commit: str | None = None
     settings: Settings = field(default_factory=Settings)
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    listener: Listener = field(default_factory=Silent)
 
 
 def _new_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def _safely(hear: Callable[..., None], *args: object) -> None:
+    try:
+        hear(*args)
+    except Exception:  # reporting must never stop a move
+        log.exception("a listener failed")
 
 
 class Runner:
@@ -89,6 +124,7 @@ class Runner:
 
     def _record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
+        _safely(self.options.listener.move_finished, outcome)
         failed = outcome.result in (FAILED, ROLLED_BACK)
         self._consecutive_failures = self._consecutive_failures + 1 if failed else 0
 
@@ -106,6 +142,8 @@ class Runner:
         started = 0
         stopped_early = ""
         for verdict in judged.vms:
+            if verdict.action is Action.BLOCKED:
+                _safely(self.options.listener.vm_blocked, verdict)
             if verdict.action not in MOVES:
                 continue
             key = f"{verdict.namespace}/{verdict.name}"
@@ -166,6 +204,7 @@ class Runner:
                         )
                     )
                     continue
+                _safely(self.options.listener.move_started, namespace, name, journal, True)
                 self._record(drive(self._run_for(namespace, name), journal, resumed=True))
 
     def _move(self, namespace: str, name: str) -> Outcome | None:
@@ -221,4 +260,5 @@ class Runner:
             f"moving {journal.flow.value} (move {migration_id}, plan {plan.name}): "
             + ", ".join(f"{v.volume} {v.from_class} -> {v.to_class}" for v in journal.volumes)
         )
+        _safely(self.options.listener.move_started, namespace, name, journal, False)
         return drive(run, journal)
