@@ -14,12 +14,12 @@ from reconciler.model.names import MANAGED_BY_LABEL, OUR_PREFIX, SOURCE_CLAIM_AN
 from reconciler.model.quantity import parse_quantity
 from reconciler.model.text import shown
 from reconciler.model.verdict import VolumeVerdict
+from reconciler.render.bounds import Unchecked
 from reconciler.render.sandbox import (
     DV_LIVE,
     DV_OFFLINE,
     Rendered,
     TemplateSet,
-    Unchecked,
     render_yaml,
 )
 

@@ -9,7 +9,8 @@ from collections.abc import Iterable, Mapping
 import jsonpatch
 
 from reconciler.model.manifests import PatchOp
-from reconciler.render.sandbox import VM_REVERT, Rendered, TemplateSet, Unchecked, render_yaml
+from reconciler.render.bounds import Unchecked
+from reconciler.render.sandbox import VM_REVERT, Rendered, TemplateSet, render_yaml
 from reconciler.render.vm_patch import apply_ops, ops_of
 
 STRATEGY_PATH = "/spec/updateVolumesStrategy"

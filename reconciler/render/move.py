@@ -51,9 +51,10 @@ from dataclasses import dataclass, field
 from reconciler.model.live import Snapshot, VMInfo
 from reconciler.model.manifests import DataVolumeManifest, PatchOp, VMObject
 from reconciler.model.verdict import Action, VMVerdict
+from reconciler.render.bounds import plain
 from reconciler.render.datavolume import render_data_volume
 from reconciler.render.inverse import revert_patches
-from reconciler.render.sandbox import TemplateSet, plain
+from reconciler.render.sandbox import TemplateSet
 from reconciler.render.targets import check_targets, target_names
 from reconciler.render.vm_patch import (
     apply_ops,

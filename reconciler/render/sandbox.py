@@ -1,4 +1,4 @@
-"""The templates' sandbox: loading a template set, rendering, and locating errors. Pure.
+"""Template sets: loading them, rendering in the sandbox of ``bounds``, and locating errors. Pure.
 
 A ``TemplateSet`` is the default templates (``templates/`` in a checkout,
 ``reconciler/_templates`` in a wheel) overridden one file at a time by ``--templates DIR``.
@@ -19,30 +19,25 @@ module: a backtracking pattern cannot run forever), and rendered YAML may not us
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
-import json
-import re
-import string
-import sys
-import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import jinja2
-import regex
 import yaml
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from reconciler.model.errors import Problem, TemplateError
 from reconciler.model.plan import Source
-from reconciler.model.quantity import format_quantity
 from reconciler.model.text import shown
+from reconciler.render.bounds import (
+    BoundedSandbox,
+    Unchecked,
+    bounded_render,
+    environment,
+)
 
 TARGET_NAME = "target-name.j2"
 DV_LIVE = "datavolume-live.j2"
@@ -50,197 +45,6 @@ DV_OFFLINE = "datavolume-offline.j2"
 VM_PATCH = "vm-patch.j2"
 VM_REVERT = "vm-revert-patch.j2"
 TEMPLATE_NAMES = (TARGET_NAME, DV_LIVE, DV_OFFLINE, VM_PATCH, VM_REVERT)
-
-MAX_NAME = 63  # CDI refuses longer DataVolume names; PVC names follow the DV's
-RENDER_SECONDS = 2.0
-"""One render's time limit; the default templates take well under a millisecond."""
-MAX_OUTPUT = 1 << 20
-"""Characters one render may produce (a DataVolume or a patch is a few KB)."""
-MAX_INT_BITS = 8192
-"""Bits an integer computed by a template may have (sizes need 64)."""
-REGEX_SECONDS = 0.5
-
-_BASE36 = string.digits + string.ascii_lowercase
-
-Unchecked = Any
-"""JSON as parsed from a template's output or read from the cluster, before render's run-time
-checks: walked defensively (``.get(...) or {}``), and turned into the typed shapes of
-``model.manifests`` only once checked. Nothing typed ``Unchecked`` leaves ``render``."""
-
-
-# --------------------------------------------------------------------------------------------
-# Filters (registered explicitly; templates get nothing else beyond Jinja's builtins)
-# --------------------------------------------------------------------------------------------
-
-
-def _defined(value: Any) -> Any:
-    """Raise the template's UndefinedError when ``value`` is undefined (StrictUndefined)."""
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined raises here, with the variable's name
-    return value
-
-
-def to_json_filter(value: Any) -> str:
-    """JSON text of ``value``; valid YAML too, so strings are always safely quoted."""
-    return json.dumps(plain(_defined(value)), sort_keys=True)
-
-
-def quantity_filter(size: Any) -> str:
-    """Bytes as a Kubernetes quantity: "10Gi" when exact, else the plain number of bytes."""
-    size = _defined(size)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ValueError(f"quantity: expected a number of bytes, got {size!r}")
-    return format_quantity(size)
-
-
-def dns_label_filter(value: Any, max_length: int = MAX_NAME) -> str:
-    """``value`` cut to ``max_length`` characters, without a trailing '-' or '.'."""
-    return str(_defined(value))[: max(max_length, 0)].rstrip("-.")
-
-
-def sha_filter(value: Any, length: int = 5) -> str:
-    """``length`` lowercase base36 characters of the SHA-256 of ``value`` (deterministic)."""
-    number = int(hashlib.sha256(str(_defined(value)).encode()).hexdigest(), 16)
-    digits = []
-    for _ in range(length):
-        number, digit = divmod(number, 36)
-        digits.append(_BASE36[digit])
-    return "".join(digits)
-
-
-def regex_replace_filter(value: Any, pattern: str, replacement: str = "") -> str:
-    """``re.sub(pattern, replacement, value)``, with the ``regex`` module and a timeout of
-    ``REGEX_SECONDS`` (a backtracking pattern cannot hang the run)."""
-    try:
-        return str(
-            regex.sub(str(pattern), str(replacement), str(_defined(value)), timeout=REGEX_SECONDS)
-        )
-    except TimeoutError:
-        raise SecurityError(
-            f"regex_replace: the pattern {shown(pattern, 80)} took longer than "
-            f"{REGEX_SECONDS:g}s (it backtracks); simplify it"
-        ) from None
-
-
-def _bounded_width(name: str, filter_: Any) -> Any:
-    """A builtin filter whose int arguments (widths) are bounded by ``MAX_OUTPUT``."""
-
-    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
-        for arg in (*args, *kwargs.values()):
-            if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_OUTPUT:
-                raise SecurityError(f"{name}: width {arg} is larger than {MAX_OUTPUT}")
-        return filter_(value, *args, **kwargs)
-
-    bounded.__name__ = name
-    return bounded
-
-
-FILTERS = {
-    "to_json": to_json_filter,
-    "quantity": quantity_filter,
-    "dns_label": dns_label_filter,
-    "sha": sha_filter,
-    "regex_replace": regex_replace_filter,
-}
-
-
-_BOUNDED_FILTERS = ("center", "indent", "wordwrap", "truncate")
-_WIDTH = re.compile(r"\d{7,}")
-
-
-class BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with the arithmetic that can blow up checked before it runs.
-
-    Intercepted operators are never constant-folded by Jinja's compiler either, so a huge
-    power in a template can no longer hang ``get_template``.
-    """
-
-    intercepted_binops = frozenset({"**", "*", "+", "%"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        _check_binop(operator, left, right)
-        return super().call_binop(context, operator, left, right)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_binop(operator: str, left: Any, right: Any) -> None:
-    sequences = (str, list, tuple)
-    if operator == "**" and _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1:
-        if right * abs(left).bit_length() > MAX_INT_BITS:
-            raise SecurityError(f"{left} ** {right} is too large (more than {MAX_INT_BITS} bits)")
-    elif operator == "*":
-        both = _is_int(left) and _is_int(right)
-        if both and left.bit_length() + right.bit_length() > MAX_INT_BITS:
-            raise SecurityError(f"a product of more than {MAX_INT_BITS} bits")
-        for seq, times in ((left, right), (right, left)):
-            if isinstance(seq, sequences) and _is_int(times) and len(seq) * times > MAX_OUTPUT:
-                raise SecurityError(f"a repetition of more than {MAX_OUTPUT} items")
-    elif operator == "+":
-        both = isinstance(left, sequences) and isinstance(right, sequences)
-        if both and len(left) + len(right) > MAX_OUTPUT:
-            raise SecurityError(f"a concatenation of more than {MAX_OUTPUT} items")
-    elif operator == "%" and isinstance(left, str) and _WIDTH.search(left):
-        raise SecurityError("a %-format width larger than a template needs")
-
-
-class _RenderTimeout(Exception):
-    pass
-
-
-def bounded_render(
-    template: jinja2.Template, context: Mapping[str, Unchecked], *, timed: bool = True
-) -> str:
-    """``template.render(context)``, stopped after ``RENDER_SECONDS`` or ``MAX_OUTPUT``
-    characters: a ``SecurityError`` (made a ``TemplateError`` by ``render_text``).
-
-    The time is checked on every line the template's compiled code executes (a trace
-    function local to the template's frames: loops, macros and recursion included); other
-    code runs untraced. The previous trace function (a debugger, coverage) is restored.
-    ``timed=False`` (the packaged defaults, which we wrote) skips the tracing, which would
-    add ~25 us per render: 0.1 s for a 4,000-volume plan.
-    """
-    filename = template.filename or "<template>"
-    deadline = time.monotonic() + RENDER_SECONDS
-
-    def local(frame: Any, event: str, arg: Any) -> Any:
-        if time.monotonic() > deadline:
-            raise _RenderTimeout
-        return local
-
-    def calls(frame: Any, event: str, arg: Any) -> Any:
-        return local if frame.f_code.co_filename == filename else None
-
-    previous = sys.gettrace()
-    if timed:
-        sys.settrace(calls)
-    chunks: list[str] = []
-    size = 0
-    try:
-        for chunk in template.generate(context):
-            size += len(chunk)
-            if size > MAX_OUTPUT:
-                raise SecurityError(f"the output is larger than {MAX_OUTPUT} characters")
-            chunks.append(chunk)
-    except _RenderTimeout:
-        raise SecurityError(
-            f"the template ran longer than {RENDER_SECONDS:g}s (a loop too many?)"
-        ) from None
-    finally:
-        if timed:
-            sys.settrace(previous)
-    return "".join(chunks)
-
-
-def plain(value: Any) -> Unchecked:
-    """A deep copy of ``value`` made of dicts and lists only (Mappings and tuples converted)."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,16 +92,7 @@ class TemplateSet:
     @cached_property
     def environment(self) -> BoundedSandbox:
         search = [str(self.override)] if self.override else []
-        env = BoundedSandbox(
-            loader=jinja2.FileSystemLoader([*search, str(self.directory)]),
-            undefined=jinja2.StrictUndefined,
-            autoescape=False,
-            keep_trailing_newline=True,
-        )
-        for name in _BOUNDED_FILTERS:
-            env.filters[name] = _bounded_width(name, env.filters[name])
-        env.filters.update(FILTERS)
-        return env
+        return environment(jinja2.FileSystemLoader([*search, str(self.directory)]))
 
     def path_of(self, name: str) -> Path:
         """The file that provides template ``name`` (the override when it has one)."""

@@ -12,7 +12,8 @@ from reconciler.model.errors import Problem, TemplateError
 from reconciler.model.live import Snapshot, VMInfo
 from reconciler.model.names import SOURCE_CLAIM_ANNOTATION
 from reconciler.model.verdict import Action, VMVerdict, VolumeVerdict
-from reconciler.render.sandbox import MAX_NAME, TARGET_NAME, Rendered, TemplateSet, render_text
+from reconciler.render.bounds import MAX_NAME
+from reconciler.render.sandbox import TARGET_NAME, Rendered, TemplateSet, render_text
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 

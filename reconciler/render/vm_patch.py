@@ -13,7 +13,8 @@ import jsonpatch
 from reconciler.model.live import VMInfo
 from reconciler.model.manifests import PatchOp, VMObject
 from reconciler.model.verdict import VolumeVerdict
-from reconciler.render.sandbox import VM_PATCH, Rendered, TemplateSet, Unchecked, render_yaml
+from reconciler.render.bounds import Unchecked
+from reconciler.render.sandbox import VM_PATCH, Rendered, TemplateSet, render_yaml
 
 RESOURCE_VERSION_PATH = "/metadata/resourceVersion"
 

@@ -11,7 +11,7 @@ import pytest
 from jinja2.exceptions import SecurityError
 
 from reconciler.model.errors import TemplateError
-from reconciler.render import sandbox
+from reconciler.render import bounds
 from reconciler.render.sandbox import TARGET_NAME, TemplateSet, load_templates, render_text
 from tests.unit.test_render import FEDORA, FEDORA_MOVE, ROOT, render, scene
 
@@ -53,7 +53,7 @@ def test_huge_arithmetic_is_refused_before_it_runs(
 def test_nested_loops_stop_at_the_render_time_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sandbox, "RENDER_SECONDS", 0.3)
+    monkeypatch.setattr(bounds, "RENDER_SECONDS", 0.3)
     text = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}x"
     assert "ran longer than 0.3s" in refused(tmp_path, text)
 
@@ -61,7 +61,7 @@ def test_nested_loops_stop_at_the_render_time_limit(
 def test_exponential_macro_recursion_stops_at_the_render_time_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sandbox, "RENDER_SECONDS", 0.3)
+    monkeypatch.setattr(bounds, "RENDER_SECONDS", 0.3)
     text = (
         "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
         "{{ f(60) }}x"
@@ -72,7 +72,7 @@ def test_exponential_macro_recursion_stops_at_the_render_time_limit(
 def test_the_output_size_is_bounded_and_the_error_stays_short(tmp_path: Path) -> None:
     text = "{% for a in range(100000) %}{{ 'x' * 1000 }}{% endfor %}"
     message = refused(tmp_path, text)
-    assert f"larger than {sandbox.MAX_OUTPUT} characters" in message
+    assert f"larger than {bounds.MAX_OUTPUT} characters" in message
     assert len(message) < 500
 
 
@@ -90,9 +90,9 @@ def test_a_backtracking_regex_is_bounded(tmp_path: Path) -> None:
 
 
 def test_the_regex_timeout_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "REGEX_SECONDS", 0.0)
+    monkeypatch.setattr(bounds, "REGEX_SECONDS", 0.0)
     with pytest.raises(SecurityError, match="backtracks"):
-        sandbox.regex_replace_filter("a" * 5000, "(a|b|ab)*c", "")
+        bounds.regex_replace_filter("a" * 5000, "(a|b|ab)*c", "")
 
 
 def dv_live_with(tmp_path: Path, old: str, new: str) -> TemplateSet:

@@ -27,6 +27,7 @@ from reconciler.model.errors import TemplateError
 from reconciler.model.live import Snapshot, VMInfo
 from reconciler.model.verdict import Action, VMVerdict, VolumeVerdict
 from reconciler.observe.parse import RawObjects, build_snapshot
+from reconciler.render.bounds import quantity_filter, sha_filter
 from reconciler.render.datavolume import copied_labels
 from reconciler.render.move import RenderedVM, render_vm
 from reconciler.render.sandbox import (
@@ -34,8 +35,6 @@ from reconciler.render.sandbox import (
     TemplateSet,
     default_templates_dir,
     load_templates,
-    quantity_filter,
-    sha_filter,
 )
 from reconciler.render.targets import check_distinct_targets, target_name, valid_name
 from testenv import seed
