@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler.apply.context import MoveRun, StepFailed
 from reconciler.apply.vm_steps import claims_of, patch_vm
+from reconciler.diff.gitops import volumes_writer
 from reconciler.kube.resources import MIGRATIONS, VIRTUAL_MACHINES, VMIS
 from reconciler.kube.watch import State, Stream
 from reconciler.model.journal import Journal
@@ -115,18 +116,7 @@ def _migrated(run: MoveRun, journal: Journal, state: State) -> object | None:
         )
     claims = claims_of(vm)
     if any(claims.get(v.volume) != v.target for v in journal.volumes):
-        who = (
-            "reverted to the sources"
-            if all(claims.get(v.volume) == v.source for v in journal.volumes)
-            else "changed"
-        )
-        raise StepFailed(
-            "migration-cancelled",
-            (
-                f"the VM's volumes were {who} by someone else during the migration (a GitOps "
-                "controller syncing the old manifest?), which KubeVirt treats as a cancellation"
-            ),
-        )
+        raise StepFailed("migration-cancelled", _cancelled_by(vm, journal, claims))
     if is_true(vm, "RestartRequired"):
         message = (condition(vm, "RestartRequired") or {}).get("message", "")
         raise StepFailed("restart-required", f"KubeVirt refused the volume update: {message}")
@@ -162,6 +152,29 @@ def _migrated(run: MoveRun, journal: Journal, state: State) -> object | None:
         and not (vmi.get("status") or {}).get("migratedVolumes")
     )
     return True if done else None
+
+
+def _cancelled_by(vm: Obj, journal: Journal, claims: Mapping[str, str]) -> str:
+    """Why the move is cancelled, naming who rewrote the volumes when managedFields tell
+    (e.g. "reverted by Flux Kustomization flux-system/apps")."""
+    what = (
+        "reverted" if all(claims.get(v.volume) == v.source for v in journal.volumes) else "changed"
+    )
+    writer = volumes_writer(vm)
+    if writer:
+        hint = (
+            "; add the ignore rule `plan` prints for a GitOps-managed VM before moving it again"
+            if not writer.startswith("field manager")
+            else ""
+        )
+        return (
+            f"the VM's volumes were {what} by {writer} during the migration, which KubeVirt "
+            f"treats as a cancellation{hint}"
+        )
+    return (
+        f"the VM's volumes were {what} by someone else during the migration (a GitOps "
+        "controller syncing the old manifest?), which KubeVirt treats as a cancellation"
+    )
 
 
 def _describe(run: MoveRun, journal: Journal, state: State) -> str:

@@ -37,3 +37,7 @@ FLUX_SSA_ANNOTATION = "kustomize.toolkit.fluxcd.io/ssa"
 FLUX_RECONCILE_ANNOTATION = "kustomize.toolkit.fluxcd.io/reconcile"
 FLUX_HELM_NAME_LABEL = "helm.toolkit.fluxcd.io/name"
 FLUX_HELM_NAMESPACE_LABEL = "helm.toolkit.fluxcd.io/namespace"
+# Their field managers (metadata.managedFields): who wrote a field, e.g. who reverted a move.
+FLUX_KUSTOMIZE_MANAGER = "kustomize-controller"
+FLUX_HELM_MANAGER = "helm-controller"
+ARGO_MANAGER_PREFIX = "argocd-"  # argocd-controller (server-side apply)

@@ -22,6 +22,7 @@ from tests.support.flux import FluxEnv, MakeSync
 from tests.support.kube import Eventually, condition, get_json
 
 MANAGED_BY = "kustomize.toolkit.fluxcd.io/name"
+SSA = "kustomize.toolkit.fluxcd.io/ssa"
 
 
 def configmap(data: dict[str, str], name: str = "settings") -> str:
@@ -94,6 +95,62 @@ def test_flux_takes_over_and_drops_what_a_kubectl_manager_added(
     sync.wait_applied(eventually, token=sync.reconcile())
 
     assert live_data(api, namespace) == {"colour": "blue", "kept": "y"}
+
+
+def test_a_live_if_not_present_annotation_is_removed_and_protects_nothing(
+    api: pykube.HTTPClient, namespace: str, flux_sync: MakeSync, eventually: Eventually
+) -> None:
+    """``kubectl annotate ... kustomize.toolkit.fluxcd.io/ssa=IfNotPresent``: Flux reads that
+    annotation from Git only, takes over kubectl's fields and drops it; drift is reverted."""
+    sync = flux_sync({"settings.yaml": configmap({"colour": "blue"})})
+    sync.wait_applied(eventually)
+    annotate = {"metadata": {"annotations": {SSA: "IfNotPresent"}}}
+    _edit_live(api, namespace, "kubectl-annotate", annotate)
+    _edit_live(api, namespace, "someone-else", {"data": {"colour": "red"}})
+
+    sync.wait_applied(eventually, token=sync.reconcile())
+
+    live = get_json(api, "v1", namespace, "configmaps/settings")
+    assert live["data"] == {"colour": "blue"}
+    assert SSA not in (live["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [(SSA, "Ignore"), ("kustomize.toolkit.fluxcd.io/reconcile", "disabled")]
+)
+def test_a_live_skip_annotation_is_honoured_even_from_kubectl(
+    api: pykube.HTTPClient, namespace: str, flux_sync: MakeSync, eventually: Eventually,
+    key: str, value: str,
+) -> None:
+    """Flux checks ``ssa: Ignore`` and ``reconcile: disabled`` on the in-cluster object
+    before anything else: the object is skipped, the annotation and the drift stay."""
+    sync = flux_sync({"settings.yaml": configmap({"colour": "blue"})})
+    sync.wait_applied(eventually)
+    _edit_live(api, namespace, "kubectl-annotate", {"metadata": {"annotations": {key: value}}})
+    _edit_live(api, namespace, "someone-else", {"data": {"colour": "red"}})
+
+    sync.wait_applied(eventually, token=sync.reconcile())
+
+    live = get_json(api, "v1", namespace, "configmaps/settings")
+    assert live["data"] == {"colour": "red"}
+    assert live["metadata"]["annotations"][key] == value
+
+
+def test_if_not_present_added_in_git_to_an_existing_object_skips_it_without_reaching_it(
+    api: pykube.HTTPClient, namespace: str, flux_sync: MakeSync, eventually: Eventually
+) -> None:
+    sync = flux_sync({"settings.yaml": configmap({"colour": "blue"})})
+    sync.wait_applied(eventually)
+    _edit_live(api, namespace, "someone-else", {"data": {"colour": "red"}})
+    annotated = yaml.safe_load(configmap({"colour": "blue"}))
+    annotated["metadata"]["annotations"] = {SSA: "IfNotPresent"}
+    sync.repo.commit({"settings.yaml": yaml.safe_dump(annotated)}, "IfNotPresent")
+
+    sync.sync_now(eventually)
+
+    live = get_json(api, "v1", namespace, "configmaps/settings")
+    assert live["data"] == {"colour": "red"}, "Flux skipped the existing object"
+    assert SSA not in (live["metadata"].get("annotations") or {}), "and never wrote the annotation"
 
 
 def _edit_live(api: pykube.HTTPClient, namespace: str, manager: str, patch: object) -> None:

@@ -208,6 +208,17 @@ FLUX_HELM = {"helm.toolkit.fluxcd.io/name": "vms", "helm.toolkit.fluxcd.io/names
 TWO_DISKS = (volume("rootdisk"), volume("data"))
 
 
+def flux_ssa(value: str, *, manager: str | None) -> dict[str, Any]:
+    """VM keyword arguments: Flux-labelled, annotated ``kustomize.toolkit.fluxcd.io/ssa: value``
+    by field manager ``manager`` (None: no managedFields at all)."""
+    key = "kustomize.toolkit.fluxcd.io/ssa"
+    meta: dict[str, Any] = {"annotations": {key: value}}
+    if manager is not None:
+        fields: dict[str, Any] = {"f:metadata": {"f:annotations": {f"f:{key}": {}}}}
+        meta["managedFields"] = [{"manager": manager, "operation": "Apply", "fieldsV1": fields}]
+    return {"labels": FLUX_KS, "annotations": {key: value}, "raw": {"metadata": meta}}
+
+
 def scene(
     *,
     vm_kw: dict[str, Any] | None = None,
@@ -354,7 +365,7 @@ def test_in_progress_rules(rule: str | None, given: VMContext, needle: str) -> N
         (
             "gitops-managed",
             scene(vm_kw={"labels": FLUX_KS}),
-            "in Kustomization flux-system/apps add spec.driftIgnoreRules: [{paths: "
+            "in Kustomization flux-system/apps add spec.ignore: [{paths: "
             "[/spec/template/spec/volumes, /spec/dataVolumeTemplates, /spec/updateVolumesStrategy, "
             "/spec/runStrategy], target: {group: kubevirt.io, kind: VirtualMachine, name: vm1, "
             "namespace: ns}}]",
@@ -362,8 +373,21 @@ def test_in_progress_rules(rule: str | None, given: VMContext, needle: str) -> N
         (
             "gitops-managed",
             scene(vm_kw={"labels": FLUX_KS}),
-            "kustomize.toolkit.fluxcd.io/ssa: IfNotPresent",
+            "namespace: ns}}] (kustomize-controller v1.9.0 and later). Flux before v1.9 has no "
+            "field-level ignore: suspend the Kustomization for the move, or annotate the VM "
+            "kustomize.toolkit.fluxcd.io/reconcile: disabled, or set "
+            "kustomize.toolkit.fluxcd.io/ssa: IfNotPresent on the VM in Git (Flux then skips the "
+            "existing VM but the annotation never reaches it, so this check cannot see it; set "
+            "live, Flux ignores it, and with kubectl removes it: it takes over the fields of "
+            "every field manager whose name starts with kubectl); then set allowGitOpsManaged: "
+            "true in the plan",
         ),
+        (  # a live IfNotPresent that Flux did not write (kubectl annotate) protects nothing
+            "gitops-managed",
+            scene(vm_kw=flux_ssa("IfNotPresent", manager="kubectl-annotate")),
+            "in Kustomization flux-system/apps add spec.ignore",
+        ),
+        ("gitops-managed", scene(vm_kw=flux_ssa("IfNotPresent", manager=None)), "spec.ignore"),
         (
             "gitops-managed",
             scene(vm_kw={"labels": FLUX_HELM}),
@@ -371,16 +395,9 @@ def test_in_progress_rules(rule: str | None, given: VMContext, needle: str) -> N
         ),
         # Not owned, or owned but safe / allowed:
         (None, scene(vm_kw={"labels": {"app.kubernetes.io/instance": "shop"}}), ""),
-        (
-            None,
-            scene(
-                vm_kw={
-                    "labels": FLUX_KS,
-                    "annotations": {"kustomize.toolkit.fluxcd.io/ssa": "IfNotPresent"},
-                }
-            ),
-            "",
-        ),
+        # IfNotPresent written by Flux (so it is in Git); Ignore by anyone (Flux honours it live)
+        (None, scene(vm_kw=flux_ssa("IfNotPresent", manager="kustomize-controller")), ""),
+        (None, scene(vm_kw=flux_ssa("Ignore", manager="kubectl-annotate")), ""),
         (
             None,
             scene(
