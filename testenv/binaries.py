@@ -9,6 +9,7 @@ version bump never reuses a stale artefact:
 - ``crds-<hash>/*.yaml``               hash of tools/crdgen/go.{mod,sum} + testenv/crds.py
 - ``source-controller-<version>/``     Flux source-controller + ``crds/`` (tools/flux-source)
 - ``kustomize-controller-<version>/``  kustomize-controller + ``crds/`` (tools/flux-kustomize)
+- ``pushgateway-<version>/pushgateway``  the Prometheus Pushgateway (tools/pushgateway)
 
 A warm call only checks that these paths exist and needs no Go toolchain. A cold call
 builds what is missing with ``go build`` (``GOTOOLCHAIN=local CGO_ENABLED=0``), which
@@ -154,6 +155,37 @@ def ensure_flux(log: Log = print) -> FluxBinaries:
             if not crd_dir.exists():
                 _copy_module_crds(binary, crd_dir, log)
     return FluxBinaries(binaries[0].path(cache), binaries[1].path(cache), crd_dirs)
+
+
+def ensure_pushgateway(log: Log = print) -> Path:
+    """Return the Prometheus Pushgateway binary (the metrics tests push to a real one),
+    building it from ``tools/pushgateway`` when it is not cached. Same contract as
+    ``ensure_all``: warm = a path check, no Go needed; cold = ``go build`` under the shared
+    build lock (~1 min), ``MissingPrerequisiteError`` without Go."""
+    cache = cache_dir()
+    binary = _pushgateway_binary()
+    target = binary.path(cache)
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with _build_lock(cache / ".build.lock", log):
+        if not target.exists():
+            _go_build(binary, target, log)
+    return target
+
+
+def _pushgateway_binary() -> _GoBinary:
+    module = "github.com/prometheus/pushgateway"
+    version = module_version(TOOLS_DIR / "pushgateway/go.mod", module)
+    return _GoBinary(
+        name="pushgateway",
+        cache_prefix="pushgateway",
+        module_dir=TOOLS_DIR / "pushgateway",
+        package=module,  # the module root is package main
+        version=version,
+        # Without the stamp the gateway reports version "" on /api/v1/status.
+        ldflags=f"-s -w -X github.com/prometheus/common/version.Version={version.lstrip('v')}",
+    )
 
 
 def _flux_binaries() -> tuple[_GoBinary, _GoBinary]:

@@ -2,8 +2,9 @@
 
 ``python -m testenv build [--no-flux]``
     Build (or find in the cache) everything the test suite runs, with progress lines:
-    kube-apiserver, etcd and the CRDs, and Flux's source- and kustomize-controller (for the
-    GitOps tests; ``--no-flux`` skips them, e.g. for ``demo`` or ``up`` only).
+    kube-apiserver, etcd and the CRDs, the Prometheus Pushgateway (for the metrics tests), and
+    Flux's source- and kustomize-controller (for the GitOps tests; ``--no-flux`` skips them,
+    e.g. for ``demo`` or ``up`` only).
 ``python -m testenv up [--kubeconfig PATH] [--no-simulator]``
     Start a control plane and the simulator, write an admin kubeconfig to PATH (default
     ``./.testenv/kubeconfig``), and keep it running until Ctrl-C or SIGTERM; then stop it
@@ -24,7 +25,13 @@ from pathlib import Path
 from types import FrameType
 
 from testenv import demo
-from testenv.binaries import BuildError, MissingPrerequisiteError, ensure_all, ensure_flux
+from testenv.binaries import (
+    BuildError,
+    MissingPrerequisiteError,
+    ensure_all,
+    ensure_flux,
+    ensure_pushgateway,
+)
 from testenv.controlplane import ControlPlane, ControlPlaneError
 from testenv.simulator import start as start_simulator
 
@@ -80,6 +87,7 @@ def _build(*, flux: bool) -> int:
     print(f"kube-apiserver: {binaries.kube_apiserver}")
     print(f"etcd:           {binaries.etcd}")
     print(f"CRDs:           {binaries.crd_dir}")
+    print(f"pushgateway:    {ensure_pushgateway(log=print)}")
     if flux:
         controllers = ensure_flux(log=print)
         print(f"source-controller:    {controllers.source_controller}")

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 
 from reconciler.kube.client import Cluster
 from reconciler.kube.watch import Observer, State, Stream, WaitTimeout
-from reconciler.model.journal import Journal
+from reconciler.model.journal import Journal, Step
+from reconciler.model.progress import Line
 
 
 class StepFailed(Exception):
@@ -55,13 +56,30 @@ class MoveRun:
     progress: Callable[[str], None] = lambda _message: None
     stop: threading.Event = field(default_factory=threading.Event)
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Where the move is, for structured progress (set by ``machine.drive``), and who hears
+    # each finished step (the runner's Listener).
+    migration_id: str = ""
+    commit: str | None = None
+    step: str = ""
+    on_step: Callable[[Journal, Step], None] = lambda _journal, _step: None
 
     def check_stop(self) -> None:
         if self.stop.is_set():
             raise Interrupted(f"{self.namespace}/{self.vm}: stopped; the journal is kept")
 
-    def say(self, message: str) -> None:
-        self.progress(f"{self.namespace}/{self.vm}: {message}")
+    def say(self, message: str, *, volume: str | None = None) -> None:
+        """A progress line about this VM (and ``volume``), with its fields (``Line``)."""
+        self.progress(
+            Line(
+                f"{self.namespace}/{self.vm}: {message}",
+                namespace=self.namespace,
+                vm=self.vm,
+                volume=volume,
+                step=self.step,
+                migrationId=self.migration_id,
+                commit=self.commit,
+            )
+        )
 
     def seconds_left(self, journal: Journal) -> float:
         """Until the move's deadline (forward steps); a rollback gets its own budget."""

@@ -41,6 +41,7 @@ def drive(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
     step is idempotent, so the next run resumes where this one stopped).
     """
     tally = _Tally(resumed)
+    run.migration_id, run.commit = journal.id, journal.commit
     if resumed:
         run.say(
             f"resuming move {journal.id} at step {journal.step.value}"
@@ -48,6 +49,7 @@ def drive(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
         )
     while True:
         run.check_stop()
+        run.step = journal.step.value
         try:
             journal = store.write(run, journal)
         except StepFailed as failure:  # the VM was deleted
@@ -77,6 +79,7 @@ def drive(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
             journal = journal.rolled_back_because(failure.rule, failure.reason)
             continue
         tally.steps.append((journal.step.value, time.monotonic() - began))
+        run.on_step(journal, journal.step)
         failpoint.hit("after", journal.flow, journal.step)
         following = journal.next_step()
         if following is not None:

@@ -28,6 +28,7 @@ STORAGE_CLASSES = Resource("storage.k8s.io/v1", "StorageClass", "storageclasses"
 PODS = Resource("v1", "Pod", "pods")
 LEASES = Resource("coordination.k8s.io/v1", "Lease", "leases")
 EVENTS = Resource("events.k8s.io/v1", "Event", "events")
+CONFIG_MAPS = Resource("v1", "ConfigMap", "configmaps")
 STORAGE_PROFILES = Resource("cdi.kubevirt.io/v1beta1", "StorageProfile", "storageprofiles", False)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from reconciler.model.verdict import VMVerdict
+from reconciler.model.writeback import WriteBack
 
 SUCCEEDED = "Succeeded"
 ROLLED_BACK = "RolledBack"
@@ -33,6 +34,7 @@ class Outcome:
     volumes: tuple[tuple[str, str, str], ...] = ()  # (volume, source, target)
     namespace: str = ""
     vm: str = ""
+    write_back: WriteBack | None = None  # a GitOps-managed VM that moved: what to commit
 
     def of(self, namespace: str, vm: str) -> Outcome:
         return replace(self, namespace=namespace, vm=vm)
