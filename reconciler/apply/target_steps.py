@@ -39,7 +39,7 @@ def _create_targets(run: MoveRun, journal: Journal) -> Journal:
         name = str(manifest["metadata"]["name"])
         try:
             run.cluster.create(DATA_VOLUMES, run.namespace, manifest)
-            run.say(f"created DataVolume {name}")
+            run.say(f"created DataVolume {name}", volume=_volume_of(journal, name))
             continue
         except ClusterError as exc:
             if exc.code != 409:
@@ -79,7 +79,10 @@ def _adopt(run: MoveRun, journal: Journal, name: str) -> None:
             },
         ],
     )
-    run.say(f"reusing DataVolume {name} (left by an earlier attempt)")
+    run.say(
+        f"reusing DataVolume {name} (left by an earlier attempt)",
+        volume=_volume_of(journal, name),
+    )
 
 
 def _dv_failure(dv: Obj, run: MoveRun) -> str | None:
@@ -164,6 +167,11 @@ def _wait_targets(run: MoveRun, journal: Journal) -> Journal:
     return journal
 
 
+def _volume_of(journal: Journal, target: str) -> str | None:
+    """The VM volume whose destination is ``target`` (for structured progress)."""
+    return next((v.volume for v in journal.volumes if v.target == target), None)
+
+
 def _delete_targets(run: MoveRun, journal: Journal) -> Journal:
     vm = read_vm(run)
     in_use = set(claims_of(vm).values()) if vm else set()
@@ -175,7 +183,10 @@ def _delete_targets(run: MoveRun, journal: Journal) -> Journal:
         if name in in_use:  # never delete a disk the VM uses: the revert did not happen
             raise StepFailed("target-in-use", f"DataVolume {name} is still used by the VM")
         run.cluster.delete(DATA_VOLUMES, run.namespace, name)
-        run.say(f"deleted DataVolume {name} (created by this move)")
+        run.say(
+            f"deleted DataVolume {name} (created by this move)",
+            volume=_volume_of(journal, name),
+        )
     return journal
 
 
@@ -230,11 +241,11 @@ def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
                     kept[v.source] = f"still mounted by pod {', '.join(holders)}"
     for v in journal.volumes:
         if v.source in kept:
-            run.say(f"kept source {v.source}: {kept[v.source]}")
+            run.say(f"kept source {v.source}: {kept[v.source]}", volume=v.volume)
             continue
         resource = DATA_VOLUMES if v.source_is_data_volume else PVCS
         run.cluster.delete(resource, run.namespace, v.source)
-        run.say(f"deleted source {resource.kind} {v.source} (retention: Delete)")
+        run.say(f"deleted source {resource.kind} {v.source} (retention: Delete)", volume=v.volume)
     return replace(journal, sources_kept=kept)
 
 
