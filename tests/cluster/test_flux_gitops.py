@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import pykube
 import pytest
 import yaml
@@ -329,6 +330,10 @@ def apply_printed_rule(ctx: FluxVM) -> None:
     ctx.set_ignore(printed_ignore_rule(blocked_reason(report) or err))
 
 
+def live_volumes(vm: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(vm["spec"]["template"]["spec"]["volumes"])
+
+
 def flux_writes(vm: dict[str, Any]) -> tuple[int, list[str]]:
     """The VM's generation and the times of kustomize-controller's managedFields entries:
     both stay put while Flux finds no drift (status writes by KubeVirt change neither)."""
@@ -384,18 +389,12 @@ def test_with_the_printed_rule_the_vm_moves_live_and_the_write_back_converges_gi
     assert ctx.vmi()["metadata"]["uid"] == vmi_uid, "the guest never restarted"
     assert ctx.content(target) == source_hash
 
-    # The write-back: the VM's moved fields as the cluster has them now, committed to Git.
-    # (stands in for the report's write-back patch, issue 10 item 7, until that lands)
+    # The write-back the report gives, applied to the manifest in Git and committed.
+    write_back = outcome["writeBack"]
+    assert write_back["owners"] == [f"Flux Kustomization {ctx.ns}/{sync.name}"], write_back
+    written_back = jsonpatch.apply_patch(ctx.manifest, write_back["jsonPatch"])
+    assert written_back["spec"]["template"]["spec"]["volumes"] == live_volumes(ctx.vm())
     live = ctx.vm()
-    written_back = json.loads(json.dumps(ctx.manifest))
-    written_back["spec"]["template"]["spec"]["volumes"] = live["spec"]["template"]["spec"][
-        "volumes"
-    ]
-    written_back["spec"]["dataVolumeTemplates"] = [
-        {"metadata": {"name": t["metadata"]["name"]}, "spec": t["spec"]}
-        for t in live["spec"]["dataVolumeTemplates"]
-    ]
-    written_back["spec"]["updateVolumesStrategy"] = live["spec"]["updateVolumesStrategy"]
     ctx.commit(written_back, "write-back: vm-fedora moved to ceph-rbd")
     written = flux_writes(live)
 
