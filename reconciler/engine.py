@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -20,21 +21,24 @@ from typing import Any
 
 from reconciler.apply.context import Settings
 from reconciler.apply.lease import Lease
-from reconciler.apply.runner import Listener, Options, Runner, Silent
+from reconciler.apply.runner import Listener, Options, Runner
 from reconciler.diff.judge import diff
 from reconciler.kube import resources
 from reconciler.kube.client import Cluster, load_client
 from reconciler.model import journal as journals
 from reconciler.model import names
 from reconciler.model.errors import ClusterError, Problem, UserError
-from reconciler.model.journal import Journal, LastMigration
+from reconciler.model.journal import Journal, LastMigration, Step
 from reconciler.model.live import Snapshot
 from reconciler.model.manifests import VMManifests
-from reconciler.model.outcome import ApplyReport
+from reconciler.model.outcome import ApplyReport, Outcome
 from reconciler.model.plan import Plan
+from reconciler.model.progress import tagged
 from reconciler.model.verdict import Action, VMVerdict
 from reconciler.observe.fetch import fetch
 from reconciler.plans.load import load_plans
+from reconciler.publish.metrics import JOB, Metrics
+from reconciler.publish.reporting import Reporting
 from reconciler.render.move import RenderedVM, render_vm
 from reconciler.render.sandbox import TemplateSet, load_templates
 from reconciler.render.targets import Targets, check_distinct_targets, plan_targets
@@ -266,10 +270,20 @@ def apply(
     commit: str | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     listener: Listener | None = None,
+    run_id: str | None = None,
+    metrics: Metrics | None = None,
+    pushgateway: str | None = None,
+    pushgateway_job: str = JOB,
 ) -> ApplyReport:
     """Load the plans, take the Lease, and run ``apply.runner``: open journals first, then new
     moves one VM at a time. Raises ``UserError`` (bad input, found before anything is written),
-    ``LockHeld`` (another run holds the Lease: nothing changed) and ``ClusterError``."""
+    ``LockHeld`` (another run holds the Lease: nothing changed) and ``ClusterError``.
+
+    Reporting (``reconciler.publish``): Events on each VM as the run goes (``listener``, if
+    given, hears the run too); at the end, also when the run stops on an error, the status
+    ConfigMap in ``lease_namespace`` and the metrics: recorded into ``metrics`` (the loop's,
+    served on /metrics) and pushed to ``pushgateway`` as job ``pushgateway_job``."""
+    progress = tagged(progress, commit=commit)  # JSON logs: every line names the commit
     plans = require_plans(
         load_plans(paths, allowed_namespaces=allowed_namespaces, namespace=namespace), paths
     )
@@ -278,15 +292,27 @@ def apply(
     stop = stop or threading.Event()
     lease = Lease(cluster, lease_namespace, holder, lost=stop, now=now)
     lease.acquire()
+    reporting = Reporting(
+        cluster,
+        run_id=run_id or uuid.uuid4().hex[:12],
+        holder=holder,
+        status_namespace=lease_namespace,
+        metrics=metrics,
+        pushgateway=pushgateway,
+        job=pushgateway_job,
+        now=now,
+        warn=progress,
+    )
+    runner: Runner | None = None
     try:
         options = Options(
             max_vms=max_vms,
             commit=commit,
             settings=settings or Settings(),
             now=now,
-            listener=listener or Silent(),
+            listener=_Both(reporting.listener, listener) if listener else reporting.listener,
         )
-        return Runner(
+        runner = Runner(
             cluster,
             plans,
             templates,
@@ -294,9 +320,39 @@ def apply(
             progress=progress,
             stop=stop,
             allowed_namespaces=allowed_namespaces,
-        ).run()
+        )
+        report = runner.run()
+        reporting.finish(report)
+        return report
+    except BaseException as exc:
+        partial = ApplyReport(outcomes=tuple(runner.outcomes if runner else ()), commit=commit)
+        reporting.finish(partial, error=f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         lease.release()
+
+
+class _Both:
+    """Two Listeners in one (the publisher, and the caller's)."""
+
+    def __init__(self, first: Listener, second: Listener) -> None:
+        self.listeners = (first, second)
+
+    def move_started(self, namespace: str, vm: str, journal: Journal, resumed: bool) -> None:
+        for listener in self.listeners:
+            listener.move_started(namespace, vm, journal, resumed)
+
+    def step_done(self, namespace: str, vm: str, journal: Journal, step: Step) -> None:
+        for listener in self.listeners:
+            listener.step_done(namespace, vm, journal, step)
+
+    def move_finished(self, outcome: Outcome) -> None:
+        for listener in self.listeners:
+            listener.move_finished(outcome)
+
+    def vm_blocked(self, verdict: VMVerdict) -> None:
+        for listener in self.listeners:
+            listener.vm_blocked(verdict)
 
 
 StatusEntry = tuple[str, str, Journal | None, LastMigration | None, str]

@@ -14,7 +14,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -23,20 +23,23 @@ from reconciler.apply.context import MoveRun, Settings
 from reconciler.apply.machine import drive
 from reconciler.apply.store import annotations_of
 from reconciler.apply.vm_steps import run_strategy_of
+from reconciler.diff.git_owners import git_owners
 from reconciler.diff.judge import diff
 from reconciler.kube.client import Cluster
 from reconciler.kube.resources import VIRTUAL_MACHINES, VMIS
 from reconciler.model import journal as journals
-from reconciler.model.errors import PlanError, TemplateError
-from reconciler.model.journal import Journal
+from reconciler.model.errors import ClusterError, PlanError, TemplateError
+from reconciler.model.journal import Journal, Step
 from reconciler.model.names import JOURNAL_ANNOTATION
-from reconciler.model.outcome import FAILED, ROLLED_BACK, ApplyReport, Outcome
+from reconciler.model.outcome import FAILED, ROLLED_BACK, SUCCEEDED, ApplyReport, Outcome
 from reconciler.model.plan import Plan
 from reconciler.model.verdict import Action, VMVerdict
 from reconciler.model.windows import window_open
 from reconciler.observe.fetch import fetch
+from reconciler.observe.parse import parse_vm
 from reconciler.render.move import render_vm
 from reconciler.render.sandbox import TemplateSet
+from reconciler.report.writeback import write_back
 
 log = logging.getLogger(__name__)
 MOVES = (Action.MOVE_LIVE, Action.MOVE_OFFLINE)
@@ -49,6 +52,9 @@ class Listener(Protocol):
 
     def move_started(self, namespace: str, vm: str, journal: Journal, resumed: bool) -> None: ...
 
+    def step_done(self, namespace: str, vm: str, journal: Journal, step: Step) -> None:
+        """``step`` of the move (or of its rollback) finished; ``journal`` as it left it."""
+
     def move_finished(self, outcome: Outcome) -> None: ...
 
     def vm_blocked(self, verdict: VMVerdict) -> None: ...
@@ -58,6 +64,9 @@ class Silent:
     """The default ``Listener``: hears nothing."""
 
     def move_started(self, namespace: str, vm: str, journal: Journal, resumed: bool) -> None:
+        return None
+
+    def step_done(self, namespace: str, vm: str, journal: Journal, step: Step) -> None:
         return None
 
     def move_finished(self, outcome: Outcome) -> None:
@@ -120,13 +129,31 @@ class Runner:
             progress=self.progress,
             stop=self.stop,
             now=self.options.now,
+            on_step=lambda journal, step: _safely(
+                self.options.listener.step_done, namespace, vm, journal, step
+            ),
         )
 
     def _record(self, outcome: Outcome) -> None:
+        if outcome.result == SUCCEEDED:
+            outcome = self._with_write_back(outcome)
         self.outcomes.append(outcome)
         _safely(self.options.listener.move_finished, outcome)
         failed = outcome.result in (FAILED, ROLLED_BACK)
         self._consecutive_failures = self._consecutive_failures + 1 if failed else 0
+
+    def _with_write_back(self, outcome: Outcome) -> Outcome:
+        """A moved VM that Argo CD or Flux applies from Git: the outcome with the change to
+        commit to its manifest (``report.writeback``). One GET; reporting never fails a move."""
+        try:
+            vm = self.cluster.get(VIRTUAL_MACHINES, outcome.namespace, outcome.vm)
+            owners = git_owners(parse_vm(vm)) if vm is not None else ()
+            if vm is None or not owners:
+                return outcome
+            return replace(outcome, write_back=write_back(vm, outcome.volumes, owners))
+        except (ClusterError, ValueError) as exc:
+            log.warning("%s/%s: no write-back: %s", outcome.namespace, outcome.vm, exc)
+            return outcome
 
     def _tripped(self) -> bool:
         return self._consecutive_failures >= self.options.breaker

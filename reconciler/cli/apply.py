@@ -21,6 +21,7 @@ from reconciler.cli.common import (
     add_cluster_options,
     add_command,
     add_plan_inputs,
+    add_reporting_options,
     allowed_namespaces,
     progress,
 )
@@ -44,6 +45,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_plan_inputs(parser)
     add_cluster_options(parser)
+    add_reporting_options(parser)
     parser.add_argument(
         "-o",
         "--output",
@@ -143,6 +145,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
                 settings=settings,
                 progress=functools.partial(progress, err),
                 stop=stop,
+                run_id=getattr(args, "run_id", None),
+                pushgateway=args.pushgateway,
+                pushgateway_job=args.pushgateway_job,
             )
         except LockHeld as exc:
             err.write(f"error: {exc}; nothing was changed\n")

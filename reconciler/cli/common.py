@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from typing import TextIO
 
 from reconciler.model.errors import Problem, UserError
+from reconciler.model.progress import fields_of
 from reconciler.model.text import shown
+from reconciler.report.logs import KEYS, level_of, log_line
 
 PROG = "vm-storage-reconciler"
 
@@ -53,7 +57,32 @@ def add_command(
         action="store_true",
         help="log every request and stage to stderr (standard logging, level DEBUG)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="stderr as text (default) or JSON lines: one object per line with time, level, "
+        "msg, runId, commit, namespace, vm, volume, step, migrationId (warnings of the "
+        "standard logging module included)",
+    )
     return parser
+
+
+def add_reporting_options(parser: argparse.ArgumentParser) -> None:
+    """Where a run's metrics go besides the status ConfigMap and the Events (apply, run)."""
+    parser.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        default=os.environ.get("VMSR_PUSHGATEWAY") or None,
+        help="push the run's Prometheus metrics to this Pushgateway at the end of the run "
+        "(default: $VMSR_PUSHGATEWAY; none)",
+    )
+    parser.add_argument(
+        "--pushgateway-job",
+        metavar="JOB",
+        default="vm-storage-reconciler",
+        help="the job label of the push (default: vm-storage-reconciler)",
+    )
 
 
 def add_plan_inputs(parser: argparse.ArgumentParser) -> None:
@@ -114,20 +143,103 @@ def _blank(what: str, hint: str) -> UserError:
 
 
 def progress(err: TextIO, message: str) -> None:
-    """Progress for people goes to stderr, so stdout stays clean for -o json."""
+    """Progress for people goes to stderr, so stdout stays clean for -o json. A ``Line``'s
+    fields reach JSON logs as keys (``JsonLines``)."""
+    if isinstance(err, JsonLines):
+        err.record(message)
+        return
     err.write(message + "\n")
     err.flush()
 
 
-def configure_logging(debug: bool, stream: TextIO | None = None) -> logging.Handler | None:
+class JsonLines(io.TextIOBase):
+    """stderr under ``--log-format json``: whatever is written to it (progress, errors,
+    hints) leaves as one JSON object per line (``report.logs``). ``fields`` (``runId``,
+    ``commit``) go on every line; a commit named by a progress line sticks for later ones.
+    A line opening with ``error:`` or ``warning:`` gets that level; an indented line (a hint
+    under an error) the level of the line before."""
+
+    def __init__(self, stream: TextIO, **fields: str | None) -> None:
+        super().__init__()
+        self.stream = stream
+        self.fields: dict[str, str | None] = dict(fields)
+        self._pending = ""
+        self._level = "info"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self.record(line)
+        return len(text)
+
+    def record(self, message: str, level: str | None = None) -> None:
+        fields = fields_of(message)
+        if fields.get("commit"):
+            self.fields["commit"] = fields["commit"]
+        text = str(message)
+        if level is None:
+            found = level_of(text)
+            if found is not None:
+                level, text = found
+            elif text.startswith((" ", "\t")):
+                level, text = self._level, text.strip()
+            else:
+                level = "info"
+        self._level = level
+        merged = {**self.fields, **fields}
+        self.stream.write(
+            log_line(time=datetime.now(UTC), level=level, message=text, fields=merged) + "\n"
+        )
+        self.stream.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            line, self._pending = self._pending, ""
+            self.record(line)
+        self.stream.flush()
+
+
+class JsonFormatter(logging.Formatter):
+    """Log records as ``report.logs`` JSON lines; structured fields from ``extra=``."""
+
+    def __init__(self, **fields: str | None) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        extra = {k: getattr(record, k) for k in KEYS if isinstance(getattr(record, k, None), str)}
+        return log_line(
+            time=datetime.fromtimestamp(record.created, UTC),
+            level=record.levelname.lower(),
+            message=message,
+            fields={**self.fields, **extra},
+            logger=record.name,
+        )
+
+
+def configure_logging(
+    debug: bool, stream: TextIO | None = None, *, log_format: str = "text", run_id: str = ""
+) -> logging.Handler | None:
     """With ``debug``, the ``reconciler`` loggers write DEBUG and up to ``stream`` (stderr);
-    without it they stay silent (a NullHandler), so what users see on stderr is unchanged.
+    without it they stay silent (a NullHandler), so what users see on stderr is unchanged;
+    with ``log_format`` json, WARNING and up (DEBUG with ``debug``) as JSON lines.
     Returns the handler added, for the caller to remove (tests run many commands)."""
     logger = logging.getLogger("reconciler")
-    if not debug:
+    if not debug and log_format != "json":
         return None
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("debug: %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(runId=run_id or None))
+        handler.setLevel(logging.DEBUG if debug else logging.WARNING)
+    else:
+        handler.setFormatter(logging.Formatter("debug: %(name)s: %(message)s"))
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     return handler

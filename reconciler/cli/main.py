@@ -19,11 +19,12 @@ import logging
 import os
 import sys
 import traceback
+import uuid
 from collections.abc import Iterator, Sequence
-from typing import TextIO
+from typing import TextIO, cast
 
 from reconciler.cli import apply, plan, status, validate
-from reconciler.cli.common import EXIT_CODES, PROG, configure_logging
+from reconciler.cli.common import EXIT_CODES, PROG, JsonLines, configure_logging
 from reconciler.kube.client import clients_loaded
 from reconciler.model.errors import ClusterError, ExitCode, UserError
 from reconciler.model.text import clean
@@ -73,7 +74,8 @@ def _without_cycle_collection() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (never raises for user or cluster errors)."""
     args = build_parser().parse_args(argv)
-    handler = configure_logging(args.debug)
+    args.run_id = uuid.uuid4().hex[:12]  # in JSON logs, Events, the status ConfigMap
+    handler = configure_logging(args.debug, log_format=args.log_format, run_id=args.run_id)
     try:
         with _without_cycle_collection():
             return _run(args)
@@ -85,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     out: TextIO = sys.stdout if sys.stdout is not None else open(os.devnull, "w")  # noqa: SIM115
     err: TextIO = sys.stderr if sys.stderr is not None else open(os.devnull, "w")  # noqa: SIM115
+    if args.log_format == "json":
+        err = cast(TextIO, JsonLines(err, runId=args.run_id))
     loaded = clients_loaded()
     try:
         try:

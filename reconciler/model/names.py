@@ -15,6 +15,11 @@ OUR_PREFIX = "vmstorage.dev"
 JOURNAL_ANNOTATION = "vmstorage.dev/journal"  # an open move of ours (on the VM)
 LAST_MIGRATION_ANNOTATION = "vmstorage.dev/last-migration"  # the last move's result (on the VM)
 MIGRATION_LABEL = "vmstorage.dev/migration"  # on every DataVolume a move creates: the move's id
+# On our Events (reconciler.publish.events); MIGRATION_LABEL there too.
+RULE_LABEL = "vmstorage.dev/rule"  # the rule id behind the Event (blocking rule, rollback cause)
+RULES_ANNOTATION = "vmstorage.dev/rules"  # every rule id of a blocked VM, comma-separated
+RUN_LABEL = "vmstorage.dev/run"  # the run's id (also in JSON logs and the status ConfigMap)
+COMMIT_ANNOTATION = "vmstorage.dev/commit"  # the plans' commit
 SOURCE_CLAIM_ANNOTATION = "vmstorage.dev/source-claim"  # on a destination: the claim it copies
 VM_LABEL = "vmstorage.dev/vm"
 PLAN_LABEL = "vmstorage.dev/plan"

@@ -11,6 +11,7 @@ from reconciler.model.outcome import ApplyReport, Outcome
 from reconciler.model.verdict import Action
 from reconciler.report.documents import vm_doc
 from reconciler.report.text import table
+from reconciler.report.writeback import write_back_doc, write_back_text
 
 API_VERSION = "vmstorage.dev/v1alpha1"
 
@@ -30,6 +31,7 @@ def _outcome_doc(o: Outcome) -> dict[str, Any]:
         "commit": o.commit,
         "volumes": [{"volume": v, "source": s, "target": t} for v, s, t in o.volumes],
         "steps": [{"step": s, "seconds": round(t, 3)} for s, t in o.steps],
+        "writeBack": write_back_doc(o.write_back) if o.write_back else None,
     }
 
 
@@ -76,6 +78,8 @@ def apply_text(report: ApplyReport) -> str:
         rows = [[v, s, "->", t] for v, s, t in o.volumes]
         if rows:
             lines.append(table(rows, indent="  ").rstrip("\n"))
+        if o.write_back:
+            lines.append(write_back_text(o.write_back).rstrip("\n"))
     for verdict in report.verdicts:
         if verdict.action is Action.BLOCKED:
             lines.append(f"VM {verdict.namespace}/{verdict.name}: blocked (see `plan`)")

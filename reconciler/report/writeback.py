@@ -142,7 +142,7 @@ def write_back_yaml(wb: WriteBack) -> str:
         lines.append("  dataVolumeTemplates:")
         for v in templated:
             lines += [
-                f"    - metadata:  # entry {v.template_index}",
+                f"    - metadata:  # dataVolumeTemplates[{v.template_index}]",
                 f"        name: {v.target}  # was: {v.source}",
             ]
             if v.storage_class:
@@ -154,7 +154,7 @@ def write_back_yaml(wb: WriteBack) -> str:
     lines += ["  template:", "    spec:", "      volumes:"]
     for v in sorted(wb.volumes, key=lambda v: v.index):
         lines += [
-            f"        - name: {v.volume}  # entry {v.index}",
+            f"        - name: {v.volume}  # volumes[{v.index}]",
             f"          {v.claim_field}:",
             f"            {v.claim_key}: {v.target}  # was: {v.source}",
         ]

@@ -1,0 +1,174 @@
+"""Prometheus metrics of the last run (prometheus-client): pushed to a Pushgateway at the end of
+each run (``--pushgateway URL``, the convention for batch jobs), or served on ``/metrics`` by the
+long-running loop (``serve(port)``).
+
+Every metric describes the **last run** (gauges, replaced as a whole by each run), so a
+CronJob's push and a loop's scrape mean the same thing; a push replaces the job's whole group
+(HTTP PUT), so a VM that is no longer blocked or moving does not linger as a stale series.
+``vmsr_last_success_timestamp_seconds`` survives failed runs all the same: it is carried
+forward through the status ConfigMap (``status``), as the Pushgateway documentation advises
+for batch jobs.
+
+========================================  ================================================
+metric (labels)                           meaning
+========================================  ================================================
+vmsr_volumes_out_of_sync                  volumes not on their plan's class after the run
+  (namespace, from_class, to_class)         (to move, blocked or in progress)
+vmsr_run_migrations (result, flow)        VMs the run acted on, by Succeeded, RolledBack,
+                                            Failed, Interrupted and live/offline
+vmsr_blocked_vms (namespace, rule)        blocked VMs by rule id (a VM counts once per
+                                            rule that blocks it)
+vmsr_pending_vms (reason)                 VMs left for a later run: max-vms (or the
+                                            breaker, or a stop), window
+vmsr_vm_move_duration_seconds             seconds each VM's move took in the run
+  (namespace, vm, flow, result)
+vmsr_last_run_timestamp_seconds           when the last run ended (Unix time)
+vmsr_last_run_duration_seconds            how long it took
+vmsr_last_run_success                     1 when it succeeded (no VM failed, no error)
+vmsr_last_success_timestamp_seconds       when a run last succeeded (0: never)
+========================================  ================================================
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, start_http_server
+
+from reconciler.model.outcome import FAILED, INTERRUPTED, ROLLED_BACK, SUCCEEDED, ApplyReport
+from reconciler.model.verdict import Action, Effect
+
+JOB = "vm-storage-reconciler"
+RESULTS = (SUCCEEDED, ROLLED_BACK, FAILED, INTERRUPTED)
+FLOWS = ("live", "offline")
+PUSH_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the metrics say about one run besides its report."""
+
+    finished: float  # Unix time
+    seconds: float
+    succeeded: bool
+    last_success: float | None  # Unix time of the last successful run (this one included)
+
+
+def out_of_sync(report: ApplyReport) -> Counter[tuple[str, str, str]]:
+    """(namespace, from class, to class) -> volumes not on their target after the run: every
+    volume judged out of sync at the start, less those of the VMs that moved. Pure."""
+    moved = {(o.namespace, o.vm) for o in report.outcomes if o.result == SUCCEEDED}
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for verdict in report.verdicts:
+        if (verdict.namespace, verdict.name) in moved:
+            continue
+        for volume in verdict.volumes:
+            if volume.action is not Action.IN_SYNC:
+                counts[(verdict.namespace, volume.from_class or "", volume.to_class)] += 1
+    return counts
+
+
+def blocked_by_rule(report: ApplyReport) -> Counter[tuple[str, str]]:
+    """(namespace, rule) -> blocked VMs that rule blocks (notes left out). Pure."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for verdict in report.verdicts:
+        if verdict.action is not Action.BLOCKED:
+            continue
+        rules = {f.rule for f in verdict.findings if f.effect is not Effect.NOTE}
+        for rule in rules or {"unknown"}:
+            counts[(verdict.namespace, rule)] += 1
+    return counts
+
+
+class Metrics:
+    """The run's metrics in their own registry (one per run for a push; one for the whole
+    process when served)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.server: Any = None
+
+        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+            return Gauge(name, doc, list(labels), registry=self.registry)
+
+        self.out_of_sync = gauge(
+            "vmsr_volumes_out_of_sync",
+            "Volumes not on their plan's StorageClass after the last run",
+            ("namespace", "from_class", "to_class"),
+        )
+        self.migrations = gauge(
+            "vmsr_run_migrations", "VMs the last run acted on, by result", ("result", "flow")
+        )
+        self.blocked = gauge(
+            "vmsr_blocked_vms", "Blocked VMs by the rule that blocks them", ("namespace", "rule")
+        )
+        self.pending = gauge("vmsr_pending_vms", "VMs left for a later run, by why", ("reason",))
+        self.duration = gauge(
+            "vmsr_vm_move_duration_seconds",
+            "Seconds each VM's move took in the last run",
+            ("namespace", "vm", "flow", "result"),
+        )
+        self.last_run = gauge("vmsr_last_run_timestamp_seconds", "When the last run ended")
+        self.run_seconds = gauge("vmsr_last_run_duration_seconds", "How long the last run took")
+        self.run_success = gauge(
+            "vmsr_last_run_success", "1 when the last run succeeded (no VM failed, no error)"
+        )
+        self.last_success = gauge(
+            "vmsr_last_success_timestamp_seconds", "When a run last succeeded (0: never)"
+        )
+
+    def record(self, report: ApplyReport | None, facts: RunFacts) -> None:
+        """Replace every series with what ``report`` says (None: the run stopped before it
+        had one; only the run's own facts are known)."""
+        for family in (self.out_of_sync, self.migrations, self.blocked, self.pending):
+            family.clear()
+        self.duration.clear()
+        self.last_run.set(facts.finished)
+        self.run_seconds.set(round(facts.seconds, 3))
+        self.run_success.set(1 if facts.succeeded else 0)
+        self.last_success.set(facts.last_success or 0)
+        if report is None:
+            return
+        for result in RESULTS:
+            for flow in FLOWS:
+                self.migrations.labels(result=result, flow=flow).set(0)
+        for outcome in report.outcomes:
+            flow = outcome.flow or "unknown"
+            self.migrations.labels(result=outcome.result, flow=flow).inc()
+            if outcome.vm:
+                self.duration.labels(
+                    namespace=outcome.namespace, vm=outcome.vm, flow=flow, result=outcome.result
+                ).set(round(outcome.seconds, 3))
+        for (namespace, source, target), count in out_of_sync(report).items():
+            self.out_of_sync.labels(namespace=namespace, from_class=source, to_class=target).set(
+                count
+            )
+        for (namespace, rule), count in blocked_by_rule(report).items():
+            self.blocked.labels(namespace=namespace, rule=rule).set(count)
+        self.pending.labels(reason="max-vms").set(len(report.pending))
+        self.pending.labels(reason="window").set(len(report.outside_window))
+
+    def push(self, url: str, job: str = JOB, *, timeout: float = PUSH_TIMEOUT) -> None:
+        """PUT the registry to the Pushgateway at ``url`` as group ``job`` (replacing the
+        previous push). Raises OSError when the gateway cannot be reached or refuses."""
+        push_to_gateway(url, job=job, registry=self.registry, timeout=timeout)
+
+    def close(self) -> None:
+        """Stop serving (``serve``)."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def serve(port: int, addr: str = "0.0.0.0", metrics: Metrics | None = None) -> Metrics:
+    """Serve ``/metrics`` on ``addr:port`` from a thread (the loop mode); the ``Metrics`` to
+    pass to every cycle's ``engine.apply(metrics=...)``. ``port`` 0 picks a free port: see
+    ``metrics.server.server_port``."""
+    metrics = metrics or Metrics()
+    server, _thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    metrics.server = server
+    return metrics

@@ -1,0 +1,104 @@
+"""One run's reporting, as the engine composes it: the ``Listener`` that sends Events while the
+run goes, and ``finish`` at its end, which writes the status ConfigMap and records (and pushes)
+the metrics, whether the run ended with a report or stopped on an error.
+
+Reporting never changes the run's outcome: a refused Event, an unwritable ConfigMap or an
+unreachable Pushgateway is a ``warning:`` progress line (and a log record), not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from reconciler.kube.client import Cluster
+from reconciler.model.errors import ClusterError
+from reconciler.model.outcome import ApplyReport
+from reconciler.publish.events import Events
+from reconciler.publish.metrics import JOB, Metrics, RunFacts
+from reconciler.publish.publisher import Publisher
+from reconciler.publish.status import (
+    STATUS_NAME,
+    SUCCEEDED,
+    read_last_success,
+    run_result,
+    status_document,
+    write_status,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Reporting:
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        run_id: str,
+        holder: str,
+        status_namespace: str,
+        metrics: Metrics | None = None,
+        pushgateway: str | None = None,
+        job: str = JOB,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        warn: Callable[[str], None] = lambda _message: None,
+    ) -> None:
+        """``metrics``: a long-lived ``Metrics`` (the loop's, served on /metrics); without it
+        and with ``pushgateway``, a fresh one for this run."""
+        self.cluster = cluster
+        self.run_id = run_id
+        self.holder = holder
+        self.namespace = status_namespace
+        self.pushgateway = pushgateway
+        self.job = job
+        self.metrics = metrics if metrics is not None else (Metrics() if pushgateway else None)
+        self.now = now
+        self.warn = warn
+        self.events = Events(cluster, holder=holder, run_id=run_id, now=now, warn=warn)
+        self.listener = Publisher(self.events, status_where=f"{status_namespace}/{STATUS_NAME}")
+        self.started = now()
+        self._clock = time.monotonic()
+
+    def finish(self, report: ApplyReport | None, error: str = "") -> None:
+        """The status ConfigMap and the metrics for the run that ended with ``report`` (None,
+        or a partial one, and ``error`` when it stopped on an exception)."""
+        finished = self.now()
+        seconds = time.monotonic() - self._clock
+        succeeded = run_result(report, error) == SUCCEEDED
+        previous: datetime | None = None
+        try:
+            previous = read_last_success(self.cluster, self.namespace)
+        except ClusterError as exc:
+            log.warning("cannot read the status ConfigMap: %s", exc)
+        last_success = finished if succeeded else previous
+        document = status_document(
+            report,
+            run_id=self.run_id,
+            holder=self.holder,
+            started=self.started,
+            finished=finished,
+            error=error,
+            last_success=last_success,
+        )
+        try:
+            write_status(self.cluster, self.namespace, document)
+        except ClusterError as exc:
+            self.warn(f"warning: the status ConfigMap was not written: {exc}")
+        if self.metrics is None:
+            return
+        self.metrics.record(
+            report,
+            RunFacts(
+                finished=finished.timestamp(),
+                seconds=seconds,
+                succeeded=succeeded,
+                last_success=last_success.timestamp() if last_success else None,
+            ),
+        )
+        if self.pushgateway:
+            try:
+                self.metrics.push(self.pushgateway, self.job)
+            except (OSError, ValueError) as exc:
+                self.warn(f"warning: metrics not pushed to {self.pushgateway}: {exc}")
