@@ -273,3 +273,24 @@ def test_the_last_success_survives_a_run_that_fails(
     assert got[("vmsr_last_run_success", ())] == 0
     assert got[("vmsr_last_run_timestamp_seconds", ())] == clock[1].timestamp()
     assert not [k for k in got if k[0] == "vmsr_run_migrations"], "the push replaced the group"
+
+
+def test_an_unreachable_pushgateway_is_a_warning_not_a_failed_run(
+    api: pykube.HTTPClient, namespace: str
+) -> None:
+    warnings: list[str] = []
+    reporting = Reporting(
+        Cluster(api),
+        run_id="r",
+        holder="test",
+        status_namespace=namespace,
+        pushgateway="http://127.0.0.1:9",  # discard port: nothing listens
+        warn=warnings.append,
+    )
+
+    reporting.finish(ApplyReport())
+
+    (warning,) = warnings
+    assert warning.startswith("warning: metrics not pushed to http://127.0.0.1:9")
+    data = get_json(api, "v1", namespace, f"configmaps/{STATUS_NAME}")["data"]
+    assert data["result"] == "Succeeded", "the status is written all the same"
