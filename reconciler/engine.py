@@ -23,6 +23,7 @@ from reconciler.apply.context import Settings
 from reconciler.apply.lease import Lease
 from reconciler.apply.runner import Listener, Options, Runner
 from reconciler.diff.judge import diff
+from reconciler.gitsource import GitSpec, PlanSource, resolve
 from reconciler.kube import resources
 from reconciler.kube.client import Cluster, load_client
 from reconciler.model import journal as journals
@@ -77,6 +78,7 @@ class PlanResult:
     observe_seconds: float
     dry_run_errors: tuple[str, ...] = ()
     server_dry_run: bool = field(default=False)
+    commit: str | None = None  # the plans' commit (plan_source), when known
 
     @property
     def converged(self) -> bool:
@@ -109,6 +111,7 @@ def plan(
     server_dry_run: bool = False,
     progress: Progress = _quiet,
     now: datetime | None = None,
+    git: GitSpec | None = None,
 ) -> PlanResult:
     """Load the plans under ``paths``, observe the cluster, diff and render; change nothing.
 
@@ -116,10 +119,12 @@ def plan(
     what keeps a preview of thousands of VMs fast); ``server_dry_run`` implies them and sends
     each with ``dryRun=All``. Raises ``UserError`` for bad plans, templates, kubeconfig or
     conflicts, ``ClusterError`` when the cluster cannot be observed. ``namespace`` is ``-n``
-    (``load_plans``).
+    (``load_plans``). ``git``: the plans are fetched from there (``plan_source``).
     """
+    source = plan_source(paths, git, progress)
     plans = require_plans(
-        load_plans(paths, allowed_namespaces=allowed_namespaces, namespace=namespace), paths
+        load_plans(source.paths, allowed_namespaces=allowed_namespaces, namespace=namespace),
+        source.paths,
     )
     templates = load_templates(templates_dir)
     cluster = Cluster(load_client(kubeconfig, context))
@@ -157,7 +162,32 @@ def plan(
         observe_seconds=observed,
         dry_run_errors=tuple(errors),
         server_dry_run=server_dry_run,
+        commit=source.commit,
     )
+
+
+def plan_source(
+    paths: Sequence[str | Path], git: GitSpec | None = None, progress: Progress = _quiet
+) -> PlanSource:
+    """Where the plans are and which commit they come from: ``git`` fetched into its cache
+    (then ``paths`` must be empty), else ``paths`` as given with the HEAD of the repository
+    holding them (``reconciler.gitsource``). Raises ``UserError`` (no paths, bad ref or path)
+    and ``GitError`` (the remote could not be fetched: exit 6)."""
+    if git is None and not paths:
+        raise UserError(
+            [
+                Problem(
+                    None,
+                    "no plans given",
+                    "pass plan files or directories, or --git-repo URL (with --git-ref, "
+                    "--git-path)",
+                )
+            ]
+        )
+    source = resolve(paths, git, progress=progress)
+    for note in source.notes:
+        progress(f"note: {note}")
+    return source
 
 
 def require_plans(plans: tuple[Plan, ...], paths: Sequence[str | Path]) -> tuple[Plan, ...]:
@@ -270,6 +300,7 @@ def apply(
     commit: str | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     listener: Listener | None = None,
+    git: GitSpec | None = None,
     run_id: str | None = None,
     metrics: Metrics | None = None,
     pushgateway: str | None = None,
@@ -279,13 +310,19 @@ def apply(
     moves one VM at a time. Raises ``UserError`` (bad input, found before anything is written),
     ``LockHeld`` (another run holds the Lease: nothing changed) and ``ClusterError``.
 
+    ``git`` fetches the plans first (``plan_source``); ``commit`` (else the plans' commit, when
+    they are in a repository) goes into every new journal and the report.
+
     Reporting (``reconciler.publish``): Events on each VM as the run goes (``listener``, if
     given, hears the run too); at the end, also when the run stops on an error, the status
     ConfigMap in ``lease_namespace`` and the metrics: recorded into ``metrics`` (the loop's,
     served on /metrics) and pushed to ``pushgateway`` as job ``pushgateway_job``."""
+    source = plan_source(paths, git, progress)
+    commit = commit or source.commit
     progress = tagged(progress, commit=commit)  # JSON logs: every line names the commit
     plans = require_plans(
-        load_plans(paths, allowed_namespaces=allowed_namespaces, namespace=namespace), paths
+        load_plans(source.paths, allowed_namespaces=allowed_namespaces, namespace=namespace),
+        source.paths,
     )
     templates = load_templates(templates_dir)
     cluster = Cluster(load_client(kubeconfig, context))

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from reconciler.apply.begin import first_journal
-from reconciler.apply.context import MoveRun, Settings
+from reconciler.apply.context import Interrupted, MoveRun, Settings
 from reconciler.apply.machine import drive
 from reconciler.apply.store import annotations_of
 from reconciler.apply.vm_steps import run_strategy_of
@@ -31,7 +31,14 @@ from reconciler.model import journal as journals
 from reconciler.model.errors import ClusterError, PlanError, TemplateError
 from reconciler.model.journal import Journal, Step
 from reconciler.model.names import JOURNAL_ANNOTATION
-from reconciler.model.outcome import FAILED, ROLLED_BACK, SUCCEEDED, ApplyReport, Outcome
+from reconciler.model.outcome import (
+    FAILED,
+    INTERRUPTED,
+    ROLLED_BACK,
+    SUCCEEDED,
+    ApplyReport,
+    Outcome,
+)
 from reconciler.model.plan import Plan
 from reconciler.model.verdict import Action, VMVerdict
 from reconciler.model.windows import window_open
@@ -174,6 +181,10 @@ class Runner:
             if verdict.action not in MOVES:
                 continue
             key = f"{verdict.namespace}/{verdict.name}"
+            if self.stop.is_set():
+                stopped_early = stopped_early or _STOPPED
+                pending.append(key)
+                continue
             if self._tripped():
                 stopped_early = stopped_early or (
                     f"{self.options.breaker} VMs failed in a row: stopping before the rest"
@@ -207,7 +218,8 @@ class Runner:
         )
 
     def _resume_open_moves(self) -> None:
-        """Every VM with a journal, in order: finish or roll back its move first."""
+        """Every VM with a journal, in order: finish or roll back its move first (whatever
+        commit of the plans started it: the journal holds all the move needs)."""
         for namespace in self.namespaces:
             vms = self.cluster.list_objects(VIRTUAL_MACHINES, namespace)
             for vm in sorted(vms, key=lambda o: str(o["metadata"]["name"])):
@@ -231,8 +243,17 @@ class Runner:
                         )
                     )
                     continue
+                if self.stop.is_set():
+                    return
+                run = self._run_for(namespace, name)
+                if journal.commit and journal.commit != self.options.commit:
+                    run.say(
+                        f"move {journal.id} was started at commit {journal.commit[:12]} of the "
+                        f"plans (this run: {(self.options.commit or 'unknown')[:12]}): "
+                        "finishing it first"
+                    )
                 _safely(self.options.listener.move_started, namespace, name, journal, True)
-                self._record(drive(self._run_for(namespace, name), journal, resumed=True))
+                self._record(_drive(run, journal, resumed=True))
 
     def _move(self, namespace: str, name: str) -> Outcome | None:
         """Judge ``namespace/name`` again on a fresh look at its namespace and, if it still
@@ -288,4 +309,29 @@ class Runner:
             + ", ".join(f"{v.volume} {v.from_class} -> {v.to_class}" for v in journal.volumes)
         )
         _safely(self.options.listener.move_started, namespace, name, journal, False)
-        return drive(run, journal)
+        return _drive(run, journal)
+
+
+_STOPPED = "stopped (SIGTERM, or the Lease was lost): the rest is left for the next run"
+
+
+def _drive(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
+    """``machine.drive``; a stop (SIGTERM, a lost Lease) is an ``Interrupted`` outcome with the
+    journal kept as written, for the next run to resume."""
+    try:
+        return drive(run, journal, resumed=resumed)
+    except Interrupted:
+        run.say(f"stopped; move {journal.id} stays journaled for the next run")
+        return Outcome(
+            migration_id=journal.id,
+            plan=journal.plan,
+            flow=journal.flow.value,
+            result=INTERRUPTED,
+            rule="interrupted",
+            reason="stopped before the move ended; the journal is kept, the next run resumes it",
+            resumed=resumed,
+            commit=journal.commit,
+            volumes=tuple((v.volume, v.source, v.target) for v in journal.volumes),
+            namespace=run.namespace,
+            vm=run.vm,
+        )

@@ -11,7 +11,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from reconciler import engine
 from reconciler.apply.context import Settings
@@ -23,6 +23,7 @@ from reconciler.cli.common import (
     add_plan_inputs,
     add_reporting_options,
     allowed_namespaces,
+    git_spec,
     progress,
 )
 from reconciler.model.errors import ExitCode
@@ -43,7 +44,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "it. A Lease keeps a second run out (exit 4). Progress goes to stderr; stdout has the "
         "report. Safe to kill at any point: the next run resumes from the journal.",
     )
-    add_plan_inputs(parser)
+    add_apply_options(parser)
+    parser.add_argument(
+        "--dry-run", action="store_true", help="change nothing: the same as `plan --server-dry-run`"
+    )
+    parser.add_argument("--show-manifests", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", "-v", action="store_true", help=argparse.SUPPRESS)
+
+
+def add_apply_options(parser: argparse.ArgumentParser) -> None:
+    """What `apply` and `run` share: plan inputs (with --git-repo), cluster, output, limits."""
+    add_plan_inputs(parser, git=True)
     add_cluster_options(parser)
     add_reporting_options(parser)
     parser.add_argument(
@@ -52,9 +63,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=["text", "json", "yaml"],
         default="text",
         help="text, or an ApplyReport document (json | yaml)",
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="change nothing: the same as `plan --server-dry-run`"
     )
     parser.add_argument(
         "--max-vms",
@@ -82,8 +90,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         help="directory of Jinja templates overriding the defaults",
     )
-    parser.add_argument("--show-manifests", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--verbose", "-v", action="store_true", help=argparse.SUPPRESS)
 
 
 def _positive(text: str) -> int:
@@ -125,35 +131,47 @@ def exit_code(report: ApplyReport) -> ExitCode:
     return ExitCode.OK
 
 
-def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
-    if args.dry_run:
-        args.server_dry_run = True
-        return plan_command.run(args, out, err)
-    settings = Settings(max_migration_attempts=args.max_migration_attempts)
-    with _stop_on_sigterm() as stop:
-        try:
-            report = engine.apply(
-                args.paths,
-                kubeconfig=args.kubeconfig,
-                context=args.context,
-                allowed_namespaces=allowed_namespaces(args),
-                namespace=args.namespace,
-                templates_dir=args.templates,
-                max_vms=args.max_vms,
-                lease_namespace=args.lease_namespace,
-                holder=f"{socket.gethostname()}-{os.getpid()}",
-                settings=settings,
-                progress=functools.partial(progress, err),
-                stop=stop,
-                run_id=getattr(args, "run_id", None),
-                pushgateway=args.pushgateway,
-                pushgateway_job=args.pushgateway_job,
-            )
-        except LockHeld as exc:
-            err.write(f"error: {exc}; nothing was changed\n")
-            return ExitCode.LOCKED
+def engine_options(args: argparse.Namespace, err: TextIO) -> dict[str, Any]:
+    """``engine.apply``'s keyword arguments from the options ``add_apply_options`` added
+    (all but the paths and the stop event)."""
+    return {
+        "kubeconfig": args.kubeconfig,
+        "context": args.context,
+        "allowed_namespaces": allowed_namespaces(args),
+        "namespace": args.namespace,
+        "templates_dir": args.templates,
+        "max_vms": args.max_vms,
+        "lease_namespace": args.lease_namespace,
+        "holder": f"{socket.gethostname()}-{os.getpid()}",
+        "settings": Settings(max_migration_attempts=args.max_migration_attempts),
+        "progress": functools.partial(progress, err),
+        "git": git_spec(args),
+        "pushgateway": args.pushgateway,
+        "pushgateway_job": args.pushgateway_job,
+    }
+
+
+def write_report(out: TextIO, args: argparse.Namespace, report: ApplyReport) -> None:
     if args.output != "text":
         out.write(dump(apply_document(report), args.output, pretty=out.isatty()))
     else:
         out.write(apply_text(report))
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
+    if args.dry_run:
+        args.server_dry_run = True
+        return plan_command.run(args, out, err)
+    with _stop_on_sigterm() as stop:
+        try:
+            report = engine.apply(
+                args.paths,
+                stop=stop,
+                run_id=getattr(args, "run_id", None),
+                **engine_options(args, err),
+            )
+        except LockHeld as exc:
+            err.write(f"error: {exc}; nothing was changed\n")
+            return ExitCode.LOCKED
+    write_report(out, args, report)
     return exit_code(report)

@@ -8,8 +8,10 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
+from reconciler.gitsource import GIT_TIMEOUT, GitSpec
 from reconciler.model.errors import Problem, UserError
 from reconciler.model.progress import fields_of
 from reconciler.model.text import shown
@@ -85,10 +87,18 @@ def add_reporting_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_plan_inputs(parser: argparse.ArgumentParser) -> None:
+def add_plan_inputs(parser: argparse.ArgumentParser, *, git: bool = False) -> None:
+    """PATH... and the namespace options; with ``git``, also ``--git-repo`` and its options
+    (then PATH may be left out)."""
     parser.add_argument(
-        "paths", nargs="+", metavar="PATH", help="plan files or directories (searched recursively)"
+        "paths",
+        nargs="*" if git else "+",
+        metavar="PATH",
+        help="plan files or directories (searched recursively); a directory in a Git checkout "
+        "(git-sync's link) records its HEAD commit",
     )
+    if git:
+        add_git_options(parser)
     parser.add_argument(
         "--allow-namespace",
         action="append",
@@ -105,6 +115,61 @@ def add_plan_inputs(parser: argparse.ArgumentParser) -> None:
         "of a KMC plan, spec.namespace of a StoragePlan) acts in NS; one naming another "
         "namespace is an error",
     )
+
+
+def add_git_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "plans from Git",
+        "instead of PATH: fetch REF of a repository with the git CLI (shallow, into a cache) "
+        "and read the plans at --git-path in it; its commit goes into journals and the report",
+    )
+    group.add_argument("--git-repo", metavar="URL", help="repository URL (https, ssh or a path)")
+    group.add_argument(
+        "--git-ref", metavar="REF", default="main", help="branch, tag or full SHA (default: main)"
+    )
+    group.add_argument(
+        "--git-path",
+        metavar="DIR",
+        default=".",
+        help="plans directory inside the repository (default: all of it)",
+    )
+    group.add_argument(
+        "--git-cache",
+        metavar="DIR",
+        type=Path,
+        help="where the clone is kept (default: $VMSR_GIT_CACHE, else "
+        "~/.cache/vm-storage-reconciler/git)",
+    )
+    group.add_argument(
+        "--git-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=GIT_TIMEOUT,
+        help=f"limit for each git command (default: {GIT_TIMEOUT:g})",
+    )
+
+
+def git_spec(args: argparse.Namespace) -> GitSpec | None:
+    """The ``--git-*`` options as a ``GitSpec`` (None without ``--git-repo``)."""
+    if not getattr(args, "git_repo", None):
+        return None
+    return GitSpec(
+        url=args.git_repo,
+        ref=args.git_ref,
+        path=args.git_path,
+        cache=args.git_cache,
+        timeout=args.git_timeout,
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600: {text}")
+    return value
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:

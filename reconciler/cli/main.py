@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import TextIO, cast
 
-from reconciler.cli import apply, plan, status, validate
+from reconciler.cli import apply, plan, run, status, validate
 from reconciler.cli.common import EXIT_CODES, PROG, JsonLines, configure_logging
 from reconciler.kube.client import clients_loaded
 from reconciler.model.errors import ClusterError, ExitCode, UserError
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_parser(commands)
     plan.add_parser(commands)
     apply.add_parser(commands)
+    run.add_parser(commands)
     status.add_parser(commands)
     return parser
 
@@ -138,6 +139,8 @@ def _command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return int(apply.run(args, out, err))
     if args.command == "status":
         return int(status.run(args, out, err))
+    if args.command == "run":
+        return int(run.run(args, out, err))
     return int(plan.run(args, out, err))
 
 

@@ -13,6 +13,7 @@ from reconciler.cli.common import (
     add_command,
     add_plan_inputs,
     allowed_namespaces,
+    git_spec,
     progress,
 )
 from reconciler.model.errors import ExitCode
@@ -29,7 +30,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "print a per-VM preview. Writes nothing; --server-dry-run sends every rendered object "
         "with dryRun=All so admission and schema errors show now, not during apply.",
     )
-    add_plan_inputs(parser)
+    add_plan_inputs(parser, git=True)
     add_cluster_options(parser)
     parser.add_argument(
         "-o",
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
         manifests=args.show_manifests,
         server_dry_run=args.server_dry_run,
         progress=functools.partial(progress, err),
+        git=git_spec(args),
     )
     write(out, args, result)
     if result.dry_run_errors:

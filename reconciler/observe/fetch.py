@@ -42,30 +42,63 @@ def _first_bad(plural: str, items: list[Any]) -> str:
     return ""
 
 
+_KINDS: tuple[tuple[kube.Resource, bool], ...] = (
+    (kube.VIRTUAL_MACHINES, False),
+    (kube.VMIS, False),
+    (kube.PVCS, False),
+    (kube.DATA_VOLUMES, True),
+    (kube.STORAGE_CLASSES, False),
+    (kube.STORAGE_PROFILES, True),
+    (kube.KUBEVIRTS, True),
+    (kube.MIGRATIONS, False),
+)
+"""What the diff needs, in ``assemble`` order: (kind, missing_ok). The KubeVirt CR is namespaced
+but looked for in every namespace (it lives wherever KubeVirt was installed)."""
+
+
+def _listed_per_namespace(resource: kube.Resource) -> bool:
+    return resource.namespaced and resource is not kube.KUBEVIRTS
+
+
+def _lists(cluster: Cluster, scopes: list[str | None]) -> list[list[Any]]:
+    """One list per kind of ``_KINDS``: namespaced kinds (but the KubeVirt CR) gathered over
+    ``scopes`` (``[None]``: across the cluster, one LIST each), the others listed once."""
+    requests: list[tuple[kube.Resource, str | None, bool]] = []
+    for resource, missing_ok in _KINDS:
+        wanted = scopes if _listed_per_namespace(resource) else [None]
+        requests.extend((resource, scope, missing_ok) for scope in wanted)
+    results = iter(cluster.list_many(requests, then=_parse))
+    lists: list[list[Any]] = []
+    for resource, _missing_ok in _KINDS:
+        gathered: list[Any] = []
+        for _scope in scopes if _listed_per_namespace(resource) else [None]:
+            gathered.extend(next(results))
+        lists.append(gathered)
+    return lists
+
+
 def fetch(cluster: Cluster, namespaces: Iterable[str]) -> Snapshot:
     """LIST every kind the diff needs (8 requests whatever the number of VMs) and parse them.
 
     Namespaced kinds are listed in the plans' namespace when there is exactly one, else across
-    all namespaces (one request, not one per namespace) and filtered here. StorageProfiles and
-    the KubeVirt CR may be absent (CDI/KubeVirt not installed): they then read as empty. Each
-    list is parsed in the thread that fetched it, while the others are still on the wire.
+    all namespaces (one request, not one per namespace) and filtered here; when RBAC refuses
+    a cluster-wide LIST (403: the role is bound per namespace), once per namespace instead.
+    StorageProfiles and the KubeVirt CR may be absent (CDI/KubeVirt not installed): they then
+    read as empty. Each list is parsed in the thread that fetched it, while the others are
+    still on the wire.
     """
     wanted = sorted(set(namespaces))
     scope = wanted[0] if len(wanted) == 1 else None
     log.debug("listing in %s", scope or "all namespaces")
-    lists = cluster.list_many(
-        [
-            (kube.VIRTUAL_MACHINES, scope, False),
-            (kube.VMIS, scope, False),
-            (kube.PVCS, scope, False),
-            (kube.DATA_VOLUMES, scope, True),
-            (kube.STORAGE_CLASSES, None, False),
-            (kube.STORAGE_PROFILES, None, True),
-            (kube.KUBEVIRTS, None, True),
-            (kube.MIGRATIONS, scope, False),
-        ],
-        then=_parse,
-    )
+    try:
+        lists = _lists(cluster, [scope])
+    except ClusterError as exc:
+        if scope is not None or len(wanted) < 2 or exc.code != 403:
+            raise
+        # RBAC granted per namespace (cronjob.yaml: a RoleBinding in each allowed namespace),
+        # not across the cluster: one LIST per kind and namespace instead.
+        log.debug("cluster-wide LIST refused (%s): listing per namespace", exc)
+        lists = _lists(cluster, list(wanted))
     keep = set(wanted)
 
     def ours(items: list[Any]) -> list[Any]:

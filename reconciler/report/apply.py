@@ -71,7 +71,11 @@ def apply_text(report: ApplyReport) -> str:
     for o in report.outcomes:
         resumed = ", resumed" if o.resumed else ""
         head = f"VM {o.namespace}/{o.vm}: {o.result} ({o.flow or '-'}, {o.seconds:.1f}s{resumed}"
-        head += f", move {o.migration_id})" if o.migration_id else ")"
+        if o.migration_id:
+            head += f", move {o.migration_id}"
+        if o.commit and o.commit != report.commit:
+            head += f", started at commit {o.commit[:12]}"
+        head += ")"
         if o.reason:
             head += f": {o.reason} [{o.rule}]"
         lines.append(head)
@@ -90,6 +94,8 @@ def apply_text(report: ApplyReport) -> str:
     if report.stopped_early:
         lines.append(f"Stopped early: {report.stopped_early}")
     s = summary(report)
+    if report.commit:
+        lines.append(f"Plans at commit {report.commit}.")
     lines.append(
         f"Apply: {len(report.outcomes)} VM(s) acted on: {s['succeeded']} succeeded, "
         f"{s['rolledBack']} rolled back, {s['failed']} failed; {s['blocked']} blocked, "
