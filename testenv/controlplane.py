@@ -141,6 +141,49 @@ class ControlPlane:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
+    def restart_apiserver(self, *, grace: float = 1.0) -> None:
+        """Stop kube-apiserver (SIGTERM, then SIGKILL after ``grace`` seconds: with watches
+        open it would drain them for up to a minute) and start it again with the same command
+        on the same port: what an upgrade or a node reboot does to its clients (every
+        connection and watch cut, requests refused until the new process serves).
+
+        etcd keeps running, so every object and resourceVersion survives; the certificates,
+        tokens and signing key are reused (``ca_file`` and ``kubeconfig`` stay valid) and the
+        log goes on in the same file. The new watch cache starts at the current revision, so a
+        watch resumed from an older resourceVersion gets 410 Expired and must relist, as on a
+        real cluster. Returns once ``/readyz`` is ok and every CRD is served again (their
+        watch caches warm), as ``start()`` does; the admission policies are enforced again
+        once the new process has read them (moments after ``/readyz``).
+        """
+        self._require_started()
+        assert self.workdir is not None
+        proc = self._procs.pop("kube-apiserver")
+        command = proc.args  # the full command line, die-with-parent prefix included
+        assert isinstance(command, list)
+        _terminate(proc, grace)
+        with (self.workdir / "kube-apiserver.log").open("ab") as log_file:
+            self._procs["kube-apiserver"] = subprocess.Popen(
+                command,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait("kube-apiserver", self._readyz_ok)
+        api = self.api()
+        listed = api.get(url="customresourcedefinitions", version="apiextensions.k8s.io/v1")
+        api.raise_for_status(listed)
+        pending = list(listed.json().get("items") or [])
+        deadline = time.monotonic() + _START_TIMEOUT
+        while pending:
+            pending = [crd for crd in pending if not _crd_served(api, crd)]
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(crd["metadata"]["name"] for crd in pending)
+                raise ControlPlaneError(f"CRDs not served after the restart: {names}")
+            if pending:
+                time.sleep(_POLL)
+
     def _start(self, binaries: Binaries) -> None:
         assert self.workdir is not None
         etcd_port, peer_port, api_port = _free_ports(3)

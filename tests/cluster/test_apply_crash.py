@@ -1,0 +1,662 @@
+"""`apply` killed, stopped, raced and cut off from its API server: it never loses a disk.
+
+Every test runs `apply` as a real subprocess (``python -m reconciler apply``), against the
+session's control plane and simulator, each in its own namespace (which also holds the Lease).
+
+- **Crash at every step.** The boundaries come from the code: every step of
+  ``journal.FORWARD[flow]`` and ``journal.ROLLBACK[flow]``, before and after, for both flows, so
+  a new step is a new test case. ``VMSR_FAILPOINT`` SIGKILLs the run there; the next run
+  (without it) must converge: the VM on its targets (or, for a rollback, back on its sources),
+  content hashes equal, no DataVolume of ours left that the VM does not use, the source never
+  deleted before verification (retention Delete throughout), the journal gone and the
+  last-migration record written. Rollbacks are forced by a migration that always fails (live,
+  ``--max-migration-attempts 1``) or by the deadline passing after the swap (offline: every
+  rollback step then has something to undo). A rollback's rerun runs with the plan's window
+  shut: open moves are always finished (docs/plans.md), and no fresh attempt starts, so the
+  state the test sees is the rollback it resumed.
+- **SIGTERM mid-VM**: a prompt, documented exit, the journal consistent, the next run finishes.
+- **Two runs at once** and Leases held, expired and taken over.
+- **The API server restarted** while `apply` waits: its watches reconnect and it finishes.
+
+A killed run leaves its Lease held (nobody releases it); the next run may take it only once it
+expired (60 s). The tests expire it by moving its ``renewTime`` into the past, which is what
+waiting would do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pykube
+import pytest
+
+from reconciler.apply import failpoint
+from reconciler.model import journal as journals
+from reconciler.model.journal import FORWARD, ROLLBACK, Flow, Step
+from reconciler.model.names import JOURNAL_ANNOTATION, LAST_MIGRATION_ANNOTATION, MIGRATION_LABEL
+from testenv.controlplane import ControlPlane
+from testenv.simulator import Fault, FaultAction, Simulator
+from testenv.simulator.core import CONTENT_HASH_ANNOTATION
+from tests.cluster.test_plan import _merge, fedora, plan_file, settle
+from tests.support.kube import Eventually, annotation, get_json, stays
+
+pytestmark = pytest.mark.usefixtures("sim")
+
+ROOT = Path(__file__).resolve().parents[2]
+KV = "kubevirt.io/v1"
+CDI = "cdi.kubevirt.io/v1beta1"
+COORDINATION = "coordination.k8s.io/v1"
+LEASE = "vm-storage-reconciler"
+VM = "vm-fedora"
+VOLUME = "datavolumedisk1"
+SOURCE = "vm-fedora-disk"
+FAULT = "sim.vmstorage.dev/fault"
+RUN_TIMEOUT = 120.0  # one subprocess; a hang fails the test instead of the session
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_objects(api: pykube.HTTPClient) -> None:
+    from testenv import seed
+
+    seed.seed_cluster(api)
+
+
+# --------------------------------------------------------------------------------------------
+# the harness
+# --------------------------------------------------------------------------------------------
+
+
+def plan_body(flow: Flow, *, window_shut: bool = False) -> str:
+    """Retention Delete (so a source deleted too early would show); offline moves stop the
+    running VM. ``window_shut``: a maintenance window that is closed now (new moves wait for
+    it; a move already open is always finished: docs/plans.md)."""
+    body = "storageClass: ceph-rbd\nretention: Delete\n"
+    if flow is Flow.OFFLINE:
+        body += "mode: Offline\nallowStop: true\n"
+    if window_shut:
+        opens = (datetime.now(UTC) + timedelta(hours=6)).strftime("%H:%M")
+        body += f'window: {{start: "{opens}", duration: 1h, timeZone: UTC}}\n'
+    return body + f"virtualMachines:\n  - name: {VM}\n"
+
+
+@dataclass
+class Run:
+    """One finished `apply` subprocess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return json.loads(self.stdout) if self.stdout.strip().startswith("{") else {}
+
+    def __str__(self) -> str:
+        return f"exit {self.returncode} after {self.seconds:.1f}s\n{self.stderr[-3000:]}"
+
+
+class Cluster:
+    """One test's namespace, its VM, and `apply` run on it as a subprocess."""
+
+    def __init__(
+        self,
+        api: pykube.HTTPClient,
+        control_plane: ControlPlane,
+        namespace: str,
+        tmp_path: Path,
+        eventually: Eventually,
+        sim: Simulator,
+    ) -> None:
+        self.api, self.control_plane, self.ns = api, control_plane, namespace
+        self.tmp_path, self.eventually, self.sim = tmp_path, eventually, sim
+        self.background: list[subprocess.Popen[str]] = []
+
+    # -- the VM and its disks
+
+    def create_vm(self) -> None:
+        settle(self.api, self.eventually, fedora(self.ns))
+
+    def vm(self) -> dict[str, Any]:
+        return get_json(self.api, KV, self.ns, f"virtualmachines/{VM}")
+
+    def vmi(self) -> dict[str, Any]:
+        return get_json(self.api, KV, self.ns, f"virtualmachineinstances/{VM}")
+
+    def pvc(self, name: str) -> dict[str, Any]:
+        return get_json(self.api, "v1", self.ns, f"persistentvolumeclaims/{name}")
+
+    def dvs(self) -> dict[str, dict[str, Any]]:
+        """DataVolumes that exist and are not being deleted, by name."""
+        items = get_json(self.api, CDI, self.ns, "datavolumes")["items"]
+        return {
+            d["metadata"]["name"]: d for d in items if not d["metadata"].get("deletionTimestamp")
+        }
+
+    def content(self, claim: str) -> str | None:
+        return annotation(self.pvc(claim), CONTENT_HASH_ANNOTATION)
+
+    def journal(self) -> journals.Journal | None:
+        text = annotation(self.vm(), JOURNAL_ANNOTATION)
+        return None if text is None else journals.decode(text)
+
+    def last(self) -> dict[str, Any]:
+        return dict(json.loads(annotation(self.vm(), LAST_MIGRATION_ANNOTATION) or "{}"))
+
+    def source_exists(self) -> bool:
+        pvc = self.pvc(SOURCE)
+        return SOURCE in self.dvs() and bool(pvc) and not pvc["metadata"].get("deletionTimestamp")
+
+    def annotate_vm(self, key: str, value: str | None) -> None:
+        _merge(
+            self.api,
+            KV,
+            self.ns,
+            f"virtualmachines/{VM}",
+            {"metadata": {"annotations": {key: value}}},
+        )
+
+    def target_name(self, flow: Flow) -> str:
+        """The destination `plan` names (names are deterministic)."""
+        done = self.run_cli(
+            "plan", plan_file(self.tmp_path, self.ns, plan_body(flow)), "-o", "json"
+        )
+        (vm,) = json.loads(done.stdout)["vms"]
+        (volume,) = [v for v in vm["volumes"] if v.get("target")]
+        return str(volume["target"])
+
+    # -- the Lease
+
+    def lease(self) -> dict[str, Any]:
+        return get_json(self.api, COORDINATION, self.ns, f"leases/{LEASE}")
+
+    def put_lease(self, holder: str, renewed: datetime, seconds: int = 60) -> None:
+        """The Lease as another runner would have left it."""
+        stamp = renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {
+            "apiVersion": COORDINATION,
+            "kind": "Lease",
+            "metadata": {"name": LEASE, "namespace": self.ns},
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": seconds,
+                "acquireTime": stamp,
+                "renewTime": stamp,
+                "leaseTransitions": 0,
+            },
+        }
+        response = self.api.post(
+            version=COORDINATION, namespace=self.ns, url="leases", data=json.dumps(body)
+        )
+        self.api.raise_for_status(response)
+
+    def expire_lease(self) -> None:
+        """What waiting out a killed run's Lease does: its renewTime an hour ago."""
+        if not self.lease():
+            return
+        stamp = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        _merge(self.api, COORDINATION, self.ns, f"leases/{LEASE}", {"spec": {"renewTime": stamp}})
+
+    # -- running the CLI
+
+    def argv(self, body: str, *extra: str) -> list[str]:
+        path = plan_file(self.tmp_path, self.ns, body)
+        return [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "apply",
+            str(path),
+            "-o",
+            "json",
+            "--kubeconfig",
+            str(self.control_plane.kubeconfig),
+            "--lease-namespace",
+            self.ns,
+            *extra,
+        ]
+
+    @staticmethod
+    def env(fail_at: str | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != failpoint.ENV}
+        if fail_at:
+            env[failpoint.ENV] = fail_at
+        return env
+
+    def apply(self, body: str, *extra: str, fail_at: str | None = None) -> Run:
+        began = time.monotonic()
+        done = subprocess.run(
+            self.argv(body, *extra),
+            env=self.env(fail_at),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+        return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - began)
+
+    def start(self, body: str, *extra: str) -> subprocess.Popen[str]:
+        """`apply` in the background (stdout and stderr to pipes; killed after the test)."""
+        proc = subprocess.Popen(
+            self.argv(body, *extra),
+            env=self.env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.background.append(proc)
+        return proc
+
+    def run_cli(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "reconciler",
+            *map(str, args),
+            "--kubeconfig",
+            str(self.control_plane.kubeconfig),
+        ]
+        return subprocess.run(
+            argv,
+            env=self.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+
+
+@pytest.fixture
+def cluster(
+    api: pykube.HTTPClient,
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    eventually: Eventually,
+    sim: Simulator,
+) -> Iterator[Cluster]:
+    cluster = Cluster(api, control_plane, namespace, tmp_path, eventually, sim)
+    yield cluster
+    for proc in cluster.background:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def volume_claim(vm: dict[str, Any], volume: str = VOLUME) -> str:
+    for v in vm["spec"]["template"]["spec"]["volumes"]:
+        if v["name"] == volume:
+            return str(
+                (v.get("dataVolume") or {}).get("name") or v["persistentVolumeClaim"]["claimName"]
+            )
+    raise AssertionError(f"no volume {volume}")
+
+
+def vmi_volume_claims(vmi: dict[str, Any]) -> dict[str, str]:
+    return {
+        str(v["name"]): str(v["persistentVolumeClaimInfo"]["claimName"])
+        for v in (vmi.get("status") or {}).get("volumeStatus") or ()
+        if v.get("persistentVolumeClaimInfo")
+    }
+
+
+def ours(cluster: Cluster) -> dict[str, str]:
+    """DataVolumes labelled with a move id (not being deleted): name -> move id."""
+    return {
+        name: dv["metadata"]["labels"][MIGRATION_LABEL]
+        for name, dv in cluster.dvs().items()
+        if MIGRATION_LABEL in (dv["metadata"].get("labels") or {})
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 1. crash at every step boundary
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Boundary:
+    flow: Flow
+    when: str  # before | after
+    step: Step
+    rollback: bool
+
+    @property
+    def failpoint(self) -> str:
+        return f"{self.flow.value}/{self.when}:{self.step.value}"
+
+    @property
+    def id(self) -> str:
+        return (
+            f"{self.flow.value}-{'rollback-' if self.rollback else ''}{self.when}-{self.step.value}"
+        )
+
+    def before_verified(self) -> bool:
+        """A forward crash before verification completed (the rerun must verify first)."""
+        steps = FORWARD[self.flow]
+        at, verify = steps.index(self.step), steps.index(Step.VERIFY)
+        return not self.rollback and (at < verify or (at == verify and self.when == "before"))
+
+    def source_may_be_gone(self) -> bool:
+        """Only a crash after the sources were deleted (which follows verification)."""
+        return not self.rollback and (self.when, self.step) == ("after", Step.DELETE_SOURCES)
+
+
+BOUNDARIES = [
+    Boundary(flow, when, step, rollback)
+    for flow in Flow
+    for rollback in (False, True)
+    for step in (ROLLBACK if rollback else FORWARD)[flow]
+    for when in ("before", "after")
+]
+
+
+def test_every_step_of_both_flows_is_a_crash_case() -> None:
+    """Every step the machine knows is in a sequence, so the table below reaches it: a step
+    taken outside FORWARD/ROLLBACK would escape these tests."""
+    assert {b.step for b in BOUNDARIES} == set(Step)
+    assert (
+        len({b.id for b in BOUNDARIES})
+        == len(BOUNDARIES)
+        == 2 * sum(len(FORWARD[f]) + len(ROLLBACK[f]) for f in Flow)
+    )
+
+
+def crash(cluster: Cluster, boundary: Boundary) -> tuple[str, list[str]]:
+    """Drive the VM to ``boundary`` and die there; the crashed move's id and the extra flags
+    every run of this case passes."""
+    flow = boundary.flow
+    extra: list[str] = []
+    if boundary.rollback and flow is Flow.LIVE:
+        # every migration fails; the first failure rolls the move back
+        cluster.annotate_vm(FAULT, "fail")
+        extra = ["--max-migration-attempts", "1"]
+    if boundary.rollback and flow is Flow.OFFLINE:
+        # swapped and stopped, then past its deadline: the rollback has everything to undo
+        killed = cluster.apply(plan_body(flow), fail_at="offline/after:swap")
+        assert killed.returncode == -signal.SIGKILL, killed
+        fast_forward_past_deadline(cluster)
+        cluster.expire_lease()
+    killed = cluster.apply(plan_body(flow), *extra, fail_at=boundary.failpoint)
+    assert killed.returncode == -signal.SIGKILL, f"{boundary.failpoint} never hit: {killed}"
+    journal = cluster.journal()
+    assert journal is not None, "a crash mid-move leaves the journal"
+    assert (journal.step, journal.rolling_back) == (boundary.step, boundary.rollback), (
+        f"the journal names the step the run died at: {journal}"
+    )
+    if not boundary.source_may_be_gone():
+        assert cluster.source_exists(), (
+            f"the source was deleted by a run that died at {boundary.failpoint}"
+        )
+    return journal.id, extra
+
+
+def fast_forward_past_deadline(cluster: Cluster) -> None:
+    """The move's deadline an hour ago: what waiting out the plan's timeout would do."""
+    text = annotation(cluster.vm(), JOURNAL_ANNOTATION)
+    assert text is not None
+    late = replace(journals.decode(text), deadline=_ago(timedelta(hours=1)).isoformat())
+    path = "/metadata/annotations/" + JOURNAL_ANNOTATION.replace("/", "~1")
+    ops = [
+        {"op": "test", "path": path, "value": text},
+        {"op": "replace", "path": path, "value": journals.encode(late)},
+    ]
+    response = cluster.api.patch(
+        version=KV,
+        namespace=cluster.ns,
+        url=f"virtualmachines/{VM}",
+        data=json.dumps(ops),
+        headers={"Content-Type": "application/json-patch+json"},
+    )
+    cluster.api.raise_for_status(response)
+
+
+def _ago(delta: timedelta) -> datetime:
+    return datetime.now(UTC).replace(microsecond=0) - delta
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES, ids=lambda b: b.id)
+def test_killed_at_a_step_boundary_the_next_run_converges(
+    cluster: Cluster, boundary: Boundary
+) -> None:
+    cluster.create_vm()
+    source_hash = cluster.content(SOURCE)
+    vmi_uid = cluster.vmi()["metadata"]["uid"]
+    assert source_hash
+
+    move, extra = crash(cluster, boundary)
+    cluster.expire_lease()
+    rerun = cluster.apply(plan_body(boundary.flow, window_shut=boundary.rollback), *extra)
+
+    outcome = (rerun.report.get("outcomes") or [{}])[0]
+    assert (outcome.get("migrationId"), outcome.get("resumed")) == (move, True), rerun
+    vm = cluster.vm()
+    assert annotation(vm, JOURNAL_ANNOTATION) is None, "the journal is removed at the end"
+    last = cluster.last()
+    assert last["id"] == move
+    assert vm["spec"]["runStrategy"] == "Always", "the run strategy is restored"
+    vmi = cluster.eventually(
+        lambda: (
+            cluster.vmi() if (cluster.vmi().get("status") or {}).get("phase") == "Running" else None
+        ),
+        what="the VMI Running",
+    )
+    if boundary.rollback:
+        assert rerun.returncode == 3, rerun
+        assert (outcome["result"], last["result"]) == ("RolledBack", "RolledBack"), rerun
+        assert volume_claim(vm) == SOURCE, "back on the source"
+        assert [t["metadata"]["name"] for t in vm["spec"]["dataVolumeTemplates"]] == [SOURCE]
+        assert "updateVolumesStrategy" not in vm["spec"]
+        assert vmi_volume_claims(vmi).get(VOLUME) == SOURCE
+        assert ours(cluster) == {}, "the move's DataVolumes are deleted"
+        assert cluster.source_exists(), "a failed move never deletes its source"
+        assert cluster.content(SOURCE) == source_hash
+    else:
+        assert rerun.returncode == 0, rerun
+        assert (outcome["result"], last["result"]) == ("Succeeded", "Succeeded"), rerun
+        target = volume_claim(vm)
+        assert target != SOURCE and last["volumes"] == {VOLUME: target}
+        assert [t["metadata"]["name"] for t in vm["spec"]["dataVolumeTemplates"]] == [target]
+        assert cluster.pvc(target)["spec"]["storageClassName"] == "ceph-rbd"
+        assert cluster.content(target) == source_hash, "the content moved intact"
+        assert vmi_volume_claims(vmi).get(VOLUME) == target
+        assert ours(cluster) == {target: move}, "no DataVolume of ours the VM does not use"
+        assert not cluster.source_exists(), "retention Delete removed the source"
+        assert last.get("sourcesDeleted") == [SOURCE]
+        if boundary.before_verified():
+            deleted = rerun.stderr.find(f"deleted source DataVolume {SOURCE}")
+            assert 0 <= rerun.stderr.find("verified:") < deleted, (
+                f"the source was deleted before verification:\n{rerun.stderr}"
+            )
+    if boundary.flow is Flow.LIVE:
+        assert vmi["metadata"]["uid"] == vmi_uid, "a live move never restarts the guest"
+
+
+# --------------------------------------------------------------------------------------------
+# 2. SIGTERM while a VM is moving
+# --------------------------------------------------------------------------------------------
+
+
+def stalled_move(cluster: Cluster) -> tuple[subprocess.Popen[str], str]:
+    """A running VM whose live move waits on a destination copy that does not progress:
+    `apply` started on it in the background, returned once it waits there."""
+    cluster.create_vm()
+    target = cluster.target_name(Flow.LIVE)
+    cluster.sim.faults.add("datavolumes", cluster.ns, target, Fault(FaultAction.STALL))
+    proc = cluster.start(plan_body(Flow.LIVE))
+
+    def waiting() -> bool:
+        assert proc.poll() is None, f"apply ended early: {proc.communicate()}"
+        journal = cluster.journal()
+        return journal is not None and journal.step is Step.WAIT_TARGETS
+
+    cluster.eventually(waiting, timeout=30, what="apply waiting for its stalled copy")
+    return proc, target
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 10) -> Run:
+    """Wait for ``proc`` to end (SIGKILLed, and the test failed, after ``timeout``)."""
+    began = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"apply still ran {timeout:.0f}s later:\n{err[-3000:]}")
+    return Run(proc.returncode, out, err, time.monotonic() - began)
+
+
+def assert_moved(cluster: Cluster, run: Run, source_hash: str | None) -> None:
+    assert run.returncode == 0, run
+    vm = cluster.vm()
+    target = volume_claim(vm)
+    assert target != SOURCE
+    assert annotation(vm, JOURNAL_ANNOTATION) is None
+    assert cluster.last()["result"] == "Succeeded"
+    assert cluster.content(target) == source_hash
+    assert set(ours(cluster)) == {target}
+
+
+def test_sigterm_while_waiting_stops_promptly_and_the_next_run_finishes(cluster: Cluster) -> None:
+    proc, target = stalled_move(cluster)
+    source_hash = cluster.content(SOURCE)
+    before = cluster.journal()
+
+    proc.send_signal(signal.SIGTERM)
+    stopped = finish(proc)
+
+    assert stopped.seconds < 5, f"SIGTERM took {stopped.seconds:.1f}s: {stopped}"
+    assert stopped.returncode == 1, f"interrupted is 'changes pending' (exit 1): {stopped}"
+    (outcome,) = stopped.report["outcomes"]
+    assert outcome["result"] == "Interrupted", stopped
+    journal = cluster.journal()  # decodes: consistent
+    assert journal == before, "the journal is left as it was, naming the step it stopped in"
+    assert journal is not None and journal.step is Step.WAIT_TARGETS
+    assert target in ours(cluster), "nothing is undone by a SIGTERM"
+    assert cluster.source_exists()
+    assert not (cluster.lease().get("spec") or {}).get("holderIdentity"), (
+        "the Lease is released on the way out: the next run need not wait for it"
+    )
+
+    cluster.sim.faults.clear("datavolumes", cluster.ns, target)
+    rerun = cluster.apply(plan_body(Flow.LIVE))
+    assert rerun.report["outcomes"][0]["resumed"], rerun
+    assert_moved(cluster, rerun, source_hash)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. one runner at a time
+# --------------------------------------------------------------------------------------------
+
+
+def state_of(cluster: Cluster) -> dict[str, Any]:
+    """What a second run must not change: the VM (version, spec, annotations), every
+    DataVolume's version, and the Lease's."""
+    vm = cluster.vm()
+    dvs = get_json(cluster.api, CDI, cluster.ns, "datavolumes")["items"]
+    return {
+        "vm": (vm["metadata"]["resourceVersion"], vm["spec"], vm["metadata"].get("annotations")),
+        "dvs": {d["metadata"]["name"]: d["metadata"]["resourceVersion"] for d in dvs},
+        "lease": cluster.lease().get("metadata", {}).get("resourceVersion"),
+    }
+
+
+def settled_state(cluster: Cluster) -> dict[str, Any]:
+    """``state_of`` once it holds still (the simulator is done reacting to the last change)."""
+
+    def settled() -> dict[str, Any] | None:
+        seen = state_of(cluster)
+        return seen if stays(lambda: state_of(cluster) == seen, 0.5) else None
+
+    return dict(cluster.eventually(settled, timeout=20, what="the namespace to settle"))
+
+
+def test_a_second_apply_while_one_runs_exits_4_and_changes_nothing(cluster: Cluster) -> None:
+    first, target = stalled_move(cluster)
+    try:
+        before = settled_state(cluster)
+
+        second = cluster.apply(plan_body(Flow.LIVE))
+
+        assert second.returncode == 4, second
+        assert "holds the lock" in second.stderr and "nothing was changed" in second.stderr
+        assert state_of(cluster) == before, "the second run changed something"
+        assert first.poll() is None, "the first run goes on"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        finish(first)
+    cluster.sim.faults.clear("datavolumes", cluster.ns, target)
+
+
+def test_a_lease_held_by_another_runner_exits_4_until_it_expires(cluster: Cluster) -> None:
+    cluster.create_vm()
+    source_hash = cluster.content(SOURCE)
+    cluster.put_lease("other-runner-7", datetime.now(UTC))
+    before = settled_state(cluster)
+
+    held = cluster.apply(plan_body(Flow.LIVE))
+
+    assert held.returncode == 4, held
+    assert "other-runner-7" in held.stderr
+    assert state_of(cluster) == before
+    assert annotation(cluster.vm(), JOURNAL_ANNOTATION) is None
+
+    cluster.expire_lease()
+    taken = cluster.apply(plan_body(Flow.LIVE))
+
+    assert_moved(cluster, taken, source_hash)
+    spec = cluster.lease()["spec"]
+    assert spec["leaseTransitions"] == 1, "taken over from the other runner"
+    assert not spec.get("holderIdentity"), "and released at the end"
+
+
+# --------------------------------------------------------------------------------------------
+# 4. the API server restarts mid-run
+# --------------------------------------------------------------------------------------------
+
+
+def test_api_server_restart_mid_migration_the_run_reconnects_and_finishes(
+    cluster: Cluster, control_plane: ControlPlane
+) -> None:
+    cluster.create_vm()
+    source_hash = cluster.content(SOURCE)
+    vmi_uid = cluster.vmi()["metadata"]["uid"]
+    cluster.sim.faults.add("virtualmachines", cluster.ns, VM, Fault(FaultAction.STALL))
+    try:
+        proc = cluster.start(plan_body(Flow.LIVE))
+
+        def migrating() -> bool:
+            assert proc.poll() is None, f"apply ended early: {proc.communicate()}"
+            journal = cluster.journal()
+            vmims = get_json(cluster.api, KV, cluster.ns, "virtualmachineinstancemigrations")
+            running = [
+                m for m in vmims["items"] if (m.get("status") or {}).get("phase") == "Running"
+            ]
+            return bool(running) and journal is not None and journal.step is Step.WAIT_MIGRATION
+
+        cluster.eventually(migrating, timeout=30, what="apply waiting on a stalled migration")
+        old_pid = control_plane.pids["kube-apiserver"]
+
+        control_plane.restart_apiserver()
+
+        assert control_plane.pids["kube-apiserver"] != old_pid
+        assert proc.poll() is None, f"apply gave up on the restart: {proc.communicate()}"
+    finally:
+        cluster.sim.faults.clear("virtualmachines", cluster.ns, VM)
+    done = finish(proc, timeout=60)
+
+    assert_moved(cluster, done, source_hash)
+    assert cluster.vmi()["metadata"]["uid"] == vmi_uid
