@@ -262,6 +262,14 @@ def test_the_cronjob_command_applies_with_exactly_the_shipped_rbac(
     lease = get_json(api, "coordination.k8s.io/v1", command.namespace,
                      "leases/vm-storage-reconciler")  # fmt: skip
     assert lease and lease["spec"].get("holderIdentity", "") == "", "taken and released"
+    # the publisher's writes, with the same token: Events on each VM, the status ConfigMap
+    events = get_json(api, "events.k8s.io/v1", namespace, "events")["items"]
+    for vm in (live, offline):
+        reasons = {e["reason"] for e in events if e["regarding"]["name"] == vm}
+        assert {"MoveStarted", "MoveSucceeded"} <= reasons, (vm, reasons, done.stderr[-2000:])
+    status = get_json(api, "v1", command.namespace, "configmaps/vm-storage-reconciler-status")
+    assert status and status["data"]["commit"] == sha, done.stderr[-2000:]
+    assert "warning" not in done.stderr.lower(), done.stderr[-3000:]
 
     again = command.run()
 
