@@ -102,18 +102,15 @@ class MoveRun:
         pass (StepFailed ``timeout_rule``). SIGTERM interrupts the wait within a tick."""
         deadline = time.monotonic() + max(seconds, 0.0)
 
-        def checked(state: State) -> object | None:
-            self.check_stop()
-            return predicate(state)
-
         with Observer(self.cluster.api, streams) as observer:
             try:
                 return observer.wait(
-                    checked,
+                    predicate,
                     deadline,
                     what=what,
-                    tick=min(self.settings.tick, 0.5) if on_tick is None else self.settings.tick,
+                    tick=self.settings.tick,
                     on_tick=on_tick,
+                    interrupt=self.check_stop,
                 )
             except WaitTimeout as exc:
                 raise StepFailed(timeout_rule, f"timed out waiting for {what}") from exc

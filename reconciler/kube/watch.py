@@ -36,6 +36,7 @@ T = TypeVar("T")
 Obj = dict[str, Any]
 
 MAX_EVENT_BYTES = 16 << 20  # one object; etcd's own limit is 1.5 MiB
+WAKE = 0.5  # a wait re-checks its interrupt (and the clock) at least this often
 WATCH_SECONDS = 50  # server-side timeoutSeconds of one WATCH; then it is reopened
 _BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)  # reconnect backoff (seconds): a documented retry, not a wait
 _FATAL = (401, 403, 404)
@@ -299,14 +300,19 @@ class Observer:
         what: str,
         tick: float = 1.0,
         on_tick: Callable[[State], None] | None = None,
+        interrupt: Callable[[], None] | None = None,
     ) -> T:
         """The first non-None ``predicate(state)``, evaluated once every stream has listed and
         again after every change. ``on_tick`` (progress) runs at most every ``tick`` seconds.
-        Raises WaitTimeout at ``deadline`` (time.monotonic()), ClusterError when a stream hit
-        a fatal error or the API server stayed unreachable until the deadline."""
+        ``interrupt`` runs at least every ``WAKE`` seconds, synced or not, and may raise to
+        end the wait (SIGTERM while the API server is away). Raises WaitTimeout at
+        ``deadline`` (time.monotonic()), ClusterError when a stream hit a fatal error or the
+        API server stayed unreachable until the deadline."""
         next_tick = time.monotonic() + tick
         with self._changed:
             while True:
+                if interrupt is not None:
+                    interrupt()
                 self._raise_fatal()
                 if all(f.synced for f in self._followers.values()):
                     state = {key: f.objects for key, f in self._followers.items()}
@@ -321,7 +327,8 @@ class Observer:
                 if now >= deadline:
                     self._raise_unreachable()
                     raise WaitTimeout(what, self.state_unlocked())
-                self._changed.wait(timeout=min(deadline - now, max(next_tick - now, 0.05)))
+                wake = next_tick - now if on_tick is not None and next_tick > now else WAKE
+                self._changed.wait(timeout=min(deadline - now, wake, WAKE))
 
     def state_unlocked(self) -> State:
         return {key: f.objects for key, f in self._followers.items()}
