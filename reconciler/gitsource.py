@@ -162,8 +162,11 @@ def head_of(path: Path, *, timeout: float = GIT_TIMEOUT) -> tuple[str | None, st
         if "not a git repository" in failed.stderr:
             return None, ""
         return None, f"the commit of {directory} is unknown: {shown(failed.said, 200)}"
-    except _Missing:
-        return None, f"the commit of {directory} is unknown: git is not installed"
+    except _Missing:  # say so only where it matters: the directory is in a checkout
+        inside = any(
+            (d / ".git").exists() for d in (directory.resolve(), *directory.resolve().parents)
+        )
+        return None, f"the commit of {directory} is unknown: git is not installed" if inside else ""
     except GitError as exc:
         return None, f"the commit of {directory} is unknown: {exc}"
     sha = out.strip()

@@ -207,3 +207,16 @@ def test_an_unreachable_remote_is_a_git_error_without_the_secret(tmp_path: Path)
         checkout(GitSpec(url=url, cache=tmp_path / "cache", timeout=20))
     assert caught.value.exit_code == 6
     assert "s3cret" not in str(caught.value) and "reader" not in str(caught.value)
+
+
+def test_without_git_a_checkout_says_so_and_a_plain_directory_stays_quiet(
+    repo: PlansRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo.commit({"p.yaml": PLAN})
+    (tmp_path / "plain").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-binaries-here"))
+    sha, note = head_of(repo.path)
+    assert sha is None and "git is not installed" in note
+    assert head_of(tmp_path / "plain") == (None, "")
+    with pytest.raises(UserError, match="git is not installed"):
+        checkout(spec(repo, tmp_path))
