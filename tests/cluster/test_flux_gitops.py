@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from reconciler.cli.main import main
-from reconciler.report.writeback import write_back, write_back_doc
 from testenv.controlplane import ControlPlane
 from testenv.simulator import Fault, FaultAction, Simulator
 from testenv.simulator.core import CONTENT_HASH_ANNOTATION
@@ -390,12 +389,10 @@ def test_with_the_printed_rule_the_vm_moves_live_and_the_write_back_converges_gi
     assert ctx.vmi()["metadata"]["uid"] == vmi_uid, "the guest never restarted"
     assert ctx.content(target) == source_hash
 
-    # The write-back (report.writeback, what `apply` reports for a GitOps-managed VM) applied
-    # to the manifest in Git and committed. Computed here from the outcome with the report's
-    # own function until the ApplyReport carries it (`writeBack`, being wired in).
-    moved = [(v["volume"], v["source"], v["target"]) for v in outcome["volumes"]]
-    owners = [f"Flux Kustomization {ctx.ns}/{sync.name}"]
-    patch = write_back_doc(write_back(ctx.vm(), moved, owners))["jsonPatch"]
+    # The write-back `apply` reports for a VM applied from Git, committed to the manifest.
+    write_back = outcome["writeBack"]
+    assert write_back["owners"] == [f"Flux Kustomization {ctx.ns}/{sync.name}"], write_back
+    patch = write_back["jsonPatch"]
     written_back = jsonpatch.apply_patch(ctx.manifest, patch)
     assert written_back["spec"]["template"]["spec"]["volumes"] == live_volumes(ctx.vm())
     live = ctx.vm()
