@@ -15,9 +15,10 @@ import pykube
 import pytest
 
 from reconciler.cli.main import main
+from testenv import seed
 from testenv.controlplane import ControlPlane
 from testenv.simulator.core import CONTENT_HASH_ANNOTATION
-from tests.cluster.test_plan import _merge, create, fedora, plan_file, settle
+from tests.cluster.test_plan import _merge, fedora, plan_file, settle
 from tests.support.kube import Eventually, annotation, get_json, vmi_running
 
 pytestmark = pytest.mark.usefixtures("sim")
@@ -30,17 +31,21 @@ LAST = "vmstorage.dev/last-migration"
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster_objects(api: pykube.HTTPClient) -> None:
-    from testenv import seed  # noqa: PLC0415
-
     seed.seed_cluster(api)
 
 
 class Apply:
     """A namespace with VMs, and `apply` run on a plan for it."""
 
-    def __init__(self, api: pykube.HTTPClient, control_plane: ControlPlane, namespace: str,
-                 tmp_path: Path, eventually: Eventually,
-                 capsys: pytest.CaptureFixture[str]) -> None:
+    def __init__(
+        self,
+        api: pykube.HTTPClient,
+        control_plane: ControlPlane,
+        namespace: str,
+        tmp_path: Path,
+        eventually: Eventually,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
         self.api, self.control_plane, self.ns = api, control_plane, namespace
         self.tmp_path, self.eventually, self.capsys = tmp_path, eventually, capsys
         self.lease_ns = control_plane.create_namespace("lease")
@@ -66,24 +71,40 @@ class Apply:
 
     def apply(self, *args: str, body: str = "") -> tuple[int, dict[str, Any], str]:
         path = plan_file(self.tmp_path, self.ns, body)
-        argv = ["apply", str(path), "-o", "json", "--kubeconfig",
-                str(self.control_plane.kubeconfig), "--lease-namespace", self.lease_ns, *args]
+        argv = [
+            "apply",
+            str(path),
+            "-o",
+            "json",
+            "--kubeconfig",
+            str(self.control_plane.kubeconfig),
+            "--lease-namespace",
+            self.lease_ns,
+            *args,
+        ]
         rc = main(argv)
         out, err = self.capsys.readouterr()
         return rc, json.loads(out) if out.strip().startswith("{") else {}, err
 
 
 @pytest.fixture
-def ctx(api: pykube.HTTPClient, control_plane: ControlPlane, namespace: str, tmp_path: Path,
-        eventually: Eventually, capsys: pytest.CaptureFixture[str]) -> Apply:
+def ctx(
+    api: pykube.HTTPClient,
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    eventually: Eventually,
+    capsys: pytest.CaptureFixture[str],
+) -> Apply:
     return Apply(api, control_plane, namespace, tmp_path, eventually, capsys)
 
 
 def volume_claim(vm: dict[str, Any], volume: str = "datavolumedisk1") -> str:
     for v in vm["spec"]["template"]["spec"]["volumes"]:
         if v["name"] == volume:
-            return str((v.get("dataVolume") or {}).get("name")
-                       or v["persistentVolumeClaim"]["claimName"])
+            return str(
+                (v.get("dataVolume") or {}).get("name") or v["persistentVolumeClaim"]["claimName"]
+            )
     raise AssertionError(f"no volume {volume}")
 
 
@@ -130,8 +151,10 @@ def test_stopped_vm_moves_offline_and_stays_stopped(ctx: Apply) -> None:
 def test_running_vm_moves_offline_with_allow_stop_and_runs_again(ctx: Apply) -> None:
     ctx.settle(fedora(ctx.ns))
     source_hash = ctx.content("vm-fedora-disk")
-    body = "storageClass: ceph-rbd\nmode: Offline\nallowStop: true\nvirtualMachines:\n" \
-           "  - name: vm-fedora\n"
+    body = (
+        "storageClass: ceph-rbd\nmode: Offline\nallowStop: true\nvirtualMachines:\n"
+        "  - name: vm-fedora\n"
+    )
 
     rc, report, err = ctx.apply(body=body)
 
@@ -150,12 +173,13 @@ def test_retention_delete_removes_the_source_after_verification(ctx: Apply) -> N
     rc, report, err = ctx.apply(body=body)
 
     assert rc == 0, err
+    assert report["outcomes"][0]["result"] == "Succeeded", err
+    assert err.index("verified:") < err.index("deleted source"), "deleted only after verify"
     target = volume_claim(ctx.vm())
+    last = json.loads(annotation(ctx.vm(), LAST) or "{}")
+    assert last["sourcesDeleted"] == ["vm-fedora-disk"]
     dvs = ctx.dvs()
     assert target in dvs
     assert "vm-fedora-disk" not in dvs or dvs["vm-fedora-disk"]["metadata"].get(
-        "deletionTimestamp"), "the source DataVolume is deleted"
-
-
-def create_vm(ctx: Apply, vm: dict[str, Any]) -> None:
-    create(ctx.api, vm)
+        "deletionTimestamp"
+    ), "the source DataVolume is deleted"
