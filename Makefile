@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 export GOTOOLCHAIN := local
 export CGO_ENABLED := 0
 
-.PHONY: demo test unit lint env bench clean
+.PHONY: demo test unit lint env bench bench-plan bench-apply clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,8 +34,13 @@ lint: $(STAMP)  ## ruff, ruff format --check, mypy --strict, import-linter contr
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: env  ## plan wall time, RSS and request count vs a raw LIST baseline
+bench: bench-plan bench-apply  ## both benchmarks below
+
+bench-plan: env  ## plan wall time, RSS and request count vs a raw LIST baseline
 	$(BIN)/python benchmarks/plan_bench.py
+
+bench-apply: env  ## apply: 50 VMs moved serially, overhead and reaction latency vs raw requests
+	$(BIN)/python benchmarks/apply_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

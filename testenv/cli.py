@@ -10,8 +10,9 @@
     ``./.testenv/kubeconfig``), and keep it running until Ctrl-C or SIGTERM; then stop it
     cleanly and remove the kubeconfig (it would point at a dead server).
 ``python -m testenv demo [--copy-seconds-per-gib S] [--keep]``
-    The seed scenario end to end: control plane + simulator, the Fedora VM, and the
-    reconciler run on ``plans/seed`` as a user would.
+    The seed scenario end to end: control plane + simulator, a running and a stopped VM,
+    and the reconciler run on ``plans/seed`` as a user would (validate, plan, apply, status,
+    plan: one VM moved live, one offline, both verified, then in sync).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-simulator", action="store_true",
                     help="bare API server: no simulated KubeVirt/CDI/CSI controllers")
-    demo_cmd = commands.add_parser("demo", help="the seed VM and the reconciler, end to end")
+    demo_cmd = commands.add_parser("demo", help="the seed VMs moved by apply, end to end")
     demo_cmd.add_argument("--copy-seconds-per-gib", type=float, default=1.0,
                           help="simulated copy speed (default 1.0 s per GiB, about a fast "
                                "array; 0 = instant)")

@@ -70,12 +70,20 @@ class ControlPlane:
     (``testenv.admission``) are enforced. ``stop()`` is idempotent and leaves no processes
     and no temp dir behind.
     Attributes (valid between start and stop): ``kubeconfig``, ``server``, ``ca_file``,
-    ``admin_token``, ``workdir``.
+    ``admin_token``, ``workdir``. ``apiserver_args`` are appended to kube-apiserver's flags
+    (e.g. ``--audit-log-path``/``--audit-policy-file`` for the apply benchmark).
     """
 
-    def __init__(self, binaries: Binaries | None = None, *, log: Log = print) -> None:
+    def __init__(
+        self,
+        binaries: Binaries | None = None,
+        *,
+        log: Log = print,
+        apiserver_args: Sequence[str] = (),
+    ) -> None:
         self._binaries = binaries
         self._log = log
+        self._apiserver_extra = tuple(apiserver_args)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self.workdir: Path | None = None
         self.kubeconfig = Path()
@@ -200,7 +208,12 @@ class ControlPlane:
         cert_dir = self.workdir / "certs"
         self._spawn(
             "kube-apiserver",
-            _apiserver_args(binaries.kube_apiserver, self.workdir, api_port, etcd_url, key_file),
+            [
+                *_apiserver_args(
+                    binaries.kube_apiserver, self.workdir, api_port, etcd_url, key_file
+                ),
+                *self._apiserver_extra,
+            ],
         )
         self.server = f"https://127.0.0.1:{api_port}"
         # Without --tls-cert-file the apiserver self-signs apiserver.crt (SAN 127.0.0.1).

@@ -1,33 +1,37 @@
-"""The demo: the seed's Fedora VM on a real API server, with the simulator playing KubeVirt.
+"""The demo: the seed's two VMs on a real API server, with the simulator playing KubeVirt, and
+`apply` moving them.
 
 Starts the control plane and the simulator (copies take ``copy_seconds_per_gib`` per GiB, so
-progress is visible), seeds ``mig-vm/vm-fedora``, waits for its disk import and VMI with
-progress lines, then runs the reconciler's CLI exactly as a user would: ``validate`` and
-``plan`` (with manifests and a server-side dry run) on ``plans/seed``, stopping at the first
-that fails.
+progress is visible), seeds ``mig-vm/vm-fedora`` (running) and ``mig-vm/vm-archive``
+(stopped), both on the default class ``local-hostpath``, and waits for their disk imports and
+for the Fedora VM to run. Then it runs the reconciler's CLI exactly as a user would, on
+``plans/seed``: ``validate``, ``plan`` (one VM live, one offline), ``apply`` (one VM at a time,
+verified before the next), ``status`` (the last-migration record each VM keeps), and ``plan``
+again: in sync, exit 0. It stops at the first command that fails.
 
-Then it sends the manifests ``engine.plan`` rendered (the target DataVolume, then the VM JSON
-patch),
-which is what `apply` will do, one VM at a time, in the next milestone, so the live volume
-migration can be watched: DataVolume, VMIM phases, the VMI's new claim, the copied content
-hash. A final `plan` shows the VM in sync.
+While `apply` runs, a narrator follows the namespace with watches and prints what the
+simulated cluster does (DataVolume phases and progress, the VirtualMachineInstanceMigration's
+phases, the VMI moving to another node); afterwards it shows, for every moved volume, that the
+disk's content hash was carried over from the source. The demo itself sends nothing but the
+seed: every change is `apply`'s.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pykube
 
-from reconciler import engine
 from reconciler.cli.main import main
-from reconciler.kube.client import Cluster, load_client
-from reconciler.kube.resources import DATA_VOLUMES, VIRTUAL_MACHINES
+from reconciler.kube.resources import DATA_VOLUMES, MIGRATIONS, VMIS
+from reconciler.kube.watch import Observer, State, Stream
 from testenv import seed
 from testenv.controlplane import ControlPlane
 from testenv.simulator import SimConfig, content_hash
@@ -35,6 +39,9 @@ from testenv.simulator import start as start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "plans" / "seed"
+VMS = (seed.VM_NAME, seed.ARCHIVE_VM)
+SOURCE_ANNOTATION = "vmstorage.dev/source-claim"
+LAST_MIGRATION = "vmstorage.dev/last-migration"
 
 
 def run(*, copy_seconds_per_gib: float = 1.0, keep: bool = False,
@@ -46,126 +53,173 @@ def run(*, copy_seconds_per_gib: float = 1.0, keep: bool = False,
         with start_simulator(control_plane.api(), config):
             say(f"simulator running (copies take {copy_seconds_per_gib:g}s per GiB)")
             seed.seed(api)
-            say(f"seeded {seed.NAMESPACE}/{seed.VM_NAME}: importing {seed.DV_NAME} "
+            say(f"seeded {seed.NAMESPACE}/{seed.VM_NAME} (running): importing {seed.DV_NAME} "
                 f"({seed.IMAGE}) onto {seed.SOURCE_CLASS}")
-            wait_for_vm(api)
+            say(f"seeded {seed.NAMESPACE}/{seed.ARCHIVE_VM} (stopped): importing "
+                f"{seed.ARCHIVE_DV} ({seed.ARCHIVE_IMAGE}) onto {seed.SOURCE_CLASS}")
+            wait_for_vms(api)
             config_path = kubeconfig or control_plane.kubeconfig
             if kubeconfig:
                 control_plane.write_kubeconfig(kubeconfig, control_plane.admin_token)
-            rc = reconcile(config_path)
-            if rc not in (0, 1):  # validate or plan failed: nothing to migrate
-                return rc
-            migrate(api, config_path)
-            banner(f"$ vm-storage-reconciler plan {_short(str(PLANS))}")
-            rc = main(["plan", str(PLANS), "--kubeconfig", str(config_path)])
-            print(f"(exit code {rc})", flush=True)
+            rc = reconcile(api, config_path)
             if keep and wait_forever:
                 say(f"cluster kept running: export KUBECONFIG={config_path.resolve()}")
                 wait_forever()
             return rc
 
 
-def reconcile(kubeconfig: Path) -> int:
-    """What a user runs: validate, then plan (twice: readable, then with manifests).
+def reconcile(api: pykube.HTTPClient, kubeconfig: Path) -> int:
+    """What a user runs: validate, plan, apply, status, plan.
 
-    Stops at the first command that fails (exit code other than 0 or 1, "pending"), and
-    returns that code; a failing validate must not be hidden by a later plan's exit code.
+    Stops at the first command that fails and returns its code: validate and the final plan
+    must exit 0, the first plan 1 (changes pending), apply 0 (everything moved and verified),
+    status 0 (nothing in flight). Returns the final plan's code (0: in sync).
     """
-    steps: list[Sequence[str]] = [
-        ["validate", str(PLANS)],
-        ["plan", str(PLANS), "--kubeconfig", str(kubeconfig)],
-        ["plan", str(PLANS), "--kubeconfig", str(kubeconfig), "--show-manifests",
-         "--server-dry-run"],
+    cluster = ["--kubeconfig", str(kubeconfig)]
+    steps: list[tuple[Sequence[str], tuple[int, ...]]] = [
+        (["validate", str(PLANS)], (0,)),
+        (["plan", str(PLANS), *cluster], (0, 1)),
+        (["apply", str(PLANS), *cluster], (0,)),
+        (["status", str(PLANS), *cluster], (0,)),
+        (["plan", str(PLANS), *cluster], (0,)),
     ]
-    for argv in steps:
+    rc = 0
+    for argv, fine in steps:
         banner(f"$ vm-storage-reconciler {' '.join(_short(a) for a in argv)}")
-        rc = main(list(argv))
-        print(f"(exit code {rc})", flush=True)
-        if rc not in (0, 1):
+        if argv[0] == "apply":
+            with Narrator(api, seed.NAMESPACE):
+                rc = main(list(argv))
+            print(f"(exit code {rc})", flush=True)
+            show_moves(api)
+        else:
+            rc = main(list(argv))
+            print(f"(exit code {rc})", flush=True)
+        if rc not in fine:
             return rc
-    return 0
+    return rc
 
 
-def migrate(api: pykube.HTTPClient, kubeconfig: Path, timeout: float = 600.0) -> None:
-    """Send the plan's manifests as `apply` will, and narrate the live migration."""
-    result = engine.plan([str(PLANS)], kubeconfig=str(kubeconfig), manifests=True)
-    cluster = Cluster(load_client(str(kubeconfig)))
-    for (namespace, name), vm in sorted(result.fully_rendered.items()):
-        banner(f"# sending the rendered manifests for {namespace}/{name} "
-               "(what `apply` does for each VM)")
-        for dv in vm.data_volumes:
-            cluster.create(DATA_VOLUMES, namespace, dv)
-            say(f"created DataVolume {dv['metadata']['name']}")
-        cluster.json_patch(VIRTUAL_MACHINES, namespace, name, vm.vm_patch)
-        say(f"patched VirtualMachine {name}: volumes -> {dict(vm.target_names)}, "
-            "updateVolumesStrategy: Migration")
-        _watch_migration(api, namespace, name, dict(vm.target_names), timeout)
+class Narrator:
+    """While `apply` runs: print what the simulated cluster does, from watches (DataVolume
+    phases and every tenth of progress, each migration phase, the VMI's node)."""
+
+    def __init__(self, api: pykube.HTTPClient, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.stop = threading.Event()
+        self.seen: dict[tuple[str, str], str] | None = None
+        self.thread = threading.Thread(target=self._follow, name="demo-narrator", daemon=True)
+        self.ready = threading.Event()
+
+    def __enter__(self) -> Narrator:
+        self.thread.start()
+        self.ready.wait(30)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def _follow(self) -> None:
+        streams = [
+            Stream("dvs", DATA_VOLUMES, self.namespace),
+            Stream("vmims", MIGRATIONS, self.namespace),
+            Stream("vmis", VMIS, self.namespace),
+        ]
+        with Observer(self.api, streams) as observer:
+            observer.wait(self._look, time.monotonic() + 3600, what="the demo", tick=0.2)
+
+    def _look(self, state: State) -> bool | None:
+        lines: dict[tuple[str, str], str] = {}
+        for name, dv in state["dvs"].items():
+            status = dv.get("status") or {}
+            progress = str(status.get("progress") or "")
+            tenth = _tenths(progress)
+            lines[("dv", name)] = (f"DataVolume {name}: {status.get('phase') or 'Pending'}"
+                                   + (f" {progress}" if tenth >= 0 else ""))
+        for name, vmim in state["vmims"].items():
+            vmi = (vmim.get("spec") or {}).get("vmiName", "")
+            phase = (vmim.get("status") or {}).get("phase") or "Pending"
+            lines[("vmim", name)] = f"VMIM {name} (VMI {vmi}): {phase}"
+        for name, vmi in state["vmis"].items():
+            status = vmi.get("status") or {}
+            lines[("vmi", name)] = (f"VMI {name}: {status.get('phase') or 'Pending'} on node "
+                                    f"{status.get('nodeName') or '-'}")
+        if self.seen is None:  # what was there before apply started is not news
+            self.seen = {key: _coarse(line) for key, line in lines.items()}
+            self.ready.set()
+        for key, line in lines.items():
+            before = self.seen.get(key)
+            if before == _coarse(line):
+                continue
+            was = ""
+            if key[0] == "vmi" and before is not None:  # "the VM moved to another node"
+                was = f" (was: {before.split(': ', 1)[1]})"
+            say(f"  {line}{was}")
+            self.seen[key] = _coarse(line)
+        return True if self.stop.is_set() else None
 
 
-def _watch_migration(api: pykube.HTTPClient, namespace: str, name: str,
-                     targets: dict[str, str], timeout: float) -> None:
-    """Print the VMIM phase and the VMI's claims until the copy has finished."""
-    started = time.monotonic()
-    deadline, last = started + timeout, ""
-    while time.monotonic() < deadline:
-        vmi = _get(api, "kubevirt.io/v1", f"virtualmachineinstances/{name}")
-        selector = f"kubevirt.io/volume-update-migration={name}"
-        migrations = api.get(version="kubevirt.io/v1", namespace=namespace,
-                             url="virtualmachineinstancemigrations",
-                             params={"labelSelector": selector})
-        items = migrations.json().get("items", []) if migrations.ok else []
-        phase = items[-1].get("status", {}).get("phase", "-") if items else "-"
-        changing = any(c.get("type") == "VolumesChange" and c.get("status") == "True"
-                       for c in (vmi.get("status") or {}).get("conditions") or ())
-        node = (vmi.get("status") or {}).get("nodeName", "-")
-        line = f"  VMIM: {phase:<15} VolumesChange: {changing!s:<5} node: {node}"
-        if line != last:
-            say(f"{line}  ({time.monotonic() - started:.0f}s)")
-            last = line
-        if phase == "Succeeded" and not changing:
-            break
-        time.sleep(0.2)
-    else:
-        raise TimeoutError(f"the migration of {name} did not finish within {timeout:.0f}s")
-    for volume, target in targets.items():
-        source_claim = next(iter(_claims(api, namespace, target)), "")
-        say(f"  {volume}: now on {target}; content hash copied from {source_claim}: "
-            f"{_same_content(api, namespace, source_claim, target)}")
+def _coarse(line: str) -> str:
+    """A line with its progress cut to tenths, so progress is reported every 10%."""
+    head, _, progress = line.rpartition(" ")
+    tenth = _tenths(progress)
+    return f"{head} {tenth * 10}%" if tenth >= 0 and progress.endswith("%") else line
 
 
-def _claims(api: pykube.HTTPClient, namespace: str, target: str) -> list[str]:
-    dv = _get(api, "cdi.kubevirt.io/v1beta1", f"datavolumes/{target}")
-    source = (dv.get("metadata") or {}).get("annotations", {}).get("vmstorage.dev/source-claim")
-    return [source] if source else []
+def show_moves(api: pykube.HTTPClient) -> None:
+    """For every VM of the seed: the claims it uses now, its last-migration record, and
+    whether each target carries the content hash of the source it was copied from."""
+    for name in VMS:
+        vm = _get(api, "kubevirt.io/v1", f"virtualmachines/{name}")
+        notes = (vm.get("metadata") or {}).get("annotations") or {}
+        last = json.loads(notes.get(LAST_MIGRATION) or "{}")
+        say(f"{seed.NAMESPACE}/{name}: last migration {last.get('result', '-')} "
+            f"({last.get('flow', '-')}, move {last.get('id', '-')})")
+        for volume, target in sorted((last.get("volumes") or {}).items()):
+            dv = _get(api, "cdi.kubevirt.io/v1beta1", f"datavolumes/{target}")
+            source = ((dv.get("metadata") or {}).get("annotations") or {}).get(
+                SOURCE_ANNOTATION, "")
+            pvc = _get(api, "v1", f"persistentvolumeclaims/{target}")
+            klass = (pvc.get("spec") or {}).get("storageClassName", "-")
+            say(f"  {volume}: now on {target} ({klass}); content hash carried over from "
+                f"{source or '-'}: {_same_content(api, source, target)}")
 
 
-def _same_content(api: pykube.HTTPClient, namespace: str, source: str, target: str) -> bool:
+def _same_content(api: pykube.HTTPClient, source: str, target: str) -> bool:
     def digest(claim: str) -> str | None:
-        pvc = _get(api, "v1", f"persistentvolumeclaims/{claim}")
+        pvc = _get(api, "v1", f"persistentvolumeclaims/{claim}") if claim else {}
         return content_hash(pvc) if pvc else None
 
     before, after = digest(source), digest(target)
     return before is not None and before != "" and before == after
 
 
-def wait_for_vm(api: pykube.HTTPClient, timeout: float = 600.0) -> None:
-    """Print import progress (every 10%) and VM status changes until the VM runs."""
+def wait_for_vms(api: pykube.HTTPClient, timeout: float = 600.0) -> None:
+    """Print import progress (every 10%) and VM status changes until the Fedora VM runs and
+    the stopped VM's disk is imported."""
     deadline = time.monotonic() + timeout
-    last: tuple[str, str, int] = ("", "", -1)
+    last: dict[str, tuple[str, str, int]] = {}
+    disks = {seed.VM_NAME: seed.DV_NAME, seed.ARCHIVE_VM: seed.ARCHIVE_DV}
     while time.monotonic() < deadline:
-        dv = _get(api, "cdi.kubevirt.io/v1beta1", f"datavolumes/{seed.DV_NAME}")
-        vm = _get(api, "kubevirt.io/v1", f"virtualmachines/{seed.VM_NAME}")
-        dv_status, vm_status = dv.get("status") or {}, vm.get("status") or {}
-        progress = str(dv_status.get("progress", ""))
-        state = (str(dv_status.get("phase", "-")), str(vm_status.get("printableStatus", "-")),
-                 _tenths(progress))
-        if state != last:
-            say(f"  DataVolume {seed.DV_NAME}: {state[0]} {progress}  VM: {state[1]}")
-            last = state
-        if vm_status.get("printableStatus") == "Running":
+        done = True
+        for vm_name, dv_name in disks.items():
+            dv = _get(api, "cdi.kubevirt.io/v1beta1", f"datavolumes/{dv_name}")
+            vm = _get(api, "kubevirt.io/v1", f"virtualmachines/{vm_name}")
+            dv_status, vm_status = dv.get("status") or {}, vm.get("status") or {}
+            progress = str(dv_status.get("progress", ""))
+            state = (str(dv_status.get("phase", "-")), str(vm_status.get("printableStatus", "-")),
+                     _tenths(progress))
+            if state != last.get(vm_name):
+                say(f"  DataVolume {dv_name}: {state[0]} {progress}  VM {vm_name}: {state[1]}")
+                last[vm_name] = state
+            wanted = "Running" if vm_name == seed.VM_NAME else "Stopped"
+            done = done and state[0] == "Succeeded" and state[1] == wanted
+        if done:
             return
         time.sleep(0.2)
-    raise TimeoutError(f"{seed.VM_NAME} did not start within {timeout:.0f}s")
+    raise TimeoutError(f"the seed VMs were not ready within {timeout:.0f}s")
 
 
 def _tenths(progress: str) -> int:
@@ -194,4 +248,6 @@ def banner(text: str) -> None:
 
 
 def say(message: str) -> None:
-    print(f"[demo] {message}", file=sys.stderr, flush=True)
+    # one write per line: the narrator thread and apply's progress share stderr
+    sys.stderr.write(f"[demo] {message}\n")
+    sys.stderr.flush()

@@ -4,7 +4,11 @@
   (Immediate, expandable): the move goes from the first to the second.
 - The ``kubevirt`` CR configured for storage live migration (LiveUpdate + LiveMigrate).
 - Namespace ``mig-vm`` with the running VM ``vm-fedora`` whose disk ``datavolumedisk1`` is the
-  DataVolume ``fedora-40-dv-template`` from its dataVolumeTemplates (a registry import).
+  DataVolume ``fedora-40-dv-template`` from its dataVolumeTemplates (a registry import), and
+  the stopped VM ``vm-archive`` (label ``tier: archive``, the same shape, a 10Gi CentOS disk
+  ``archive-disk`` imported at once although the VM is stopped: the template asks CDI for
+  immediate binding on the WaitForFirstConsumer class). ``plans/seed`` moves both to
+  ``ceph-rbd``: the first live, the second offline.
 
 Used by the demo and by cluster tests; every function takes a pykube client and is idempotent
 (409 AlreadyExists is fine).
@@ -23,6 +27,10 @@ NAMESPACE = "mig-vm"
 VM_NAME = "vm-fedora"
 DV_NAME = "fedora-40-dv-template"
 IMAGE = "docker://quay.io/containerdisks/fedora:40"
+ARCHIVE_VM = "vm-archive"
+ARCHIVE_DV = "archive-disk"
+ARCHIVE_IMAGE = "docker://quay.io/containerdisks/centos-stream:9"
+LEASE_NAMESPACE = "vm-storage-reconciler"  # where `apply` keeps its Lease (cronjob.yaml's)
 
 
 def storage_classes() -> list[dict[str, Any]]:
@@ -112,6 +120,19 @@ def fedora_vm(namespace: str = NAMESPACE, name: str = VM_NAME, dv: str = DV_NAME
     }
 
 
+def archive_vm(namespace: str = NAMESPACE) -> dict[str, Any]:
+    """The stopped VM of the seed: like ``fedora_vm``, labelled ``tier: archive``, its disk
+    imported although it never ran (CDI's immediate-binding annotation on the template)."""
+    vm = fedora_vm(namespace, ARCHIVE_VM, ARCHIVE_DV, running=False, size="10Gi")
+    vm["metadata"]["labels"]["tier"] = "archive"
+    template = vm["spec"]["dataVolumeTemplates"][0]
+    template["metadata"]["annotations"] = {
+        "cdi.kubevirt.io/storage.bind.immediate.requested": "true"
+    }
+    template["spec"]["source"] = {"registry": {"url": ARCHIVE_IMAGE}}
+    return vm
+
+
 def create(api: pykube.HTTPClient, obj: dict[str, Any]) -> None:
     """POST ``obj`` to its collection; an existing object is left as it is."""
     api_version, kind = obj["apiVersion"], obj["kind"]
@@ -141,7 +162,10 @@ def seed_cluster(api: pykube.HTTPClient) -> None:
 
 
 def seed(api: pykube.HTTPClient) -> None:
-    """The whole seed scenario (cluster objects + mig-vm/vm-fedora)."""
+    """The whole seed scenario: cluster objects, mig-vm/vm-fedora (running) and
+    mig-vm/vm-archive (stopped), and the namespace of `apply`'s Lease."""
     seed_cluster(api)
     create(api, namespace(NAMESPACE))
+    create(api, namespace(LEASE_NAMESPACE))
     create(api, fedora_vm())
+    create(api, archive_vm())

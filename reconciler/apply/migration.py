@@ -17,7 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.apply.context import MoveRun, StepFailed
-from reconciler.apply.vm_steps import claims_of, patch_vm
+from reconciler.apply.store import read_vm
+from reconciler.apply.vm_steps import claims_of, patch_vm, run_strategy_of
 from reconciler.diff.gitops import volumes_writer
 from reconciler.kube.resources import MIGRATIONS, VIRTUAL_MACHINES, VMIS
 from reconciler.kube.watch import State, Stream
@@ -86,6 +87,15 @@ def _copy_finished(m: Obj) -> bool:
     )
 
 
+def _copy_complete(ours: list[Obj]) -> bool:
+    """The newest migration of this move copied everything: Succeeded, or Failed after the
+    target domain was ready (the reference's exception to reverting)."""
+    if not ours:
+        return False
+    newest = ours[-1]
+    return _phase(newest) == "Succeeded" or (_phase(newest) == "Failed" and _copy_finished(newest))
+
+
 def _streams(run: MoveRun, journal: Journal) -> list[Stream]:
     label = f"{VOLUME_UPDATE_LABEL}={migration_label(run.vm, journal.vmi_uid)}"
     return [
@@ -106,8 +116,7 @@ def _migrated(run: MoveRun, journal: Journal, state: State) -> object | None:
     vmi = state["vmi"].get(run.vm)
     ours = _ours(state["migrations"].values(), journal)
     if is_true(vm, "ManualRecoveryRequired"):
-        failed = [m for m in ours if _phase(m) == "Failed"]
-        if failed and _copy_finished(failed[-1]):
+        if _copy_complete(ours):
             return _Copied()
         reason = (condition(vm, "ManualRecoveryRequired") or {}).get("reason", "")
         raise StepFailed(
@@ -121,7 +130,16 @@ def _migrated(run: MoveRun, journal: Journal, state: State) -> object | None:
         message = (condition(vm, "RestartRequired") or {}).get("message", "")
         raise StepFailed("restart-required", f"KubeVirt refused the volume update: {message}")
     if vmi is None or (vmi.get("status") or {}).get("phase") in FINAL_VMI:
-        return None  # KubeVirt sets ManualRecoveryRequired next
+        # Stopped, evicted or crashed mid-copy: KubeVirt never retries a volume migration
+        # without its VMI (and marks the VM ManualRecoveryRequired, unless its status write
+        # was lost). Decide now instead of waiting for that condition or the deadline.
+        if _copy_complete(ours):
+            return _Copied()
+        raise StepFailed(
+            "manual-recovery-required",
+            "the VMI went away during the volume migration, before the copy ended: KubeVirt "
+            "will not retry it, and the VM must not start on the half-copied destination",
+        )
     if journal.vmi_uid and (vmi.get("metadata") or {}).get("uid") != journal.vmi_uid:
         raise StepFailed("vmi-restarted", "the VM was restarted during the live move")
     change = condition(vmi, "VolumesChange")
@@ -223,7 +241,12 @@ def _wait_migration(run: MoveRun, journal: Journal) -> Journal:
             ),
             refused_rule="recovery-refused",
         )
-        return replace(journal, vmi_uid="")
+        vm = read_vm(run)
+        if vm is None:
+            raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+        # Someone else stopped the VM mid-copy; it stays as they left it (verify then checks
+        # the VM as it is now, not the run state it had before the move).
+        return replace(journal, vmi_uid="", was_running=False, run_strategy=run_strategy_of(vm))
     run.say("migration succeeded")
     return journal
 

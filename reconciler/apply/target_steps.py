@@ -15,7 +15,14 @@ from typing import Any
 from reconciler.apply.context import MoveRun, StepFailed
 from reconciler.apply.store import read_vm
 from reconciler.apply.vm_steps import claims_of
-from reconciler.kube.resources import DATA_VOLUMES, PODS, PVCS, STORAGE_CLASSES, VIRTUAL_MACHINES
+from reconciler.kube.resources import (
+    DATA_VOLUMES,
+    PODS,
+    PVCS,
+    STORAGE_CLASSES,
+    VIRTUAL_MACHINES,
+    VMIS,
+)
 from reconciler.kube.watch import State, Stream
 from reconciler.model.errors import ClusterError
 from reconciler.model.journal import Flow, Journal
@@ -121,10 +128,20 @@ def _wait_targets(run: MoveRun, journal: Journal) -> Journal:
             "dvs", DATA_VOLUMES, run.namespace, label_selector=f"{MIGRATION_LABEL}={journal.id}"
         ),
         Stream("classes", STORAGE_CLASSES, None),
+        Stream("vm", VIRTUAL_MACHINES, run.namespace, name=run.vm),
+        Stream("vmi", VMIS, run.namespace, name=run.vm),
     ]
     names = [v.target for v in journal.volumes]
 
     def ready(state: State) -> bool | None:
+        if not state["vm"]:  # a copy for a VM that is gone: stop now, not at the deadline
+            raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+        if journal.flow is Flow.OFFLINE and state["vmi"]:
+            raise StepFailed(
+                "vm-changed",
+                "the VM was started by someone else during the offline copy (its disks are in "
+                "use again); nothing was swapped",
+            )
         for v in journal.volumes:
             dv = state["dvs"].get(v.target)
             if dv is None:

@@ -10,6 +10,7 @@ expect (``StepFailed vm-changed``: never clobber).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -19,7 +20,7 @@ from reconciler.apply.store import read_vm
 from reconciler.kube.resources import PODS, VIRTUAL_MACHINES, VMIS
 from reconciler.kube.watch import State, Stream
 from reconciler.model.errors import ClusterError
-from reconciler.model.journal import Journal
+from reconciler.model.journal import Flow, Journal
 
 Obj = dict[str, Any]
 Op = Mapping[str, Any]
@@ -128,7 +129,8 @@ def _stop(run: MoveRun, journal: Journal) -> Journal:
             )
         return _run_strategy_ops(current, stopped)
 
-    run.say("stopping the VM (runStrategy Halted) for an offline move")
+    if journal.run_strategy != stopped:  # a VM that was stopped already needs no stop
+        run.say("stopping the VM (runStrategy Halted) for an offline move")
     patch_vm(run, build, refused_rule="stop-refused")
     return journal
 
@@ -137,6 +139,13 @@ def _start(run: MoveRun, journal: Journal) -> Journal:
     def build(vm: Obj) -> list[Obj] | None:
         current = run_strategy_of(vm)
         if current == journal.run_strategy:
+            return None
+        if current != _stopped_form(journal.run_strategy) and journal.rolling_back:
+            # Someone else chose a run strategy while we had the VM stopped: a rollback
+            # leaves their choice (never clobber) and goes on cleaning up.
+            run.say(
+                f"leaving runStrategy {current.removeprefix(RUNNING_FIELD)}: set by someone else"
+            )
             return None
         if current != _stopped_form(journal.run_strategy):
             raise StepFailed(
@@ -186,6 +195,9 @@ def _wait_stopped(run: MoveRun, journal: Journal) -> Journal:
 def _wait_running(run: MoveRun, journal: Journal) -> Journal:
     if not journal.was_running:
         return journal
+    vm = read_vm(run)
+    if vm is not None and run_strategy_of(vm) != journal.run_strategy:
+        return journal  # not our run strategy (someone else's, left alone): nothing to wait for
     streams = [
         Stream("vmi", VMIS, run.namespace, name=run.vm),
         Stream("vm", VIRTUAL_MACHINES, run.namespace, name=run.vm),
@@ -227,6 +239,14 @@ def _swap(run: MoveRun, journal: Journal) -> Journal:
                     f"{claims.get(v.volume)!r}, neither {v.source} nor {v.target}: "
                     "the VM was edited by someone else; nothing was overwritten",
                 )
+        if journal.flow is Flow.LIVE:
+            vmi = run.cluster.get(VMIS, run.namespace, run.vm)
+            if ((vmi or {}).get("status") or {}).get("phase") != "Running":
+                raise StepFailed(
+                    "vm-changed",
+                    "the VM stopped before its live swap: KubeVirt would not copy the disks "
+                    "but start the VM on the blank destinations; nothing was swapped",
+                )
         return [dict(op) for op in journal.forward_ops]
 
     run.say(
@@ -234,7 +254,64 @@ def _swap(run: MoveRun, journal: Journal) -> Journal:
         + ", ".join(f"{v.volume} {v.source} -> {v.target}" for v in journal.volumes)
     )
     patch_vm(run, build, refused_rule="swap-refused")
+    if journal.flow is Flow.LIVE:
+        _await_update_recorded(run, journal)
     return replace(journal, swapped=True)
+
+
+def _await_update_recorded(run: MoveRun, journal: Journal) -> None:
+    """Leave the VM alone until KubeVirt has recorded the volume update on it.
+
+    virt-controller patches the VMI, then writes the VM's status (with
+    ``volumeUpdateState.volumeMigrationState``) guarded by the resourceVersion it read; our
+    next write (the journal) landing first makes that status write conflict, and the retry
+    never records the migration again: a VM stopped mid-copy would then not get
+    ManualRecoveryRequired and could start on a half-copied disk. So wait (briefly, never
+    failing: the migration wait judges the outcome) until the VM's status shows the update,
+    or KubeVirt mirrored VolumesChange, refused it, or the VMI is gone.
+    """
+    targets = {v.target for v in journal.volumes}
+
+    def recorded(state: State) -> bool | None:
+        vm = state["vm"].get(run.vm)
+        vmi = state["vmi"].get(run.vm)
+        if vm is None or vmi is None:
+            return True
+        status = vm.get("status") or {}
+        migration = (status.get("volumeUpdateState") or {}).get("volumeMigrationState") or {}
+        destinations = {
+            ((m or {}).get("destinationPVCInfo") or {}).get("claimName")
+            for m in migration.get("migratedVolumes") or ()
+        }
+        # the VM's own conditions: virt-controller wrote its status after the VMI changed
+        conditions = {
+            (c.get("type"), c.get("status"))
+            for c in status.get("conditions") or ()
+            if isinstance(c, dict)
+        }
+        in_use = {
+            ((v or {}).get("persistentVolumeClaimInfo") or {}).get("claimName")
+            for v in (vmi.get("status") or {}).get("volumeStatus") or ()
+        }
+        if targets <= destinations or targets <= in_use:
+            return True  # recorded (or already migrated)
+        if {("VolumesChange", "True"), ("VolumesChange", "False"), ("RestartRequired", "True")} & (
+            conditions
+        ):
+            return True  # mirrored, or refused (the migration wait reports a refusal)
+        return None
+
+    # not recorded in time (an old KubeVirt without volumeUpdateState): go on
+    with contextlib.suppress(StepFailed):
+        run.wait(
+            [
+                Stream("vm", VIRTUAL_MACHINES, run.namespace, name=run.vm),
+                Stream("vmi", VMIS, run.namespace, name=run.vm),
+            ],
+            recorded,
+            seconds=min(run.seconds_left(journal), run.settings.settle_timeout, 10.0),
+            what="KubeVirt to record the volume update",
+        )
 
 
 def _revert(run: MoveRun, journal: Journal) -> Journal:
@@ -243,6 +320,10 @@ def _revert(run: MoveRun, journal: Journal) -> Journal:
     def build(vm: Obj) -> list[Obj] | None:
         claims = claims_of(vm)
         if all(claims.get(v.volume) == v.source for v in journal.volumes):
+            return None
+        if not any(claims.get(v.volume) == v.target for v in journal.volumes):
+            # The swap never took effect and someone else repointed a volume: nothing of
+            # ours to revert, and their edit is not ours to overwrite.
             return None
         if not all(claims.get(v.volume) == v.target for v in journal.volumes):
             raise StepFailed(

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
     if args.output != "text":
         out.write(dump(status_document(entries), args.output, pretty=out.isatty()))
     elif entries:
-        out.write(table(status_rows(entries)))
+        out.write(table(status_rows(entries)) + "\n")
     else:
         out.write("No moves in flight and no migration records in these namespaces.\n")
     return ExitCode.PENDING if any(j is not None for _n, _v, j, _l, _e in entries) else ExitCode.OK

@@ -28,18 +28,22 @@ class TargetSpec:
     offered: bool = True
 
 
-def target_size(pvc: PVCInfo, dv: DataVolumeInfo | None = None) -> int:
-    """The size to request for a copy of ``pvc`` (made by DataVolume ``dv``, if any).
+def target_size(pvc: PVCInfo, dv: DataVolumeInfo | None = None, target_mode: str = "") -> int:
+    """The size to request for a copy of ``pvc`` (made by DataVolume ``dv``, if any) onto a
+    ``target_mode`` volume ("" = the source's mode).
 
-    Filesystem sources: the request of the source's DataVolume when there is one (KMC does the
-    same): CDI's ``storage:`` API adds the filesystem overhead to it again, so the destination
-    PVC comes out the size of the source PVC instead of ~6% larger on every move. Without a
-    DataVolume, the PVC request. Block sources: the device is as large as the volume's
-    *capacity*, which may exceed the request (provisioners round up), and a destination smaller
-    than the source device fails in libvirt; so the larger of capacity and request. Never below
-    the request, because CDI refuses a clone whose target request is below the source's.
+    Filesystem to Filesystem: the request of the source's DataVolume when there is one (KMC
+    does the same): CDI's ``storage:`` API adds the filesystem overhead to it again, so the
+    destination PVC comes out the size of the source PVC instead of ~6% larger on every move.
+    Without a DataVolume, the PVC request. Block sources: the device is as large as the
+    volume's *capacity*, which may exceed the request (provisioners round up), and a
+    destination smaller than the source device fails in libvirt; so the larger of capacity and
+    request. Filesystem to Block: CDI adds no overhead to a Block request, and the source's disk
+    image fills its PVC's capacity less the overhead (a little over the DataVolume's size once
+    rounded), so the device gets the source's whole capacity. Never below the request, because
+    CDI refuses a clone whose target request is below the source's.
     """
-    if pvc.volume_mode == "Block":
+    if pvc.volume_mode == "Block" or target_mode == "Block":
         return max(pvc.request_bytes, pvc.capacity_bytes or 0)
     if dv is not None and dv.request_bytes:
         return min(dv.request_bytes, pvc.request_bytes) or pvc.request_bytes
@@ -71,18 +75,21 @@ def resolve_target(
     explicit_mode = want.volume_mode is not VolumeMode.AUTO
     mode = want.volume_mode.value if explicit_mode else source_mode
     access = want.access_modes if want.access_modes is not None else source_access
-    size = target_size(pvc, dv) if pvc else 0
+
+    def size(target_mode: str) -> int:
+        return target_size(pvc, dv, target_mode) if pvc else 0
+
     sets = profile.claim_property_sets if profile else ()
     if profile is None or not sets or not mode or _offers(profile, mode, access):
-        return TargetSpec(want.storage_class, mode, tuple(access), size)
+        return TargetSpec(want.storage_class, mode, tuple(access), size(mode))
     # The wanted pair is not offered: let the Auto half follow the profile, in its order.
     for set_access, set_mode in sets:
         mode_fits = not explicit_mode or set_mode == mode
         access_fits = want.access_modes is None or set(access) <= set(set_access)
         if mode_fits and access_fits:
             chosen = tuple(access) if want.access_modes is not None else set_access
-            return TargetSpec(want.storage_class, set_mode, chosen, size)
-    return TargetSpec(want.storage_class, mode, tuple(access), size, offered=False)
+            return TargetSpec(want.storage_class, set_mode, chosen, size(set_mode))
+    return TargetSpec(want.storage_class, mode, tuple(access), size(mode), offered=False)
 
 
 def is_in_sync(volume: VMVolume | None, pvc: PVCInfo | None, want: DesiredVolume) -> bool:

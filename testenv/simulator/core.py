@@ -26,11 +26,12 @@ import heapq
 import itertools
 import json
 import logging
+import marshal
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -231,7 +232,7 @@ class Store:
         ns = namespace if RESOURCES[resource].namespaced else ""
         with self._lock:
             obj = self._objects.get((resource, ns, name))
-            return copy.deepcopy(obj) if obj is not None else None
+            return _copied(obj) if obj is not None else None
 
     def list(
         self,
@@ -250,7 +251,31 @@ class Store:
                 and _labels_match(obj, selector)
             ]
             found.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
-            return copy.deepcopy(found)
+            copied: builtins.list[dict[str, Any]] = _copied(found)
+            return copied
+
+    def keys(self, resource: str, namespace: str | None = None) -> builtins.list[Key]:
+        """The keys of the cached objects of a resource, optionally in one namespace, sorted
+        by (namespace, name) like `list`, without copying the objects (for `keys_for`)."""
+        with self._lock:
+            return sorted(
+                key
+                for key in self._objects
+                if key[0] == resource and (namespace is None or key[1] == namespace)
+            )
+
+    def keys_where(
+        self, resource: str, namespace: str, predicate: Callable[[Mapping[str, Any]], bool]
+    ) -> builtins.list[Key]:
+        """The sorted keys of a resource's cached objects in `namespace` for which
+        `predicate(obj)` holds. The predicate sees the cached object itself, under the store's
+        lock: it must only read, and must not call the store."""
+        with self._lock:
+            return sorted(
+                key
+                for key, obj in self._objects.items()
+                if key[0] == resource and key[1] == namespace and predicate(obj)
+            )
 
     def observe(self, resource: str, obj: Mapping[str, Any]) -> bool:
         """Record an added/modified object unless it is stale; returns whether it was taken."""
@@ -262,7 +287,7 @@ class Store:
                 return False
             if not _newer_or_equal(obj, self._objects.get(key)):
                 return False
-            self._objects[key] = copy.deepcopy(dict(obj))
+            self._objects[key] = _copied(dict(obj))
             return True
 
     def forget(self, resource: str, obj: Mapping[str, Any]) -> None:
@@ -297,7 +322,19 @@ class Store:
                     gone.append(self._objects.pop(key))
         for obj in fresh.values():
             self.observe(resource, obj)
-        return copy.deepcopy(gone)
+        copied: builtins.list[dict[str, Any]] = _copied(gone)
+        return copied
+
+
+def _copied(obj: Any) -> Any:
+    """A deep copy of an API object (JSON types: dicts, lists, strings, numbers, booleans,
+    None). marshal copies these about 5x faster than `copy.deepcopy`, which dominated the
+    simulator's time once a namespace held dozens of VMs (every VM and VMI reconcile reads
+    all the namespace's PVCs and DataVolumes); anything else falls back to deepcopy."""
+    try:
+        return marshal.loads(marshal.dumps(obj))
+    except ValueError:
+        return copy.deepcopy(obj)
 
 
 def _labels_match(obj: Mapping[str, Any], selector: Mapping[str, str] | None) -> bool:

@@ -100,6 +100,35 @@ def by_name(sim: Simulator, resource: str, namespace: str) -> dict[str, dict[str
     return {o["metadata"]["name"]: o for o in sim.store.list(resource, namespace)}
 
 
+def names_anywhere(obj: Mapping[str, Any], name: str) -> bool:
+    """Whether the string `name` appears anywhere in the spec or status of `obj` (a VM or
+    VMI): volumes, dataVolumeTemplates, volumeStatus, migratedVolumes, ... A superset of the
+    claims it refers to (a coincidence only costs a needless reconcile), read in place."""
+    stack: list[Any] = [obj.get("spec"), obj.get("status")]
+    while stack:
+        value = stack.pop()
+        if value == name:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+def referring(sim: Simulator, resource: str, namespace: str, claim: str) -> list[Key]:
+    """Keys of the VMs (resource VM) or VMIs (VMI) in `namespace` that may care about the PVC
+    or DataVolume `claim`: those naming it, or whose VMI (or VM) of the same name does.
+    Without this every DataVolume/PVC event reconciled every VM and VMI of the namespace,
+    each reading all its claims: quadratic in the VMs of a namespace."""
+    other = VMI if resource == VM else VM
+    related = {k[2] for k in sim.store.keys_where(other, namespace,
+                                                  lambda o: names_anywhere(o, claim))}
+    return sim.store.keys_where(
+        resource, namespace,
+        lambda o: o["metadata"]["name"] in related or names_anywhere(o, claim))
+
+
 def merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """The RFC 7386 merge patch that turns `old` into `new` (lists are replaced whole)."""
     patch: dict[str, Any] = {}
@@ -297,8 +326,9 @@ class VirtualMachineController(Controller):
             return [key_of(VM, obj)]
         if resource == VMI:
             return [(VM, meta["namespace"], meta["name"])]
-        namespace = meta.get("namespace") if resource != KUBEVIRT else None
-        return [key_of(VM, vm) for vm in self.sim.store.list(VM, namespace)]
+        if resource in (DV, PVC):
+            return referring(self.sim, VM, meta["namespace"], meta["name"])
+        return self.sim.store.keys(VM, meta.get("namespace") if resource != KUBEVIRT else None)
 
     # -- main loop
 
@@ -807,8 +837,7 @@ class VirtualMachineInstanceController(Controller):
     def keys_for(self, resource: str, obj: dict[str, Any]) -> Iterable[Key]:
         if resource == VMI:
             return [key_of(VMI, obj)]
-        return [key_of(VMI, vmi) for vmi in self.sim.store.list(VMI, obj["metadata"]
-                                                                  ["namespace"])]
+        return referring(self.sim, VMI, obj["metadata"]["namespace"], obj["metadata"]["name"])
 
     @property
     def tick(self) -> float:

@@ -1643,10 +1643,24 @@ def test_the_seed_plan_moves_the_fedora_disk_to_ceph() -> None:
     assert (plan.mode, plan.allow_stop, plan.retention) == (Mode.AUTO, False, Retention.KEEP)
 
 
+def test_the_seed_archive_plan_selects_the_stopped_vm_by_label() -> None:
+    (plan,) = load_plans([REPO / "plans/seed/archive-to-ceph.yaml"])
+    assert (plan.name, plan.namespace, plan.storage_class) == (
+        "archive-to-ceph",
+        "mig-vm",
+        "ceph-rbd",
+    )
+    assert plan.virtual_machines == ()
+    assert plan.selector is not None
+    assert plan.selector.match_labels == (("tier", "archive"),)
+    assert (plan.mode, plan.allow_stop, plan.retention) == (Mode.AUTO, False, Retention.KEEP)
+
+
 def test_every_example_in_plans_validates_alone_and_together() -> None:
     files = plan_files([REPO / "plans"])
     assert {f.relative_to(REPO).as_posix() for f in files} >= {
         "plans/seed/fedora-to-ceph.yaml",
+        "plans/seed/archive-to-ceph.yaml",
         "plans/examples/gold-tier.yaml",
         "plans/examples/kmc-plan.yaml",
         "plans/examples/multi-namespace.yaml",
@@ -1656,6 +1670,7 @@ def test_every_example_in_plans_validates_alone_and_together() -> None:
     plans = load_plans([REPO / "plans"])
     assert {(p.namespace, p.name, p.origin_kind) for p in plans} == {
         ("mig-vm", "fedora-to-ceph", "StoragePlan"),
+        ("mig-vm", "archive-to-ceph", "StoragePlan"),
         ("prod", "gold-tier", "StoragePlan"),
         ("apps", "rhel-to-ceph", "VirtualMachineStorageMigrationPlan"),
         ("dev", "retire-nfs-dev", "MultiNamespaceVirtualMachineStorageMigrationPlan"),

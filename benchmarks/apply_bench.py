@@ -1,0 +1,793 @@
+"""Benchmark `apply`: N VMs moved serially with instant simulated copies, on the local control
+plane and the simulator this script starts.
+
+    .venv/bin/python benchmarks/apply_bench.py [--vms 50] [--profile apply.prof]
+
+Setup (not measured): the seed's StorageClasses and KubeVirt CR, then two namespaces with N
+VMs each (the seed's Fedora VM shape: a dataVolumeTemplate disk imported onto
+``local-hostpath``, plus cloud-init). Every VM is started; once all run, every second VM is
+stopped again (runStrategy Halted, VMI gone). So half the VMs move live (KubeVirt volume
+migration) and half offline (a CDI clone of a stopped VM). The simulator copies instantly:
+with nothing to copy, every second a move takes is control-plane overhead (API round trips,
+watches, the simulator's reactions, our own work).
+
+Measured, in the same run:
+
+- ``apply`` (the real CLI in a fresh process, ``-o json``) on a plan selecting the N VMs of
+  the first namespace, moving them to ``ceph-rbd`` one at a time. Per VM: the state machine's
+  wall time (the ApplyReport outcome's ``seconds``, with its per-step ``steps``) and the VM's
+  whole cycle (from the API server's audit log: the time between the end of one VM's move and
+  the end of the next, which also counts the fresh observation, diff and render each VM gets
+  before its move starts).
+- The **raw baseline**: the bare requests of the same moves in the second namespace, sent by a
+  small script in a fresh process with ``requests`` (what ``kubectl create``/``kubectl patch``/
+  ``kubectl wait`` would send, minus kubectl's start-up): for each VM the DataVolume(s)
+  ``plan`` rendered are POSTed, a LIST+WATCH waits until they are Succeeded, the VM is read and
+  the rendered JSON patch sent (resourceVersion refreshed), and for a running VM a LIST+WATCH
+  waits until KubeVirt's migration Succeeded and the VMI's volumeStatus names the targets. No
+  journal, no verification, no rollback, no Lease: the minimum any client pays.
+- **Requests per VM**, counted by the API server: the reconciler and the baseline run as
+  ServiceAccounts of their own (bound to cluster-admin), and the audit log says who sent
+  what; the simulator (user ``admin``) and the API server's loopback traffic are not counted.
+- **Reaction latency**: from the simulator finishing what a step waits for to the
+  reconciler's next request. Both timestamps come from the API server's audit log (one
+  clock, microseconds): the simulator's write (its ``ResponseComplete`` stageTimestamp) and
+  the reconciler's next request (its ``requestReceivedTimestamp``). Every wait of `apply` is
+  a set of LIST+WATCH streams (``reconciler.kube.watch``); in the audit log a wait is the group
+  of watches the reconciler opened since its previous request, and its end is the reconciler's
+  next request (not counting Lease renewals). The trigger is the last write by the simulator
+  to an object one of those watches follows (same resource and namespace, the name of a
+  name-selected watch, the labels of a label-selected one) that completed after the watches
+  were open (their ``ResponseStarted``) and before that request; the audit log records the
+  written object, so each trigger is named (e.g. ``DataVolume Succeeded``, ``VirtualMachine
+  InstanceMigration Succeeded``). A wait whose condition already held when its watches opened
+  (no such write) has no reaction to measure: it is counted as "ready on arrival". If the
+  simulator wrote twice to watched objects within a reaction, the later write is taken, which
+  can only make the figure smaller: such waits are counted and shown ("ambiguous").
+
+Goals (issue 9): median overhead <= 2 s per VM, reaction <= 250 ms. For scale:
+kubevirt-migration-controller requeues every 20 s while it waits, MTC every 3 s.
+``--profile FILE`` runs `apply` under cProfile and prints its top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import math
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pykube
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reconciler import engine  # noqa: E402
+from testenv import seed  # noqa: E402
+from testenv.controlplane import ControlPlane  # noqa: E402
+from testenv.simulator import SimConfig  # noqa: E402
+from testenv.simulator import start as start_simulator  # noqa: E402
+
+KV = "kubevirt.io/v1"
+BENCH_NS = "vmsr-bench"  # the identities and the Lease
+RECONCILER, BASELINE = "reconciler", "baseline"
+SIMULATOR_USER = "admin"
+WATCHED_BY_SIMULATOR = (
+    "virtualmachines",
+    "virtualmachineinstances",
+    "virtualmachineinstancemigrations",
+    "datavolumes",
+    "persistentvolumeclaims",
+    "pods",
+)
+NOT_A_WAKE_UP = ("leases", "events")  # background writes of a run, not a reaction
+GOAL_OVERHEAD, GOAL_REACTION = 2.0, 0.250
+
+AUDIT_POLICY = textwrap.dedent(
+    """\
+    apiVersion: audit.k8s.io/v1
+    kind: Policy
+    omitStages: [RequestReceived]
+    rules:
+      # what the simulator writes to the objects the reconciler watches: the object is kept,
+      # so each trigger of a wake-up can be named
+      - level: RequestResponse
+        users: [admin]
+        verbs: [create, update, patch, delete]
+        resources:
+          - {group: kubevirt.io, resources: [virtualmachines, virtualmachines/status,
+              virtualmachineinstances, virtualmachineinstances/status,
+              virtualmachineinstancemigrations, virtualmachineinstancemigrations/status]}
+          - {group: cdi.kubevirt.io, resources: [datavolumes, datavolumes/status]}
+          - {group: "", resources: [persistentvolumeclaims, persistentvolumeclaims/status,
+              pods, pods/status]}
+      - level: Metadata
+    """
+)
+
+# The raw baseline: the same moves as bare requests (see the module docstring).
+BASELINE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time, requests, yaml
+    cfg = yaml.safe_load(open(sys.argv[1]))
+    work = json.load(open(sys.argv[2]))
+    server = cfg["clusters"][0]["cluster"]["server"]
+    ca = cfg["clusters"][0]["cluster"]["certificate-authority"]
+    s = requests.Session()
+    s.headers["Authorization"] = "Bearer " + cfg["users"][0]["user"]["token"]
+    sent = 0
+
+    def call(method, path, **kw):
+        global sent
+        sent += 1
+        r = s.request(method, server + path, verify=ca, **kw)
+        r.raise_for_status()
+        return r
+
+    def wait(path, params, done):
+        body = call("GET", path, params=params).json()
+        objs = {o["metadata"]["name"]: o for o in body["items"]}
+        if done(objs):
+            return
+        watch = {**params, "watch": "1", "resourceVersion": body["metadata"]["resourceVersion"]}
+        with call("GET", path, params=watch, stream=True,
+                  headers={"Accept-Encoding": "identity"}) as r:
+            buf = b""
+            for chunk in r.iter_content(chunk_size=None):
+                buf += chunk
+                *lines, buf = buf.split(b"\\n")
+                for line in lines:
+                    event = json.loads(line)
+                    o = event["object"]
+                    if event["type"] == "DELETED":
+                        objs.pop(o["metadata"]["name"], None)
+                    elif event["type"] != "BOOKMARK":
+                        objs[o["metadata"]["name"]] = o
+                    if done(objs):
+                        return
+        raise SystemExit("watch ended early: " + path)
+
+    def phase(o):
+        return (o or {}).get("status", {}).get("phase")
+
+    results = []
+    for vm in work:
+        ns, name, targets = vm["namespace"], vm["name"], vm["targets"]
+        begun, before = time.perf_counter(), sent
+        dvs = f"/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/datavolumes"
+        for dv in vm["dataVolumes"]:
+            call("POST", dvs, json=dv)
+        wanted = [dv["metadata"]["name"] for dv in vm["dataVolumes"]]
+        wait(dvs, {}, lambda o: all(phase(o.get(n)) == "Succeeded" for n in wanted))
+        path = f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}"
+        patch = vm["patch"]
+        patch[0]["value"] = call("GET", path).json()["metadata"]["resourceVersion"]
+        call("PATCH", path, data=json.dumps(patch),
+             headers={"Content-Type": "application/json-patch+json"})
+        if vm["running"]:
+            vmims = f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstancemigrations"
+            label = {"labelSelector": f"kubevirt.io/volume-update-migration={name}"}
+            wait(vmims, label, lambda o: any(phase(m) == "Succeeded" for m in o.values()))
+            vmis = f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances"
+
+            def moved(o):
+                statuses = (o.get(name) or {}).get("status", {}).get("volumeStatus") or []
+                claims = {v["name"]: (v.get("persistentVolumeClaimInfo") or {}).get("claimName")
+                          for v in statuses}
+                return all(claims.get(k) == t for k, t in targets.items())
+
+            wait(vmis, {"fieldSelector": f"metadata.name={name}"}, moved)
+        results.append({"name": name, "running": vm["running"],
+                        "seconds": time.perf_counter() - begun, "requests": sent - before})
+    print(json.dumps(results))
+    """
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vms", type=int, default=50, help="VMs per namespace (half running)")
+    parser.add_argument("--profile", type=Path, help="run apply under cProfile, stats to FILE")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (audit log, kubeconfigs)"
+    )
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="vmsr-apply-bench-"))
+    policy, audit_log = workdir / "audit-policy.yaml", workdir / "audit.log"
+    policy.write_text(AUDIT_POLICY)
+    audit_args = [
+        f"--audit-policy-file={policy}",
+        f"--audit-log-path={audit_log}",
+        "--audit-log-format=json",
+        "--audit-log-mode=blocking",
+    ]
+    with ControlPlane(log=say, apiserver_args=audit_args) as cp:
+        api = cp.api()
+        seed.seed_cluster(api)
+        sim = start_simulator(cp.api(), SimConfig(copy_seconds_per_gib=0.0))
+        try:
+            kubeconfigs = identities(cp, api, workdir)
+            apply_ns = cp.create_namespace("apply")
+            raw_ns = cp.create_namespace("raw")
+            load(api, [apply_ns, raw_ns], args.vms)
+            raw = run_baseline(cp, kubeconfigs[BASELINE], raw_ns, workdir)
+            report, wall = run_apply(kubeconfigs[RECONCILER], apply_ns, workdir, args.profile)
+            for ns in (apply_ns, raw_ns):
+                check_in_sync(cp, ns, workdir)
+            sim_crashes = sim.take_crashes()
+        finally:
+            sim.stop()
+        events = read_audit(audit_log)
+    if args.keep:
+        say(f"kept {workdir} (audit log: {audit_log})")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if sim_crashes:
+        raise SystemExit(f"a simulated controller raised: {sim_crashes[0]}")
+    print_results(args.vms, report, wall, raw, events=events, ns=apply_ns)
+    if args.profile:
+        print(f"\ncProfile of apply (top 25 by cumulative time, stats in {args.profile}):")
+        pstats.Stats(str(args.profile)).sort_stats("cumulative").print_stats(25)
+    return 0
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Setup
+# ------------------------------------------------------------------------------------------
+
+
+def identities(cp: ControlPlane, api: pykube.HTTPClient, workdir: Path) -> dict[str, Path]:
+    """A ServiceAccount (cluster-admin) each for the reconciler and the baseline, so the audit
+    log tells their requests apart; the Lease lives in the same namespace."""
+    post(api, "v1", None, "namespaces", seed.namespace(BENCH_NS))
+    found = {}
+    for who in (RECONCILER, BASELINE):
+        token = cp.service_account_token(BENCH_NS, who)
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"vmsr-bench-{who}"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": who, "namespace": BENCH_NS}],
+        }
+        post(api, "rbac.authorization.k8s.io/v1", None, "clusterrolebindings", binding)
+        found[who] = cp.write_kubeconfig(workdir / f"{who}.kubeconfig", token)
+    return found
+
+
+def vm_names(n: int) -> list[str]:
+    return [f"vm-{i:03d}" for i in range(n)]
+
+
+def load(api: pykube.HTTPClient, namespaces: list[str], n: int) -> None:
+    """N running VMs per namespace; once all run, every second one is stopped."""
+    begun = time.monotonic()
+    for ns in namespaces:
+        for name in vm_names(n):
+            vm = seed.fedora_vm(ns, name, f"{name}-disk", size="10Gi")
+            vm["metadata"]["labels"]["bench"] = "true"
+            seed.create(api, vm)
+    for ns in namespaces:
+        poll(functools.partial(count_running, api, ns, n), f"{n} VMIs Running in {ns}", 600)
+    for ns in namespaces:
+        for name in vm_names(n)[1::2]:
+            merge(api, ns, name, {"spec": {"runStrategy": "Halted"}})
+    for ns in namespaces:
+        poll(functools.partial(count_vmis, api, ns, n - n // 2), f"half stopped in {ns}", 300)
+    say(f"loaded {n} VMs into each of {', '.join(namespaces)} in {time.monotonic() - begun:.0f}s")
+
+
+def count_vmis(api: pykube.HTTPClient, ns: str, wanted: int) -> bool:
+    return len(items(api, ns, "virtualmachineinstances")) == wanted
+
+
+def count_running(api: pykube.HTTPClient, ns: str, wanted: int) -> bool:
+    vmis = items(api, ns, "virtualmachineinstances")
+    return sum(1 for v in vmis if (v.get("status") or {}).get("phase") == "Running") == wanted
+
+
+def items(api: pykube.HTTPClient, ns: str, plural: str) -> list[dict[str, Any]]:
+    response = api.get(version=KV, namespace=ns, url=plural)
+    api.raise_for_status(response)
+    found: list[dict[str, Any]] = response.json()["items"]
+    return found
+
+
+def poll(probe: Callable[[], bool], what: str, timeout: float) -> None:
+    """Setup only (nothing here is measured): check ``probe`` every 0.2 s until it holds."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def merge(api: pykube.HTTPClient, ns: str, name: str, body: dict[str, Any]) -> None:
+    response = api.patch(
+        version=KV,
+        namespace=ns,
+        url=f"virtualmachines/{name}",
+        data=json.dumps(body),
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    api.raise_for_status(response)
+
+
+def post(
+    api: pykube.HTTPClient, version: str, namespace: str | None, plural: str, body: dict[str, Any]
+) -> None:
+    kwargs: dict[str, Any] = {"version": version, "url": plural, "data": json.dumps(body)}
+    if namespace:
+        kwargs["namespace"] = namespace
+    response = api.post(**kwargs)
+    if response.status_code != 409:
+        api.raise_for_status(response)
+
+
+def plan_file(workdir: Path, ns: str) -> Path:
+    path = workdir / f"{ns}.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        apiVersion: vmstorage.dev/v1alpha1
+        kind: StoragePlan
+        metadata: {{name: bench}}
+        spec:
+          namespace: {ns}
+          storageClass: {seed.TARGET_CLASS}
+          selector: {{matchLabels: {{bench: "true"}}}}
+        """)
+    )
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# The runs
+# ------------------------------------------------------------------------------------------
+
+
+def run_baseline(cp: ControlPlane, kubeconfig: Path, ns: str, workdir: Path) -> list[Any]:
+    """Render the moves with `plan` (not measured), then send them raw in a fresh process."""
+    result = engine.plan(
+        [str(plan_file(workdir, ns))], kubeconfig=str(cp.kubeconfig), manifests=True
+    )
+    running = {v.name for v in result.verdicts if v.action.value == "MoveLive"}
+    work = [
+        {
+            "namespace": key[0],
+            "name": key[1],
+            "running": key[1] in running,
+            "dataVolumes": [dict(dv) for dv in vm.data_volumes],
+            "patch": [dict(op) for op in vm.vm_patch],
+            "targets": dict(vm.target_names),
+        }
+        for key, vm in sorted(result.fully_rendered.items())
+    ]
+    work_file = workdir / "baseline.json"
+    work_file.write_text(json.dumps(work))
+    say(f"raw baseline: {len(work)} moves in {ns} ...")
+    out = subprocess.run(
+        [sys.executable, "-c", BASELINE_SCRIPT, str(kubeconfig), str(work_file)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"baseline failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
+    moves: list[Any] = json.loads(out.stdout)
+    return moves
+
+
+def run_apply(
+    kubeconfig: Path, ns: str, workdir: Path, profile: Path | None
+) -> tuple[dict[str, Any], float]:
+    argv = [
+        "apply",
+        str(plan_file(workdir, ns)),
+        "--kubeconfig",
+        str(kubeconfig),
+        "--lease-namespace",
+        BENCH_NS,
+        "-o",
+        "json",
+    ]
+    prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    say(f"apply: the VMs of {ns} ...")
+    begun = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, *prefix, "-m", "reconciler", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    wall = time.perf_counter() - begun
+    if out.returncode != 0:
+        raise SystemExit(f"apply failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report, wall
+
+
+def check_in_sync(cp: ControlPlane, ns: str, workdir: Path) -> None:
+    result = engine.plan([str(plan_file(workdir, ns))], kubeconfig=str(cp.kubeconfig))
+    left = [v.name for v in result.verdicts if v.action.value != "InSync"]
+    if left:
+        raise SystemExit(f"not every VM of {ns} moved: {left}")
+
+
+# ------------------------------------------------------------------------------------------
+# The audit log
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    """One request as the audit log records it (stage ResponseStarted or ResponseComplete)."""
+
+    audit_id: str
+    user: str  # the last part: "reconciler", "baseline", "admin" (the simulator), ...
+    verb: str
+    stage: str
+    resource: str
+    namespace: str
+    name: str
+    uri: str
+    received: float
+    completed: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+    what: str = ""  # the written object, e.g. "DataVolume Succeeded" (simulator writes)
+
+    @property
+    def stream(self) -> tuple[str, str, str]:
+        """What a LIST or WATCH follows: path, field and label selector."""
+        parts = urlsplit(self.uri)
+        query = parse_qs(parts.query)
+        return (
+            parts.path,
+            query.get("fieldSelector", [""])[0],
+            query.get("labelSelector", [""])[0],
+        )
+
+    @property
+    def selector(self) -> dict[str, str]:
+        """The labelSelector's equality terms (all the reconciler sends)."""
+        text = parse_qs(urlsplit(self.uri).query).get("labelSelector", [""])[0]
+        return dict(term.split("=", 1) for term in text.split(",") if "=" in term)
+
+
+def _stamp(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def read_audit(path: Path) -> list[Event]:
+    events = []
+    labels_seen: dict[tuple[str, str, str], Mapping[str, str]] = {}
+    for line in path.read_text().splitlines():
+        doc = json.loads(line)
+        ref = doc.get("objectRef") or {}
+        obj = doc.get("responseObject") or {}
+        key = (str(ref.get("resource", "")), str(ref.get("namespace", "")), str(ref.get("name")))
+        if obj.get("kind") not in (None, "Status"):  # a deleted object keeps its last labels
+            labels_seen[key] = (obj.get("metadata") or {}).get("labels") or {}
+        events.append(
+            Event(
+                audit_id=str(doc["auditID"]),
+                user=str(doc["user"]["username"]).rsplit(":", 1)[-1],
+                verb=str(doc["verb"]),
+                stage=str(doc["stage"]),
+                resource=key[0],
+                namespace=key[1],
+                name=str(ref.get("name") or ""),
+                uri=str(doc.get("requestURI", "")),
+                received=_stamp(doc["requestReceivedTimestamp"]),
+                completed=_stamp(doc["stageTimestamp"]),
+                labels=labels_seen.get(key, {}),
+                what=_what(str(doc["verb"]), obj),
+            )
+        )
+    return events
+
+
+def _what(verb: str, obj: Mapping[str, Any]) -> str:
+    kind = str(obj.get("kind") or "")
+    if not kind or kind == "Status":
+        return ""
+    if verb == "delete" or (obj.get("metadata") or {}).get("deletionTimestamp"):
+        return f"{kind} deleted"
+    phase = (obj.get("status") or {}).get("phase")
+    return f"{kind} {phase}" if phase else f"{kind} written"
+
+
+# What ends each wait, as the step itself defines it (the brief's "simulator finishing a step").
+COMPLETING = {
+    "wait-targets": ("DataVolume Succeeded", "DataVolume PendingPopulation"),
+    "wait-migration": ("VirtualMachineInstanceMigration Succeeded",),
+    "wait-stopped": ("VirtualMachineInstance deleted", "Pod deleted", "Pod Succeeded"),
+    "wait-running": ("VirtualMachineInstance Running",),
+}
+
+
+@dataclass
+class Wait:
+    """One wait of the reconciler: the streams it listed and watched, when every stream had
+    listed (``opened``), the request it sent next (``woke``) and the simulator's writes to
+    what it followed in between."""
+
+    step: str
+    lists: list[Event]
+    opened: float
+    woke: float
+    writes: list[Event]
+
+    @property
+    def trigger(self) -> Event | None:
+        return self.writes[-1] if self.writes else None
+
+    @property
+    def reaction(self) -> float | None:
+        return None if self.trigger is None else self.woke - self.trigger.completed
+
+    @property
+    def from_completing(self) -> float | None:
+        wanted = COMPLETING.get(self.step, ())
+        done = [w for w in self.writes if w.what in wanted]
+        return None if not done else self.woke - done[-1].completed
+
+
+def _step_of(lists: Iterable[Event]) -> str:
+    kinds = {e.resource for e in lists}
+    if "virtualmachineinstancemigrations" in kinds:
+        return "wait-migration"
+    if "datavolumes" in kinds:
+        return "wait-targets"
+    if kinds == {"pods"}:
+        return "delete-sources"
+    if "pods" in kinds:
+        return "wait-stopped"
+    if "persistentvolumeclaims" in kinds:
+        return "verify"
+    return "wait-running"
+
+
+def _follows(stream: Event, write: Event) -> bool:
+    if (stream.resource, stream.namespace) != (write.resource, write.namespace):
+        return False
+    if stream.name and stream.name != write.name:
+        return False
+    return all(write.labels.get(k) == v for k, v in stream.selector.items())
+
+
+def _watched_lists(events: list[Event], user: str) -> set[str]:
+    """The LISTs a WATCH of the same stream follows (the first half of a wait's stream), as
+    opposed to one-off LISTs (the observation before each move, ownership checks)."""
+    per_stream: dict[tuple[str, str, str], list[Event]] = defaultdict(list)
+    for e in events:
+        if e.user == user and e.verb in ("list", "watch") and e.stage == "ResponseComplete":
+            per_stream[e.stream].append(e)
+    paired = set()
+    for requests in per_stream.values():
+        requests.sort(key=lambda e: e.received)
+        for first, then in itertools.pairwise(requests):
+            if first.verb == "list" and then.verb == "watch":
+                paired.add(first.audit_id)
+    return paired
+
+
+def waits_of(events: list[Event], user: str = RECONCILER) -> list[Wait]:
+    """The reconciler's waits. A wait is the LISTs of its streams (each followed by a WATCH of
+    the same stream) sent since the reconciler's previous request; it ends with the next
+    request (Lease renewals and Events aside). Its triggers are the simulator's writes to the
+    objects those streams follow, completed after every stream had listed (from then on only
+    the watches can tell the reconciler) and before that request."""
+    done = sorted(
+        (e for e in events if e.user == user and e.stage == "ResponseComplete"),
+        key=lambda e: e.received,
+    )
+    watched = _watched_lists(events, user)
+    writes = sorted(
+        (
+            e
+            for e in events
+            if e.user == SIMULATOR_USER
+            and e.stage == "ResponseComplete"
+            and e.verb in ("create", "update", "patch", "delete")
+            and e.resource in WATCHED_BY_SIMULATOR
+        ),
+        key=lambda e: e.completed,
+    )
+    waits: list[Wait] = []
+    lists: list[Event] = []
+    for e in done:
+        if e.verb == "watch" or e.resource in NOT_A_WAKE_UP:
+            continue
+        if e.verb == "list":
+            if e.audit_id in watched:
+                lists.append(e)
+            continue
+        if lists:
+            opened = max(x.completed for x in lists)
+            seen = [
+                w
+                for w in writes
+                if opened < w.completed < e.received and any(_follows(x, w) for x in lists)
+            ]
+            waits.append(Wait(_step_of(lists), lists, opened, e.received, seen))
+            lists = []
+    return waits
+
+
+def cycles(events: list[Event], names: list[str], ns: str) -> dict[str, float]:
+    """Per VM (but the first): from the end of the previous VM's move (the patch that closes
+    its journal) to the end of this one's."""
+    last: dict[str, float] = {}
+    for e in events:
+        if (e.user, e.namespace, e.resource, e.verb) == (
+            RECONCILER,
+            ns,
+            "virtualmachines",
+            "patch",
+        ) and e.name in names:
+            last[e.name] = max(last.get(e.name, 0.0), e.completed)
+    order = sorted(last, key=last.__getitem__)
+    return {name: last[name] - last[before] for before, name in itertools.pairwise(order)}
+
+
+# ------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(len(ordered) * q / 100)) - 1]
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "- | - | -"
+    return (
+        f"{statistics.median(values) * 1000:.0f} | {pct(values, 90) * 1000:.0f} "
+        f"| {max(values) * 1000:.0f}"
+    )
+
+
+def requests_by(events: list[Event], user: str) -> Counter[str]:
+    """Requests of ``user`` by verb, each counted once (a watch has two audit stages)."""
+    seen: dict[str, str] = {}
+    for e in events:
+        if e.user == user:
+            seen[e.audit_id] = e.verb
+    return Counter(seen.values())
+
+
+def print_results(
+    n: int,
+    report: dict[str, Any],
+    wall: float,
+    raw: list[Any],
+    *,
+    events: list[Event],
+    ns: str,
+) -> None:
+    outcomes = report["outcomes"]
+    bad = [o for o in outcomes if o["result"] != "Succeeded"]
+    if bad or len(outcomes) != n:
+        raise SystemExit(f"apply moved {len(outcomes) - len(bad)} of {n} VMs: {bad[:2]}")
+    cycle = cycles(events, vm_names(n), ns)
+    raw_secs = {
+        "live": [r["seconds"] for r in raw if r["running"]],
+        "offline": [r["seconds"] for r in raw if not r["running"]],
+        "all": [r["seconds"] for r in raw],
+    }
+    groups = {
+        "live": [o for o in outcomes if o["flow"] == "live"],
+        "offline": [o for o in outcomes if o["flow"] == "offline"],
+        "all": outcomes,
+    }
+    print(
+        f"apply: {n} VMs in {wall:.1f}s (process wall, start-up included): {wall / n:.2f}s per VM\n"
+    )
+    print(
+        "| flow | VMs | apply per VM, median (s) | p90 (s) | max (s) | VM cycle, median (s) "
+        "| raw baseline per VM, median (s) | apply / raw |"
+    )
+    print("|" + "---|" * 8)
+    for flow, group in groups.items():
+        secs = [o["seconds"] for o in group]
+        cyc = [cycle[o["name"]] for o in group if o["name"] in cycle]
+        base = statistics.median(raw_secs[flow])
+        print(
+            f"| {flow} | {len(group)} | {statistics.median(secs):.2f} | {pct(secs, 90):.2f} "
+            f"| {max(secs):.2f} | {statistics.median(cyc):.2f} | {base:.2f} "
+            f"| {statistics.median(secs) / base:.1f}x |"
+        )
+
+    mine, theirs = requests_by(events, RECONCILER), requests_by(events, BASELINE)
+    print(
+        f"\nrequests (counted by the API server, audit log): apply {sum(mine.values())}, "
+        f"{sum(mine.values()) / n:.1f} per VM ("
+        + ", ".join(f"{verb} {count}" for verb, count in sorted(mine.items()))
+        + f"); raw baseline {sum(theirs.values()) / n:.1f} per VM"
+    )
+
+    waits = waits_of(events)
+    print(
+        "\n| wait | waits | ready on arrival | reacted | reaction: median (ms) | p90 | max "
+        "| from the step's completing write: median (ms) | p90 | max | last write (most often) |"
+    )
+    print("|" + "---|" * 11)
+    every, every_done = [], []
+    for step in (
+        "wait-targets",
+        "wait-migration",
+        "wait-stopped",
+        "wait-running",
+        "verify",
+        "delete-sources",
+    ):
+        group_w = [w for w in waits if w.step == step]
+        if not group_w:
+            continue
+        reacted = [r for w in group_w if (r := w.reaction) is not None]
+        completing = [r for w in group_w if (r := w.from_completing) is not None]
+        every += reacted
+        every_done += completing
+        common = Counter(w.trigger.what for w in group_w if w.trigger is not None).most_common(1)
+        print(
+            f"| {step} | {len(group_w)} | {len(group_w) - len(reacted)} | {len(reacted)} "
+            f"| {_ms(reacted)} | {_ms(completing)} | {common[0][0] if common else '-'} |"
+        )
+    print(
+        f"| all | {len(waits)} | {len(waits) - len(every)} | {len(every)} | {_ms(every)} "
+        f"| {_ms(every_done)} | |"
+    )
+
+    print("\nper step, median seconds (the outcomes' steps):")
+    for flow in ("live", "offline"):
+        steps: dict[str, list[float]] = defaultdict(list)
+        for o in groups[flow]:
+            for s in o["steps"]:
+                steps[s["step"]].append(s["seconds"])
+        print(
+            f"  {flow}: " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in steps.items())
+        )
+    overhead = statistics.median(o["seconds"] for o in outcomes)
+    reaction = statistics.median(every) if every else math.nan
+    print(
+        f"\ngoals: median overhead {overhead:.2f}s per VM (<= {GOAL_OVERHEAD:.0f}s: "
+        f"{'met' if overhead <= GOAL_OVERHEAD else 'MISSED'}); median reaction "
+        f"{reaction * 1000:.0f} ms (<= {GOAL_REACTION * 1000:.0f} ms: "
+        f"{'met' if reaction <= GOAL_REACTION else 'MISSED'})"
+    )
+    print(f"(python {sys.version.split()[0]}, {os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
