@@ -65,6 +65,8 @@ def run(*, copy_seconds_per_gib: float = 1.0, keep: bool = False,
             if keep and wait_forever:
                 say(f"cluster kept running: export KUBECONFIG={config_path.resolve()}")
                 wait_forever()
+                if kubeconfig:  # it would point at a stopped server
+                    kubeconfig.unlink(missing_ok=True)
             return rc
 
 
