@@ -34,8 +34,7 @@ from reconciler.kube.resources import DATA_VOLUMES, MIGRATIONS, VMIS
 from reconciler.kube.watch import Observer, State, Stream
 from testenv import seed
 from testenv.controlplane import ControlPlane
-from testenv.simulator import SimConfig, content_hash
-from testenv.simulator import start as start_simulator
+from testenv.simulator import SimConfig, Simulator, all_controllers, content_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "plans" / "seed"
@@ -50,7 +49,9 @@ def run(*, copy_seconds_per_gib: float = 1.0, keep: bool = False,
     with ControlPlane(log=say) as control_plane:
         api = control_plane.api()
         config = SimConfig(copy_seconds_per_gib=copy_seconds_per_gib)
-        with start_simulator(control_plane.api(), config):
+        # Simulator's own context manager starts it once (start() and then `with` would run
+        # every controller twice, racing itself).
+        with Simulator(control_plane.api(), config, all_controllers()):
             say(f"simulator running (copies take {copy_seconds_per_gib:g}s per GiB)")
             seed.seed(api)
             say(f"seeded {seed.NAMESPACE}/{seed.VM_NAME} (running): importing {seed.DV_NAME} "

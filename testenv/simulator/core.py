@@ -868,7 +868,10 @@ class Simulator:
     # -- lifecycle
 
     def start(self, sync_timeout: float = 15.0) -> None:
-        """Start one watch thread per resource, wait for their first LIST, start the worker."""
+        """Start one watch thread per resource, wait for their first LIST, start the worker.
+        A second start is refused: two workers would race each other on every object."""
+        if self._threads:
+            raise RuntimeError("the simulator is already running (start() was called twice)")
         watched = {r for r in RESOURCES if r not in UNWATCHED}
         for ctrl in self.controllers:
             watched.update(ctrl.watches)
