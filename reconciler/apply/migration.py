@@ -88,12 +88,13 @@ def _copy_finished(m: Obj) -> bool:
 
 
 def _copy_complete(ours: list[Obj]) -> bool:
-    """The newest migration of this move copied everything: Succeeded, or Failed after the
-    target domain was ready (the reference's exception to reverting)."""
+    """The newest migration of this move copied everything: Succeeded, or the target domain
+    was ready (the reference's exception to reverting). The phase is not required to be
+    Failed yet: the VMI can vanish before KubeVirt marks its migration Failed."""
     if not ours:
         return False
     newest = ours[-1]
-    return _phase(newest) == "Succeeded" or (_phase(newest) == "Failed" and _copy_finished(newest))
+    return _phase(newest) == "Succeeded" or _copy_finished(newest)
 
 
 def _streams(run: MoveRun, journal: Journal) -> list[Stream]:
