@@ -324,6 +324,9 @@ def _cache_error(cache: Path, exc: OSError) -> UserError:
     )
 
 
+_LOCK_RETRY = 0.1  # seconds between attempts to take a cache lock another run holds
+
+
 @contextlib.contextmanager
 def _locked(lock: Path, timeout: float, url: str) -> Iterator[None]:
     """One fetch per cache entry at a time (two loops, or a loop and a manual run)."""
@@ -342,7 +345,9 @@ def _locked(lock: Path, timeout: float, url: str) -> Iterator[None]:
                     raise GitError(
                         f"fetch {url}", f"the cache is locked by another run for {timeout:g}s"
                     ) from None
-                time.sleep(0.1)
+                # flock has no timeout and a lock file no event to watch: retry, bounded by
+                # the deadline (the other holder is a git fetch of at most `timeout` seconds).
+                time.sleep(_LOCK_RETRY)
         try:
             yield
         finally:
