@@ -23,6 +23,9 @@ class ExitCode(enum.IntEnum):
     LOCKED = 4  # another run holds the Lease
     OUTSIDE_WINDOW = 5  # no plan's maintenance window is open: nothing started
     CLUSTER_ERROR = 6  # the API server could not be reached or refused us (RBAC, 5xx)
+    # `plan`/`apply`: a plan selected no VM (no such namespace, no VM there, the selector
+    # matched none, every match excluded): a typo in a plan must never read as "in sync"
+    NOTHING_SELECTED = 7
 
 
 @dataclass(frozen=True)
