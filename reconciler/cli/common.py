@@ -11,32 +11,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from reconciler.cli.version import exit_codes_epilog
 from reconciler.gitsource import GIT_TIMEOUT, GitSpec
-from reconciler.model.errors import Problem, UserError
+from reconciler.model.errors import EXIT_CODE_TABLE, Problem, UserError
 from reconciler.model.progress import fields_of
 from reconciler.model.text import shown
 from reconciler.report.logs import KEYS, level_of, log_line
 
 PROG = "vm-storage-reconciler"
 
-EXIT_CODES = """\
-exit codes:
-  0  converged: every selected volume is already on its target (validate: plans are valid)
-  1  changes pending: `plan` found volumes to move, in progress or blocked
-  2  bad input: invalid plan files, flags, templates or kubeconfig, no plans, or a
-     server dry run refused an object (400/409/422); nothing was changed
-  3  a VM failed and was rolled back (apply)
-  4  another run holds the lock (apply)
-  5  outside every plan's maintenance window (apply)
-  6  cluster error: the API server could not be reached, refused a request (401, 403,
-     5xx), redirected, or answered nonsense; or the exec credential plugin failed
-
+EXAMPLES = """\
 examples:
   vm-storage-reconciler validate plans/
   vm-storage-reconciler plan plans/ --kubeconfig ~/.kube/config
   vm-storage-reconciler plan plans/seed -o json --show-manifests
   vm-storage-reconciler plan plans/ --server-dry-run
 """
+EXIT_CODES = exit_codes_epilog(EXIT_CODE_TABLE) + "\n" + EXAMPLES
 
 
 def add_command(

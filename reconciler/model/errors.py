@@ -14,18 +14,115 @@ from reconciler.model.text import clean
 
 
 class ExitCode(enum.IntEnum):
-    """Documented, distinct process exit codes (README "Exit codes")."""
+    """Documented, distinct process exit codes: ``EXIT_CODE_TABLE`` says what each means, when
+    a scheduled `apply` returns it, and what a Job does with it (README "Exit codes")."""
 
-    OK = 0  # converged / nothing to do / validation passed
-    PENDING = 1  # `plan`: changes are pending (like `diff`, `terraform plan -detailed-exitcode`)
+    OK = 0  # done: valid, in sync, or (apply) did all it could; states are reported, not failed
+    PENDING = 1  # `plan`: changes pending; `apply`: stopped by SIGTERM, or with
+    # --detailed-exitcode work remains (blocked, in progress, --max-vms)
     BAD_INPUT = 2  # invalid plans, flags, templates or kubeconfig: nothing was applied
-    VM_FAILED = 3  # at least one VM failed and was rolled back
-    LOCKED = 4  # another run holds the Lease
-    OUTSIDE_WINDOW = 5  # no plan's maintenance window is open: nothing started
+    VM_FAILED = 3  # at least one VM failed (rolled back, or its rollback could not finish)
+    LOCKED = 4  # the Lease: lost mid-run (always); held by another run at the start
+    # (only with --detailed-exitcode)
+    OUTSIDE_WINDOW = 5  # --detailed-exitcode: no move could start, every window was shut
     CLUSTER_ERROR = 6  # the API server could not be reached or refused us (RBAC, 5xx)
     # `plan`/`apply`: a plan selected no VM (no such namespace, no VM there, the selector
     # matched none, every match excluded): a typo in a plan must never read as "in sync"
     NOTHING_SELECTED = 7
+
+
+class JobAction(enum.Enum):
+    """What the shipped CronJob does with a pod that exits with a code (its
+    ``podFailurePolicy``): the Job succeeds, the pod is retried (counted against
+    ``backoffLimit``), or the Job fails at once (``FailJob``)."""
+
+    SUCCEED = "Succeed"
+    RETRY = "Count"
+    FAIL = "FailJob"
+
+
+@dataclass(frozen=True)
+class ExitCodeDoc:
+    """One row of the exit-code table. ``scheduled``: a scheduled `apply` (or a `run --every`
+    cycle) without ``--detailed-exitcode`` can end with it; ``job``: what the CronJob does
+    with it (None: a scheduled run never returns it)."""
+
+    code: ExitCode
+    meaning: str
+    scheduled: bool
+    job: JobAction | None
+
+
+EXIT_CODE_TABLE: tuple[ExitCodeDoc, ...] = (
+    ExitCodeDoc(
+        ExitCode.OK,
+        "done. `validate`: the plans are valid; `plan`: in sync; `apply` (and each `run "
+        "--every` cycle): it did all it could: every move it started is verified, and VMs "
+        "blocked, outside their maintenance window, left for a later run (`--max-vms`) or a "
+        "Lease held by another run at the start are states, reported in Events, metrics and "
+        "the status ConfigMap, not failures",
+        True,
+        JobAction.SUCCEED,
+    ),
+    ExitCodeDoc(
+        ExitCode.PENDING,
+        "changes pending. `plan`: volumes to move, blocked or in progress; `status`: a move is "
+        "in flight; `apply`: stopped by SIGTERM before the end (the VM in flight journaled, "
+        "the next run resumes it), and with `--detailed-exitcode` work remains (a VM blocked "
+        "or in progress, left by `--max-vms`, or outside its window while others moved)",
+        True,
+        JobAction.RETRY,
+    ),
+    ExitCodeDoc(
+        ExitCode.BAD_INPUT,
+        "bad input: invalid plans, flags, templates or kubeconfig (an exec credential plugin "
+        "that is not installed too), no plans at all, a missing Lease namespace, or a server "
+        "dry run refused an object (HTTP 400, 409, 422 only); an internal error before the "
+        "cluster was contacted; output that could not be written (broken pipe, closed stdout, "
+        "full disk); nothing was changed",
+        True,
+        JobAction.FAIL,
+    ),
+    ExitCodeDoc(
+        ExitCode.VM_FAILED,
+        "a VM failed: rolled back, or its rollback could not finish (also a run stopped by "
+        "3 failures in a row); see its Events",
+        True,
+        JobAction.FAIL,
+    ),
+    ExitCodeDoc(
+        ExitCode.LOCKED,
+        "the Lease. Always: this run lost its Lease mid-run (it stalled past the Lease's "
+        "expiry, or another runner took it over) and stopped with the VM in flight journaled; "
+        "with `--detailed-exitcode` also: another run held the Lease at the start (nothing "
+        "was changed)",
+        True,
+        JobAction.FAIL,
+    ),
+    ExitCodeDoc(
+        ExitCode.OUTSIDE_WINDOW,
+        "only with `--detailed-exitcode`: no move could start because every selected VM's "
+        "maintenance window was shut (nothing was changed)",
+        False,
+        None,
+    ),
+    ExitCodeDoc(
+        ExitCode.CLUSTER_ERROR,
+        "cluster error: the API server could not be reached, refused a request (401, 403, "
+        "5xx; during `--server-dry-run` too), answered with a redirect (never followed) or "
+        "with something that is not the API's JSON, or the exec credential plugin failed or "
+        "timed out; an internal error after the cluster was contacted",
+        True,
+        JobAction.RETRY,
+    ),
+    ExitCodeDoc(
+        ExitCode.NOTHING_SELECTED,
+        "`plan`, `apply`: a plan selected no VM (no such namespace, no VM there, the selector "
+        "matched none, every match excluded): a typo in a plan never reads as in sync",
+        True,
+        JobAction.FAIL,
+    ),
+)
 
 
 @dataclass(frozen=True)
