@@ -328,7 +328,12 @@ def apply(
     cluster = Cluster(load_client(kubeconfig, context))
     stop = stop or threading.Event()
     lease = Lease(cluster, lease_namespace, holder, lost=stop, now=now)
-    lease.acquire()
+    try:
+        lease.acquire()
+    except ClusterError as exc:
+        if exc.code == 404 and "namespaces" in str(exc):  # no such namespace: the user's to fix
+            raise missing_lease_namespace(lease_namespace, str(exc)) from exc
+        raise
     reporting = Reporting(
         cluster,
         run_id=run_id or uuid.uuid4().hex[:12],
@@ -367,6 +372,20 @@ def apply(
         raise
     finally:
         lease.release()
+
+
+def missing_lease_namespace(namespace: str, said: str) -> UserError:
+    """Bad input (exit 2), not a bare 404: where the Lease goes is the user's choice."""
+    return UserError(
+        [
+            Problem(
+                None,
+                f"the Lease's namespace {namespace!r} does not exist ({said})",
+                f"create it (kubectl create namespace {namespace}), or point --lease-namespace "
+                "(or $POD_NAMESPACE) at a namespace where this identity may create Leases",
+            )
+        ]
+    )
 
 
 class _Both:
