@@ -83,7 +83,7 @@ def _resolve_class(storage_class: str, snapshot: Snapshot) -> str:
     return storage_class
 
 
-def _wants_for_vm(
+def wants_for_vm(
     plan: Plan, vm: VMInfo, selection: VMSelection | None, snapshot: Snapshot
 ) -> list[tuple[DesiredVolume, Source]]:
     """One DesiredVolume per claim volume of ``vm`` (plan default or per-volume override),
@@ -150,7 +150,7 @@ def resolve_desired(
             vm = snapshot.vms.get((plan.namespace, name))
             if vm is None:
                 continue
-            for want, source in _wants_for_vm(plan, vm, selection, snapshot):
+            for want, source in wants_for_vm(plan, vm, selection, snapshot):
                 key = (want.namespace, want.vm, want.volume)
                 if key not in chosen:
                     chosen[key] = (want, source)

@@ -15,8 +15,10 @@ Aggregation, per VM (a VM moves only as a whole):
   other rule is consulted: the executor resumes or rolls it back from the journal;
 - every wanted volume already on its target -> InSync (whatever else is true of the VM);
 - any Block finding (VM-level or on a wanted volume), or a run-state rule refusing the move
-  (mode Live but live impossible, running without allowStop, ...) -> Blocked with all reasons;
-  volumes that could have moved are withheld (rule ``vm-blocked`` or the VM's blocking rule);
+  (mode Live but live impossible, running without allowStop, ...) -> Blocked with all reasons:
+  every rule runs whatever another found, and the reasons are listed in
+  ``catalog.FIX_ORDER`` (what to fix first); volumes that could have moved are withheld (rule
+  ``vm-blocked`` or the VM's first blocking rule);
 - otherwise MoveLive when every moving volume can move live, else MoveOffline
   (``stop_required`` when the VM is running).
 
@@ -42,7 +44,7 @@ from reconciler.diff.context import (
 from reconciler.diff.desired import refuse_namespaces, resolve_desired
 from reconciler.diff.rule import evaluate, of_effect
 from reconciler.diff.rules_cluster import CLUSTER_RULES
-from reconciler.diff.rules_run import decide
+from reconciler.diff.rules_run import RUN_RULES, decide
 from reconciler.diff.rules_vm import (
     IN_PROGRESS_RULES,
     RECOVERY_RULES,
@@ -50,6 +52,7 @@ from reconciler.diff.rules_vm import (
     VM_RULES,
 )
 from reconciler.diff.rules_volume import VOLUME_RULES
+from reconciler.diff.selection import empty_plans
 from reconciler.model.errors import Problem
 from reconciler.model.live import Snapshot, VMInfo
 from reconciler.model.plan import Plan
@@ -57,6 +60,7 @@ from reconciler.model.verdict import (
     Action,
     DesiredVolume,
     Effect,
+    EmptyPlan,
     Finding,
     Route,
     VMVerdict,
@@ -64,6 +68,7 @@ from reconciler.model.verdict import (
 )
 
 MOVES = (Action.MOVE_LIVE, Action.MOVE_OFFLINE)
+RUN_RULE_IDS = frozenset(r.id for r in RUN_RULES)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Diff:
     ``vms`` is in stable (namespace, name) order. ``problems`` are plan errors (the CLI
     refuses to act on any of them). ``summary`` counts VMs by action (every Action present,
     zero included). ``desired`` are the resolved assignments the verdicts were judged from.
+    ``empty_plans``: the plans that select no VM, each with why (``selection``).
     """
 
     vms: tuple[VMVerdict, ...]
@@ -81,6 +87,7 @@ class Diff:
         default_factory=lambda: MappingProxyType(dict.fromkeys(Action, 0)), hash=False
     )
     desired: tuple[DesiredVolume, ...] = ()
+    empty_plans: tuple[EmptyPlan, ...] = ()
 
     @property
     def pending(self) -> bool:
@@ -183,13 +190,13 @@ class _Scene:
 
 
 def _judge_moves(scene: _Scene, cluster_findings: Sequence[Finding]) -> VMVerdict:
-    """Blocked, MoveLive or MoveOffline for a VM with at least one volume to move."""
+    """Blocked, MoveLive or MoveOffline for a VM with at least one volume to move.
+
+    Every rule runs: the VM's and each volume's, and the run-state rules over what they found,
+    so a blocked VM lists every reason at once, in ``catalog.FIX_ORDER`` (what to fix first),
+    not one round of fixes at a time."""
     vm_blocks = of_effect(scene.vm_findings, Effect.BLOCK)
     volume_blocks = {n: of_effect(f, Effect.BLOCK) for n, f in scene.per_volume.items()}
-    if vm_blocks or any(volume_blocks.values()):
-        findings = [*vm_blocks, *(f for found in volume_blocks.values() for f in found)]
-        return _blocked(scene, volume_blocks, vm_blocks, findings=findings)
-
     live_blockers = _live_blockers(scene, cluster_findings)
     offline_blockers = [
         f for found in scene.per_volume.values() for f in of_effect(found, Effect.NO_OFFLINE)
@@ -203,9 +210,11 @@ def _judge_moves(scene: _Scene, cluster_findings: Sequence[Finding]) -> VMVerdic
             offline_blockers=tuple(offline_blockers),
         )
     )
-    if route is Route.BLOCKED:
-        findings = [*run_findings, *live_blockers, *offline_blockers]
-        return _blocked(scene, {}, run_findings, findings=findings)
+    if vm_blocks or any(volume_blocks.values()) or route is Route.BLOCKED:
+        # The NoLive/NoOffline findings are reasons only when a run-state rule cites them.
+        cited = [*live_blockers, *offline_blockers] if run_findings else []
+        blocks = [*vm_blocks, *run_findings, *(f for b in volume_blocks.values() for f in b)]
+        return _blocked(scene, volume_blocks, blocks, cited)
 
     live = route is Route.LIVE
     action = Action.MOVE_LIVE if live else Action.MOVE_OFFLINE
@@ -219,6 +228,16 @@ def _judge_moves(scene: _Scene, cluster_findings: Sequence[Finding]) -> VMVerdic
     findings = [*([] if live else live_blockers), *notes]
     stop = action is Action.MOVE_OFFLINE and scene.vm.running
     return _with(scene.verdict, action, volumes, findings, stop_required=stop)
+
+
+def in_fix_order(blocks: Sequence[Finding], cited: Sequence[Finding] = ()) -> list[Finding]:
+    """``blocks`` in ``catalog.FIX_ORDER`` (stable: volumes stay in the VM's order), with the
+    ``cited`` findings (what a run-state rule names as its cause) right after the last
+    run-state finding."""
+    ordered = sorted(blocks, key=lambda f: catalog.fix_rank(f.rule))
+    run = [i for i, f in enumerate(ordered) if f.rule in RUN_RULE_IDS]
+    at = run[-1] + 1 if run else len(ordered)
+    return [*ordered[:at], *cited, *ordered[at:]]
 
 
 def _live_blockers(scene: _Scene, cluster_findings: Sequence[Finding]) -> list[Finding]:
@@ -243,15 +262,17 @@ def _why_offline(ctx: VolumeContext, live_blockers: Sequence[Finding]) -> Findin
 def _blocked(
     scene: _Scene,
     volume_blocks: Mapping[str, Sequence[Finding]],
-    vm_blocks: Sequence[Finding],
-    *,
-    findings: Sequence[Finding],
+    blocks: Sequence[Finding],
+    cited: Sequence[Finding],
 ) -> VMVerdict:
-    """A Blocked VM: blocked volumes carry their own findings, the others that would have
-    moved carry the VM's blocking finding (or ``vm-blocked`` when a sibling is blocked)."""
+    """A Blocked VM with every reason (``in_fix_order``): blocked volumes carry their own
+    findings, the others that would have moved carry the VM's first blocking finding (or
+    ``vm-blocked`` when only a sibling volume is blocked)."""
+    findings = in_fix_order(blocks, cited)
+    vm_level = [f for f in findings if f.volume is None and f.effect is Effect.BLOCK]
     withheld = (
-        vm_blocks[0]
-        if vm_blocks
+        vm_level[0]
+        if vm_level
         else Finding(
             catalog.VM_BLOCKED.id,
             catalog.VM_BLOCKED.effect,
@@ -261,7 +282,7 @@ def _blocked(
     )
     volumes = []
     for c in scene.contexts:
-        own = volume_blocks.get(c.want.volume, ())
+        own = in_fix_order(volume_blocks.get(c.want.volume, ()))
         if c.want.volume in scene.in_sync:
             volumes.append(_volume_verdict(c, Action.IN_SYNC))
         elif own:
@@ -289,8 +310,9 @@ def _with(
     )
 
 
-def _missing_vm(plan: Plan, name: str) -> VMVerdict:
-    finding = catalog.vm_not_found(plan.namespace, name, plan.name)
+def _missing_vm(plan: Plan, name: str, snapshot: Snapshot) -> VMVerdict:
+    others = (vm for (ns, vm) in snapshot.vms if ns == plan.namespace)
+    finding = catalog.vm_not_found(plan.namespace, name, plan.name, others)
     return VMVerdict(
         namespace=plan.namespace,
         name=name,
@@ -298,6 +320,7 @@ def _missing_vm(plan: Plan, name: str) -> VMVerdict:
         action=Action.BLOCKED,
         volumes=(),
         findings=(finding,),
+        exists=False,
     )
 
 
@@ -311,8 +334,10 @@ def diff(
     snapshot: Snapshot,
     *,
     allowed_namespaces: frozenset[str] | None = None,
+    namespaces: frozenset[str] | None = None,
 ) -> Diff:
-    """Judge every VM the plans select; see the module docstring for the aggregation."""
+    """Judge every VM the plans select; see the module docstring for the aggregation.
+    ``namespaces``: the cluster's namespaces, when known (``selection.empty_plans``)."""
     kept, refused = refuse_namespaces(plans, allowed_namespaces)
     desired, conflicts = resolve_desired(kept, snapshot)
     cluster_findings = evaluate(CLUSTER_RULES, ClusterContext(snapshot.kubevirt))
@@ -328,7 +353,7 @@ def diff(
         for selection in plan.virtual_machines:
             key = (plan.namespace, selection.name)
             if key not in snapshot.vms and key not in verdicts:
-                verdicts[key] = _missing_vm(plan, selection.name)
+                verdicts[key] = _missing_vm(plan, selection.name, snapshot)
 
     ordered = tuple(verdicts[k] for k in sorted(verdicts))
     counts = Counter(v.action for v in ordered)
@@ -337,4 +362,5 @@ def diff(
         problems=refused + conflicts,
         summary=MappingProxyType({a: counts[a] for a in Action}),
         desired=desired,
+        empty_plans=empty_plans(kept, snapshot, namespaces),
     )

@@ -3,6 +3,8 @@ blockers). Facts behind each rule: reference/kubevirt-storage-migration.md. Pure
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from reconciler.diff.context import VMContext
 from reconciler.diff.gitops import GITOPS_OPT_IN, gitops_owners
 from reconciler.diff.rule import Rule, condition, is_rwo
@@ -51,6 +53,24 @@ def manual_recovery_required(ctx: VMContext) -> str | None:
         "spec.dataVolumeTemplates); or, if the copy finished (the failed migration's "
         "migrationState.targetNodeDomainReadyTimestamp is set), remove "
         "spec.updateVolumesStrategy to keep the destination. Then run again"
+    )
+
+
+def vm_deleting(ctx: VMContext) -> str | None:
+    meta = ctx.vm.raw.get("metadata")
+    since = meta.get("deletionTimestamp") if isinstance(meta, Mapping) else None
+    if not since:
+        return None
+    finalizers = meta.get("finalizers") if isinstance(meta, Mapping) else None
+    held = (
+        f"; finalizer {', '.join(str(f) for f in finalizers)} keeps it until removed"
+        if isinstance(finalizers, list) and finalizers
+        else ""
+    )
+    return (
+        f"the VM is being deleted (deletionTimestamp {since}{held}): a VM on its way out is "
+        "never moved. Let the deletion finish and remove the VM from the plan; if deleting it "
+        "was a mistake, re-create it once it is gone and run again"
     )
 
 
@@ -160,7 +180,15 @@ RECOVERY_RULES: tuple[Rule[VMContext], ...] = (
     ),
 )
 
+VM_DELETING = "vm-deleting"
+
 VM_RULES: tuple[Rule[VMContext], ...] = (
+    Rule(
+        VM_DELETING,
+        Effect.BLOCK,
+        "The VM is being deleted (metadata.deletionTimestamp is set).",
+        check=vm_deleting,
+    ),
     Rule(
         "gitops-managed",
         Effect.BLOCK,

@@ -32,6 +32,8 @@ class Effect(enum.Enum):
     - ``IN_PROGRESS``: a move is already under way; leave the VM alone.
     - ``NOTE``: informational, changes nothing.
     - ``PROBLEM``: the plans are wrong; reported as a ``Problem`` and nothing is applied.
+    - ``NOTHING_SELECTED``: a plan selects no VM (``EmptyPlan``); the other plans still act,
+      but the run says so and exits 7 (a typo must never read as "in sync").
     """
 
     BLOCK = "Block"
@@ -40,6 +42,7 @@ class Effect(enum.Enum):
     IN_PROGRESS = "InProgress"
     NOTE = "Note"
     PROBLEM = "Problem"
+    NOTHING_SELECTED = "NothingSelected"
 
 
 class Route(enum.Enum):
@@ -112,3 +115,15 @@ class VMVerdict:
     findings: tuple[Finding, ...] = ()
     running: bool = False
     stop_required: bool = False
+    exists: bool = True  # False: a VM the plan names that does not exist (rule vm-not-found)
+
+
+@dataclass(frozen=True)
+class EmptyPlan:
+    """A plan that selects no VM, and why: ``finding`` is one of the selection rules of
+    ``diff.catalog`` (no such namespace, no VM there, no VM matched the selector, every match
+    excluded, ...; effect ``NOTHING_SELECTED``) with what to do."""
+
+    namespace: str
+    plan: str
+    finding: Finding

@@ -433,11 +433,12 @@ def test_blocked_vm_lists_every_reason() -> None:
     verdict = only_vm(plan(), snap)  # data has no PVC at all
     assert verdict.action is Action.BLOCKED
     assert [r.rsplit("[", 1)[1] for r in reason_lines(verdict)] == [
-        "gitops-managed]",
-        "datavolume-not-succeeded]",
         "claim-not-found]",
+        "datavolume-not-succeeded]",
+        "gitops-managed]",
     ]
-    # VM-level blocks come first; a volume that could move carries the VM's block.
+    # In catalog.FIX_ORDER: the sources first, the edit outside the plans (GitOps) last; a
+    # volume that could move carries the VM's block.
     assert rules_of(verdict) == ["datavolume-not-succeeded", "claim-not-found", "gitops-managed"]
 
 
@@ -593,3 +594,159 @@ def test_diff_is_deterministic() -> None:
     snap = healthy(vm("a", labels={"t": "x"}), vm("b", labels={"t": "x"}))
     plans = [plan(vms=(), selector=labels(t="x"))]
     assert diff(plans, snap) == diff(plans, snap)
+
+
+# --------------------------------------------------------------------------------------------
+# Every rule runs for every VM (issue 18 item 1), and a VM being deleted is never moved
+# --------------------------------------------------------------------------------------------
+
+ARGO_TRACKED = {"argocd.argoproj.io/tracking-id": "vms:kubevirt.io/VirtualMachine:ns/vm1"}
+
+
+def test_a_blocked_vm_lists_every_reason_at_once_in_fix_order() -> None:
+    """The issue's case: an Argo CD tracking id and a shareable disk on a running VM showed
+    only [gitops-managed]; stop-not-allowed and shareable-disk surfaced only after the Argo CD
+    edit. Every rule runs now, and the GitOps edit (outside the plans) comes last."""
+    snap = with_vm(healthy(), annotations=ARGO_TRACKED, volumes=(volume(shareable=True),))
+    verdict = only_vm(plan(), snap)
+    assert verdict.action is Action.BLOCKED
+    assert [f.rule for f in verdict.findings] == [
+        "stop-not-allowed",
+        "shareable-disk",  # the cause stop-not-allowed cites, right after it
+        "gitops-managed",
+    ]
+    assert rules_of(verdict) == ["stop-not-allowed"]  # the withheld volume: the first block
+
+
+def test_volume_blocks_and_run_state_blocks_are_listed_together() -> None:
+    """A blocked volume no longer hides the run-state rules (they used to run only when no
+    Block was found)."""
+    two = vm(volumes=(volume("rootdisk", shareable=True), volume("data")))
+    snap = healthy(two, pvc("data-dv", phase="Pending"))
+    verdict = only_vm(plan(), snap)
+    assert [f.rule for f in verdict.findings] == [
+        "claim-not-bound",
+        "stop-not-allowed",
+        "shareable-disk",
+    ]
+    assert rules_of(verdict) == ["stop-not-allowed", "claim-not-bound"]
+
+
+def test_a_vm_being_deleted_is_blocked_first_whatever_else_holds() -> None:
+    deleting = {"metadata": {"deletionTimestamp": "2026-05-01T10:00:00Z", "finalizers": ["x"]}}
+    snap = with_vm(healthy(), raw=deleting, annotations=ARGO_TRACKED)
+    verdict = only_vm(plan(), snap)
+    assert verdict.action is Action.BLOCKED
+    assert [f.rule for f in verdict.findings] == ["vm-deleting", "gitops-managed"]
+    assert rules_of(verdict) == ["vm-deleting"]
+    assert "never moved" in reason_lines(verdict)[0]
+    stopped = with_vm(healthy(running=False), raw=deleting)
+    assert only_vm(plan(), stopped).action is Action.BLOCKED, "offline moves too"
+
+
+def test_a_vm_being_deleted_that_is_in_sync_stays_in_sync() -> None:
+    deleting = {"metadata": {"deletionTimestamp": "2026-05-01T10:00:00Z"}}
+    snap = with_vm(healthy(), raw=deleting)
+    assert only_vm(plan(storage_class="old"), snap).action is Action.IN_SYNC
+
+
+# --------------------------------------------------------------------------------------------
+# Plans that select nothing (issue 18 item 2) and VMs that do not exist (item 3)
+# --------------------------------------------------------------------------------------------
+
+
+def empty_of(plans: list[Plan], snap: Snapshot, **kwargs: frozenset[str]) -> list[tuple[str, str]]:
+    """(rule, message) of each plan that selected nothing."""
+    return [(e.finding.rule, e.finding.message) for e in diff(plans, snap, **kwargs).empty_plans]
+
+
+def test_a_plan_that_selects_something_is_not_reported() -> None:
+    assert empty_of([plan(), plan("q", vms=(), selector=labels())], healthy()) == []
+
+
+def test_a_plan_for_a_namespace_that_does_not_exist_says_so_with_the_closest_one() -> None:
+    (found,) = empty_of(
+        [plan(namespace="nss")], healthy(), namespaces=frozenset({"ns", "default", "kube-system"})
+    )
+    assert found == (
+        "namespace-not-found",
+        "plan p selects no VM: namespace nss does not exist (did you mean ns?); fix the "
+        "plan's namespace",
+    )
+    result = diff([plan(namespace="nss")], healthy())
+    (empty,) = result.empty_plans
+    assert (empty.namespace, empty.plan, empty.finding.effect) == (
+        "nss",
+        "p",
+        Effect.NOTHING_SELECTED,
+    )
+
+
+def test_a_namespace_without_vms_when_namespaces_are_unknown_says_both() -> None:
+    ((rule, message),) = empty_of([plan(namespace="empty", vms=(), selector=labels())], healthy())
+    assert rule == "namespace-empty"
+    assert "namespace empty has no VirtualMachine (or the namespace does not exist)" in message
+    ((rule, message),) = empty_of(
+        [plan(namespace="empty")], healthy(), namespaces=frozenset({"ns", "empty"})
+    )
+    assert rule == "namespace-empty" and "(or the namespace" not in message
+
+
+def test_a_plan_whose_named_vms_are_all_missing_suggests_names() -> None:
+    ((rule, message),) = empty_of([plan(vms=("vm2", "wm1"))], healthy())
+    assert rule == "named-vms-not-found"
+    assert "the VMs it names (vm2 (did you mean vm1?), wm1 (did you mean vm1?)) do not" in message
+    # ... and each missing VM is its own blocked verdict, "missing" rather than "stopped"
+    ghost = diff([plan(vms=("wm1",))], healthy()).vms[0]
+    assert (ghost.action, ghost.exists) == (Action.BLOCKED, False)
+    assert "which does not exist (did you mean vm1?)" in reason_lines(ghost)[0]
+
+
+def test_a_selector_that_matches_no_vm_says_what_labels_are_there() -> None:
+    snap = healthy(vm("a", labels={"tier": "archive"}), vm("b", labels={"tier": "gold"}))
+    ((rule, message),) = empty_of([plan(vms=(), selector=labels(tier="archve"))], snap)
+    assert rule == "selector-matched-none"
+    assert message == (
+        "plan p selects no VM: no VM of the 3 in namespace ns matches its selector (none has "
+        "tier=archve; did you mean tier=archive?); fix the selector, or label the VMs"
+    )
+    ((_, message),) = empty_of([plan(vms=(), selector=labels(teir="gold"))], snap)
+    assert "no VM here has label teir; did you mean tier?" in message
+
+
+def test_a_selector_whose_every_match_is_excluded_names_the_expression() -> None:
+    snap = healthy(
+        vm("a", labels={"tier": "gold", "vmstorage.dev/exclude": "yes"}),
+        vm("b", labels={"tier": "gold", "os": "windows"}),
+    )
+    selector = LabelSelector(
+        match_labels=(("tier", "gold"),),
+        match_expressions=(
+            ("vmstorage.dev/exclude", "DoesNotExist", ()),
+            ("os", "NotIn", ("windows",)),
+        ),
+    )
+    ((rule, message),) = empty_of([plan(vms=(), selector=selector)], snap)
+    assert rule == "every-match-excluded"
+    assert (
+        "VMs a, b match its selector's labels, but its matchExpressions exclude each "
+        "(a: vmstorage.dev/exclude=yes, b: os=windows)"
+    ) in message
+
+
+def test_selected_vms_without_a_disk_to_move_select_nothing() -> None:
+    snap = healthy(vm("cd-only", volumes=(volume("cd", kind="containerDisk"),)))
+    ((rule, message),) = empty_of([plan(vms=("cd-only",))], snap)
+    assert rule == "no-disk-to-move"
+    assert "it matches VM cd-only, but none has a PVC or DataVolume disk" in message
+
+
+def test_only_the_plan_that_selects_nothing_is_reported() -> None:
+    plans = [plan(), plan("typo", namespace="nss")]
+    result = diff(plans, healthy())
+    assert [e.plan for e in result.empty_plans] == ["typo"]
+    assert [(v.namespace, v.name, v.exists) for v in result.vms] == [
+        ("ns", "vm1", True),
+        ("nss", "vm1", False),  # the typo plan's VM: blocked, vm-not-found
+    ]
+    assert result.pending, "the other plans still act"

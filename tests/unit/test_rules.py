@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.diff.catalog import CATALOG
+from reconciler.diff.catalog import CATALOG, FIX_ORDER, SELECTION_RULES
 from reconciler.diff.context import (
     ClusterContext,
     RunContext,
@@ -409,6 +409,18 @@ def test_in_progress_rules(rule: str | None, given: VMContext, needle: str) -> N
             "",
         ),
         (None, scene(vm_kw={"annotations": ARGO}, allow_gitops=True), ""),
+        (
+            "vm-deleting",
+            scene(vm_kw={"raw": {"metadata": {"deletionTimestamp": "2026-05-01T10:00:00Z"}}}),
+            "being deleted (deletionTimestamp 2026-05-01T10:00:00Z): a VM on its way out is "
+            "never moved",
+        ),
+        (
+            "vm-deleting",
+            scene(vm_kw={"raw": {"metadata": {"deletionTimestamp": "t", "finalizers": ["a/b"]}}}),
+            "finalizer a/b keeps it until removed",
+        ),
+        (None, scene(vm_kw={"raw": {"metadata": {"deletionTimestamp": None}}}), ""),
         ("vm-not-running", scene(vmi_phase=None), "the VM is stopped (no VMI)"),
         ("vm-not-running", scene(vmi_phase="Scheduling"), "phase Scheduling, not Running"),
         ("vm-not-running", scene(vmi_phase="Succeeded"), "has ended (phase Succeeded)"),
@@ -846,6 +858,13 @@ TESTED_IN_TEST_DIFF = {
     "namespace-not-allowed",
     "conflicting-targets",
     "conflicting-plan-settings",
+    # tests/unit/test_diff.py, "Plans that select nothing"
+    "namespace-not-found",
+    "namespace-empty",
+    "named-vms-not-found",
+    "selector-matched-none",
+    "every-match-excluded",
+    "no-disk-to-move",
 }
 
 
@@ -860,6 +879,20 @@ def test_every_rule_has_a_test() -> None:
     # COVERED is filled while the tables above are built, at import time.
     untested = {r.id for r in CATALOG} - COVERED - TESTED_IN_TEST_DIFF
     assert untested == set()
+
+
+def test_every_block_rule_has_its_place_in_the_fix_order() -> None:
+    """A blocked VM lists its reasons in FIX_ORDER: a new Block rule must be placed there."""
+    blocks = {r.id for r in CATALOG if r.effect is Effect.BLOCK} - {"manual-recovery-required"}
+    assert blocks <= set(FIX_ORDER), blocks - set(FIX_ORDER)
+    assert set(FIX_ORDER) <= {r.id for r in CATALOG}
+    assert FIX_ORDER[0] == "vm-deleting" and FIX_ORDER.index("gitops-managed") > FIX_ORDER.index(
+        "stop-not-allowed"
+    ), "nothing matters for a VM being deleted; the GitOps opt-in is the last edit to make"
+
+
+def test_selection_rules_say_nothing_was_selected() -> None:
+    assert {r.effect for r in SELECTION_RULES} == {Effect.NOTHING_SELECTED}
 
 
 def test_finding_text_ends_with_rule_id() -> None:
