@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from reconciler import engine
 from reconciler.apply.context import Settings
-from reconciler.apply.lease import LockHeld
+from reconciler.apply.lease import DEFAULT_DURATION, MIN_DURATION, LeaseLost, LockHeld
 from reconciler.cli import plan as plan_command
 from reconciler.cli.common import (
     add_cluster_options,
@@ -26,6 +26,7 @@ from reconciler.cli.common import (
     git_spec,
     progress,
 )
+from reconciler.cli.version import versioned
 from reconciler.model.errors import ExitCode
 from reconciler.model.outcome import INTERRUPTED, ApplyReport
 from reconciler.report.apply import apply_document, apply_text
@@ -41,8 +42,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "move each VM the plans want elsewhere, one at a time, in (namespace, name) order: live "
         "(KubeVirt volume migration) or offline (stop, CDI clone, swap, start), verified before "
         "the next. A failure rolls the VM back and the run goes on; 3 failures in a row stop "
-        "it. A Lease keeps a second run out (exit 4). Progress goes to stderr; stdout has the "
-        "report. Safe to kill at any point: the next run resumes from the journal.",
+        "it. A Lease keeps a second run out (it exits 0; 4 with --detailed-exitcode). Progress "
+        "goes to stderr; stdout has the report. Safe to kill at any point: the next run "
+        "resumes from the journal.",
     )
     add_apply_options(parser)
     parser.add_argument(
@@ -65,6 +67,14 @@ def add_apply_options(parser: argparse.ArgumentParser) -> None:
         help="text, or an ApplyReport document (json | yaml)",
     )
     parser.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit with the state left behind, not only with failures (like terraform's "
+        "-detailed-exitcode): 1 work remains (blocked, in progress, --max-vms), 4 another run "
+        "held the Lease, 5 every window was shut; without it these are exit 0 (reported in "
+        "Events, metrics and the status ConfigMap)",
+    )
+    parser.add_argument(
         "--max-vms",
         type=_positive,
         metavar="N",
@@ -76,6 +86,15 @@ def add_apply_options(parser: argparse.ArgumentParser) -> None:
         metavar="NS",
         help="namespace of the Lease that keeps runs apart (default: "
         "$POD_NAMESPACE, else vm-storage-reconciler)",
+    )
+    parser.add_argument(
+        "--lease-duration",
+        type=_lease_seconds,
+        default=DEFAULT_DURATION,
+        metavar="SECONDS",
+        help="how long the Lease lasts unless renewed (renewed every third of it; a run "
+        "that cannot renew it for two thirds of it stops writing; another run may take "
+        f"it over once it expired) (default: {DEFAULT_DURATION})",
     )
     parser.add_argument(
         "--max-migration-attempts",
@@ -102,6 +121,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _lease_seconds(text: str) -> int:
+    value = _positive(text)
+    if value < MIN_DURATION:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_DURATION} seconds: {value}")
+    return value
+
+
 @contextlib.contextmanager
 def _stop_on_sigterm() -> Iterator[threading.Event]:
     """SIGTERM (a CronJob pod being stopped) sets the event: the run stops at the next step
@@ -117,16 +143,23 @@ def _stop_on_sigterm() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def exit_code(report: ApplyReport) -> ExitCode:
-    """3 a VM failed; 1 work remains (blocked, pending, interrupted); 5 nothing could start
-    because windows are shut; else 0."""
+def exit_code(report: ApplyReport, *, detailed: bool = False) -> ExitCode:
+    """The run's exit code (``model.errors.EXIT_CODE_TABLE``). Failures always fail: 3 a VM
+    failed (rolled back or not). 1 the run was stopped (SIGTERM) before the end. Otherwise the
+    run did all it could: 0, unless ``detailed`` (``--detailed-exitcode``) asks for the state
+    left behind: 5 no move could start because every window is shut, 1 work remains (a VM
+    blocked or in progress, left by ``--max-vms``, or outside its window while others
+    moved), 0 everything selected is in sync."""
     if report.failed:
         return ExitCode.VM_FAILED
-    interrupted = any(o.result == INTERRUPTED for o in report.outcomes)
+    if any(o.result == INTERRUPTED for o in report.outcomes):
+        return ExitCode.PENDING
+    if not detailed:
+        return ExitCode.OK
     if report.outside_window and not report.outcomes and not report.pending:
         return ExitCode.OUTSIDE_WINDOW
     blocked = any(v.action.value in ("Blocked", "InProgress") for v in report.verdicts)
-    if interrupted or report.pending or blocked or report.outside_window:
+    if report.pending or blocked or report.outside_window:
         return ExitCode.PENDING
     return ExitCode.OK
 
@@ -148,12 +181,13 @@ def engine_options(args: argparse.Namespace, err: TextIO) -> dict[str, Any]:
         "git": git_spec(args),
         "pushgateway": args.pushgateway,
         "pushgateway_job": args.pushgateway_job,
+        "lease_duration": args.lease_duration,
     }
 
 
 def write_report(out: TextIO, args: argparse.Namespace, report: ApplyReport) -> None:
     if args.output != "text":
-        out.write(dump(apply_document(report), args.output, pretty=out.isatty()))
+        out.write(dump(versioned(apply_document(report)), args.output, pretty=out.isatty()))
     else:
         out.write(apply_text(report))
 
@@ -170,8 +204,15 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
                 run_id=getattr(args, "run_id", None),
                 **engine_options(args, err),
             )
-        except LockHeld as exc:
-            err.write(f"error: {exc}; nothing was changed\n")
+        except LeaseLost as exc:
+            # This run stalled past its Lease (frozen, cut off): a failure, whatever the flags.
+            err.write(f"error: {exc}\n")
             return ExitCode.LOCKED
+        except LockHeld as exc:
+            # Another run holds the Lease: a state, not a failure (the other run is doing the
+            # work); the report says so, the code only with --detailed-exitcode.
+            err.write(f"skipped: {exc}; nothing was changed\n")
+            write_report(out, args, ApplyReport(stopped_early=f"skipped: {exc}"))
+            return ExitCode.LOCKED if args.detailed_exitcode else ExitCode.OK
     write_report(out, args, report)
-    return exit_code(report)
+    return exit_code(report, detailed=args.detailed_exitcode)

@@ -25,6 +25,7 @@ from typing import TextIO, cast
 
 from reconciler.cli import apply, plan, run, status, validate
 from reconciler.cli.common import EXIT_CODES, PROG, JsonLines, configure_logging
+from reconciler.cli.version import version, versioned
 from reconciler.kube.client import clients_loaded
 from reconciler.model.errors import ClusterError, ExitCode, UserError
 from reconciler.model.text import clean
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"{PROG} {version()}", help="print the version"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     validate.add_parser(commands)
@@ -103,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         err.write(f"{len(exc.problems)} {noun}; nothing was changed.\n")
         if args.output in ("json", "yaml"):  # machines get the problems as data too
             with contextlib.suppress(OSError, ValueError):
-                out.write(dump(problems_document(exc.problems), args.output))
+                out.write(dump(versioned(problems_document(exc.problems)), args.output))
                 out.flush()
         return int(exc.exit_code)
     except ClusterError as exc:
@@ -129,6 +133,11 @@ def _run(args: argparse.Namespace) -> int:
             return _internal_error(args, err, exc, loaded)
         return int(ExitCode.BAD_INPUT)  # stdout was closed under us
     except Exception as exc:
+        code = getattr(exc, "exit_code", None)
+        if isinstance(code, ExitCode):  # a documented stop, e.g. the Lease lost mid-run (4)
+            with contextlib.suppress(OSError, ValueError):
+                err.write(f"error: {clean(str(exc))}\n")
+            return int(code)
         return _internal_error(args, err, exc, loaded)
 
 

@@ -16,6 +16,7 @@ from reconciler.cli.common import (
     git_spec,
     progress,
 )
+from reconciler.cli.version import versioned
 from reconciler.model.errors import ExitCode
 from reconciler.report.documents import dump, plan_document
 from reconciler.report.text import manifests_text, plan_text
@@ -90,7 +91,7 @@ def write(out: TextIO, args: argparse.Namespace, result: engine.PlanResult) -> N
             windows=result.windows,
         )
         # Indented for a terminal, compact when piped (machines, `| jq`).
-        out.write(dump(doc, args.output, pretty=out.isatty()))
+        out.write(dump(versioned(doc), args.output, pretty=out.isatty()))
         return
     out.write(plan_text(result.verdicts, verbose=args.verbose, windows=result.windows))
     if manifests:

@@ -21,6 +21,7 @@ from typing import TextIO
 from reconciler import engine
 from reconciler.cli.apply import add_apply_options, engine_options, exit_code, write_report
 from reconciler.cli.common import add_command
+from reconciler.cli.version import versioned
 from reconciler.loop import Cycle, Loop
 from reconciler.model.errors import ExitCode, Problem, UserError
 from reconciler.model.outcome import ApplyReport
@@ -147,11 +148,12 @@ def _report(
     head = f"Run {cycle.number} ({cycle.seconds:.1f}s)"
     if cycle.report is not None:
         if args.output == "json":
-            out.write(dump(apply_document(cycle.report), "json", pretty=False))
+            out.write(dump(versioned(apply_document(cycle.report)), "json", pretty=False))
         else:
             write_report(out, args, cycle.report)
         out.flush()
-        err.write(f"{head}: exit code {int(exit_code(cycle.report))}; {then}.\n")
+        code = exit_code(cycle.report, detailed=args.detailed_exitcode)
+        err.write(f"{head}: exit code {int(code)}; {then}.\n")
     elif cycle.skipped:
         err.write(f"{head} skipped: {clean(cycle.skipped)}; {then}.\n")
     else:

@@ -7,6 +7,7 @@ from typing import TextIO
 
 from reconciler import engine
 from reconciler.cli.common import add_cluster_options, add_command
+from reconciler.cli.version import versioned
 from reconciler.model.errors import ExitCode
 from reconciler.report.apply import status_document, status_rows
 from reconciler.report.documents import dump
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
         context=args.context,
     )
     if args.output != "text":
-        out.write(dump(status_document(entries), args.output, pretty=out.isatty()))
+        out.write(dump(versioned(status_document(entries)), args.output, pretty=out.isatty()))
     elif entries:
         out.write(table(status_rows(entries)) + "\n")
     else:

@@ -582,7 +582,7 @@ def test_max_vms_moves_one_and_leaves_the_other_pending(ctx: Moves) -> None:
     fleet(ctx, 2)
     before = ctx.vm("vm2")
 
-    rc, report, err = ctx.apply("--max-vms", "1", body=FLEET)
+    rc, report, err = ctx.apply("--max-vms", "1", "--detailed-exitcode", body=FLEET)
 
     assert rc == 1, err
     assert [(o["name"], o["result"]) for o in report["outcomes"]] == [("vm1", "Succeeded")]
@@ -607,7 +607,9 @@ def test_a_vm_outside_its_window_is_not_started(ctx: Moves) -> None:
     ctx.make("vm1", MIXED, running=False)
     before = ctx.vm("vm1")
 
-    rc, report, err = ctx.apply(body=body(extra=closed_window(datetime.now(UTC))))
+    rc, report, err = ctx.apply(
+        "--detailed-exitcode", body=body(extra=closed_window(datetime.now(UTC)))
+    )
 
     assert rc == 5, err
     assert report["outsideWindow"] == [f"{ctx.ns}/vm1"] and not report["outcomes"]
@@ -620,7 +622,9 @@ def test_outside_one_window_while_another_plan_moves_is_pending_not_5(ctx: Moves
     ctx.make("vm2", [Disk("root", "template", "vm2-root")], running=False)
 
     rc, report, err = ctx.apply_files(
-        ("shut", body("vm1", closed_window(datetime.now(UTC)))), ("open", body("vm2"))
+        ("shut", body("vm1", closed_window(datetime.now(UTC)))),
+        ("open", body("vm2")),
+        args=("--detailed-exitcode",),
     )
 
     assert rc == 1, err
