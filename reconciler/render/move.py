@@ -17,8 +17,11 @@ They run in the sandbox of ``sandbox`` (StrictUndefined, documented variables an
 only). Every rendering is parsed and checked (kind, apiVersion, namespace, names, sizes,
 ownership annotation, patch shape); the forward patch is applied with ``jsonpatch`` to a copy
 of the VM, so ``plan --show-manifests`` can show a real before/after, and the rollback is
-proven to restore the VM exactly. Any failure is a ``TemplateError`` naming the template file
-and line.
+proven to restore the VM exactly. Last, the whole move must stay within its scope
+(``scope``: blank or cloned destinations in the VM's namespace, patches of the moved claims,
+their templates' names and classes and ``updateVolumesStrategy`` only; the same allow-list a
+journal passes before ``apply`` resumes it). Any failure is a ``TemplateError`` naming the
+template file and line.
 
 Design choices:
 
@@ -45,16 +48,36 @@ Design choices:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from reconciler.model.errors import Problem, TemplateError
 from reconciler.model.live import Snapshot, VMInfo
 from reconciler.model.manifests import DataVolumeManifest, PatchOp, VMObject
 from reconciler.model.verdict import Action, VMVerdict
 from reconciler.render.bounds import plain
 from reconciler.render.datavolume import render_data_volume
 from reconciler.render.inverse import revert_patches
-from reconciler.render.sandbox import TemplateSet
+from reconciler.render.sandbox import (
+    DV_LIVE,
+    DV_OFFLINE,
+    TARGET_NAME,
+    VM_PATCH,
+    VM_REVERT,
+    Rendered,
+    TemplateSet,
+)
+from reconciler.render.scope import (
+    CLEANUP,
+    DATA_VOLUMES,
+    FORWARD,
+    LIVE,
+    MOVES,
+    OFFLINE,
+    REVERT,
+    VM,
+    scope_check,
+)
 from reconciler.render.targets import check_targets, target_names
 from reconciler.render.vm_patch import (
     apply_ops,
@@ -127,6 +150,17 @@ def render_vm(
     check_patched(forward, patched, raw, moves, names, live=live)
     forward_ops: list[PatchOp] = forward.data  # checked by render_forward_patch
     revert, cleanup = revert_patches(templates, context, forward, raw, patched)
+    check_scope(
+        templates,
+        vm,
+        raw,
+        [(m.volume, m.claim, names[m.volume], m.to_class) for m in moves],
+        live=live,
+        data_volumes=data_volumes,
+        forward=forward_ops[1:],  # without the resourceVersion test (as a journal holds it)
+        revert=revert,
+        cleanup=cleanup,
+    )
     return RenderedVM(
         data_volumes=data_volumes,
         vm_patch=tuple(forward_ops),
@@ -136,3 +170,57 @@ def render_vm(
         strategy_cleanup_patch=tuple(cleanup),
         reused_targets=frozenset(reused),
     )
+
+
+def check_scope(
+    templates: TemplateSet,
+    vm: VMInfo,
+    raw: VMObject,
+    moves: list[tuple[str, str, str, str]],
+    *,
+    live: bool,
+    data_volumes: Sequence[DataVolumeManifest],
+    forward: Sequence[PatchOp],
+    revert: Sequence[PatchOp],
+    cleanup: Sequence[PatchOp],
+) -> None:
+    """The rendering stays within the move's scope (``render.scope``, the same allow-list
+    ``apply`` checks a journal against on resume); else a TemplateError naming, per problem,
+    the template that produced it."""
+    found = scope_check(
+        namespace=vm.namespace,
+        vm=raw,
+        moves=moves,
+        flow=LIVE if live else OFFLINE,
+        data_volumes=[dict(dv) for dv in data_volumes],
+        forward_ops=[dict(op) for op in forward],
+        revert_ops=[dict(op) for op in revert],
+        cleanup_ops=[dict(op) for op in cleanup],
+    )
+    if not found:
+        return
+    source = {
+        MOVES: TARGET_NAME,
+        VM: TARGET_NAME,
+        DATA_VOLUMES: DV_LIVE if live else DV_OFFLINE,
+        FORWARD: VM_PATCH,
+        REVERT: VM_REVERT,
+        CLEANUP: VM_PATCH,  # the cleanup is derived from the forward patch
+    }
+    problems: list[Problem] = []
+    for problem in found:
+        name = source[problem.part]
+        out = Rendered(name, templates.get(name), None)
+        problems += out.error(
+            f"VM {vm.namespace}/{vm.name}, out of the move's scope: {problem.message}",
+            near=problem.near,
+            hint=_SCOPE_HINT,
+        ).problems
+    raise TemplateError(problems)
+
+
+_SCOPE_HINT = (
+    "a move may only create its blank (live) or cloned (offline) destination DataVolumes and "
+    "swap the moved volumes' claims, their dataVolumeTemplates' names and classes and "
+    "updateVolumesStrategy; see reconciler/render/scope.py"
+)

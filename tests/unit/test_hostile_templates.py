@@ -1,7 +1,8 @@
 """Hostile templates (issue 7, item 7): a user template cannot hang the run or exhaust memory.
 Render time and output size are bounded, huge powers and products are refused (also while
 Jinja compiles), regex_replace has a timeout, rendered aliases are refused, and a live
-DataVolume's source must be exactly blank."""
+DataVolume's source must be exactly blank. Issue 14, item 9: an override that renders more than
+the move needs (a VM patch op or a DataVolume field out of the move's scope) is refused."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from jinja2.exceptions import SecurityError
 from reconciler.model.errors import TemplateError
 from reconciler.render import bounds
 from reconciler.render.sandbox import TARGET_NAME, TemplateSet, load_templates, render_text
-from tests.unit.test_render import FEDORA, FEDORA_MOVE, ROOT, render, scene
+from tests.unit.test_render import FEDORA, FEDORA_MOVE, ROOT, render, render_case, scene
 
 CONTEXT = {"claim": "disk", "namespace": "ns", "vm": "vm", "volume": "v", "storage_class": "sc"}
 
@@ -113,3 +114,126 @@ def test_a_live_datavolume_must_be_exactly_blank(tmp_path: Path) -> None:
     )
     with pytest.raises(TemplateError, match=r"must be blank: spec\.source must be exactly"):
         render(scene(FEDORA), "vm-fedora", FEDORA_MOVE, templates=custom)
+
+
+# --------------------------------------------------------------------------------------------
+# Scope (issue 14, item 9): an override may render more than the move needs (an extra VM
+# patch operation, an extra DataVolume field); each one passed the shape checks and the
+# server dry run before. Now render_vm refuses it (render.scope, the allow-list a resumed
+# journal passes too), naming the override's file.
+# --------------------------------------------------------------------------------------------
+
+USER_DATA = "/spec/template/spec/volumes/1/cloudInitNoCloud/userData"
+
+
+def _op(op: str) -> tuple[str, str, str]:
+    """A vm-patch.j2 override with one more operation at the end."""
+    return ("vm-patch.j2", "{%- if live %}\n", "- " + op + "\n{%- if live %}\n")
+
+
+SCOPE_OVERRIDES = {
+    "cloud-init userData rewritten": (
+        "fedora-live-template",
+        _op(
+            f'{{"op": "replace", "path": "{USER_DATA}", "value": "#cloud-config\\nusers: [x]\\n"}}'
+        ),
+        f"{USER_DATA} is not part of a move",
+    ),
+    "runStrategy added": (
+        "offline-pvc",
+        _op('{"op": "add", "path": "/spec/runStrategy", "value": "Always"}'),
+        "/spec/runStrategy is not part of a move",
+    ),
+    "a VM label added": (
+        "fedora-live-template",
+        _op('{"op": "add", "path": "/metadata/labels/owner", "value": "mallory"}'),
+        "/metadata/labels/owner is not part of a move",
+    ),
+    "a dataVolumeTemplate's source rewritten": (
+        "fedora-live-template",
+        _op(
+            '{"op": "replace", "path": "/spec/dataVolumeTemplates/0/spec/source", '
+            '"value": {"http": {"url": "http://images.example.com/evil.qcow2"}}}'
+        ),
+        "/spec/dataVolumeTemplates/0/spec/source is not part of a move",
+    ),
+    "ownerReferences": (
+        "fedora-live-template",
+        (
+            "datavolume-live.j2",
+            "  labels:\n",
+            "  ownerReferences: [{apiVersion: v1, kind: ConfigMap, name: x, uid: u}]\n  labels:\n",
+        ),
+        "metadata.ownerReferences is not allowed",
+    ),
+    "finalizers": (
+        "fedora-live-template",
+        ("datavolume-live.j2", "  labels:\n", "  finalizers: [example.com/keep]\n  labels:\n"),
+        "metadata.finalizers is not allowed",
+    ),
+    "generateName": (
+        "fedora-live-template",
+        ("datavolume-live.j2", "  labels:\n", "  generateName: x-\n  labels:\n"),
+        "metadata.generateName is not allowed",
+    ),
+    "a cross-namespace dataSourceRef": (
+        "fedora-live-template",
+        (
+            "datavolume-live.j2",
+            "  storage:\n",
+            "  storage:\n"
+            "    dataSourceRef: {kind: PersistentVolumeClaim, name: secret, namespace: tenant-b}\n",
+        ),
+        "spec.storage.dataSourceRef is not allowed",
+    ),
+    "a cross-namespace sourceRef on a clone": (
+        "offline-pvc",
+        (
+            "datavolume-offline.j2",
+            "spec:\n",
+            "spec:\n  sourceRef: {kind: DataSource, name: golden, namespace: tenant-b}\n",
+        ),
+        "spec.sourceRef is not allowed",
+    ),
+    "a second http source": (
+        "offline-pvc",
+        (
+            "datavolume-offline.j2",
+            "  storage:\n",
+            '    http: {url: "http://images.example.com/evil.qcow2"}\n  storage:\n',
+        ),
+        "spec.source must name exactly one source",
+    ),
+    "a PV picked by name": (
+        "fedora-live-template",
+        (
+            "datavolume-live.j2",
+            "    storageClassName:",
+            "    volumeName: pv-of-tenant-b\n    storageClassName:",
+        ),
+        "spec.storage.volumeName is not allowed",
+    ),
+    "a CDI annotation that skips the copy": (
+        "offline-pvc",
+        (
+            "datavolume-offline.j2",
+            "  annotations:\n",
+            '  annotations:\n    cdi.kubevirt.io/storage.prePopulated: "db-data"\n',
+        ),
+        "annotation cdi.kubevirt.io/storage.prePopulated is KubeVirt's or CDI's",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCOPE_OVERRIDES))
+def test_an_override_out_of_the_moves_scope_is_refused(tmp_path: Path, name: str) -> None:
+    case, (template, old, new), expected = SCOPE_OVERRIDES[name]
+    text = (ROOT / "templates" / template).read_text()
+    assert text.count(old) == 1
+    custom = override(tmp_path, template, text.replace(old, new))
+    with pytest.raises(TemplateError) as caught:
+        render_case(case, custom)
+    (problem,) = caught.value.problems
+    assert problem.source is not None and problem.source.file == str(tmp_path / template)
+    assert "out of the move's scope" in problem.message
+    assert expected in problem.message
