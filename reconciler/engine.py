@@ -22,6 +22,7 @@ from typing import Any
 from reconciler.apply.context import Settings
 from reconciler.apply.lease import Lease
 from reconciler.apply.runner import Listener, Options, Runner
+from reconciler.diff.catalog import vm_not_found
 from reconciler.diff.judge import diff
 from reconciler.gitsource import GitSpec, PlanSource, resolve
 from reconciler.kube import resources
@@ -35,7 +36,7 @@ from reconciler.model.manifests import VMManifests
 from reconciler.model.outcome import ApplyReport, Outcome
 from reconciler.model.plan import Plan
 from reconciler.model.progress import tagged
-from reconciler.model.verdict import Action, VMVerdict
+from reconciler.model.verdict import Action, EmptyPlan, Finding, VMVerdict
 from reconciler.observe.fetch import fetch
 from reconciler.plans.load import load_plans
 from reconciler.publish.metrics import JOB, Metrics
@@ -79,6 +80,7 @@ class PlanResult:
     dry_run_errors: tuple[str, ...] = ()
     server_dry_run: bool = field(default=False)
     commit: str | None = None  # the plans' commit (plan_source), when known
+    empty_plans: tuple[EmptyPlan, ...] = ()  # plans that select no VM, with why (exit 7)
 
     @property
     def converged(self) -> bool:
@@ -139,7 +141,8 @@ def plan(
         f"{observed:.1f}s ({requests} requests)."
     )
 
-    result = diff(plans, snapshot, allowed_namespaces=allowed_namespaces)
+    namespaces = namespaces_if_needed(cluster, plans, snapshot)
+    result = diff(plans, snapshot, allowed_namespaces=allowed_namespaces, namespaces=namespaces)
     if result.problems:
         raise UserError(list(result.problems))
     full = manifests or server_dry_run
@@ -163,7 +166,30 @@ def plan(
         dry_run_errors=tuple(errors),
         server_dry_run=server_dry_run,
         commit=source.commit,
+        empty_plans=result.empty_plans,
     )
+
+
+NAMESPACES = resources.Resource("v1", "Namespace", "namespaces", namespaced=False)
+
+
+def namespaces_if_needed(
+    cluster: Cluster, plans: Sequence[Plan], snapshot: Snapshot
+) -> frozenset[str] | None:
+    """The cluster's namespaces, listed only when a plan's namespace has no VM, so that a
+    misspelled namespace is told from an empty one (``diff.selection``); None when not needed,
+    or when RBAC refuses the LIST (the in-cluster role is namespaced: then the report says
+    "no VirtualMachine (or the namespace does not exist)")."""
+    with_vms = {namespace for namespace, _ in snapshot.vms}
+    if all(p.namespace in with_vms for p in plans):
+        return None
+    try:
+        return frozenset(str(o["metadata"]["name"]) for o in cluster.list_objects(NAMESPACES))
+    except ClusterError as exc:
+        if exc.code != 403:
+            raise
+        log.debug("namespaces not listed: %s", exc)
+        return None
 
 
 def plan_source(
@@ -411,8 +437,10 @@ class _Both:
             listener.vm_blocked(verdict)
 
 
-StatusEntry = tuple[str, str, Journal | None, LastMigration | None, str]
-"""(namespace, VM, open journal, last migration record, why the journal is unreadable)."""
+StatusEntry = tuple[str, str, Journal | None, LastMigration | None, str, Finding | None]
+"""(namespace, VM, open journal, last migration record, why the journal is unreadable, and for
+a VM a plan names that does not exist: its ``vm-not-found`` finding, naming the VM it probably
+meant)."""
 
 
 def status(
@@ -425,8 +453,8 @@ def status(
     """Every VM of the plans' namespaces (and ``namespaces``) that has a journal or a last
     migration record, in (namespace, name) order. Reads only the VMs: one LIST per namespace."""
     selected = set(namespaces)
-    if paths:
-        selected |= {p.namespace for p in load_plans(paths)}
+    plans = load_plans(paths) if paths else ()
+    selected |= {p.namespace for p in plans}
     if not selected:
         raise UserError(
             [
@@ -437,11 +465,13 @@ def status(
         )
     cluster = Cluster(load_client(kubeconfig, context))
     entries: list[StatusEntry] = []
+    listed: set[tuple[str, str]] = set()
     for namespace in sorted(selected):
         for vm in sorted(
             cluster.list_objects(resources.VIRTUAL_MACHINES, namespace),
             key=lambda o: str(o["metadata"]["name"]),
         ):
+            listed.add((namespace, str(vm["metadata"]["name"])))
             notes = (vm.get("metadata") or {}).get("annotations") or {}
             journal, error = None, ""
             if names.JOURNAL_ANNOTATION in notes:
@@ -452,5 +482,33 @@ def status(
             last_text = notes.get(names.LAST_MIGRATION_ANNOTATION)
             last = journals.decode_last(last_text) if last_text else None
             if journal or last or error:
-                entries.append((namespace, str(vm["metadata"]["name"]), journal, last, error))
-    return entries
+                entries.append((namespace, str(vm["metadata"]["name"]), journal, last, error, None))
+    entries += _missing_vms(cluster, plans, listed)
+    return sorted(entries, key=lambda entry: entry[:2])
+
+
+def _missing_vms(
+    cluster: Cluster, plans: Sequence[Plan], listed: set[tuple[str, str]]
+) -> list[StatusEntry]:
+    """The VMs the plans name that do not exist, each with the VM it probably meant: of every
+    namespace when RBAC lets us list VMs across them (one LIST, only when a VM is missing),
+    else of the namespaces listed."""
+    missing = {
+        (p.namespace, s.name): p.name
+        for p in plans
+        for s in p.virtual_machines
+        if (p.namespace, s.name) not in listed
+    }
+    if not missing:
+        return []
+    known = set(listed)
+    try:
+        everywhere = cluster.list_objects(resources.VIRTUAL_MACHINES)
+        known |= {(str(o["metadata"]["namespace"]), str(o["metadata"]["name"])) for o in everywhere}
+    except ClusterError as exc:
+        if exc.code != 403:
+            raise
+    return [
+        (namespace, name, None, None, "", vm_not_found(namespace, name, plan, known))
+        for (namespace, name), plan in sorted(missing.items())
+    ]

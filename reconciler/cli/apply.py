@@ -152,6 +152,8 @@ def exit_code(report: ApplyReport, *, detailed: bool = False) -> ExitCode:
     moved), 0 everything selected is in sync."""
     if report.failed:
         return ExitCode.VM_FAILED
+    if report.empty_plans:  # a typo in a plan never reads as done
+        return ExitCode.NOTHING_SELECTED
     if any(o.result == INTERRUPTED for o in report.outcomes):
         return ExitCode.PENDING
     if not detailed:

@@ -61,7 +61,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
-    """Run ``engine.plan``, print its result; exit 0 converged, 1 pending, 2 dry run refused."""
+    """Run ``engine.plan``, print its result; exit 0 converged, 1 pending, 2 dry run refused,
+    7 a plan selected no VM."""
     result = engine.plan(
         args.paths,
         kubeconfig=args.kubeconfig,
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
     write(out, args, result)
     if result.dry_run_errors:
         return ExitCode.BAD_INPUT
+    if result.empty_plans:
+        return ExitCode.NOTHING_SELECTED
     return ExitCode.OK if result.converged else ExitCode.PENDING
 
 
@@ -89,11 +92,19 @@ def write(out: TextIO, args: argparse.Namespace, result: engine.PlanResult) -> N
             manifests=manifests,
             dry_run_errors=result.dry_run_errors,
             windows=result.windows,
+            empty_plans=result.empty_plans,
         )
         # Indented for a terminal, compact when piped (machines, `| jq`).
         out.write(dump(versioned(doc), args.output, pretty=out.isatty()))
         return
-    out.write(plan_text(result.verdicts, verbose=args.verbose, windows=result.windows))
+    out.write(
+        plan_text(
+            result.verdicts,
+            verbose=args.verbose,
+            windows=result.windows,
+            empty_plans=result.empty_plans,
+        )
+    )
     if manifests:
         out.write(manifests_text(manifests))
     for line in result.dry_run_errors:

@@ -21,13 +21,13 @@ from typing import TextIO
 from reconciler import engine
 from reconciler.cli.apply import add_apply_options, engine_options, exit_code, write_report
 from reconciler.cli.common import add_command
+from reconciler.cli.serve import Health, serve
 from reconciler.cli.version import versioned
 from reconciler.loop import Cycle, Loop
 from reconciler.model.errors import ExitCode, Problem, UserError
 from reconciler.model.outcome import ApplyReport
 from reconciler.model.text import clean
 from reconciler.model.windows import SpecError, format_duration, parse_duration
-from reconciler.publish.metrics import serve
 from reconciler.report.apply import apply_document
 from reconciler.report.documents import dump
 
@@ -55,7 +55,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=_port,
         metavar="PORT",
         default=os.environ.get("VMSR_METRICS_PORT") or None,
-        help="serve the last run's Prometheus metrics on :PORT/metrics (default: "
+        help="serve the last run's Prometheus metrics on :PORT/metrics, and the probes "
+        "/healthz (the loop runs) and /readyz (the last run reached the API server) (default: "
         "$VMSR_METRICS_PORT; none)",
     )
     add_apply_options(parser)
@@ -99,9 +100,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
     options["holder"] = f"{options['holder']}-loop"
     every = float(args.every)
     metrics = None
+    health = Health()
     if args.metrics_port is not None:
         try:
-            metrics = serve(args.metrics_port)
+            metrics = serve(args.metrics_port, health)
         except OSError as exc:
             raise UserError(
                 [
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
         return engine.apply(args.paths, stop=stop, **options)
 
     def heard(cycle: Cycle, following: float | None) -> None:
+        health.heard(cycle.error)
         _report(out, err, args, cycle, following)
 
     loop = Loop(every, apply_once, heard)
@@ -130,6 +133,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
         with _stopped_by_signals(loop):
             cycles = loop.run()
     finally:
+        health.stopped()
         if metrics is not None:
             metrics.close()
     err.write(f"Stopped after {cycles} run(s).\n")

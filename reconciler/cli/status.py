@@ -54,4 +54,4 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
         out.write(table(status_rows(entries)) + "\n")
     else:
         out.write("No moves in flight and no migration records in these namespaces.\n")
-    return ExitCode.PENDING if any(j is not None for _n, _v, j, _l, _e in entries) else ExitCode.OK
+    return ExitCode.PENDING if any(entry[2] is not None for entry in entries) else ExitCode.OK

@@ -1,28 +1,24 @@
 """The program's version and its exit-code table as help text.
 
-The version is the installed distribution's (``importlib.metadata``): ``--version`` prints it,
-every ``-o json|yaml`` document carries it (``reconcilerVersion``), and the image's
-``org.opencontainers.image.version`` label is built from the same ``pyproject.toml``.
+The version is ``reconciler.__version__`` (kept equal to ``pyproject.toml``'s by
+tests/unit/test_manifests.py): ``--version`` prints it, every ``-o json|yaml`` document carries
+it (``reconcilerVersion``), the API requests' User-Agent names it, and the image's
+``org.opencontainers.image.version`` label is read from ``pyproject.toml`` at build time.
 """
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from typing import Any
 
+from reconciler import __version__
 from reconciler.model.errors import ExitCodeDoc
-
-DISTRIBUTION = "vm-storage-reconciler"
 
 
 def version() -> str:
-    """The installed version (``0.1.0``), or ``unknown`` when run from a bare source tree."""
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """This reconciler's version (``0.1.0``)."""
+    return __version__
 
 
 def versioned(document: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from reconciler.model.verdict import VMVerdict
+from reconciler.model.verdict import EmptyPlan, VMVerdict
 from reconciler.model.writeback import WriteBack
 
 SUCCEEDED = "Succeeded"
@@ -44,7 +44,8 @@ class Outcome:
 class ApplyReport:
     """``outcomes`` in the order taken; ``verdicts`` the plan as judged at the start (blocked
     VMs and those left for later show there); ``pending`` VMs not started because of
-    ``--max-vms`` or the circuit breaker; ``outside_window`` because their window was shut."""
+    ``--max-vms`` or the circuit breaker; ``outside_window`` because their window was shut;
+    ``empty_plans`` the plans that selected no VM."""
 
     outcomes: tuple[Outcome, ...] = ()
     verdicts: tuple[VMVerdict, ...] = ()
@@ -54,6 +55,8 @@ class ApplyReport:
     commit: str | None = None
     requests: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # plans that selected no VM, with why (``diff.Diff.empty_plans``; exit 7)
+    empty_plans: tuple[EmptyPlan, ...] = ()
 
     @property
     def failed(self) -> tuple[Outcome, ...]:

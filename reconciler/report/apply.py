@@ -8,9 +8,9 @@ from typing import Any
 
 from reconciler.model.journal import Journal, LastMigration
 from reconciler.model.outcome import ApplyReport, Outcome
-from reconciler.model.verdict import Action
-from reconciler.report.documents import vm_doc
-from reconciler.report.text import table
+from reconciler.model.verdict import Action, Finding
+from reconciler.report.documents import empty_plan_doc, finding_doc, vm_doc
+from reconciler.report.text import finding_line, first_to_do, nothing_selected_lines, table
 from reconciler.report.writeback import write_back_doc, write_back_text
 
 API_VERSION = "vmstorage.dev/v1alpha1"
@@ -48,6 +48,7 @@ def summary(report: ApplyReport) -> dict[str, int]:
     counts["blocked"] = sum(1 for v in report.verdicts if v.action is Action.BLOCKED)
     counts["pending"] = len(report.pending)
     counts["outsideWindow"] = len(report.outside_window)
+    counts["plansSelectingNothing"] = len(report.empty_plans)
     return counts
 
 
@@ -63,6 +64,7 @@ def apply_document(report: ApplyReport) -> dict[str, Any]:
         "pending": list(report.pending),
         "outsideWindow": list(report.outside_window),
         "stoppedEarly": report.stopped_early or None,
+        "nothingSelected": [empty_plan_doc(e) for e in report.empty_plans],
     }
 
 
@@ -86,31 +88,39 @@ def apply_text(report: ApplyReport) -> str:
             lines.append(write_back_text(o.write_back).rstrip("\n"))
     for verdict in report.verdicts:
         if verdict.action is Action.BLOCKED:
-            lines.append(f"VM {verdict.namespace}/{verdict.name}: blocked (see `plan`)")
+            lines.append(f"VM {verdict.namespace}/{verdict.name}: {first_to_do(verdict)}")
     for key in report.pending:
         lines.append(f"VM {key}: pending (left for the next run)")
     for key in report.outside_window:
         lines.append(f"VM {key}: waiting for its maintenance window")
     if report.stopped_early:
         lines.append(f"Stopped early: {report.stopped_early}")
+    lines += nothing_selected_lines(report.empty_plans)
     s = summary(report)
     if report.commit:
         lines.append(f"Plans at commit {report.commit}.")
     lines.append(
         f"Apply: {len(report.outcomes)} VM(s) acted on: {s['succeeded']} succeeded, "
         f"{s['rolledBack']} rolled back, {s['failed']} failed; {s['blocked']} blocked, "
-        f"{s['pending']} pending, {s['outsideWindow']} outside their window."
+        f"{s['pending']} pending, {s['outsideWindow']} outside their window"
+        + (f"; {len(report.empty_plans)} plan(s) selected nothing." if report.empty_plans else ".")
     )
     return "\n".join(lines) + "\n"
 
 
-def status_rows(
-    entries: Sequence[tuple[str, str, Journal | None, LastMigration | None, str]],
-) -> list[list[str]]:
-    """Rows of the `status` table: (namespace, vm, journal, last migration, journal error)."""
+StatusEntry = tuple[str, str, Journal | None, LastMigration | None, str, Finding | None]
+"""``engine.StatusEntry``: (namespace, vm, journal, last migration, journal error, and for a VM
+a plan names that does not exist, its ``vm-not-found`` finding)."""
+
+
+def status_rows(entries: Sequence[StatusEntry]) -> list[list[str]]:
+    """Rows of the `status` table; a VM that does not exist is ``missing``, with the VM it
+    probably meant."""
     rows = [["VM", "STATE", "MOVE", "FLOW", "PLAN", "SINCE", "DETAIL"]]
-    for namespace, vm, journal, last, error in entries:
+    for namespace, vm, journal, last, error, missing in entries:
         name = f"{namespace}/{vm}"
+        if missing is not None:
+            rows.append([name, "missing", "-", "-", "-", "-", finding_line(missing)])
         if error:
             rows.append([name, "journal unreadable", "-", "-", "-", "-", error])
         if journal is not None:
@@ -137,15 +147,15 @@ def status_rows(
     return rows
 
 
-def status_document(
-    entries: Sequence[tuple[str, str, Journal | None, LastMigration | None, str]],
-) -> dict[str, Any]:
+def status_document(entries: Sequence[StatusEntry]) -> dict[str, Any]:
     vms: list[Mapping[str, Any]] = []
-    for namespace, vm, journal, last, error in entries:
+    for namespace, vm, journal, last, error, missing in entries:
         vms.append(
             {
                 "namespace": namespace,
                 "name": vm,
+                "exists": missing is None,
+                "missing": finding_doc(missing) if missing is not None else None,
                 "journalError": error or None,
                 "inFlight": None
                 if journal is None

@@ -18,7 +18,7 @@ import yaml
 from reconciler.model.errors import Problem
 from reconciler.model.manifests import VMManifests
 from reconciler.model.plan import Plan
-from reconciler.model.verdict import Action, Finding, VMVerdict, VolumeVerdict
+from reconciler.model.verdict import Action, EmptyPlan, Finding, VMVerdict, VolumeVerdict
 from reconciler.model.windows import format_window, next_window_start, window_closes_at
 
 API_VERSION = "vmstorage.dev/v1alpha1"
@@ -44,8 +44,9 @@ def window_states(plans: Sequence[Plan], now: datetime) -> dict[PlanKey, dict[st
     return states
 
 
-def summary(verdicts: Sequence[VMVerdict]) -> dict[str, int]:
-    """Counts of VMs by action plus the number and total size of volumes to move."""
+def summary(verdicts: Sequence[VMVerdict], empty_plans: Sequence[EmptyPlan] = ()) -> dict[str, int]:
+    """Counts of VMs by action plus the number and total size of volumes to move, and of the
+    plans that select nothing."""
     by_action = Counter(v.action for v in verdicts)
     moving = [
         vol
@@ -63,6 +64,7 @@ def summary(verdicts: Sequence[VMVerdict]) -> dict[str, int]:
         "inProgress": by_action[Action.IN_PROGRESS],
         "volumesToMove": len(moving),
         "bytesToMove": sum(v.size_bytes for v in moving),
+        "plansSelectingNothing": len(empty_plans),
     }
 
 
@@ -117,6 +119,7 @@ def vm_doc(
         "stopRequired": verdict.stop_required,
         "reasons": [finding_doc(f) for f in verdict.findings],
         "volumes": [_volume_doc(v) for v in verdict.volumes],
+        "exists": verdict.exists,
     }
     if window is not None:
         doc["window"] = dict(window)
@@ -125,23 +128,30 @@ def vm_doc(
     return doc
 
 
+def empty_plan_doc(empty: EmptyPlan) -> dict[str, Any]:
+    """A plan that selects nothing, as data: which, and why (a reason like ``finding_doc``)."""
+    return {"namespace": empty.namespace, "plan": empty.plan, **finding_doc(empty.finding)}
+
+
 def plan_document(
     verdicts: Sequence[VMVerdict],
     *,
     manifests: Mapping[tuple[str, str], VMManifests] | None = None,
     dry_run_errors: Sequence[str] = (),
     windows: Mapping[PlanKey, Mapping[str, Any]] | None = None,
+    empty_plans: Sequence[EmptyPlan] = (),
 ) -> dict[str, Any]:
     """The machine-readable plan (``-o json`` / ``-o yaml``).
 
     ``manifests`` maps (namespace, vm) to {"dataVolumes": [...], "vmPatch": [...]};
-    ``windows`` is ``window_states(...)``.
+    ``windows`` is ``window_states(...)``; ``empty_plans`` (``nothingSelected``): a plan that
+    selects nothing is never converged.
     """
     return {
         "apiVersion": API_VERSION,
         "kind": "PlanReport",
-        "converged": converged(verdicts),
-        "summary": summary(verdicts),
+        "converged": converged(verdicts) and not empty_plans,
+        "summary": summary(verdicts, empty_plans),
         "vms": [
             vm_doc(
                 v,
@@ -151,6 +161,7 @@ def plan_document(
             for v in verdicts
         ],
         "serverDryRunErrors": list(dry_run_errors),
+        "nothingSelected": [empty_plan_doc(e) for e in empty_plans],
     }
 
 

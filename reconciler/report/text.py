@@ -9,7 +9,7 @@ from typing import Any
 
 from reconciler.model.manifests import VMManifests
 from reconciler.model.quantity import human_size
-from reconciler.model.verdict import Action, Finding, VMVerdict, VolumeVerdict
+from reconciler.model.verdict import Action, EmptyPlan, Finding, VMVerdict, VolumeVerdict
 from reconciler.report.documents import PlanKey, dump, summary
 
 _ACTION_WORD = {
@@ -27,8 +27,8 @@ def finding_line(finding: Finding) -> str:
     return f"{where}{finding.message} [{finding.rule}]"
 
 
-def summary_line(verdicts: Sequence[VMVerdict]) -> str:
-    counts = summary(verdicts)
+def summary_line(verdicts: Sequence[VMVerdict], empty_plans: Sequence[EmptyPlan] = ()) -> str:
+    counts = summary(verdicts, empty_plans)
     parts = [
         f"{counts['live']} live",
         f"{counts['offline']} offline",
@@ -37,7 +37,20 @@ def summary_line(verdicts: Sequence[VMVerdict]) -> str:
         f"{counts['inSync']} in sync",
     ]
     moving = f"{counts['volumesToMove']} volume(s), {human_size(counts['bytesToMove'])} to move"
-    return f"Plan: {counts['vms']} VM(s): {', '.join(parts)}; {moving}."
+    empty = counts["plansSelectingNothing"]
+    nothing = f"; {empty} plan(s) selected nothing" if empty else ""
+    return f"Plan: {counts['vms']} VM(s): {', '.join(parts)}; {moving}{nothing}."
+
+
+def first_to_do(verdict: VMVerdict) -> str:
+    """A blocked VM in one line, for logs (`apply`): every rule id, then the first reason
+    (``catalog.FIX_ORDER``: what to fix first) with what to do."""
+    ids = list(dict.fromkeys(f.rule for f in verdict.findings))
+    if not verdict.findings:
+        return "blocked"
+    first = verdict.findings[0]
+    where = f"volume {first.volume}: " if first.volume else ""
+    return f"blocked [{', '.join(ids)}]; first: {where}{first.message}"
 
 
 def table(rows: Sequence[Sequence[str]], *, indent: str = "") -> str:
@@ -53,7 +66,7 @@ def table(rows: Sequence[Sequence[str]], *, indent: str = "") -> str:
 
 
 def _vm_heading(verdict: VMVerdict, window: Mapping[str, Any] | None) -> str:
-    state = "running" if verdict.running else "stopped"
+    state = "missing" if not verdict.exists else "running" if verdict.running else "stopped"
     action = _ACTION_WORD[verdict.action]
     extra = ", stop required" if verdict.stop_required else ""
     if window is not None and verdict.action in (Action.MOVE_LIVE, Action.MOVE_OFFLINE):
@@ -88,9 +101,11 @@ def plan_text(
     *,
     verbose: bool = False,
     windows: Mapping[PlanKey, Mapping[str, Any]] | None = None,
+    empty_plans: Sequence[EmptyPlan] = (),
 ) -> str:
     """A per-VM diff for people. In-sync VMs are listed in one line unless ``verbose``; a move
-    under a plan with a maintenance window says whether the window is open."""
+    under a plan with a maintenance window says whether the window is open; a VM that does not
+    exist says so (no volume table); each plan that selects nothing says why."""
     blocks = []
     quiet = []
     for verdict in verdicts:
@@ -100,13 +115,21 @@ def plan_text(
         rows = [["VOLUME", "CLAIM", "STORAGECLASS", "SIZE", "ACTION", "DETAIL"]]
         rows += [_volume_row(v) for v in verdict.volumes]
         window = (windows or {}).get((verdict.namespace, verdict.plan))
-        lines = [_vm_heading(verdict, window), table(rows, indent="  ")]
+        lines = [_vm_heading(verdict, window)]
+        lines += [table(rows, indent="  ")] if verdict.volumes or verdict.exists else []
         lines += [f"  ! {finding_line(f)}" for f in verdict.findings]
         blocks.append("\n".join(lines))
     if quiet:
         blocks.append(f"In sync: {', '.join(quiet)}")
-    blocks.append(summary_line(verdicts))
+    if empty_plans:
+        blocks.append("\n".join(nothing_selected_lines(empty_plans)))
+    blocks.append(summary_line(verdicts, empty_plans))
     return "\n\n".join(blocks) + "\n"
+
+
+def nothing_selected_lines(empty_plans: Sequence[EmptyPlan]) -> list[str]:
+    """One line per plan that selects nothing: the plan, why, what to do, the rule id."""
+    return [f"! {finding_line(e.finding)}" for e in empty_plans]
 
 
 def manifests_text(manifests: Mapping[tuple[str, str], VMManifests]) -> str:

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.cli.apply import exit_code
 from reconciler.cli.main import main
+from reconciler.model.errors import ExitCode
+from reconciler.model.outcome import ROLLED_BACK, ApplyReport, Outcome
+from reconciler.model.verdict import Effect, EmptyPlan, Finding
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -151,3 +155,14 @@ def test_bad_plans_with_json_output_are_reported_as_data_too(
     problem = next(p for p in doc["problems"] if p["field"] == "spec.storageclass")
     assert (problem["file"], problem["line"]) == (str(path), 7)
     assert "did you mean 'storageClass'?" in problem["hint"]
+
+
+def test_apply_exits_7_when_a_plan_selected_nothing_unless_a_vm_failed() -> None:
+    """A typo in a plan never reads as done (issue 18 item 2); a failed VM still says 3."""
+    empty = EmptyPlan(
+        "mig-vmm", "p", Finding("namespace-not-found", Effect.NOTHING_SELECTED, None, "...")
+    )
+    assert exit_code(ApplyReport(empty_plans=(empty,))) is ExitCode.NOTHING_SELECTED
+    failed = Outcome(migration_id="m", plan="p", flow="live", result=ROLLED_BACK)
+    assert exit_code(ApplyReport(outcomes=(failed,), empty_plans=(empty,))) is ExitCode.VM_FAILED
+    assert exit_code(ApplyReport()) is ExitCode.OK
