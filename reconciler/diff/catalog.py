@@ -54,15 +54,30 @@ def did_you_mean(suggestions: Iterable[str]) -> str:
     return f" (did you mean {' or '.join(shown)}?)" if shown else ""
 
 
-def vm_not_found(namespace: str, name: str, plan: str, others: Iterable[str] = ()) -> Finding:
-    """``others``: the names of the VMs that do exist in ``namespace`` (for a "did you mean")."""
+def closest_vms(namespace: str, name: str, vms: Iterable[tuple[str, str]]) -> list[str]:
+    """The VMs ``namespace/name`` probably meant, of ``vms`` ((namespace, name) that exist):
+    close names in the same namespace (shown by name), else the same name in other
+    namespaces, closest namespace first (shown as namespace/name)."""
+    known = sorted(set(vms))
+    here = closest(name, (vm for ns, vm in known if ns == namespace))
+    if here:
+        return here
+    others = [ns for ns, vm in known if vm == name and ns != namespace]
+    others.sort(key=lambda ns: -difflib.SequenceMatcher(None, namespace, ns).ratio())
+    return [f"{ns}/{name}" for ns in others[:3]]
+
+
+def vm_not_found(
+    namespace: str, name: str, plan: str, vms: Iterable[tuple[str, str]] = ()
+) -> Finding:
+    """``vms``: (namespace, name) of the VMs that exist, for a "did you mean" (``closest_vms``)."""
     return Finding(
         VM_NOT_FOUND.id,
         VM_NOT_FOUND.effect,
         None,
         f"plan {plan} names VM {namespace}/{name}, which does not exist"
-        f"{did_you_mean(closest(name, others))}: fix the name in the plan's virtualMachines, "
-        "or remove it",
+        f"{did_you_mean(closest_vms(namespace, name, vms))}: fix the name in the plan's "
+        "virtualMachines, or remove it",
     )
 
 

@@ -311,8 +311,7 @@ def _with(
 
 
 def _missing_vm(plan: Plan, name: str, snapshot: Snapshot) -> VMVerdict:
-    others = (vm for (ns, vm) in snapshot.vms if ns == plan.namespace)
-    finding = catalog.vm_not_found(plan.namespace, name, plan.name, others)
+    finding = catalog.vm_not_found(plan.namespace, name, plan.name, snapshot.vms)
     return VMVerdict(
         namespace=plan.namespace,
         name=name,

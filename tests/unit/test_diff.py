@@ -702,6 +702,12 @@ def test_a_plan_whose_named_vms_are_all_missing_suggests_names() -> None:
     assert "which does not exist (did you mean vm1?)" in reason_lines(ghost)[0]
 
 
+def test_a_missing_vm_in_a_misspelled_namespace_suggests_the_same_vm_elsewhere() -> None:
+    plans = [plan(), plan("typo", namespace="nss")]
+    ghost = next(v for v in diff(plans, healthy()).vms if not v.exists)
+    assert "VM nss/vm1, which does not exist (did you mean ns/vm1?)" in reason_lines(ghost)[0]
+
+
 def test_a_selector_that_matches_no_vm_says_what_labels_are_there() -> None:
     snap = healthy(vm("a", labels={"tier": "archive"}), vm("b", labels={"tier": "gold"}))
     ((rule, message),) = empty_of([plan(vms=(), selector=labels(tier="archve"))], snap)
