@@ -20,6 +20,8 @@ vmsr_blocked_vms (namespace, rule)        blocked VMs by rule id (a VM counts on
                                             rule that blocks it)
 vmsr_pending_vms (reason)                 VMs left for a later run: max-vms (or the
                                             breaker, or a stop), window
+vmsr_plans_selecting_nothing              1 per plan that selected no VM, with the rule
+  (namespace, plan, rule)                   saying why (namespace-not-found, ...; exit 7)
 vmsr_vm_move_duration_seconds             seconds each VM's move took in the run
   (namespace, vm, flow, result)
 vmsr_last_run_timestamp_seconds           when the last run ended (Unix time)
@@ -106,6 +108,11 @@ class Metrics:
             "vmsr_blocked_vms", "Blocked VMs by the rule that blocks them", ("namespace", "rule")
         )
         self.pending = gauge("vmsr_pending_vms", "VMs left for a later run, by why", ("reason",))
+        self.nothing_selected = gauge(
+            "vmsr_plans_selecting_nothing",
+            "Plans of the last run that selected no VM, by the rule saying why",
+            ("namespace", "plan", "rule"),
+        )
         self.duration = gauge(
             "vmsr_vm_move_duration_seconds",
             "Seconds each VM's move took in the last run",
@@ -123,7 +130,13 @@ class Metrics:
     def record(self, report: ApplyReport | None, facts: RunFacts) -> None:
         """Replace every series with what ``report`` says (None: the run stopped before it
         had one; only the run's own facts are known)."""
-        for family in (self.out_of_sync, self.migrations, self.blocked, self.pending):
+        for family in (
+            self.out_of_sync,
+            self.migrations,
+            self.blocked,
+            self.pending,
+            self.nothing_selected,
+        ):
             family.clear()
         self.duration.clear()
         self.last_run.set(facts.finished)
@@ -150,6 +163,10 @@ class Metrics:
             self.blocked.labels(namespace=namespace, rule=rule).set(count)
         self.pending.labels(reason="max-vms").set(len(report.pending))
         self.pending.labels(reason="window").set(len(report.outside_window))
+        for empty in report.empty_plans:
+            self.nothing_selected.labels(
+                namespace=empty.namespace, plan=empty.plan, rule=empty.finding.rule
+            ).set(1)
 
     def push(self, url: str, job: str = JOB, *, timeout: float = PUSH_TIMEOUT) -> None:
         """PUT the registry to the Pushgateway at ``url`` as group ``job`` (replacing the
