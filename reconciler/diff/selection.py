@@ -86,7 +86,8 @@ def _why_empty(plan: Plan, snapshot: Snapshot, namespaces: frozenset[str] | None
         return _finding(
             catalog.EVERY_MATCH_EXCLUDED,
             plan,
-            f"{_listed(excluded)} match its selector's labels, but its matchExpressions "
+            f"{_listed(excluded)} match{'es' if len(excluded) == 1 else ''} its selector's "
+            "labels, but its matchExpressions "
             f"exclude each ({_reasons(excluded)}){'; ' + missing if missing else ''}; relabel "
             "the VMs, or fix the NotIn/DoesNotExist expressions",
         )
