@@ -56,15 +56,14 @@ def did_you_mean(suggestions: Iterable[str]) -> str:
 
 def closest_vms(namespace: str, name: str, vms: Iterable[tuple[str, str]]) -> list[str]:
     """The VMs ``namespace/name`` probably meant, of ``vms`` ((namespace, name) that exist):
-    close names in the same namespace (shown by name), else the same name in other
-    namespaces, closest namespace first (shown as namespace/name)."""
+    close names in the same namespace (shown by name), else the same name in namespaces with
+    a close name, closest first (shown as namespace/name)."""
     known = sorted(set(vms))
     here = closest(name, (vm for ns, vm in known if ns == namespace))
     if here:
         return here
-    others = [ns for ns, vm in known if vm == name and ns != namespace]
-    others.sort(key=lambda ns: -difflib.SequenceMatcher(None, namespace, ns).ratio())
-    return [f"{ns}/{name}" for ns in others[:3]]
+    others = closest(namespace, (ns for ns, vm in known if vm == name and ns != namespace))
+    return [f"{ns}/{name}" for ns in others]
 
 
 def vm_not_found(

@@ -609,3 +609,91 @@ def test_vm_stopped_mid_migration_needs_manual_recovery(ctx: Ctx) -> None:
     assert "[manual-recovery-required]" in reason_lines(vm)[0]
     assert "restore the original claim names" in reason_lines(vm)[0]
     ctx.delete_vm()
+
+
+# --------------------------------------------------------------------------------------------
+# What a new user trips on (issue 18): every reason at once, plans that select nothing, VMs
+# that do not exist, a VM being deleted (issue 14)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_blocked_vm_lists_every_reason_in_one_round(ctx: Ctx) -> None:
+    """Argo CD tracking id + shareable disk on a running VM: on 2d06030 only [gitops-managed]
+    showed, and stop-not-allowed/shareable-disk only after the Argo CD edit."""
+    vm = fedora(ctx.ns)
+    vm["metadata"]["annotations"] = {
+        "argocd.argoproj.io/tracking-id": "vms:kubevirt.io/VirtualMachine:ns/vm-fedora"
+    }
+    vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"][0]["shareable"] = True
+    ctx.settle(vm)
+    rc, report, _ = ctx.plan("-o", "json")
+    found = only_vm(report)
+    assert rc == 1 and found["action"] == "Blocked"
+    assert [r["rule"] for r in found["reasons"]] == [
+        "stop-not-allowed",
+        "shareable-disk",
+        "gitops-managed",
+    ], "what to fix first first; the edit outside the plans last"
+
+
+def _empty(ctx: Ctx, body: str, *, namespace: str | None = None) -> tuple[int, dict[str, Any]]:
+    """`plan -o json` on a plan for ``namespace`` (the test's by default); (rc, the one
+    nothingSelected entry)."""
+    path = plan_file(ctx.tmp_path, namespace or ctx.ns, body)
+    rc, report, _ = run_plan(ctx.capsys, ctx.control_plane, path, "-o", "json")
+    assert isinstance(report, dict)
+    assert report["converged"] is False and report["summary"]["plansSelectingNothing"] == 1
+    (empty,) = report["nothingSelected"]
+    assert (empty["plan"], empty["effect"]) == ("move", "NothingSelected")
+    return rc, empty
+
+
+def test_a_plan_for_a_namespace_that_does_not_exist_exits_7_naming_the_close_one(
+    ctx: Ctx,
+) -> None:
+    ctx.settle(fedora(ctx.ns))
+    typo = ctx.ns[:-1] + ("x" if ctx.ns[-1] != "x" else "y")
+    rc, empty = _empty(ctx, "", namespace=typo)
+    assert rc == 7, "not 0: a typo never reads as in sync"
+    assert empty["rule"] == "namespace-not-found"
+    assert f"namespace {typo} does not exist (did you mean {ctx.ns}" in empty["message"]
+
+    rc, out, _ = run_plan(ctx.capsys, ctx.control_plane, plan_file(ctx.tmp_path, typo))
+    assert rc == 7
+    assert isinstance(out, str)
+    assert f"VM {typo}/vm-fedora (missing, plan move): blocked\n" in out
+    assert f"! plan move selects no VM: namespace {typo} does not exist" in out
+    assert out.rstrip().endswith("1 plan(s) selected nothing.")
+
+
+@pytest.mark.parametrize(
+    ("labels", "selector", "rule", "needle"),
+    [
+        ({}, None, "namespace-empty", "has no VirtualMachine; check the plan's namespace"),
+        (
+            {"tier": "archive"},
+            "matchLabels: {tier: archve}",
+            "selector-matched-none",
+            "did you mean tier=archive?",
+        ),
+        (
+            {"tier": "gold", "vmstorage.dev/exclude": "yes"},
+            "matchLabels: {tier: gold}\n  matchExpressions:\n"
+            "    - {key: vmstorage.dev/exclude, operator: DoesNotExist}",
+            "every-match-excluded",
+            "VM vm-fedora matches its selector's labels, but its matchExpressions exclude each "
+            "(vm-fedora: vmstorage.dev/exclude=yes)",
+        ),
+    ],
+)
+def test_a_plan_that_selects_nothing_says_why_and_exits_7(
+    ctx: Ctx, labels: dict[str, str], selector: str | None, rule: str, needle: str
+) -> None:
+    if labels:
+        vm = fedora(ctx.ns, running=False)
+        vm["metadata"]["labels"] = labels
+        create(ctx.api, vm)
+    body = f"storageClass: ceph-rbd\nselector:\n  {selector}\n" if selector else ""
+    rc, empty = _empty(ctx, body or "storageClass: ceph-rbd\nselector: {}\n")
+    assert (rc, empty["rule"]) == (7, rule)
+    assert needle in empty["message"]
