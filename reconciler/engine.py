@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.apply.context import Settings
-from reconciler.apply.lease import Lease
+from reconciler.apply.lease import DEFAULT_DURATION as DEFAULT_LEASE_DURATION
+from reconciler.apply.lease import Lease, LeaseLost
 from reconciler.apply.runner import Listener, Options, Runner
 from reconciler.diff.catalog import vm_not_found
 from reconciler.diff.judge import diff
@@ -331,10 +332,16 @@ def apply(
     metrics: Metrics | None = None,
     pushgateway: str | None = None,
     pushgateway_job: str = JOB,
+    pushgateway_auth_file: Path | None = None,
+    lease_duration: int = DEFAULT_LEASE_DURATION,
 ) -> ApplyReport:
     """Load the plans, take the Lease, and run ``apply.runner``: open journals first, then new
     moves one VM at a time. Raises ``UserError`` (bad input, found before anything is written),
-    ``LockHeld`` (another run holds the Lease: nothing changed) and ``ClusterError``.
+    ``LockHeld`` (another run holds the Lease: nothing changed), ``LeaseLost`` (this run could
+    no longer prove it held the Lease and stopped writing: exit 4) and ``ClusterError``.
+
+    The Lease fences every write of the run (``Cluster.write_guard``): past its renew deadline
+    nothing is written any more, not even the status ConfigMap or Events.
 
     ``git`` fetches the plans first (``plan_source``); ``commit`` (else the plans' commit, when
     they are in a repository) goes into every new journal and the report.
@@ -342,7 +349,8 @@ def apply(
     Reporting (``reconciler.publish``): Events on each VM as the run goes (``listener``, if
     given, hears the run too); at the end, also when the run stops on an error, the status
     ConfigMap in ``lease_namespace`` and the metrics: recorded into ``metrics`` (the loop's,
-    served on /metrics) and pushed to ``pushgateway`` as job ``pushgateway_job``."""
+    served on /metrics) and pushed to ``pushgateway`` as job ``pushgateway_job`` (with the
+    basic auth in ``pushgateway_auth_file``)."""
     source = plan_source(paths, git, progress)
     commit = commit or source.commit
     progress = tagged(progress, commit=commit)  # JSON logs: every line names the commit
@@ -352,8 +360,10 @@ def apply(
     )
     templates = load_templates(templates_dir)
     cluster = Cluster(load_client(kubeconfig, context))
+    cluster.identify(holder)
     stop = stop or threading.Event()
-    lease = Lease(cluster, lease_namespace, holder, lost=stop, now=now)
+    lease = Lease(cluster, lease_namespace, holder, lost=stop, now=now, duration=lease_duration)
+    cluster.write_guard = lease.ensure
     try:
         lease.acquire()
     except ClusterError as exc:
@@ -367,6 +377,7 @@ def apply(
         status_namespace=lease_namespace,
         metrics=metrics,
         pushgateway=pushgateway,
+        pushgateway_auth_file=pushgateway_auth_file,
         job=pushgateway_job,
         now=now,
         warn=progress,
@@ -379,6 +390,8 @@ def apply(
             settings=settings or Settings(),
             now=now,
             listener=_Both(reporting.listener, listener) if listener else reporting.listener,
+            guard=lease.ensure,
+            token=lease.token,
         )
         runner = Runner(
             cluster,
@@ -390,9 +403,14 @@ def apply(
             allowed_namespaces=allowed_namespaces,
         )
         report = runner.run()
+        lease.ensure()  # a run that lost the Lease reports nothing: LeaseLost (exit 4)
         reporting.finish(report)
         return report
+    except LeaseLost:
+        raise
     except BaseException as exc:
+        if not lease.holds():
+            raise LeaseLost(lease.where, "while the run was failing") from exc
         partial = ApplyReport(outcomes=tuple(runner.outcomes if runner else ()), commit=commit)
         reporting.finish(partial, error=f"{type(exc).__name__}: {exc}")
         raise

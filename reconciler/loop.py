@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import schedule
 
-from reconciler.apply.lease import LockHeld
+from reconciler.apply.lease import LeaseLost, LockHeld
 from reconciler.model.errors import ClusterError, UserError
 from reconciler.model.outcome import ApplyReport
 
@@ -126,7 +126,7 @@ class Loop:
             report = self.apply_once(stop)
         except LockHeld as exc:
             return Cycle(number, took(), skipped=str(exc))
-        except (UserError, ClusterError) as exc:
+        except (UserError, ClusterError, LeaseLost) as exc:
             return Cycle(number, took(), error=exc)
         except Exception as exc:  # a bug: reported, and the next cycle runs
             log.exception("cycle %d: internal error", number)

@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler.model.journal import FORWARD, Flow, Journal, VolumeMove
 from reconciler.model.live import Snapshot, VMInfo
-from reconciler.model.names import MIGRATION_LABEL
+from reconciler.model.names import IN_FLIGHT_ANNOTATION, MIGRATION_LABEL
 from reconciler.model.plan import Plan
 from reconciler.model.verdict import Action, VMVerdict
 from reconciler.render.move import RenderedVM
@@ -101,5 +101,7 @@ def _source_size(snapshot: Snapshot, namespace: str, claim: str) -> int:
 
 def _labelled(manifest: Mapping[str, Any], migration_id: str) -> dict[str, Any]:
     out = copy.deepcopy(dict(manifest))
-    out.setdefault("metadata", {}).setdefault("labels", {})[MIGRATION_LABEL] = migration_id
+    meta = out.setdefault("metadata", {})
+    meta.setdefault("labels", {})[MIGRATION_LABEL] = migration_id
+    meta.setdefault("annotations", {})[IN_FLIGHT_ANNOTATION] = migration_id
     return out

@@ -33,6 +33,11 @@ class Interrupted(Exception):
     """Stop now, leaving the journal as written (the next run resumes from it)."""
 
 
+class Fenced(Interrupted):
+    """The VM's journal is not the one this runner last wrote: another runner (which holds
+    the Lease now) or a person wrote it. Nothing more is done to this VM in this run."""
+
+
 @dataclass
 class Settings:
     """Knobs of a run that are not in the plans (flags, or defaults)."""
@@ -43,6 +48,8 @@ class Settings:
     settle_timeout: float = 120.0  # seconds for status to settle (verify, stop, start)
     release_timeout: float = 600.0  # seconds to wait for a source's last pod (retention Delete)
     tick: float = 2.0  # seconds between progress lines during a wait
+    patch_budget: float = 30.0  # seconds a forward step retries a VM patch that conflicts
+    rollback_patch_budget: float = 300.0  # the same for a rollback's steps (more patient)
 
 
 @dataclass
@@ -62,8 +69,19 @@ class MoveRun:
     commit: str | None = None
     step: str = ""
     on_step: Callable[[Journal, Step], None] = lambda _journal, _step: None
+    # The fence: ``guard`` raises (``LeaseLost``) once this runner cannot prove it holds the
+    # Lease; ``token`` is written into every journal; ``journal_text`` is the journal this
+    # runner last wrote (or adopted when it resumed the move): every journal write and VM
+    # patch tests it, so nobody else's journal is ever acted on.
+    guard: Callable[[], None] = lambda: None
+    # What the plans say now of this VM's retention ("" when no plan selects it): a source is
+    # deleted only if both the journal and the plan say Delete.
+    plan_retention: str = ""
+    token: str = ""
+    journal_text: str | None = None
 
     def check_stop(self) -> None:
+        self.guard()
         if self.stop.is_set():
             raise Interrupted(f"{self.namespace}/{self.vm}: stopped; the journal is kept")
 

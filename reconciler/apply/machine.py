@@ -86,6 +86,8 @@ def drive(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
             journal = journal.at(following)
             continue
         result = ROLLED_BACK if journal.rolling_back else SUCCEEDED
+        if result == SUCCEEDED:
+            target_steps.settle_targets(run, journal)
         store.close(run, journal, _last(run, journal, result))
         return tally.outcome(
             run, journal, result, rule=journal.rollback_rule, reason=journal.rollback_reason

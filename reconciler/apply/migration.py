@@ -20,10 +20,10 @@ from reconciler.apply.context import MoveRun, StepFailed
 from reconciler.apply.store import read_vm
 from reconciler.apply.vm_steps import claims_of, patch_vm, run_strategy_of
 from reconciler.diff.gitops import volumes_writer
-from reconciler.kube.resources import MIGRATIONS, VIRTUAL_MACHINES, VMIS
+from reconciler.kube.resources import DATA_VOLUMES, MIGRATIONS, VIRTUAL_MACHINES, VMIS
 from reconciler.kube.watch import State, Stream
 from reconciler.model.journal import Journal
-from reconciler.model.names import VOLUME_UPDATE_LABEL
+from reconciler.model.names import MIGRATION_LABEL, VOLUME_UPDATE_LABEL
 
 Obj = Mapping[str, Any]
 FINAL_VMI = ("Succeeded", "Failed")
@@ -218,10 +218,29 @@ def _describe(run: MoveRun, journal: Journal, state: State) -> str:
     return f"migration {name} {phase}{retry}"
 
 
+def _targets_there(journal: Journal, state: State) -> None:
+    """A destination deleted mid-migration fails the move now, not at its deadline."""
+    for v in journal.volumes:
+        if v.target not in state["dvs"]:
+            raise StepFailed(
+                "target-deleted", f"DataVolume {v.target} was deleted during the migration"
+            )
+
+
 def _wait_migration(run: MoveRun, journal: Journal) -> Journal:
+    def done(state: State) -> object | None:
+        _targets_there(journal, state)
+        return _migrated(run, journal, state)
+
+    streams = [
+        *_streams(run, journal),
+        Stream(
+            "dvs", DATA_VOLUMES, run.namespace, label_selector=f"{MIGRATION_LABEL}={journal.id}"
+        ),
+    ]
     result = run.wait(
-        _streams(run, journal),
-        lambda state: _migrated(run, journal, state),
+        streams,
+        done,
         seconds=run.seconds_left(journal),
         what="KubeVirt's volume migration",
         on_tick=lambda state: run.say(_describe(run, journal, state)),

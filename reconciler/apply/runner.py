@@ -19,9 +19,12 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from reconciler.apply.begin import first_journal
-from reconciler.apply.context import Interrupted, MoveRun, Settings
+from reconciler.apply.context import Fenced, Interrupted, MoveRun, Settings
+from reconciler.apply.lease import LeaseLost
 from reconciler.apply.machine import drive
 from reconciler.apply.store import annotations_of
+from reconciler.apply.target_steps import remove_leftovers
+from reconciler.apply.trust import journal_problems
 from reconciler.apply.vm_steps import run_strategy_of
 from reconciler.diff.git_owners import git_owners
 from reconciler.diff.judge import diff
@@ -30,7 +33,8 @@ from reconciler.kube.resources import VIRTUAL_MACHINES, VMIS
 from reconciler.model import journal as journals
 from reconciler.model.errors import ClusterError, PlanError, TemplateError
 from reconciler.model.journal import Journal, Step
-from reconciler.model.names import JOURNAL_ANNOTATION
+from reconciler.model.live import VMInfo
+from reconciler.model.names import JOURNAL_ANNOTATION, LAST_MIGRATION_ANNOTATION
 from reconciler.model.outcome import (
     FAILED,
     INTERRUPTED,
@@ -91,6 +95,13 @@ class Options:
     settings: Settings = field(default_factory=Settings)
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     listener: Listener = field(default_factory=Silent)
+    # The fence (``apply.lease``): raises once the Lease is not provably ours; the token
+    # every journal this run writes carries.
+    guard: Callable[[], None] = lambda: None
+    token: str = ""
+    # Backoff after a failed (rolled back) move of a VM: base * 2^(failures-1), capped.
+    backoff_base: float = 300.0
+    backoff_cap: float = 6 * 3600.0
 
 
 def _new_id() -> str:
@@ -126,8 +137,13 @@ class Runner:
         self.namespaces = sorted({p.namespace for p in plans})
         self.outcomes: list[Outcome] = []
         self._consecutive_failures = 0
+        self._touched: set[tuple[str, str]] = set()  # VMs a move of was driven this run
+        self._backing_off: list[str] = []
+        self._notes: list[str] = []
 
-    def _run_for(self, namespace: str, vm: str) -> MoveRun:
+    def _run_for(self, namespace: str, vm: str, plan: str = "") -> MoveRun:
+        """``plan`` (namespace/name) is the plan the move is of: its retention now decides,
+        with the journal's, whether sources are deleted."""
         return MoveRun(
             self.cluster,
             namespace,
@@ -139,7 +155,18 @@ class Runner:
             on_step=lambda journal, step: _safely(
                 self.options.listener.step_done, namespace, vm, journal, step
             ),
+            guard=self.options.guard,
+            token=self.options.token,
+            plan_retention=self._retention_now(namespace, vm, plan),
         )
+
+    def _retention_now(self, namespace: str, vm: str, plan: str) -> str:
+        """The retention the plans now give this VM's move: its plan's (by name), else ""
+        (no such plan any more: the conservative reading, Keep)."""
+        for p in self.plans:
+            if f"{p.namespace}/{p.name}" == plan and p.namespace == namespace:
+                return p.retention.value
+        return ""
 
     def _record(self, outcome: Outcome) -> None:
         if outcome.result == SUCCEEDED:
@@ -194,9 +221,17 @@ class Runner:
             if self.options.max_vms is not None and started >= self.options.max_vms:
                 pending.append(key)
                 continue
+            if (verdict.namespace, verdict.name) in self._touched:
+                # One move of a VM per run: a VM whose move was just finished or rolled back
+                # is not moved again at once (its rollback is the failure backoff counts).
+                pending.append(key)
+                continue
             plan = self._plan(verdict)
             if plan.window is not None and not window_open(plan.window, self.options.now()):
                 outside.append(key)
+                continue
+            if self._backs_off(snapshot.vms.get((verdict.namespace, verdict.name))):
+                pending.append(key)
                 continue
             outcome = self._move(verdict.namespace, verdict.name)
             if outcome is not None:
@@ -210,50 +245,133 @@ class Runner:
             stopped_early=stopped_early,
             commit=self.options.commit,
             requests=self.cluster.requests,
+            backing_off=tuple(self._backing_off),
+            notes=tuple(self._notes),
         )
+
+    def _backs_off(self, vm: VMInfo | None) -> bool:
+        """The VM's last move failed recently: wait (backoff grows with each failure)."""
+        if vm is None:
+            return False
+        text = vm.annotations.get(LAST_MIGRATION_ANNOTATION)
+        last = journals.decode_last(text) if text else None
+        until = (
+            last.retry_after(self.options.backoff_base, self.options.backoff_cap) if last else None
+        )
+        if until is None or until <= self.options.now():
+            return False
+        key = f"{vm.namespace}/{vm.name}"
+        assert last is not None
+        self._backing_off.append(key)
+        self._notes.append(
+            f"VM {key}: backing off until {until.isoformat(timespec='seconds')} after "
+            f"{last.failures} failed move(s) in a row (last: {last.rule or 'failed'})"
+        )
+        self.progress(
+            f"{key}: not moved before {until.isoformat(timespec='seconds')}: its last "
+            f"{last.failures} move(s) failed ({last.rule or 'rolled back'})"
+        )
+        return True
 
     def _plan(self, verdict: VMVerdict) -> Plan:
         return next(
             p for p in self.plans if p.namespace == verdict.namespace and p.name == verdict.plan
         )
 
+    def _journal_namespaces(self) -> list[tuple[str, list[dict[str, object]]]]:
+        """(namespace, its VMs) for every namespace a journal of ours may be in: every
+        allowed namespace, whatever the current plans say (a move whose namespace left the
+        plans must still be finished); with no allow-list, every namespace the run may list
+        (cluster-wide, else the plans' when RBAC refuses that)."""
+        if self.allowed is not None:
+            names = sorted(set(self.allowed) | set(self.namespaces))
+            return [(n, self.cluster.list_objects(VIRTUAL_MACHINES, n)) for n in names]
+        try:
+            everything = self.cluster.list_objects(VIRTUAL_MACHINES, None)
+        except ClusterError as exc:
+            if exc.code not in (401, 403):
+                raise
+            return [(n, self.cluster.list_objects(VIRTUAL_MACHINES, n)) for n in self.namespaces]
+        by_namespace: dict[str, list[dict[str, object]]] = {n: [] for n in self.namespaces}
+        for vm in everything:
+            by_namespace.setdefault(str(vm["metadata"].get("namespace")), []).append(vm)
+        return sorted(by_namespace.items())
+
     def _resume_open_moves(self) -> None:
         """Every VM with a journal, in order: finish or roll back its move first (whatever
-        commit of the plans started it: the journal holds all the move needs)."""
-        for namespace in self.namespaces:
-            vms = self.cluster.list_objects(VIRTUAL_MACHINES, namespace)
-            for vm in sorted(vms, key=lambda o: str(o["metadata"]["name"])):
+        commit of the plans started it, and whether or not a plan still selects it). The
+        journal is untrusted input (anyone who may patch the VM may write it): it is acted
+        on only if it passes the same scope checks as a fresh render (``apply.trust``).
+        Then the destinations no journal claims any more are cleaned up."""
+        for namespace, vms in self._journal_namespaces():
+            open_moves: set[str] = set()
+            unreadable = False
+            for vm in sorted(vms, key=lambda o: str(o["metadata"]["name"])):  # type: ignore[index]
                 text = annotations_of(vm).get(JOURNAL_ANNOTATION)
                 if text is None:
                     continue
-                name = str(vm["metadata"]["name"])
+                name = str(vm["metadata"]["name"])  # type: ignore[index]
                 try:
                     journal = journals.decode(text)
                 except journals.JournalError as exc:
-                    self._record(
-                        Outcome(
-                            migration_id="",
-                            plan="",
-                            flow="",
-                            result=FAILED,
-                            rule="journal-unreadable",
-                            reason=f"the journal annotation cannot be read: {exc}",
-                            namespace=namespace,
-                            vm=name,
-                        )
+                    unreadable = True
+                    self._refuse(
+                        namespace,
+                        name,
+                        None,
+                        "journal-unreadable",
+                        f"the journal annotation cannot be read: {exc}",
+                    )
+                    continue
+                open_moves.add(journal.id)
+                problems = journal_problems(namespace, vm, journal)
+                if problems:
+                    self._refuse(
+                        namespace,
+                        name,
+                        journal,
+                        "journal-refused",
+                        "the journal asks for what a move of this VM never does: "
+                        + "; ".join(problems[:5]),
                     )
                     continue
                 if self.stop.is_set():
                     return
-                run = self._run_for(namespace, name)
+                run = self._run_for(namespace, name, journal.plan)
+                run.journal_text = text
                 if journal.commit and journal.commit != self.options.commit:
                     run.say(
                         f"move {journal.id} was started at commit {journal.commit[:12]} of the "
                         f"plans (this run: {(self.options.commit or 'unknown')[:12]}): "
                         "finishing it first"
                     )
+                if namespace not in self.namespaces:
+                    run.say("no plan selects this namespace any more: finishing its open move")
+                self._touched.add((namespace, name))
                 _safely(self.options.listener.move_started, namespace, name, journal, True)
                 self._record(_drive(run, journal, resumed=True))
+            if not unreadable and not self.stop.is_set():
+                self.options.guard()
+                remove_leftovers(self.cluster, namespace, open_moves, self.progress)
+
+    def _refuse(
+        self, namespace: str, name: str, journal: Journal | None, rule: str, reason: str
+    ) -> None:
+        """A journal that is not acted on: left as it is, for a human (status shows it)."""
+        self.progress(f"{namespace}/{name}: {reason}; left as it is: fix or remove the journal")
+        self._touched.add((namespace, name))
+        self._record(
+            Outcome(
+                migration_id=journal.id if journal else "",
+                plan=journal.plan if journal else "",
+                flow=journal.flow.value if journal else "",
+                result=FAILED,
+                rule=rule,
+                reason=reason,
+                namespace=namespace,
+                vm=name,
+            )
+        )
 
     def _move(self, namespace: str, name: str) -> Outcome | None:
         """Judge ``namespace/name`` again on a fresh look at its namespace and, if it still
@@ -303,7 +421,8 @@ class Runner:
             now=self.options.now(),
             commit=self.options.commit,
         )
-        run = self._run_for(namespace, name)
+        run = self._run_for(namespace, name, journal.plan)
+        self._touched.add((namespace, name))
         run.say(
             f"moving {journal.flow.value} (move {migration_id}, plan {plan.name}): "
             + ", ".join(f"{v.volume} {v.from_class} -> {v.to_class}" for v in journal.volumes)
@@ -320,8 +439,11 @@ def _drive(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
     journal kept as written, for the next run to resume."""
     try:
         return drive(run, journal, resumed=resumed)
-    except Interrupted:
-        run.say(f"stopped; move {journal.id} stays journaled for the next run")
+    except Interrupted as stopped:
+        if isinstance(stopped, Fenced | LeaseLost):
+            run.say(f"{stopped}")
+        else:
+            run.say(f"stopped; move {journal.id} stays journaled for the next run")
         return Outcome(
             migration_id=journal.id,
             plan=journal.plan,

@@ -1,17 +1,24 @@
 """The journal lives on the VM, in the ``vmstorage.dev/journal`` annotation.
 
-Every write is a JSON patch that first tests the annotation's current value, so a journal is
-never overwritten by a run that did not read it (a second runner without the Lease, a person
-editing it) and a VM annotation write never touches anything else of the VM. The
-resourceVersion is deliberately not tested: KubeVirt updates the VM's status all the time, and
-the journal only has to agree with itself.
+Every write is a compare-and-swap against the journal *this runner last wrote* (or adopted
+when it resumed the move), ``MoveRun.journal_text``: a JSON patch that first tests the
+annotation's value, then replaces it. Each journal carries the writer's fencing token (holder
+and Lease transitions, ``Lease.token``), so once another runner has taken the move over (its
+first write puts its own token in), a stale runner's next write fails the test and it stops
+(``Fenced``) instead of acting on a move that is no longer its own. A journal someone else
+wrote, or removed, is never overwritten.
+
+The resourceVersion is tested only when no journal exists yet (JSON patch cannot test for an
+absent member): KubeVirt updates the VM's status all the time, and the journal only has to
+agree with itself.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from reconciler.apply.context import MoveRun, StepFailed
+from reconciler.apply.context import Fenced, MoveRun, StepFailed
 from reconciler.kube.resources import VIRTUAL_MACHINES
 from reconciler.model import journal as journals
 from reconciler.model.errors import ClusterError
@@ -19,11 +26,15 @@ from reconciler.model.journal import Journal, LastMigration
 from reconciler.model.names import JOURNAL_ANNOTATION, LAST_MIGRATION_ANNOTATION
 
 Obj = dict[str, Any]
+_ATTEMPTS = 5
 
 
 def pointer(key: str) -> str:
     """The JSON pointer of annotation ``key`` (RFC 6901 escaping of ``~`` and ``/``)."""
     return "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+
+
+JOURNAL_POINTER = pointer(JOURNAL_ANNOTATION)
 
 
 def read_vm(run: MoveRun) -> Obj | None:
@@ -36,82 +47,119 @@ def annotations_of(vm: Obj) -> dict[str, str]:
     return value if isinstance(value, dict) else {}
 
 
-def read_journal(vm: Obj) -> Journal | None:
-    """The VM's journal (None: no move of ours is open). JournalError when unreadable."""
-    text = annotations_of(vm).get(JOURNAL_ANNOTATION)
-    return None if text is None else journals.decode(text)
+def journal_text_of(vm: Obj) -> str | None:
+    return annotations_of(vm).get(JOURNAL_ANNOTATION)
 
 
-def _annotation_ops(vm: Obj, key: str, value: str | None) -> list[Obj]:
-    """Ops that set (or remove, for None) annotation ``key``, testing its current value."""
-    current = annotations_of(vm)
-    ops: list[Obj] = []
-    if "annotations" not in (vm.get("metadata") or {}) or not isinstance(
-        vm["metadata"].get("annotations"), dict
-    ):
+def check_fence(run: MoveRun, vm: Obj) -> None:
+    """Raise ``Fenced`` unless ``vm`` carries the journal this runner last wrote (and
+    ``LeaseLost`` unless the Lease is provably ours). Called on every VM read before a
+    write and before every destructive step."""
+    run.guard()
+    if journal_text_of(vm) != run.journal_text:
+        found = journal_text_of(vm)
+        who = "removed" if found is None else "rewritten"
+        holder = ""
+        if found is not None:
+            try:
+                holder = journals.decode(found).fence
+            except journals.JournalError:
+                holder = "?"
+        raise Fenced(
+            f"{run.namespace}/{run.vm}: the journal was {who} by someone else"
+            + (f" (runner {holder})" if holder else "")
+            + "; this runner leaves the move to them"
+        )
+
+
+def fence_ops(run: MoveRun) -> list[Obj]:
+    """The test that makes a VM patch land only while the journal is still ours."""
+    if run.journal_text is None:
+        return []
+    return [{"op": "test", "path": JOURNAL_POINTER, "value": run.journal_text}]
+
+
+def _set_ops(vm: Obj, key: str, value: str | None) -> list[Obj]:
+    """Ops that set (or remove, for None) annotation ``key``; no test (the caller's)."""
+    has_map = isinstance((vm.get("metadata") or {}).get("annotations"), dict)
+    if not has_map:
         if value is None:
             return []
         return [{"op": "add", "path": "/metadata/annotations", "value": {key: value}}]
-    path = pointer(key)
-    if key in current:
-        ops.append({"op": "test", "path": path, "value": current[key]})
-        if value is None:
-            ops.append({"op": "remove", "path": path})
-        else:
-            ops.append({"op": "replace", "path": path, "value": value})
-    elif value is not None:
-        ops.append({"op": "add", "path": path, "value": value})
-    return ops
+    if value is None:
+        return [{"op": "remove", "path": pointer(key)}] if key in annotations_of(vm) else []
+    return [{"op": "add", "path": pointer(key), "value": value}]
+
+
+def _guarded(run: MoveRun, vm: Obj, ops: list[Obj]) -> list[Obj]:
+    if run.journal_text is not None:
+        return [*fence_ops(run), *ops]
+    version = str((vm.get("metadata") or {}).get("resourceVersion", ""))
+    return [{"op": "test", "path": "/metadata/resourceVersion", "value": version}, *ops]
 
 
 def write(run: MoveRun, journal: Journal) -> Journal:
-    """Write ``journal`` on the VM (replacing what is there). StepFailed ``vm-deleted`` when
-    the VM is gone; ClusterError when the write is refused (the journal changed under us)."""
+    """Write ``journal`` (stamped with this runner's token) on the VM in place of the one this
+    runner last wrote. StepFailed ``vm-deleted`` when the VM is gone; ``Fenced`` when the
+    journal there is not ours; ClusterError when the write keeps failing."""
+    journal = replace(journal, fence=run.token)
     text = journals.encode(journal)
-    for _ in range(3):
+    for _ in range(_ATTEMPTS):
         vm = read_vm(run)
         if vm is None:
             raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
-        if annotations_of(vm).get(JOURNAL_ANNOTATION) == text:
+        check_fence(run, vm)
+        if run.journal_text == text:
             return journal
         try:
             run.cluster.json_patch(
                 VIRTUAL_MACHINES,
                 run.namespace,
                 run.vm,
-                _annotation_ops(vm, JOURNAL_ANNOTATION, text),
+                _guarded(run, vm, _set_ops(vm, JOURNAL_ANNOTATION, text)),
             )
-            return journal
         except ClusterError as exc:
             if exc.code not in (409, 422):
                 raise
-            # 422: a test op failed because someone (KubeVirt, a person) changed the
-            # annotations between our read and our write; read again and retry.
+            continue  # read again: ours still (a resourceVersion race), or Fenced
+        run.journal_text = text
+        return journal
     raise ClusterError(
         f"VirtualMachine/{run.namespace}/{run.vm}",
-        "the journal annotation keeps changing under us: is another reconciler running?",
+        "the journal could not be written: the VM keeps changing under us",
     )
 
 
+def _counted(vm: Obj, last: LastMigration) -> LastMigration:
+    """``last`` with its ``failures``: one more than the previous record's when both failed."""
+    if last.result != "RolledBack":
+        return replace(last, failures=0)
+    text = annotations_of(vm).get(LAST_MIGRATION_ANNOTATION)
+    previous = journals.decode_last(text) if text else None
+    before = previous.failures if previous and previous.result == "RolledBack" else 0
+    return replace(last, failures=before + 1)
+
+
 def close(run: MoveRun, journal: Journal, last: LastMigration) -> None:
-    """Remove the journal and leave ``last`` on the VM, in one patch. A VM that is gone has
-    nothing to close."""
-    for _ in range(3):
+    """Remove the journal (still ours) and leave ``last`` on the VM, in one patch. A VM that
+    is gone has nothing to close."""
+    for _ in range(_ATTEMPTS):
         vm = read_vm(run)
         if vm is None:
             return
-        ops = _annotation_ops(vm, LAST_MIGRATION_ANNOTATION, journals.encode_last(last))
-        if "annotations" not in (vm.get("metadata") or {}):
-            run.cluster.json_patch(VIRTUAL_MACHINES, run.namespace, run.vm, ops)
-            return
-        ops += _annotation_ops(vm, JOURNAL_ANNOTATION, None)
+        check_fence(run, vm)
+        last = _counted(vm, last)
+        ops = _set_ops(vm, LAST_MIGRATION_ANNOTATION, journals.encode_last(last))
+        ops += _set_ops(vm, JOURNAL_ANNOTATION, None)
         try:
-            run.cluster.json_patch(VIRTUAL_MACHINES, run.namespace, run.vm, ops)
-            return
+            run.cluster.json_patch(VIRTUAL_MACHINES, run.namespace, run.vm, _guarded(run, vm, ops))
         except ClusterError as exc:
             if exc.code not in (409, 422):
                 raise
+            continue
+        run.journal_text = None
+        return
     raise ClusterError(
         f"VirtualMachine/{run.namespace}/{run.vm}",
-        "could not remove the journal: the annotations keep changing",
+        "could not remove the journal: the VM keeps changing under us",
     )

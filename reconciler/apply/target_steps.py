@@ -9,12 +9,15 @@ for a while after a live move), and never when another VM still refers to it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from reconciler.apply.context import MoveRun, StepFailed
-from reconciler.apply.store import read_vm
+from reconciler.apply.store import check_fence, read_vm
 from reconciler.apply.vm_steps import claims_of
+from reconciler.kube.client import Cluster
 from reconciler.kube.resources import (
     DATA_VOLUMES,
     PODS,
@@ -27,6 +30,7 @@ from reconciler.kube.watch import State, Stream
 from reconciler.model.errors import ClusterError
 from reconciler.model.journal import Flow, Journal
 from reconciler.model.names import (
+    IN_FLIGHT_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MIGRATION_LABEL,
@@ -44,51 +48,70 @@ def _meta(obj: Obj) -> Obj:
 def _create_targets(run: MoveRun, journal: Journal) -> Journal:
     for manifest in journal.data_volumes:
         name = str(manifest["metadata"]["name"])
-        try:
-            run.cluster.create(DATA_VOLUMES, run.namespace, manifest)
-            run.say(f"created DataVolume {name}", volume=_volume_of(journal, name))
-            continue
-        except ClusterError as exc:
-            if exc.code != 409:
-                if exc.code in (400, 403, 404, 422):
-                    raise StepFailed("target-refused", str(exc)) from exc
-                raise
-        _adopt(run, journal, name)
+        for _ in range(2):
+            try:
+                run.cluster.create(DATA_VOLUMES, run.namespace, manifest)
+                run.say(f"created DataVolume {name}", volume=_volume_of(journal, name))
+                break
+            except ClusterError as exc:
+                if exc.code != 409:
+                    if exc.code in (400, 403, 404, 422):
+                        raise StepFailed("target-refused", str(exc)) from exc
+                    raise
+            if _adopt(run, journal, name):
+                break
     return journal
 
 
-def _adopt(run: MoveRun, journal: Journal, name: str) -> None:
-    """A destination DataVolume of that name exists: ours (this move, or an earlier attempt
-    on the same source) is used; anything else is never touched."""
-    existing = run.cluster.get(DATA_VOLUMES, run.namespace, name) or {}
-    labels = _meta(existing).get("labels") or {}
+def _adopt(run: MoveRun, journal: Journal, name: str) -> bool:
+    """A DataVolume named ``name`` exists where this move creates its destination. True when
+    it is this move's own (created by an earlier attempt of this same move: its label names
+    this move's id). Anything else is never used, whenever it was copied: a leftover of ours
+    (another move, abandoned or of a VM since re-created) is deleted, once nothing uses it,
+    and False returned (create again); anything not ours is refused."""
+    existing = run.cluster.get(DATA_VOLUMES, run.namespace, name)
+    if existing is None:
+        return False  # gone meanwhile: create it
+    meta = _meta(existing)
+    labels = meta.get("labels") or {}
     if labels.get(MIGRATION_LABEL) == journal.id:
-        return
-    source = next((v.source for v in journal.volumes if v.target == name), None)
-    ours = labels.get(MANAGED_BY_LABEL) == MANAGED_BY and (
-        (_meta(existing).get("annotations") or {}).get(SOURCE_CLAIM_ANNOTATION) == source
-    )
-    if not ours:
+        return True
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
         raise StepFailed(
             "target-taken",
-            f"DataVolume {run.namespace}/{name} exists and is not "
-            "ours: pick another target name (targetName in the plan)",
+            f"DataVolume {run.namespace}/{name} exists and is not ours: pick another target "
+            "name (targetName in the plan)",
         )
-    run.cluster.json_patch(
-        DATA_VOLUMES,
-        run.namespace,
-        name,
-        [
-            {
-                "op": "add" if MIGRATION_LABEL not in labels else "replace",
-                "path": "/metadata/labels/" + MIGRATION_LABEL.replace("/", "~1"),
-                "value": journal.id,
-            },
-        ],
-    )
+    users = _users(run, {name})
+    if users:
+        raise StepFailed(
+            "target-taken",
+            f"DataVolume {run.namespace}/{name} (left by move {labels.get(MIGRATION_LABEL)}) is "
+            f"{users[name]}: pick another target name (targetName in the plan)",
+        )
+    _delete_and_wait(run, journal, name, str(meta.get("uid") or ""))
     run.say(
-        f"reusing DataVolume {name} (left by an earlier attempt)",
+        f"deleted DataVolume {name}, left by move {labels.get(MIGRATION_LABEL) or '?'}: a copy "
+        "is only used by the move that made it",
         volume=_volume_of(journal, name),
+    )
+    return False
+
+
+def _delete_and_wait(run: MoveRun, journal: Journal, name: str, uid: str) -> None:
+    """Delete DataVolume ``name`` (that uid only) and watch until it is gone."""
+    run.cluster.delete(DATA_VOLUMES, run.namespace, name)
+
+    def gone(state: State) -> bool | None:
+        dv = state["dv"].get(name)
+        return True if dv is None or _meta(dv).get("uid") != uid else None
+
+    run.wait(
+        [Stream("dv", DATA_VOLUMES, run.namespace, name=name)],
+        gone,
+        seconds=min(run.seconds_left(journal), run.settings.settle_timeout),
+        what=f"the leftover DataVolume {name} to be deleted",
+        timeout_rule="target-taken",
     )
 
 
@@ -191,6 +214,8 @@ def _volume_of(journal: Journal, target: str) -> str | None:
 
 def _delete_targets(run: MoveRun, journal: Journal) -> Journal:
     vm = read_vm(run)
+    if vm is not None:
+        check_fence(run, vm)  # destructive: only while the move is provably still ours
     in_use = set(claims_of(vm).values()) if vm else set()
     created = run.cluster.list_objects(
         DATA_VOLUMES, run.namespace, label_selector=f"{MIGRATION_LABEL}={journal.id}"
@@ -224,10 +249,19 @@ def _mounting(pods: dict[str, Obj], claim: str) -> list[str]:
 
 
 def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
+    """Retention Delete, and only if the plan still says so (the more conservative of the
+    journal and the plan: a plan changed to Keep, or gone, keeps the sources). Each source is
+    deleted once no pod mounts it, and only if, immediately before its delete, the move is
+    still ours and no VM, VMI or pod refers to it (one may have been created on it while we
+    waited for the old virt-launcher to let go)."""
     if journal.retention != "Delete":
         return journal
-    users = _other_users(run, journal)
-    kept: dict[str, str] = {c: f"still used by {who}" for c, who in users.items()}
+    kept: dict[str, str] = {}
+    if run.plan_retention != "Delete":
+        why = f"the plan now says retention {run.plan_retention}"
+        if not run.plan_retention:
+            why = "no plan selects this VM any more"
+        kept = {v.source: why for v in journal.volumes}
     sources = [v for v in journal.volumes if v.source not in kept]
     if sources:
         streams = [Stream("pods", PODS, run.namespace)]
@@ -235,7 +269,7 @@ def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
         def released(state: State) -> bool | None:
             return None if any(_mounting(dict(state["pods"]), v.source) for v in sources) else True
 
-        try:
+        with contextlib.suppress(StepFailed):  # whoever still holds a source is named below
             run.wait(
                 streams,
                 released,
@@ -250,13 +284,19 @@ def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
                     )
                 ),
             )
-        except StepFailed:
-            pods = {p["metadata"]["name"]: p for p in run.cluster.list_objects(PODS, run.namespace)}
-            for v in sources:
-                holders = _mounting(pods, v.source)
-                if holders:
-                    kept[v.source] = f"still mounted by pod {', '.join(holders)}"
     for v in journal.volumes:
+        if v.source not in kept:
+            vm = read_vm(run)
+            if vm is not None:
+                check_fence(run, vm)
+            users = _users(run, {v.source})
+            if users:
+                kept[v.source] = f"still {users[v.source]}"
+            elif not _copied_from(run, journal, v.target, v.source):
+                kept[v.source] = (
+                    f"its destination {v.target} does not record this move copying it "
+                    "(label vmstorage.dev/migration, annotation vmstorage.dev/source-claim)"
+                )
         if v.source in kept:
             run.say(f"kept source {v.source}: {kept[v.source]}", volume=v.volume)
             continue
@@ -266,18 +306,97 @@ def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
     return replace(journal, sources_kept=kept)
 
 
-def _other_users(run: MoveRun, journal: Journal) -> dict[str, str]:
-    """source claim -> the VM (this one included) that still refers to it."""
-    sources = {v.source for v in journal.volumes}
+def _copied_from(run: MoveRun, journal: Journal, target: str, source: str) -> bool:
+    """The destination says it is this move's copy of ``source``: what proves, beyond the
+    journal (untrusted), that ``source`` is a claim this move replaced."""
+    dv = run.cluster.get(DATA_VOLUMES, run.namespace, target)
+    meta = _meta(dv or {})
+    return (meta.get("labels") or {}).get(MIGRATION_LABEL) == journal.id and (
+        meta.get("annotations") or {}
+    ).get(SOURCE_CLAIM_ANNOTATION) == source
+
+
+def _users(run: MoveRun, claims: set[str]) -> dict[str, str]:
+    return users_of(run.cluster, run.namespace, claims)
+
+
+def users_of(cluster: Cluster, namespace: str, claims: set[str]) -> dict[str, str]:
+    """claim -> who refers to it now ("used by VirtualMachine ns/x", "mounted by pod p"): a
+    VM (this one included; its volumes or its dataVolumeTemplates), a VMI, or a pod that is
+    not terminated and mounts it."""
     users: dict[str, str] = {}
-    for vm in run.cluster.list_objects(VIRTUAL_MACHINES, run.namespace):
+    for vm in cluster.list_objects(VIRTUAL_MACHINES, namespace):
         templates = (vm.get("spec") or {}).get("dataVolumeTemplates") or ()
         names = set(claims_of(vm).values()) | {
             str(_meta(t).get("name")) for t in templates if isinstance(t, dict)
         }
-        for claim in sources & names:
-            users.setdefault(claim, f"VirtualMachine {run.namespace}/{_meta(vm).get('name')}")
+        for claim in sorted(claims & names):
+            users.setdefault(claim, f"used by VirtualMachine {namespace}/{_meta(vm).get('name')}")
+    for vmi in cluster.list_objects(VMIS, namespace):
+        names = set(claims_of({"spec": {"template": {"spec": vmi.get("spec") or {}}}}).values())
+        for claim in sorted(claims & names):
+            users.setdefault(
+                claim, f"used by VirtualMachineInstance {namespace}/{_meta(vmi).get('name')}"
+            )
+    pods = {str(_meta(p).get("name")): p for p in cluster.list_objects(PODS, namespace)}
+    for claim in sorted(claims):
+        holders = _mounting(pods, claim)
+        if holders:
+            users.setdefault(claim, f"mounted by pod {', '.join(holders)}")
     return users
+
+
+def settle_targets(run: MoveRun, journal: Journal) -> None:
+    """The move succeeded: its destinations are the VM's disks now, no longer in flight
+    (``IN_FLIGHT_ANNOTATION`` removed, so no clean-up ever mistakes them for leftovers)."""
+    for v in journal.volumes:
+        dv = run.cluster.get(DATA_VOLUMES, run.namespace, v.target)
+        if dv is None or IN_FLIGHT_ANNOTATION not in (_meta(dv).get("annotations") or {}):
+            continue
+        run.cluster.json_patch(
+            DATA_VOLUMES,
+            run.namespace,
+            v.target,
+            [
+                {"op": "test", "path": _label_pointer(MIGRATION_LABEL), "value": journal.id},
+                {"op": "remove", "path": _annotation_pointer(IN_FLIGHT_ANNOTATION)},
+            ],
+        )
+
+
+def _label_pointer(key: str) -> str:
+    return "/metadata/labels/" + key.replace("~", "~0").replace("/", "~1")
+
+
+def _annotation_pointer(key: str) -> str:
+    return "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+
+
+def remove_leftovers(
+    cluster: Cluster, namespace: str, open_moves: set[str], say: Callable[[str], None]
+) -> list[str]:
+    """Delete every destination of ours still in flight whose move no VM journals any more
+    (its VM was deleted, or the journal removed to abandon the move), unless something uses
+    it. The names deleted. Call only while holding the Lease, with every journal of the
+    namespace read (``open_moves``: their ids)."""
+    deleted = []
+    for dv in cluster.list_objects(DATA_VOLUMES, namespace, label_selector=MIGRATION_LABEL):
+        meta = _meta(dv)
+        name = str(meta.get("name"))
+        move = (meta.get("annotations") or {}).get(IN_FLIGHT_ANNOTATION)
+        if not move or (meta.get("labels") or {}).get(MIGRATION_LABEL) != move:
+            continue
+        if move in open_moves or meta.get("deletionTimestamp"):
+            continue
+        users = users_of(cluster, namespace, {name})
+        if users:
+            who = users[name]
+            say(f"{namespace}: kept DataVolume {name} of abandoned move {move}: {who}")
+            continue
+        cluster.delete(DATA_VOLUMES, namespace, name)
+        say(f"{namespace}: deleted DataVolume {name}, left by move {move} (no VM journals it)")
+        deleted.append(name)
+    return deleted
 
 
 STEPS = {

@@ -1,22 +1,26 @@
 """Steps that change the VirtualMachine: stop, swap, start, revert, remove the strategy; and the
 waits for its run state (stopped, running).
 
-Every change is one JSON patch whose first op tests the resourceVersion just read, and whose
-other ops test each value they replace: a concurrent edit makes the patch fail (409/422) instead
-of being overwritten. Then the VM is read again and the step decides afresh: already done (the
-step is idempotent), still to do (retry), or changed by someone else into a state we did not
-expect (``StepFailed vm-changed``: never clobber).
+Every change is one JSON patch whose first op tests that the journal is still the one this
+runner wrote (the fence: ``store``), and whose other ops test each value they replace: a
+concurrent edit of those values makes the patch fail (422) instead of being overwritten, while
+unrelated writes to the VM (KubeVirt's, anyone's) do not. Then the VM is read again and the step
+decides afresh: already done (the step is idempotent), still to do (retry, with backoff), or
+changed by someone else into a state we did not expect (``StepFailed vm-changed``: never
+clobber).
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from reconciler.apply.context import MoveRun, StepFailed
-from reconciler.apply.store import read_vm
+from reconciler.apply.store import check_fence, fence_ops, read_vm
 from reconciler.kube.resources import PODS, VIRTUAL_MACHINES, VMIS
 from reconciler.kube.watch import State, Stream
 from reconciler.model.errors import ClusterError
@@ -86,32 +90,52 @@ def patch_vm(
     build: Callable[[Obj], list[Obj] | None],
     *,
     refused_rule: str,
+    patient: bool = False,
 ) -> Obj | None:
-    """Read the VM, ``build(vm)`` the ops (None: nothing to do), send them behind a test of
-    the resourceVersion; on a conflict read again and rebuild. Returns the VM as last read.
+    """Read the VM, ``build(vm)`` the ops (None: nothing to do), send them behind the fence
+    (a test that the journal is still the one this runner wrote: ``store.fence_ops``); on a
+    conflict read again and rebuild. Returns the VM as last read when nothing was to do.
 
-    A 409/422 with an unchanged resourceVersion is not a race but a refusal (admission, a
-    failed test of a value): StepFailed ``refused_rule`` with the server's message.
+    ``build`` tests every value it replaces, so the patch needs no resourceVersion test, and
+    the busy writers of a real cluster (KubeVirt's own status and spec writes, labellers)
+    do not make it fail: only a change to a value we replace, or to the journal, does. Such a
+    conflict is retried with jittered exponential backoff for ``patch_budget`` seconds
+    (``rollback_patch_budget`` when ``patient``: a rollback must not give up and leave a VM
+    stopped). A 409/422 with an unchanged resourceVersion is not a race but a refusal
+    (admission, a value that no longer matches): StepFailed ``refused_rule``.
     """
-    for _ in range(_PATCH_ATTEMPTS):
+    budget = run.settings.rollback_patch_budget if patient else run.settings.patch_budget
+    give_up = time.monotonic() + budget
+    pause = 0.05
+    while True:
         vm = read_vm(run)
         if vm is None:
             raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+        check_fence(run, vm)
         ops = build(vm)
         if ops is None:
             return vm
         version = str(vm["metadata"].get("resourceVersion", ""))
-        guarded = [{"op": "test", "path": "/metadata/resourceVersion", "value": version}, *ops]
         try:
-            run.cluster.json_patch(VIRTUAL_MACHINES, run.namespace, run.vm, guarded)
+            run.cluster.json_patch(VIRTUAL_MACHINES, run.namespace, run.vm, [*fence_ops(run), *ops])
             return None
         except ClusterError as exc:
             if exc.code not in (409, 422):
                 raise
             again = read_vm(run)
-            if again is not None and again["metadata"].get("resourceVersion") == version:
-                raise StepFailed(refused_rule, str(exc)) from exc
-    raise StepFailed("vm-changed", "the VM kept changing under us; nothing was overwritten")
+            if again is not None:
+                check_fence(run, again)
+                if again["metadata"].get("resourceVersion") == version:
+                    raise StepFailed(refused_rule, str(exc)) from exc
+        if time.monotonic() + pause > give_up:
+            raise StepFailed(
+                "vm-changed",
+                f"the VM kept changing under us for {budget:.0f}s; nothing was overwritten",
+            )
+        # Jittered, so two writers that collided do not collide again in lockstep.
+        run.stop.wait(random.uniform(pause / 2, pause))
+        run.check_stop()
+        pause = min(pause * 2, 2.0)
 
 
 def _stop(run: MoveRun, journal: Journal) -> Journal:
@@ -157,7 +181,7 @@ def _start(run: MoveRun, journal: Journal) -> Journal:
 
     if journal.run_strategy != _stopped_form(journal.run_strategy):
         run.say(f"restoring runStrategy {journal.run_strategy.removeprefix(RUNNING_FIELD)}")
-    patch_vm(run, build, refused_rule="start-refused")
+    patch_vm(run, build, refused_rule="start-refused", patient=journal.rolling_back)
     return journal
 
 
@@ -189,7 +213,40 @@ def _wait_stopped(run: MoveRun, journal: Journal) -> Journal:
         what="the VM to stop (VMI and virt-launcher pod gone)",
         on_tick=tick,
     )
-    return journal
+    vm = read_vm(run)
+    if vm is None:
+        raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+    # What proves the source unchanged when the copy is swapped in: the spec as it was once
+    # stopped (a start, or any edit, bumps the generation; our annotation writes do not).
+    return replace(journal, source_generation=_generation(vm))
+
+
+def _generation(vm: Obj) -> int:
+    try:
+        return int((vm.get("metadata") or {}).get("generation") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _unchanged_since_stop(run: MoveRun, journal: Journal, vm: Obj) -> None:
+    """StepFailed ``source-changed`` unless nothing can have written to the source since the
+    offline copy began: the VM is still stopped (no VMI), its spec unchanged since we stopped
+    it (same generation). A copy that cannot be proven current is never swapped in."""
+    if run.cluster.get(VMIS, run.namespace, run.vm) is not None:
+        raise StepFailed(
+            "source-changed",
+            "the VM runs again (started by someone else after the copy began): the copy may "
+            "miss its writes; nothing was swapped",
+        )
+    now = _generation(vm)
+    if not journal.source_generation or now != journal.source_generation:
+        was = journal.source_generation or "not recorded"
+        raise StepFailed(
+            "source-changed",
+            f"the VM changed since it was stopped for the copy (generation {now}, was {was}: "
+            "started, edited or stopped again by someone else): the copy may miss writes; "
+            "nothing was swapped, the next run copies again",
+        )
 
 
 def _wait_running(run: MoveRun, journal: Journal) -> Journal:
@@ -239,6 +296,8 @@ def _swap(run: MoveRun, journal: Journal) -> Journal:
                     f"{claims.get(v.volume)!r}, neither {v.source} nor {v.target}: "
                     "the VM was edited by someone else; nothing was overwritten",
                 )
+        if journal.flow is Flow.OFFLINE:
+            _unchanged_since_stop(run, journal, vm)
         if journal.flow is Flow.LIVE:
             vmi = run.cluster.get(VMIS, run.namespace, run.vm)
             if ((vmi or {}).get("status") or {}).get("phase") != "Running":
@@ -247,7 +306,12 @@ def _swap(run: MoveRun, journal: Journal) -> Journal:
                     "the VM stopped before its live swap: KubeVirt would not copy the disks "
                     "but start the VM on the blank destinations; nothing was swapped",
                 )
-        return [dict(op) for op in journal.forward_ops]
+        ops = [dict(op) for op in journal.forward_ops]
+        if journal.flow is Flow.OFFLINE:
+            # Atomic with the check above: the swap lands only on the spec the copy was of.
+            generation = {"op": "test", "path": "/metadata/generation"}
+            ops.insert(0, {**generation, "value": journal.source_generation})
+        return ops
 
     run.say(
         "swapping volumes: "
@@ -336,7 +400,7 @@ def _revert(run: MoveRun, journal: Journal) -> Journal:
     if read_vm(run) is None:
         return journal
     run.say("rolling back: restoring the original volumes")
-    patch_vm(run, build, refused_rule="revert-refused")
+    patch_vm(run, build, refused_rule="revert-refused", patient=True)
     return replace(journal, swapped=False)
 
 
@@ -351,7 +415,7 @@ def _remove_strategy(run: MoveRun, journal: Journal) -> Journal:
         return [dict(op) for op in journal.cleanup_ops]
 
     if read_vm(run) is not None:
-        patch_vm(run, build, refused_rule="revert-refused")
+        patch_vm(run, build, refused_rule="revert-refused", patient=journal.rolling_back)
     return journal
 
 

@@ -185,10 +185,22 @@ class Cluster:
 
     def __init__(self, api: pykube.HTTPClient) -> None:
         self.api = api
+        # Called before every write (POST, PUT, PATCH, DELETE) that is not sent with
+        # ``fenced=False``: `apply` sets it to ``Lease.ensure``, so a runner that lost its
+        # Lease cannot write anything but the Lease itself, whatever code path tries.
+        self.write_guard: Callable[[], None] | None = None
         self._requests = 0  # read through the ``requests`` property
         # list_many sends from up to 8 threads: ``+= 1`` is a read-modify-write, not atomic.
         self._lock = threading.Lock()
         api.session.hooks["response"].append(self._count)
+
+    def identify(self, who: str) -> None:
+        """Send ``User-Agent: vm-storage-reconciler/<version> (<who>)`` from now on, so an
+        audit log attributes every request to this runner."""
+        from reconciler import __version__
+
+        agent = f"vm-storage-reconciler/{__version__} ({shown(who, 100)})"
+        self.api.session.headers["User-Agent"] = agent
 
     @property
     def requests(self) -> int:
@@ -253,13 +265,21 @@ class Cluster:
             return [future.result() for future in futures]
 
     def create(
-        self, resource: Resource, namespace: str, body: Mapping[str, Any], *, dry_run: bool = False
+        self,
+        resource: Resource,
+        namespace: str,
+        body: Mapping[str, Any],
+        *,
+        dry_run: bool = False,
+        fenced: bool = True,
     ) -> dict[str, Any]:
-        """POST ``body``; with ``dry_run`` the server validates and admits but stores nothing."""
+        """POST ``body``; with ``dry_run`` the server validates and admits but stores nothing.
+        ``fenced=False`` skips ``write_guard`` (the Lease's own writes)."""
         name = str(body.get("metadata", {}).get("name", ""))
         response = self._send(
             "post",
             subject(resource, namespace, name),
+            fenced=fenced and not dry_run,
             version=resource.api_version,
             namespace=namespace,
             url=resource.plural,
@@ -269,12 +289,22 @@ class Cluster:
         )
         return self._check(response, resource, namespace, name)
 
-    def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
-        """The object, or None when it does not exist (404)."""
+    def get(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any] | None:
+        """The object, or None when it does not exist (404). ``timeout`` (seconds) bounds
+        this request (default: the client's)."""
         kwargs: dict[str, Any] = {
             "version": resource.api_version,
             "url": f"{resource.plural}/{name}",
         }
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         if namespace is not None and resource.namespaced:
             kwargs["namespace"] = namespace
         response = self._send("get", subject(resource, namespace, name), **kwargs)
@@ -283,13 +313,23 @@ class Cluster:
         return self._check(response, resource, namespace, name)
 
     def replace(
-        self, resource: Resource, namespace: str, name: str, body: Mapping[str, Any]
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        *,
+        fenced: bool = True,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         """PUT ``body`` (its metadata.resourceVersion makes it a compare-and-swap: 409 when
         the object changed since it was read)."""
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         response = self._send(
             "put",
             subject(resource, namespace, name),
+            fenced=fenced,
+            **extra,
             version=resource.api_version,
             namespace=namespace,
             url=f"{resource.plural}/{name}",
@@ -331,6 +371,7 @@ class Cluster:
         response = self._send(
             "patch",
             subject(resource, namespace, name),
+            fenced=not dry_run,
             version=resource.api_version,
             namespace=namespace,
             url=f"{resource.plural}/{name}",
@@ -347,9 +388,12 @@ class Cluster:
             params["dryRun"] = "All"
         return params
 
-    def _send(self, method: str, who: str, **kwargs: Any) -> Response:
+    def _send(self, method: str, who: str, *, fenced: bool = True, **kwargs: Any) -> Response:
         """One request; a 429 (API priority and fairness, or storage still initialising)
-        is retried after the server's Retry-After, a few times, before it is returned."""
+        is retried after the server's Retry-After, a few times, before it is returned.
+        A write first passes ``write_guard`` (unless ``fenced`` is False)."""
+        if fenced and method != "get" and self.write_guard is not None:
+            self.write_guard()
         for attempt in range(_RETRIES_ON_429 + 1):
             try:
                 response: Response = getattr(self.api, method)(**kwargs)

@@ -21,6 +21,7 @@ import enum
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 JOURNAL_VERSION = 1
@@ -134,6 +135,12 @@ class Journal:
     swapped: bool = False  # the swap patch was accepted (known for sure once observed)
     live_migratable: str = ""  # the VMI's LiveMigratable status before the move ("" unknown)
     sources_kept: Mapping[str, str] = field(default_factory=dict)  # claim -> why not deleted
+    # The fencing token of the runner that wrote this journal (``Lease.token``).
+    fence: str = ""
+    # Offline: the VM's metadata.generation once it was stopped for the copy. The copy is
+    # used only if the VM's spec is unchanged since (not started, not edited) and no VMI
+    # exists: otherwise the source may hold writes the copy does not (0: not recorded yet).
+    source_generation: int = 0
 
     @property
     def rolling_back(self) -> bool:
@@ -197,6 +204,8 @@ def encode(journal: Journal) -> str:
         "swapped": journal.swapped,
         "liveMigratable": journal.live_migratable,
         "sourcesKept": dict(journal.sources_kept),
+        "fence": journal.fence,
+        "sourceGeneration": journal.source_generation,
     }
     if journal.rolling_back:
         doc["rollback"] = {"rule": journal.rollback_rule, "reason": journal.rollback_reason}
@@ -256,8 +265,10 @@ def decode(text: str) -> Journal:
             swapped=bool(doc.get("swapped")),
             live_migratable=str(doc.get("liveMigratable") or ""),
             sources_kept={str(k): str(v) for k, v in (doc.get("sourcesKept") or {}).items()},
+            fence=str(doc.get("fence") or ""),
+            source_generation=int(doc.get("sourceGeneration") or 0),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise JournalError(f"missing or invalid field: {exc}") from exc
     if journal.step not in journal.steps:
         raise JournalError(f"step {journal.step.value!r} does not belong to this sequence")
@@ -315,6 +326,26 @@ class LastMigration:
     commit: str | None = None
     sources_deleted: tuple[str, ...] = ()
     sources_kept: Mapping[str, str] = field(default_factory=dict)  # claim -> why it was kept
+    failures: int = 0  # moves of this VM that failed in a row, this one included (backoff)
+
+    def retry_after(self, base_seconds: float, cap_seconds: float) -> datetime | None:
+        """When the next move of this VM may start, after ``failures`` failed moves in a
+        row: ``base * 2^(failures-1)`` after this one finished, at most ``cap``. None: no
+        backoff (the last move did not fail, or failed for a cause that is not the VM's)."""
+        if self.result != "RolledBack" or self.failures < 1 or self.rule in NO_BACKOFF:
+            return None
+        try:
+            finished = datetime.fromisoformat(self.finished)
+        except ValueError:
+            return None
+        if finished.tzinfo is None:
+            finished = finished.replace(tzinfo=UTC)
+        wait = min(base_seconds * 2 ** min(self.failures - 1, 30), cap_seconds)
+        return finished + timedelta(seconds=wait)
+
+
+NO_BACKOFF = frozenset({"source-changed"})
+"""Rollback causes that say nothing about the VM's next move (the copy was merely stale)."""
 
 
 def encode_last(last: LastMigration) -> str:
@@ -333,6 +364,7 @@ def encode_last(last: LastMigration) -> str:
         ("commit", last.commit),
         ("sourcesDeleted", list(last.sources_deleted)),
         ("sourcesKept", dict(last.sources_kept)),
+        ("failures", last.failures),
     ):
         if value:
             doc[key] = value
@@ -356,6 +388,7 @@ def decode_last(text: str) -> LastMigration | None:
             commit=doc.get("commit") if isinstance(doc.get("commit"), str) else None,
             sources_deleted=tuple(str(s) for s in doc.get("sourcesDeleted") or ()),
             sources_kept={str(k): str(v) for k, v in (doc.get("sourcesKept") or {}).items()},
+            failures=max(0, int(doc.get("failures") or 0)),
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None

@@ -21,6 +21,10 @@ RULES_ANNOTATION = "vmstorage.dev/rules"  # every rule id of a blocked VM, comma
 RUN_LABEL = "vmstorage.dev/run"  # the run's id (also in JSON logs and the status ConfigMap)
 COMMIT_ANNOTATION = "vmstorage.dev/commit"  # the plans' commit
 SOURCE_CLAIM_ANNOTATION = "vmstorage.dev/source-claim"  # on a destination: the claim it copies
+# On a destination while its move is open; removed when the move succeeds. A DataVolume that
+# still has it while no VM journals its move is a leftover (the VM was deleted, or the move
+# abandoned) that nothing can use: `apply` deletes it. Kept sources never carry it.
+IN_FLIGHT_ANNOTATION = "vmstorage.dev/in-flight"
 VM_LABEL = "vmstorage.dev/vm"
 PLAN_LABEL = "vmstorage.dev/plan"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"

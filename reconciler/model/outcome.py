@@ -57,6 +57,7 @@ class ApplyReport:
     notes: tuple[str, ...] = field(default_factory=tuple)
     # plans that selected no VM, with why (``diff.Diff.empty_plans``; exit 7)
     empty_plans: tuple[EmptyPlan, ...] = ()
+    backing_off: tuple[str, ...] = ()  # VMs (also in ``pending``) whose last move failed lately
 
     @property
     def failed(self) -> tuple[Outcome, ...]:

@@ -354,7 +354,9 @@ def test_run_strategy_changed_by_someone_else_while_stopped_is_left_alone(ctx: M
     edited.check()
     assert rc == 3, err
     outcome = only(report)
-    assert (outcome["result"], outcome["rule"]) == ("RolledBack", "vm-changed"), outcome
+    # Their edit changed the VM's spec after the copy began: the copy can no longer be proven
+    # current (the generation moved on), so it is never swapped in.
+    assert (outcome["result"], outcome["rule"]) == ("RolledBack", "source-changed"), outcome
     vm = ctx.vm("vm1")
     assert vm["spec"]["runStrategy"] == "Manual", "their run strategy is not overwritten"
     assert disks_of(vm) == disks_of(before), "the volumes are back on the sources"
@@ -415,7 +417,9 @@ def test_concurrent_edit_between_read_and_patch_is_re_read_not_clobbered(
 
     assert rc == 0, err
     assert edits, "the edit landed between the swap's read and its patch"
-    assert len(swap_reads) >= 3, "the refused patch was followed by a fresh read and a retry"
+    # The swap tests the values it replaces and the journal, not the resourceVersion: an
+    # unrelated edit between our read and our patch does not even make it conflict.
+    assert len(swap_reads) == 1, "the swap landed on its first try"
     vm = ctx.vm("vm1")
     assert vm["metadata"]["labels"]["team"] == "db", "their label survives our patch"
     assert ctx.hashes(vm) == ctx.source_hashes
