@@ -75,12 +75,12 @@ def test_apply_names_every_rule_id_and_the_first_thing_to_do_for_a_blocked_vm(
 ) -> None:
     blocked_vm(ctx)
     rc, out, err = run(ctx, "apply", plan_file(ctx.tmp_path, ctx.ns))
-    assert rc == 0, err  # a blocked VM is a state, not a failure (issue 17)
     assert (
         f"VM {ctx.ns}/vm-fedora: blocked [stop-not-allowed, shareable-disk, gitops-managed]; "
         "first: the VM is running and cannot move live (shareable-disk): set allowStop: true"
     ) in out
     assert "see `plan`" not in out
+    assert rc == 0, err  # a blocked VM is a state, not a failure (issue 17)
     assert volume_claim(ctx.vm()) == "vm-fedora-disk", "nothing moved"
 
 
