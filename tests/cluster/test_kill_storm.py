@@ -1,0 +1,486 @@
+"""The standing random-kill storm (issue 14, "Tests"): `apply` SIGKILLed at random moments over
+a mixed fleet with faults, then one run without kills; nothing is lost or leaked.
+
+The fleet, in one namespace (``FLEET``): running and stopped VMs, moved live and offline, with
+retention Keep and Delete, disks from dataVolumeTemplates, standalone DataVolumes and plain
+PVCs; one VM's first migration fails (``--max-migration-attempts 1`` turns that into a rolled
+back move) and one clone fails three times (a ``copy-failed`` rollback), so the storm also hits
+rollbacks. Copies and migrations take about 4 s per disk (``COPY_SECONDS_PER_GIB``), so kills
+land mid-copy and mid-migration, not only between steps; KubeVirt's back-off before it retries
+a failed migration is cut from 20 s to 0.5 s, so a rolled-back VM does not idle the storm.
+
+The storm: ``KILLS`` runs of ``apply`` (a subprocess each), each SIGKILLed after a random delay
+in ``DELAY`` seconds unless it ended first (then its exit code must be 0, 1 or 3, never an
+error). A killed run leaves its Lease held; it is expired between runs by moving its renewTime
+back, which is what waiting would do (test_apply_crash.py). Then a final run without kills,
+and what must hold for every VM:
+
+- no journal left; the VM on its targets (every moved volume) or back on its sources (every
+  one: a VM moves as a whole), each disk with its source's content hash;
+- the run strategy as before (running VMs run again on the disks they name, stopped ones stay
+  stopped);
+- a source is deleted only if its VM ended on its targets with retention Delete (and then it is
+  deleted, or the last-migration record says why it was kept); every other source is intact;
+- no DataVolume of ours (label ``vmstorage.dev/migration``) that no VM uses;
+- the last-migration record agrees with where the VM ended.
+
+Timings are drawn from a seeded RNG: ``VMSR_STORM_SEED`` (default 20260) picks the delays; the
+failure message names the seed and lists every run (delay, killed or exit code, the journal
+steps it left). The fleet runs on a control plane of its own (tests/support/lab.py, no audit
+log) because the session's simulator copies instantly. About 90 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pykube
+import pytest
+
+from testenv.simulator import Fault, FaultAction, SimConfig
+from testenv.simulator.core import CONTENT_HASH_ANNOTATION
+from tests.cluster.test_plan import _merge, plan_file
+from tests.support.kube import annotation, get_json
+from tests.support.lab import ROOT, Lab, Runner
+from tests.support.moves import Disk, disks_of, vm_manifest
+
+SEED = int(os.environ.get("VMSR_STORM_SEED", "20260"))
+KILLS = 18
+DELAY = (0.2, 4.0)
+COPY_SECONDS_PER_GIB = 2.0  # 2Gi disks: a clone or a migration takes about 4 s
+MIGRATION_BACKOFF = 0.5  # KubeVirt's retry delay after a failed migration (20 s upstream)
+KV = "kubevirt.io/v1"
+CDI = "cdi.kubevirt.io/v1beta1"
+COORDINATION = "coordination.k8s.io/v1"
+LEASE = "vm-storage-reconciler"
+JOURNAL = "vmstorage.dev/journal"
+LAST = "vmstorage.dev/last-migration"
+MIGRATION_LABEL = "vmstorage.dev/migration"
+FAULT_ANNOTATION = "sim.vmstorage.dev/fault"
+TARGET_CLASS = "ceph-rbd"
+RUN_EXITS = (0, 1, 3)  # done, work left (blocked, backing off), a VM rolled back
+
+PLANS = {
+    "live-keep": "retention: Keep\n",
+    "live-delete": "retention: Delete\n",
+    "offline-keep": "mode: Offline\nallowStop: true\nretention: Keep\n",
+    "offline-delete": "mode: Offline\nallowStop: true\nretention: Delete\n",
+}
+
+
+@dataclass(frozen=True)
+class Member:
+    """One VM of the fleet: its disks, whether it runs, its plan and its fault."""
+
+    name: str
+    disks: tuple[Disk, ...]
+    running: bool
+    plan: str
+    fault: str = ""  # "" | "migration" (the first migration fails) | "clone" (fails 3 times)
+
+    @property
+    def delete(self) -> bool:
+        return self.plan.endswith("delete")
+
+
+FLEET = (
+    Member("vm-live-keep", (Disk("root", "template", "live-keep-root"),), True, "live-keep"),
+    Member(
+        "vm-live-delete",
+        (Disk("root", "template", "live-del-root"), Disk("data", "dv", "live-del-data")),
+        True,
+        "live-delete",
+    ),
+    Member(
+        "vm-migration-fails",
+        (Disk("root", "dv", "mig-fails-root"),),
+        True,
+        "live-delete",
+        fault="migration",
+    ),
+    Member(
+        "vm-offline-delete",
+        (Disk("root", "template", "off-del-root"), Disk("scratch", "pvc", "off-del-scratch")),
+        True,
+        "offline-delete",
+    ),
+    Member(
+        "vm-stopped-delete", (Disk("root", "pvc", "stopped-del-root"),), False, "offline-delete"
+    ),
+    Member(
+        "vm-clone-fails",
+        (Disk("root", "template", "clone-fails-root"),),
+        False,
+        "offline-keep",
+        fault="clone",
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    config = SimConfig(
+        copy_seconds_per_gib=COPY_SECONDS_PER_GIB,
+        progress_tick=0.05,
+        migration_backoff_base=MIGRATION_BACKOFF,
+    )
+    with Lab(tmp_path_factory.mktemp("kill-storm-lab"), config, audit=False) as started:
+        yield started
+
+
+@dataclass
+class Storm:
+    lab: Lab
+    ns: str
+    tmp_path: Path
+    rng: random.Random
+    plans: Path = field(init=False)
+    log: list[str] = field(default_factory=list)
+    runners: list[Runner] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.plans = self.tmp_path / "plans"
+        self.plans.mkdir()
+        for plan, body in PLANS.items():
+            names = [m.name for m in FLEET if m.plan == plan]
+            spec = f"storageClass: {TARGET_CLASS}\n{body}virtualMachines:\n" + "".join(
+                f"  - name: {n}\n" for n in names
+            )
+            plan_file(self.plans, self.ns, spec, name=plan)
+
+    @property
+    def api(self) -> pykube.HTTPClient:
+        return self.lab.api
+
+    def say(self, line: str) -> None:
+        self.log.append(line)
+        print(line, flush=True)
+
+    # -- reading
+
+    def vm(self, name: str) -> dict[str, Any]:
+        return get_json(self.api, KV, self.ns, f"virtualmachines/{name}")
+
+    def vmi(self, name: str) -> dict[str, Any]:
+        return get_json(self.api, KV, self.ns, f"virtualmachineinstances/{name}")
+
+    def pvc(self, name: str) -> dict[str, Any]:
+        return get_json(self.api, "v1", self.ns, f"persistentvolumeclaims/{name}")
+
+    def dvs(self) -> dict[str, dict[str, Any]]:
+        items = get_json(self.api, CDI, self.ns, "datavolumes")["items"]
+        return {d["metadata"]["name"]: d for d in items}
+
+    def alive(self, obj: dict[str, Any]) -> bool:
+        return bool(obj) and not obj["metadata"].get("deletionTimestamp")
+
+    def content(self, claim: str) -> str | None:
+        return annotation(self.pvc(claim), CONTENT_HASH_ANNOTATION)
+
+    def journals(self) -> dict[str, str]:
+        """VM -> the step its journal names (VMs with a journal only)."""
+        found = {}
+        for member in FLEET:
+            text = annotation(self.vm(member.name), JOURNAL)
+            if text is not None:
+                doc = json.loads(text)
+                back = " (rolling back)" if doc.get("rollback") else ""
+                found[member.name] = f"{doc.get('step')}{back}"
+        return found
+
+    def wait(self, probe: Any, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = probe()
+            if seen:
+                return seen
+            time.sleep(0.05)
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}", pytrace=False)
+
+    # -- building
+
+    def build(self) -> None:
+        """Every VM started on imported, Bound disks; then the stopped ones stopped."""
+        for member in FLEET:
+            for disk in member.disks:
+                obj = disk.standalone(self.ns)
+                if obj is not None:
+                    plural = (
+                        "datavolumes" if obj["kind"] == "DataVolume" else ("persistentvolumeclaims")
+                    )
+                    self.post(obj["apiVersion"], plural, obj)
+            vm = vm_manifest(self.ns, member.name, list(member.disks))
+            if member.fault == "migration":
+                vm["metadata"]["annotations"] = {FAULT_ANNOTATION: "fail-times:1"}
+            self.post(KV, "virtualmachines", vm)
+        for member in FLEET:
+            self.wait(lambda m=member: self.running(m.name), 60, f"{member.name} running")
+            for disk in member.disks:
+                self.wait(
+                    lambda d=disk: (self.pvc(d.claim).get("status") or {}).get("phase") == "Bound",
+                    60,
+                    f"PVC {disk.claim} Bound",
+                )
+                if disk.kind != "pvc":
+                    self.wait(
+                        lambda d=disk: (
+                            (self.dvs()[d.claim].get("status") or {}).get("phase") == "Succeeded"
+                        ),
+                        60,
+                        f"DataVolume {disk.claim} imported",
+                    )
+        for member in FLEET:
+            if not member.running:
+                url = f"virtualmachines/{member.name}"
+                _merge(self.api, KV, self.ns, url, {"spec": {"runStrategy": "Halted"}})
+        for member in FLEET:
+            if not member.running:
+                self.wait(lambda m=member: not self.vmi(m.name), 60, f"{member.name} stopped")
+
+    def post(self, version: str, plural: str, obj: dict[str, Any]) -> None:
+        response = self.api.post(
+            version=version, namespace=self.ns, url=plural, data=json.dumps(obj)
+        )
+        self.api.raise_for_status(response)
+
+    def running(self, name: str) -> bool:
+        return (self.vmi(name).get("status") or {}).get("phase") == "Running"
+
+    def targets(self) -> dict[str, dict[str, str]]:
+        """VM -> volume -> the destination `plan` names (names are deterministic)."""
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "plan",
+                str(self.plans),
+                "-o",
+                "json",
+                "--kubeconfig",
+                str(self.lab.cp.kubeconfig),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        report = json.loads(done.stdout)
+        return {
+            vm["name"]: {v["volume"]: v["target"] for v in vm["volumes"] if v.get("target")}
+            for vm in report["vms"]
+        }
+
+    # -- running
+
+    def expire_lease(self) -> None:
+        """What waiting out a killed run's Lease does: its renewTime an hour ago."""
+        if not get_json(self.api, COORDINATION, self.ns, f"leases/{LEASE}"):
+            return
+        stamp = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        _merge(self.api, COORDINATION, self.ns, f"leases/{LEASE}", {"spec": {"renewTime": stamp}})
+
+    def start(self, name: str) -> Runner:
+        argv = [
+            "apply",
+            str(self.plans),
+            "-o",
+            "json",
+            "--kubeconfig",
+            str(self.lab.cp.kubeconfig),
+            "--lease-namespace",
+            self.ns,
+            "--max-migration-attempts",
+            "1",
+        ]
+        runner = Runner(name, argv, self.tmp_path / "runs").start()
+        self.runners.append(runner)
+        return runner
+
+    def summary(self, problems: list[str]) -> str:
+        return "\n".join(
+            [
+                f"kill storm, VMSR_STORM_SEED={SEED} (replay: VMSR_STORM_SEED={SEED} "
+                ".venv/bin/pytest -q tests/cluster/test_kill_storm.py)",
+                *(f"  - {p}" for p in problems),
+                "runs:",
+                *(f"  {line}" for line in self.log),
+                str(self.runners[-1]) if self.runners else "",
+            ]
+        )
+
+
+@pytest.fixture
+def storm(lab: Lab, tmp_path: Path) -> Iterator[Storm]:
+    made = Storm(lab, lab.cp.create_namespace("kill-storm"), tmp_path, random.Random(SEED))
+    yield made
+    for runner in made.runners:
+        runner.kill()
+    crashes = lab.take_crashes()
+    if crashes:
+        pytest.fail(f"a simulated controller raised during the storm:\n{crashes[0]}")
+
+
+def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(storm: Storm) -> None:
+    storm.build()
+    targets = storm.targets()
+    assert set(targets) == {m.name for m in FLEET}, f"plan moves the whole fleet: {targets}"
+    hashes = {d.claim: storm.content(d.claim) for m in FLEET for d in m.disks}
+    assert all(hashes.values()), f"every source has a content hash: {hashes}"
+    (clone_fails,) = [m for m in FLEET if m.fault == "clone"]
+    for target in targets[clone_fails.name].values():
+        storm.lab.sim.faults.add("datavolumes", storm.ns, target, Fault(FaultAction.FAIL_TIMES, 3))
+
+    problems: list[str] = []
+    kills = mid_move = 0
+    for i in range(KILLS):
+        storm.expire_lease()
+        delay = storm.rng.uniform(*DELAY)
+        runner = storm.start(f"run{i:02d}")
+        code = runner.wait(delay)
+        if code is None:
+            runner.kill()
+            kills += 1
+            left = storm.journals()
+            mid_move += bool(left)
+            storm.say(f"run{i:02d}: killed after {delay:.2f}s; journals: {left or 'none'}")
+        else:
+            storm.say(f"run{i:02d}: exit {code} after {runner.seconds:.2f}s (before its kill)")
+            if code not in RUN_EXITS:
+                problems.append(f"run{i:02d} exited {code}: {runner}")
+        storm.log += [f"       {line}" for line in notable(runner)]
+
+    storm.expire_lease()
+    final = storm.start("final")
+    code = final.wait(150)
+    storm.say(f"final: exit {code} after {final.seconds:.1f}s")
+    storm.log += [f"       {line}" for line in notable(final)]
+    if code is None:
+        final.kill()
+        problems.append("the final run did not finish within 150 s")
+    elif code not in RUN_EXITS:
+        problems.append(f"the final run exited {code}")
+    problems += check_fleet(storm, targets, hashes)
+    if kills < KILLS // 2 or mid_move < 3:
+        problems.append(
+            f"the storm was too tame: {kills} kills, {mid_move} of them mid-move "
+            "(the delays no longer fit the fleet: retune DELAY or COPY_SECONDS_PER_GIB)"
+        )
+    assert not problems, storm.summary(problems)
+
+
+NOTABLE = ("resuming move", "failed:", "rolling back", "verified:", "deleted source")
+
+
+def notable(runner: Runner) -> list[str]:
+    """What a run did that the storm's log should show: resumes, failures, rollbacks,
+    verifications and deleted sources (one short line each)."""
+    lines = runner.stderr.splitlines()
+    return [line[:160] for line in lines if any(word in line for word in NOTABLE)]
+
+
+def check_fleet(
+    storm: Storm, targets: dict[str, dict[str, str]], hashes: dict[str, str | None]
+) -> list[str]:
+    """Every promise of the module docstring, per VM; the broken ones."""
+    problems: list[str] = []
+    used: set[str] = set()
+    for member in FLEET:
+        vm = storm.vm(member.name)
+        name = member.name
+        on = disks_of(vm)
+        used.update(on.values())
+        moved = targets[name]
+        sources = {d.volume: d.claim for d in member.disks}
+        if annotation(vm, JOURNAL) is not None:
+            problems.append(f"{name}: a journal is left: {annotation(vm, JOURNAL)}")
+        side = (
+            "target"
+            if all(on.get(v) == t for v, t in moved.items())
+            else "source"
+            if all(on.get(v) == sources[v] for v in moved)
+            else "mixed"
+        )
+        storm.say(f"{name}: on its {side}s {on}")
+        if side == "mixed":
+            problems.append(f"{name}: neither on its targets {moved} nor its sources: {on}")
+            continue
+        for volume, claim in on.items():
+            if volume in sources and storm.content(claim) != hashes[sources[volume]]:
+                problems.append(
+                    f"{name}: {volume} on {claim} holds {storm.content(claim)}, "
+                    f"not its source's content {hashes[sources[volume]]}"
+                )
+        last = dict(json.loads(annotation(vm, LAST) or "{}"))
+        if side == "target" and (last.get("result"), last.get("volumes")) != ("Succeeded", moved):
+            problems.append(f"{name}: on its targets but its last-migration record says {last}")
+        if side == "source" and last.get("result") == "Succeeded":
+            problems.append(f"{name}: back on its sources but its record says Succeeded: {last}")
+        problems += check_sources(storm, member, side, last)
+        problems += check_run_state(storm, member, on)
+    ours = {
+        n
+        for n, d in storm.dvs().items()
+        if MIGRATION_LABEL in (d["metadata"].get("labels") or {}) and storm.alive(d)
+    }
+    if ours - used:
+        problems.append(f"DataVolumes of ours no VM uses: {sorted(ours - used)}")
+    return problems
+
+
+def check_sources(storm: Storm, member: Member, side: str, last: dict[str, Any]) -> list[str]:
+    problems = []
+    kept = last.get("sourcesKept") or {}
+    for disk in member.disks:
+        exists = storm.alive(storm.pvc(disk.claim))
+        if disk.kind != "pvc":
+            exists = exists and storm.alive(storm.dvs().get(disk.claim) or {})
+        if side == "target" and member.delete:
+            if exists and disk.claim not in kept:
+                problems.append(
+                    f"{member.name}: moved with retention Delete, but its source {disk.claim} "
+                    "is neither deleted nor recorded as kept"
+                )
+        elif not exists:
+            problems.append(
+                f"{member.name}: its source {disk.claim} was deleted, but the VM ended on its "
+                f"{side}s with retention {'Delete' if member.delete else 'Keep'}"
+            )
+    return problems
+
+
+def check_run_state(storm: Storm, member: Member, on: dict[str, str]) -> list[str]:
+    strategy = storm.vm(member.name)["spec"].get("runStrategy")
+    want = "Always" if member.running else "Halted"
+    if strategy != want:
+        return [f"{member.name}: runStrategy {strategy}, it was {want}"]
+    if not member.running:
+        return [f"{member.name}: stopped before, running now"] if storm.vmi(member.name) else []
+
+    def runs_on_its_disks() -> bool:
+        vmi = storm.vmi(member.name)
+        status = vmi.get("status") or {}
+        claims = {
+            v["name"]: v["persistentVolumeClaimInfo"]["claimName"]
+            for v in status.get("volumeStatus") or ()
+            if v.get("persistentVolumeClaimInfo")
+        }
+        return status.get("phase") == "Running" and all(claims.get(v) == c for v, c in on.items())
+
+    deadline = time.monotonic() + 30
+    while not runs_on_its_disks():
+        if time.monotonic() > deadline:
+            return [f"{member.name}: not running on {on} (VMI: {storm.vmi(member.name)})"]
+        time.sleep(0.1)
+    return []
