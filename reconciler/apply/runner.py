@@ -247,6 +247,7 @@ class Runner:
             requests=self.cluster.requests,
             backing_off=tuple(self._backing_off),
             notes=tuple(self._notes),
+            empty_plans=judged.empty_plans,
         )
 
     def _backs_off(self, vm: VMInfo | None) -> bool:

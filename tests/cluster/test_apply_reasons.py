@@ -160,12 +160,6 @@ def test_status_says_a_named_vm_is_missing_and_suggests_what_it_probably_meant(
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apply.runner (lead's file) does not yet pass judged.empty_plans into the "
-    "ApplyReport: one line, `empty_plans=judged.empty_plans,` next to `verdicts=judged.vms`; "
-    "remove this mark with it",
-)
 def test_apply_exits_7_and_says_why_when_a_plan_selects_nothing(ctx: Apply) -> None:
     ctx.settle(fedora(ctx.ns))
     good = plan_file(ctx.tmp_path, ctx.ns, name="good")
