@@ -392,6 +392,7 @@ def apply(
             listener=_Both(reporting.listener, listener) if listener else reporting.listener,
             guard=lease.ensure,
             token=lease.token,
+            health=lease.overdue,
         )
         runner = Runner(
             cluster,

@@ -79,6 +79,8 @@ class MoveRun:
     plan_retention: str = ""
     token: str = ""
     journal_text: str | None = None
+    # Why what the waits see may be stale (``Lease.overdue``): shown instead of progress.
+    health: Callable[[], str | None] = lambda: None
 
     def check_stop(self) -> None:
         self.guard()
@@ -120,6 +122,13 @@ class MoveRun:
         pass (StepFailed ``timeout_rule``). SIGTERM interrupts the wait within a tick."""
         deadline = time.monotonic() + max(seconds, 0.0)
 
+        def tick(state: State) -> None:
+            note = self.health()
+            if note is not None:
+                self.say(f"still waiting for {what}, but {note}")
+            elif on_tick is not None:
+                on_tick(state)
+
         with Observer(self.cluster.api, streams) as observer:
             try:
                 return observer.wait(
@@ -127,8 +136,12 @@ class MoveRun:
                     deadline,
                     what=what,
                     tick=self.settings.tick,
-                    on_tick=on_tick,
+                    on_tick=tick if on_tick is not None else None,
                     interrupt=self.check_stop,
+                    on_away=lambda seconds, error: self.say(
+                        f"no answer from the API server for {seconds:.0f}s ({error[:200]}); "
+                        f"still waiting for {what} (a run that cannot renew its Lease stops)"
+                    ),
                 )
             except WaitTimeout as exc:
                 raise StepFailed(timeout_rule, f"timed out waiting for {what}") from exc

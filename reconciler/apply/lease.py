@@ -112,6 +112,8 @@ class Lease:
         self.transitions = 0
         self._version = ""
         self._valid_until = float("-inf")
+        self._renewed_at = float("-inf")
+        self._last_error = ""
         self._why_lost = ""
         self._state = threading.Lock()
         self._stop = threading.Event()
@@ -155,6 +157,8 @@ class Lease:
             self._version = str(written["metadata"]["resourceVersion"])
             self.transitions = int((written.get("spec") or {}).get("leaseTransitions") or 0)
             self._valid_until = max(self._valid_until, sent + self.renew_deadline)
+            self._renewed_at = max(self._renewed_at, sent)
+            self._last_error = ""
 
     def acquire(self) -> None:
         """Take the Lease or raise LockHeld. ClusterError when it cannot be read or written."""
@@ -220,6 +224,21 @@ class Lease:
             self.lost.set()
             raise LeaseLost(self.where, why)
 
+    def overdue(self) -> str | None:
+        """Why the run may be looking at a stale cluster: the Lease has not been renewed when
+        it should have been (the API server does not answer), with when the run stops
+        writing; None while renewals succeed. For progress lines, not for decisions."""
+        now = self.clock()
+        late = now - self._renewed_at
+        if late <= self.duration / 3 + max(2.0, self.duration / 15) or late == float("inf"):
+            return None
+        left = max(0.0, self._valid_until - now)
+        error = f" ({self._last_error[:200]})" if self._last_error else ""
+        return (
+            f"the Lease was last renewed {late:.0f}s ago{error}: no answer from the API "
+            f"server; this run stops writing in {left:.0f}s unless a renewal succeeds"
+        )
+
     def holds(self) -> bool:
         try:
             self.ensure()
@@ -271,6 +290,7 @@ class Lease:
             # An API server that is briefly away is not yet a lost Lease: ``ensure`` decides
             # by the deadline, and the next renewal tries again soon.
             log.warning("could not renew Lease %s: %s", self.where, exc)
+            self._last_error = str(exc)
             return True
 
     def _start_renewing(self) -> None:

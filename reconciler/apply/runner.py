@@ -99,6 +99,7 @@ class Options:
     # every journal this run writes carries.
     guard: Callable[[], None] = lambda: None
     token: str = ""
+    health: Callable[[], str | None] = lambda: None  # ``Lease.overdue``
     # Backoff after a failed (rolled back) move of a VM: base * 2^(failures-1), capped.
     backoff_base: float = 300.0
     backoff_cap: float = 6 * 3600.0
@@ -157,6 +158,7 @@ class Runner:
             ),
             guard=self.options.guard,
             token=self.options.token,
+            health=self.options.health,
             plan_retention=self._retention_now(namespace, vm, plan),
         )
 

@@ -301,13 +301,16 @@ class Observer:
         tick: float = 1.0,
         on_tick: Callable[[State], None] | None = None,
         interrupt: Callable[[], None] | None = None,
+        on_away: Callable[[float, str], None] | None = None,
     ) -> T:
         """The first non-None ``predicate(state)``, evaluated once every stream has listed and
         again after every change. ``on_tick`` (progress) runs at most every ``tick`` seconds.
         ``interrupt`` runs at least every ``WAKE`` seconds, synced or not, and may raise to
         end the wait (SIGTERM while the API server is away). Raises WaitTimeout at
         ``deadline`` (time.monotonic()), ClusterError when a stream hit a fatal error or the
-        API server stayed unreachable until the deadline."""
+        API server stayed unreachable until the deadline. While a stream cannot reach the API
+        server, ticks go to ``on_away(seconds, last error)`` instead of ``on_tick``: the state
+        is as last seen, and a progress line must not present it as current."""
         next_tick = time.monotonic() + tick
         with self._changed:
             while True:
@@ -321,7 +324,11 @@ class Observer:
                         return result
                     now = time.monotonic()
                     if on_tick is not None and now >= next_tick:
-                        on_tick(state)
+                        away = self._away(now)
+                        if away is not None and on_away is not None:
+                            on_away(*away)  # not the cached state as if it were current
+                        else:
+                            on_tick(state)
                         next_tick = now + tick
                 now = time.monotonic()
                 if now >= deadline:
@@ -329,6 +336,14 @@ class Observer:
                     raise WaitTimeout(what, self.state_unlocked())
                 wake = next_tick - now if on_tick is not None and next_tick > now else WAKE
                 self._changed.wait(timeout=min(deadline - now, wake, WAKE))
+
+    def _away(self, now: float) -> tuple[float, str] | None:
+        """(seconds, last error) of the stream that has been unreachable longest, if any."""
+        away = [f for f in self._followers.values() if f.unreachable_since is not None]
+        if not away:
+            return None
+        first = min(away, key=lambda f: f.unreachable_since or now)
+        return now - (first.unreachable_since or now), first.last_error
 
     def state_unlocked(self) -> State:
         return {key: f.objects for key, f in self._followers.items()}
