@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 export GOTOOLCHAIN := local
 export CGO_ENABLED := 0
 
-.PHONY: demo test unit lint env bench bench-plan bench-apply clean
+.PHONY: demo test unit lint env tools manifests image bench bench-plan bench-apply clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,8 +16,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-env: $(STAMP)  ## build (or reuse) kube-apiserver, etcd, the KubeVirt/CDI CRDs, Flux controllers
+env: $(STAMP) tools  ## build (or reuse) kube-apiserver, etcd, the KubeVirt/CDI CRDs, Flux controllers
 	$(BIN)/python -m testenv build
+
+# kustomize (deploy/), promtool (the alert rules) and the Prometheus Operator's CRDs, built
+# from the Go module proxy into the cache like the control plane.
+tools: $(STAMP)  ## build (or reuse) kustomize, promtool, the ServiceMonitor/PrometheusRule CRDs
+	$(BIN)/python -c 'from testenv import binaries as b; \
+	print("kustomize:", b.ensure_kustomize()); print("promtool:", b.ensure_promtool()); \
+	print("monitoring CRDs:", b.ensure_monitoring_crds())'
+
+manifests: $(STAMP)  ## deploy/: each overlay's RoleBindings from its list; cronjob.yaml, loop-deployment.yaml
+	$(BIN)/python deploy/generate.py --top-level --kustomize "$$($(BIN)/python -c \
+	'import sys; from testenv.binaries import ensure_kustomize as k; \
+	print(k(log=lambda m: print(m, file=sys.stderr)))')"
+
+image:  ## the container image with buildah on a Debian base (cached): deploy/image/build.sh
+	deploy/image/build.sh
 
 demo: env  ## the main job on the built-in local environment (control plane + simulator)
 	$(BIN)/python -m testenv demo
@@ -29,8 +44,8 @@ unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 lint: $(STAMP)  ## ruff, ruff format --check, mypy --strict, import-linter contracts
-	$(BIN)/ruff check reconciler testenv tests benchmarks
-	$(BIN)/ruff format --check --force-exclude reconciler testenv tests benchmarks
+	$(BIN)/ruff check reconciler testenv tests benchmarks deploy
+	$(BIN)/ruff format --check --force-exclude reconciler testenv tests benchmarks deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

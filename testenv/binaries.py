@@ -10,6 +10,10 @@ version bump never reuses a stale artefact:
 - ``source-controller-<version>/``     Flux source-controller + ``crds/`` (tools/flux-source)
 - ``kustomize-controller-<version>/``  kustomize-controller + ``crds/`` (tools/flux-kustomize)
 - ``pushgateway-<version>/pushgateway``  the Prometheus Pushgateway (tools/pushgateway)
+- ``kustomize-<version>/kustomize``      kustomize, for deploy/ (tools/kustomize)
+- ``promtool-<version>/promtool``        Prometheus's promtool, for the alert rules (tools/promtool)
+- ``prometheus-operator-crds-<version>/``  the ServiceMonitor and PrometheusRule CRDs
+  (tools/prometheus-operator; copied from the module, nothing built)
 
 A warm call only checks that these paths exist and needs no Go toolchain. A cold call
 builds what is missing with ``go build`` (``GOTOOLCHAIN=local CGO_ENABLED=0``), which
@@ -172,6 +176,106 @@ def ensure_pushgateway(log: Log = print) -> Path:
         if not target.exists():
             _go_build(binary, target, log)
     return target
+
+
+def ensure_kustomize(log: Log = print) -> Path:
+    """Return kustomize (deploy/'s overlays are built with it: the top-level manifests, the
+    drift and dry-run tests), building it from ``tools/kustomize`` when it is not cached.
+    Same contract as ``ensure_pushgateway``."""
+    return _ensure_tool(_kustomize_binary(), log)
+
+
+def ensure_promtool(log: Log = print) -> Path:
+    """Return Prometheus's promtool (``check rules`` and ``test rules`` on deploy/'s alert
+    rules), building it from ``tools/promtool`` when it is not cached. Same contract as
+    ``ensure_pushgateway``; a cold build takes a few minutes (Prometheus is large)."""
+    return _ensure_tool(_promtool_binary(), log)
+
+
+MONITORING_CRDS = ("servicemonitors", "prometheusrules")
+
+
+def ensure_monitoring_crds(log: Log = print) -> Path:
+    """Return a directory with the Prometheus Operator's ServiceMonitor and PrometheusRule
+    CRDs (deploy/components/monitoring is dry-run against them), copied out of the module
+    ``tools/prometheus-operator`` pins (``example/prometheus-operator-crd``). Warm: a path
+    check; cold: ``go mod download`` (~30 MB) under the shared build lock."""
+    module = "github.com/prometheus-operator/prometheus-operator"
+    module_dir = TOOLS_DIR / "prometheus-operator"
+    version = module_version(module_dir / "go.mod", module)
+    cache = cache_dir()
+    target = cache / f"prometheus-operator-crds-{version}"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with _build_lock(cache / ".build.lock", log):
+        if target.exists():
+            return target
+        go = _require_go()
+        listed = subprocess.run(
+            [go, "mod", "download", "-json", module],
+            cwd=module_dir,
+            env=_go_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if listed.returncode != 0:
+            raise BuildError(f"go mod download {module} failed:\n{listed.stderr[-4000:]}")
+        source = Path(json.loads(listed.stdout)["Dir"]) / "example/prometheus-operator-crd"
+        tmp = Path(tempfile.mkdtemp(prefix=".monitoring-crds-", dir=cache))
+        try:
+            for name in MONITORING_CRDS:
+                shutil.copyfile(source / f"monitoring.coreos.com_{name}.yaml", tmp / f"{name}.yaml")
+            tmp.chmod(0o755)
+            tmp.replace(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log(f"Prometheus Operator CRDs {version} copied to {target}")
+    return target
+
+
+def _ensure_tool(binary: _GoBinary, log: Log) -> Path:
+    cache = cache_dir()
+    target = binary.path(cache)
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with _build_lock(cache / ".build.lock", log):
+        if not target.exists():
+            _go_build(binary, target, log)
+    return target
+
+
+def _kustomize_binary() -> _GoBinary:
+    module = "sigs.k8s.io/kustomize/kustomize/v5"
+    version = module_version(TOOLS_DIR / "kustomize/go.mod", module)
+    return _GoBinary(
+        name="kustomize",
+        cache_prefix="kustomize",
+        module_dir=TOOLS_DIR / "kustomize",
+        package=module,  # the module root is package main
+        version=version,
+        # Without the stamp `kustomize version` says (devel).
+        ldflags=f"-s -w -X sigs.k8s.io/kustomize/api/provenance.version={version}",
+    )
+
+
+def _promtool_binary() -> _GoBinary:
+    module = "github.com/prometheus/prometheus"
+    version = module_version(TOOLS_DIR / "promtool/go.mod", module)
+    # Prometheus 3.x is tagged v0.3XX.Y in Go: v0.316.0 is Prometheus 3.16.0.
+    minor = re.fullmatch(r"v0\.3(\d\d)\.(\d+)", version)
+    stamp = f"3.{int(minor.group(1))}.{minor.group(2)}" if minor else version.lstrip("v")
+    return _GoBinary(
+        name="promtool",
+        cache_prefix="promtool",
+        module_dir=TOOLS_DIR / "promtool",
+        package=f"{module}/cmd/promtool",
+        version=version,
+        ldflags=f"-s -w -X github.com/prometheus/common/version.Version={stamp}",
+        expected_minutes="3-8",
+    )
 
 
 def _pushgateway_binary() -> _GoBinary:

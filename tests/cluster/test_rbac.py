@@ -103,10 +103,12 @@ def create(api: pykube.HTTPClient, doc: dict[str, Any]) -> None:
 
 
 def allowed_namespaces() -> list[str]:
-    """VMSR_ALLOWED_NAMESPACES of the CronJob's reconciler container."""
+    """VMSR_ALLOWED_NAMESPACES of the CronJob's reconciler container (from its ConfigMap)."""
     (container,) = cronjob_pod()["containers"]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    return [n.strip() for n in str(env["VMSR_ALLOWED_NAMESPACES"]).split(",")]
+    (source,) = container["envFrom"]
+    (config,) = [d for d in documents() if d["kind"] == "ConfigMap"
+                 and d["metadata"]["name"] == source["configMapRef"]["name"]]  # fmt: skip
+    return [n.strip() for n in str(config["data"]["VMSR_ALLOWED_NAMESPACES"]).split(",")]
 
 
 def install_rbac(api: pykube.HTTPClient, also: tuple[str, ...] = ()) -> str:
@@ -157,7 +159,8 @@ def shipped_identity(
         *[{"version": KV, "url": "virtualmachines", "namespace": ns}
           for ns in (*allowed_namespaces(), *also)],
         {"version": "storage.k8s.io/v1", "url": "storageclasses"},
-        {"version": "coordination.k8s.io/v1", "url": "leases/x", "namespace": sa_namespace},
+        {"version": "coordination.k8s.io/v1", "url": "leases/vm-storage-reconciler",
+         "namespace": sa_namespace},
     ]  # fmt: skip
     eventually(
         lambda: all(token.get(**p).status_code in (200, 404) for p in probes),
@@ -215,6 +218,11 @@ class CronJobCommand:
 
     def env(self) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KUBECONFIG": str(self.kubeconfig)}
+        for source in self.container.get("envFrom", []):  # the ConfigMaps of the same file
+            name = source["configMapRef"]["name"]
+            (config,) = [d for d in documents() if d["kind"] == "ConfigMap"
+                         and d["metadata"]["name"] == name]  # fmt: skip
+            env.update({k: self.local(str(v)) for k, v in config.get("data", {}).items()})
         for item in self.container.get("env", []):
             if "value" in item:
                 env[item["name"]] = self.local(str(item["value"]))

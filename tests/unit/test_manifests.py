@@ -1,15 +1,19 @@
 """What cronjob.yaml, loop-deployment.yaml and the Containerfile promise, read from the files.
 
-The API server's own view (strict validation, Pod Security, the RBAC in force running the
-CronJob's command) is tests/cluster/test_rbac.py; these are the promises no server checks: one
-run at a time, no retry of what a retry cannot fix, a deadline above the longest move, the
-checkout where the reconciler reads it, least privilege, the image's user and entrypoint.
+Both manifests are built from deploy/ by kustomize (`make manifests`; tests/deploy checks they
+do not drift). The API server's own view (strict validation, Pod Security, the RBAC in force
+running the CronJob's command) is tests/cluster/test_rbac.py and tests/deploy; these are the
+promises no server checks: one run at a time, the Job's verdict on each exit code as the
+exit-code table says, a deadline above the longest move, the checkout where the reconciler
+reads it, least privilege, the image's user and entrypoint, the loop's probes.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+import urllib.error
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,11 +21,17 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler import __version__ as reconciler_version
 from reconciler.apply.begin import default_timeout
 from reconciler.apply.context import Settings
+from reconciler.cli.apply import exit_code
+from reconciler.cli.serve import Health, serve
+from reconciler.cli.version import version
 from reconciler.kube import resources
-from reconciler.model.errors import ExitCode
+from reconciler.model.errors import EXIT_CODE_TABLE, ClusterError, ExitCode, JobAction
 from reconciler.model.journal import ROLLBACK
+from reconciler.model.outcome import INTERRUPTED, ROLLED_BACK, ApplyReport, Outcome
+from reconciler.model.verdict import Action, VMVerdict
 from reconciler.plans.load import load_plans
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,16 +80,75 @@ def test_one_run_at_a_time_and_a_missed_run_is_skipped() -> None:
     assert job_spec()["template"]["spec"]["restartPolicy"] == "Never"
 
 
-def test_what_a_retry_cannot_fix_fails_the_job() -> None:
+def failure_policy() -> tuple[set[int], list[dict[str, Any]]]:
+    """The CronJob's FailJob exit codes, and its other rules."""
     rules = job_spec()["podFailurePolicy"]["rules"]
     fail = [r["onExitCodes"] for r in rules if r["action"] == "FailJob" and "onExitCodes" in r]
     assert all(codes["containerName"] == "reconciler" for codes in fail)
     assert all(codes["operator"] == "In" for codes in fail)
-    final = {code for codes in fail for code in codes["values"]}
-    assert {ExitCode.BAD_INPUT, ExitCode.LOCKED, ExitCode.OUTSIDE_WINDOW} <= final
-    assert ExitCode.CLUSTER_ERROR not in final and ExitCode.PENDING not in final, "worth a retry"
-    disruptions = [r for r in rules if r["action"] == "Ignore"]
-    assert disruptions and disruptions[0]["onPodConditions"] == [{"type": "DisruptionTarget"}]
+    others = [r for r in rules if r["action"] != "FailJob" or "onExitCodes" not in r]
+    return {code for codes in fail for code in codes["values"]}, others
+
+
+def test_the_job_follows_the_exit_code_table() -> None:
+    """The podFailurePolicy is the table's (model.errors.EXIT_CODE_TABLE): FailJob exactly for
+    the codes no retry changes, a retry for the rest, success for 0; and the CronJob runs
+    without --detailed-exitcode, so the codes that only flag returns never reach it."""
+    final, others = failure_policy()
+    table = {int(row.code): row for row in EXIT_CODE_TABLE}
+    assert set(table) == {int(code) for code in ExitCode}, "one row per exit code"
+    assert final == {c for c, row in table.items() if row.job is JobAction.FAIL}
+    assert {c for c, row in table.items() if row.job is JobAction.RETRY} == {1, 6}
+    assert table[0].job is JobAction.SUCCEED
+    not_scheduled = {c for c, row in table.items() if not row.scheduled}
+    assert not_scheduled == {ExitCode.OUTSIDE_WINDOW} and not final & not_scheduled
+    assert all(row.job is not None for row in table.values() if row.scheduled)
+    args = reconciler(pods()["cronjob"])["args"]
+    assert args[0] == "apply" and "--detailed-exitcode" not in args
+    assert job_spec()["backoffLimit"] == 1, "RETRY: one more try, then the next schedule"
+    (disruptions,) = others
+    assert disruptions["action"] == "Ignore"
+    # status "True": required by the podFailurePolicy schema of Kubernetes 1.27-1.29
+    assert disruptions["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+
+
+def test_a_scheduled_run_that_did_what_it_could_exits_0() -> None:
+    """Blocked VMs, shut windows, --max-vms leftovers: 0 by default, the detail with
+    --detailed-exitcode; a failed VM and an interrupted run fail either way."""
+    blocked = VMVerdict("ns", "vm1", "p", Action.BLOCKED, ())
+    states = [
+        ApplyReport(verdicts=(blocked,)),
+        ApplyReport(outside_window=("ns/vm1",)),
+        ApplyReport(pending=("ns/vm1",)),
+    ]
+    for report in states:
+        assert exit_code(report) is ExitCode.OK, report
+    detailed = [exit_code(r, detailed=True) for r in states]
+    assert detailed == [ExitCode.PENDING, ExitCode.OUTSIDE_WINDOW, ExitCode.PENDING]
+    failed = Outcome(migration_id="m", plan="p", flow="live", result=ROLLED_BACK)
+    stopped = Outcome(migration_id="m", plan="p", flow="live", result=INTERRUPTED)
+    for detail in (False, True):
+        assert exit_code(ApplyReport(outcomes=(failed,)), detailed=detail) is ExitCode.VM_FAILED
+        assert exit_code(ApplyReport(outcomes=(stopped,)), detailed=detail) is ExitCode.PENDING
+
+
+def test_the_readme_exit_code_table_is_the_model_s() -> None:
+    """README "Exit codes" lists every code with the table's own words (one table)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Exit codes") :]
+    table = section[section.index("| code |") :]
+    rows = re.findall(r"^\| (\d+) \| (.+) \| ([a-z ]+) \|$", table[: table.index("\n\n")], re.M)
+    job = {JobAction.SUCCEED: "succeeds", JobAction.RETRY: "retried once"}
+    job |= {JobAction.FAIL: "fails at once", None: "never returned"}
+    assert {int(code): (meaning, action) for code, meaning, action in rows} == {
+        int(row.code): (row.meaning, job[row.job]) for row in EXIT_CODE_TABLE
+    }
+
+
+def test_the_version_is_one() -> None:
+    """--version, reports and the image label say pyproject.toml's version."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert version() == reconciler_version == project["version"]
 
 
 def rollback_budget() -> timedelta:
@@ -193,8 +262,7 @@ def test_the_namespaced_role_is_bound_per_allowed_namespace_only() -> None:
     ]
     to_namespaced = [b for b in bindings if b["roleRef"]["name"] == "vm-storage-reconciler"]
     assert all(b["kind"] == "RoleBinding" for b in to_namespaced), "never across the cluster"
-    env = {e["name"]: e.get("value") for e in reconciler(pods()["cronjob"])["env"]}
-    allowed = {n.strip() for n in env["VMSR_ALLOWED_NAMESPACES"].split(",")}
+    allowed = set(allowed_namespaces())
     assert {b["metadata"]["namespace"] for b in to_namespaced} == allowed
     sa = one("cronjob.yaml", "ServiceAccount")["metadata"]
     for binding in bindings:
@@ -205,15 +273,25 @@ def test_the_namespaced_role_is_bound_per_allowed_namespace_only() -> None:
     assert state["metadata"]["namespace"] == sa["namespace"], "Lease and status: its own only"
 
 
+def allowed_namespaces(file: str = "cronjob.yaml") -> list[str]:
+    """VMSR_ALLOWED_NAMESPACES as the reconciler container gets it (envFrom its ConfigMap)."""
+    pod = pods()["cronjob" if file == "cronjob.yaml" else "deployment"]
+    (source,) = reconciler(pod)["envFrom"]
+    config = one(file, "ConfigMap", name=source["configMapRef"]["name"])
+    return [n.strip() for n in config["data"]["VMSR_ALLOWED_NAMESPACES"].split(",")]
+
+
 def containerfile() -> str:
     return (ROOT / "Containerfile").read_text()
 
 
 def test_the_image_runs_the_cli_as_the_pods_user() -> None:
     text = containerfile()
-    assert re.search(r"^FROM python:3\.11-slim\s*$", text, re.MULTILINE)
-    assert re.search(r"pip install --no-cache-dir \.", text)
-    assert "git" in re.search(r"apt-get install[^\n]*", text).group(0)  # type: ignore[union-attr]
+    assert re.search(r"^ARG BASE=\S+$", text, re.MULTILINE), "the base is a build argument"
+    assert re.findall(r"^FROM \$\{BASE\}", text, re.MULTILINE), "built on it"
+    assert "--require-hashes" in text and "deploy/image/requirements.lock" in text, "pinned"
+    for label in ("source", "version", "revision"):
+        assert f"org.opencontainers.image.{label}=" in text, label
     (user,) = re.findall(r"^USER\s+(\d+)(?::(\d+))?\s*$", text, re.MULTILINE)
     for pod in pods().values():
         assert int(user[0]) == pod["securityContext"]["runAsUser"]
@@ -223,6 +301,20 @@ def test_the_image_runs_the_cli_as_the_pods_user() -> None:
     assert entry in scripts
     image = reconciler(pods()["cronjob"])["image"]
     assert reconciler(pods()["deployment"])["image"] == image
+
+
+def test_the_image_lock_pins_every_runtime_dependency() -> None:
+    """requirements.lock names every dependency in pyproject.toml, each with a hash."""
+    lock = (ROOT / "deploy/image/requirements.lock").read_text()
+    pinned = dict(
+        re.findall(r"^([a-z0-9-]+)==(\S+) \\\n    --hash=sha256:[0-9a-f]{64}$", lock, re.M)
+    )
+    assert len(pinned) == lock.count("==")
+    for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]:
+        name = re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in pinned, f"{name} is not in deploy/image/requirements.lock: run lock.py"
 
 
 def test_the_deployment_runs_loop_mode_beside_a_git_sync_sidecar() -> None:
@@ -237,6 +329,52 @@ def test_the_deployment_runs_loop_mode_beside_a_git_sync_sidecar() -> None:
     assert sidecar["restartPolicy"] == "Always" and "--one-time" not in sidecar["args"]
     assert f"{flag(sidecar, 'root')}/{flag(sidecar, 'link')}" in args
     assert deployment["metadata"]["namespace"] == cronjob()["metadata"]["namespace"]
+    assert allowed_namespaces("loop-deployment.yaml") == allowed_namespaces()
+
+
+def test_the_loop_serves_metrics_and_probes_on_its_named_port() -> None:
+    """--metrics-port is the container's port "metrics"; the probes ask /healthz and /readyz
+    there, the Service targets it and publishes the pod also while it is not ready; and what
+    the CLI serves on that port answers those paths."""
+    container = reconciler(pods()["deployment"])
+    args = container["args"]
+    port = int(args[args.index("--metrics-port") + 1])
+    (named,) = container["ports"]
+    assert (named["name"], named["containerPort"]) == ("metrics", port)
+    probes = {k: container[k]["httpGet"] for k in ("livenessProbe", "readinessProbe")}
+    assert probes == {
+        "livenessProbe": {"path": "/healthz", "port": "metrics"},
+        "readinessProbe": {"path": "/readyz", "port": "metrics"},
+    }
+    service = one("loop-deployment.yaml", "Service")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["metrics"]
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    labels = one("loop-deployment.yaml", "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+
+    health = Health()
+    served = serve(0, health, "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{served.server.server_port}"
+        assert answer(f"{url}/healthz") == 200
+        assert answer(f"{url}/readyz") == 503, "not ready before a run reached the API server"
+        health.heard(None)
+        assert answer(f"{url}/readyz") == 200
+        health.heard(ClusterError("", "connection refused"))
+        assert answer(f"{url}/readyz") == 503
+        assert answer(f"{url}/metrics") == 200
+        health.stopped()
+        assert answer(f"{url}/healthz") == 503
+    finally:
+        served.close()
+
+
+def answer(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def flag(container: dict[str, Any], name: str) -> str:
