@@ -25,6 +25,7 @@ from reconciler.cli.common import (
     allowed_namespaces,
     git_spec,
     progress,
+    reporting_options,
 )
 from reconciler.cli.version import versioned
 from reconciler.model.errors import ExitCode
@@ -181,8 +182,7 @@ def engine_options(args: argparse.Namespace, err: TextIO) -> dict[str, Any]:
         "settings": Settings(max_migration_attempts=args.max_migration_attempts),
         "progress": functools.partial(progress, err),
         "git": git_spec(args),
-        "pushgateway": args.pushgateway,
-        "pushgateway_job": args.pushgateway_job,
+        **reporting_options(args, err),
         "lease_duration": args.lease_duration,
     }
 

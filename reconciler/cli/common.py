@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import TextIO
 
 from reconciler.cli.version import exit_codes_epilog
-from reconciler.gitsource import GIT_TIMEOUT, GitSpec
+from reconciler.gitsource import GIT_MAX_BYTES, GIT_TIMEOUT, PASSWORD_ENV, USERNAME_ENV, GitSpec
 from reconciler.model.errors import EXIT_CODE_TABLE, Problem, UserError
 from reconciler.model.progress import fields_of
-from reconciler.model.text import shown
+from reconciler.model.quantity import parse_quantity
+from reconciler.model.text import redact_urls, shown, split_userinfo
+from reconciler.publish.metrics import gateway_url, read_basic_auth
 from reconciler.report.logs import KEYS, level_of, log_line
 
 PROG = "vm-storage-reconciler"
@@ -68,7 +70,17 @@ def add_reporting_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=os.environ.get("VMSR_PUSHGATEWAY") or None,
         help="push the run's Prometheus metrics to this Pushgateway at the end of the run "
-        "(default: $VMSR_PUSHGATEWAY; none)",
+        "(default: $VMSR_PUSHGATEWAY; none). A user:password@ in it is sent as basic auth and "
+        "never printed, but on the command line it is visible in ps: prefer "
+        "--pushgateway-auth-file",
+    )
+    parser.add_argument(
+        "--pushgateway-auth-file",
+        metavar="PATH",
+        type=Path,
+        default=os.environ.get("VMSR_PUSHGATEWAY_AUTH_FILE") or None,
+        help="basic auth for the Pushgateway: user:password on the file's first line, read at "
+        "every push (default: $VMSR_PUSHGATEWAY_AUTH_FILE)",
     )
     parser.add_argument(
         "--pushgateway-job",
@@ -76,6 +88,41 @@ def add_reporting_options(parser: argparse.ArgumentParser) -> None:
         default="vm-storage-reconciler",
         help="the job label of the push (default: vm-storage-reconciler)",
     )
+
+
+def reporting_options(args: argparse.Namespace, err: TextIO) -> dict[str, object]:
+    """``engine.apply``'s Pushgateway options from ``add_reporting_options``'s flags. An auth
+    file that cannot be read or holds no ``user:password`` is a ``UserError`` now (each push
+    reads it again); credentials in a ``--pushgateway`` given on the command line are warned
+    about (visible in ps), in ``$VMSR_PUSHGATEWAY`` they are not."""
+    url = args.pushgateway
+    given = url and url != os.environ.get("VMSR_PUSHGATEWAY")  # on the command line
+    if given and split_userinfo(gateway_url(url))[1] is not None:
+        progress(
+            err,
+            f"warning: --pushgateway {redact_urls(gateway_url(url))} carries credentials: on "
+            "a command line they are visible to every user of the machine (ps, /proc); use "
+            "--pushgateway-auth-file or $VMSR_PUSHGATEWAY instead",
+        )
+    auth_file = args.pushgateway_auth_file
+    if auth_file is not None:
+        try:
+            read_basic_auth(auth_file)
+        except ValueError as exc:
+            raise UserError(
+                [
+                    Problem(
+                        None,
+                        f"--pushgateway-auth-file {exc}",
+                        "put user:password on the file's first line",
+                    )
+                ]
+            ) from None
+    return {
+        "pushgateway": url,
+        "pushgateway_job": args.pushgateway_job,
+        "pushgateway_auth_file": auth_file,
+    }
 
 
 def add_plan_inputs(parser: argparse.ArgumentParser, *, git: bool = False) -> None:
@@ -114,7 +161,13 @@ def add_git_options(parser: argparse.ArgumentParser) -> None:
         "instead of PATH: fetch REF of a repository with the git CLI (shallow, into a cache) "
         "and read the plans at --git-path in it; its commit goes into journals and the report",
     )
-    group.add_argument("--git-repo", metavar="URL", help="repository URL (https, ssh or a path)")
+    group.add_argument(
+        "--git-repo",
+        metavar="URL",
+        help="repository URL (https, ssh or a path). Credentials in it are never printed nor "
+        "put on git's command line, but on ours they are visible in ps: prefer "
+        f"--git-credentials-file or ${PASSWORD_ENV}",
+    )
     group.add_argument(
         "--git-ref", metavar="REF", default="main", help="branch, tag or full SHA (default: main)"
     )
@@ -138,6 +191,24 @@ def add_git_options(parser: argparse.ArgumentParser) -> None:
         default=GIT_TIMEOUT,
         help=f"limit for each git command (default: {GIT_TIMEOUT:g})",
     )
+    group.add_argument(
+        "--git-credentials-file",
+        metavar="PATH",
+        type=Path,
+        default=os.environ.get("VMSR_GIT_CREDENTIALS_FILE") or None,
+        help="https credentials for --git-repo: user:token, or a token, on the file's first "
+        "line, read at every fetch and handed to git by a credential helper, never on a "
+        f"command line (default: $VMSR_GIT_CREDENTIALS_FILE; else ${USERNAME_ENV} and "
+        f"${PASSWORD_ENV}; else git's own)",
+    )
+    group.add_argument(
+        "--git-max-bytes",
+        metavar="SIZE",
+        type=_bytes,
+        default=GIT_MAX_BYTES,
+        help="most the repository may take in the cache, its objects and checkout together "
+        f"(bytes, or 200Mi, 1Gi; default: {GIT_MAX_BYTES // 2**20}Mi)",
+    )
 
 
 def git_spec(args: argparse.Namespace) -> GitSpec | None:
@@ -150,7 +221,21 @@ def git_spec(args: argparse.Namespace) -> GitSpec | None:
         path=args.git_path,
         cache=args.git_cache,
         timeout=args.git_timeout,
+        credentials_file=args.git_credentials_file,
+        max_bytes=args.git_max_bytes,
     )
+
+
+def _bytes(text: str) -> int:
+    try:
+        value: int = parse_quantity(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (bytes, or with a suffix: 200Mi, 1Gi)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte: {text}")
+    return value
 
 
 def _seconds(text: str) -> float:

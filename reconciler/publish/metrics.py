@@ -29,6 +29,10 @@ vmsr_last_run_duration_seconds            how long it took
 vmsr_last_run_success                     1 when it succeeded (no VM failed, no error)
 vmsr_last_success_timestamp_seconds       when a run last succeeded (0: never)
 ========================================  ================================================
+
+A Pushgateway behind basic auth: ``--pushgateway-auth-file`` (``user:password`` on its first
+line, read at every push) or a userinfo in the URL (``http://user:password@host:9091``, taken
+out of it and sent as the ``Authorization`` header, never printed: ``redact_urls``).
 """
 
 from __future__ import annotations
@@ -36,17 +40,51 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, start_http_server
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from reconciler.model.outcome import FAILED, INTERRUPTED, ROLLED_BACK, SUCCEEDED, ApplyReport
+from reconciler.model.text import parse_credentials, split_userinfo
 from reconciler.model.verdict import Action, Effect
 
 JOB = "vm-storage-reconciler"
 RESULTS = (SUCCEEDED, ROLLED_BACK, FAILED, INTERRUPTED)
 FLOWS = ("live", "offline")
 PUSH_TIMEOUT = 10.0
+
+
+BasicAuth = tuple[str, str]
+"""(user, password) of HTTP basic auth."""
+
+
+def gateway_url(url: str) -> str:
+    """``url`` as prometheus-client reads it: ``http://`` when it names no scheme (so a
+    userinfo in ``user:pw@host:9091`` is one too, taken out and redacted like any other)."""
+    url = url.strip()
+    return url if "://" in url else f"http://{url}"
+
+
+def read_basic_auth(path: Path) -> BasicAuth:
+    """(user, password) from ``path``'s first line, ``user:password``. Raises ``ValueError``
+    (a message naming the file, never its text) when it cannot be read or holds no pair."""
+    try:
+        with path.open(encoding="utf-8", errors="strict") as handle:
+            text = handle.read(64 * 1024)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    try:
+        user, password = parse_credentials(text)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if user is None:
+        raise ValueError(f"{path}: expected user:password on its first line (no ':' in it)")
+    return user, password
 
 
 @dataclass(frozen=True)
@@ -168,10 +206,26 @@ class Metrics:
                 namespace=empty.namespace, plan=empty.plan, rule=empty.finding.rule
             ).set(1)
 
-    def push(self, url: str, job: str = JOB, *, timeout: float = PUSH_TIMEOUT) -> None:
+    def push(
+        self,
+        url: str,
+        job: str = JOB,
+        *,
+        timeout: float = PUSH_TIMEOUT,
+        auth: BasicAuth | None = None,
+    ) -> None:
         """PUT the registry to the Pushgateway at ``url`` as group ``job`` (replacing the
-        previous push). Raises OSError when the gateway cannot be reached or refuses."""
-        push_to_gateway(url, job=job, registry=self.registry, timeout=timeout)
+        previous push), with basic ``auth`` (else the URL's userinfo, if any: the URL is sent
+        without it). Raises OSError when the gateway cannot be reached or refuses."""
+        public, user, password = split_userinfo(gateway_url(url))
+        if auth is None and user is not None:
+            auth = (user, password or "")
+        handler = (
+            default_handler
+            if auth is None
+            else partial(basic_auth_handler, username=auth[0], password=auth[1])
+        )
+        push_to_gateway(public, job=job, registry=self.registry, timeout=timeout, handler=handler)
 
     def close(self) -> None:
         """Stop serving (``serve``)."""

@@ -3,21 +3,26 @@ run goes, and ``finish`` at its end, which writes the status ConfigMap and recor
 the metrics, whether the run ended with a report or stopped on an error.
 
 Reporting never changes the run's outcome: a refused Event, an unwritable ConfigMap or an
-unreachable Pushgateway is a ``warning:`` progress line (and a log record), not an error.
+unreachable Pushgateway is a ``warning:`` progress line (and a log record), not an error. The
+Pushgateway's URL is printed redacted (``model.text.redact_urls``): its userinfo, and its basic
+auth (``pushgateway_auth_file``, read at every push), never show.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from reconciler.kube.client import Cluster
 from reconciler.model.errors import ClusterError
 from reconciler.model.outcome import ApplyReport
+from reconciler.model.text import redact_urls
 from reconciler.publish.events import Events
-from reconciler.publish.metrics import JOB, Metrics, RunFacts
+from reconciler.publish.metrics import JOB, Metrics, RunFacts, gateway_url, read_basic_auth
 from reconciler.publish.publisher import Publisher
 from reconciler.publish.status import (
     STATUS_NAME,
@@ -41,6 +46,7 @@ class Reporting:
         status_namespace: str,
         metrics: Metrics | None = None,
         pushgateway: str | None = None,
+        pushgateway_auth_file: Path | None = None,
         job: str = JOB,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         warn: Callable[[str], None] = lambda _message: None,
@@ -52,6 +58,7 @@ class Reporting:
         self.holder = holder
         self.namespace = status_namespace
         self.pushgateway = pushgateway
+        self.pushgateway_auth_file = pushgateway_auth_file
         self.job = job
         self.metrics = metrics if metrics is not None else (Metrics() if pushgateway else None)
         self.now = now
@@ -98,7 +105,12 @@ class Reporting:
             ),
         )
         if self.pushgateway:
+            where = redact_urls(gateway_url(self.pushgateway))
             try:
-                self.metrics.push(self.pushgateway, self.job)
-            except (OSError, ValueError) as exc:
-                self.warn(f"warning: metrics not pushed to {self.pushgateway}: {exc}")
+                auth = None
+                if self.pushgateway_auth_file is not None:
+                    auth = read_basic_auth(self.pushgateway_auth_file)
+                self.metrics.push(self.pushgateway, self.job, auth=auth)
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                # (http.client.InvalidURL, for a port that is not a number, is neither.)
+                self.warn(f"warning: metrics not pushed to {where}: {redact_urls(str(exc))}")
