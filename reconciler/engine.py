@@ -491,19 +491,50 @@ def status(
             key=lambda o: str(o["metadata"]["name"]),
         ):
             listed.add((namespace, str(vm["metadata"]["name"])))
-            notes = (vm.get("metadata") or {}).get("annotations") or {}
-            journal, error = None, ""
-            if names.JOURNAL_ANNOTATION in notes:
-                try:
-                    journal = journals.decode(notes[names.JOURNAL_ANNOTATION])
-                except journals.JournalError as exc:
-                    error = str(exc)
-            last_text = notes.get(names.LAST_MIGRATION_ANNOTATION)
-            last = journals.decode_last(last_text) if last_text else None
-            if journal or last or error:
-                entries.append((namespace, str(vm["metadata"]["name"]), journal, last, error, None))
+            entry = _status_entry(namespace, vm)
+            if entry is not None:
+                entries.append(entry)
     entries += _missing_vms(cluster, plans, listed)
+    entries += _open_elsewhere(cluster, selected)
     return sorted(entries, key=lambda entry: entry[:2])
+
+
+def _open_elsewhere(cluster: Cluster, selected: set[str]) -> list[StatusEntry]:
+    """Open moves in namespaces no plan (nor ``-n``) names: `apply` finishes them whatever
+    the plans say, so `status` shows them too. One LIST across namespaces; none when RBAC
+    does not allow it (a namespaced install shows its own namespaces only)."""
+    try:
+        everything = cluster.list_objects(resources.VIRTUAL_MACHINES)
+    except ClusterError as exc:
+        if exc.code in (401, 403):
+            return []
+        raise
+    found: list[StatusEntry] = []
+    for vm in everything:
+        meta = vm.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "")
+        if namespace in selected or names.JOURNAL_ANNOTATION not in (meta.get("annotations") or {}):
+            continue
+        entry = _status_entry(namespace, vm)
+        if entry is not None:
+            found.append(entry)
+    return found
+
+
+def _status_entry(namespace: str, vm: dict[str, Any]) -> StatusEntry | None:
+    """The VM's journal and last-migration record (None: it has neither)."""
+    notes = (vm.get("metadata") or {}).get("annotations") or {}
+    journal, error = None, ""
+    if names.JOURNAL_ANNOTATION in notes:
+        try:
+            journal = journals.decode(notes[names.JOURNAL_ANNOTATION])
+        except journals.JournalError as exc:
+            error = str(exc)
+    last_text = notes.get(names.LAST_MIGRATION_ANNOTATION)
+    last = journals.decode_last(last_text) if last_text else None
+    if journal or last or error:
+        return (namespace, str(vm["metadata"]["name"]), journal, last, error, None)
+    return None
 
 
 def _missing_vms(
