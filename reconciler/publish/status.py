@@ -12,8 +12,15 @@ every run (while the Lease is still held, so two runs never write it at once).
   ``kubectl get cm ... -o jsonpath='{.data.result}'`` and for the next run, which carries
   ``lastSuccess`` forward when it fails itself (so does the metric of the same name).
 
-A ConfigMap holds at most 1 MiB: beyond ``MAX_BYTES`` the blocked VMs' details give way to
-their counts by rule (``truncated: true``).
+A ConfigMap holds at most 1 MiB: the API server adds up the bytes of its ``data`` values and
+refuses more (422). That sum is what ``stored_bytes`` measures, of exactly the ``data`` that is
+written (the indented ``report.json`` and the plain keys). Beyond ``MAX_BYTES`` the report
+gives way, one step at a time until it fits, and says so (``truncated: true``, ``trimmed``: what
+gave way): the blocked VMs' details to their counts by rule; the pending and outside-window
+VMs to their counts; each outcome's details (reason, volumes, steps, write-back) to its VM,
+result, flow, rule and move id; the outcomes to their count; at last the report to its
+summary (``trimmed`` names each step: ``blocked``, ``pending``, ``outsideWindow``,
+``outcomes.details``, ``outcomes``, ``report``). A status is always written, never silently nothing.
 """
 
 from __future__ import annotations
@@ -29,10 +36,13 @@ from reconciler.kube.resources import CONFIG_MAPS
 from reconciler.model.errors import ClusterError
 from reconciler.model.names import MANAGED_BY, MANAGED_BY_LABEL
 from reconciler.model.outcome import ApplyReport
+from reconciler.model.text import redact_urls
 from reconciler.report.apply import API_VERSION, apply_document
 
 STATUS_NAME = "vm-storage-reconciler-status"
-MAX_BYTES = 900_000
+MAX_BYTES = 1024 * 1024
+"""The API server's limit on a ConfigMap: the bytes of its ``data`` values added up
+(``core.MaxSecretSize``, checked by ``ValidateConfigMap``)."""
 
 SUCCEEDED = "Succeeded"
 VM_FAILED = "VMFailed"
@@ -68,7 +78,7 @@ def status_document(
         "finishedAt": finished.isoformat(timespec="seconds"),
         "seconds": round((finished - started).total_seconds(), 3),
         "result": result,
-        "error": error or None,
+        "error": redact_urls(error) or None,
         "lastSuccess": last_success.isoformat(timespec="seconds") if last_success else None,
         "commit": report.commit if report else None,
         "report": apply_document(report) if report is not None else None,
@@ -76,18 +86,54 @@ def status_document(
     return _bounded(doc)
 
 
+def stored_bytes(doc: Mapping[str, Any]) -> int:
+    """Bytes the API server counts against ``MAX_BYTES`` for ``doc``: those of the values of
+    ``configmap_data(doc)``, what ``write_status`` stores. Pure."""
+    return sum(len(value.encode()) for value in configmap_data(doc).values())
+
+
+_OUTCOME_KEYS = ("namespace", "name", "migrationId", "flow", "result", "rule")
+"""What an outcome keeps when its details give way."""
+
+
 def _bounded(doc: dict[str, Any]) -> dict[str, Any]:
-    if len(json.dumps(doc).encode()) <= MAX_BYTES or doc["report"] is None:
+    """``doc``, or, when its ConfigMap would exceed ``MAX_BYTES``, ``doc`` with its report
+    trimmed step by step until it fits (``truncated``, ``trimmed``)."""
+    if doc["report"] is None or stored_bytes(doc) <= MAX_BYTES:
         return doc
     report = dict(doc["report"])
+    trimmed: list[str] = []
+
+    def fits(*steps: str) -> bool:
+        trimmed.extend(steps)
+        report["truncated"] = True
+        report["trimmed"] = list(trimmed)
+        return stored_bytes({**doc, "report": report}) <= MAX_BYTES
+
+    blocked = report.get("blocked") or ()
     rules = Counter(
         reason["rule"]
-        for vm in report.get("blocked") or ()
+        for vm in blocked
         for reason in vm.get("reasons") or ()
         if reason.get("effect") != "Note"
     )
-    report["blocked"] = {"vms": len(report.get("blocked") or ()), "byRule": dict(rules)}
-    report["truncated"] = True
+    report["blocked"] = {"vms": len(blocked), "byRule": dict(rules)}
+    if fits("blocked"):
+        return {**doc, "report": report}
+    for key in ("pending", "outsideWindow"):
+        report[key] = {"vms": len(report.get(key) or ())}
+    if fits("pending", "outsideWindow"):
+        return {**doc, "report": report}
+    outcomes = list(report.get("outcomes") or ())
+    report["outcomes"] = [{k: o.get(k) for k in _OUTCOME_KEYS} for o in outcomes]
+    if fits("outcomes.details"):
+        return {**doc, "report": report}
+    report["outcomes"] = {"vms": len(outcomes)}
+    if fits("outcomes"):
+        return {**doc, "report": report}
+    kept = ("apiVersion", "kind", "commit", "summary")
+    report = {k: report[k] for k in kept if k in report}
+    fits("report")
     return {**doc, "report": report}
 
 

@@ -2,6 +2,11 @@
 Pushgateway: Events on each VM (success, rollback, blocked), the status ConfigMap, the metrics
 in the Pushgateway (read back through its HTTP API) and JSON log lines.
 
+Issue 14: a report just over the old size check is written (trimmed, and saying so) where the
+API server refused it before; a Pushgateway behind basic auth (the real one, with a web
+config) gets the metrics from ``--pushgateway-auth-file`` or the URL's userinfo, and no
+credential is ever printed.
+
 Each test runs `apply` in-process as admin (``Apply`` from test_apply) with its own Lease
 namespace (the status ConfigMap lives there) and its own Pushgateway job.
 """
@@ -9,18 +14,26 @@ namespace (the status ConfigMap lives there) and its own Pushgateway job.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pykube
 import pytest
+import requests
 
 from reconciler.kube.client import Cluster
+from reconciler.model.errors import ClusterError
 from reconciler.model.outcome import ApplyReport, Outcome
+from reconciler.model.verdict import Action, Effect, Finding, VMVerdict, VolumeVerdict
+from reconciler.publish import status as status_module
 from reconciler.publish.reporting import Reporting
-from reconciler.publish.status import STATUS_NAME
+from reconciler.publish.status import STATUS_NAME, status_document, write_status
+from testenv.binaries import ensure_pushgateway
 from testenv.pushgateway import Pushgateway
 from tests.cluster.test_apply import Apply, cluster_objects, ctx, volume_claim
 from tests.cluster.test_plan import _merge, fedora
@@ -294,3 +307,185 @@ def test_an_unreachable_pushgateway_is_a_warning_not_a_failed_run(
     assert warning.startswith("warning: metrics not pushed to http://127.0.0.1:9")
     data = get_json(api, "v1", namespace, f"configmaps/{STATUS_NAME}")["data"]
     assert data["result"] == "Succeeded", "the status is written all the same"
+
+
+# -- issue 14, item 12: the status ConfigMap is measured as it is stored -----------------------
+
+
+def blocked_vm(name: str) -> VMVerdict:
+    findings = (
+        Finding("gitops-managed", Effect.BLOCK, None, "owned by Argo CD: " + "x" * 60),
+        Finding("a-note", Effect.NOTE, None, "just so you know"),
+    )
+    return VMVerdict(
+        namespace="ns",
+        name=name,
+        plan="move",
+        action=Action.BLOCKED,
+        volumes=(VolumeVerdict("disk", "d2", "old", "new", Action.BLOCKED),),
+        findings=findings,
+    )
+
+
+def test_a_report_just_over_the_old_size_check_is_written_trimmed(
+    api: pykube.HTTPClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old check let through a report of up to 900,000 bytes of compact JSON; stored
+    indented, one of 896-900 KB is over the API server's 1 MiB: refused (422), nothing
+    written. Now the stored bytes are measured: it is written, trimmed, and says so."""
+    cluster = Cluster(api)
+    report = ApplyReport(verdicts=tuple(blocked_vm(f"vm-{i:05}") for i in range(1700)))
+    started = datetime(2026, 5, 1, 3, 0, tzinfo=UTC)
+
+    def untrimmed(holder: str) -> dict[str, Any]:
+        with monkeypatch.context() as patched:
+            patched.setattr(status_module, "_bounded", lambda doc: doc)
+            return status_document(
+                report, run_id="r", holder=holder, started=started, finished=started
+            )
+
+    holder = "h" * (898_000 - len(json.dumps(untrimmed("")).encode()))
+    whole = untrimmed(holder)
+    assert 896_000 < len(json.dumps(whole).encode()) <= 900_000, "between ~896 and 900 KB"
+    with pytest.raises(ClusterError) as refused:  # the API server's own limit, for real
+        write_status(cluster, namespace, whole)
+    assert refused.value.code == 422
+    warnings: list[str] = []
+
+    Reporting(
+        cluster,
+        run_id="r",
+        holder=holder,
+        status_namespace=namespace,
+        now=lambda: started,
+        warn=warnings.append,
+    ).finish(report)
+
+    assert warnings == [], "the status ConfigMap was written"
+    data = get_json(api, "v1", namespace, f"configmaps/{STATUS_NAME}")["data"]
+    assert sum(len(v.encode()) for v in data.values()) <= 1024 * 1024
+    doc = json.loads(data["report.json"])
+    assert (doc["holder"], doc["result"]) == (holder, "Succeeded")
+    assert (doc["report"]["truncated"], doc["report"]["trimmed"]) == (True, ["blocked"])
+    assert doc["report"]["blocked"] == {"vms": 1700, "byRule": {"gitops-managed": 1700}}
+    assert doc["report"]["summary"]["blocked"] == 1700
+
+
+# -- issue 14, item 11: the Pushgateway's credentials ----------------------------------------
+
+PUSHER, PUSH_PASSWORD = "pusher", "push/p@ss word"
+PUSH_HASH = "$2b$04$qX.Gq00ZThJIR8JXwC5w6e/9CauGXWhEDXFYY1lAPYraOsJWx42vS"
+"""bcrypt of PUSH_PASSWORD (the Pushgateway's web config takes only hashes)."""
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Pushgateway that demands ``PUSHER:PUSH_PASSWORD`` (basic auth, exporter-toolkit's
+    web config); its URL."""
+    workdir = tmp_path_factory.mktemp("guarded-pushgateway")
+    config = workdir / "web.yml"
+    config.write_text(f"basic_auth_users:\n  {PUSHER}: '{PUSH_HASH}'\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with (workdir / "log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                str(ensure_pushgateway(log=lambda _line: None)),
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--web.config.file={config}",
+                "--log.level=warn",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = requests.get(f"{url}/-/ready", timeout=1, auth=(PUSHER, PUSH_PASSWORD))
+                if answer.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, (
+                workdir / "log"
+            ).read_text()
+            time.sleep(0.05)
+        assert requests.get(f"{url}/metrics", timeout=5).status_code == 401, "guarded"
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def pushed_jobs(url: str) -> str:
+    """The gateway's own exposition (read with the credentials)."""
+    answer = requests.get(f"{url}/metrics", timeout=5, auth=(PUSHER, PUSH_PASSWORD))
+    answer.raise_for_status()
+    return answer.text
+
+
+def test_a_pushgateway_behind_basic_auth_gets_the_metrics_and_no_secret_is_printed(
+    ctx: Apply, guarded: str, tmp_path: Path
+) -> None:
+    auth_file = tmp_path / "pushgateway-auth"
+    auth_file.write_text(f"{PUSHER}:{PUSH_PASSWORD}\n")
+    wrong_file = tmp_path / "wrong-auth"
+    wrong_file.write_text(f"{PUSHER}:not-it\n")
+    with_userinfo = guarded.replace("://", f"://{PUSHER}:{PUSH_PASSWORD.replace(' ', '%20')}@")
+    job = job_of(ctx)
+
+    _, _, err_file = ctx.apply(
+        "--pushgateway", guarded, "--pushgateway-auth-file", str(auth_file),
+        "--pushgateway-job", f"{job}-file",
+    )  # fmt: skip
+    _, _, err_url = ctx.apply("--pushgateway", with_userinfo, "--pushgateway-job", f"{job}-url")
+    _, _, err_wrong = ctx.apply(
+        "--pushgateway", guarded, "--pushgateway-auth-file", str(wrong_file),
+        "--pushgateway-job", f"{job}-wrong",
+    )  # fmt: skip
+
+    exposition = pushed_jobs(guarded)
+    assert f'job="{job}-file"' in exposition, err_file
+    assert f'job="{job}-url"' in exposition, err_url
+    assert f'job="{job}-wrong"' not in exposition
+    assert "metrics not pushed" not in err_file + err_url
+    address = guarded.split("://")[1]
+    assert (
+        f"warning: --pushgateway http://***@{address} carries credentials: on a command line "
+        "they are visible"
+    ) in err_url
+    assert f"warning: metrics not pushed to {guarded}: HTTP Error 401" in err_wrong
+    for printed in (err_file, err_url, err_wrong):
+        assert "p@ss" not in printed and "push/" not in printed and "%20" not in printed
+
+
+def test_an_unreachable_pushgateway_never_prints_its_credentials(
+    api: pykube.HTTPClient, namespace: str
+) -> None:
+    warnings: list[str] = []
+    reporting = Reporting(
+        Cluster(api),
+        run_id="r",
+        holder="test",
+        status_namespace=namespace,
+        pushgateway="http://pusher:s3cr3t/p@ss@127.0.0.1:9/?token=s3cr3t",
+        warn=warnings.append,
+    )
+
+    reporting.finish(ApplyReport())
+
+    (warning,) = warnings
+    assert warning.startswith("warning: metrics not pushed to http://***@127.0.0.1:9/?token=***")
+    assert "s3cr3t" not in warning and "p@ss" not in warning
+    warnings.clear()
+    reporting.pushgateway = "http://127.0.0.1:not-a-port"
+
+    reporting.finish(ApplyReport())  # http.client.InvalidURL: a warning, not a failed run
+
+    assert warnings == [
+        "warning: metrics not pushed to http://127.0.0.1:not-a-port: nonnumeric port: 'not-a-port'"
+    ]

@@ -4,12 +4,18 @@ tests/cluster/test_reporting.py.)"""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, TextIO, cast
 
+import pytest
 from prometheus_client import generate_latest
 
 from reconciler.cli.common import JsonFormatter, JsonLines, progress
@@ -20,7 +26,13 @@ from reconciler.model.progress import Line, tagged
 from reconciler.model.verdict import Action, Effect, Finding, VMVerdict, VolumeVerdict
 from reconciler.model.writeback import WriteBack, WriteBackVolume
 from reconciler.publish.events import NOTE_LIMIT, Notice, event_body, event_name
-from reconciler.publish.metrics import Metrics, RunFacts, blocked_by_rule, out_of_sync
+from reconciler.publish.metrics import (
+    Metrics,
+    RunFacts,
+    blocked_by_rule,
+    out_of_sync,
+    read_basic_auth,
+)
 from reconciler.publish.publisher import Publisher
 from reconciler.publish.status import MAX_BYTES, configmap_data, status_document
 from reconciler.report.logs import KEYS
@@ -397,9 +409,143 @@ def test_a_status_too_large_for_a_configmap_keeps_counts_of_the_blocked() -> Non
 
     doc = status_document(many, run_id="r", holder="h", started=NOW, finished=NOW)
 
-    assert len(json.dumps(doc).encode()) <= MAX_BYTES
+    assert stored(doc) <= MAX_BYTES
     assert doc["report"]["truncated"] is True
     assert doc["report"]["blocked"] == {"vms": 6000, "byRule": {"x" * 40: 6000}}
+
+
+def stored(doc: dict[str, Any]) -> int:
+    """What the API server counts against a ConfigMap's 1 MiB: the bytes of its data values."""
+    return sum(len(value.encode()) for value in configmap_data(doc).values())
+
+
+def test_the_status_size_is_what_the_configmap_stores_to_the_byte() -> None:
+    """Issue 14, item 12: the check measured compact JSON, the ConfigMap stores it indented,
+    and a report in between was refused by the API server (422): nothing was written."""
+    limit = 1024 * 1024  # the API server's (core.MaxSecretSize, the data values' bytes)
+    report = ApplyReport(verdicts=tuple(blocked(f"vm-{i:05}", "x" * 40) for i in range(1500)))
+
+    def doc(holder: str) -> dict[str, Any]:
+        return status_document(report, run_id="r", holder=holder, started=NOW, finished=NOW)
+
+    room = limit - stored(doc("h"))
+    assert room > 0
+    at_limit, over = doc("h" * (1 + room)), doc("h" * (2 + room))
+
+    assert stored(at_limit) == limit, "exactly at the limit"
+    assert "truncated" not in at_limit["report"], "kept whole: the API server takes it"
+    assert len(at_limit["report"]["blocked"]) == 1500
+    assert len(json.dumps(at_limit).encode()) < 900_000, "(the old check: far below its limit)"
+    assert over["report"].get("truncated") is True, "one byte more: trimmed"
+    assert over["report"]["trimmed"] == ["blocked"]
+    assert over["report"]["blocked"] == {"vms": 1500, "byRule": {"x" * 40: 1500}}
+    assert stored(over) <= limit
+    assert limit == MAX_BYTES
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "reason", "trimmed"),
+    [
+        (3_000, "r" * 1_000, ["blocked", "pending", "outsideWindow", "outcomes.details"]),
+        (8_000, "", ["blocked", "pending", "outsideWindow", "outcomes.details", "outcomes"]),
+    ],
+)
+def test_a_status_too_large_is_trimmed_step_by_step_until_it_fits_and_says_so(
+    outcomes: int, reason: str, trimmed: list[str]
+) -> None:
+    many = ApplyReport(
+        outcomes=tuple(
+            outcome(vm=f"vm-{i:06}", reason=reason, steps=(("create-targets", 1.0),) * 5)
+            for i in range(outcomes)
+        ),
+        pending=tuple(f"ns/p-{i}" for i in range(2000)),
+    )
+
+    doc = status_document(many, run_id="r", holder="h", started=NOW, finished=NOW)
+
+    assert stored(doc) <= MAX_BYTES
+    assert (doc["report"]["truncated"], doc["report"]["trimmed"]) == (True, trimmed)
+    assert doc["report"]["pending"] == {"vms": 2000}
+    assert doc["report"]["summary"]["succeeded"] == outcomes, "the counts are always kept"
+    if "outcomes" in trimmed:
+        assert doc["report"]["outcomes"] == {"vms": outcomes}
+    else:
+        assert doc["report"]["outcomes"][0] == {
+            "namespace": "ns",
+            "name": "vm-000000",
+            "migrationId": "abc123def456",
+            "flow": "live",
+            "result": "Succeeded",
+            "rule": None,
+        }
+
+
+# -- the Pushgateway's basic auth (issue 14, item 11) ------------------------------------------
+
+
+class Gateway:
+    """A local HTTP server standing in for a Pushgateway: keeps each request's path and
+    Authorization header, answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+        requests = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                requests.append((self.path, self.headers.get("Authorization")))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def gateway() -> Iterator[Gateway]:
+    running = Gateway()
+    yield running
+    running.server.shutdown()
+    running.server.server_close()
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_push_sends_the_urls_userinfo_as_basic_auth_never_in_the_url(gateway: Gateway) -> None:
+    metrics = Metrics()
+    metrics.push(f"http://pusher:s3cr3t/p@ss%20x@{gateway.address}", "vmsr")
+    metrics.push(f"pusher:s3cr3t@{gateway.address}", "vmsr")  # no scheme: http
+    metrics.push(f"http://ignored:x@{gateway.address}/", "vmsr", auth=("file-user", "s3cr3t"))
+
+    assert gateway.requests == [
+        ("/metrics/job/vmsr", basic("pusher", "s3cr3t/p@ss x")),
+        ("/metrics/job/vmsr", basic("pusher", "s3cr3t")),
+        ("/metrics/job/vmsr", basic("file-user", "s3cr3t")),
+    ]
+
+
+def test_a_basic_auth_file_is_user_and_password_and_its_errors_never_quote_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "auth"
+    path.write_text("pusher:s3cr3t:with colon \n")
+    assert read_basic_auth(path) == ("pusher", "s3cr3t:with colon")
+    for text in ("s3cr3t-token-alone\n", "pusher:\n", ""):
+        path.write_text(text)
+        with pytest.raises(ValueError) as caught:
+            read_basic_auth(path)
+        assert str(caught.value).startswith(f"{path}: ")
+        assert "s3cr3t" not in str(caught.value) and "pusher" not in str(caught.value)
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_basic_auth(tmp_path / "missing")
 
 
 # -- JSON logs ---------------------------------------------------------------------------------
