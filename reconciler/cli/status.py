@@ -21,7 +21,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="show moves in flight (journals on VMs) and each VM's last migration",
         description="Reads the VMs of the given namespaces (or of the plans' namespaces) and "
         "prints every open journal (step, since when, rolling back or not) and the last "
-        "migration record each VM keeps. Changes nothing. Exit 1 when a move is in flight.",
+        "migration record each VM keeps, and each VM a plan names that does not exist (with "
+        "the VM it probably meant). Changes nothing. Exit 1 when a move is in flight.",
     )
     parser.add_argument(
         "paths",
