@@ -255,20 +255,23 @@ def test_vm_already_on_target_is_in_sync_and_exits_zero(ctx: Ctx) -> None:
 
 
 def test_server_dry_run_surfaces_schema_errors_from_the_api_server(ctx: Ctx) -> None:
-    """A template override that renders a field DataVolume doesn't have is refused by the
-    real CRD schema (fieldValidation=Strict), and `plan` says which object and why."""
+    """A template override that renders what the move's scope allows (render.scope: an
+    annotation of ours) but the API server's validation refuses (a key with a space) is caught
+    by the server dry run, and `plan` says which object and why. (A field DataVolume does not
+    have, once this test's override, is refused earlier now, by the scope check.)"""
     ctx.settle(fedora(ctx.ns))
     overrides = ctx.tmp_path / "templates"
     overrides.mkdir()
     default = load_templates(None).path_of("datavolume-live.j2")
-    text = default.read_text().replace("spec:\n", "spec:\n  preallocationz: true\n", 1)
-    assert "preallocationz" in text
+    bad = '  annotations:\n    "vmstorage.dev/two words": "x"\n'
+    text = default.read_text().replace("  annotations:\n", bad, 1)
+    assert "two words" in text
     (overrides / "datavolume-live.j2").write_text(text)
 
-    rc, out, _ = ctx.plan("--server-dry-run", "--templates", overrides)
-    assert rc == 2
+    rc, out, err = ctx.plan("--server-dry-run", "--templates", overrides)
+    assert rc == 2, err
     assert f"DataVolume/{ctx.ns}/vm-fedora-disk-mig-" in out
-    assert 'unknown field "spec.preallocationz"' in out
+    assert "two words" in out and "Invalid value" in out
 
 
 # --------------------------------------------------------------------------------------------
