@@ -494,23 +494,28 @@ def status(
             entry = _status_entry(namespace, vm)
             if entry is not None:
                 entries.append(entry)
-    entries += _missing_vms(cluster, plans, listed)
-    entries += _open_elsewhere(cluster, selected)
+    everywhere = _all_vms(cluster)
+    entries += _missing_vms(plans, listed, everywhere)
+    entries += _open_elsewhere(everywhere, selected)
     return sorted(entries, key=lambda entry: entry[:2])
 
 
-def _open_elsewhere(cluster: Cluster, selected: set[str]) -> list[StatusEntry]:
-    """Open moves in namespaces no plan (nor ``-n``) names: `apply` finishes them whatever
-    the plans say, so `status` shows them too. One LIST across namespaces; none when RBAC
-    does not allow it (a namespaced install shows its own namespaces only)."""
+def _all_vms(cluster: Cluster) -> list[dict[str, Any]]:
+    """Every VM of the cluster in one LIST; [] when RBAC does not allow listing across
+    namespaces (a namespaced install sees its own namespaces only)."""
     try:
-        everything = cluster.list_objects(resources.VIRTUAL_MACHINES)
+        return cluster.list_objects(resources.VIRTUAL_MACHINES)
     except ClusterError as exc:
         if exc.code in (401, 403):
             return []
         raise
+
+
+def _open_elsewhere(everywhere: list[dict[str, Any]], selected: set[str]) -> list[StatusEntry]:
+    """Open moves in namespaces no plan (nor ``-n``) names: `apply` finishes them whatever
+    the plans say, so `status` shows them too."""
     found: list[StatusEntry] = []
-    for vm in everything:
+    for vm in everywhere:
         meta = vm.get("metadata") or {}
         namespace = str(meta.get("namespace") or "")
         if namespace in selected or names.JOURNAL_ANNOTATION not in (meta.get("annotations") or {}):
@@ -538,26 +543,19 @@ def _status_entry(namespace: str, vm: dict[str, Any]) -> StatusEntry | None:
 
 
 def _missing_vms(
-    cluster: Cluster, plans: Sequence[Plan], listed: set[tuple[str, str]]
+    plans: Sequence[Plan], listed: set[tuple[str, str]], everywhere: list[dict[str, Any]]
 ) -> list[StatusEntry]:
     """The VMs the plans name that do not exist, each with the VM it probably meant: of every
-    namespace when RBAC lets us list VMs across them (one LIST, only when a VM is missing),
-    else of the namespaces listed."""
+    namespace (``everywhere``, when RBAC let us list VMs across them), else of those listed."""
     missing = {
         (p.namespace, s.name): p.name
         for p in plans
         for s in p.virtual_machines
         if (p.namespace, s.name) not in listed
     }
-    if not missing:
-        return []
-    known = set(listed)
-    try:
-        everywhere = cluster.list_objects(resources.VIRTUAL_MACHINES)
-        known |= {(str(o["metadata"]["namespace"]), str(o["metadata"]["name"])) for o in everywhere}
-    except ClusterError as exc:
-        if exc.code != 403:
-            raise
+    known = set(listed) | {
+        (str(o["metadata"]["namespace"]), str(o["metadata"]["name"])) for o in everywhere
+    }
     return [
         (namespace, name, None, None, "", vm_not_found(namespace, name, plan, known))
         for (namespace, name), plan in sorted(missing.items())

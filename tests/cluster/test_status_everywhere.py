@@ -51,7 +51,12 @@ def test_status_of_plans_shows_an_open_move_in_a_namespace_they_no_longer_name(
     create(api, fedora(namespace, running=False))  # the plan's own VM, nothing open on it
     path = plan_file(tmp_path, namespace)
 
-    rc = main(["status", str(path), "-o", "json", "--kubeconfig", str(control_plane.kubeconfig)])
+    try:
+        rc = main(
+            ["status", str(path), "-o", "json", "--kubeconfig", str(control_plane.kubeconfig)]
+        )
+    finally:  # a later `apply` would find (and refuse) this hand-made journal
+        api.delete(version="kubevirt.io/v1", namespace=elsewhere, url="virtualmachines")
 
     out, err = capsys.readouterr()
     doc = json.loads(out)
