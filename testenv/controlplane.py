@@ -85,6 +85,7 @@ class ControlPlane:
         self._log = log
         self._apiserver_extra = tuple(apiserver_args)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.namespaces_created: list[str] = []  # by ``create_namespace``, in order
         self.workdir: Path | None = None
         self.kubeconfig = Path()
         self.server = ""
@@ -340,7 +341,9 @@ class ControlPlane:
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"generateName": f"{prefix}-"}}
         response = api.post(url="namespaces", data=json.dumps(body))
         api.raise_for_status(response)
-        return str(response.json()["metadata"]["name"])
+        name = str(response.json()["metadata"]["name"])
+        self.namespaces_created.append(name)
+        return name
 
     def service_account_token(
         self, namespace: str, name: str, *, expiration_seconds: int = 3600
