@@ -5,7 +5,7 @@ The fleet, in one namespace (``FLEET``): running and stopped VMs, moved live and
 retention Keep and Delete, disks from dataVolumeTemplates, standalone DataVolumes and plain
 PVCs; one VM's first migration fails (``--max-migration-attempts 1`` turns that into a rolled
 back move) and one clone fails three times (a ``copy-failed`` rollback), so the storm also hits
-rollbacks. Copies and migrations take about 4 s per disk (``COPY_SECONDS_PER_GIB``), so kills
+rollbacks. Copies and migrations take about 6 s per disk (``COPY_SECONDS_PER_GIB``), so kills
 land mid-copy and mid-migration, not only between steps; KubeVirt's back-off before it retries
 a failed migration is cut from 20 s to 0.5 s, so a rolled-back VM does not idle the storm.
 
@@ -57,7 +57,7 @@ from tests.support.moves import Disk, disks_of, vm_manifest
 SEED = int(os.environ.get("VMSR_STORM_SEED", "20260"))
 KILLS = 18
 DELAY = (0.2, 4.0)
-COPY_SECONDS_PER_GIB = 2.0  # 2Gi disks: a clone or a migration takes about 4 s
+COPY_SECONDS_PER_GIB = 3.0  # 2Gi disks: a clone or a migration takes about 6 s
 MIGRATION_BACKOFF = 0.5  # KubeVirt's retry delay after a failed migration (20 s upstream)
 KV = "kubevirt.io/v1"
 CDI = "cdi.kubevirt.io/v1beta1"
