@@ -7,9 +7,10 @@ with the journal as it is (SIGTERM, lost Lease), and let ``ClusterError`` throug
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -81,6 +82,25 @@ class MoveRun:
     journal_text: str | None = None
     # Why what the waits see may be stale (``Lease.overdue``): shown instead of progress.
     health: Callable[[], str | None] = lambda: None
+
+    def conflicts(self, *, patient: bool = False) -> Iterator[int]:
+        """Attempts at a write that may conflict: yields 0, 1, 2, ... and, between attempts,
+        waits a jittered, doubling pause (so two writers that collided do not collide again in
+        lockstep), for at most ``patch_budget`` seconds (``rollback_patch_budget`` when
+        ``patient``: a rollback must not give up and leave a VM stopped). The caller returns
+        from inside the loop when its write lands; running out is its to report."""
+        budget = self.settings.rollback_patch_budget if patient else self.settings.patch_budget
+        give_up = time.monotonic() + budget
+        pause = 0.05
+        attempt = 0
+        while True:
+            yield attempt
+            attempt += 1
+            if time.monotonic() + pause > give_up:
+                return
+            self.stop.wait(random.uniform(pause / 2, pause))
+            self.check_stop()
+            pause = min(pause * 2, 2.0)
 
     def check_stop(self) -> None:
         self.guard()

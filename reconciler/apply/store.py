@@ -26,7 +26,6 @@ from reconciler.model.journal import Journal, LastMigration
 from reconciler.model.names import JOURNAL_ANNOTATION, LAST_MIGRATION_ANNOTATION
 
 Obj = dict[str, Any]
-_ATTEMPTS = 5
 
 
 def pointer(key: str) -> str:
@@ -104,7 +103,9 @@ def write(run: MoveRun, journal: Journal) -> Journal:
     journal there is not ours; ClusterError when the write keeps failing."""
     journal = replace(journal, fence=run.token)
     text = journals.encode(journal)
-    for _ in range(_ATTEMPTS):
+    # A move's first write tests the resourceVersion (JSON patch cannot test that a member is
+    # absent), so any write to the VM races it: retried with backoff like every VM patch.
+    for _ in run.conflicts(patient=journal.rolling_back):
         vm = read_vm(run)
         if vm is None:
             raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
@@ -143,7 +144,7 @@ def _counted(vm: Obj, last: LastMigration) -> LastMigration:
 def close(run: MoveRun, journal: Journal, last: LastMigration) -> None:
     """Remove the journal (still ours) and leave ``last`` on the VM, in one patch. A VM that
     is gone has nothing to close."""
-    for _ in range(_ATTEMPTS):
+    for _ in run.conflicts(patient=True):
         vm = read_vm(run)
         if vm is None:
             return

@@ -13,8 +13,6 @@ clobber).
 from __future__ import annotations
 
 import contextlib
-import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -104,10 +102,7 @@ def patch_vm(
     stopped). A 409/422 with an unchanged resourceVersion is not a race but a refusal
     (admission, a value that no longer matches): StepFailed ``refused_rule``.
     """
-    budget = run.settings.rollback_patch_budget if patient else run.settings.patch_budget
-    give_up = time.monotonic() + budget
-    pause = 0.05
-    while True:
+    for _ in run.conflicts(patient=patient):
         vm = read_vm(run)
         if vm is None:
             raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
@@ -127,15 +122,10 @@ def patch_vm(
                 check_fence(run, again)
                 if again["metadata"].get("resourceVersion") == version:
                     raise StepFailed(refused_rule, str(exc)) from exc
-        if time.monotonic() + pause > give_up:
-            raise StepFailed(
-                "vm-changed",
-                f"the VM kept changing under us for {budget:.0f}s; nothing was overwritten",
-            )
-        # Jittered, so two writers that collided do not collide again in lockstep.
-        run.stop.wait(random.uniform(pause / 2, pause))
-        run.check_stop()
-        pause = min(pause * 2, 2.0)
+    raise StepFailed(
+        "vm-changed",
+        "the VM kept changing under what we were about to change; nothing was overwritten",
+    )
 
 
 def _stop(run: MoveRun, journal: Journal) -> Journal:

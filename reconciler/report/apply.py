@@ -62,8 +62,10 @@ def apply_document(report: ApplyReport) -> dict[str, Any]:
         "outcomes": [_outcome_doc(o) for o in report.outcomes],
         "blocked": [vm_doc(v) for v in report.verdicts if v.action is Action.BLOCKED],
         "pending": list(report.pending),
+        "backingOff": list(report.backing_off),
         "outsideWindow": list(report.outside_window),
         "stoppedEarly": report.stopped_early or None,
+        "notes": list(report.notes),
         "nothingSelected": [empty_plan_doc(e) for e in report.empty_plans],
     }
 
@@ -89,8 +91,11 @@ def apply_text(report: ApplyReport) -> str:
     for verdict in report.verdicts:
         if verdict.action is Action.BLOCKED:
             lines.append(f"VM {verdict.namespace}/{verdict.name}: {first_to_do(verdict)}")
+    backing_off = set(report.backing_off)
     for key in report.pending:
-        lines.append(f"VM {key}: pending (left for the next run)")
+        if key not in backing_off:
+            lines.append(f"VM {key}: pending (left for the next run)")
+    lines += list(report.notes)  # e.g. "VM ns/x: backing off until ... after 2 failed move(s)"
     for key in report.outside_window:
         lines.append(f"VM {key}: waiting for its maintenance window")
     if report.stopped_early:

@@ -15,7 +15,7 @@ decisions of `apply`'s state machine):
 7. retention Delete in the journal yields to a plan changed to Keep;
 8. backoff after a failed move; one move of a VM per run, also after a resumed rollback;
 10. a busy writer (~80 unrelated VM patches/s) makes neither a move nor a rollback give up
-    (and, a strict xfail: nor the first journal write of a move, a product bug);
+    (nor the first journal write of a move);
 13. a target deleted mid-migration fails the move at once; a VM deleted while no run is active
     leaves no target behind.
 
@@ -565,7 +565,7 @@ def busy(ctx: Moves, monkeypatch: pytest.MonkeyPatch) -> Iterator[Release]:
 
 def test_a_busy_writer_does_not_make_an_offline_move_give_up(ctx: Moves, busy: Release) -> None:
     """Case 10: ~80 unrelated patches a second to the VM throughout an offline move of the
-    running VM (from its first journal write on: the first write is the xfail test below):
+    running VM (from its first journal write on: the first write is the test below):
     the stop, the swap and the start must not give up."""
     ctx.make("vm1", ROOT)
     content = ctx.content(SOURCE)
@@ -614,15 +614,6 @@ def test_a_busy_writer_does_not_leave_a_rolled_back_vm_stopped(ctx: Moves, busy:
     assert ctx.journal("vm1") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug: reconciler/apply/store.py write() guards the first journal write of a "
-        "move with a resourceVersion test (_guarded, no journal yet) and retries it _ATTEMPTS=5 "
-        "times back to back (no backoff, no budget, unlike vm_steps.patch_vm): a busy writer "
-        "makes it raise ClusterError ('the journal could not be written'), aborting the run"
-    ),
-)
 def test_a_busy_writer_does_not_keep_a_move_from_starting(
     ctx: Moves, monkeypatch: pytest.MonkeyPatch
 ) -> None:
