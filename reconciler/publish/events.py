@@ -130,9 +130,10 @@ def event_body(
 
 
 class Events:
-    """Sends Events for one run. Never raises: a failure is logged (the first refusal also
-    said on ``warn``) and, when the API refuses Events outright (403, 404), Events are off
-    for the rest of the run."""
+    """Sends Events for one run. Never raises: a failure is logged (the first refusal in a
+    namespace also said on ``warn``) and, when the API refuses Events in a namespace outright
+    (403: RBAC is granted per namespace; 404: no such namespace, say a plan's typo), Events
+    are off in that namespace for the rest of the run, and still sent everywhere else."""
 
     def __init__(
         self,
@@ -149,7 +150,7 @@ class Events:
         self.now = now
         self.warn = warn
         self.sent = 0
-        self.enabled = True
+        self.off: set[str] = set()  # namespaces where Events were refused outright
         self._uids: dict[tuple[str, str], str | None] = {}
 
     def uid(self, namespace: str, vm: str) -> str | None:
@@ -161,15 +162,17 @@ class Events:
         return self._uids[key]
 
     def emit(self, namespace: str, vm: str, notice: Notice) -> None:
-        if not self.enabled:
+        if namespace in self.off:
             return
         try:
             self._emit(namespace, vm, notice)
         except ClusterError as exc:
             log.warning("Event %s on %s/%s not sent: %s", notice.reason, namespace, vm, exc)
             if exc.code in (403, 404):
-                self.enabled = False
-                self.warn(f"warning: Events are off for this run: {exc}")
+                self.off.add(namespace)
+                self.warn(f"warning: Events are off in namespace {namespace} for this run: {exc}")
+        except Exception as exc:  # e.g. the run lost its Lease: no write is allowed any more
+            log.warning("Event %s on %s/%s not sent: %s", notice.reason, namespace, vm, exc)
 
     def _emit(self, namespace: str, vm: str, notice: Notice) -> None:
         now = self.now()
