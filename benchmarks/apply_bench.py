@@ -429,6 +429,7 @@ def run_apply(
         BENCH_NS,
         "-o",
         "json",
+        "--compact",
     ]
     prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
     say(f"apply: the VMs of {ns} ...")

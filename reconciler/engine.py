@@ -28,6 +28,7 @@ from reconciler.diff.judge import diff
 from reconciler.gitsource import GitSpec, PlanSource, resolve
 from reconciler.kube import resources
 from reconciler.kube.client import Cluster, load_client
+from reconciler.kube.kubeconfig import context_namespace
 from reconciler.model import journal as journals
 from reconciler.model import names
 from reconciler.model.errors import ClusterError, Problem, UserError
@@ -39,7 +40,7 @@ from reconciler.model.plan import Plan
 from reconciler.model.progress import tagged
 from reconciler.model.verdict import Action, EmptyPlan, Finding, VMVerdict
 from reconciler.observe.fetch import fetch
-from reconciler.plans.load import load_plans
+from reconciler.plans.load import load_plans, read_plans
 from reconciler.publish.metrics import JOB, Metrics
 from reconciler.publish.reporting import Reporting
 from reconciler.render.move import RenderedVM, render_vm
@@ -125,9 +126,13 @@ def plan(
     (``load_plans``). ``git``: the plans are fetched from there (``plan_source``).
     """
     source = plan_source(paths, git, progress)
-    plans = require_plans(
-        load_plans(source.paths, allowed_namespaces=allowed_namespaces, namespace=namespace),
+    plans = plans_for_run(
         source.paths,
+        allowed_namespaces=allowed_namespaces,
+        namespace=namespace,
+        kubeconfig=kubeconfig,
+        context=context,
+        progress=progress,
     )
     templates = load_templates(templates_dir)
     cluster = Cluster(load_client(kubeconfig, context))
@@ -217,16 +222,43 @@ def plan_source(
     return source
 
 
-def require_plans(plans: tuple[Plan, ...], paths: Sequence[str | Path]) -> tuple[Plan, ...]:
+def plans_for_run(
+    paths: Sequence[str | Path],
+    *,
+    allowed_namespaces: frozenset[str] | None,
+    namespace: str | None,
+    kubeconfig: str | None,
+    context: str | None,
+    progress: Progress,
+) -> tuple[Plan, ...]:
+    """The plans under ``paths`` by kubectl's namespace rules (``-n``, else the kubeconfig
+    context's namespace for a document without one), at least one (``require_plans``); the
+    documents skipped as not plans are told in one note."""
+    found = read_plans(
+        paths,
+        allowed_namespaces=allowed_namespaces,
+        namespace=namespace,
+        default_namespace=None if namespace else context_namespace(kubeconfig, context),
+    )
+    if found.note:
+        progress(f"note: {found.note}")
+    return require_plans(found.plans, paths, skipped=len(found.skipped))
+
+
+def require_plans(
+    plans: tuple[Plan, ...], paths: Sequence[str | Path], *, skipped: int = 0
+) -> tuple[Plan, ...]:
     """``plans``, or a ``UserError`` when there are none: with no plan, ``plan`` would list
     the whole cluster and report "converged". Checked before any request is sent."""
     if plans:
         return plans
+    others = f" ({skipped} document(s) of other kinds were skipped)" if skipped else ""
     raise UserError(
         [
             Problem(
                 None,
-                f"no plans in {', '.join(str(p) for p in paths)}: the files hold no plan documents",
+                f"no plans in {', '.join(str(p) for p in paths)}: the files hold no plan "
+                f"documents{others}",
                 "add a StoragePlan (docs/plans.md), or point at the directory that holds them",
             )
         ]
@@ -354,9 +386,13 @@ def apply(
     source = plan_source(paths, git, progress)
     commit = commit or source.commit
     progress = tagged(progress, commit=commit)  # JSON logs: every line names the commit
-    plans = require_plans(
-        load_plans(source.paths, allowed_namespaces=allowed_namespaces, namespace=namespace),
+    plans = plans_for_run(
         source.paths,
+        allowed_namespaces=allowed_namespaces,
+        namespace=namespace,
+        kubeconfig=kubeconfig,
+        context=context,
+        progress=progress,
     )
     templates = load_templates(templates_dir)
     cluster = Cluster(load_client(kubeconfig, context))
@@ -466,25 +502,34 @@ def status(
     paths: Sequence[str | Path],
     *,
     namespaces: Sequence[str] = (),
+    all_namespaces: bool = False,
     kubeconfig: str | None = None,
     context: str | None = None,
 ) -> list[StatusEntry]:
     """Every VM of the plans' namespaces (and ``namespaces``) that has a journal or a last
-    migration record, in (namespace, name) order. Reads only the VMs: one LIST per namespace."""
+    migration record, in (namespace, name) order. Reads only the VMs: one LIST per namespace.
+    As ``kubectl get``: with neither plans nor ``namespaces``, the kubeconfig context's
+    namespace (``default`` when it sets none); ``all_namespaces``: every namespace, in one
+    LIST."""
     selected = set(namespaces)
-    plans = load_plans(paths) if paths else ()
+    default = context_namespace(kubeconfig, context)
+    plans = load_plans(paths, default_namespace=default) if paths else ()
     selected |= {p.namespace for p in plans}
-    if not selected:
-        raise UserError(
-            [
-                Problem(
-                    None, "no namespace to show", "pass plan files or directories, or -n NAMESPACE"
-                )
-            ]
-        )
+    if not selected and not all_namespaces:
+        selected = {default or "default"}
     cluster = Cluster(load_client(kubeconfig, context))
     entries: list[StatusEntry] = []
     listed: set[tuple[str, str]] = set()
+    if all_namespaces:
+        everywhere = cluster.list_objects(resources.VIRTUAL_MACHINES)
+        for vm in everywhere:
+            meta = vm.get("metadata") or {}
+            listed.add((str(meta.get("namespace")), str(meta.get("name"))))
+            entry = _status_entry(str(meta.get("namespace")), vm)
+            if entry is not None:
+                entries.append(entry)
+        entries += _missing_vms(plans, listed, everywhere)
+        return sorted(entries, key=lambda entry: entry[:2])
     for namespace in sorted(selected):
         for vm in sorted(
             cluster.list_objects(resources.VIRTUAL_MACHINES, namespace),

@@ -20,9 +20,11 @@ from reconciler.cli import plan as plan_command
 from reconciler.cli.common import (
     add_cluster_options,
     add_command,
+    add_output_option,
     add_plan_inputs,
     add_reporting_options,
     allowed_namespaces,
+    dump_output,
     git_spec,
     progress,
     reporting_options,
@@ -31,7 +33,6 @@ from reconciler.cli.version import versioned
 from reconciler.model.errors import ExitCode
 from reconciler.model.outcome import INTERRUPTED, ApplyReport
 from reconciler.report.apply import apply_document, apply_text
-from reconciler.report.documents import dump
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,7 +48,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "goes to stderr; stdout has the report. Safe to kill at any point: the next run "
         "resumes from the journal.",
     )
-    add_apply_options(parser)
+    add_apply_options(parser, compact=True)
     parser.add_argument(
         "--dry-run", action="store_true", help="change nothing: the same as `plan --server-dry-run`"
     )
@@ -55,18 +56,25 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--verbose", "-v", action="store_true", help=argparse.SUPPRESS)
 
 
-def add_apply_options(parser: argparse.ArgumentParser) -> None:
-    """What `apply` and `run` share: plan inputs (with --git-repo), cluster, output, limits."""
+def add_apply_options(parser: argparse.ArgumentParser, *, compact: bool) -> None:
+    """What `apply` and `run` share: plan inputs (with --git-repo), cluster, output, limits.
+    ``compact``: offer ``--compact`` (``run`` writes one compact JSON line per run anyway)."""
     add_plan_inputs(parser, git=True)
     add_cluster_options(parser)
     add_reporting_options(parser)
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=["text", "json", "yaml"],
-        default="text",
-        help="text, or an ApplyReport document (json | yaml)",
-    )
+    if compact:
+        add_output_option(
+            parser, ("text", "json", "yaml"), "text, or an ApplyReport document (json | yaml)"
+        )
+    else:
+        parser.add_argument(
+            "-o",
+            "--output",
+            choices=["text", "json", "yaml"],
+            default="text",
+            help="text, or an ApplyReport per run: json (one compact line per run, a stream) "
+            "or yaml",
+        )
     parser.add_argument(
         "--detailed-exitcode",
         action="store_true",
@@ -79,7 +87,8 @@ def add_apply_options(parser: argparse.ArgumentParser) -> None:
         "--max-vms",
         type=_positive,
         metavar="N",
-        help="start at most N new moves in this run (open journals are always finished first)",
+        help="start at most N new moves in this run (open journals are always finished first) "
+        "(default: no limit)",
     )
     parser.add_argument(
         "--lease-namespace",
@@ -108,7 +117,8 @@ def add_apply_options(parser: argparse.ArgumentParser) -> None:
         "--templates",
         metavar="DIR",
         type=Path,
-        help="directory of Jinja templates overriding the defaults",
+        help="directory of Jinja templates overriding the shipped ones one file at a time "
+        "(default: none, the shipped templates)",
     )
 
 
@@ -189,7 +199,7 @@ def engine_options(args: argparse.Namespace, err: TextIO) -> dict[str, Any]:
 
 def write_report(out: TextIO, args: argparse.Namespace, report: ApplyReport) -> None:
     if args.output != "text":
-        out.write(dump(versioned(apply_document(report)), args.output, pretty=out.isatty()))
+        out.write(dump_output(versioned(apply_document(report)), args))
     else:
         out.write(apply_text(report))
 

@@ -6,18 +6,23 @@ import argparse
 import io
 import logging
 import os
+import re
+import shutil
 import sys
+import textwrap
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from reconciler.cli.version import exit_codes_epilog
 from reconciler.gitsource import GIT_MAX_BYTES, GIT_TIMEOUT, PASSWORD_ENV, USERNAME_ENV, GitSpec
-from reconciler.model.errors import EXIT_CODE_TABLE, Problem, UserError
+from reconciler.model.errors import EXIT_CODE_TABLE, ExitCode, Problem, UserError
 from reconciler.model.progress import fields_of
 from reconciler.model.quantity import parse_quantity
 from reconciler.model.text import redact_urls, shown, split_userinfo
 from reconciler.publish.metrics import gateway_url, read_basic_auth
+from reconciler.report.documents import dump
 from reconciler.report.logs import KEYS, level_of, log_line
 
 PROG = "vm-storage-reconciler"
@@ -28,8 +33,161 @@ examples:
   vm-storage-reconciler plan plans/ --kubeconfig ~/.kube/config
   vm-storage-reconciler plan plans/seed -o json --show-manifests
   vm-storage-reconciler plan plans/ --server-dry-run
+  vm-storage-reconciler apply plans/
+  vm-storage-reconciler status -A
 """
 EXIT_CODES = exit_codes_epilog(EXIT_CODE_TABLE) + "\n" + EXAMPLES
+
+_CLUSTER = (
+    ExitCode.CLUSTER_ERROR,
+    "cluster error: the API server could not be reached or refused a request (401, 403, 5xx), "
+    "or the exec credential plugin failed; an internal error after the cluster was contacted",
+)
+_BAD_INPUT = (
+    ExitCode.BAD_INPUT,
+    "bad input: plans, flags or kubeconfig (nothing was changed); an internal error before the "
+    "cluster was contacted; output that could not be written",
+)
+COMMAND_EXIT_CODES: dict[str, tuple[tuple[ExitCode, str], ...]] = {
+    "validate": (
+        (ExitCode.OK, "the plans are valid"),
+        (
+            ExitCode.BAD_INPUT,
+            "invalid plans, paths or flags, each problem with file:line and a hint; output "
+            "that could not be written",
+        ),
+    ),
+    "plan": (
+        (ExitCode.OK, "in sync: nothing to move"),
+        (ExitCode.PENDING, "changes pending: volumes to move, blocked or in progress"),
+        (
+            ExitCode.BAD_INPUT,
+            _BAD_INPUT[1] + "; or the server dry run refused an object (HTTP 400, 409, 422)",
+        ),
+        _CLUSTER,
+        (ExitCode.NOTHING_SELECTED, "a plan selected no VM (the other plans are still shown)"),
+    ),
+    "apply": (
+        (
+            ExitCode.OK,
+            "it did all it could: every move it started is verified; VMs blocked, outside "
+            "their window, left by --max-vms, and a Lease held by another run at the start are "
+            "states (Events, metrics, the status ConfigMap), not failures",
+        ),
+        (
+            ExitCode.PENDING,
+            "stopped by SIGTERM before the end (the VM in flight journaled); with "
+            "--detailed-exitcode also: work remains (blocked, in progress, --max-vms)",
+        ),
+        (
+            ExitCode.BAD_INPUT,
+            _BAD_INPUT[1] + "; a missing Lease namespace; with --dry-run, the server dry run "
+            "refused an object",
+        ),
+        (
+            ExitCode.VM_FAILED,
+            "a VM failed: rolled back, or its rollback could not finish (also a run stopped "
+            "by 3 failures in a row); see its Events",
+        ),
+        (
+            ExitCode.LOCKED,
+            "this run lost its Lease mid-run and stopped (the VM in flight journaled); with "
+            "--detailed-exitcode also: another run held the Lease at the start",
+        ),
+        (
+            ExitCode.OUTSIDE_WINDOW,
+            "only with --detailed-exitcode: no move could start, every selected VM's window "
+            "was shut",
+        ),
+        _CLUSTER,
+        (ExitCode.NOTHING_SELECTED, "a plan selected no VM (the other plans still acted)"),
+    ),
+    "run": (
+        (
+            ExitCode.OK,
+            "stopped by SIGTERM or SIGINT (each run's own exit code is printed on stderr as it "
+            "ends; a failed run never ends the loop)",
+        ),
+        (
+            ExitCode.BAD_INPUT,
+            "bad flags, a --metrics-port that cannot be bound, an unreadable "
+            "--pushgateway-auth-file",
+        ),
+        (ExitCode.CLUSTER_ERROR, "an internal error of the loop after a run contacted the cluster"),
+    ),
+    "status": (
+        (ExitCode.OK, "no move is in flight"),
+        (ExitCode.PENDING, "a move is in flight (a journal on a VM)"),
+        _BAD_INPUT,
+        _CLUSTER,
+    ),
+}
+"""The exit codes each command can return, for its ``--help`` (a subset of
+``EXIT_CODE_TABLE``; tests/unit/test_cli.py checks both)."""
+
+
+def command_epilog(name: str) -> str:
+    """``name --help``'s epilog: only the exit codes that command can return."""
+    lines = ["exit codes:"]
+    lines += [f"  {int(code)}  {meaning}" for code, meaning in COMMAND_EXIT_CODES[name]]
+    return "\n".join(lines) + "\n"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` for people: descriptions wrapped to the terminal (at most 100 columns),
+    the epilog's tables (indented lines) wrapped with a hanging indent, and every option's
+    default shown (appended when its help does not already say it)."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        width = kwargs.pop("width", None) or shutil.get_terminal_size().columns - 2
+        super().__init__(prog, width=max(min(width, 100), 40), **kwargs)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.strip("\n").split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line[:1].isspace() for line in lines):  # a table: line by line
+                paragraphs.append("\n".join(_hanging(line, width, indent) for line in lines))
+            else:
+                paragraphs.append(
+                    textwrap.fill(
+                        " ".join(paragraph.split()),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                        break_on_hyphens=False,
+                    )
+                )
+        return "\n\n".join(paragraphs) + "\n"
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default in (None, False, argparse.SUPPRESS)
+            or "default" in text
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _hanging(line: str, width: int, indent: str) -> str:
+    """A table row (``  CODE  meaning``) wrapped under its meaning."""
+    head = re.match(r"^(\s+\S+\s{2,})\S", line)
+    if len(indent + line) <= width or head is None:
+        return indent + line
+    lead = indent + head.group(1)
+    return textwrap.fill(
+        line[len(head.group(1)) :],
+        width,
+        initial_indent=lead,
+        subsequent_indent=" " * len(lead),
+        break_on_hyphens=False,
+    )
 
 
 def add_command(
@@ -39,13 +197,14 @@ def add_command(
     help: str,
     description: str,
 ) -> argparse.ArgumentParser:
-    """A sub-command parser with the shared epilog and the shared ``--debug`` option."""
+    """A sub-command parser with its exit codes as epilog, the shared ``--debug`` and
+    ``--log-format`` options, and ``HelpFormatter``."""
     parser = commands.add_parser(
         name,
         help=help,
         description=description,
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=command_epilog(name),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--debug",
@@ -56,11 +215,28 @@ def add_command(
         "--log-format",
         choices=["text", "json"],
         default="text",
-        help="stderr as text (default) or JSON lines: one object per line with time, level, "
+        help="stderr as text or JSON lines: one object per line with time, level, "
         "msg, runId, commit, namespace, vm, volume, step, migrationId (warnings of the "
         "standard logging module included)",
     )
     return parser
+
+
+def add_output_option(parser: argparse.ArgumentParser, choices: tuple[str, ...], help: str) -> None:
+    """``-o/--output`` (default text) and ``--compact``: JSON is indented, as kubectl prints
+    it, unless ``--compact`` asks for one line."""
+    parser.add_argument("-o", "--output", choices=choices, default="text", help=help)
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="with -o json: one line, no indentation (for line-oriented tools; faster for "
+        "thousands of VMs)",
+    )
+
+
+def dump_output(document: Mapping[str, Any], args: argparse.Namespace) -> str:
+    """``document`` as ``-o`` asks: JSON indented unless ``--compact``, or YAML."""
+    return dump(document, args.output, pretty=not getattr(args, "compact", False))
 
 
 def add_reporting_options(parser: argparse.ArgumentParser) -> None:
@@ -151,7 +327,8 @@ def add_plan_inputs(parser: argparse.ArgumentParser, *, git: bool = False) -> No
         metavar="NS",
         help="kubectl's rule for plan documents: one without a namespace (metadata.namespace "
         "of a KMC plan, spec.namespace of a StoragePlan) acts in NS; one naming another "
-        "namespace is an error",
+        "namespace is an error (default: the kubeconfig context's namespace, for documents "
+        "without one)",
     )
 
 
@@ -166,7 +343,7 @@ def add_git_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="repository URL (https, ssh or a path). Credentials in it are never printed nor "
         "put on git's command line, but on ours they are visible in ps: prefer "
-        f"--git-credentials-file or ${PASSWORD_ENV}",
+        f"--git-credentials-file or ${PASSWORD_ENV} (default: none, the plans are PATH)",
     )
     group.add_argument(
         "--git-ref", metavar="REF", default="main", help="branch, tag or full SHA (default: main)"
@@ -254,7 +431,9 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
         help="kubeconfig file (default: $KUBECONFIG, "
         "~/.kube/config, then the in-cluster ServiceAccount)",
     )
-    parser.add_argument("--context", help="kubeconfig context to use")
+    parser.add_argument(
+        "--context", help="kubeconfig context to use (default: the current-context)"
+    )
 
 
 def allowed_namespaces(args: argparse.Namespace) -> frozenset[str] | None:

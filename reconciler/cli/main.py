@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from typing import TextIO, cast
 
 from reconciler.cli import apply, plan, run, status, validate
-from reconciler.cli.common import EXIT_CODES, PROG, JsonLines, configure_logging
+from reconciler.cli.common import EXIT_CODES, PROG, HelpFormatter, JsonLines, configure_logging
 from reconciler.cli.version import version, versioned
 from reconciler.kube.client import clients_loaded
 from reconciler.model.errors import ClusterError, ExitCode, UserError
@@ -36,7 +36,8 @@ Move KubeVirt VM disks between StorageClasses, declaratively.
 
 Plan files (YAML, in a Git checkout) say which StorageClass each VM disk should live on.
 `validate` checks them without a cluster; `plan` compares them with the live cluster and
-prints what would move, how (live volume migration or offline clone) and what is blocked.
+prints what would move, how (live volume migration or offline clone) and what is blocked;
+`apply` moves them; `status` shows moves in flight and each VM's last migration.
 """
 
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=DESCRIPTION,
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--version", action="version", version=f"{PROG} {version()}", help="print the version"
@@ -143,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "validate":
-        return int(validate.run(args, out))
+        return int(validate.run(args, out, err))
     if args.command == "apply":
         return int(apply.run(args, out, err))
     if args.command == "status":

@@ -11,14 +11,16 @@ from reconciler import engine
 from reconciler.cli.common import (
     add_cluster_options,
     add_command,
+    add_output_option,
     add_plan_inputs,
     allowed_namespaces,
+    dump_output,
     git_spec,
     progress,
 )
 from reconciler.cli.version import versioned
 from reconciler.model.errors import ExitCode
-from reconciler.report.documents import dump, plan_document
+from reconciler.report.documents import plan_document
 from reconciler.report.text import manifests_text, plan_text
 
 
@@ -33,13 +35,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_plan_inputs(parser, git=True)
     add_cluster_options(parser)
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=["text", "json", "yaml"],
-        default="text",
-        help="text (a table per VM), json (a PlanReport; indented on a terminal, one compact "
-        "line when piped) or yaml",
+    add_output_option(
+        parser, ("text", "json", "yaml"), "text (a table per VM), or a PlanReport document"
     )
     parser.add_argument(
         "--show-manifests",
@@ -55,7 +52,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--templates",
         metavar="DIR",
         type=Path,
-        help="directory of Jinja templates overriding the defaults one file at a time",
+        help="directory of Jinja templates overriding the shipped ones one file at a time "
+        "(default: none, the shipped templates)",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="list in-sync VMs in full")
 
@@ -94,8 +92,7 @@ def write(out: TextIO, args: argparse.Namespace, result: engine.PlanResult) -> N
             windows=result.windows,
             empty_plans=result.empty_plans,
         )
-        # Indented for a terminal, compact when piped (machines, `| jq`).
-        out.write(dump(versioned(doc), args.output, pretty=out.isatty()))
+        out.write(dump_output(versioned(doc), args))  # indented unless --compact
         return
     out.write(
         plan_text(

@@ -59,7 +59,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "/healthz (the loop runs) and /readyz (the last run reached the API server) (default: "
         "$VMSR_METRICS_PORT; none)",
     )
-    add_apply_options(parser)
+    add_apply_options(parser, compact=False)
 
 
 def _port(text: str) -> int:

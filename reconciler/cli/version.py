@@ -8,7 +8,6 @@ it (``reconcilerVersion``), the API requests' User-Agent names it, and the image
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,10 +32,8 @@ def versioned(document: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def exit_codes_epilog(table: Sequence[ExitCodeDoc]) -> str:
-    """``--help``'s exit-code section, from the one table (``model.errors.EXIT_CODE_TABLE``)."""
+    """``--help``'s exit-code section, from the one table (``model.errors.EXIT_CODE_TABLE``):
+    one line per code, wrapped under its meaning by ``cli.common.HelpFormatter``."""
     lines = ["exit codes:"]
-    for row in table:
-        wrapped = textwrap.wrap(row.meaning, width=88)
-        lines.append(f"  {int(row.code)}  {wrapped[0]}")
-        lines.extend(f"     {more}" for more in wrapped[1:])
+    lines += [f"  {int(row.code)}  {row.meaning}" for row in table]
     return "\n".join(lines) + "\n"

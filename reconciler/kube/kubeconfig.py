@@ -42,6 +42,7 @@ _FILE_FIELDS = {
     "users": ("client-certificate", "client-key"),
 }
 _HINT = "pass --kubeconfig PATH, set KUBECONFIG, or run inside a pod with a ServiceAccount"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,26 @@ def config_paths(kubeconfig: str | None) -> tuple[list[Path], str] | None:
     if default.is_file():
         return [default], str(default)
     return None
+
+
+def context_namespace(kubeconfig: str | None, context: str | None) -> str | None:
+    """The namespace kubectl would use when neither ``-n`` nor a document names one: the
+    selected context's ``namespace``, in-cluster the ServiceAccount's namespace. None when
+    the context sets none, or when there is no usable kubeconfig (the client reports that
+    when it is made). Reads files only; no request."""
+    try:
+        found = config_paths(kubeconfig)
+        if found is None:
+            if not SERVICE_ACCOUNT_NAMESPACE.is_file():
+                return None
+            namespace = SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip()
+        else:
+            loaded = load(*found, context)
+            contexts = {e["name"]: e["context"] for e in loaded.doc["contexts"]}
+            namespace = contexts[loaded.context].get("namespace")
+    except (UserError, OSError, UnicodeDecodeError):
+        return None
+    return namespace if isinstance(namespace, str) and namespace else None
 
 
 def load(paths: Sequence[Path], origin: str, context: str | None) -> Loaded:

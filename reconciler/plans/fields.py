@@ -102,11 +102,14 @@ class Scope:
 
     ``allowed``: ``--allow-namespace`` (None: any). ``namespace``: ``-n/--namespace``, kubectl's
     rule: a namespaced document without a namespace lands in it, and a document that names a
-    different one is an error.
+    different one is an error. ``default``: the kubeconfig context's namespace, kubectl's
+    other rule: without ``-n``, a document without a namespace lands in it (one naming
+    another namespace is fine).
     """
 
     allowed: frozenset[str] | None = None
     namespace: str | None = None
+    default: str | None = None
 
 
 def read_name(
@@ -173,7 +176,8 @@ def read_scoped_namespace(
     ``node`` is the document's own namespace field (None when it has none) at ``path``;
     ``holder`` is the mapping that would hold it (where a missing namespace is reported) and
     ``what`` names the document kind in the hint. The document's namespace wins when it agrees
-    with ``-n``; without one, ``-n`` is used; with neither, a problem says how to set either.
+    with ``-n``; without one, ``-n`` is used, else the kubeconfig context's namespace; with
+    none of them, a problem says how to set one.
     """
     if node is not None:
         namespace = read_namespace(r, node, path, scope.allowed)
@@ -188,24 +192,27 @@ def read_scoped_namespace(
             )
             return None
         return namespace
-    if scope.namespace is None:
+    given = scope.namespace if scope.namespace is not None else scope.default
+    if given is None:
         r.report(
             holder,
             path,
             "missing required field 'namespace'",
             f"{what} acts in one namespace: set {path}, or pass -n/--namespace NAMESPACE "
-            "(as with kubectl, a document without a namespace lands in the given one)",
+            "(as with kubectl, a document without a namespace lands in the given one, else "
+            "in the kubeconfig context's namespace)",
         )
         return None
-    if scope.allowed is not None and scope.namespace not in scope.allowed:
+    if scope.allowed is not None and given not in scope.allowed:
+        origin = "-n/--namespace" if scope.namespace is not None else "the kubeconfig context"
         r.report(
             holder,
             path,
-            f"namespace '{scope.namespace}' (from -n/--namespace) is not allowed here",
+            f"namespace '{given}' (from {origin}) is not allowed here",
             _allowed_hint(scope.allowed),
         )
         return None
-    return scope.namespace
+    return given
 
 
 def read_plan_name(

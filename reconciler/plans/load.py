@@ -18,12 +18,22 @@ Accepted documents (any number per file, separated by ``---``; empty documents a
   ``<plan>-<namespace>`` (the name KMC gives the per-namespace plans it creates).
 - ``v1`` ``List`` whose ``items`` are any of the above (what ``kubectl get -o yaml`` prints).
 
+Documents that are clearly not plans, of a kind no plan has and an API group that is not a
+plan's (a VirtualMachine, a StorageClass, a Kustomization, a core ``v1`` ConfigMap: a GitOps
+repository mixes them with the plans), are skipped, not errors: ``read_plans`` returns them as
+``Skipped`` and ``skipped_note`` says so in one line. A document of a plan's group with an
+unknown kind (``vmstorage.dev/v1alpha1`` ``StorageClass``), or of a plan's kind in another
+group, is still an error: it is a plan with a typo.
+
 Checks across plans are ``crosscheck.check_across``; which files a path names is ``files``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from difflib import SequenceMatcher
 from pathlib import Path
 
 from reconciler.model.errors import PlanError, Problem
@@ -58,6 +68,12 @@ _ACCEPTED_HINT = (
     "migrations.kubevirt.io/v1alpha1 kind VirtualMachineStorageMigrationPlan or "
     "MultiNamespaceVirtualMachineStorageMigrationPlan"
 )
+_PLAN_GROUPS = frozenset(api.split("/")[0] for api, _ in ACCEPTED_KINDS)
+"""The API groups of plan documents (vmstorage.dev, migrations.kubevirt.io)."""
+MONOREPO_HINT = (
+    "to read only the plans, point at their directory (docs/plans.md, "
+    '"Plans in a GitOps repository")'
+)
 _STARTS_A_PLAN = (
     "this starts a kubevirt-migration-controller plan; here every plan in the repository is "
     "applied by `apply`: delete this document"
@@ -66,6 +82,30 @@ _NOT_PLAN_HINTS = {
     "VirtualMachineStorageMigration": _STARTS_A_PLAN,
     "MultiNamespaceVirtualMachineStorageMigration": _STARTS_A_PLAN,
 }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A document that is clearly not a plan (another API group, not a plan's kind): where it
+    is and what it is. Skipped, not an error."""
+
+    source: Source
+    api_version: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class PlanSet:
+    """What ``read_plans`` found: the plans, sorted by (namespace, name), and the documents
+    skipped because they are clearly not plans, in file order."""
+
+    plans: tuple[Plan, ...]
+    skipped: tuple[Skipped, ...] = ()
+
+    @property
+    def note(self) -> str:
+        """One line about the skipped documents ("" when none was)."""
+        return skipped_note(self.skipped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,26 +118,63 @@ def load_plans(
     *,
     allowed_namespaces: frozenset[str] | None = None,
     namespace: str | None = None,
+    default_namespace: str | None = None,
 ) -> tuple[Plan, ...]:
     """Read, validate and cross-check every plan under ``paths``.
 
     ``allowed_namespaces``: when set, a plan acting in any other namespace is a problem.
     ``namespace`` (``-n``): kubectl's rule for every namespaced document: one without a
     namespace acts in this one, one that names another is a problem.
+    ``default_namespace`` (the kubeconfig context's namespace): a document without a
+    namespace acts in it when ``namespace`` is not given; one naming another is fine.
     Returns the plans sorted by (namespace, name). Raises ``PlanError`` with every problem
     found (sorted by file and line) if there is any; then no plan is returned at all.
+    Documents that are clearly not plans are skipped (``read_plans`` says which).
     """
-    scope = _scope(allowed_namespaces, namespace)
+    return read_plans(
+        paths,
+        allowed_namespaces=allowed_namespaces,
+        namespace=namespace,
+        default_namespace=default_namespace,
+    ).plans
+
+
+def read_plans(
+    paths: Sequence[str | Path],
+    *,
+    allowed_namespaces: frozenset[str] | None = None,
+    namespace: str | None = None,
+    default_namespace: str | None = None,
+) -> PlanSet:
+    """``load_plans``, and the documents it skipped because they are clearly not plans."""
+    scope = _scope(allowed_namespaces, namespace, default_namespace)
     files, problems = expand(paths)
     plans: list[Plan] = []
+    skipped: list[Skipped] = []
     for path in files:
-        found, file_problems = _load_file(path, scope)
+        found, file_problems = _load_file(path, scope, skipped)
         plans.extend(found)
         problems.extend(file_problems)
     problems.extend(check_across(plans))
     if problems:
         raise PlanError(sorted(problems, key=_problem_order))
-    return tuple(sorted(plans, key=lambda plan: (plan.namespace, plan.name)))
+    return PlanSet(
+        tuple(sorted(plans, key=lambda plan: (plan.namespace, plan.name))), tuple(skipped)
+    )
+
+
+def skipped_note(skipped: Sequence[Skipped], *, most: int = 4) -> str:
+    """One line for the documents skipped as not plans, by kind, the most common first:
+    ``skipped 12 documents that are not plans: 10 VirtualMachine (kubevirt.io/v1), ...``."""
+    if not skipped:
+        return ""
+    kinds = Counter((s.kind, s.api_version) for s in skipped)
+    ranked = sorted(kinds.items(), key=lambda item: (-item[1], item[0]))
+    shown = [f"{count} {kind} ({api})" for (kind, api), count in ranked[:most]]
+    if len(ranked) > most:
+        shown.append(f"{len(ranked) - most} more kind(s)")
+    noun = "document that is not a plan" if len(skipped) == 1 else "documents that are not plans"
+    return f"skipped {len(skipped)} {noun} (other API groups): {', '.join(shown)}; " + MONOREPO_HINT
 
 
 def parse_plans(
@@ -108,15 +185,18 @@ def parse_plans(
     namespace: str | None = None,
 ) -> tuple[Plan, ...]:
     """``load_plans`` for one YAML text (e.g. stdin); ``file`` names it in problems."""
-    plans, problems = _parse_text(text, file, _scope(allowed_namespaces, namespace))
+    plans, problems = _parse_text(text, file, _scope(allowed_namespaces, namespace), [])
     problems.extend(check_across(plans))
     if problems:
         raise PlanError(sorted(problems, key=_problem_order))
     return tuple(sorted(plans, key=lambda plan: (plan.namespace, plan.name)))
 
 
-def _scope(allowed: frozenset[str] | None, namespace: str | None) -> Scope:
-    """The run's namespace scope; a ``namespace`` that is no namespace name is bad input."""
+def _scope(
+    allowed: frozenset[str] | None, namespace: str | None, default: str | None = None
+) -> Scope:
+    """The run's namespace scope; a ``namespace`` that is no namespace name is bad input (a
+    ``default`` that is none, from a kubeconfig, is ignored: the API server would refuse it)."""
     if namespace is not None and not NameRule.LABEL.matches(namespace):
         raise PlanError(
             [
@@ -128,10 +208,14 @@ def _scope(allowed: frozenset[str] | None, namespace: str | None) -> Scope:
                 )
             ]
         )
-    return Scope(allowed=allowed, namespace=namespace)
+    if default is not None and not NameRule.LABEL.matches(default):
+        default = None
+    return Scope(allowed=allowed, namespace=namespace, default=default)
 
 
-def _load_file(path: Path, scope: Scope) -> tuple[list[Plan], list[Problem]]:
+def _load_file(
+    path: Path, scope: Scope, skipped: list[Skipped]
+) -> tuple[list[Plan], list[Problem]]:
     name = str(path)
     data, problem = read_plan_file(path)
     if data is None:
@@ -148,7 +232,7 @@ def _load_file(path: Path, scope: Scope) -> tuple[list[Plan], list[Problem]]:
             )
         ]
     try:
-        return _parse_text(text, name, scope)
+        return _parse_text(text, name, scope, skipped)
     except Exception as exc:  # a bug must still not turn bad input into a traceback
         return [], [
             Problem(
@@ -159,7 +243,9 @@ def _load_file(path: Path, scope: Scope) -> tuple[list[Plan], list[Problem]]:
         ]
 
 
-def _parse_text(text: str, file: str, scope: Scope) -> tuple[list[Plan], list[Problem]]:
+def _parse_text(
+    text: str, file: str, scope: Scope, skipped: list[Skipped]
+) -> tuple[list[Plan], list[Problem]]:
     nodes, problems = documents(text, file)
     reader = Reader(file)
     plans: list[Plan] = []
@@ -168,7 +254,7 @@ def _parse_text(text: str, file: str, scope: Scope) -> tuple[list[Plan], list[Pr
         if bomb is not None:
             problems.append(bomb)
             continue
-        plans.extend(_document(reader, node, "", scope))
+        plans.extend(_document(reader, node, "", scope, skipped))
     return plans, problems + reader.problems
 
 
@@ -184,10 +270,17 @@ def _problem_order(problem: Problem) -> tuple[str, int, str, str]:
 
 
 def _document(
-    r: Reader, node: Node, path: str, scope: Scope, *, in_list: bool = False
+    r: Reader,
+    node: Node,
+    path: str,
+    scope: Scope,
+    skipped: list[Skipped],
+    *,
+    in_list: bool = False,
 ) -> list[Plan]:
-    """Route one document by apiVersion/kind; returns its plans, or none if it has problems.
-    ``in_list``: an item of a ``v1 List``, which may not be a List itself."""
+    """Route one document by apiVersion/kind; returns its plans, or none if it has problems
+    or is clearly not a plan (then it goes to ``skipped``). ``in_list``: an item of a ``v1
+    List``, which may not be a List itself."""
     if not isinstance(node, MappingNode):
         r.report(
             node,
@@ -218,7 +311,10 @@ def _document(
         )
         return []
     elif (api, kind) == ("v1", "List"):
-        plans = _list(r, node, path, scope)
+        plans = _list(r, node, path, scope, skipped)
+    elif not_a_plan(api, kind):
+        skipped.append(Skipped(r.source(kind_node, join(path, "kind")), api, kind))
+        return []
     else:
         _unknown_kind(r, path, api_node=api_node, kind_node=kind_node, api=api, kind=kind)
         return []
@@ -244,10 +340,21 @@ def _unknown_kind(
     r.report(kind_node, join(path, "kind"), f"unknown kind '{kind}' (apiVersion '{api}')", hint)
 
 
+def not_a_plan(api: str, kind: str) -> bool:
+    """Clearly not a plan document: neither a plan's kind nor a plan's API group (nor a
+    group spelled close to one: ``vmstorage.io`` is a typo, not another API)."""
+    if kind in {k for _, k in ACCEPTED_KINDS}:
+        return False
+    group = api.split("/", 1)[0] if "/" in api else ""  # "v1": the core group
+    return all(SequenceMatcher(None, group, ours).ratio() < 0.8 for ours in _PLAN_GROUPS)
+
+
 _LIST = {"apiVersion": Field(True), "kind": Field(True), "items": Field(True)}
 
 
-def _list(r: Reader, node: MappingNode, path: str, scope: Scope) -> list[Plan]:
+def _list(
+    r: Reader, node: MappingNode, path: str, scope: Scope, skipped: list[Skipped]
+) -> list[Plan]:
     top = r.mapping(node, path, _LIST, ignored=("metadata",))
     if top is None or "items" not in top:
         return []
@@ -255,7 +362,7 @@ def _list(r: Reader, node: MappingNode, path: str, scope: Scope) -> list[Plan]:
     plans: list[Plan] = []
     for index, item in enumerate(items or []):
         where = f"{join(path, 'items')}[{index}]"
-        plans.extend(_document(r, item, where, scope, in_list=True))
+        plans.extend(_document(r, item, where, scope, skipped, in_list=True))
     return plans
 
 

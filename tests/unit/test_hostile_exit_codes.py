@@ -31,7 +31,7 @@ def explode(*args: object, **kwargs: object) -> None:
 def test_an_unexpected_exception_is_an_internal_error_exit_2_without_a_traceback(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(validate, "load_plans", explode)
+    monkeypatch.setattr(validate, "read_plans", explode)
     rc, out, err = run(capsys, "validate", PLANS)
     assert rc == 2
     assert err.startswith("error: internal error: RuntimeError: something nobody expected\n")
@@ -43,7 +43,7 @@ def test_an_unexpected_exception_is_an_internal_error_exit_2_without_a_traceback
 def test_debug_shows_the_traceback_of_an_internal_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(validate, "load_plans", explode)
+    monkeypatch.setattr(validate, "read_plans", explode)
     rc, _, err = run(capsys, "validate", PLANS, "--debug")
     assert rc == 2
     assert "Traceback (most recent call last)" in err

@@ -96,7 +96,7 @@ def with_namespace(text: str, namespace: str) -> str:
 MISSING_HINT = (
     "a VirtualMachineStorageMigrationPlan acts in one namespace: set metadata.namespace, or "
     "pass -n/--namespace NAMESPACE (as with kubectl, a document without a namespace lands in "
-    "the given one)"
+    "the given one, else in the kubeconfig context's namespace)"
 )
 
 

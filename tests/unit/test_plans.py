@@ -548,9 +548,21 @@ ERRORS: list[tuple[str, str, list[Row]]] = [
         [(1, "apiVersion", "missing required field 'apiVersion'", ACCEPTED)],
     ),
     (
-        "unknown-kind",
-        "apiVersion: apps/v1\nkind: Deployment\n",
-        [(2, "kind", "unknown kind 'Deployment' (apiVersion 'apps/v1')", ACCEPTED)],
+        "unknown-kind-of-our-group",
+        "apiVersion: vmstorage.dev/v1alpha1\nkind: Deployment\n",
+        [(2, "kind", "unknown kind 'Deployment' (apiVersion 'vmstorage.dev/v1alpha1')", ACCEPTED)],
+    ),
+    (
+        "storageclass-typo-for-storageplan",
+        "apiVersion: vmstorage.dev/v1alpha1\nkind: StorageClass\n",
+        [
+            (
+                2,
+                "kind",
+                "unknown kind 'StorageClass' (apiVersion 'vmstorage.dev/v1alpha1')",
+                f"did you mean 'StoragePlan'? {ACCEPTED}",
+            )
+        ],
     ),
     (
         "misspelt-kind",
@@ -980,7 +992,8 @@ ERRORS: list[tuple[str, str, list[Row]]] = [
                 "missing required field 'namespace'",
                 "a VirtualMachineStorageMigrationPlan acts in one namespace: set "
                 "metadata.namespace, or pass -n/--namespace NAMESPACE (as with kubectl, a "
-                "document without a namespace lands in the given one)",
+                "document without a namespace lands in the given one, else in the kubeconfig "
+                "context's namespace)",
             ),
             (
                 5,
