@@ -202,11 +202,22 @@ class Lease:
                 fenced=False,
             )
         except ClusterError as exc:
-            if exc.code == 409:
+            if exc.code != 409:
+                raise
+            # Refused: another runner took it first, or this very write landed and its
+            # answer was lost (the client sent it again, and the resourceVersion no longer
+            # matched). Ours only if the Lease now says exactly what we wrote.
+            now = self.cluster.get(LEASES, self.namespace, self.name)
+            spec = (now or {}).get("spec") or {}
+            if (
+                now is None
+                or spec.get("holderIdentity") != self.holder
+                or int(spec.get("leaseTransitions") or 0) != transitions
+            ):
                 raise LockHeld(
                     "another runner (it took the Lease just now)", None, self.where
                 ) from exc
-            raise
+            updated = now
         self._held_since(sent, updated)
         self._start_renewing()
         return None

@@ -109,6 +109,13 @@ def write(run: MoveRun, journal: Journal) -> Journal:
         vm = read_vm(run)
         if vm is None:
             raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+        if journal_text_of(vm) == text != run.journal_text:
+            # Our own write landed although its answer was lost (a 503 or a dropped
+            # connection after it was sent; the client's retry then failed its test): the
+            # text carries this runner's token, so nobody else wrote it.
+            run.guard()
+            run.journal_text = text
+            return journal
         check_fence(run, vm)
         if run.journal_text == text:
             return journal
@@ -144,13 +151,23 @@ def _counted(vm: Obj, last: LastMigration) -> LastMigration:
 def close(run: MoveRun, journal: Journal, last: LastMigration) -> None:
     """Remove the journal (still ours) and leave ``last`` on the VM, in one patch. A VM that
     is gone has nothing to close."""
+    sent: str | None = None
     for _ in run.conflicts(patient=True):
         vm = read_vm(run)
         if vm is None:
             return
+        notes = annotations_of(vm)
+        if (
+            sent is not None
+            and JOURNAL_ANNOTATION not in notes
+            and notes.get(LAST_MIGRATION_ANNOTATION) == sent
+        ):
+            run.journal_text = None  # our close landed although its answer was lost
+            return
         check_fence(run, vm)
         last = _counted(vm, last)
-        ops = _set_ops(vm, LAST_MIGRATION_ANNOTATION, journals.encode_last(last))
+        sent = journals.encode_last(last)
+        ops = _set_ops(vm, LAST_MIGRATION_ANNOTATION, sent)
         ops += _set_ops(vm, JOURNAL_ANNOTATION, None)
         try:
             run.cluster.json_patch(VIRTUAL_MACHINES, run.namespace, run.vm, _guarded(run, vm, ops))

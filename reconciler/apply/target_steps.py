@@ -353,15 +353,21 @@ def settle_targets(run: MoveRun, journal: Journal) -> None:
         dv = run.cluster.get(DATA_VOLUMES, run.namespace, v.target)
         if dv is None or IN_FLIGHT_ANNOTATION not in (_meta(dv).get("annotations") or {}):
             continue
-        run.cluster.json_patch(
-            DATA_VOLUMES,
-            run.namespace,
-            v.target,
-            [
-                {"op": "test", "path": _label_pointer(MIGRATION_LABEL), "value": journal.id},
-                {"op": "remove", "path": _annotation_pointer(IN_FLIGHT_ANNOTATION)},
-            ],
-        )
+        try:
+            run.cluster.json_patch(
+                DATA_VOLUMES,
+                run.namespace,
+                v.target,
+                [
+                    {"op": "test", "path": _label_pointer(MIGRATION_LABEL), "value": journal.id},
+                    {"op": "remove", "path": _annotation_pointer(IN_FLIGHT_ANNOTATION)},
+                ],
+            )
+        except ClusterError as exc:
+            # 422: not ours any more, or already settled (our patch landed and its answer was
+            # lost, the client's retry then found nothing to remove): either way, not in flight
+            if exc.code != 422:
+                raise
 
 
 def _label_pointer(key: str) -> str:

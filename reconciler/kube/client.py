@@ -4,6 +4,14 @@ pykube-ng provides the transport (kubeconfig, auth, TLS). Requests are raw (``ap
 version and a URL) because pykube's object classes would add a discovery round-trip per CRD kind
 and send merge patches where we need JSON patches and dry-runs. ``Cluster.requests`` counts
 every request sent (thread-safe), which the benchmark and the "one LIST per kind" contract rely on.
+
+**Transient errors** (``kube.retry`` has the rule and its numbers): idempotent reads (GET,
+LIST, dry runs) are sent again after a dropped connection, HTTP 429, 502, 503, 504 (or any 5xx
+with ``Retry-After``), with exponential backoff and jitter, honouring ``Retry-After``, within a
+budget. A write is sent again on those only when it carries a precondition that makes a second
+delivery harmless (a JSON patch with a ``test`` op, a PUT with its resourceVersion, a DELETE
+with preconditions); any other write (a POST create, a DELETE without preconditions) only when
+the connection could not even be opened, or on a 429. Never a write that may have landed.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import requests
 from requests import Response
 
 from reconciler.kube import kubeconfig as kubeconfigs
+from reconciler.kube import retry
 from reconciler.kube.credentials import ExecPlugin
 from reconciler.kube.resources import Resource, subject
 from reconciler.model.errors import ClusterError, Problem, UserError
@@ -280,6 +289,7 @@ class Cluster:
             "post",
             subject(resource, namespace, name),
             fenced=fenced and not dry_run,
+            kind=retry.Kind.READ if dry_run else retry.Kind.UNGUARDED,
             version=resource.api_version,
             namespace=namespace,
             url=resource.plural,
@@ -329,6 +339,7 @@ class Cluster:
             "put",
             subject(resource, namespace, name),
             fenced=fenced,
+            kind=retry.put_kind(body),
             **extra,
             version=resource.api_version,
             namespace=namespace,
@@ -339,18 +350,27 @@ class Cluster:
         )
         return self._check(response, resource, namespace, name)
 
-    def delete(self, resource: Resource, namespace: str, name: str) -> bool:
+    def delete(
+        self, resource: Resource, namespace: str, name: str, *, uid: str | None = None
+    ) -> bool:
         """DELETE the object (background propagation, as kubectl does); False when it was
-        already gone."""
+        already gone. With ``uid`` only that object (``preconditions``: 409 when the name
+        now belongs to another), which also makes the DELETE safe to send again."""
+        options: dict[str, Any] = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": "Background",
+        }
+        if uid:
+            options["preconditions"] = {"uid": uid}
         response = self._send(
             "delete",
             subject(resource, namespace, name),
+            kind=retry.Kind.PRECONDITIONED if uid else retry.Kind.UNGUARDED,
             version=resource.api_version,
             namespace=namespace,
             url=f"{resource.plural}/{name}",
-            data=json.dumps(
-                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
-            ),
+            data=json.dumps(options),
             headers={"Content-Type": "application/json"},
         )
         if response.status_code == 404:
@@ -372,6 +392,7 @@ class Cluster:
             "patch",
             subject(resource, namespace, name),
             fenced=not dry_run,
+            kind=retry.patch_kind(list(ops), dry_run=dry_run),
             version=resource.api_version,
             namespace=namespace,
             url=f"{resource.plural}/{name}",
@@ -388,24 +409,62 @@ class Cluster:
             params["dryRun"] = "All"
         return params
 
-    def _send(self, method: str, who: str, *, fenced: bool = True, **kwargs: Any) -> Response:
-        """One request; a 429 (API priority and fairness, or storage still initialising)
-        is retried after the server's Retry-After, a few times, before it is returned.
-        A write first passes ``write_guard`` (unless ``fenced`` is False)."""
-        if fenced and method != "get" and self.write_guard is not None:
-            self.write_guard()
-        for attempt in range(_RETRIES_ON_429 + 1):
+    def _send(
+        self,
+        method: str,
+        who: str,
+        *,
+        fenced: bool = True,
+        kind: retry.Kind = retry.Kind.READ,
+        **kwargs: Any,
+    ) -> Response:
+        """One request, sent again after a transient failure when ``kind`` allows it
+        (``kube.retry``: reads and preconditioned writes after a dropped connection or a
+        429/502/503/504, every request after a 429 or a connection that never opened); the
+        last answer is returned, the last connection error raised as ``ClusterError``. A write
+        passes ``write_guard`` before every send (unless ``fenced`` is False)."""
+        guarded = fenced and method != "get" and self.write_guard is not None
+        budget = float(kwargs.get("timeout") or retry.BUDGET)
+        give_up = time.monotonic() + budget
+        attempt = 0
+        while True:
+            attempt += 1
+            if guarded:
+                assert self.write_guard is not None
+                self.write_guard()  # the Lease may have lapsed during a backoff
             try:
                 response: Response = getattr(self.api, method)(**kwargs)
             except RedirectRefused as exc:
                 raise ClusterError(who, str(exc), code=exc.status or None) from exc
             except requests.RequestException as exc:
-                raise ClusterError(who, f"cannot reach the API server: {shown(exc)}") from exc
-            if response.status_code != 429 or attempt == _RETRIES_ON_429:
-                break
-            log.info("%s: HTTP 429, retry %d of %d", who, attempt + 1, _RETRIES_ON_429)
-            time.sleep(min(_retry_after(response), 5.0))
-        return response
+                pause = retry.backoff(attempt) if retry.error_retry(kind, exc) else None
+                if not self._again(who, attempt, pause, give_up, f"{type(exc).__name__}"):
+                    tries = f" ({attempt} attempts)" if attempt > 1 else ""
+                    raise ClusterError(
+                        who, f"cannot reach the API server{tries}: {shown(exc)}"
+                    ) from exc
+                assert pause is not None
+                time.sleep(pause)
+                continue
+            after = retry.answer_retry(kind, response.status_code, response.headers)
+            # the server's Retry-After when it gave one, else our backoff
+            pause = None if after is None else (after or retry.backoff(attempt))
+            if not self._again(who, attempt, pause, give_up, f"HTTP {response.status_code}"):
+                return response
+            assert pause is not None
+            response.close()
+            time.sleep(pause)
+
+    @staticmethod
+    def _again(who: str, attempt: int, pause: float | None, give_up: float, why: str) -> bool:
+        """Whether to send once more after ``why``: allowed (``pause`` is not None), attempts
+        left, and the pause ends within the request's budget."""
+        if pause is None or attempt >= retry.ATTEMPTS:
+            return False
+        if time.monotonic() + pause > give_up:
+            return False
+        log.info("%s: %s, sending again in %.2fs (attempt %d)", who, why, pause, attempt + 1)
+        return True
 
     @staticmethod
     def _check(
@@ -476,16 +535,6 @@ def _json_kind(value: Any) -> str:
     return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(value), "a number"
     )
-
-
-_RETRIES_ON_429 = 5
-
-
-def _retry_after(response: Response) -> float:
-    try:
-        return max(float(response.headers.get("Retry-After", "1")), 0.1)
-    except ValueError:
-        return 1.0
 
 
 def _scope(resource: Resource, namespace: str | None) -> str:

@@ -7,10 +7,12 @@ of every stream's objects whenever any of them changes (and at least every ``tic
 progress and deadlines), so the reaction to a change is one event's latency, not a poll period.
 
 Streams survive what watches do in real life: a 410 Gone (the resourceVersion expired) relists;
-a dropped connection or an API server restart reconnects with a short, capped backoff (the only
-sleep here, documented). An answer that will not get better by retrying (401, 403, 404 of the
-resource) is fatal: ``wait`` raises it as ``ClusterError`` at once. A server that stays
-unreachable raises at the deadline, saying since when.
+a dropped connection, an API server restart or a 429/5xx on the LIST or the WATCH that sets a
+stream up reconnects with a short, capped, jittered backoff, or after the server's
+``Retry-After`` (``kube.retry``; the only sleep here, documented). An answer that will not get
+better by retrying (401, 403, 404 of the resource) is fatal: ``wait`` raises it as
+``ClusterError`` at once. A server that stays unreachable raises at the deadline, saying since
+when.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import socket
 import threading
 import time
@@ -28,6 +31,7 @@ from typing import Any, TypeVar
 import pykube
 import requests
 
+from reconciler.kube import retry
 from reconciler.kube.resources import Resource
 from reconciler.model.errors import ClusterError
 
@@ -116,18 +120,21 @@ class _Follower(threading.Thread):
                 if exc.code in _FATAL:
                     self._publish(fatal=exc)
                     return
-                failures = self._failed(str(exc), failures)
+                failures = self._failed(str(exc), failures, getattr(exc, "retry_after", None))
             except (requests.RequestException, ValueError, OSError) as exc:
                 if self.stopping:
                     return
                 failures = self._failed(f"cannot reach the API server: {exc}", failures)
 
-    def _failed(self, message: str, failures: int) -> int:
+    def _failed(self, message: str, failures: int, after: float | None = None) -> int:
+        """Note the failure and sleep before the next attempt: the server's Retry-After
+        when it gave one, else the backoff (drawn from its upper half: jitter)."""
         if self.unreachable_since is None:
             self.unreachable_since = time.monotonic()
         self.last_error = message
         log.debug("watch %s: %s (retry %d)", self.stream.key, message, failures)
-        time.sleep(_BACKOFF[min(failures, len(_BACKOFF) - 1)])
+        pause = _BACKOFF[min(failures, len(_BACKOFF) - 1)]
+        time.sleep(after if after else random.uniform(pause / 2, pause))
         return failures + 1
 
     def _params(self) -> dict[str, str]:
@@ -242,16 +249,27 @@ class _Gone(Exception):
     """The watch's resourceVersion is too old (410): relist."""
 
 
+class _Refused(ClusterError):
+    """An answer that is not the objects; ``retry_after``: the server's Retry-After."""
+
+    def __init__(self, subject: str, message: str, code: int, retry_after: float | None) -> None:
+        super().__init__(subject, message, code=code)
+        self.retry_after = retry_after
+
+
 def _checked(response: requests.Response, stream: Stream, *, watching: bool = False) -> Obj:
     """The decoded body of a good answer ({} for a watch, whose body is the event stream);
-    ClusterError with the server's message and code otherwise."""
+    ClusterError with the server's message and code (and Retry-After) otherwise."""
     if response.ok:
         return {} if watching else _json(response, stream)
     message = response.text.strip()[:300]
     with contextlib.suppress(ValueError, AttributeError):
         message = str(response.json().get("message", message))[:300]
-    raise ClusterError(
-        stream.key, f"{message} (HTTP {response.status_code})", code=response.status_code
+    raise _Refused(
+        stream.key,
+        f"{message} (HTTP {response.status_code})",
+        response.status_code,
+        retry.retry_after(response.headers),
     )
 
 

@@ -109,7 +109,8 @@ EXIT_CODE_TABLE: tuple[ExitCodeDoc, ...] = (
     ExitCodeDoc(
         ExitCode.CLUSTER_ERROR,
         "cluster error: the API server could not be reached, refused a request (401, 403, "
-        "5xx; during `--server-dry-run` too), answered with a redirect (never followed) or "
+        "5xx; during `--server-dry-run` too; reads are retried first, writes only when a "
+        "second delivery is harmless), answered with a redirect (never followed) or "
         "with something that is not the API's JSON, or the exec credential plugin failed or "
         "timed out; an internal error after the cluster was contacted",
         True,
