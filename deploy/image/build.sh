@@ -92,11 +92,18 @@ for bundle in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.cr
 done
 say "building $IMAGE (revision $REVISION) on $BASE_IMAGE"
 started=$SECONDS
-nice buildah "${STORAGE[@]}" bud --quiet --isolation chroot --layers \
-    --build-arg "BASE=$BASE_IMAGE" --build-arg "VERSION=$VERSION" \
-    --build-arg "REVISION=$REVISION" "${CA[@]}" \
-    --tag "$IMAGE" --file "$CONTEXT/Containerfile" "$CONTEXT" >/dev/null
+BUD=(bud ${VMSR_IMAGE_VERBOSE:---quiet} --isolation chroot --layers --build-arg "BASE=$BASE_IMAGE"
+    --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" "${CA[@]}"
+    --file "$CONTEXT/Containerfile")
+# The wheel stage first, tagged, so its cached layers are not pruned as dangling below.
+nice buildah "${STORAGE[@]}" "${BUD[@]}" --target wheel \
+    --tag "localhost/vm-storage-reconciler-wheel:$VERSION" "$CONTEXT" >&2
+nice buildah "${STORAGE[@]}" "${BUD[@]}" --tag "$IMAGE" "$CONTEXT" >&2
 say "built in $((SECONDS - started)) s"
-# Dangling layers of earlier builds (a changed source tree) are not kept forever.
+# Dangling layers of earlier builds (a changed source tree) and earlier bases are not kept.
+for old in $(buildah "${STORAGE[@]}" images --format '{{.Name}}:{{.Tag}}' \
+        | grep '^localhost/vm-storage-reconciler-base:' | grep -vx "$BASE_IMAGE"); do
+    buildah "${STORAGE[@]}" rmi "$old" >/dev/null 2>&1 || true
+done
 buildah "${STORAGE[@]}" rmi --prune >/dev/null 2>&1 || true
 echo "$IMAGE"

@@ -248,10 +248,10 @@ def test_every_resource_the_code_names_is_granted_in_the_right_scope() -> None:
             assert key in cluster and key not in namespaced, resource.kind
         else:
             assert key in namespaced, resource.kind
-    assert namespaced[("", "pods")] == {"get", "list", "watch"}, "pods: read only"
+    assert namespaced[("", "pods")] == {"list", "watch"}, "pods: read only"
     assert cluster == {
         ("storage.k8s.io", "storageclasses"): {"list", "watch"},
-        ("cdi.kubevirt.io", "storageprofiles"): {"list", "watch"},
+        ("cdi.kubevirt.io", "storageprofiles"): {"list"},
         ("kubevirt.io", "kubevirts"): {"list"},
     }, "cluster-wide: reads only"
 
