@@ -13,6 +13,7 @@ from reconciler.cli.common import (
     dump_output,
     progress,
 )
+from reconciler.cli.version import versioned
 from reconciler.kube.kubeconfig import context_namespace
 from reconciler.model.errors import ExitCode
 from reconciler.plans.load import read_plans
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
                 for s in found.skipped
             ],
         }
-        out.write(dump_output(doc, args))
+        out.write(dump_output(versioned(doc), args))
     else:
         for plan in found.plans:
             out.write(

@@ -10,6 +10,7 @@ reads it, least privilege, the image's user and entrypoint, the loop's probes.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 import urllib.error
@@ -25,6 +26,7 @@ from reconciler import __version__ as reconciler_version
 from reconciler.apply.begin import default_timeout
 from reconciler.apply.context import Settings
 from reconciler.cli.apply import exit_code
+from reconciler.cli.main import main
 from reconciler.cli.serve import Health, serve
 from reconciler.cli.version import version
 from reconciler.kube import resources
@@ -145,10 +147,18 @@ def test_the_readme_exit_code_table_is_the_model_s() -> None:
     }
 
 
-def test_the_version_is_one() -> None:
-    """--version, reports and the image label say pyproject.toml's version."""
+def test_the_version_is_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version, every -o json document and the image label say pyproject.toml's version."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert version() == reconciler_version == project["version"]
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"vm-storage-reconciler {project['version']}\n"
+    assert main(["validate", str(ROOT / "plans/seed"), "-o", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert list(document)[:3] == ["apiVersion", "kind", "reconcilerVersion"]
+    assert document["reconcilerVersion"] == project["version"]
 
 
 def rollback_budget() -> timedelta:
