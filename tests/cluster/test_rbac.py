@@ -1362,3 +1362,29 @@ def test_removing_any_granted_verb_makes_a_run_fail(rig: Rig, grant: Grant) -> N
     assert refused or "(HTTP 403)" in result.stderr, (
         f"without {grant} the run failed, but not on a 403: {result.problems}"
     )
+
+
+def test_a_missing_lease_namespace_is_bad_input_with_the_fix(
+    api: pykube.HTTPClient,
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`apply` from a laptop, following the README, on a cluster without the Lease's namespace:
+    exit 2 with what to do, not a bare 404 (exit 6)."""
+    seed.create(api, fedora(namespace, "vm-fedora", running=False))
+    path = tmp_path / "plan.yaml"
+    path.write_text(plan_text(namespace, "vm-fedora"))
+    missing = f"vmsr-missing-{secrets.token_hex(3)}"
+
+    rc = main(["apply", str(path), "--kubeconfig", str(control_plane.kubeconfig),
+               "--lease-namespace", missing])  # fmt: skip
+
+    _, err = capsys.readouterr()
+    assert rc == 2, err
+    assert f"the Lease's namespace '{missing}' does not exist" in err, err
+    assert f"kubectl create namespace {missing}" in err and "--lease-namespace" in err
+    assert "nothing was changed" in err
+    vm = get_json(api, KV, namespace, "virtualmachines/vm-fedora")
+    assert annotation(vm, JOURNAL_ANNOTATION) is None
