@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from reconciler.apply.narration import Narration
 from reconciler.kube.client import Cluster
 from reconciler.kube.watch import Observer, State, Stream, WaitTimeout
 from reconciler.model.journal import Journal, Step
@@ -48,7 +49,8 @@ class Settings:
     rollback_timeout: float = 900.0  # seconds for each wait of a rollback
     settle_timeout: float = 120.0  # seconds for status to settle (verify, stop, start)
     release_timeout: float = 600.0  # seconds to wait for a source's last pod (retention Delete)
-    tick: float = 2.0  # seconds between progress lines during a wait
+    tick: float = 2.0  # seconds between looks at a wait's progress (printed when it changed)
+    heartbeat: float = 30.0  # seconds between two lines of a wait in which nothing changed
     patch_budget: float = 30.0  # seconds a forward step retries a VM patch that conflicts
     rollback_patch_budget: float = 300.0  # the same for a rollback's steps (more patient)
 
@@ -82,6 +84,8 @@ class MoveRun:
     journal_text: str | None = None
     # Why what the waits see may be stale (``Lease.overdue``): shown instead of progress.
     health: Callable[[], str | None] = lambda: None
+    # While a wait's tick speaks: what lets its lines through (``apply.narration``).
+    narration: Narration | None = field(default=None, repr=False, compare=False)
 
     def conflicts(self, *, patient: bool = False) -> Iterator[int]:
         """Attempts at a write that may conflict: yields 0, 1, 2, ... and, between attempts,
@@ -107,8 +111,15 @@ class MoveRun:
         if self.stop.is_set():
             raise Interrupted(f"{self.namespace}/{self.vm}: stopped; the journal is kept")
 
-    def say(self, message: str, *, volume: str | None = None) -> None:
-        """A progress line about this VM (and ``volume``), with its fields (``Line``)."""
+    def say(self, message: str, *, volume: str | None = None, key: str | None = None) -> None:
+        """A progress line about this VM (and ``volume``), with its fields (``Line``). Said
+        from a wait's tick, only when it differs from the tick's last line (by ``key``, else
+        its text: ``apply.narration``), or as a heartbeat."""
+        if self.narration is not None:
+            shown = self.narration.offer(message, key)
+            if shown is None:
+                return
+            message = shown
         self.progress(
             Line(
                 f"{self.namespace}/{self.vm}: {message}",
@@ -142,12 +153,18 @@ class MoveRun:
         pass (StepFailed ``timeout_rule``). SIGTERM interrupts the wait within a tick."""
         deadline = time.monotonic() + max(seconds, 0.0)
 
+        narration = Narration(self.settings.heartbeat)
+
         def tick(state: State) -> None:
             note = self.health()
             if note is not None:
                 self.say(f"still waiting for {what}, but {note}")
             elif on_tick is not None:
-                on_tick(state)
+                self.narration = narration  # what the tick says: changes and heartbeats
+                try:
+                    on_tick(state)
+                finally:
+                    self.narration = None
 
         with Observer(self.cluster.api, streams) as observer:
             try:

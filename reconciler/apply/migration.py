@@ -11,12 +11,14 @@ VMIM each time, with backoff), so a failure is ours to declare: after
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from reconciler.apply.context import MoveRun, StepFailed
+from reconciler.apply.narration import elapsed
 from reconciler.apply.store import read_vm
 from reconciler.apply.vm_steps import claims_of, patch_vm, run_strategy_of
 from reconciler.diff.gitops import volumes_writer
@@ -24,6 +26,7 @@ from reconciler.kube.resources import DATA_VOLUMES, MIGRATIONS, VIRTUAL_MACHINES
 from reconciler.kube.watch import State, Stream
 from reconciler.model.journal import Journal
 from reconciler.model.names import MIGRATION_LABEL, VOLUME_UPDATE_LABEL
+from reconciler.model.quantity import human_size
 
 Obj = Mapping[str, Any]
 FINAL_VMI = ("Succeeded", "Failed")
@@ -196,26 +199,134 @@ def _cancelled_by(vm: Obj, journal: Journal, claims: Mapping[str, str]) -> str:
     )
 
 
-def _describe(run: MoveRun, journal: Journal, state: State) -> str:
-    ours = _ours(state["migrations"].values(), journal)
-    if not ours:
-        return "waiting for KubeVirt to create the migration"
-    newest = ours[-1]
-    phase = _phase(newest)
-    name = (newest.get("metadata") or {}).get("name")
-    failed = sum(1 for m in ours if _phase(m) == "Failed")
-    retry = f", {failed} failed attempt(s)" if failed else ""
-    if phase in ("", "Pending"):
-        why = (
-            "; ".join(
-                str(c.get("message") or c.get("reason"))
-                for c in (newest.get("status") or {}).get("conditions") or ()
-                if isinstance(c, dict)
+def _migration_state(migration: Obj, vmi: Obj | None) -> Obj:
+    """``status.migrationState`` of the migration, else the VMI's when it is this migration's
+    (KubeVirt writes it on both; the VMI's is the one virt-handler keeps current)."""
+    found = (migration.get("status") or {}).get("migrationState") or {}
+    mine = ((vmi or {}).get("status") or {}).get("migrationState") or {}
+    uid = (migration.get("metadata") or {}).get("uid")
+    if uid and mine.get("migrationUid") == uid:
+        return {**found, **mine}
+    return found
+
+
+class _Progress:
+    """What the migration wait says at each tick, as (text, key): the key changes only when
+    something worth a line changed (the newest migration, its phase, its mode, the target
+    domain ready, an abort, a failed attempt, why it is queued), and the text is made only
+    then, so it can carry the elapsed times of that moment: how long the previous phase lasted
+    (as seen from here) and how old the migration is. KubeVirt v1.8 reports no byte counts in
+    the API (the VMIM's and the VMI's ``migrationState`` have phases, nodes, mode and
+    timestamps; the bytes copied are only in virt-handler's Prometheus metrics
+    ``kubevirt_vmi_migration_data_processed_bytes``/``_remaining_bytes``), so a running copy
+    is told by what it moves (volumes, sizes, nodes) and its mode (PreCopy, PostCopy)."""
+
+    def __init__(self, run: MoveRun, journal: Journal) -> None:
+        self.run, self.journal = run, journal
+        self.key = ""
+        self.text = ""
+        self.phase: tuple[str, str] | None = None  # (migration, phase) last told, and when
+        self.phase_at = 0.0
+
+    def line(self, state: State) -> tuple[str, str]:
+        ours = _ours(state["migrations"].values(), self.journal)
+        if not ours:
+            return "waiting for KubeVirt to create the migration", "none"
+        newest = ours[-1]
+        name = str((newest.get("metadata") or {}).get("name"))
+        phase = _phase(newest)
+        failed = [m for m in ours if _phase(m) == "Failed"]
+        moving = _migration_state(newest, state["vmi"].get(self.run.vm))
+        queued = _queued_why(newest) if phase in ("", "Pending") else ""
+        ready = bool(moving.get("targetNodeDomainReadyTimestamp"))
+        abort = str(moving.get("abortStatus") or moving.get("abortRequested") or "")
+        parts = (name, phase, str(moving.get("mode") or ""), str(ready), abort, str(len(failed)))
+        key = "|".join((*parts, queued))
+        if key != self.key:
+            self.key, self.text = key, self._text(newest, moving, queued, failed)
+        return self.text, self.key
+
+    def _text(self, newest: Obj, moving: Obj, queued: str, failed: list[Obj]) -> str:
+        now = time.monotonic()
+        name = str((newest.get("metadata") or {}).get("name"))
+        phase = _phase(newest)
+        told = self.phase[1] if self.phase is not None and self.phase[0] == name else None
+        path = _phases_since(newest, told, phase)
+        head = f"migration {name} {phase}"
+        if told is not None and told != phase:
+            head = f"migration {name} {' -> '.join(path)} after {elapsed(now - self.phase_at)}"
+        created = _created(newest)
+        age = elapsed((self.run.now() - created).total_seconds()) if created else ""
+        if told is None and len(path) > 1:
+            head += f" ({' -> '.join(path)}" + (f" in {age})" if age else ")")
+        elif age:
+            head += f" ({age} since it was created)"
+        if self.phase != (name, phase):
+            self.phase, self.phase_at = (name, phase), now
+        if queued:  # waiting for KubeVirt to schedule it: say why, not "Pending"
+            head = f"migration {name} queued ({queued})" + (
+                f", {age} since it was created" if age else ""
             )
-            or "waiting for a migration slot"
+        detail = []
+        if phase in ("Running", "TargetReady", "PreparingTarget", "Scheduled", "Scheduling"):
+            detail.append(self._what(moving, copying=phase == "Running"))
+        if moving.get("targetNodeDomainReadyTimestamp") and phase not in FINAL_MIGRATION:
+            detail.append("the copy finished, the target domain is ready: switching over")
+        if moving.get("abortRequested"):
+            detail.append(f"abort requested ({moving.get('abortStatus') or 'pending'})")
+        if failed:
+            reason = ((failed[-1].get("status") or {}).get("migrationState") or {}).get(
+                "failureReason"
+            )
+            detail.append(
+                f"{len(failed)} failed attempt(s) of {self.run.settings.max_migration_attempts}"
+                + (f", the last: {str(reason)[:200]}" if reason else "")
+            )
+        return head + (": " + "; ".join(d for d in detail if d) if detail else "")
+
+    def _what(self, moving: Obj, *, copying: bool) -> str:
+        """The volumes moving, their size, the nodes and the mode."""
+        volumes = ", ".join(
+            f"{v.volume} ({human_size(v.size_bytes)})" for v in self.journal.volumes
         )
-        return f"migration {name} queued ({why}){retry}"
-    return f"migration {name} {phase}{retry}"
+        source, target = moving.get("sourceNode"), moving.get("targetNode")
+        nodes = f" from {source} to {target}" if source and target else ""
+        mode = f", {moving['mode']}" if moving.get("mode") else ""
+        return f"{'copying' if copying else 'preparing to copy'} {volumes}{nodes}{mode}"
+
+
+FINAL_MIGRATION = ("Succeeded", "Failed")
+
+
+def _phases_since(migration: Obj, told: str | None, phase: str) -> list[str]:
+    """The phases the migration went through from ``told`` (the phase last told, None: from
+    its creation) to ``phase``, by its ``phaseTransitionTimestamps`` (at least both ends)."""
+    history = [
+        str(h.get("phase"))
+        for h in (migration.get("status") or {}).get("phaseTransitionTimestamps") or ()
+        if isinstance(h, dict) and h.get("phase")
+    ]
+    if told in history:
+        history = history[history.index(told) :]
+    elif told is not None:
+        history = [told, *history]
+    path = [p for index, p in enumerate(history) if index == 0 or p != history[index - 1]]
+    if phase in path:
+        path = path[: path.index(phase) + 1]
+    else:
+        path.append(phase)
+    return path
+
+
+def _queued_why(migration: Obj) -> str:
+    return (
+        "; ".join(
+            str(c.get("message") or c.get("reason"))
+            for c in (migration.get("status") or {}).get("conditions") or ()
+            if isinstance(c, dict)
+        )
+        or "waiting for a migration slot"
+    )
 
 
 def _targets_there(journal: Journal, state: State) -> None:
@@ -238,12 +349,19 @@ def _wait_migration(run: MoveRun, journal: Journal) -> Journal:
             "dvs", DATA_VOLUMES, run.namespace, label_selector=f"{MIGRATION_LABEL}={journal.id}"
         ),
     ]
+    progress = _Progress(run, journal)
+    began = time.monotonic()
+
+    def tick(state: State) -> None:
+        text, key = progress.line(state)
+        run.say(text, key=key)
+
     result = run.wait(
         streams,
         done,
         seconds=run.seconds_left(journal),
         what="KubeVirt's volume migration",
-        on_tick=lambda state: run.say(_describe(run, journal, state)),
+        on_tick=tick,
     )
     if isinstance(result, _Copied):
         # The upstream recovery when the copy finished but the VMI went away: drop the
@@ -267,7 +385,7 @@ def _wait_migration(run: MoveRun, journal: Journal) -> Journal:
         # Someone else stopped the VM mid-copy; it stays as they left it (verify then checks
         # the VM as it is now, not the run state it had before the move).
         return replace(journal, vmi_uid="", was_running=False, run_strategy=run_strategy_of(vm))
-    run.say("migration succeeded")
+    run.say(f"migration succeeded after {elapsed(time.monotonic() - began)} of waiting")
     return journal
 
 
