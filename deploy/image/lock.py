@@ -40,12 +40,16 @@ def _lock(python: str, requirements: list[str], out: Path, what: str) -> None:
             match = _NAME.match(wheel.name)
             if match is None:
                 raise SystemExit(f"cannot read a name and version from {wheel.name}")
-            digest = subprocess.run(
-                [python, "-m", "pip", "hash", "--algorithm", "sha256", str(wheel)],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.split("--hash=")[1].strip()
+            digest = (
+                subprocess.run(
+                    [python, "-m", "pip", "hash", "--algorithm", "sha256", str(wheel)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.split("--hash=")[1]
+                .strip()
+            )
             name = match["name"].replace("_", "-").lower()
             lines.append(f"{name}=={match['version']} \\\n    --hash={digest}\n")
     head = (

@@ -140,8 +140,8 @@ def test_the_readme_exit_code_table_is_the_model_s() -> None:
     section = readme[readme.index("### Exit codes") :]
     table = section[section.index("| code |") :]
     rows = re.findall(r"^\| (\d+) \| (.+) \| ([a-z ]+) \|$", table[: table.index("\n\n")], re.M)
-    job = {JobAction.SUCCEED: "succeeds", JobAction.RETRY: "retried once"}
-    job |= {JobAction.FAIL: "fails at once", None: "never returned"}
+    job: dict[JobAction | None, str] = {JobAction.SUCCEED: "succeeds", None: "never returned"}
+    job |= {JobAction.RETRY: "retried once", JobAction.FAIL: "fails at once"}
     assert {int(code): (meaning, action) for code, meaning, action in rows} == {
         int(row.code): (row.meaning, job[row.job]) for row in EXIT_CODE_TABLE
     }
