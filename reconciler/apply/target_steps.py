@@ -28,7 +28,8 @@ from reconciler.kube.resources import (
 )
 from reconciler.kube.watch import State, Stream
 from reconciler.model.errors import ClusterError
-from reconciler.model.journal import Flow, Journal
+from reconciler.model.journal import Flow, Journal, VolumeMove
+from reconciler.model.kept import KeptRecord, mark_ops
 from reconciler.model.names import (
     IN_FLIGHT_ANNOTATION,
     MANAGED_BY,
@@ -253,10 +254,14 @@ def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
     journal and the plan: a plan changed to Keep, or gone, keeps the sources). Each source is
     deleted once no pod mounts it, and only if, immediately before its delete, the move is
     still ours and no VM, VMI or pod refers to it (one may have been created on it while we
-    waited for the old virt-launcher to let go)."""
-    if journal.retention != "Delete":
-        return journal
+    waited for the old virt-launcher to let go). Every source kept is marked as such
+    (``_mark_kept``), for `sources` and `prune`."""
     kept: dict[str, str] = {}
+    if journal.retention != "Delete":
+        kept = {v.source: f"retention {journal.retention}" for v in journal.volumes}
+        for v in journal.volumes:
+            _mark_kept(run, journal, v, kept[v.source])
+        return replace(journal, sources_kept=kept)
     if run.plan_retention != "Delete":
         why = f"the plan now says retention {run.plan_retention}"
         if not run.plan_retention:
@@ -299,11 +304,43 @@ def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
                 )
         if v.source in kept:
             run.say(f"kept source {v.source}: {kept[v.source]}", volume=v.volume)
+            _mark_kept(run, journal, v, kept[v.source])
             continue
         resource = DATA_VOLUMES if v.source_is_data_volume else PVCS
         run.cluster.delete(resource, run.namespace, v.source)
         run.say(f"deleted source {resource.kind} {v.source} (retention: Delete)", volume=v.volume)
     return replace(journal, sources_kept=kept)
+
+
+def _mark_kept(run: MoveRun, journal: Journal, v: VolumeMove, why: str) -> None:
+    """Mark a source this move keeps with the move's record (``model.kept``: a label and an
+    annotation on the DataVolume, else the PVC), so `sources` lists every move's kept sources
+    and `prune` may delete them later. Idempotent (a resumed step keeps the first mark). A
+    mark never fails a move: a source gone or replaced, or a Role without get and patch on
+    it, is said and left (``sources`` still finds it by its destination's record)."""
+    resource = DATA_VOLUMES if v.source_is_data_volume else PVCS
+    record = KeptRecord(
+        vm=run.vm,
+        move=journal.id,
+        plan=journal.plan,
+        kept=run.now().isoformat(timespec="seconds"),
+        why=why,
+        volume=v.volume,
+        target=v.target,
+        from_class=v.from_class,
+        size_bytes=v.size_bytes,
+    )
+    try:
+        obj = run.cluster.get(resource, run.namespace, v.source)
+        if obj is None or _meta(obj).get("deletionTimestamp"):
+            return
+        ops = mark_ops(obj, record)
+        if ops:
+            run.cluster.json_patch(resource, run.namespace, v.source, ops)
+    except ClusterError as exc:
+        if exc.code not in (403, 404, 409, 422):
+            raise
+        run.say(f"kept source {v.source} not marked as kept: {exc}", volume=v.volume)
 
 
 def _copied_from(run: MoveRun, journal: Journal, target: str, source: str) -> bool:

@@ -25,6 +25,13 @@ SOURCE_CLAIM_ANNOTATION = "vmstorage.dev/source-claim"  # on a destination: the 
 # still has it while no VM journals its move is a leftover (the VM was deleted, or the move
 # abandoned) that nothing can use: `apply` deletes it. Kept sources never carry it.
 IN_FLIGHT_ANNOTATION = "vmstorage.dev/in-flight"
+# On a source a move kept (retention Keep, or a Delete that had to keep it): the label names
+# the move, the annotation holds its record (reconciler.model.kept); `sources` lists them and
+# `prune` deletes those a destination of ours corroborates. The pruning annotation is prune's
+# journal: written right before the delete.
+KEPT_SOURCE_LABEL = "vmstorage.dev/kept-source"
+KEPT_SOURCE_ANNOTATION = "vmstorage.dev/kept-source"
+PRUNING_ANNOTATION = "vmstorage.dev/pruning"
 VM_LABEL = "vmstorage.dev/vm"
 PLAN_LABEL = "vmstorage.dev/plan"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
