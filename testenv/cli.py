@@ -1,14 +1,18 @@
 """Command line for the test environment.
 
-``python -m testenv build [--no-flux]``
+``python -m testenv build [--no-flux] [--engine sim|real]``
     Build (or find in the cache) everything the test suite runs, with progress lines:
-    kube-apiserver, etcd and the CRDs, the Prometheus Pushgateway (for the metrics tests), and
+    kube-apiserver, etcd and the CRDs, the Prometheus Pushgateway (for the metrics tests),
     Flux's source- and kustomize-controller (for the GitOps tests; ``--no-flux`` skips them,
-    e.g. for ``demo`` or ``up`` only).
-``python -m testenv up [--kubeconfig PATH] [--no-simulator]``
+    e.g. for ``demo`` or ``up`` only), and the real engine's upstream controllers
+    (``testenv.real.build``, ~12 min cold on 2 cores; tests/env/test_real_engine.py runs
+    them). ``--engine sim`` builds only what the simulator engine needs.
+``python -m testenv up [--kubeconfig PATH] [--no-simulator] [--engine sim|real]``
     Start a control plane and the simulator, write an admin kubeconfig to PATH (default
     ``./.testenv/kubeconfig``), and keep it running until Ctrl-C or SIGTERM; then stop it
-    cleanly and remove the kubeconfig (it would point at a dead server).
+    cleanly and remove the kubeconfig (it would point at a dead server). ``--engine real``
+    runs the upstream KubeVirt, CDI and Kubernetes controllers with our node side instead of
+    the simulator (``testenv.real.engine``).
 ``python -m testenv demo [--copy-seconds-per-gib S] [--keep]``
     The seed scenario end to end: control plane + simulator, a running and a stopped VM,
     and the reconciler run on ``plans/seed`` as a user would (validate, plan, apply, status,
@@ -44,12 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "build":
-            return _build(flux=not args.no_flux)
+            return _build(flux=not args.no_flux, real=args.engine != "sim")
         if args.command == "demo":
             ensure_all(log=print)
             return demo.run(copy_seconds_per_gib=args.copy_seconds_per_gib, keep=args.keep,
                             kubeconfig=DEFAULT_KUBECONFIG if args.keep else None,
                             wait_forever=_wait_for_signal)
+        if args.engine == "real":
+            return _up_real(args.kubeconfig)
         return _up(args.kubeconfig, simulate=not args.no_simulator)
     except (MissingPrerequisiteError, BuildError, ControlPlaneError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -64,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build the binaries and CRDs into the cache")
     build.add_argument("--no-flux", action="store_true",
                        help="skip Flux's source- and kustomize-controller (GitOps tests only)")
+    build.add_argument("--engine", choices=("sim", "real"), default="real",
+                       help="sim: only what the simulator engine needs; real (default): also "
+                            "the upstream KubeVirt, CDI, KWOK, kube-scheduler and "
+                            "kube-controller-manager")
     up = commands.add_parser("up", help="run a control plane until Ctrl-C / SIGTERM")
     up.add_argument(
         "--kubeconfig",
@@ -73,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-simulator", action="store_true",
                     help="bare API server: no simulated KubeVirt/CDI/CSI controllers")
+    up.add_argument("--engine", choices=("sim", "real"), default="sim",
+                    help="sim: our simulator (default); real: upstream virt-controller, "
+                         "virt-api, cdi-controller, kube-scheduler, kube-controller-manager "
+                         "and KWOK, with only the node side ours")
     demo_cmd = commands.add_parser("demo", help="the seed VMs moved by apply, end to end")
     demo_cmd.add_argument("--copy-seconds-per-gib", type=float, default=1.0,
                           help="simulated copy speed (default 1.0 s per GiB, about a fast "
@@ -83,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _build(*, flux: bool) -> int:
+def _build(*, flux: bool, real: bool = False) -> int:
     binaries = ensure_all(log=print)
     print(f"kube-apiserver: {binaries.kube_apiserver}")
     print(f"etcd:           {binaries.etcd}")
@@ -94,6 +108,13 @@ def _build(*, flux: bool) -> int:
         print(f"source-controller:    {controllers.source_controller}")
         print(f"kustomize-controller: {controllers.kustomize_controller}")
         print(f"Flux CRDs:            {', '.join(map(str, controllers.crd_dirs))}")
+    if real:
+        from testenv.real.build import ensure_real
+
+        engine = ensure_real(log=print)
+        for name in ("virt_controller", "virt_api", "kubevirt_manifests", "cdi_controller",
+                     "cdi_crd_dir", "kwok", "kube_scheduler", "kube_controller_manager"):
+            print(f"{name.replace('_', '-') + ':':25s}{getattr(engine, name)}")
     return 0
 
 
@@ -124,6 +145,22 @@ def _up(kubeconfig: Path, *, simulate: bool) -> int:
         finally:
             if simulator is not None:
                 simulator.stop()
+            path.unlink(missing_ok=True)
+    print("stopped")
+    return 0
+
+
+def _up_real(kubeconfig: Path) -> int:
+    from testenv.real.engine import RealEngine
+
+    with RealEngine(log=print) as engine:
+        path = engine.control_plane.write_kubeconfig(kubeconfig, engine.control_plane.admin_token)
+        try:
+            _print_usage(engine.control_plane, path)
+            print(f"  upstream: {', '.join(engine.processes)} (logs: {engine.workdir}/*.log)")
+            _wait_for_signal()
+            print("stopping ...")
+        finally:
             path.unlink(missing_ok=True)
     print("stopped")
     return 0

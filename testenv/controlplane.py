@@ -72,6 +72,8 @@ class ControlPlane:
     Attributes (valid between start and stop): ``kubeconfig``, ``server``, ``ca_file``,
     ``admin_token``, ``workdir``. ``apiserver_args`` are appended to kube-apiserver's flags
     (e.g. ``--audit-log-path``/``--audit-policy-file`` for the apply benchmark).
+    ``admission_policies=False`` leaves the stand-ins for the webhooks out (the real engine
+    runs the real ones; ``binaries.crd_dir`` then names its own CRDs).
     """
 
     def __init__(
@@ -80,8 +82,10 @@ class ControlPlane:
         *,
         log: Log = print,
         apiserver_args: Sequence[str] = (),
+        admission_policies: bool = True,
     ) -> None:
         self._binaries = binaries
+        self._admission_policies = admission_policies
         self._log = log
         self._apiserver_extra = tuple(apiserver_args)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -224,7 +228,8 @@ class ControlPlane:
         self.kubeconfig = self.write_kubeconfig(self.workdir / "kubeconfig", self.admin_token)
         self._install_crds(binaries.crd_dir)
         # After the CRDs: the policies match (and their probes create) KubeVirt/CDI objects.
-        admission.install(self.api(), timeout=_START_TIMEOUT, log=self._log)
+        if self._admission_policies:
+            admission.install(self.api(), timeout=_START_TIMEOUT, log=self._log)
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
         assert self.workdir is not None

@@ -1,0 +1,326 @@
+"""The kubelet's part of CDI's worker pods (cdi-controller v1.65 creates them; KWOK leaves
+pods labelled ``cdi.kubevirt.io`` to us).
+
+- ``importer``: Running, then after the copy ``Succeeded`` with the termination message
+  the importer writes (``{"message": "Import Complete", ...}``), its disk content set on
+  its claim (and PV): "" for a blank disk, sha256 of the endpoint for an import.
+- ``cdi-clone-source`` (``<target uid>-source-pod``) and ``cdi-upload-server`` on the
+  target: both Running (the upload server Ready), the source copies, then both
+  ``Succeeded``, the source claim's content carried to the target.
+- ``cdi-populator-prep`` and anything else: Running (CDI deletes them when done).
+
+A copy takes ``sim.vmstorage.dev/copy-seconds`` of its DataVolume, else its size x
+``copy_seconds_per_gib``. Faults, ``sim.vmstorage.dev/fault`` on the DataVolume: ``fail``
+(every attempt: the container exits 1 and restarts, ``restartPolicy: OnFailure``, so CDI
+shows Running=False/Error and a rising restart count), ``fail-times:N``, ``fatal`` (the pod
+fails for good), ``stall`` (no progress until the annotation goes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from reconciler.model.quantity import parse_quantity
+from testenv.simulator.core import (
+    CONTENT_HASH_ANNOTATION,
+    GI,
+    Controller,
+    FaultAction,
+    Key,
+    Simulator,
+    annotations_of,
+    content_hash,
+    is_deleting,
+    now_rfc3339,
+)
+
+POD = "pods"
+PVC = "persistentvolumeclaims"
+PV = "persistentvolumes"
+DV = "datavolumes"
+CDI_LABEL = "cdi.kubevirt.io"
+SOURCE_POD_SUFFIX = "-source-pod"
+COPY_SECONDS_ANNOTATION = "sim.vmstorage.dev/copy-seconds"
+RESTART_DELAY = 1.0
+"""Seconds a failed worker container waits before the kubelet restarts it."""
+TERMINAL = frozenset({"Succeeded", "Failed"})
+COPIERS = frozenset({"importer", "cdi-clone-source"})
+
+
+def _phase(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def _claims(pod: Mapping[str, Any]) -> list[str]:
+    return [str(v["persistentVolumeClaim"].get("claimName"))
+            for v in (pod.get("spec") or {}).get("volumes") or []
+            if v.get("persistentVolumeClaim")]
+
+
+def _env(pod: Mapping[str, Any], name: str) -> str:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == name:
+                return str(env.get("value") or "")
+    return ""
+
+
+class CdiWorkers(Controller):
+    """The kubelet running CDI's worker pods (see the module docstring)."""
+
+    watches: ClassVar[tuple[str, ...]] = (POD, DV)
+
+    def __init__(self, sim: Simulator) -> None:
+        super().__init__(sim)
+        self._started: dict[str, float] = {}  # pod uid -> when this attempt started
+
+    def keys_for(self, resource: str, obj: dict[str, Any]) -> Iterable[Key]:
+        if resource == POD:
+            meta = obj.get("metadata") or {}
+            if CDI_LABEL in (meta.get("labels") or {}):
+                return [(POD, meta.get("namespace", ""), meta["name"])]
+            return []
+        # a DataVolume changed (a stall lifted): look at every worker pod again
+        return [(POD, p["metadata"]["namespace"], p["metadata"]["name"])
+                for p in self.sim.store.list(POD) if CDI_LABEL in (
+                    p["metadata"].get("labels") or {})]
+
+    def reconcile(self, key: Key) -> None:
+        _, namespace, name = key
+        pod = self.sim.store.get(POD, namespace, name)
+        if pod is None or is_deleting(pod) or _phase(pod) in TERMINAL:
+            return
+        if not (pod.get("spec") or {}).get("nodeName"):
+            return  # not scheduled yet
+        uid = pod["metadata"]["uid"]
+        state = self._container_state(pod)
+        if "running" not in state:
+            if "terminated" in state:  # a failed attempt: the kubelet restarts it
+                finished = self._started.get(uid, 0.0)
+                if time.monotonic() - finished < RESTART_DELAY:
+                    self.sim.enqueue(self, key, RESTART_DELAY)
+                    return
+            self._run(pod)
+            self._started[uid] = time.monotonic()
+            self.sim.enqueue(self, key, 0.05)
+            return
+        kind = pod["metadata"]["labels"].get(CDI_LABEL)
+        if kind in COPIERS:
+            self._copy(pod, kind)
+        elif kind == "cdi-upload-server":
+            self._upload_server(pod)
+
+    # -- copies --------------------------------------------------------------------------
+
+    def _copy(self, pod: dict[str, Any], kind: str) -> None:
+        meta = pod["metadata"]
+        key = (POD, meta["namespace"], meta["name"])
+        target = self._target_claim(pod, kind)
+        dv = self._data_volume(target) if target else None
+        fault = None
+        if dv is not None:
+            dv_meta = dv["metadata"]
+            if self.sim.faults.take(DV, dv_meta["namespace"], dv_meta["name"], "stall", dv):
+                self.sim.enqueue(self, key, 0.5)
+                return
+        started = self._started.setdefault(meta["uid"], time.monotonic())
+        left = started + self._copy_seconds(dv, target) - time.monotonic()
+        if left > 0:
+            self.sim.enqueue(self, key, left)
+            return
+        if dv is not None:
+            dv_meta = dv["metadata"]
+            taken = self.sim.faults.take(DV, dv_meta["namespace"], dv_meta["name"], "fail", dv)
+            fault = taken.action if taken else None
+        if fault is FaultAction.FATAL:
+            self._terminate(pod, exit_code=1, phase="Failed",
+                            message="Unable to process data: injected fault (fatal)")
+            return
+        if fault is not None:
+            self._terminate(pod, exit_code=1, phase="Running",
+                            message="Unable to process data: injected fault")
+            self._started[meta["uid"]] = time.monotonic()
+            self.sim.enqueue(self, key, RESTART_DELAY)
+            return
+        if target is not None:
+            self._set_content(target, self._content(pod, kind))
+        message = {"message": "Import Complete", "preallocationApplied": False} \
+            if kind == "importer" else {"message": "Clone Complete"}
+        self._terminate(pod, exit_code=0, phase="Succeeded", message=json.dumps(message))
+        if kind == "cdi-clone-source":
+            upload = self._upload_pod_for(pod)
+            if upload is not None:
+                self.sim.enqueue(self, (POD, upload["metadata"]["namespace"],
+                                        upload["metadata"]["name"]))
+
+    def _upload_server(self, pod: dict[str, Any]) -> None:
+        """An upload server completes once its clone source pod finished (a user upload,
+        with no source pod, never does here)."""
+        claims = _claims(pod)
+        target = self.sim.store.get(PVC, pod["metadata"]["namespace"], claims[0]) \
+            if claims else None
+        if target is None:
+            return
+        source = self._source_pod_for(target)
+        if source is None or _phase(source) != "Succeeded":
+            return
+        self._terminate(pod, exit_code=0, phase="Succeeded",
+                        message=json.dumps({"message": "Upload Complete"}))
+
+    def _content(self, pod: Mapping[str, Any], kind: str) -> str | None:
+        if kind == "importer":
+            if _env(pod, "IMPORTER_SOURCE") in ("none", ""):
+                return ""
+            return hashlib.sha256(_env(pod, "IMPORTER_ENDPOINT").encode()).hexdigest()
+        claims = _claims(pod)
+        source = self.sim.store.get(PVC, pod["metadata"]["namespace"], claims[0]) \
+            if claims else None
+        return content_hash(source) if source is not None else None
+
+    def _set_content(self, pvc: Mapping[str, Any], value: str | None) -> None:
+        if value is None:
+            return
+        annotation = {"metadata": {"annotations": {CONTENT_HASH_ANNOTATION: value}}}
+        meta = pvc["metadata"]
+        self.sim.client.merge_patch(PVC, meta["namespace"], meta["name"], annotation)
+        volume = (pvc.get("spec") or {}).get("volumeName")
+        if volume:
+            self.sim.client.merge_patch(PV, "", volume, annotation)
+
+    def _copy_seconds(self, dv: Mapping[str, Any] | None, target: Mapping[str, Any] | None
+                      ) -> float:
+        annotations = annotations_of(dv or {})
+        if COPY_SECONDS_ANNOTATION in annotations:
+            try:
+                return float(annotations[COPY_SECONDS_ANNOTATION])
+            except ValueError:
+                pass
+        spec = (target or {}).get("spec") or {}
+        size = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
+        return parse_quantity(str(size)) / GI * self.sim.config.copy_seconds_per_gib \
+            if size else 0.0
+
+    # -- finding the claims and the DataVolume -------------------------------------------
+
+    def _target_claim(self, pod: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
+        """The claim the copy writes: the importer's own, or the clone's target (the claim
+        whose uid names the source pod)."""
+        if kind == "importer":
+            claims = [c for c in _claims(pod) if not c.endswith("-scratch")]
+            return self.sim.store.get(PVC, pod["metadata"]["namespace"], claims[0]) \
+                if claims else None
+        uid = pod["metadata"]["name"].removesuffix(SOURCE_POD_SUFFIX)
+        for pvc in self.sim.store.list(PVC):
+            if pvc["metadata"].get("uid") == uid:
+                return pvc
+        return None
+
+    def _data_volume(self, pvc: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The DataVolume a claim fills: its owner, through a prime claim's owner claim."""
+        namespace = pvc["metadata"]["namespace"]
+        for _ in range(3):
+            refs = pvc["metadata"].get("ownerReferences") or []
+            for ref in refs:
+                if ref.get("kind") == "DataVolume":
+                    return self.sim.store.get(DV, namespace, str(ref.get("name")))
+            owner = next((r for r in refs if r.get("kind") == "PersistentVolumeClaim"), None)
+            if owner is None:
+                break
+            found = self.sim.store.get(PVC, namespace, str(owner.get("name")))
+            if found is None:
+                break
+            pvc = found
+        return self.sim.store.get(DV, namespace, pvc["metadata"]["name"])
+
+    def _source_pod_for(self, target: Mapping[str, Any]) -> dict[str, Any] | None:
+        name = f"{target['metadata']['uid']}{SOURCE_POD_SUFFIX}"
+        for pod in self.sim.store.list(POD):
+            if pod["metadata"]["name"] == name:
+                return pod
+        return None
+
+    def _upload_pod_for(self, source: Mapping[str, Any]) -> dict[str, Any] | None:
+        target = self._target_claim(source, "cdi-clone-source")
+        if target is None:
+            return None
+        for pod in self.sim.store.list(POD, target["metadata"]["namespace"]):
+            labels = pod["metadata"].get("labels") or {}
+            if labels.get(CDI_LABEL) == "cdi-upload-server" and \
+                    target["metadata"]["name"] in _claims(pod):
+                return pod
+        return None
+
+    # -- pod status (what the kubelet writes) --------------------------------------------
+
+    @staticmethod
+    def _container_state(pod: Mapping[str, Any]) -> dict[str, Any]:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        return dict(statuses[0].get("state") or {}) if statuses else {}
+
+    def _run(self, pod: Mapping[str, Any]) -> None:
+        now = now_rfc3339()
+        previous = {s.get("name"): s for s in (pod.get("status") or {}).get(
+            "containerStatuses") or []}
+        statuses = []
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            old = previous.get(container["name"]) or {}
+            status: dict[str, Any] = {
+                "name": container["name"], "image": container.get("image", ""),
+                "imageID": container.get("image", ""), "ready": True, "started": True,
+                "restartCount": int(old.get("restartCount") or 0),
+                "state": {"running": {"startedAt": now}},
+            }
+            if (old.get("state") or {}).get("terminated"):
+                status["lastState"] = {"terminated": old["state"]["terminated"]}
+            elif old.get("lastState"):
+                status["lastState"] = old["lastState"]
+            statuses.append(status)
+        conditions = [{"type": t, "status": "True", "lastProbeTime": None,
+                       "lastTransitionTime": now}
+                      for t in ("PodReadyToStartContainers", "Initialized", "Ready",
+                                "ContainersReady", "PodScheduled")]
+        node = pod["spec"]["nodeName"]
+        body = {"status": {"phase": "Running", "conditions": conditions,
+                           "containerStatuses": statuses, "hostIP": self._node_ip(node),
+                           "podIP": "10.244.0.10",
+                           "startTime": (pod.get("status") or {}).get("startTime") or now}}
+        meta = pod["metadata"]
+        self.sim.client.patch_status(POD, meta["namespace"], meta["name"], body)
+
+    def _terminate(self, pod: Mapping[str, Any], *, exit_code: int, phase: str,
+                   message: str) -> None:
+        """The container exited with ``exit_code`` and wrote ``message`` to its termination
+        log; ``phase`` Running means the kubelet restarts it (restartCount + 1)."""
+        now = now_rfc3339()
+        statuses = []
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            started = ((status.get("state") or {}).get("running") or {}).get("startedAt", now)
+            statuses.append({
+                **status, "ready": False, "started": False,
+                "restartCount": int(status.get("restartCount") or 0) + (
+                    1 if phase == "Running" else 0),
+                "state": {"terminated": {
+                    "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                    "message": message, "startedAt": started, "finishedAt": now}},
+            })
+        conditions = [{**c, "status": "False", "lastTransitionTime": now}
+                      if c.get("type") in ("Ready", "ContainersReady") else c
+                      for c in (pod.get("status") or {}).get("conditions") or []]
+        meta = pod["metadata"]
+        self.sim.client.patch_status(POD, meta["namespace"], meta["name"], {
+            "status": {"phase": phase, "containerStatuses": statuses, "conditions": conditions}})
+        if exit_code:
+            self.sim.client.event(pod, "Warning", "BackOff",
+                                  "Back-off restarting failed container" if phase == "Running"
+                                  else "container failed")
+
+    def _node_ip(self, node: str) -> str:
+        obj = self.sim.store.get("nodes", "", node) or {}
+        for address in (obj.get("status") or {}).get("addresses") or []:
+            if address.get("type") == "InternalIP":
+                return str(address.get("address"))
+        return "10.88.0.1"

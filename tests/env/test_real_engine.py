@@ -1,0 +1,230 @@
+"""The real engine: upstream virt-controller, virt-api, cdi-controller, kube-scheduler,
+kube-controller-manager and KWOK, with only the node side ours (``testenv.node``).
+
+One engine per module (it takes ~30-60 s to start); each test in its own namespace. These
+tests fail (never skip) when a binary is missing or a process does not start: the engine
+builds what is missing and names the process that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pykube
+import pytest
+
+from testenv.real.engine import RealEngine
+from testenv.simulator.core import CONTENT_HASH_ANNOTATION
+from tests.support.kube import condition, get_json
+
+pytestmark = pytest.mark.cluster
+
+KV = "kubevirt.io/v1"
+CDI = "cdi.kubevirt.io/v1beta1"
+OLD, NEW = "real-old", "real-new"
+TIMEOUT = 120.0
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[RealEngine]:
+    real = RealEngine(log=print)
+    try:
+        real.start()
+    except Exception as error:
+        pytest.fail(f"the real engine could not start: {error}", pytrace=False)
+    api = real.api()
+    for name, provisioner in ((OLD, "old.csi.vmsr.invalid"), (NEW, "new.csi.vmsr.invalid")):
+        _post(api, "storage.k8s.io/v1", "", "storageclasses", {
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": name, "annotations": {
+                # an unknown provisioner: the administrator tells CDI how to claim from it
+                "sim.vmstorage.dev/claim-property-sets": json.dumps(
+                    [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}])}},
+            "provisioner": provisioner, "volumeBindingMode": "Immediate",
+            "reclaimPolicy": "Delete"})
+    yield real
+    dead = real.dead()
+    real.stop()
+    assert not dead, f"processes of the real engine died during the tests: {dead}"
+
+
+@pytest.fixture
+def ns(engine: RealEngine, request: pytest.FixtureRequest) -> str:
+    return engine.control_plane.create_namespace(request.node.name[5:25].replace("_", "-"))
+
+
+def _post(api: pykube.HTTPClient, version: str, namespace: str, plural: str,
+          body: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"version": version, "url": plural, "data": json.dumps(body)}
+    if namespace:
+        kwargs["namespace"] = namespace
+    response = api.post(**kwargs)
+    api.raise_for_status(response)
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def _patch(api: pykube.HTTPClient, version: str, namespace: str, url: str,
+           patch: dict[str, Any]) -> None:
+    response = api.patch(version=version, namespace=namespace, url=url, data=json.dumps(patch),
+                         headers={"Content-Type": "application/merge-patch+json"})
+    api.raise_for_status(response)
+
+
+def wait(engine: RealEngine, probe: Callable[[], Any], what: str,
+         timeout: float = TIMEOUT) -> Any:
+    """Poll ``probe`` until truthy; on timeout fail with the upstream controllers' log tails
+    (and fail at once when a process of the engine died)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        dead = engine.dead()
+        if dead:
+            pytest.fail(f"{', '.join(dead)} died while waiting for {what}:\n"
+                        + "\n".join(engine.log_tail(n) for n in dead))
+        time.sleep(0.2)
+    logs = "\n".join(engine.log_tail(name, 25) for name in
+                     ("virt-controller", "cdi-controller", "node-side"))
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})\n{logs}")
+
+
+def blank_dv(name: str, storage_class: str, size: str = "1Gi") -> dict[str, Any]:
+    return {"apiVersion": CDI, "kind": "DataVolume", "metadata": {"name": name},
+            "spec": {"source": {"blank": {}}, "storage": {
+                "storageClassName": storage_class,
+                "resources": {"requests": {"storage": size}}}}}
+
+
+def import_dv(name: str, storage_class: str, url: str, size: str = "2Gi") -> dict[str, Any]:
+    dv = blank_dv(name, storage_class, size)
+    dv["spec"]["source"] = {"http": {"url": url}}
+    return dv
+
+
+def vm_body(name: str, claim: str, *, run: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": KV, "kind": "VirtualMachine", "metadata": {"name": name},
+        "spec": {
+            "runStrategy": "Always" if run else "Halted",
+            "template": {"spec": {
+                "domain": {"devices": {"disks": [{"name": "rootdisk", "disk": {"bus": "virtio"}}]},
+                           "resources": {"requests": {"memory": "1Gi"}}},
+                "volumes": [{"name": "rootdisk", "persistentVolumeClaim": {"claimName": claim}}],
+            }},
+        },
+    }
+
+
+def dv_phase(api: pykube.HTTPClient, ns: str, name: str) -> str:
+    return str((get_json(api, CDI, ns, f"datavolumes/{name}").get("status") or {}).get("phase"))
+
+
+def content(api: pykube.HTTPClient, ns: str, claim: str) -> str | None:
+    pvc = get_json(api, "v1", ns, f"persistentvolumeclaims/{claim}")
+    return (pvc.get("metadata", {}).get("annotations") or {}).get(CONTENT_HASH_ANNOTATION)
+
+
+def running_vm(engine: RealEngine, ns: str, name: str, claim: str) -> dict[str, Any]:
+    api = engine.api()
+    _post(api, KV, ns, "virtualmachines", vm_body(name, claim))
+    vmi: dict[str, Any] = wait(
+        engine, lambda: (v := get_json(api, KV, ns, f"virtualmachineinstances/{name}"))
+        and (v.get("status") or {}).get("phase") == "Running" and v, f"VMI {name} Running")
+    return vmi
+
+
+def test_a_vm_starts_through_virt_controller_the_scheduler_and_the_node_side(
+        engine: RealEngine, ns: str) -> None:
+    api = engine.api()
+    _post(api, CDI, ns, "datavolumes", blank_dv("root", OLD))
+    wait(engine, lambda: dv_phase(api, ns, "root") == "Succeeded", "blank DataVolume")
+
+    vmi = running_vm(engine, ns, "vm1", "root")
+
+    node = vmi["status"]["nodeName"]
+    assert node in engine.nodes
+    assert vmi["metadata"]["labels"]["kubevirt.io/nodeName"] == node
+    # virt-api's mutator defaulted what a real cluster defaults
+    assert vmi["spec"]["architecture"] == "amd64"
+    assert vmi["spec"]["domain"]["machine"]["type"].startswith("q35")
+    # the RWO claim makes the VMI not live-migratable, as virt-handler says it
+    live = condition(vmi, "LiveMigratable")
+    assert (live["status"], live["reason"]) == ("False", "DisksNotLiveMigratable")
+    assert "lastProbeTime" in live and live["lastProbeTime"] is None
+    pods = get_json(api, "v1", ns, "pods")["items"]
+    (launcher,) = [p for p in pods if p["metadata"]["labels"].get("kubevirt.io") == "virt-launcher"]
+    assert launcher["spec"]["nodeName"] == node  # bound by kube-scheduler
+    vm = wait(engine, lambda: (v := get_json(api, KV, ns, "virtualmachines/vm1"))
+              and (v.get("status") or {}).get("printableStatus") == "Running" and v,
+              "VM printableStatus Running")
+    assert condition(vm, "Ready")["status"] == "True"
+
+    _patch(api, KV, ns, "virtualmachines/vm1", {"spec": {"runStrategy": "Halted"}})
+    wait(engine, lambda: not get_json(api, KV, ns, "virtualmachineinstances/vm1"), "VMI gone")
+    wait(engine, lambda: (get_json(api, KV, ns, "virtualmachines/vm1").get("status") or {})
+         .get("printableStatus") == "Stopped", "VM Stopped")
+
+
+def test_an_offline_clone_across_classes_runs_through_cdi_controller(
+        engine: RealEngine, ns: str) -> None:
+    api = engine.api()
+    url = "http://images.vmsr.invalid/fedora.qcow2"
+    _post(api, CDI, ns, "datavolumes", import_dv("src", OLD, url))
+    wait(engine, lambda: dv_phase(api, ns, "src") == "Succeeded", "import DataVolume")
+    source_hash = content(api, ns, "src")
+    assert source_hash  # written by the node side's importer pod
+
+    clone = blank_dv("dst", NEW, "2Gi")
+    clone["spec"]["source"] = {"pvc": {"namespace": ns, "name": "src"}}
+    _post(api, CDI, ns, "datavolumes", clone)
+    dv = wait(engine, lambda: (d := get_json(api, CDI, ns, "datavolumes/dst"))
+              and (d.get("status") or {}).get("phase") == "Succeeded" and d,
+              "clone DataVolume Succeeded")
+
+    assert dv["status"]["progress"] == "100.0%"
+    dst = get_json(api, "v1", ns, "persistentvolumeclaims/dst")
+    assert dst["spec"]["storageClassName"] == NEW
+    assert content(api, ns, "dst") == source_hash
+    assert "dst" in engine.log_tail("cdi-controller", 4000)
+
+
+def test_a_live_volume_migration_runs_through_the_workload_updater(
+        engine: RealEngine, ns: str) -> None:
+    api = engine.api()
+    _post(api, CDI, ns, "datavolumes", import_dv("root", OLD, "http://images.vmsr.invalid/a"))
+    _post(api, CDI, ns, "datavolumes", blank_dv("root-new", NEW, "2Gi"))
+    for name in ("root", "root-new"):
+        wait(engine, lambda n=name: dv_phase(api, ns, n) == "Succeeded", f"DV {name}")  # type: ignore[misc]
+    source_hash = content(api, ns, "root")
+    before = running_vm(engine, ns, "vm1", "root")
+
+    _patch(api, KV, ns, "virtualmachines/vm1", {"spec": {
+        "updateVolumesStrategy": "Migration",
+        "template": {"spec": {"volumes": [
+            {"name": "rootdisk", "persistentVolumeClaim": {"claimName": "root-new"}}]}}}})
+
+    migration = wait(engine, lambda: next(
+        (m for m in get_json(api, KV, ns, "virtualmachineinstancemigrations")["items"]
+         if (m.get("status") or {}).get("phase") == "Succeeded"), None),
+        "the workload updater's migration Succeeded")
+    assert migration["metadata"]["name"].startswith("kubevirt-workload-update-")
+    vmi = wait(engine, lambda: (v := get_json(api, KV, ns, "virtualmachineinstances/vm1"))
+               and not condition(v, "VolumesChange") and v.get("status", {}).get(
+                   "nodeName") != before["status"]["nodeName"] and v,
+               "VMI moved, VolumesChange gone")
+    assert vmi["metadata"]["uid"] == before["metadata"]["uid"]  # the same VMI, live
+    assert [v["persistentVolumeClaim"]["claimName"] for v in vmi["spec"]["volumes"]] == [
+        "root-new"]
+    assert not vmi["status"].get("migratedVolumes")
+    assert content(api, ns, "root-new") == source_hash
+    vm = wait(engine, lambda: (v := get_json(api, KV, ns, "virtualmachines/vm1"))
+              and ((v.get("status") or {}).get("volumeUpdateState") or {}).get(
+                  "volumeMigrationState") and v, "VM volumeUpdateState")
+    assert not condition(vm, "RestartRequired")
+    assert migration["metadata"]["name"] in engine.log_tail("virt-controller", 4000)
