@@ -158,9 +158,9 @@ def exit_code(report: ApplyReport, *, detailed: bool = False) -> ExitCode:
     """The run's exit code (``model.errors.EXIT_CODE_TABLE``). Failures always fail: 3 a VM
     failed (rolled back or not). 1 the run was stopped (SIGTERM) before the end. Otherwise the
     run did all it could: 0, unless ``detailed`` (``--detailed-exitcode``) asks for the state
-    left behind: 5 no move could start because every window is shut, 1 work remains (a VM
-    blocked or in progress, left by ``--max-vms``, or outside its window while others
-    moved), 0 everything selected is in sync."""
+    left behind: 5 no move could start, and only because windows are shut; 1 work remains (a
+    VM blocked or in progress, left by ``--max-vms``, or outside its window while others
+    moved or were blocked); 0 everything selected is in sync."""
     if report.failed:
         return ExitCode.VM_FAILED
     if report.empty_plans:  # a typo in a plan never reads as done
@@ -169,9 +169,9 @@ def exit_code(report: ApplyReport, *, detailed: bool = False) -> ExitCode:
         return ExitCode.PENDING
     if not detailed:
         return ExitCode.OK
-    if report.outside_window and not report.outcomes and not report.pending:
-        return ExitCode.OUTSIDE_WINDOW
     blocked = any(v.action.value in ("Blocked", "InProgress") for v in report.verdicts)
+    if report.outside_window and not (report.outcomes or report.pending or blocked):
+        return ExitCode.OUTSIDE_WINDOW  # the windows alone kept every move from starting
     if report.pending or blocked or report.outside_window:
         return ExitCode.PENDING
     return ExitCode.OK

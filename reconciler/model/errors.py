@@ -69,7 +69,8 @@ EXIT_CODE_TABLE: tuple[ExitCodeDoc, ...] = (
         "changes pending. `plan`: volumes to move, blocked or in progress; `status`: a move is "
         "in flight; `apply`: stopped by SIGTERM before the end (the VM in flight journaled, "
         "the next run resumes it), and with `--detailed-exitcode` work remains (a VM blocked "
-        "or in progress, left by `--max-vms`, or outside its window while others moved)",
+        "or in progress, left by `--max-vms`, or outside its window while others moved or "
+        "were blocked)",
         True,
         JobAction.RETRY,
     ),
@@ -101,8 +102,8 @@ EXIT_CODE_TABLE: tuple[ExitCodeDoc, ...] = (
     ),
     ExitCodeDoc(
         ExitCode.OUTSIDE_WINDOW,
-        "only with `--detailed-exitcode`: no move could start because every selected VM's "
-        "maintenance window was shut (nothing was changed)",
+        "only with `--detailed-exitcode`: no move could start, and only because maintenance "
+        "windows were shut (nothing was changed)",
         False,
         None,
     ),

@@ -125,8 +125,16 @@ def test_a_scheduled_run_that_did_what_it_could_exits_0() -> None:
     ]
     for report in states:
         assert exit_code(report) is ExitCode.OK, report
+    states.append(ApplyReport(verdicts=(blocked,), outside_window=("ns/vm2",)))
     detailed = [exit_code(r, detailed=True) for r in states]
-    assert detailed == [ExitCode.PENDING, ExitCode.OUTSIDE_WINDOW, ExitCode.PENDING]
+    # the last: a shut window and a blocked VM, so not the windows alone
+    assert detailed == [
+        ExitCode.PENDING,
+        ExitCode.OUTSIDE_WINDOW,
+        ExitCode.PENDING,
+        ExitCode.PENDING,
+    ]
+    assert exit_code(states[-1]) is ExitCode.OK
     failed = Outcome(migration_id="m", plan="p", flow="live", result=ROLLED_BACK)
     stopped = Outcome(migration_id="m", plan="p", flow="live", result=INTERRUPTED)
     for detail in (False, True):
