@@ -35,6 +35,8 @@ examples:
   vm-storage-reconciler plan plans/ --server-dry-run
   vm-storage-reconciler apply plans/
   vm-storage-reconciler status -A
+  vm-storage-reconciler sources -A
+  vm-storage-reconciler prune -n apps --older-than 7d --dry-run
 """
 EXIT_CODES = exit_codes_epilog(EXIT_CODE_TABLE) + "\n" + EXAMPLES
 
@@ -119,6 +121,21 @@ COMMAND_EXIT_CODES: dict[str, tuple[tuple[ExitCode, str], ...]] = {
         (ExitCode.OK, "no move is in flight"),
         (ExitCode.PENDING, "a move is in flight (a journal on a VM)"),
         _BAD_INPUT,
+        _CLUSTER,
+    ),
+    "sources": ((ExitCode.OK, "listed (also when there is none)"), _BAD_INPUT, _CLUSTER),
+    "prune": (
+        (
+            ExitCode.OK,
+            "every kept source old enough that nothing uses was deleted (with --dry-run: "
+            "listed); those in use or not recorded by us are left, and said so",
+        ),
+        _BAD_INPUT,
+        (
+            ExitCode.LOCKED,
+            "the Lease: another run holds it (nothing was deleted), or this run lost it mid-run "
+            "(the source being deleted stays journaled for the next prune)",
+        ),
         _CLUSTER,
     ),
 }

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import TextIO, cast
 
-from reconciler.cli import apply, plan, run, status, validate
+from reconciler.cli import apply, plan, prune, run, sources, status, validate
 from reconciler.cli.common import EXIT_CODES, PROG, HelpFormatter, JsonLines, configure_logging
 from reconciler.cli.version import version, versioned
 from reconciler.kube.client import clients_loaded
@@ -37,7 +37,8 @@ Move KubeVirt VM disks between StorageClasses, declaratively.
 Plan files (YAML, in a Git checkout) say which StorageClass each VM disk should live on.
 `validate` checks them without a cluster; `plan` compares them with the live cluster and
 prints what would move, how (live volume migration or offline clone) and what is blocked;
-`apply` moves them; `status` shows moves in flight and each VM's last migration.
+`apply` moves them; `status` shows moves in flight and each VM's last migration; `sources`
+lists the source disks moves kept and `prune` deletes those nothing uses any more.
 """
 
 
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_parser(commands)
     run.add_parser(commands)
     status.add_parser(commands)
+    sources.add_parser(commands)
+    prune.add_parser(commands)
     return parser
 
 
@@ -151,6 +154,10 @@ def _command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return int(status.run(args, out, err))
     if args.command == "run":
         return int(run.run(args, out, err))
+    if args.command == "sources":
+        return int(sources.run(args, out, err))
+    if args.command == "prune":
+        return int(prune.run(args, out, err))
     return int(plan.run(args, out, err))
 
 

@@ -9,12 +9,17 @@ compact ``KeptRecord`` (VM, move, plan, when, why, volume, destination, class, s
 travels with the object, so every move's kept sources are found, not only the last move's
 (the VM's ``vmstorage.dev/last-migration`` record holds only its last move).
 
-**Ours, proven.** Anyone who may patch a PVC may write a mark, so a mark alone is no proof.
-A kept source is *recorded by us* when a destination DataVolume of ours corroborates it: one
-labelled ``vmstorage.dev/migration=<that move id>`` whose ``vmstorage.dev/source-claim``
-annotation names the source (what `apply` checks before deleting a source too). Destinations
-also record the sources of moves made before marks existed: those are listed without a mark,
-their time the destination's creation. `prune` deletes only kept sources recorded by us.
+**Ours, proven.** Anyone who may patch a PVC may write a mark, and a manifest copied with
+``kubectl get -o yaml`` carries one to a new object, so the text alone is no proof. A kept
+source is *recorded by us* when the API server says our field manager wrote its mark
+(``metadata.managedFields``: ``vm-storage-reconciler`` owns the kept-source label and
+annotation; a copy, or a mark edited by anyone else, is owned by them), or when a destination
+DataVolume of ours corroborates it: one labelled ``vmstorage.dev/migration=<that move id>``
+whose ``vmstorage.dev/source-claim`` annotation names the source (what `apply` checks before
+deleting a source too). Destinations also record the sources of moves made before marks
+existed: those are listed without a mark, their time the destination's creation (and once that
+destination is gone, nothing records them: they are left for a human). `prune` deletes only
+kept sources recorded by us.
 
 **Prune's journal.** Before deleting a kept source, `prune` writes
 ``vmstorage.dev/pruning`` (``PruneMark``: its run id, when, by whom) on it. A prune killed
@@ -31,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.model.names import (
+    FIELD_MANAGER,
     IN_FLIGHT_ANNOTATION,
     KEPT_SOURCE_ANNOTATION,
     KEPT_SOURCE_LABEL,
@@ -177,7 +183,7 @@ class KeptSource:
     """One kept source. ``record``: its mark (None: only a destination records it, a move
     made before marks). ``recorded_by``: the destination that proves it ours ("" none:
     ``prune`` refuses it). ``users``: who refers to it now ("" nobody). ``since``: when it
-    was kept (None unknown)."""
+    was kept (None unknown). ``move``: the move that kept it ("" unknown)."""
 
     namespace: str
     name: str
@@ -200,9 +206,10 @@ class KeptSource:
         """Why ``prune`` must leave it ("" when it may delete it, age aside)."""
         if not self.recorded_by:
             return (
-                f"not recorded as a source by us: no destination DataVolume of move "
-                f"{self.move or '?'} records copying it (label {MIGRATION_LABEL}, annotation "
-                f"{SOURCE_CLAIM_ANNOTATION})"
+                f"not recorded as a source by us: its {KEPT_SOURCE_LABEL} mark was not written "
+                f"by {FIELD_MANAGER} (metadata.managedFields), and no destination DataVolume of "
+                f"move {self.move or '?'} records copying it (label {MIGRATION_LABEL}, "
+                f"annotation {SOURCE_CLAIM_ANNOTATION})"
             )
         if self.deleting:
             return "being deleted already"
@@ -270,6 +277,12 @@ def kept_sources(
             move = _move_of(proof)
         if record is not None and record.move != move:
             record = None  # a mark that contradicts its own label is no record
+        if record is not None and _marked_by_us(obj):
+            recorded_by = f"its mark, written by {FIELD_MANAGER}"
+        elif proof is not None:
+            recorded_by = f"DataVolume {namespace}/{_name(proof)}"
+        else:
+            recorded_by = ""
         since = _time(record.kept) if record else None
         if since is None and proof is not None:
             since = _time(_meta(proof).get("creationTimestamp"))
@@ -289,7 +302,7 @@ def kept_sources(
                 size_bytes=_size_of(claim) or (record.size_bytes if record else None) or None,
                 why=why,
                 record=record,
-                recorded_by=f"DataVolume {namespace}/{_name(proof)}" if proof is not None else "",
+                recorded_by=recorded_by,
                 users="; ".join(who),
                 pruning=decode_prune(_annotations(obj)[PRUNING_ANNOTATION])
                 if PRUNING_ANNOTATION in _annotations(obj)
@@ -298,6 +311,23 @@ def kept_sources(
             )
         )
     return found
+
+
+def _marked_by_us(obj: Obj) -> bool:
+    """The API server records our field manager as the writer of the kept-source label and
+    annotation (``metadata.managedFields``): a mark copied with a manifest, or written or
+    rewritten by anyone else, is owned by them."""
+    for entry in _meta(obj).get("managedFields") or ():
+        if not isinstance(entry, dict) or entry.get("manager") != FIELD_MANAGER:
+            continue
+        if entry.get("subresource"):
+            continue
+        meta = (entry.get("fieldsV1") or {}).get("f:metadata") or {}
+        labels = meta.get("f:labels") or {}
+        notes = meta.get("f:annotations") or {}
+        if f"f:{KEPT_SOURCE_LABEL}" in labels and f"f:{KEPT_SOURCE_ANNOTATION}" in notes:
+            return True
+    return False
 
 
 def _destination_of(dv: Obj) -> str | None:

@@ -20,7 +20,7 @@ from reconciler.kube.kubeconfig import context_namespace
 from reconciler.model.errors import EXIT_CODE_TABLE
 from reconciler.plans.load import load_plans
 
-COMMANDS = ("validate", "plan", "apply", "run", "status")
+COMMANDS = ("validate", "plan", "apply", "run", "status", "sources", "prune")
 KMC_PLAN = """\
 apiVersion: migrations.kubevirt.io/v1alpha1
 kind: VirtualMachineStorageMigrationPlan
@@ -60,6 +60,8 @@ def codes_listed(text: str) -> list[int]:
         ("apply", [0, 1, 2, 3, 4, 5, 6, 7]),
         ("run", [0, 2, 6]),
         ("status", [0, 1, 2, 6]),
+        ("sources", [0, 2, 6]),
+        ("prune", [0, 2, 4, 6]),
     ],
 )
 def test_each_commands_help_lists_only_the_exit_codes_it_can_return(

@@ -22,6 +22,7 @@ from reconciler.model.kept import (
     prune_ops,
 )
 from reconciler.model.names import (
+    FIELD_MANAGER,
     IN_FLIGHT_ANNOTATION,
     KEPT_SOURCE_ANNOTATION,
     KEPT_SOURCE_LABEL,
@@ -55,12 +56,25 @@ def obj(kind: str, name: str, **meta: Any) -> dict[str, Any]:
     return body
 
 
-def marked(kind: str, name: str, record: KeptRecord = RECORD) -> dict[str, Any]:
+def marked(
+    kind: str, name: str, record: KeptRecord = RECORD, manager: str = FIELD_MANAGER
+) -> dict[str, Any]:
+    """A kept source marked by ``manager`` (the API server's managedFields say who wrote it)."""
+    fields: dict[str, Any] = {
+        "f:metadata": {
+            "f:labels": {f"f:{KEPT_SOURCE_LABEL}": {}},
+            "f:annotations": {f"f:{KEPT_SOURCE_ANNOTATION}": {}},
+        }
+    }
     return obj(
         kind,
         name,
         labels={KEPT_SOURCE_LABEL: record.move},
         annotations={KEPT_SOURCE_ANNOTATION: encode_record(record)},
+        managedFields=[
+            {"manager": "kubectl-create", "operation": "Update", "fieldsV1": {}},
+            {"manager": manager, "operation": "Update", "fieldsV1": fields},
+        ],
     )
 
 
@@ -123,7 +137,12 @@ def test_kept_sources_marked_legacy_and_forged() -> None:
         obj(PVC, "data"),
         obj(PVC, "busy"),
         obj(PVC, "open"),  # the source of a move still open: not kept (yet)
-        marked(PVC, "forged", KeptRecord("vm1", "0d0d0d0d0d0d", "apps/p", RECORD.kept, "x")),
+        marked(
+            PVC,
+            "forged",
+            KeptRecord("vm1", "0d0d0d0d0d0d", "apps/p", RECORD.kept, "x"),
+            manager="kubectl-edit",  # a mark written (or copied in a manifest) by someone else
+        ),
     ]
     assert candidates(dvs, pvcs) == [
         ("apps", "busy", PVC),
@@ -135,7 +154,7 @@ def test_kept_sources_marked_legacy_and_forged() -> None:
 
     root = found["root"]
     assert (root.vm, root.move, root.record, root.refused) == ("vm1", RECORD.move, RECORD, "")
-    assert root.recorded_by == "DataVolume apps/root-mig-abcde"
+    assert root.recorded_by == "its mark, written by vm-storage-reconciler"
     assert root.age(NOW) == 2 * 86400 and age_text(root.age(NOW)) == "2d"
     assert (root.storage_class, root.size_bytes) == ("local-hostpath", 2 << 30)
 
@@ -144,9 +163,23 @@ def test_kept_sources_marked_legacy_and_forged() -> None:
     assert data.since == datetime(2026, 11, 30, 10, 0, tzinfo=UTC), "the destination's time"
 
     assert found["busy"].refused == "in use: mounted by pod x"
-    assert found["forged"].refused.startswith(
-        "not recorded as a source by us: no destination DataVolume of move 0d0d0d0d0d0d"
+    assert found["forged"].refused == (
+        "not recorded as a source by us: its vmstorage.dev/kept-source mark was not written by "
+        "vm-storage-reconciler (metadata.managedFields), and no destination DataVolume of move "
+        "0d0d0d0d0d0d records copying it (label vmstorage.dev/migration, annotation "
+        "vmstorage.dev/source-claim)"
     )
+    assert data.recorded_by == "DataVolume apps/data-mig-fghij"
+
+
+def test_a_mark_of_ours_stays_proof_once_its_destination_is_gone() -> None:
+    """Moved A -> B -> C, both kept: pruning B deletes the destination that recorded A, and A
+    is still ours by its own mark (the API server says who wrote it)."""
+    (a,) = kept_sources([marked(DATA_VOLUME, "a")], [obj(PVC, "a")], {})
+    assert (a.recorded_by, a.refused) == ("its mark, written by vm-storage-reconciler", "")
+    relabelled = marked(DATA_VOLUME, "a", manager="kubectl-label")  # someone rewrote the mark
+    (a,) = kept_sources([relabelled], [obj(PVC, "a")], {})
+    assert a.refused.startswith("not recorded as a source by us")
 
 
 def test_a_claim_a_dataVolume_still_clones_from_is_in_use() -> None:
