@@ -32,7 +32,7 @@ from reconciler.kube.client import Cluster
 from reconciler.kube.resources import VIRTUAL_MACHINES, VMIS
 from reconciler.model import journal as journals
 from reconciler.model.errors import ClusterError, PlanError, TemplateError
-from reconciler.model.journal import Journal, Step
+from reconciler.model.journal import Flow, Journal, Step
 from reconciler.model.live import VMInfo
 from reconciler.model.names import JOURNAL_ANNOTATION, LAST_MIGRATION_ANNOTATION
 from reconciler.model.outcome import (
@@ -352,7 +352,7 @@ class Runner:
                     run.say("no plan selects this namespace any more: finishing its open move")
                 self._touched.add((namespace, name))
                 _safely(self.options.listener.move_started, namespace, name, journal, True)
-                self._record(_drive(run, journal, resumed=True))
+                self._record(drive_until_stopped(run, journal, resumed=True))
             if not unreadable and not self.stop.is_set():
                 self.options.guard()
                 remove_leftovers(self.cluster, namespace, open_moves, self.progress)
@@ -431,22 +431,64 @@ class Runner:
             + ", ".join(f"{v.volume} {v.from_class} -> {v.to_class}" for v in journal.volumes)
         )
         _safely(self.options.listener.move_started, namespace, name, journal, False)
-        return _drive(run, journal)
+        return drive_until_stopped(run, journal)
 
 
-_STOPPED = "stopped (SIGTERM, or the Lease was lost): the rest is left for the next run"
+_STOPPED = "stopped (SIGTERM or Ctrl-C, or the Lease was lost): the rest is left for the next run"
 
 
-def _drive(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
-    """``machine.drive``; a stop (SIGTERM, a lost Lease) is an ``Interrupted`` outcome with the
-    journal kept as written, for the next run to resume."""
+def stopped_note(namespace: str, vm: str, journal: Journal) -> str:
+    """What a stop leaves going on, and what comes next: stopping `apply` stops only the
+    reconciler, not what KubeVirt or CDI are doing for the step it was in."""
+    step, live = journal.step, journal.flow is Flow.LIVE
+    cancel = f"`vm-storage-reconciler cancel {namespace}/{vm}`"
+    if journal.rolling_back:
+        going = (
+            "KubeVirt goes on cancelling the migration"
+            if live and step is Step.WAIT_REVERTED
+            else "the rollback is not finished"
+        )
+        return (
+            f"move {journal.id} stays journaled, rolling back ({journal.rollback_reason}): "
+            f"{going}; the next `apply` (or {cancel}) finishes the rollback from step "
+            f"{step.value}"
+        )
+    if live and step in (Step.SWAP, Step.WAIT_MIGRATION):
+        going = "KubeVirt keeps migrating the disks: stopping apply does not cancel the migration"
+    elif step in (Step.CREATE_TARGETS, Step.WAIT_TARGETS):
+        going = "CDI keeps " + ("preparing the destinations" if live else "copying the disks")
+        going += "" if live or not journal.was_running else "; the VM stays stopped"
+    elif not live and step in (Step.STOP, Step.WAIT_STOPPED, Step.SWAP, Step.START):
+        going = "the VM stays stopped" if journal.was_running else "the VM stays as it is"
+    else:
+        going = "the disks have moved; what is left is checking (and cleaning up)"
+    return (
+        f"move {journal.id} stays journaled at step {step.value}; {going}; the next `apply` "
+        f"resumes it there, or {cancel} rolls it back"
+    )
+
+
+def _last_written(run: MoveRun, journal: Journal) -> Journal:
+    """The journal as this runner last wrote it (where the move stands now), else ``journal``."""
+    if run.journal_text is None:
+        return journal
+    try:
+        return journals.decode(run.journal_text)
+    except journals.JournalError:
+        return journal
+
+
+def drive_until_stopped(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
+    """``machine.drive``; a stop (SIGTERM, Ctrl-C, a lost Lease) is an ``Interrupted`` outcome
+    with the journal kept as written, for the next run to resume (or a `cancel` to roll
+    back), and a line saying what goes on meanwhile (``stopped_note``)."""
     try:
         return drive(run, journal, resumed=resumed)
     except Interrupted as stopped:
         if isinstance(stopped, Fenced | LeaseLost):
             run.say(f"{stopped}")
         else:
-            run.say(f"stopped; move {journal.id} stays journaled for the next run")
+            run.say("stopped: " + stopped_note(run.namespace, run.vm, _last_written(run, journal)))
         return Outcome(
             migration_id=journal.id,
             plan=journal.plan,

@@ -140,18 +140,35 @@ def _lease_seconds(text: str) -> int:
 
 
 @contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[threading.Event]:
-    """SIGTERM (a CronJob pod being stopped) sets the event: the run stops at the next step
-    boundary or within a second of a wait, the journal kept for the next run."""
+def stop_on_signals(err: TextIO) -> Iterator[threading.Event]:
+    """SIGTERM (a CronJob pod being stopped) and a first Ctrl-C set the event: the run stops
+    at the next step boundary or within a second of a wait, the journal kept for the next
+    run; the line it then prints says what KubeVirt or CDI go on doing meanwhile. A second
+    Ctrl-C quits at once (KeyboardInterrupt: still safe, like any crash)."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+
+    def interrupt(_sig: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        with contextlib.suppress(OSError, ValueError):
+            err.write(
+                "stopping at the next step (within a second of a wait); Ctrl-C again quits at "
+                "once. A move in flight stays journaled: KubeVirt and CDI go on with what they "
+                "were doing; the next apply resumes it, `cancel NAMESPACE/VM` rolls it back\n"
+            )
+            err.flush()
+
     previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
+    previous_int = signal.signal(signal.SIGINT, interrupt)
     try:
         yield stop
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def exit_code(report: ApplyReport, *, detailed: bool = False) -> ExitCode:
@@ -208,7 +225,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> ExitCode:
     if args.dry_run:
         args.server_dry_run = True
         return plan_command.run(args, out, err)
-    with _stop_on_sigterm() as stop:
+    with stop_on_signals(err) as stop:
         try:
             report = engine.apply(
                 args.paths,

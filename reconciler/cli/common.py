@@ -35,6 +35,7 @@ examples:
   vm-storage-reconciler plan plans/ --server-dry-run
   vm-storage-reconciler apply plans/
   vm-storage-reconciler status -A
+  vm-storage-reconciler cancel apps/vm-fedora
   vm-storage-reconciler sources -A
   vm-storage-reconciler prune -n apps --older-than 7d --dry-run
 """
@@ -135,6 +136,25 @@ COMMAND_EXIT_CODES: dict[str, tuple[tuple[ExitCode, str], ...]] = {
             ExitCode.LOCKED,
             "the Lease: another run holds it (nothing was deleted), or this run lost it mid-run "
             "(the source being deleted stays journaled for the next prune)",
+        ),
+        _CLUSTER,
+    ),
+    "cancel": (
+        (ExitCode.OK, "the move was rolled back, or none was in flight"),
+        (
+            ExitCode.PENDING,
+            "stopped (SIGTERM, Ctrl-C) before the rollback ended: it stays journaled, the next "
+            "apply or cancel finishes it",
+        ),
+        (
+            ExitCode.BAD_INPUT,
+            "bad flags, no such VM, or a move past the point where it can be cancelled; "
+            "nothing was changed",
+        ),
+        (ExitCode.VM_FAILED, "the rollback could not finish, or the journal was refused"),
+        (
+            ExitCode.LOCKED,
+            "another run holds the Lease (nothing was changed), or this cancel lost it mid-run",
         ),
         _CLUSTER,
     ),

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import TextIO, cast
 
-from reconciler.cli import apply, plan, prune, run, sources, status, validate
+from reconciler.cli import apply, cancel, plan, prune, run, sources, status, validate
 from reconciler.cli.common import EXIT_CODES, PROG, HelpFormatter, JsonLines, configure_logging
 from reconciler.cli.version import version, versioned
 from reconciler.kube.client import clients_loaded
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_parser(commands)
     run.add_parser(commands)
     status.add_parser(commands)
+    cancel.add_parser(commands)
     sources.add_parser(commands)
     prune.add_parser(commands)
     return parser
@@ -120,7 +121,10 @@ def _run(args: argparse.Namespace) -> int:
             err.write("  hint: check the kubeconfig's credentials and the RBAC in cronjob.yaml\n")
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        err.write("interrupted\n")
+        err.write(
+            "interrupted: a move in flight stays journaled (KubeVirt and CDI go on with it); "
+            "the next apply resumes it, `cancel NAMESPACE/VM` rolls it back\n"
+        )
         return 130
     except (BrokenPipeError, ConnectionResetError):
         _discard(out)  # the reader went away (`| head -1`): nothing more to say
@@ -152,6 +156,8 @@ def _command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return int(apply.run(args, out, err))
     if args.command == "status":
         return int(status.run(args, out, err))
+    if args.command == "cancel":
+        return int(cancel.run(args, out, err))
     if args.command == "run":
         return int(run.run(args, out, err))
     if args.command == "sources":

@@ -60,17 +60,19 @@ EXIT_CODE_TABLE: tuple[ExitCodeDoc, ...] = (
         "--every` cycle): it did all it could: every move it started is verified, and VMs "
         "blocked, outside their maintenance window, left for a later run (`--max-vms`) or a "
         "Lease held by another run at the start are states, reported in Events, metrics and "
-        "the status ConfigMap, not failures",
+        "the status ConfigMap, not failures; `cancel`: the move was rolled back, or none was "
+        "in flight",
         True,
         JobAction.SUCCEED,
     ),
     ExitCodeDoc(
         ExitCode.PENDING,
         "changes pending. `plan`: volumes to move, blocked or in progress; `status`: a move is "
-        "in flight; `apply`: stopped by SIGTERM before the end (the VM in flight journaled, "
-        "the next run resumes it), and with `--detailed-exitcode` work remains (a VM blocked "
-        "or in progress, left by `--max-vms`, or outside its window while others moved or "
-        "were blocked)",
+        "in flight; `apply`: stopped by SIGTERM or Ctrl-C before the end (the VM in flight "
+        "journaled, the next run resumes it), and with `--detailed-exitcode` work remains (a "
+        "VM blocked or in progress, left by `--max-vms`, or outside its window while others "
+        "moved or were blocked); `cancel`: stopped before its rollback ended (journaled: the "
+        "next apply or cancel finishes it)",
         True,
         JobAction.RETRY,
     ),
@@ -80,14 +82,16 @@ EXIT_CODE_TABLE: tuple[ExitCodeDoc, ...] = (
         "that is not installed too), no plans at all, a missing Lease namespace, or a server "
         "dry run refused an object (HTTP 400, 409, 422 only); an internal error before the "
         "cluster was contacted; output that could not be written (broken pipe, closed stdout, "
-        "full disk); nothing was changed",
+        "full disk); `cancel`: no such VM, or its move is past the point where it can be "
+        "cancelled; nothing was changed",
         True,
         JobAction.FAIL,
     ),
     ExitCodeDoc(
         ExitCode.VM_FAILED,
         "a VM failed: rolled back, or its rollback could not finish (also a run stopped by "
-        "3 failures in a row); see its Events",
+        "3 failures in a row); see its Events; `cancel`: its rollback could not finish, or its "
+        "journal was refused",
         True,
         JobAction.FAIL,
     ),
@@ -96,7 +100,7 @@ EXIT_CODE_TABLE: tuple[ExitCodeDoc, ...] = (
         "the Lease. Always: this run lost its Lease mid-run (it stalled past the Lease's "
         "expiry, or another runner took it over) and stopped with the VM in flight journaled; "
         "with `--detailed-exitcode` also: another run held the Lease at the start (nothing "
-        "was changed)",
+        "was changed); `cancel`: also when another run holds it (nothing was changed)",
         True,
         JobAction.FAIL,
     ),

@@ -20,7 +20,7 @@ from reconciler.kube.kubeconfig import context_namespace
 from reconciler.model.errors import EXIT_CODE_TABLE
 from reconciler.plans.load import load_plans
 
-COMMANDS = ("validate", "plan", "apply", "run", "status", "sources", "prune")
+COMMANDS = ("validate", "plan", "apply", "run", "status", "sources", "prune", "cancel")
 KMC_PLAN = """\
 apiVersion: migrations.kubevirt.io/v1alpha1
 kind: VirtualMachineStorageMigrationPlan
@@ -60,6 +60,7 @@ def codes_listed(text: str) -> list[int]:
         ("apply", [0, 1, 2, 3, 4, 5, 6, 7]),
         ("run", [0, 2, 6]),
         ("status", [0, 1, 2, 6]),
+        ("cancel", [0, 1, 2, 3, 4, 6]),
         ("sources", [0, 2, 6]),
         ("prune", [0, 2, 4, 6]),
     ],
