@@ -83,6 +83,17 @@ cp "$ROOT"/deploy/image/*.lock "$CONTEXT/deploy/image/"
 (cd "$ROOT" && tar --exclude=__pycache__ -cf - reconciler templates) | tar -xf - -C "$CONTEXT"
 # The same mtimes every time, so buildah's layer cache sees only content changes.
 find "$CONTEXT" -exec touch -h -d @0 {} +
+# Everything the build reads, hashed: an image built from the same is up to date (a warm run
+# with nothing changed costs a hash, not a buildah run; vfs copies layers even on cache hits).
+DIGEST="$( (cd "$CONTEXT" && find . -type f -print0 | sort -z | xargs -0 sha256sum; \
+    echo "$BASE_IMAGE") | sha256sum | cut -c1-16)"
+LABEL=dev.vmstorage.build-input
+if [[ "$(buildah "${STORAGE[@]}" inspect --type image \
+        --format "{{index .OCIv1.Config.Labels \"$LABEL\"}}" "$IMAGE" 2>/dev/null)" == "$DIGEST" ]]; then
+    say "$IMAGE is up to date (build input $DIGEST)"
+    echo "$IMAGE"
+    exit 0
+fi
 CA=()
 for bundle in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt; do
     if [[ -s "$bundle" ]]; then
@@ -94,6 +105,7 @@ say "building $IMAGE (revision $REVISION) on $BASE_IMAGE"
 started=$SECONDS
 BUD=(bud ${VMSR_IMAGE_VERBOSE:---quiet} --isolation chroot --layers --build-arg "BASE=$BASE_IMAGE"
     --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" "${CA[@]}"
+    --label "$LABEL=$DIGEST"
     --file "$CONTEXT/Containerfile")
 # The wheel stage first, tagged, so its cached layers are not pruned as dangling below.
 nice buildah "${STORAGE[@]}" "${BUD[@]}" --target wheel \
