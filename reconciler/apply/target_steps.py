@@ -101,7 +101,7 @@ def _adopt(run: MoveRun, journal: Journal, name: str) -> bool:
 
 def _delete_and_wait(run: MoveRun, journal: Journal, name: str, uid: str) -> None:
     """Delete DataVolume ``name`` (that uid only) and watch until it is gone."""
-    run.cluster.delete(DATA_VOLUMES, run.namespace, name)
+    _delete_exactly(run.cluster, run.namespace, name, uid)
 
     def gone(state: State) -> bool | None:
         dv = state["dv"].get(name)
@@ -213,6 +213,17 @@ def _volume_of(journal: Journal, target: str) -> str | None:
     return next((v.volume for v in journal.volumes if v.target == target), None)
 
 
+def _delete_exactly(cluster: Cluster, namespace: str, name: str, uid: str) -> bool:
+    """Delete the DataVolume that was looked at (``uid``), never another one that took its
+    name meanwhile. False when it is gone, or the name belongs to another object now."""
+    try:
+        return cluster.delete(DATA_VOLUMES, namespace, name, uid=uid or None)
+    except ClusterError as exc:
+        if exc.code == 409:  # the uid precondition failed: not the object we checked
+            return False
+        raise
+
+
 def _delete_targets(run: MoveRun, journal: Journal) -> Journal:
     vm = read_vm(run)
     if vm is not None:
@@ -225,7 +236,7 @@ def _delete_targets(run: MoveRun, journal: Journal) -> Journal:
         name = str(_meta(dv).get("name"))
         if name in in_use:  # never delete a disk the VM uses: the revert did not happen
             raise StepFailed("target-in-use", f"DataVolume {name} is still used by the VM")
-        run.cluster.delete(DATA_VOLUMES, run.namespace, name)
+        _delete_exactly(run.cluster, run.namespace, name, str(_meta(dv).get("uid") or ""))
         run.say(
             f"deleted DataVolume {name} (created by this move)",
             volume=_volume_of(journal, name),
@@ -436,7 +447,8 @@ def remove_leftovers(
             who = users[name]
             say(f"{namespace}: kept DataVolume {name} of abandoned move {move}: {who}")
             continue
-        cluster.delete(DATA_VOLUMES, namespace, name)
+        if not _delete_exactly(cluster, namespace, name, str(meta.get("uid") or "")):
+            continue
         say(f"{namespace}: deleted DataVolume {name}, left by move {move} (no VM journals it)")
         deleted.append(name)
     return deleted
