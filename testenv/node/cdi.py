@@ -7,6 +7,9 @@ pods labelled ``cdi.kubevirt.io`` to us).
 - ``cdi-clone-source`` (``<target uid>-source-pod``) and ``cdi-upload-server`` on the
   target: both Running (the upload server Ready), the source copies, then both
   ``Succeeded``, the source claim's content carried to the target.
+- ``size-detection-*`` (an ``importer``-labelled pod on a clone's source): ``Succeeded``
+  with the source image's virtual size in bytes as its termination message (what
+  ``qemu-img`` reports; here the source disk minus the filesystem overhead).
 - ``cdi-populator-prep`` and anything else: Running (CDI deletes them when done).
 
 A copy takes ``sim.vmstorage.dev/copy-seconds`` of its DataVolume, else its size x
@@ -25,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from reconciler.model.quantity import parse_quantity
+from testenv.simulator import kubevirt_rules as rules
 from testenv.simulator.core import (
     CONTENT_HASH_ANNOTATION,
     GI,
@@ -48,6 +52,7 @@ COPY_SECONDS_ANNOTATION = "sim.vmstorage.dev/copy-seconds"
 RESTART_DELAY = 1.0
 """Seconds a failed worker container waits before the kubelet restarts it."""
 TERMINAL = frozenset({"Succeeded", "Failed"})
+SIZE_DETECTION_PREFIX = "size-detection-"
 COPIERS = frozenset({"importer", "cdi-clone-source"})
 
 
@@ -109,7 +114,9 @@ class CdiWorkers(Controller):
             self.sim.enqueue(self, key, 0.05)
             return
         kind = pod["metadata"]["labels"].get(CDI_LABEL)
-        if kind in COPIERS:
+        if name.startswith(SIZE_DETECTION_PREFIX):
+            self._detect_size(pod)
+        elif kind in COPIERS:
             self._copy(pod, kind)
         elif kind == "cdi-upload-server":
             self._upload_server(pod)
@@ -156,6 +163,16 @@ class CdiWorkers(Controller):
             if upload is not None:
                 self.sim.enqueue(self, (POD, upload["metadata"]["namespace"],
                                         upload["metadata"]["name"]))
+
+    def _detect_size(self, pod: dict[str, Any]) -> None:
+        """cdi-image-size-detection: the virtual size of the image on the source claim."""
+        claims = _claims(pod)
+        source = self.sim.store.get(PVC, pod["metadata"]["namespace"], claims[0]) \
+            if claims else None
+        if source is None:
+            return
+        self._terminate(pod, exit_code=0, phase="Succeeded",
+                        message=str(rules.disk_image_size(source)))
 
     def _upload_server(self, pod: dict[str, Any]) -> None:
         """An upload server completes once its clone source pod finished (a user upload,

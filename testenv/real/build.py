@@ -8,6 +8,8 @@ keyed so a version bump never reuses a stale artefact:
 - ``kubevirt-manifests-<hash>/manifests.yaml``   virt-operator's CRDs, RBAC and virt-api's
   webhook configurations, printed by tools/kubevirt/manifests (hash of go.mod, go.sum, main.go)
 - ``cdi-<version>/cdi-controller``               tools/cdi (kubevirt.io/containerized-data-importer)
+- ``cdi-manifests-<hash>/manifests.yaml``        cdi-operator's RBAC for cdi-controller, printed
+  by tools/cdi/manifests
 - ``cdi-crds-<hash>/*.yaml``                     controller-gen over CDI-api at the same version
   (hash of tools/cdi/go.{mod,sum}, controller-gen's version and this file)
 - ``kwok-<version>/kwok``                        tools/kwok (sigs.k8s.io/kwok)
@@ -54,6 +56,7 @@ class RealBinaries:
     virt_api: Path
     kubevirt_manifests: Path  # one YAML stream
     cdi_controller: Path
+    cdi_manifests: Path  # one YAML stream
     cdi_crd_dir: Path
     kwok: Path
     kube_scheduler: Path
@@ -112,9 +115,9 @@ def kube_controllers_version() -> str:
     return controllers
 
 
-def manifests_dir(cache: Path) -> Path:
-    """Where the KubeVirt manifests of the current tools/kubevirt are cached."""
-    return cache / f"kubevirt-manifests-{_hash(TOOLS_DIR / 'kubevirt', 'manifests/main.go')}"
+def manifests_dir(cache: Path, wrapper: str = "kubevirt") -> Path:
+    """Where the manifests printed by tools/<wrapper>/manifests are cached."""
+    return cache / f"{wrapper}-manifests-{_hash(TOOLS_DIR / wrapper, 'manifests/main.go')}"
 
 
 def cdi_crd_dir(cache: Path) -> Path:
@@ -140,9 +143,10 @@ def ensure_real(log: Log = print) -> RealBinaries:
     cache = cache_dir()
     built = go_binaries()
     manifests = manifests_dir(cache) / "manifests.yaml"
+    cdi_manifests = manifests_dir(cache, "cdi") / "manifests.yaml"
     crds = cdi_crd_dir(cache)
-    if not all(b.path(cache).exists() for b in built.values()) or not manifests.exists() \
-            or not crds.exists():
+    if not all(b.path(cache).exists() for b in built.values()) or not all(
+            p.exists() for p in (manifests, cdi_manifests, crds)):
         cache.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with binaries._build_lock(cache / ".build.lock", log):
@@ -151,7 +155,9 @@ def ensure_real(log: Log = print) -> RealBinaries:
                 log(f"[{index}/{len(missing)}] {binary.name} ({binary.package}@{binary.version})")
                 _build(binary, log)
             if not manifests.exists():
-                _write_kubevirt_manifests(manifests, log)
+                _write_manifests("kubevirt", KUBEVIRT_MODULE, "kubevirt", manifests, log)
+            if not cdi_manifests.exists():
+                _write_manifests("cdi", CDI_MODULE, "cdi", cdi_manifests, log)
             if not crds.exists():
                 _write_cdi_crds(crds, log)
         log(f"real engine built in {time.monotonic() - started:.0f}s")
@@ -160,6 +166,7 @@ def ensure_real(log: Log = print) -> RealBinaries:
         virt_api=built["virt-api"].path(cache),
         kubevirt_manifests=manifests,
         cdi_controller=built["cdi-controller"].path(cache),
+        cdi_manifests=cdi_manifests,
         cdi_crd_dir=crds,
         kwok=built["kwok"].path(cache),
         kube_scheduler=built["kube-scheduler"].path(cache),
@@ -205,22 +212,25 @@ def proxy_refusal(output: str) -> str | None:
     return f"{match['module']} ({reason})"
 
 
-def _write_kubevirt_manifests(target: Path, log: Log) -> None:
-    """Build tools/kubevirt/manifests and write what it prints to ``target`` atomically."""
-    module_dir = TOOLS_DIR / "kubevirt"
+def _write_manifests(wrapper: str, module: str, namespace: str, target: Path,
+                     log: Log) -> None:
+    """Build tools/<wrapper>/manifests and write what it prints to ``target`` atomically."""
+    module_dir = TOOLS_DIR / wrapper
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".kubevirt-manifests-", dir=target.parent) as tmp:
-        program = _GoBinary("manifests", "kubevirt-manifests", module_dir, "./manifests",
-                            module_version(module_dir / "go.mod", KUBEVIRT_MODULE), "-s -w")
+    with tempfile.TemporaryDirectory(prefix=f".{wrapper}-manifests-", dir=target.parent) as tmp:
+        program = _GoBinary(f"{wrapper}-manifests", f"{wrapper}-manifests", module_dir,
+                            "./manifests", module_version(module_dir / "go.mod", module),
+                            "-s -w", "1-5")
         _build_to(program, Path(tmp) / "manifests", log)
         out = Path(tmp) / "manifests.yaml"
         with out.open("wb") as handle:
-            run = subprocess.run([str(Path(tmp) / "manifests"), "-namespace", "kubevirt"],
+            run = subprocess.run([str(Path(tmp) / "manifests"), "-namespace", namespace],
                                  stdout=handle, stderr=subprocess.PIPE, check=False)
         if run.returncode != 0:
-            raise BuildError(f"tools/kubevirt/manifests failed: {run.stderr.decode()[-4000:]}")
+            raise BuildError(f"tools/{wrapper}/manifests failed: "
+                             f"{run.stderr.decode()[-4000:]}")
         out.replace(target)
-    log(f"KubeVirt manifests (CRDs, RBAC, webhooks) written to {target}")
+    log(f"{wrapper} manifests written to {target}")
 
 
 def _build_to(binary: _GoBinary, target: Path, log: Log) -> None:

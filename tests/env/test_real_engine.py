@@ -1,16 +1,17 @@
 """The real engine: upstream virt-controller, virt-api, cdi-controller, kube-scheduler,
 kube-controller-manager and KWOK, with only the node side ours (``testenv.node``).
 
-One engine per module (it takes ~30-60 s to start); each test in its own namespace. These
-tests fail (never skip) when a binary is missing or a process does not start: the engine
-builds what is missing and names the process that failed.
+One engine per session (``real_engine`` in tests/env/conftest.py; ~30-60 s to start), each
+test in its own namespace. These tests fail (never skip) when a binary is missing or a
+process does not start: the engine builds what is missing and names the process that failed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pykube
@@ -29,13 +30,8 @@ TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[RealEngine]:
-    real = RealEngine(log=print)
-    try:
-        real.start()
-    except Exception as error:
-        pytest.fail(f"the real engine could not start: {error}", pytrace=False)
-    api = real.api()
+def engine(real_engine: RealEngine) -> RealEngine:
+    api = real_engine.api()
     for name, provisioner in ((OLD, "old.csi.vmsr.invalid"), (NEW, "new.csi.vmsr.invalid")):
         _post(api, "storage.k8s.io/v1", "", "storageclasses", {
             "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
@@ -45,10 +41,7 @@ def engine() -> Iterator[RealEngine]:
                     [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}])}},
             "provisioner": provisioner, "volumeBindingMode": "Immediate",
             "reclaimPolicy": "Delete"})
-    yield real
-    dead = real.dead()
-    real.stop()
-    assert not dead, f"processes of the real engine died during the tests: {dead}"
+    return real_engine
 
 
 @pytest.fixture
@@ -228,3 +221,34 @@ def test_a_live_volume_migration_runs_through_the_workload_updater(
                   "volumeMigrationState") and v, "VM volumeUpdateState")
     assert not condition(vm, "RestartRequired")
     assert migration["metadata"]["name"] in engine.log_tail("virt-controller", 4000)
+
+
+def test_cdi_sizes_a_filesystem_clone_from_the_image_not_the_claim(
+        engine: RealEngine, ns: str) -> None:
+    """Upstream detectCloneSize: a clone without a size of a Filesystem source with KubeVirt
+    content gets the image's virtual size (the size-detection pod's answer: what the
+    importer left, the source's space minus the filesystem overhead) plus the overhead again
+    for a Filesystem target, so the destination claim is smaller than its source. The
+    simulator sized it like the source request (``storage.detect_clone_size`` when the
+    volume modes match)."""
+    api = engine.api()
+    _post(api, CDI, ns, "datavolumes", import_dv("src", OLD, "http://x.vmsr.invalid/i", "10Gi"))
+    wait(engine, lambda: dv_phase(api, ns, "src") == "Succeeded", "import")
+    clone = blank_dv("dst", NEW)
+    clone["spec"]["storage"].pop("resources")
+    clone["spec"]["source"] = {"pvc": {"namespace": ns, "name": "src"}}
+    _post(api, CDI, ns, "datavolumes", clone)
+    wait(engine, lambda: dv_phase(api, ns, "dst") == "Succeeded", "clone without a size")
+
+    def request(claim: str) -> int:
+        pvc = get_json(api, "v1", ns, f"persistentvolumeclaims/{claim}")
+        return int(pvc["spec"]["resources"]["requests"]["storage"])
+
+    source, target = request("src"), request("dst")
+    # CDI's GetRequiredSpace: align to 1 MiB, then x (1 + 6% filesystem overhead); the
+    # simulator divides by (1 - overhead) instead (storage.required_space: 11422785362)
+    assert source == math.ceil(10 * 2**30 * 1.06) == 11381663335
+    virtual = int(source * 0.94)  # what the importer left: the usable space
+    assert target == math.ceil(-(-virtual // 2**20) * 2**20 * 1.06) == 11341649675
+    assert target < source
+    assert content(api, ns, "dst") == content(api, ns, "src")
