@@ -47,7 +47,7 @@ from testenv.controlplane import ControlPlane
 from testenv.flux import KUSTOMIZE_API, SOURCE_API
 from testenv.simulator import Fault, FaultAction, Simulator
 from tests.cluster.test_git_plans import create_stopped
-from tests.cluster.test_plan import _merge, fedora, settle
+from tests.cluster.test_plan import fedora, settle
 from tests.support.flux import FluxEnv
 from tests.support.gitrepo import PlansRepo, git_sync
 from tests.support.kube import Eventually, annotation, condition, get_json, vmi_running
@@ -910,8 +910,8 @@ class Scheduled(Scenario):
 
 class RetentionDelete(Scenario):
     """retention: Delete: a running VM moved live (its source DataVolume deleted once the old
-    launcher pod let go of it) and a stopped one with a plain PVC moved offline (the PVC
-    deleted)."""
+    launcher pod let go of it) and a running one with a plain PVC moved offline (stopped: the
+    wait for its launcher pod to go is a real one; then the PVC deleted)."""
 
     name = "retention-delete"
 
@@ -924,17 +924,15 @@ class RetentionDelete(Scenario):
         send_as_admin(self.api, pvc)
         settle(self.api, self.eventually, vm_manifest(self.ns, stopped, [disk]))
         self.eventually(lambda: vmi_running(self.api, self.ns, stopped), what="VM runs")
-        _merge(
-            self.api, KV, self.ns, f"virtualmachines/{stopped}", {"spec": {"runStrategy": "Halted"}}
-        )
-        self.eventually(lambda: not vmi_running(self.api, self.ns, stopped), what="VM stopped")
         self.repo.commit(
             {
-                "move.yaml": plan_doc(
-                    self.ns, "move", [running, stopped], allowStop=True, retention="Delete"
+                "live.yaml": plan_doc(self.ns, "live", [running], retention="Delete"),
+                "offline.yaml": plan_doc(
+                    self.ns, "offline", [stopped], mode="Offline", allowStop=True,
+                    retention="Delete",
                 ),
             }
-        )
+        )  # fmt: skip
 
     def check(self, runs: list[subprocess.CompletedProcess[str]]) -> list[str]:
         (done,) = runs
@@ -1351,17 +1349,35 @@ def test_the_runs_use_exactly_the_shipped_rbac(rig: Rig) -> None:
         )
 
 
+ATTEMPTS = 10
+"""Runs per removed verb, at most. A refused request fails a run at once; a refused WATCH only
+when the wait it serves does not hold right after its LIST (then the watch is opened, refused,
+and the run fails): verify, for one, often finds a finished move verified on arrival (the
+destination PVCs Bound, the VM's status already written) and needs no watch. So a verb counts
+as needed when one of these runs, each in a fresh namespace, fails on it: most fail the first
+run; the PVC watch (verify's) within a few (one to four seen)."""
+
+
 @pytest.mark.parametrize("grant", grants(), ids=str)
 def test_removing_any_granted_verb_makes_a_run_fail(rig: Rig, grant: Grant) -> None:
     """The role with this one verb taken out: the scenario that uses it fails, on a 403."""
     namespace = rig.namespace()
+    results = []
     with rig.without(grant, namespace):
-        result = rig.run(USED_BY[grant.key], namespace)
-    assert result.problems, f"nothing went wrong without {grant}: it is not needed"
+        for attempt in range(ATTEMPTS):
+            results.append(rig.run(USED_BY[grant.key], namespace if attempt == 0 else None))
+            if results[-1].problems:
+                break
+    result = results[-1]
+    assert result.problems, (
+        f"nothing went wrong without {grant} in {len(results)} runs: it is not needed"
+    )
     refused = [r for r in result.requests if r.status == 403 and r.key not in FALLBACKS]
     assert refused or "(HTTP 403)" in result.stderr, (
         f"without {grant} the run failed, but not on a 403: {result.problems}"
     )
+    expected = ON_BEHALF.get(grant.key, grant.key)  # CDI's check refuses the clone's create
+    assert expected in {r.key for r in refused}, f"refused were {refused}, not {grant}"
 
 
 def test_a_missing_lease_namespace_is_bad_input_with_the_fix(
