@@ -41,13 +41,13 @@ import requests
 import yaml
 
 from reconciler.cli.main import main
-from reconciler.model.names import JOURNAL_ANNOTATION
+from reconciler.model.names import JOURNAL_ANNOTATION, KEPT_SOURCE_LABEL
 from testenv import seed
 from testenv.controlplane import ControlPlane
 from testenv.flux import KUSTOMIZE_API, SOURCE_API
 from testenv.simulator import Fault, FaultAction, Simulator
 from tests.cluster.test_git_plans import create_stopped
-from tests.cluster.test_plan import fedora, settle
+from tests.cluster.test_plan import _merge, fedora, settle
 from tests.support.flux import FluxEnv
 from tests.support.gitrepo import PlansRepo, git_sync
 from tests.support.kube import Eventually, annotation, condition, get_json, vmi_running
@@ -883,9 +883,12 @@ class Scheduled(Scenario):
             report.get("outsideWindow") == [f"{self.ns}/{later}"],
             f"outsideWindow {report.get('outsideWindow')}",
         )
+        moves = {o["name"]: o.get("migrationId") for o in report.get("outcomes", [])}
         for vm in (live, offline):
             reasons = {e["reason"] for e in events_of(self.api, self.ns, vm)}
             expect(problems, {"MoveStarted", "MoveSucceeded"} <= reasons, f"{vm}: {reasons}")
+            mark = kept_mark(self.api, self.ns, "datavolumes", f"{vm}-disk")
+            expect(problems, mark == moves.get(vm), f"{vm}-disk not marked as a kept source")
         status = get_json(
             self.api, "v1", "vm-storage-reconciler", "configmaps/vm-storage-reconciler-status"
         )
@@ -908,22 +911,37 @@ class Scheduled(Scenario):
         return problems
 
 
-class RetentionDelete(Scenario):
-    """retention: Delete: a running VM moved live (its source DataVolume deleted once the old
-    launcher pod let go of it) and a running one with a plain PVC moved offline (stopped: the
-    wait for its launcher pod to go is a real one; then the PVC deleted)."""
+class Retention(Scenario):
+    """Sources deleted and kept. retention: Delete: a running VM moved live (its source
+    DataVolume deleted once the old launcher pod let go of it) and a running one with a plain
+    PVC moved offline (stopped: the wait for its launcher pod to go is a real one; then the PVC
+    deleted). retention: Keep: a stopped VM with a plain PVC moved offline, the PVC kept and
+    marked as a kept source (for `sources` and `prune`)."""
 
-    name = "retention-delete"
+    name = "retention"
 
-    def prepare(self) -> None:
-        running, stopped = self.vm("keep-not"), self.vm("pvc")
-        settle(self.api, self.eventually, fedora(self.ns, running))
-        disk = Disk("root", "pvc", f"{stopped}-root")
+    def pvc_vm(self, name: str, *, running: bool) -> None:
+        disk = Disk("root", "pvc", f"{name}-root")
         pvc = disk.standalone(self.ns)
         assert pvc is not None
         send_as_admin(self.api, pvc)
-        settle(self.api, self.eventually, vm_manifest(self.ns, stopped, [disk]))
-        self.eventually(lambda: vmi_running(self.api, self.ns, stopped), what="VM runs")
+        settle(self.api, self.eventually, vm_manifest(self.ns, name, [disk]))
+        self.eventually(lambda: vmi_running(self.api, self.ns, name), what="VM runs")
+        if not running:
+            _merge(
+                self.api,
+                KV,
+                self.ns,
+                f"virtualmachines/{name}",
+                {"spec": {"runStrategy": "Halted"}},
+            )
+            self.eventually(lambda: not vmi_running(self.api, self.ns, name), what="stopped")
+
+    def prepare(self) -> None:
+        running, stopped, kept = self.vm("keep-not"), self.vm("pvc"), self.vm("kept")
+        settle(self.api, self.eventually, fedora(self.ns, running))
+        self.pvc_vm(stopped, running=True)
+        self.pvc_vm(kept, running=False)
         self.repo.commit(
             {
                 "live.yaml": plan_doc(self.ns, "live", [running], retention="Delete"),
@@ -931,16 +949,23 @@ class RetentionDelete(Scenario):
                     self.ns, "offline", [stopped], mode="Offline", allowStop=True,
                     retention="Delete",
                 ),
+                "keep.yaml": plan_doc(self.ns, "keep", [kept], allowStop=True),
             }
         )  # fmt: skip
 
     def check(self, runs: list[subprocess.CompletedProcess[str]]) -> list[str]:
         (done,) = runs
         problems: list[str] = []
-        running, stopped = self.vm("keep-not"), self.vm("pvc")
+        running, stopped, kept = self.vm("keep-not"), self.vm("pvc"), self.vm("kept")
         expect(problems, done.returncode == 0, f"exit {done.returncode}")
-        results = {o["name"]: o["result"] for o in self.report(done).get("outcomes", [])}
-        expect(problems, results == {running: "Succeeded", stopped: "Succeeded"}, f"{results}")
+        outcomes = self.report(done).get("outcomes", [])
+        results = {o["name"]: o["result"] for o in outcomes}
+        expect(problems, results == dict.fromkeys((running, stopped, kept), "Succeeded"),
+               f"{results}")  # fmt: skip
+        moves = {o["name"]: o.get("migrationId") for o in outcomes}
+        expect(problems, kept_mark(self.api, self.ns, "persistentvolumeclaims",
+                                   f"{kept}-root") == moves.get(kept),
+               f"{kept}-root is not marked as a kept source of its move")  # fmt: skip
         gone = [
             ("cdi.kubevirt.io/v1beta1", f"datavolumes/{running}-disk"),
             ("v1", f"persistentvolumeclaims/{stopped}-root"),
@@ -988,6 +1013,13 @@ class RolledBack(Scenario):
         vm_now = get_json(self.api, KV, self.ns, f"virtualmachines/{vm}")
         expect(problems, annotation(vm_now, JOURNAL_ANNOTATION) is None, "journal left")
         return problems
+
+
+def kept_mark(api: pykube.HTTPClient, namespace: str, plural: str, name: str) -> str | None:
+    """The move id a kept source is marked with (its ``vmstorage.dev/kept-source`` label)."""
+    version = "cdi.kubevirt.io/v1beta1" if plural == "datavolumes" else "v1"
+    obj = get_json(api, version, namespace, f"{plural}/{name}")
+    return (obj.get("metadata", {}).get("labels") or {}).get(KEPT_SOURCE_LABEL)
 
 
 def send_as_admin(api: pykube.HTTPClient, obj: dict[str, Any]) -> None:
@@ -1143,7 +1175,7 @@ class Rig:
     (VMSR_ALLOWED_NAMESPACES overridden to it): the RBAC under test is the roles'."""
 
     SCENARIOS: ClassVar[dict[str, type[Scenario]]] = {
-        s.name: s for s in (Scheduled, RetentionDelete, RolledBack)
+        s.name: s for s in (Scheduled, Retention, RolledBack)
     }
 
     def __init__(
@@ -1294,15 +1326,17 @@ USED_BY: dict[tuple[str, str, str], str] = {
     **{(KUBEVIRT, "virtualmachines", v): "scheduled" for v in ("get", "list", "watch", "patch")},
     **{(KUBEVIRT, "virtualmachineinstances", v): "scheduled" for v in ("get", "list", "watch")},
     **{(KUBEVIRT, "virtualmachineinstancemigrations", v): "scheduled" for v in ("list", "watch")},
+    ("", "persistentvolumeclaims", "get"): "retention",
+    ("", "persistentvolumeclaims", "patch"): "retention",
     ("", "persistentvolumeclaims", "list"): "scheduled",
     ("", "persistentvolumeclaims", "watch"): "scheduled",
-    ("", "persistentvolumeclaims", "delete"): "retention-delete",
+    ("", "persistentvolumeclaims", "delete"): "retention",
     **{("cdi.kubevirt.io", "datavolumes", v): "scheduled"
        for v in ("get", "list", "watch", "create", "patch")},
     ("cdi.kubevirt.io", "datavolumes", "delete"): "rollback",
     ("cdi.kubevirt.io", "datavolumes/source", "create"): "scheduled",
-    ("", "pods", "list"): "retention-delete",
-    ("", "pods", "watch"): "retention-delete",
+    ("", "pods", "list"): "retention",
+    ("", "pods", "watch"): "retention",
     **{("events.k8s.io", "events", v): "scheduled" for v in ("create", "get", "update")},
     ("storage.k8s.io", "storageclasses", "list"): "scheduled",
     ("storage.k8s.io", "storageclasses", "watch"): "scheduled",
