@@ -15,8 +15,10 @@ pods labelled ``cdi.kubevirt.io`` to us).
 A copy takes ``sim.vmstorage.dev/copy-seconds`` of its DataVolume, else its size x
 ``copy_seconds_per_gib``. Faults, ``sim.vmstorage.dev/fault`` on the DataVolume: ``fail``
 (every attempt: the container exits 1 and restarts, ``restartPolicy: OnFailure``, so CDI
-shows Running=False/Error and a rising restart count), ``fail-times:N``, ``fatal`` (the pod
-fails for good), ``stall`` (no progress until the annotation goes).
+shows Running=False/Error and a rising restart count), ``fail-times:N``, ``fatal`` (the importer
+exits with a checksum-mismatch termination message, the one permanent import failure of
+CDI v1.65: the DataVolume goes Failed), ``stall`` (no progress until the
+annotation goes).
 """
 
 from __future__ import annotations
@@ -144,8 +146,12 @@ class CdiWorkers(Controller):
             taken = self.sim.faults.take(DV, dv_meta["namespace"], dv_meta["name"], "fail", dv)
             fault = taken.action if taken else None
         if fault is FaultAction.FATAL:
-            self._terminate(pod, exit_code=1, phase="Failed",
-                            message="Unable to process data: injected fault (fatal)")
+            # v1.65 fails a DataVolume for good only on a fatal importer error reported in
+            # the termination message of a container that exited 0 (a checksum mismatch);
+            # anything else is retried.
+            reason = "Unable to process data: checksum mismatch (injected fault: fatal)"
+            self._terminate(pod, exit_code=0, phase="Succeeded",
+                            message=json.dumps({"message": reason}))
             return
         if fault is not None:
             self._terminate(pod, exit_code=1, phase="Running",

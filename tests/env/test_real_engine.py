@@ -8,16 +8,20 @@ process does not start: the engine builds what is missing and names the process 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pykube
 import pytest
 
-from testenv.real.engine import RealEngine
+from testenv.real import engine as engine_module
+from testenv.real.build import ensure_real
+from testenv.real.engine import RealEngine, RealEngineError
 from testenv.simulator.core import CONTENT_HASH_ANNOTATION
 from tests.support.kube import condition, get_json
 
@@ -252,3 +256,74 @@ def test_cdi_sizes_a_filesystem_clone_from_the_image_not_the_claim(
     assert target == math.ceil(-(-virtual // 2**20) * 2**20 * 1.06) == 11341649675
     assert target < source
     assert content(api, ns, "dst") == content(api, ns, "src")
+
+
+def test_a_process_that_fails_to_start_is_named_and_nothing_is_left_behind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ensure_real(log=lambda _: None)
+    broken = dataclasses.replace(real, kube_scheduler=Path("/bin/false"))
+    monkeypatch.setattr(engine_module, "ensure_real", lambda log: broken)
+    engine = RealEngine(log=lambda _: None)
+
+    with pytest.raises(RealEngineError) as failed:
+        engine.start()
+
+    assert failed.value.component == "kube-scheduler"
+    assert str(failed.value).startswith(
+        "kube-scheduler exited with code 1 before it was healthy"), failed.value
+    assert "kube-scheduler.log" in str(failed.value)  # its log tail follows
+    assert engine.processes == {}
+    assert engine.control_plane.workdir is None and engine.pki is None
+
+
+FAULT = "sim.vmstorage.dev/fault"
+
+
+def test_a_worker_pod_that_fails_once_is_restarted_and_cdi_counts_it(
+        engine: RealEngine, ns: str) -> None:
+    api = engine.api()
+    dv = import_dv("flaky", OLD, "http://x.vmsr.invalid/flaky")
+    dv["metadata"]["annotations"] = {FAULT: "fail-times:1"}
+    _post(api, CDI, ns, "datavolumes", dv)
+
+    done = wait(engine, lambda: (d := get_json(api, CDI, ns, "datavolumes/flaky"))
+                and (d.get("status") or {}).get("phase") == "Succeeded" and d, "import")
+
+    assert done["status"]["restartCount"] == 1  # cdi-controller read the container restart
+
+
+def test_a_fatal_worker_pod_fails_the_data_volume(engine: RealEngine, ns: str) -> None:
+    api = engine.api()
+    dv = import_dv("doomed", OLD, "http://x.vmsr.invalid/doomed")
+    dv["metadata"]["annotations"] = {FAULT: "fatal"}
+    _post(api, CDI, ns, "datavolumes", dv)
+
+    wait(engine, lambda: dv_phase(api, ns, "doomed") == "Failed", "DataVolume Failed")
+
+
+def test_a_failing_migration_is_reported_by_the_source_and_fails_the_vmim(
+        engine: RealEngine, ns: str) -> None:
+    api = engine.api()
+    _post(api, CDI, ns, "datavolumes", import_dv("root", OLD, "http://x.vmsr.invalid/b"))
+    _post(api, CDI, ns, "datavolumes", blank_dv("root-new", NEW, "2Gi"))
+    for name in ("root", "root-new"):
+        wait(engine, lambda n=name: dv_phase(api, ns, n) == "Succeeded", f"DV {name}")  # type: ignore[misc]
+    body = vm_body("vm1", "root")
+    body["metadata"]["annotations"] = {FAULT: "fail"}
+    _post(api, KV, ns, "virtualmachines", body)
+    before = wait(engine, lambda: (v := get_json(api, KV, ns, "virtualmachineinstances/vm1"))
+                  and (v.get("status") or {}).get("phase") == "Running" and v, "VMI Running")
+
+    _patch(api, KV, ns, "virtualmachines/vm1", {"spec": {
+        "updateVolumesStrategy": "Migration",
+        "template": {"spec": {"volumes": [
+            {"name": "rootdisk", "persistentVolumeClaim": {"claimName": "root-new"}}]}}}})
+
+    failed = wait(engine, lambda: next(
+        (m for m in get_json(api, KV, ns, "virtualmachineinstancemigrations")["items"]
+         if (m.get("status") or {}).get("phase") == "Failed"), None), "a Failed migration")
+    assert "injected fault" in failed["status"]["migrationState"]["failureReason"]
+    vmi = get_json(api, KV, ns, "virtualmachineinstances/vm1")
+    assert vmi["status"]["nodeName"] == before["status"]["nodeName"]  # still on the source
+    assert vmi["status"]["phase"] == "Running"
+    assert content(api, ns, "root-new") == ""  # nothing copied
