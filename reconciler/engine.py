@@ -441,7 +441,7 @@ def apply(
         )
         report = runner.run()
         lease.ensure()  # a run that lost the Lease reports nothing: LeaseLost (exit 4)
-        reporting.finish(report)
+        reporting.finish(report, kept_in=_kept_namespaces(plans, allowed_namespaces))
         return report
     except LeaseLost:
         raise
@@ -449,10 +449,19 @@ def apply(
         if not lease.holds():
             raise LeaseLost(lease.where, "while the run was failing") from exc
         partial = ApplyReport(outcomes=tuple(runner.outcomes if runner else ()), commit=commit)
-        reporting.finish(partial, error=f"{type(exc).__name__}: {exc}")
+        reporting.finish(
+            partial,
+            error=f"{type(exc).__name__}: {exc}",
+            kept_in=_kept_namespaces(plans, allowed_namespaces),
+        )
         raise
     finally:
         lease.release()
+
+
+def _kept_namespaces(plans: Sequence[Plan], allowed: frozenset[str] | None) -> list[str]:
+    """Where the metrics count kept sources: every allowed namespace and every plan's."""
+    return sorted({p.namespace for p in plans} | set(allowed or ()))
 
 
 def missing_lease_namespace(namespace: str, said: str) -> UserError:

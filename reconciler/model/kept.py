@@ -248,6 +248,28 @@ def candidates(dvs: Iterable[Obj], pvcs: Iterable[Obj]) -> list[tuple[str, str, 
     return sorted((ns, name, kind) for (ns, name), kind in found.items())
 
 
+def marked_totals(dvs: Iterable[Obj], pvcs: Iterable[Obj]) -> dict[str, tuple[int, int]]:
+    """namespace -> (kept sources, their bytes) of the objects carrying the kept-source label
+    (the metrics' count: one LIST per resource with the label's selector, no proof asked).
+    A PVC of the name of a marked DataVolume is that DataVolume's; a source's size is its
+    claim's (when the claim is listed too), else its mark's ``sizeBytes``."""
+    marked_dvs = [d for d in dvs if KEPT_SOURCE_LABEL in _labels(d)]
+    marked_pvcs = [p for p in pvcs if KEPT_SOURCE_LABEL in _labels(p)]
+    claims = {(_ns(p), _name(p)): p for p in marked_pvcs}
+    seen: set[tuple[str, str]] = set()
+    totals: dict[str, tuple[int, int]] = {}
+    for obj in [*marked_dvs, *marked_pvcs]:
+        key = (_ns(obj), _name(obj))
+        if key in seen:
+            continue
+        seen.add(key)
+        record = decode_record(_annotations(obj).get(KEPT_SOURCE_ANNOTATION))
+        size = _size_of(claims.get(key, {})) or (record.size_bytes if record else 0)
+        count, total = totals.get(key[0], (0, 0))
+        totals[key[0]] = (count + 1, total + size)
+    return totals
+
+
 def kept_sources(
     dvs: Sequence[Obj], pvcs: Sequence[Obj], users: Mapping[tuple[str, str], str]
 ) -> list[KeptSource]:

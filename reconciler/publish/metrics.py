@@ -24,11 +24,18 @@ vmsr_plans_selecting_nothing              1 per plan that selected no VM, with t
   (namespace, plan, rule)                   saying why (namespace-not-found, ...; exit 7)
 vmsr_vm_move_duration_seconds             seconds each VM's move took in the run
   (namespace, vm, flow, result)
+vmsr_kept_sources (namespace)             sources kept by moves (label
+                                            vmstorage.dev/kept-source), at the run's end
+vmsr_kept_source_bytes (namespace)        their size in bytes
 vmsr_last_run_timestamp_seconds           when the last run ended (Unix time)
 vmsr_last_run_duration_seconds            how long it took
 vmsr_last_run_success                     1 when it succeeded (no VM failed, no error)
 vmsr_last_success_timestamp_seconds       when a run last succeeded (0: never)
 ========================================  ================================================
+
+The kept sources are counted in each allowed and plan namespace (one LIST of DataVolumes and
+one of PVCs with the label's selector, ``Reporting.finish``); a namespace whose LIST fails has
+no series (a warning), 0 is a namespace with none.
 
 A Pushgateway behind basic auth: ``--pushgateway-auth-file`` (``user:password`` on its first
 line, read at every push) or a userinfo in the URL (``http://user:password@host:9091``, taken
@@ -38,7 +45,7 @@ out of it and sent as the ``Authorization`` header, never printed: ``redact_urls
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -156,6 +163,14 @@ class Metrics:
             "Seconds each VM's move took in the last run",
             ("namespace", "vm", "flow", "result"),
         )
+        self.kept = gauge(
+            "vmsr_kept_sources",
+            "Sources kept by moves (label vmstorage.dev/kept-source) at the end of the last run",
+            ("namespace",),
+        )
+        self.kept_bytes = gauge(
+            "vmsr_kept_source_bytes", "Bytes of the sources kept by moves", ("namespace",)
+        )
         self.last_run = gauge("vmsr_last_run_timestamp_seconds", "When the last run ended")
         self.run_seconds = gauge("vmsr_last_run_duration_seconds", "How long the last run took")
         self.run_success = gauge(
@@ -165,17 +180,28 @@ class Metrics:
             "vmsr_last_success_timestamp_seconds", "When a run last succeeded (0: never)"
         )
 
-    def record(self, report: ApplyReport | None, facts: RunFacts) -> None:
+    def record(
+        self,
+        report: ApplyReport | None,
+        facts: RunFacts,
+        kept: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
         """Replace every series with what ``report`` says (None: the run stopped before it
-        had one; only the run's own facts are known)."""
+        had one; only the run's own facts are known). ``kept``: namespace -> (kept sources,
+        their bytes) (``kept.marked_totals``; None or a namespace left out: not counted)."""
         for family in (
             self.out_of_sync,
             self.migrations,
             self.blocked,
             self.pending,
             self.nothing_selected,
+            self.kept,
+            self.kept_bytes,
         ):
             family.clear()
+        for namespace, (count, size) in sorted((kept or {}).items()):
+            self.kept.labels(namespace=namespace).set(count)
+            self.kept_bytes.labels(namespace=namespace).set(size)
         self.duration.clear()
         self.last_run.set(facts.finished)
         self.run_seconds.set(round(facts.seconds, 3))

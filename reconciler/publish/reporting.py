@@ -13,12 +13,15 @@ from __future__ import annotations
 import http.client
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.kube.client import Cluster
+from reconciler.kube.resources import DATA_VOLUMES, PVCS
+from reconciler.model import kept as kepts
 from reconciler.model.errors import ClusterError
+from reconciler.model.names import KEPT_SOURCE_LABEL
 from reconciler.model.outcome import ApplyReport
 from reconciler.model.text import redact_urls
 from reconciler.publish.events import Events
@@ -68,9 +71,12 @@ class Reporting:
         self.started = now()
         self._clock = time.monotonic()
 
-    def finish(self, report: ApplyReport | None, error: str = "") -> None:
+    def finish(
+        self, report: ApplyReport | None, error: str = "", kept_in: Sequence[str] = ()
+    ) -> None:
         """The status ConfigMap and the metrics for the run that ended with ``report`` (None,
-        or a partial one, and ``error`` when it stopped on an exception)."""
+        or a partial one, and ``error`` when it stopped on an exception). ``kept_in``: the
+        namespaces whose kept sources the metrics count (listed only when there are metrics)."""
         finished = self.now()
         seconds = time.monotonic() - self._clock
         succeeded = run_result(report, error) == SUCCEEDED
@@ -95,6 +101,7 @@ class Reporting:
             self.warn(f"warning: the status ConfigMap was not written: {exc}")
         if self.metrics is None:
             return
+        kept = self.kept_totals(kept_in)
         self.metrics.record(
             report,
             RunFacts(
@@ -103,6 +110,7 @@ class Reporting:
                 succeeded=succeeded,
                 last_success=last_success.timestamp() if last_success else None,
             ),
+            kept,
         )
         if self.pushgateway:
             where = redact_urls(gateway_url(self.pushgateway))
@@ -114,3 +122,20 @@ class Reporting:
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 # (http.client.InvalidURL, for a port that is not a number, is neither.)
                 self.warn(f"warning: metrics not pushed to {where}: {redact_urls(str(exc))}")
+
+    def kept_totals(self, namespaces: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """namespace -> (kept sources, bytes): one LIST of DataVolumes and one of PVCs with
+        the kept-source label's selector per namespace. A namespace that cannot be listed is
+        left out with a warning: counting never fails the run."""
+        totals: dict[str, tuple[int, int]] = {}
+        for namespace in sorted(set(namespaces)):
+            try:
+                dvs = self.cluster.list_objects(
+                    DATA_VOLUMES, namespace, missing_ok=True, label_selector=KEPT_SOURCE_LABEL
+                )
+                pvcs = self.cluster.list_objects(PVCS, namespace, label_selector=KEPT_SOURCE_LABEL)
+            except (ClusterError, OSError, ValueError) as exc:
+                self.warn(f"warning: kept sources in {namespace} not counted: {exc}")
+                continue
+            totals[namespace] = kepts.marked_totals(dvs, pvcs).get(namespace, (0, 0))
+        return totals
