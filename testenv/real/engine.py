@@ -390,6 +390,12 @@ class RealEngine:
             "INSTALLER_VERSION_LABEL": real.cdi_version,
         }
         setpriv = " ".join(_die_with_parent_prefix())  # the relay dies with cdi-controller
+        # The inner relay runs after /tmp is replaced by a tmpfs, where a checkout or a venv
+        # under /tmp (CI clones there) is out of sight: the interpreter by its real path, the
+        # relay (standard library only) copied beside the keys, which stay visible.
+        python = os.path.realpath(sys.executable)
+        inner_relay = self.pki / "relay.py"
+        shutil.copyfile(relay, inner_relay)
         script = f"""set -e
 ip link set lo up
 mount -t tmpfs -o mode=0755 vmsr-run /run
@@ -400,7 +406,7 @@ mount --bind {self.pki} /run/vmsr-keep
 mount -t tmpfs -o mode=1777 vmsr-tmp /tmp
 mkdir -p {self.pki}
 mount --bind /run/vmsr-keep {self.pki}
-{setpriv} {sys.executable} {relay} tcp:127.0.0.1:{api_port} unix:{socket_path} \
+{setpriv} {python} {inner_relay} tcp:127.0.0.1:{api_port} unix:{socket_path} \
     /run/vmsr-relay.ready &
 while [ ! -e /run/vmsr-relay.ready ]; do sleep 0.05; done
 exec {real.cdi_controller} -v=1 --kubeconfig={self.pki / 'cdi-controller.kubeconfig'}
