@@ -419,6 +419,12 @@ exec {real.cdi_controller} -v=1 --kubeconfig={self.pki / 'cdi-controller.kubecon
                                               "--propagation", "private", "sh", "-c", script],
                            env=env)
         self._wait(proc, lambda: _cdi_config_ready(api), "serving (CDIConfig status)")
+        # What cdi-operator does with the CR's spec.config (cdi-controller only creates the
+        # CDIConfig): without it HonorWaitForFirstConsumer is off and imports on a
+        # WaitForFirstConsumer class bind at once, through the importer pod.
+        _request(api, "PATCH", "cdi.kubevirt.io/v1beta1", "cdiconfigs/config",
+                 {"spec": objects.cdi_cr()["spec"]["config"]},
+                 content_type="application/merge-patch+json")
 
     def _start_node_side(self) -> None:
         handler_token = self.control_plane.service_account_token(

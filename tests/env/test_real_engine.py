@@ -19,6 +19,7 @@ from typing import Any
 import pykube
 import pytest
 
+from testenv import admission
 from testenv.real import engine as engine_module
 from testenv.real.build import ensure_real
 from testenv.real.engine import RealEngine, RealEngineError
@@ -157,10 +158,13 @@ def test_a_vm_starts_through_virt_controller_the_scheduler_and_the_node_side(
     pods = get_json(api, "v1", ns, "pods")["items"]
     (launcher,) = [p for p in pods if p["metadata"]["labels"].get("kubevirt.io") == "virt-launcher"]
     assert launcher["spec"]["nodeName"] == node  # bound by kube-scheduler
-    vm = wait(engine, lambda: (v := get_json(api, KV, ns, "virtualmachines/vm1"))
-              and (v.get("status") or {}).get("printableStatus") == "Running" and v,
-              "VM printableStatus Running")
-    assert condition(vm, "Ready")["status"] == "True"
+    # VM Ready follows VMI Ready, which follows the launcher pod's readiness (a moment
+    # after printableStatus says Running)
+    wait(engine, lambda: (v := get_json(api, KV, ns, "virtualmachines/vm1"))
+         and (v.get("status") or {}).get("printableStatus") == "Running"
+         and condition(v, "Ready").get("status") == "True", "VM Running and Ready")
+    assert condition(get_json(api, KV, ns, "virtualmachineinstances/vm1"), "Ready")[
+        "status"] == "True"
 
     _patch(api, KV, ns, "virtualmachines/vm1", {"spec": {"runStrategy": "Halted"}})
     wait(engine, lambda: not get_json(api, KV, ns, "virtualmachineinstances/vm1"), "VMI gone")
@@ -327,3 +331,66 @@ def test_a_failing_migration_is_reported_by_the_source_and_fails_the_vmim(
     assert vmi["status"]["nodeName"] == before["status"]["nodeName"]  # still on the source
     assert vmi["status"]["phase"] == "Running"
     assert content(api, ns, "root-new") == ""  # nothing copied
+
+
+def test_virt_api_refuses_what_the_admission_stand_ins_refuse(engine: RealEngine, ns: str) -> None:
+    """The simulator's CEL policies (testenv.admission) word their refusals as upstream's
+    webhooks; here the real virt-api answers (behind its own prefix)."""
+    api = engine.api()
+    both = vm_body("vm1", "root", run=False)
+    both["spec"]["running"] = False
+    response = api.post(version=KV, namespace=ns, url="virtualmachines", data=json.dumps(both))
+    assert response.status_code == 422
+    assert 'admission webhook "virtualmachine-validator.kubevirt.io" denied the request: ' \
+        + admission.MSG_RUNNING_AND_STRATEGY in response.json()["message"]
+
+    unreferenced = vm_body("vm2", "root", run=False)
+    unreferenced["spec"]["dataVolumeTemplates"] = [
+        {"metadata": {"name": "orphan"}, "spec": blank_dv("orphan", OLD)["spec"]}]
+    response = api.post(version=KV, namespace=ns, url="virtualmachines",
+                        data=json.dumps(unreferenced))
+    assert response.status_code == 422
+    assert admission.unreferenced_template_message(0) in response.json()["message"]
+
+
+def test_a_missing_destination_is_refused_before_anything_is_written(
+        engine: RealEngine, ns: str) -> None:
+    api = engine.api()
+    _post(api, CDI, ns, "datavolumes", blank_dv("root", OLD))
+    wait(engine, lambda: dv_phase(api, ns, "root") == "Succeeded", "DV root")
+    running_vm(engine, ns, "vm1", "root")
+
+    _patch(api, KV, ns, "virtualmachines/vm1", {"spec": {
+        "updateVolumesStrategy": "Migration",
+        "template": {"spec": {"volumes": [
+            {"name": "rootdisk", "dataVolume": {"name": "root-new"}}]}}}})
+
+    vmi = wait(engine, lambda: (v := get_json(api, KV, ns, "virtualmachineinstances/vm1"))
+               and condition(v, "VolumesChange") and v, "VolumesChange")
+    change = condition(vmi, "VolumesChange")
+    assert (change["status"], change["message"]) == (
+        "False", "One of the destination volumes doesn't exist: "
+        "the datavolume root-new doesn't exist")
+    assert [v["persistentVolumeClaim"]["claimName"] for v in vmi["spec"]["volumes"]] == ["root"]
+    assert not vmi["status"].get("migratedVolumes")
+    assert get_json(api, KV, ns, "virtualmachineinstancemigrations")["items"] == []
+
+
+def test_a_claim_swap_without_the_migration_strategy_requires_a_restart(
+        engine: RealEngine, ns: str) -> None:
+    api = engine.api()
+    for name in ("root", "root-new"):
+        _post(api, CDI, ns, "datavolumes", blank_dv(name, OLD))
+        wait(engine, lambda n=name: dv_phase(api, ns, n) == "Succeeded", f"DV {name}")  # type: ignore[misc]
+    running_vm(engine, ns, "vm1", "root")
+
+    _patch(api, KV, ns, "virtualmachines/vm1", {"spec": {"template": {"spec": {"volumes": [
+        {"name": "rootdisk", "persistentVolumeClaim": {"claimName": "root-new"}}]}}}})
+
+    vm = wait(engine, lambda: (v := get_json(api, KV, ns, "virtualmachines/vm1"))
+              and condition(v, "RestartRequired") and v, "RestartRequired", timeout=30)
+    assert condition(vm, "RestartRequired")["message"] == (
+        "a non-live-updatable field was changed in the template spec")
+    vmi = get_json(api, KV, ns, "virtualmachineinstances/vm1")
+    assert [v["persistentVolumeClaim"]["claimName"] for v in vmi["spec"]["volumes"]] == ["root"]
+    assert get_json(api, KV, ns, "virtualmachineinstancemigrations")["items"] == []
