@@ -12,7 +12,8 @@ What upstream virt-handler (v1.8, ``pkg/virt-handler``) does, minus libvirt:
   workload updater's VMIM);
 - migration: the target side advertises ``targetNodeAddress`` and ports once the target pod
   runs; the source starts (``startTimestamp``, mode PreCopy), copies for the migrated
-  volumes' size x ``copy_seconds_per_gib``, then either completes (target:
+  volumes' size x ``copy_seconds_per_gib`` (a stalled copy is aborted after the
+  configuration's ``progressTimeout``, as virt-launcher does), then either completes (target:
   ``targetNodeDomainDetected``/``ReadyTimestamp``, ``nodeName`` and the ``kubevirt.io/
   nodeName`` label moved to the target, ``migratedVolumes`` and ``VolumesChange`` removed,
   ``completed``; the source launcher exits) or fails (``failed``, ``failureReason``) or is
@@ -107,6 +108,7 @@ class VirtHandler(Controller):
         self.vmi_client: Client = sim.client  # replaced by attach_handler_client
         self._copy_due: dict[str, float] = {}  # migration uid -> monotonic deadline
         self._decided: dict[str, FaultAction | None] = {}  # migration uid -> its fault
+        self._stalled: dict[str, float] = {}  # migration uid -> since when without progress
 
     # -- mapping events to VMIs ----------------------------------------------------------
 
@@ -215,8 +217,17 @@ class VirtHandler(Controller):
         migration = self._migration(vmi, uid)
         fault = self._fault(vmi, migration)
         if fault is FaultAction.STALL:
+            # virt-launcher aborts a migration without progress for progressTimeout seconds
+            timeout = int((state.get("migrationConfiguration") or {}).get("progressTimeout")
+                          or 150)
+            stalled = self._stalled.setdefault(uid, time.monotonic())
+            if time.monotonic() - stalled >= timeout:
+                self._end(vmi, state, failed=True, abort=True, reason=(
+                    f"Live migration stuck for {timeout} seconds and has been aborted"))
+                return
             self.sim.enqueue(self, key_of(VMI, vmi), 0.5)
             return
+        self._stalled.pop(uid, None)
         due = self._copy_due.setdefault(uid, time.monotonic() + self._copy_seconds(vmi))
         if time.monotonic() < due:
             self.sim.enqueue(self, key_of(VMI, vmi), due - time.monotonic())

@@ -394,3 +394,34 @@ def test_a_claim_swap_without_the_migration_strategy_requires_a_restart(
     vmi = get_json(api, KV, ns, "virtualmachineinstances/vm1")
     assert [v["persistentVolumeClaim"]["claimName"] for v in vmi["spec"]["volumes"]] == ["root"]
     assert get_json(api, KV, ns, "virtualmachineinstancemigrations")["items"] == []
+
+
+def test_a_stalled_migration_is_aborted_after_the_progress_timeout(
+        engine: RealEngine, ns: str) -> None:
+    api = engine.api()
+    kubevirt = "kubevirts/kubevirt"
+    _patch(api, KV, "kubevirt", kubevirt, {"spec": {"configuration": {"migrations": {
+        "progressTimeout": 3}}}})
+    try:
+        _post(api, CDI, ns, "datavolumes", import_dv("root", OLD, "http://x.vmsr.invalid/c"))
+        _post(api, CDI, ns, "datavolumes", blank_dv("root-new", NEW, "2Gi"))
+        for name in ("root", "root-new"):
+            wait(engine, lambda n=name: dv_phase(api, ns, n) == "Succeeded", f"DV {name}")  # type: ignore[misc]
+        body = vm_body("vm1", "root")
+        body["metadata"]["annotations"] = {FAULT: "stall"}
+        _post(api, KV, ns, "virtualmachines", body)
+        wait(engine, lambda: (get_json(api, KV, ns, "virtualmachineinstances/vm1").get(
+            "status") or {}).get("phase") == "Running", "VMI Running")
+        _patch(api, KV, ns, "virtualmachines/vm1", {"spec": {
+            "updateVolumesStrategy": "Migration",
+            "template": {"spec": {"volumes": [
+                {"name": "rootdisk", "persistentVolumeClaim": {"claimName": "root-new"}}]}}}})
+
+        failed = wait(engine, lambda: next(
+            (m for m in get_json(api, KV, ns, "virtualmachineinstancemigrations")["items"]
+             if (m.get("status") or {}).get("phase") == "Failed"), None), "an aborted migration")
+        state = failed["status"]["migrationState"]
+        assert state["failureReason"] == "Live migration stuck for 3 seconds and has been aborted"
+        assert state["abortStatus"] == "Succeeded"
+    finally:
+        _patch(api, KV, "kubevirt", kubevirt, {"spec": {"configuration": {"migrations": None}}})
