@@ -132,6 +132,33 @@ def _positive(text: str) -> int:
     return value
 
 
+def add_lease_options(parser: argparse.ArgumentParser) -> None:
+    """--allow-namespace, --lease-namespace and --lease-duration of the commands beside
+    `apply` that take its Lease (`cancel`, `prune`)."""
+    parser.add_argument(
+        "--allow-namespace",
+        action="append",
+        metavar="NS",
+        dest="allowed_namespaces",
+        help="refuse any other namespace (repeatable; default: $VMSR_ALLOWED_NAMESPACES, "
+        "comma-separated, else any)",
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "vm-storage-reconciler",
+        metavar="NS",
+        help="namespace of the Lease apply holds (default: $POD_NAMESPACE, else "
+        "vm-storage-reconciler)",
+    )
+    parser.add_argument(
+        "--lease-duration",
+        type=_lease_seconds,
+        default=DEFAULT_DURATION,
+        metavar="SECONDS",
+        help="how long the Lease lasts unless renewed, as for apply",
+    )
+
+
 def _lease_seconds(text: str) -> int:
     value = _positive(text)
     if value < MIN_DURATION:

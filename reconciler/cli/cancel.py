@@ -13,8 +13,8 @@ from typing import TextIO
 
 from reconciler.apply.cancel import Cancelled, NothingToCancel, cancel
 from reconciler.apply.context import Settings
-from reconciler.apply.lease import DEFAULT_DURATION, LeaseLost, LockHeld
-from reconciler.cli.apply import _lease_seconds, stop_on_signals
+from reconciler.apply.lease import LeaseLost, LockHeld
+from reconciler.cli.apply import add_lease_options, stop_on_signals
 from reconciler.cli.common import (
     add_cluster_options,
     add_command,
@@ -68,28 +68,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the VM's namespace (default: the one of the plans given, else the kubeconfig "
         "context's)",
     )
-    parser.add_argument(
-        "--allow-namespace",
-        action="append",
-        metavar="NS",
-        dest="allowed_namespaces",
-        help="refuse any other namespace (repeatable; default: $VMSR_ALLOWED_NAMESPACES, "
-        "comma-separated, else any)",
-    )
-    parser.add_argument(
-        "--lease-namespace",
-        default=os.environ.get("POD_NAMESPACE") or "vm-storage-reconciler",
-        metavar="NS",
-        help="namespace of the Lease apply holds (default: $POD_NAMESPACE, else "
-        "vm-storage-reconciler)",
-    )
-    parser.add_argument(
-        "--lease-duration",
-        type=_lease_seconds,
-        default=DEFAULT_DURATION,
-        metavar="SECONDS",
-        help="how long the Lease lasts unless renewed, as for apply",
-    )
+    add_lease_options(parser)
     add_cluster_options(parser)
     add_output_option(parser, ("text", "json", "yaml"), "text, or an ApplyReport document")
 

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from reconciler import sources
-from reconciler.apply.lease import DEFAULT_DURATION, LockHeld
-from reconciler.cli.apply import _lease_seconds
+from reconciler.apply.lease import LockHeld
+from reconciler.cli.apply import add_lease_options
 from reconciler.cli.common import (
     add_cluster_options,
     add_command,
@@ -55,28 +55,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--dry-run", action="store_true", help="print what would be deleted; change nothing"
     )
-    parser.add_argument(
-        "--allow-namespace",
-        action="append",
-        metavar="NS",
-        dest="allowed_namespaces",
-        help="refuse any other namespace (repeatable; default: $VMSR_ALLOWED_NAMESPACES, "
-        "comma-separated, else any)",
-    )
-    parser.add_argument(
-        "--lease-namespace",
-        default=os.environ.get("POD_NAMESPACE") or "vm-storage-reconciler",
-        metavar="NS",
-        help="namespace of the Lease apply holds (default: $POD_NAMESPACE, else "
-        "vm-storage-reconciler)",
-    )
-    parser.add_argument(
-        "--lease-duration",
-        type=_lease_seconds,
-        default=DEFAULT_DURATION,
-        metavar="SECONDS",
-        help="how long the Lease lasts unless renewed, as for apply",
-    )
+    add_lease_options(parser)
     add_cluster_options(parser)
     add_output_option(parser, ("text", "json", "yaml"), "text, or a PruneReport document")
 
