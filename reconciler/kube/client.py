@@ -12,12 +12,24 @@ budget. A write is sent again on those only when it carries a precondition that 
 delivery harmless (a JSON patch with a ``test`` op, a PUT with its resourceVersion, a DELETE
 with preconditions); any other write (a POST create, a DELETE without preconditions) only when
 the connection could not even be opened, or on a 429. Never a write that may have landed.
+
+**Every LIST is paginated** (``limit``/``continue``, ``page_size`` objects a page, 500 by
+default as client-go's pager, ``$VMSR_LIST_PAGE_SIZE`` to change it), and each page is handed
+to the caller's parser as soon as it is decoded, then dropped: memory is bounded by one page
+per list in flight plus what the parser keeps, whatever the cluster's size. A continue token
+that expired mid-list (HTTP 410: etcd compacted the revision the list is pinned to) restarts the
+list from its first page (a consistent list again, what was parsed of the old one is dropped);
+after ``LIST_RESTARTS`` restarts the list continues from the token the 410 carries (the API
+server's "inconsistent continue": the remaining objects at the latest revision), as the only
+way left to finish a list that takes longer than the compaction window. client-go's pager
+instead falls back to one unpaginated LIST, which is exactly the unbounded answer paging avoids.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +52,36 @@ from reconciler.model.text import shown
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+PAGE_SIZE_ENV = "VMSR_LIST_PAGE_SIZE"
+DEFAULT_PAGE_SIZE = 500
+"""Objects per LIST page (client-go's pager default): at 500 VMs a page is about 2 MB of JSON,
+and the number of requests grows by one per 500 objects of a kind."""
+LIST_RESTARTS = 2
+"""How many times a list whose continue token expired starts again from its first page before
+it continues inconsistently from the token the 410 carries."""
+
+
+def page_size_from_env() -> int:
+    """``$VMSR_LIST_PAGE_SIZE`` when it is a positive integer, else ``DEFAULT_PAGE_SIZE``."""
+    text = os.environ.get(PAGE_SIZE_ENV, "").strip()
+    if not text:
+        return DEFAULT_PAGE_SIZE
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UserError(
+            [
+                Problem(
+                    None,
+                    f"{PAGE_SIZE_ENV}={shown(text, 40)} is not a positive integer",
+                    f"unset it (default {DEFAULT_PAGE_SIZE}) or set a page size such as 500",
+                )
+            ]
+        )
+    return value
 
 
 _loaded = [0]  # one counter, mutated in place
@@ -186,14 +228,17 @@ def _origin(url: str) -> str:
 
 
 class Cluster:
-    """Thin I/O wrapper over a pykube client. Every method is one HTTP request.
+    """Thin I/O wrapper over a pykube client. Every method is one HTTP request, but the
+    LISTs: one per page (``list_pages``).
 
     Errors become ``ClusterError`` whose message opens with ``Kind/ns/name`` and carries the
     API server's own message and HTTP code.
     """
 
-    def __init__(self, api: pykube.HTTPClient) -> None:
+    def __init__(self, api: pykube.HTTPClient, *, page_size: int | None = None) -> None:
         self.api = api
+        # Objects per LIST page (``list_pages``); None: $VMSR_LIST_PAGE_SIZE or 500.
+        self.page_size = page_size or page_size_from_env()
         # Called before every write (POST, PUT, PATCH, DELETE) that is not sent with
         # ``fenced=False``: `apply` sets it to ``Lease.ensure``, so a runner that lost its
         # Lease cannot write anything but the Lease itself, whatever code path tries.
@@ -236,38 +281,120 @@ class Cluster:
         missing_ok: bool = False,
         label_selector: str | None = None,
     ) -> list[dict[str, Any]]:
-        """All objects of ``resource`` in ``namespace`` (None: every namespace) in one LIST,
-        optionally only those matching ``label_selector``.
+        """All objects of ``resource`` in ``namespace`` (None: every namespace), optionally
+        only those matching ``label_selector``: ``list_pages`` keeping the objects as read.
 
         ``missing_ok``: a resource the server does not serve (CRD not installed) or does not
         let us list in that scope (404) gives [] instead of an error.
         """
+        return self.list_pages(
+            resource,
+            namespace,
+            _as_read,
+            missing_ok=missing_ok,
+            label_selector=label_selector,
+        )
+
+    def list_pages(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        parse: Callable[[list[dict[str, Any]]], list[T]],
+        *,
+        missing_ok: bool = False,
+        label_selector: str | None = None,
+    ) -> list[T]:
+        """LIST ``resource`` page by page (``limit=page_size``, then ``continue``); each page's
+        objects go to ``parse`` as soon as they are decoded and are then dropped; the result is
+        what ``parse`` returned for every page, in order.
+
+        A 410 on a continue request (the token expired) starts the list again from its first
+        page, dropping what was parsed of it; after ``LIST_RESTARTS`` such restarts the list
+        continues from the token the 410 carries, if any (the rest at the latest revision;
+        the objects already read are not read again), else the 410 is the error.
+        ``missing_ok``: a 404 on the first page gives [] (CRD not installed, or not listable
+        in that scope).
+        """
+        scope = _scope(resource, namespace)
         kwargs: dict[str, Any] = {"version": resource.api_version, "url": resource.plural}
         if namespace is not None and resource.namespaced:
             kwargs["namespace"] = namespace
-        if label_selector:
-            kwargs["params"] = {"labelSelector": label_selector}
-        response = self._send("get", _scope(resource, namespace), **kwargs)
-        if response.status_code == 404 and missing_ok:
-            return []
-        body = self._check(response, resource, namespace, "")
-        return checked_items(body, _scope(resource, namespace))
+        restarts = 0
+        parsed: list[T] = []
+        token = ""
+        while True:
+            params = {"limit": str(self.page_size)}
+            if label_selector:
+                params["labelSelector"] = label_selector
+            if token:
+                params["continue"] = token
+            response = self._send("get", scope, params=params, **kwargs)
+            if response.status_code == 404 and missing_ok and not token and not parsed:
+                response.close()
+                return []
+            if response.status_code == 410 and token:
+                fresh = _expired_continue(response)
+                response.close()
+                if restarts < LIST_RESTARTS:
+                    restarts += 1
+                    log.info(
+                        "%s: the continue token expired (HTTP 410); listing again from the "
+                        "first page (restart %d)",
+                        scope,
+                        restarts,
+                    )
+                    parsed, token = [], ""
+                    continue
+                if not fresh:
+                    raise ClusterError(
+                        scope,
+                        f"the list's continue token expired (HTTP 410) {restarts + 1} times "
+                        "and the API server gave no token to continue from: the list takes "
+                        "longer than etcd keeps its revision (an overloaded API server?); "
+                        "run again",
+                        code=410,
+                    )
+                log.warning(
+                    "%s: the continue token expired again (HTTP 410); continuing from the "
+                    "token the API server gave (the rest of the list at its latest revision)",
+                    scope,
+                )
+                token = fresh
+                continue
+            body = self._check(response, resource, namespace, "")
+            items = checked_items(body, scope)
+            following = _continue_of(body, scope)
+            del body  # the page's objects live on in ``items`` only until parsed
+            parsed.extend(parse(items))
+            del items
+            if not following:
+                return parsed
+            if following == token:
+                raise ClusterError(
+                    scope,
+                    "the API server's answer is malformed: it gave the same continue token "
+                    "twice (the list would never end)",
+                )
+            token = following
 
     def list_many(
         self,
         requests_: Sequence[tuple[Resource, str | None, bool]],
-        then: Callable[[Resource, list[dict[str, Any]]], T],
-    ) -> list[T]:
-        """Several LISTs at once (threads); ``then(resource, items)`` runs in the thread that
-        fetched them. Results in request order.
+        parse: Callable[[Resource, list[dict[str, Any]]], list[T]],
+    ) -> list[list[T]]:
+        """Several paginated LISTs at once (threads): for each (resource, namespace,
+        missing_ok), what ``parse(resource, page)`` returned for its pages, in request order.
+        ``parse`` runs in the thread that fetched the page, as soon as it arrives.
 
-        The API server does the heavy lifting (serialising thousands of objects); issuing the
-        lists concurrently, and decoding and parsing each answer as soon as it arrives, overlaps
-        our work with the server's work on the lists still in flight.
+        The API server does the heavy lifting (reading and serialising each page); issuing
+        the lists concurrently, and decoding and parsing each page as soon as it arrives,
+        overlaps our work with the server's work on the lists still in flight.
         """
 
-        def one(resource: Resource, namespace: str | None, missing_ok: bool) -> T:
-            return then(resource, self.list_objects(resource, namespace, missing_ok=missing_ok))
+        def one(resource: Resource, namespace: str | None, missing_ok: bool) -> list[T]:
+            return self.list_pages(
+                resource, namespace, lambda page: parse(resource, page), missing_ok=missing_ok
+            )
 
         with ThreadPoolExecutor(max_workers=min(8, len(requests_) or 1)) as pool:
             futures = [pool.submit(one, *request) for request in requests_]
@@ -527,6 +654,37 @@ def checked_items(body: dict[str, Any], what: str) -> list[dict[str, Any]]:
                 f"({_json_kind(item)})",
             )
     return items
+
+
+def _as_read(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items
+
+
+def _continue_of(body: dict[str, Any], what: str) -> str:
+    """The continue token of a LIST page ("" on the last page)."""
+    meta = body.get("metadata")
+    token = meta.get("continue") if isinstance(meta, dict) else None
+    if token is None or token == "":
+        return ""
+    if not isinstance(token, str):
+        raise ClusterError(
+            what,
+            "the API server's answer is malformed: metadata.continue is not a string, got "
+            + _json_kind(token),
+        )
+    return token
+
+
+def _expired_continue(response: Response) -> str:
+    """The continue token a 410 for an expired token carries (``metadata.continue`` of its
+    Status: the rest of the list at the latest revision), "" when it has none."""
+    try:
+        status = response.json()
+    except (ValueError, RecursionError):
+        return ""
+    meta = status.get("metadata") if isinstance(status, dict) else None
+    token = meta.get("continue") if isinstance(meta, dict) else None
+    return token if isinstance(token, str) else ""
 
 
 def _json_kind(value: Any) -> str:

@@ -1,11 +1,12 @@
-"""Observe the cluster: one LIST per kind (8 requests whatever the number of VMs), each parsed
-in the thread that fetched it, assembled into one ``Snapshot``. The only I/O of observe, and
-only through ``kube.client.Cluster``."""
+"""Observe the cluster: one paginated LIST per kind (8 lists, one request per page of
+``Cluster.page_size`` objects), each page parsed into the slim model in the thread that fetched
+it and then dropped, assembled into one ``Snapshot``. The only I/O of observe, and only through
+``kube.client.Cluster``."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from reconciler.kube import resources as kube
@@ -13,16 +14,18 @@ from reconciler.kube.client import Cluster
 from reconciler.model.errors import ClusterError
 from reconciler.model.live import Snapshot
 from reconciler.model.text import shown
-from reconciler.observe.parse import RawObjects, assemble, parse_list
+from reconciler.observe.parse import RawObjects, assemble, parse_list, parse_page
 
 log = logging.getLogger(__name__)
 
 
-def _parse(resource: kube.Resource, items: list[Any]) -> list[Any]:
-    """``parse_list``; an object whose fields have shapes no API server would send (``spec``
+def _parse(
+    resource: kube.Resource, items: list[Any], namespaces: Collection[str] | None = None
+) -> list[Any]:
+    """``parse_page``; an object whose fields have shapes no API server would send (``spec``
     a string, ``volumes`` a number) is a ``ClusterError`` naming it, not a traceback."""
     try:
-        return parse_list(resource.plural, items)
+        return parse_page(resource.plural, items, namespaces)
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
         bad = _first_bad(resource.plural, items)
         raise ClusterError(
@@ -60,14 +63,22 @@ def _listed_per_namespace(resource: kube.Resource) -> bool:
     return resource.namespaced and resource is not kube.KUBEVIRTS
 
 
-def _lists(cluster: Cluster, scopes: list[str | None]) -> list[list[Any]]:
+def _lists(
+    cluster: Cluster, scopes: list[str | None], keep: Collection[str] | None
+) -> list[list[Any]]:
     """One list per kind of ``_KINDS``: namespaced kinds (but the KubeVirt CR) gathered over
-    ``scopes`` (``[None]``: across the cluster, one LIST each), the others listed once."""
+    ``scopes`` (``[None]``: across the cluster, one list each), the others listed once. Each
+    page is parsed as it arrives, keeping of the namespaced kinds only the objects in ``keep``
+    (None: all)."""
     requests: list[tuple[kube.Resource, str | None, bool]] = []
     for resource, missing_ok in _KINDS:
         wanted = scopes if _listed_per_namespace(resource) else [None]
         requests.extend((resource, scope, missing_ok) for scope in wanted)
-    results = iter(cluster.list_many(requests, then=_parse))
+
+    def parse(resource: kube.Resource, page: list[Any]) -> list[Any]:
+        return _parse(resource, page, keep if _listed_per_namespace(resource) else None)
+
+    results = iter(cluster.list_many(requests, parse))
     lists: list[list[Any]] = []
     for resource, _missing_ok in _KINDS:
         gathered: list[Any] = []
@@ -78,44 +89,40 @@ def _lists(cluster: Cluster, scopes: list[str | None]) -> list[list[Any]]:
 
 
 def fetch(cluster: Cluster, namespaces: Iterable[str]) -> Snapshot:
-    """LIST every kind the diff needs (8 requests whatever the number of VMs) and parse them.
+    """LIST every kind the diff needs (8 lists, a request per page) and parse them.
 
     Namespaced kinds are listed in the plans' namespace when there is exactly one, else across
-    all namespaces (one request, not one per namespace) and filtered here; when RBAC refuses
-    a cluster-wide LIST (403: the role is bound per namespace), once per namespace instead.
-    StorageProfiles and the KubeVirt CR may be absent (CDI/KubeVirt not installed): they then
-    read as empty. Each list is parsed in the thread that fetched it, while the others are
-    still on the wire.
+    all namespaces (one list, not one per namespace) and the other namespaces' objects dropped
+    page by page, unparsed; when RBAC refuses a cluster-wide LIST (403: the role is bound per
+    namespace), once per namespace instead. StorageProfiles and the KubeVirt CR may be absent
+    (CDI/KubeVirt not installed): they then read as empty. Each page is parsed in the thread
+    that fetched it, while the other lists are still on the wire, and dropped: what stays is
+    the slim model (``observe.parse``), whatever the cluster's size.
     """
     wanted = sorted(set(namespaces))
     scope = wanted[0] if len(wanted) == 1 else None
+    keep = frozenset(wanted) if scope is None and wanted else None
     log.debug("listing in %s", scope or "all namespaces")
     try:
-        lists = _lists(cluster, [scope])
+        lists = _lists(cluster, [scope], keep)
     except ClusterError as exc:
         if scope is not None or len(wanted) < 2 or exc.code != 403:
             raise
         # RBAC granted per namespace (cronjob.yaml: a RoleBinding in each allowed namespace),
         # not across the cluster: one LIST per kind and namespace instead.
         log.debug("cluster-wide LIST refused (%s): listing per namespace", exc)
-        lists = _lists(cluster, list(wanted))
-    keep = set(wanted)
-
-    def ours(items: list[Any]) -> list[Any]:
-        if scope is not None or not keep:
-            return items
-        return [i for i in items if i.namespace in keep]
+        lists = _lists(cluster, list(wanted), None)
 
     vms, vmis, pvcs, dvs, scs, profiles, kubevirts, migrations = lists
     return assemble(
         RawObjects(
-            vms=ours(vms),
-            vmis=ours(vmis),
-            pvcs=ours(pvcs),
-            data_volumes=ours(dvs),
+            vms=vms,
+            vmis=vmis,
+            pvcs=pvcs,
+            data_volumes=dvs,
             storage_classes=scs,
             storage_profiles=profiles,
             kubevirts=kubevirts,
-            migrations=ours(migrations),
+            migrations=migrations,
         )
     )

@@ -1,9 +1,17 @@
 """The API's JSON -> ``model.live.Snapshot``. Pure: plain dicts in, frozen values out, so the
-parsers are tested without a cluster and reused by the benchmark. ``fetch`` does the I/O."""
+parsers are tested without a cluster and reused by the benchmark. ``fetch`` does the I/O.
+
+``parse_page`` turns one LIST page into the slim facts the diff reads, so that the page's JSON
+can be dropped at once: no object is kept as read but a VM's, and that one slimmed
+(``slim_vm``: what render patches and apply re-reads; no status, no managedFields but the one
+path the diff asks about). Categorical strings repeated on every object (namespace, class,
+phase, modes) are interned: one copy per distinct value, not one per object.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,6 +33,7 @@ from reconciler.model.live import (
 from reconciler.model.names import (
     DEFAULT_CLASS_ANNOTATION,
     DEFAULT_VIRT_CLASS_ANNOTATION,
+    FLUX_SSA_ANNOTATION,
     VOLUME_UPDATE_LABEL,
 )
 from reconciler.model.quantity import parse_quantity
@@ -73,6 +82,16 @@ def parse_list(plural: str, items: Sequence[Obj]) -> list[Any]:
     return [parser(o) for o in items] if parser else list(items)
 
 
+def parse_page(
+    plural: str, items: Sequence[Obj], namespaces: Collection[str] | None = None
+) -> list[Any]:
+    """``parse_list`` of one LIST page, keeping only the objects in ``namespaces`` (None: all)
+    and skipping the others unparsed (a cluster-wide LIST made for a few namespaces)."""
+    if namespaces is not None:
+        items = [o for o in items if _meta(o).get("namespace") in namespaces]
+    return parse_list(plural, items)
+
+
 def assemble(parsed: RawObjects) -> Snapshot:
     """The Snapshot from parsed lists (storage classes and KubeVirt CRs still raw)."""
     classes = {sc.name: sc for sc in map(parse_storage_class, parsed.storage_classes)}
@@ -102,12 +121,76 @@ def _meta(obj: Obj) -> Obj:
     return meta
 
 
+def _word(value: Any) -> str:
+    """``str(value)`` interned: the categorical strings every object repeats (namespace,
+    phase, class, mode) are kept once, not once per object."""
+    return sys.intern(str(value))
+
+
+def _interned(value: Any) -> Any:
+    """``value`` itself, interned when it is a string (anything else is left as read)."""
+    return sys.intern(value) if type(value) is str else value
+
+
+KEPT_FIELD_PATHS: tuple[tuple[str, ...], ...] = (
+    ("f:metadata", "f:annotations", f"f:{FLUX_SSA_ANNOTATION}"),
+)
+"""The ``managedFields`` paths read from a VM's raw object (``diff.gitops.flux_skips``: who
+set the Flux SSA annotation). ``slim_vm`` keeps the entries that own one of them, and only
+those paths of them; add a path here before asking ``field_owners`` about another."""
+
+
+def slim_vm(obj: Obj) -> dict[str, Any]:
+    """A VM object as render patches it and apply reads it: everything but ``status`` (parsed
+    into ``VMInfo``) and ``metadata.managedFields`` (by far the largest part of a VM as read),
+    of which only the entries owning a ``KEPT_FIELD_PATHS`` path are kept, reduced to those
+    paths. The rest is shared with ``obj``, not copied."""
+    slim = {key: value for key, value in obj.items() if key != "status"}
+    meta = obj.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        slim_meta = {key: value for key, value in meta.items() if key != "managedFields"}
+        kept = _kept_managed_fields(meta.get("managedFields"))
+        if kept:
+            slim_meta["managedFields"] = kept
+        slim["metadata"] = slim_meta
+    return slim
+
+
+def _kept_managed_fields(entries: Any) -> list[dict[str, Any]]:
+    kept = []
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, Mapping) or entry.get("subresource"):
+            continue
+        fields = entry.get("fieldsV1")
+        pruned: dict[str, Any] = {}
+        for path in KEPT_FIELD_PATHS:
+            node: Any = fields
+            for key in path:
+                node = node.get(key) if isinstance(node, Mapping) else None
+            if node is None:
+                continue
+            into = pruned
+            for key in path[:-1]:
+                into = into.setdefault(key, {})
+            into[path[-1]] = node
+        if pruned:
+            kept.append(
+                {
+                    key: entry[key]
+                    for key in ("manager", "operation", "apiVersion", "fieldsType")
+                    if key in entry
+                }
+                | {"fieldsV1": pruned}
+            )
+    return kept
+
+
 def _conditions(status: Obj) -> tuple[Condition, ...]:
     return tuple(
         Condition(
-            type=str(c.get("type", "")),
-            status=str(c.get("status", "")),
-            reason=str(c.get("reason", "") or ""),
+            type=_word(c.get("type", "")),
+            status=_word(c.get("status", "")),
+            reason=_word(c.get("reason", "") or ""),
             message=str(c.get("message", "") or ""),
         )
         for c in status.get("conditions") or ()
@@ -159,8 +242,8 @@ def parse_vm(obj: Obj) -> VMInfo:
         lun = disk.get("lun") or {}
         volumes.append(
             VMVolume(
-                name=str(volume.get("name", "")),
-                kind=kind,
+                name=_word(volume.get("name", "")),
+                kind=_word(kind),
                 claim=claim,
                 hotpluggable=hotpluggable,
                 disk_type=disk_type,
@@ -172,19 +255,19 @@ def parse_vm(obj: Obj) -> VMInfo:
         )
     status = obj.get("status") or {}
     return VMInfo(
-        namespace=str(meta.get("namespace", "")),
+        namespace=_word(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         uid=str(meta.get("uid", "")),
         resource_version=str(meta.get("resourceVersion", "")),
-        run_strategy=run_strategy_of(spec),
+        run_strategy=_word(run_strategy_of(spec)),
         volumes=tuple(volumes),
         labels=dict(meta.get("labels") or {}),
         annotations=dict(meta.get("annotations") or {}),
-        update_volumes_strategy=spec.get("updateVolumesStrategy"),
-        printable_status=str(status.get("printableStatus", "")),
+        update_volumes_strategy=_interned(spec.get("updateVolumesStrategy")),
+        printable_status=_word(status.get("printableStatus", "")),
         conditions=_conditions(status),
         uses_running_field="running" in spec and "runStrategy" not in spec,
-        raw=obj,
+        raw=slim_vm(obj),
     )
 
 
@@ -194,16 +277,16 @@ def parse_vmi(obj: Obj) -> VMIInfo:
     for volume in (obj.get("spec") or {}).get("volumes") or ():
         _, claim, _ = claim_of(volume)
         if claim:
-            claims[str(volume.get("name"))] = claim
+            claims[_word(volume.get("name"))] = claim
     return VMIInfo(
-        namespace=str(meta.get("namespace", "")),
+        namespace=_word(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
-        phase=str(status.get("phase", "")),
-        node=str(status.get("nodeName", "")),
+        phase=_word(status.get("phase", "")),
+        node=_word(status.get("nodeName", "")),
         conditions=_conditions(status),
         volume_claims=claims,
         migrated_volumes=tuple(
-            str(m.get("volumeName", "")) for m in status.get("migratedVolumes") or ()
+            _word(m.get("volumeName", "")) for m in status.get("migratedVolumes") or ()
         ),
     )
 
@@ -212,14 +295,14 @@ def parse_pvc(obj: Obj, default_class: str | None) -> PVCInfo:
     meta, spec, status = _meta(obj), obj.get("spec") or {}, obj.get("status") or {}
     requests = (spec.get("resources") or {}).get("requests") or {}
     return PVCInfo(
-        namespace=str(meta.get("namespace", "")),
+        namespace=_word(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
-        storage_class=spec.get("storageClassName") or default_class,
+        storage_class=_interned(spec.get("storageClassName") or default_class),
         request_bytes=_size(requests.get("storage")) or 0,
         capacity_bytes=_size((status.get("capacity") or {}).get("storage")),
-        volume_mode=str(spec.get("volumeMode") or "Filesystem"),
-        access_modes=tuple(status.get("accessModes") or spec.get("accessModes") or ()),
-        phase=str(status.get("phase", "Pending")),
+        volume_mode=_word(spec.get("volumeMode") or "Filesystem"),
+        access_modes=tuple(map(_word, status.get("accessModes") or spec.get("accessModes") or ())),
+        phase=_word(status.get("phase", "Pending")),
         labels=dict(meta.get("labels") or {}),
         annotations=dict(meta.get("annotations") or {}),
     )
@@ -231,12 +314,12 @@ def parse_data_volume(obj: Obj) -> DataVolumeInfo:
     source = spec.get("source") or spec.get("sourceRef") or {}
     requests = (storage.get("resources") or {}).get("requests") or {}
     return DataVolumeInfo(
-        namespace=str(meta.get("namespace", "")),
+        namespace=_word(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
-        phase=str(status.get("phase", "")),
-        progress=str(status.get("progress", "")),
-        source_kind=next(iter(source), "") if isinstance(source, Mapping) else "",
-        storage_class=storage.get("storageClassName"),
+        phase=_word(status.get("phase", "")),
+        progress=_word(status.get("progress", "")),
+        source_kind=_word(next(iter(source), "")) if isinstance(source, Mapping) else "",
+        storage_class=_interned(storage.get("storageClassName")),
         request_bytes=_size(requests.get("storage")),
         labels=dict(meta.get("labels") or {}),
         annotations=dict(meta.get("annotations") or {}),
@@ -300,7 +383,7 @@ def parse_migration(obj: Obj) -> MigrationInfo:
     meta, status = _meta(obj), obj.get("status") or {}
     labels = meta.get("labels") or {}
     return MigrationInfo(
-        namespace=str(meta.get("namespace", "")),
+        namespace=_word(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         vmi_name=str((obj.get("spec") or {}).get("vmiName", "")),
         phase=str(status.get("phase", "")),
