@@ -212,8 +212,17 @@ def _check_dv_storage(
             near="storageClassName",
         )
     requested = ((storage.get("resources") or {}).get("requests") or {}).get("storage")
-    if requested is None and (move.size_bytes <= 0 or not live):
-        return  # a clone without a size: CDI sizes it exactly from its source
+    if requested is None and move.size_bytes <= 0 and not live:
+        return  # a clone of a source of unknown size: CDI detects it (detectCloneSize)
+    if requested is None:
+        raise out.error(
+            "resources.requests.storage is missing",
+            near="storage:",
+            hint=(
+                "request the source's size (size_bytes | quantity): without one, CDI sizes a "
+                "clone from the image, smaller than the source claim, and verification refuses it"
+            ),
+        )
     try:
         if not isinstance(requested, str | int):
             raise ValueError(f"not a quantity: {requested!r}")

@@ -138,12 +138,6 @@ def test_a_running_vm_moves_live_through_the_upstream_migration(cluster: Cluster
     assert (last["result"], last["volumes"]) == ("Succeeded", {"datavolumedisk1": target})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "upstream CDI sizes a clone of a Filesystem source without a requested size from the "
-    "image's virtual size (size-detection pod) plus the filesystem overhead, which is less "
-    "than the source claim; apply's verification refuses a destination smaller than its "
-    "source and rolls the move back (the simulator sizes it like the source). Pinned by "
-    "test_real_engine.py::test_cdi_sizes_a_filesystem_clone_from_the_image_not_the_claim"))
 def test_a_stopped_vm_on_a_filesystem_disk_moves_offline(cluster: Cluster) -> None:
     cluster.create_vm(fedora(cluster.ns, size="10Gi"))
     cluster.merge("virtualmachines/vm-fedora", {"spec": {"runStrategy": "Halted"}})

@@ -468,6 +468,8 @@ def test_offline_move_clones_the_source_and_leaves_the_strategy_alone(
     assert dv["metadata"]["annotations"]["cdi.kubevirt.io/storage.deleteAfterCompletion"] == "false"
     assert dv["spec"]["storage"]["volumeMode"] == "Filesystem"
     assert dv["spec"]["storage"]["accessModes"] == ["ReadWriteMany"]
+    # the source's size: upstream CDI sizes a clone without one from the image, smaller
+    assert dv["spec"]["storage"]["resources"] == {"requests": {"storage": "20Gi"}}
     assert dv["metadata"]["labels"]["tier"] == "gold"
     assert dv["metadata"]["labels"]["vmstorage.dev/plan"] == "db-to-fast"  # ours, not the copy
     assert "vm.kubevirt.io/name" not in dv["metadata"]["labels"]
@@ -815,6 +817,16 @@ def test_unsafe_renderings_are_refused(
         render(scene(FEDORA), "vm-fedora", FEDORA_MOVE, templates=custom)
     assert caught.value.problems[0].source is not None
     assert caught.value.problems[0].source.file == str(tmp_path / name)
+
+
+def test_an_offline_template_that_requests_no_size_is_refused(tmp_path: Path) -> None:
+    text = (ROOT / "templates" / "datavolume-offline.j2").read_text()
+    sized = "{%- if size_bytes > 0 %}"
+    assert sized in text
+    custom = override(tmp_path, "datavolume-offline.j2", text.replace(sized, "{%- if false %}"))
+    with pytest.raises(TemplateError, match="resources.requests.storage is missing") as caught:
+        render_case("offline-pvc", custom)
+    assert "smaller than the source claim" in (caught.value.problems[0].hint or "")
 
 
 def test_a_vm_without_moves_renders_nothing(templates: TemplateSet) -> None:
