@@ -200,7 +200,8 @@ def choose_clone(
     return CloneChoice(strategy)
 
 
-def copy_duration(dv: Mapping[str, Any], claim: Mapping[str, Any], seconds_per_gib: float) -> float:
+def copy_duration(dv: Mapping[str, Any], claim: Mapping[str, Any], seconds_per_gib: float
+                  ) -> float:
     """Seconds a fill takes: the DV annotation `sim.vmstorage.dev/copy-seconds` if set,
     0 for a blank disk, else the claim's request in GiB times `seconds_per_gib`."""
     override = annotations_of(dv).get(ANN_COPY_SECONDS)
@@ -294,9 +295,8 @@ class StorageProfileController(Controller):
                 self.sim.client.delete("storageprofiles", "", name)
             return
         if profile is None:
-            profile = self.sim.client.create(
-                "storageprofiles", {"metadata": {"name": name}, "spec": {}}
-            )
+            profile = self.sim.client.create("storageprofiles", {"metadata": {"name": name},
+                                                                 "spec": {}})
         desired = self._status(sc, profile.get("spec") or {})
         current = profile.get("status") or {}
         if any(current.get(k) != v for k, v in desired.items()):
@@ -351,11 +351,8 @@ class ProvisionerController(Controller):
                 return [("persistentvolumeclaims", ref.get("namespace", ""), ref["name"])]
             return []
         if resource == "storageclasses":
-            return [
-                key_of("persistentvolumeclaims", p)
-                for p in store.list("persistentvolumeclaims")
-                if pvc_phase(p) == "Pending"
-            ]
+            return [key_of("persistentvolumeclaims", p)
+                    for p in store.list("persistentvolumeclaims") if pvc_phase(p) == "Pending"]
         # pods: a finished or deleted pod may free a deleting claim
         namespace = obj["metadata"].get("namespace", "")
         return [("persistentvolumeclaims", namespace, c) for c in pod_claims(obj) if c]
@@ -390,39 +387,24 @@ class ProvisionerController(Controller):
         if name is None:
             default = default_class(store.list("storageclasses"), virt=False)
             if default is None:
-                self._announce(
-                    pvc,
-                    "Normal",
-                    "FailedBinding",
-                    "no persistent volumes available for this claim and no storage class is set",
-                )
+                self._announce(pvc, "Normal", "FailedBinding",
+                               "no persistent volumes available for this claim and no "
+                               "storage class is set")
                 return None
             name = default["metadata"]["name"]
             meta = pvc["metadata"]
-            self.sim.client.merge_patch(
-                "persistentvolumeclaims",
-                meta["namespace"],
-                meta["name"],
-                {"spec": {"storageClassName": name}},
-            )
+            self.sim.client.merge_patch("persistentvolumeclaims", meta["namespace"],
+                                        meta["name"], {"spec": {"storageClassName": name}})
         if not name:
             return None  # "" = static binding only; no simulated static PVs
         sc = store.get("storageclasses", "", name)
         if sc is None:
-            self._announce(
-                pvc,
-                "Warning",
-                "ProvisioningFailed",
-                f'storageclass.storage.k8s.io "{name}" not found',
-            )
+            self._announce(pvc, "Warning", "ProvisioningFailed",
+                           f'storageclass.storage.k8s.io "{name}" not found')
             return None
         if waits_for_consumer(pvc, sc):
-            self._announce(
-                pvc,
-                "Normal",
-                "WaitForFirstConsumer",
-                "waiting for first consumer to be created before binding",
-            )
+            self._announce(pvc, "Normal", "WaitForFirstConsumer",
+                           "waiting for first consumer to be created before binding")
         return sc
 
     # -- provisioning and binding
@@ -433,65 +415,42 @@ class ProvisionerController(Controller):
         provisioner = sc.get("provisioner", "")
         pv = self.sim.store.get("persistentvolumes", "", pv_name)
         if pv is None:
-            self._announce(
-                pvc,
-                "Normal",
-                "Provisioning",
-                f"External provisioner is provisioning volume for claim "
-                f'"{meta["namespace"]}/{meta["name"]}"',
-            )
+            self._announce(pvc, "Normal", "Provisioning",
+                           f'External provisioner is provisioning volume for claim '
+                           f'"{meta["namespace"]}/{meta["name"]}"')
             pv = self._create_pv(pvc, sc, pv_name)
-            self._announce(
-                pvc, "Normal", "ProvisioningSucceeded", f"Successfully provisioned volume {pv_name}"
-            )
+            self._announce(pvc, "Normal", "ProvisioningSucceeded",
+                           f"Successfully provisioned volume {pv_name}")
         if pv.get("status", {}).get("phase") != "Bound":
-            self.sim.client.patch_status(
-                "persistentvolumes", "", pv_name, {"status": {"phase": "Bound"}}
-            )
-        anns = {
-            ANN_BIND_COMPLETED: "yes",
-            ANN_BOUND_BY_CONTROLLER: "yes",
-            ANN_STORAGE_PROVISIONER: provisioner,
-            ANN_BETA_STORAGE_PROVISIONER: provisioner,
-        }
+            self.sim.client.patch_status("persistentvolumes", "", pv_name,
+                                         {"status": {"phase": "Bound"}})
+        anns = {ANN_BIND_COMPLETED: "yes", ANN_BOUND_BY_CONTROLLER: "yes",
+                ANN_STORAGE_PROVISIONER: provisioner, ANN_BETA_STORAGE_PROVISIONER: provisioner}
         if spec.get("volumeName") != pv_name or any(
             annotations_of(pvc).get(k) != v for k, v in anns.items()
         ):
             self.sim.client.merge_patch(
-                "persistentvolumeclaims",
-                meta["namespace"],
-                meta["name"],
+                "persistentvolumeclaims", meta["namespace"], meta["name"],
                 {"metadata": {"annotations": anns}, "spec": {"volumeName": pv_name}},
             )
         self.sim.client.patch_status(
-            "persistentvolumeclaims",
-            meta["namespace"],
-            meta["name"],
-            {
-                "status": {
-                    "phase": "Bound",
-                    "accessModes": pv["spec"]["accessModes"],
-                    "capacity": {"storage": pv["spec"]["capacity"]["storage"]},
-                }
-            },
+            "persistentvolumeclaims", meta["namespace"], meta["name"],
+            {"status": {"phase": "Bound",
+                        "accessModes": pv["spec"]["accessModes"],
+                        "capacity": {"storage": pv["spec"]["capacity"]["storage"]}}},
         )
 
     def _create_pv(self, pvc: dict[str, Any], sc: dict[str, Any], pv_name: str) -> dict[str, Any]:
         meta, spec = pvc["metadata"], pvc.get("spec", {})
         mode = spec.get("volumeMode") or "Filesystem"
         size = provisioned_capacity(request_bytes(spec) or 0, sc, mode)
-        csi: dict[str, Any] = {
-            "driver": sc.get("provisioner", ""),
-            "volumeHandle": pv_name,
-            "volumeAttributes": dict(sc.get("parameters") or {}),
-        }
+        csi: dict[str, Any] = {"driver": sc.get("provisioner", ""), "volumeHandle": pv_name,
+                               "volumeAttributes": dict(sc.get("parameters") or {})}
         if mode == "Filesystem":
             csi["fsType"] = "ext4"
         body = {
-            "metadata": {
-                "name": pv_name,
-                "annotations": {ANN_PROVISIONED_BY: sc.get("provisioner", "")},
-            },
+            "metadata": {"name": pv_name,
+                         "annotations": {ANN_PROVISIONED_BY: sc.get("provisioner", "")}},
             "spec": {
                 "capacity": {"storage": format_quantity(size)},
                 "accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
@@ -499,14 +458,9 @@ class ProvisionerController(Controller):
                 "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy") or "Delete",
                 "storageClassName": sc["metadata"]["name"],
                 "mountOptions": list(sc.get("mountOptions") or []),
-                "claimRef": {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "namespace": meta["namespace"],
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "resourceVersion": meta["resourceVersion"],
-                },
+                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                             "namespace": meta["namespace"], "name": meta["name"],
+                             "uid": meta["uid"], "resourceVersion": meta["resourceVersion"]},
                 "csi": csi,
             },
         }
@@ -535,24 +489,17 @@ class ProvisionerController(Controller):
             if pv["spec"].get("persistentVolumeReclaimPolicy", "Delete") == "Delete":
                 self._delete_pv(pv)
             elif pv.get("status", {}).get("phase") != "Released":
-                self.sim.client.patch_status(
-                    "persistentvolumes", "", pv_name, {"status": {"phase": "Released"}}
-                )
+                self.sim.client.patch_status("persistentvolumes", "", pv_name,
+                                             {"status": {"phase": "Released"}})
 
     def _delete_pv(self, pv: dict[str, Any]) -> None:
         meta = pv["metadata"]
         finalizers = [f for f in meta.get("finalizers") or [] if f != FINALIZER_PV_PROTECTION]
         if finalizers != list(meta.get("finalizers") or []):
             self.sim.client.merge_patch(
-                "persistentvolumes",
-                "",
-                meta["name"],
-                {
-                    "metadata": {
-                        "finalizers": finalizers,
-                        "resourceVersion": meta["resourceVersion"],
-                    }
-                },
+                "persistentvolumes", "", meta["name"],
+                {"metadata": {"finalizers": finalizers,
+                              "resourceVersion": meta["resourceVersion"]}},
             )
         if not is_deleting(pv):
             self.sim.client.delete("persistentvolumes", "", meta["name"])
@@ -562,11 +509,8 @@ class ProvisionerController(Controller):
         meta = pvc["metadata"]
         finalizers = [*(meta.get("finalizers") or []), FINALIZER_PVC_PROTECTION]
         return self.sim.client.merge_patch(
-            "persistentvolumeclaims",
-            meta["namespace"],
-            meta["name"],
-            {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}},
-        )
+            "persistentvolumeclaims", meta["namespace"], meta["name"],
+            {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}})
 
     def _protect(self, pvc: dict[str, Any]) -> None:
         """pvc-protection: drop the finalizer once no pod mounts the claim."""
@@ -578,9 +522,7 @@ class ProvisionerController(Controller):
             return
         finalizers.remove(FINALIZER_PVC_PROTECTION)
         self.sim.client.merge_patch(
-            "persistentvolumeclaims",
-            meta["namespace"],
-            meta["name"],
+            "persistentvolumeclaims", meta["namespace"], meta["name"],
             {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}},
         )
 
@@ -666,26 +608,16 @@ class DataVolumeController(Controller):
         if resource == "persistentvolumeclaims":
             name = populator.target_of_prime(obj) or obj["metadata"]["name"]
             keys = [("datavolumes", namespace, name)]  # owner, adopter or blocked creator
-            keys += [
-                key_of("datavolumes", dv)
-                for dv in store.list("datavolumes")
-                if source_kind(dv) == "pvc" and clone_source(dv) == (namespace, name)
-            ]
+            keys += [key_of("datavolumes", dv) for dv in store.list("datavolumes")
+                     if source_kind(dv) == "pvc" and clone_source(dv) == (namespace, name)]
             return keys
-        unfinished = [
-            dv
-            for dv in store.list("datavolumes")
-            if dv.get("status", {}).get("phase") not in ("Succeeded", "Failed")
-        ]
+        unfinished = [dv for dv in store.list("datavolumes")
+                      if dv.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
         if resource == "pods":  # a pod that lets go of a clone source
             claims = pod_claims(obj)
-            return [
-                key_of("datavolumes", dv)
-                for dv in unfinished
-                if source_kind(dv) == "pvc"
-                and clone_source(dv)[0] == namespace
-                and clone_source(dv)[1] in claims
-            ]
+            return [key_of("datavolumes", dv) for dv in unfinished
+                    if source_kind(dv) == "pvc" and clone_source(dv)[0] == namespace
+                    and clone_source(dv)[1] in claims]
         return [key_of("datavolumes", dv) for dv in unfinished]  # profiles and classes
 
     # -- reconcile
@@ -735,11 +667,8 @@ class DataVolumeController(Controller):
         spec = self._claim_spec(dv)
         if spec is None:
             return None
-        anns = {
-            ANN_CREATED_FOR_DV: meta["uid"],
-            ANN_CONTENT_TYPE: "kubevirt",
-            ANN_POD_PHASE: "Pending",
-        }
+        anns = {ANN_CREATED_FOR_DV: meta["uid"], ANN_CONTENT_TYPE: "kubevirt",
+                ANN_POD_PHASE: "Pending"}
         dv_anns = annotations_of(dv)
         if ANN_IMMEDIATE_BIND in dv_anns:
             anns[ANN_IMMEDIATE_BIND] = dv_anns[ANN_IMMEDIATE_BIND]
@@ -757,16 +686,10 @@ class DataVolumeController(Controller):
             anns[populator.ANN_USE_POPULATOR] = "true"
             spec = {**spec, "dataSourceRef": populator.data_source_ref(dv, kind == "pvc")}
         labels = {**(meta.get("labels") or {}), "app": "containerized-data-importer"}
-        body = {
-            "metadata": {
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "labels": labels,
-                "annotations": anns,
-                "ownerReferences": [owner_reference(dv)],
-            },
-            "spec": spec,
-        }
+        body = {"metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                             "labels": labels, "annotations": anns,
+                             "ownerReferences": [owner_reference(dv)]},
+                "spec": spec}
         created = self.sim.client.create("persistentvolumeclaims", body)
         self._status(dv, "Pending", created, progress="N/A")
         return None  # the PVC's watch event brings us back
@@ -784,16 +707,10 @@ class DataVolumeController(Controller):
         if any(r.get("controller") for r in refs[:-1]):
             refs[-1]["controller"] = False  # an object has at most one controller
         return self.sim.client.merge_patch(
-            "persistentvolumeclaims",
-            meta["namespace"],
-            meta["name"],
-            {
-                "metadata": {
-                    "ownerReferences": refs,
-                    "annotations": {ANN_POPULATED_FOR: meta["name"]},
-                    "resourceVersion": claim["metadata"]["resourceVersion"],
-                }
-            },
+            "persistentvolumeclaims", meta["namespace"], meta["name"],
+            {"metadata": {"ownerReferences": refs,
+                          "annotations": {ANN_POPULATED_FOR: meta["name"]},
+                          "resourceVersion": claim["metadata"]["resourceVersion"]}},
         )
 
     def _claim_spec(self, dv: dict[str, Any]) -> dict[str, Any] | None:
@@ -830,18 +747,13 @@ class DataVolumeController(Controller):
         if not modes or not volume_mode:
             profile = store.get("storageprofiles", "", class_name) if class_name else None
             sets = (profile or {}).get("status", {}).get("claimPropertySets") or []
-            chosen = next(
-                (s for s in sets if not volume_mode or s.get("volumeMode") == volume_mode), None
-            )
+            chosen = next((s for s in sets if not volume_mode or
+                           s.get("volumeMode") == volume_mode), None)
             if chosen is None:
                 self._status(dv, "Pending", None)
-                self._announce(
-                    dv,
-                    "Warning",
-                    "ErrClaimNotValid",
-                    "DataVolume.storage spec is missing accessMode and volumeMode, "
-                    f"cannot get access mode from StorageProfile {class_name}",
-                )
+                self._announce(dv, "Warning", "ErrClaimNotValid",
+                               "DataVolume.storage spec is missing accessMode and volumeMode, "
+                               f"cannot get access mode from StorageProfile {class_name}")
                 return None
             modes = modes or list(chosen.get("accessModes") or ["ReadWriteOnce"])
             volume_mode = volume_mode or chosen.get("volumeMode") or "Filesystem"
@@ -850,11 +762,8 @@ class DataVolumeController(Controller):
             size = detect_clone_size(source, volume_mode)
         elif volume_mode == "Filesystem":
             size = required_space(size or 0)
-        result: dict[str, Any] = {
-            "accessModes": modes,
-            "volumeMode": volume_mode,
-            "resources": {"requests": {"storage": str(size)}},
-        }
+        result: dict[str, Any] = {"accessModes": modes, "volumeMode": volume_mode,
+                                  "resources": {"requests": {"storage": str(size)}}}
         if class_name is not None:
             result["storageClassName"] = class_name
         if storage.get("selector"):
@@ -884,9 +793,8 @@ class DataVolumeController(Controller):
             return None
         return source
 
-    def _size_ok(
-        self, dv: dict[str, Any], source: dict[str, Any], claim_spec: Mapping[str, Any]
-    ) -> bool:
+    def _size_ok(self, dv: dict[str, Any], source: dict[str, Any],
+                 claim_spec: Mapping[str, Any]) -> bool:
         """Upstream's clone size rules (pvc-clone-controller's validation, then the clone
         planner's): a `pvc:` request, or a sized `storage:` request of a Block source, must be
         >= the source's request; then, unless the clone is permissive, the target claim's
@@ -899,16 +807,15 @@ class DataVolumeController(Controller):
         source_request = request_bytes(source.get("spec", {})) or 0
         source_mode = source.get("spec", {}).get("volumeMode") or "Filesystem"
         asked = request_bytes(spec.get("pvc") or spec.get("storage") or {})
-        if asked is not None and ("pvc" in spec or source_mode == "Block"):
-            if asked < source_request:
-                return self._too_small(dv)
+        checked_on_the_dv = asked is not None and ("pvc" in spec or source_mode == "Block")
+        if checked_on_the_dv and (asked or 0) < source_request:
+            return self._too_small(dv)
         target_mode = claim_spec.get("volumeMode") or "Filesystem"
         if asked is None:
             detected = detect_clone_size(source, target_mode)
             permissive = (capacity_bytes(source) or source_request) > detected
         elif target_mode == "Block" and source_mode == "Filesystem" and (
-            annotations_of(source).get(ANN_CONTENT_TYPE) == "kubevirt"
-        ):
+                annotations_of(source).get(ANN_CONTENT_TYPE) == "kubevirt"):
             permissive = asked >= detect_clone_size(source, "Block")
         else:
             permissive = False
@@ -932,13 +839,9 @@ class DataVolumeController(Controller):
             if users:  # clone/common.go: a Warning per pod, the DV just waits
                 self._status(dv, "CloneScheduled", claim, progress="N/A")
                 for pod in users:
-                    self._announce(
-                        dv,
-                        "Warning",
-                        "CloneSourceInUse",
-                        f"pod {meta['namespace']}/{pod} using PersistentVolumeClaim {meta['name']}",
-                        key=pod,
-                    )
+                    self._announce(dv, "Warning", "CloneSourceInUse",
+                                   f"pod {meta['namespace']}/{pod} using "
+                                   f"PersistentVolumeClaim {meta['name']}", key=pod)
                 return
         self._fill(dv, claim, CLONE, content_hash(source) or "", source=source)
 
@@ -949,13 +852,13 @@ class DataVolumeController(Controller):
         src_sc = store.get("storageclasses", "", src_class) if src_class else None
         dst_sc = store.get("storageclasses", "", dst_class) if dst_class else None
         profile = store.get("storageprofiles", "", dst_class) if dst_class else None
-        strategy = (profile or {}).get("status", {}).get("cloneStrategy") or DEFAULT_CLONE_STRATEGY
+        strategy = ((profile or {}).get("status", {}).get("cloneStrategy")
+                    or DEFAULT_CLONE_STRATEGY)
         src_size = request_bytes(source.get("spec", {})) or 0
         return choose_clone(
             strategy,
-            same_provisioner=bool(
-                src_sc and dst_sc and src_sc.get("provisioner") == dst_sc.get("provisioner")
-            ),
+            same_provisioner=bool(src_sc and dst_sc
+                                  and src_sc.get("provisioner") == dst_sc.get("provisioner")),
             same_volume_mode=(source.get("spec", {}).get("volumeMode") or "Filesystem")
             == (claim.get("spec", {}).get("volumeMode") or "Filesystem"),
             expands=(request_bytes(claim.get("spec", {})) or 0) > src_size,
@@ -964,14 +867,8 @@ class DataVolumeController(Controller):
 
     # -- the fill (import, blank, clone)
 
-    def _fill(
-        self,
-        dv: dict[str, Any],
-        claim: dict[str, Any],
-        flavor: _Flavor,
-        digest: str,
-        source: dict[str, Any] | None = None,
-    ) -> None:
+    def _fill(self, dv: dict[str, Any], claim: dict[str, Any], flavor: _Flavor, digest: str,
+              source: dict[str, Any] | None = None) -> None:
         """Advance the fill one step; schedules its own next tick."""
         uid, meta = dv["metadata"]["uid"], dv["metadata"]
         now = time.monotonic()
@@ -979,24 +876,18 @@ class DataVolumeController(Controller):
         if transfer is None:
             transfer = _Transfer(self._duration(dv, claim), restarts=self._restarts(dv))
             self._transfers[uid] = transfer
-            self._status(
-                dv, flavor.scheduled, claim, progress="N/A", running=("False", "Pending", "")
-            )
+            self._status(dv, flavor.scheduled, claim, progress="N/A",
+                         running=("False", "Pending", ""))
             self._tick(dv, 0.0)
             return
         if transfer.retry_at > now:
-            self.sim.enqueue(
-                self, ("datavolumes", meta["namespace"], meta["name"]), transfer.retry_at - now
-            )
+            self.sim.enqueue(self, ("datavolumes", meta["namespace"], meta["name"]),
+                             transfer.retry_at - now)
             return
         if not transfer.started and not self._start(dv, claim, flavor, transfer, source):
             return
-        stalled = (
-            self.sim.faults.take(
-                "datavolumes", meta["namespace"], meta["name"], FaultAction.STALL, obj=dv
-            )
-            is not None
-        )
+        stalled = self.sim.faults.take("datavolumes", meta["namespace"], meta["name"],
+                                       FaultAction.STALL, obj=dv) is not None
         if not stalled:
             transfer.elapsed += now - transfer.last
         transfer.last = now
@@ -1009,59 +900,32 @@ class DataVolumeController(Controller):
             return
         if not stalled and now - transfer.last_write >= self.sim.config.progress_tick:
             transfer.last_write = now
-            self._status(
-                dv,
-                flavor.running,
-                claim,
-                progress=format_progress(min(fraction, 0.9999)),
-                running=("True", "", ""),
-                restarts=transfer.restarts,
-            )
+            self._status(dv, flavor.running, claim, progress=format_progress(min(fraction, 0.9999)),
+                         running=("True", "", ""), restarts=transfer.restarts)
         self._tick(dv, self.sim.config.progress_tick)
 
-    def _start(
-        self,
-        dv: dict[str, Any],
-        claim: dict[str, Any],
-        flavor: _Flavor,
-        transfer: _Transfer,
-        source: dict[str, Any] | None,
-    ) -> bool:
+    def _start(self, dv: dict[str, Any], claim: dict[str, Any], flavor: _Flavor,
+               transfer: _Transfer, source: dict[str, Any] | None) -> bool:
         """Start one attempt (the importer/cloner pod). False when a fault failed it."""
         meta = dv["metadata"]
-        fault = self.sim.faults.take(
-            "datavolumes", meta["namespace"], meta["name"], FaultAction.FAIL, obj=dv
-        )
+        fault = self.sim.faults.take("datavolumes", meta["namespace"], meta["name"],
+                                     FaultAction.FAIL, obj=dv)
         if fault is not None and fault.action is FaultAction.FATAL:
-            self._fail(
-                dv,
-                claim,
-                flavor.failed_reason,
-                f"Unable to process data: {fault.message}",
-                restarts=transfer.restarts,
-            )
+            self._fail(dv, claim, flavor.failed_reason,
+                       f"Unable to process data: {fault.message}", restarts=transfer.restarts)
             return False
         if fault is not None:  # the importer/cloner pod fails, restarts and tries again
             transfer.restarts += 1
-            backoff = min(
-                max(self.sim.config.progress_tick, 0.05) * 2 ** min(transfer.restarts - 1, 5), 2.0
-            )
+            backoff = min(max(self.sim.config.progress_tick, 0.05) * 2 ** min(
+                transfer.restarts - 1, 5), 2.0)
             transfer.retry_at = time.monotonic() + backoff
             message = f"Unable to process data: {fault.message}"
             self.sim.client.merge_patch(
-                "persistentvolumeclaims",
-                claim["metadata"]["namespace"],
+                "persistentvolumeclaims", claim["metadata"]["namespace"],
                 claim["metadata"]["name"],
-                {"metadata": {"annotations": {ANN_POD_RESTARTS: str(transfer.restarts)}}},
-            )
-            self._status(
-                dv,
-                flavor.running,
-                claim,
-                progress=format_progress(0.0),
-                running=("False", "Error", message),
-                restarts=transfer.restarts,
-            )
+                {"metadata": {"annotations": {ANN_POD_RESTARTS: str(transfer.restarts)}}})
+            self._status(dv, flavor.running, claim, progress=format_progress(0.0),
+                         running=("False", "Error", message), restarts=transfer.restarts)
             self.sim.client.event(dv, "Warning", flavor.failed_reason, message)
             self._tick(dv, transfer.retry_at - time.monotonic())
             return False
@@ -1075,41 +939,25 @@ class DataVolumeController(Controller):
                 anns[ANN_CLONE_FALLBACK_REASON] = choice.fallback_reason
             if choice.clone_type != "copy":
                 transfer.duration = 0.0  # storage-side clones are near instant
-        self.sim.client.merge_patch(
-            "persistentvolumeclaims",
-            claim["metadata"]["namespace"],
-            claim["metadata"]["name"],
-            {"metadata": {"annotations": anns}},
-        )
-        self._status(
-            dv,
-            flavor.running,
-            claim,
-            progress=format_progress(0.0),
-            running=("True", "", ""),
-            restarts=transfer.restarts,
-        )
+        self.sim.client.merge_patch("persistentvolumeclaims", claim["metadata"]["namespace"],
+                                    claim["metadata"]["name"],
+                                    {"metadata": {"annotations": anns}})
+        self._status(dv, flavor.running, claim, progress=format_progress(0.0),
+                     running=("True", "", ""), restarts=transfer.restarts)
         transfer.last_write = time.monotonic()
         return True
 
-    def _complete(
-        self, dv: dict[str, Any], claim: dict[str, Any], flavor: _Flavor, digest: str
-    ) -> None:
+    def _complete(self, dv: dict[str, Any], claim: dict[str, Any], flavor: _Flavor,
+                  digest: str) -> None:
         """Write the disk content (hash) first, so Succeeded always implies the content."""
         if populator.target_of_prime(claim) is not None:
             self._rebind(dv, claim, flavor, digest)
             return
         cmeta = claim["metadata"]
         self.sim.client.merge_patch(
-            "persistentvolumeclaims",
-            cmeta["namespace"],
-            cmeta["name"],
-            {
-                "metadata": {
-                    "annotations": {CONTENT_HASH_ANNOTATION: digest, ANN_POD_PHASE: "Succeeded"}
-                }
-            },
-        )
+            "persistentvolumeclaims", cmeta["namespace"], cmeta["name"],
+            {"metadata": {"annotations": {CONTENT_HASH_ANNOTATION: digest,
+                                          ANN_POD_PHASE: "Succeeded"}}})
         self._succeed(dv, claim, flavor)
 
     # -- populators (see cdi_populator)
@@ -1128,23 +976,20 @@ class DataVolumeController(Controller):
         if waits_for_consumer(target, sc):  # shouldBeMarkedPendingPopulation
             self._status(dv, "PendingPopulation", target, progress="N/A")
             return
-        prime = store.get("persistentvolumeclaims", meta["namespace"], populator.prime_name(target))
+        prime = store.get("persistentvolumeclaims", meta["namespace"],
+                          populator.prime_name(target))
         if prime is None:
             self.sim.client.create("persistentvolumeclaims", populator.prime_body(target))
             self._status(dv, flavor.scheduled, target, progress="N/A")
             return
         if is_deleting(prime):
             return
-        if populator.ANN_SELECTED_NODE in annotations_of(
-            target
-        ) and populator.ANN_SELECTED_NODE not in annotations_of(prime):
+        if populator.ANN_SELECTED_NODE in annotations_of(target) and \
+                populator.ANN_SELECTED_NODE not in annotations_of(prime):
             node = annotations_of(target)[populator.ANN_SELECTED_NODE]
-            self.sim.client.merge_patch(
-                "persistentvolumeclaims",
-                meta["namespace"],
-                prime["metadata"]["name"],
-                {"metadata": {"annotations": {populator.ANN_SELECTED_NODE: node}}},
-            )
+            self.sim.client.merge_patch("persistentvolumeclaims", meta["namespace"],
+                                        prime["metadata"]["name"], {"metadata": {
+                                            "annotations": {populator.ANN_SELECTED_NODE: node}}})
             return
         if pvc_phase(prime) != "Bound":
             self._status(dv, flavor.scheduled, target, progress="N/A")
@@ -1154,9 +999,8 @@ class DataVolumeController(Controller):
         else:
             self._fill(dv, prime, IMPORT, "" if source_kind(dv) == "blank" else import_hash(dv))
 
-    def _rebind(
-        self, dv: dict[str, Any], prime: dict[str, Any], flavor: _Flavor, digest: str
-    ) -> None:
+    def _rebind(self, dv: dict[str, Any], prime: dict[str, Any], flavor: _Flavor,
+                digest: str) -> None:
         """The filled prime claim's PV moves to the target claim; the prime claim goes."""
         namespace = prime["metadata"]["namespace"]
         target_name = populator.target_of_prime(prime) or dv["metadata"]["name"]
@@ -1166,82 +1010,34 @@ class DataVolumeController(Controller):
         if target is None or pv is None:
             return
         tmeta = target["metadata"]
-        self.sim.client.merge_patch(
-            "persistentvolumes",
-            "",
-            pv["metadata"]["name"],
-            {
-                "spec": {
-                    "claimRef": {
-                        "apiVersion": "v1",
-                        "kind": "PersistentVolumeClaim",
-                        "namespace": namespace,
-                        "name": target_name,
-                        "uid": tmeta["uid"],
-                        "resourceVersion": tmeta["resourceVersion"],
-                    }
-                }
-            },
-        )
-        self.sim.client.merge_patch(
-            "persistentvolumeclaims",
-            namespace,
-            target_name,
-            {
-                "metadata": {
-                    "annotations": {
-                        CONTENT_HASH_ANNOTATION: digest,
-                        ANN_POD_PHASE: "Succeeded",
-                        ANN_BIND_COMPLETED: "yes",
-                        ANN_BOUND_BY_CONTROLLER: "yes",
-                    }
-                },
-                "spec": {"volumeName": pv["metadata"]["name"]},
-            },
-        )
-        bound = self.sim.client.patch_status(
-            "persistentvolumeclaims",
-            namespace,
-            target_name,
-            {
-                "status": {
-                    "phase": "Bound",
-                    "accessModes": pv["spec"]["accessModes"],
-                    "capacity": {"storage": pv["spec"]["capacity"]["storage"]},
-                }
-            },
-        )
+        self.sim.client.merge_patch("persistentvolumes", "", pv["metadata"]["name"], {"spec": {
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                         "namespace": namespace, "name": target_name, "uid": tmeta["uid"],
+                         "resourceVersion": tmeta["resourceVersion"]}}})
+        self.sim.client.merge_patch("persistentvolumeclaims", namespace, target_name, {
+            "metadata": {"annotations": {CONTENT_HASH_ANNOTATION: digest,
+                                         ANN_POD_PHASE: "Succeeded",
+                                         ANN_BIND_COMPLETED: "yes",
+                                         ANN_BOUND_BY_CONTROLLER: "yes"}},
+            "spec": {"volumeName": pv["metadata"]["name"]}})
+        bound = self.sim.client.patch_status("persistentvolumeclaims", namespace, target_name, {
+            "status": {"phase": "Bound", "accessModes": pv["spec"]["accessModes"],
+                       "capacity": {"storage": pv["spec"]["capacity"]["storage"]}}})
         self.sim.client.delete("persistentvolumeclaims", namespace, prime["metadata"]["name"])
         self._succeed(dv, bound, flavor)
 
     def _succeed(self, dv: dict[str, Any], claim: dict[str, Any], flavor: _Flavor | None) -> None:
         transfer = self._transfers.pop(dv["metadata"]["uid"], None)
         restarts = transfer.restarts if transfer else None
-        self._status(
-            dv,
-            "Succeeded",
-            claim,
-            progress="100.0%",
-            running=("False", "Completed", ""),
-            restarts=restarts,
-        )
+        self._status(dv, "Succeeded", claim, progress="100.0%",
+                     running=("False", "Completed", ""), restarts=restarts)
         if flavor is not None:
-            self._announce(
-                dv,
-                "Normal",
-                flavor.succeeded_reason,
-                f"Successfully {'imported' if flavor is IMPORT else 'cloned'} "
-                f"into PVC {claim['metadata']['name']}",
-            )
+            self._announce(dv, "Normal", flavor.succeeded_reason,
+                           f"Successfully {'imported' if flavor is IMPORT else 'cloned'} "
+                           f"into PVC {claim['metadata']['name']}")
 
-    def _fail(
-        self,
-        dv: dict[str, Any],
-        claim: dict[str, Any] | None,
-        reason: str,
-        message: str,
-        restarts: int | None = None,
-    ) -> None:
+    def _fail(self, dv: dict[str, Any], claim: dict[str, Any] | None, reason: str,
+              message: str, restarts: int | None = None) -> None:
         self._transfers.pop(dv["metadata"]["uid"], None)
         self._status(dv, "Failed", claim, running=("False", "Error", message), restarts=restarts)
         self._announce(dv, "Warning", reason, message)
@@ -1292,15 +1088,13 @@ class DataVolumeController(Controller):
         if all(current.get(k) == v for k, v in status.items()):
             return
         meta = dv["metadata"]
-        updated = self.sim.client.patch_status(
-            "datavolumes", meta["namespace"], meta["name"], {"status": status}
-        )
+        updated = self.sim.client.patch_status("datavolumes", meta["namespace"], meta["name"],
+                                               {"status": status})
         dv["status"] = updated.get("status", status)
 
     @staticmethod
-    def _bound_condition(
-        dv: Mapping[str, Any], claim: Mapping[str, Any] | None
-    ) -> tuple[str, str, str]:
+    def _bound_condition(dv: Mapping[str, Any], claim: Mapping[str, Any] | None
+                         ) -> tuple[str, str, str]:
         if claim is None:
             bound = get_bound(dv)
             return bound if bound else ("Unknown", "", "No PVC found")
@@ -1309,9 +1103,8 @@ class DataVolumeController(Controller):
             return ("True", "Bound", f"PVC {name} Bound")
         return ("False", "Pending", f"PVC {name} Pending")
 
-    def _announce(
-        self, obj: dict[str, Any], type_: str, reason: str, message: str, key: str = ""
-    ) -> None:
+    def _announce(self, obj: dict[str, Any], type_: str, reason: str, message: str,
+                  key: str = "") -> None:
         ident = (obj["metadata"].get("uid", ""), reason + key)
         if self._announced.get(ident) == message:
             return
@@ -1348,45 +1141,31 @@ class DataVolumeController(Controller):
         elif FINALIZER_FOREGROUND in finalizers:
             if owned and claim is not None:
                 if not is_deleting(claim):
-                    self.sim.client.delete(
-                        "persistentvolumeclaims", meta["namespace"], meta["name"]
-                    )
+                    self.sim.client.delete("persistentvolumeclaims", meta["namespace"],
+                                           meta["name"])
                 return  # the PVC's deletion event brings us back
             finalizers.remove(FINALIZER_FOREGROUND)
         else:
             return
         self.sim.client.merge_patch(
-            "datavolumes",
-            meta["namespace"],
-            meta["name"],
-            {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}},
-        )
+            "datavolumes", meta["namespace"], meta["name"],
+            {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}})
 
     def _drop_owner_refs(self, claim: dict[str, Any], uids: set[str]) -> None:
         meta = claim["metadata"]
         refs = [r for r in meta.get("ownerReferences") or [] if r.get("uid") not in uids]
         self.sim.client.merge_patch(
-            "persistentvolumeclaims",
-            meta["namespace"],
-            meta["name"],
-            {
-                "metadata": {
-                    "ownerReferences": refs or None,
-                    "resourceVersion": meta["resourceVersion"],
-                }
-            },
-        )
+            "persistentvolumeclaims", meta["namespace"], meta["name"],
+            {"metadata": {"ownerReferences": refs or None,
+                          "resourceVersion": meta["resourceVersion"]}})
 
 
 def get_bound(dv: Mapping[str, Any]) -> tuple[str, str, str] | None:
     """The DV's current Bound condition as (status, reason, message), None if absent."""
     for cond in dv.get("status", {}).get("conditions") or []:
         if cond.get("type") == "Bound":
-            return (
-                str(cond.get("status", "Unknown")),
-                str(cond.get("reason", "")),
-                str(cond.get("message", "")),
-            )
+            return (str(cond.get("status", "Unknown")), str(cond.get("reason", "")),
+                    str(cond.get("message", "")))
     return None
 
 

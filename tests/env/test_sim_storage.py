@@ -47,31 +47,20 @@ MiB = 2**20
 # ---------------------------------------------------------------------------- helpers
 
 MakeClass = Callable[..., str]
-
-
 @pytest.fixture
 def make_class(api: pykube.HTTPClient, namespace: str) -> Iterator[MakeClass]:
     """Create StorageClasses named after the test's namespace; deleted after the test
     (StorageClasses are cluster-scoped, so a default class must not outlive its test)."""
     created: list[Any] = []
 
-    def make(
-        suffix: str,
-        provisioner: str = "sim.csi.one",
-        *,
-        wffc: bool = False,
-        annotations: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> str:
+    def make(suffix: str, provisioner: str = "sim.csi.one", *, wffc: bool = False,
+             annotations: dict[str, str] | None = None, **extra: Any) -> str:
         name = f"{namespace}-{suffix}"
-        body = {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": name, "annotations": annotations or {}},
-            "provisioner": provisioner,
-            "volumeBindingMode": "WaitForFirstConsumer" if wffc else "Immediate",
-            **extra,
-        }
+        body = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {"name": name, "annotations": annotations or {}},
+                "provisioner": provisioner,
+                "volumeBindingMode": "WaitForFirstConsumer" if wffc else "Immediate",
+                **extra}
         sc = _kind(api, "StorageClass")(api, body)
         sc.create()
         created.append(sc)
@@ -91,16 +80,12 @@ def get(api: pykube.HTTPClient, kind: str, namespace: str, name: str) -> dict[st
 
 
 def _kind(api: pykube.HTTPClient, kind: str) -> Any:
-    builtin = {
-        "PersistentVolumeClaim": pykube.PersistentVolumeClaim,
-        "PersistentVolume": pykube.PersistentVolume,
-        "Pod": pykube.Pod,
-    }
+    builtin = {"PersistentVolumeClaim": pykube.PersistentVolumeClaim,
+               "PersistentVolume": pykube.PersistentVolume, "Pod": pykube.Pod}
     if kind in builtin:
         return builtin[kind]
-    group = {"DataVolume": CDI, "StorageProfile": CDI, "StorageClass": "storage.k8s.io/v1"}.get(
-        kind, "kubevirt.io/v1"
-    )
+    group = {"DataVolume": CDI, "StorageProfile": CDI,
+             "StorageClass": "storage.k8s.io/v1"}.get(kind, "kubevirt.io/v1")
     return pykube.object_factory(api, group, kind)
 
 
@@ -112,46 +97,27 @@ def create(api: pykube.HTTPClient, kind: str, body: dict[str, Any]) -> dict[str,
     return dict(obj.obj)
 
 
-def pvc_body(
-    namespace: str,
-    name: str,
-    size: str = "1Gi",
-    storage_class: str | None = None,
-    *,
-    mode: str = "Filesystem",
-    annotations: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
-        "volumeMode": mode,
-        "resources": {"requests": {"storage": size}},
-    }
+def pvc_body(namespace: str, name: str, size: str = "1Gi", storage_class: str | None = None,
+             *, mode: str = "Filesystem", annotations: dict[str, str] | None = None
+             ) -> dict[str, Any]:
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "volumeMode": mode,
+                            "resources": {"requests": {"storage": size}}}
     if storage_class is not None:
         spec["storageClassName"] = storage_class
-    return {
-        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
-        "spec": spec,
-    }
+    return {"metadata": {"name": name, "namespace": namespace,
+                         "annotations": annotations or {}}, "spec": spec}
 
 
-def dv_body(
-    namespace: str,
-    name: str,
-    source: dict[str, Any],
-    *,
-    storage: dict[str, Any] | None = None,
-    pvc: dict[str, Any] | None = None,
-    annotations: dict[str, str] | None = None,
-) -> dict[str, Any]:
+def dv_body(namespace: str, name: str, source: dict[str, Any], *,
+            storage: dict[str, Any] | None = None, pvc: dict[str, Any] | None = None,
+            annotations: dict[str, str] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"source": source}
     if storage is not None:
         spec["storage"] = storage
     if pvc is not None:
         spec["pvc"] = pvc
-    return {
-        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
-        "spec": spec,
-    }
+    return {"metadata": {"name": name, "namespace": namespace,
+                         "annotations": annotations or {}}, "spec": spec}
 
 
 def storage(storage_class: str, size: str | None = "1Gi", **extra: Any) -> dict[str, Any]:
@@ -174,75 +140,52 @@ def phase(obj: dict[str, Any] | None) -> str | None:
 def events(api: pykube.HTTPClient, namespace: str, name: str) -> list[tuple[str, str, str]]:
     """(type, reason, message) of the Events about object `name` in `namespace`."""
     query = pykube.Event.objects(api, namespace=namespace).filter(
-        field_selector={"involvedObject.name": name}
-    )
-    return [
-        (e.obj.get("type", ""), e.obj.get("reason", ""), e.obj.get("message", "")) for e in query
-    ]
+        field_selector={"involvedObject.name": name})
+    return [(e.obj.get("type", ""), e.obj.get("reason", ""), e.obj.get("message", ""))
+            for e in query]
 
 
-def reason_seen(
-    api: pykube.HTTPClient, namespace: str, name: str, reason: str
-) -> tuple[str, str, str] | None:
+def reason_seen(api: pykube.HTTPClient, namespace: str, name: str, reason: str
+                ) -> tuple[str, str, str] | None:
     return next((e for e in events(api, namespace, name) if e[1] == reason), None)
 
 
-def in_phase(
-    api: pykube.HTTPClient, namespace: str, name: str, *phases: str
-) -> Callable[[], dict[str, Any] | None]:
+def in_phase(api: pykube.HTTPClient, namespace: str, name: str, *phases: str
+             ) -> Callable[[], dict[str, Any] | None]:
     """A probe: the DataVolume once it is in one of `phases`."""
-
     def probe() -> dict[str, Any] | None:
         dv = get(api, "DataVolume", namespace, name)
         return dv if phase(dv) in phases else None
-
     return probe
 
 
-def bound_pvc(
-    api: pykube.HTTPClient, namespace: str, name: str
-) -> Callable[[], dict[str, Any] | None]:
+def bound_pvc(api: pykube.HTTPClient, namespace: str, name: str
+              ) -> Callable[[], dict[str, Any] | None]:
     def probe() -> dict[str, Any] | None:
         pvc = get(api, "PersistentVolumeClaim", namespace, name)
         return pvc if phase(pvc) == "Bound" else None
-
     return probe
 
 
-def patch_annotations(
-    api: pykube.HTTPClient, namespace: str, name: str, annotations: dict[str, str | None]
-) -> None:
+def patch_annotations(api: pykube.HTTPClient, namespace: str, name: str,
+                      annotations: dict[str, str | None]) -> None:
     """Merge-patch a DataVolume's annotations (None removes one)."""
-    resp = api.patch(
-        url=f"datavolumes/{name}",
-        namespace=namespace,
-        version=CDI,
-        headers={"Content-Type": "application/merge-patch+json"},
-        data=json.dumps({"metadata": {"annotations": annotations}}),
-    )
+    resp = api.patch(url=f"datavolumes/{name}", namespace=namespace, version=CDI,
+                     headers={"Content-Type": "application/merge-patch+json"},
+                     data=json.dumps({"metadata": {"annotations": annotations}}))
     api.raise_for_status(resp)
 
 
 def mounting_pod(api: pykube.HTTPClient, namespace: str, name: str, claim: str) -> None:
     """A Running pod on node-1 that mounts `claim` (as a kubelet would report it)."""
-    create(
-        api,
-        "Pod",
-        {
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "nodeName": "node-1",
-                "containers": [{"name": "c", "image": "busybox"}],
-                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}],
-            },
-        },
-    )
-    resp = api.patch(
-        url=f"pods/{name}/status",
-        namespace=namespace,
-        headers={"Content-Type": "application/merge-patch+json"},
-        data=json.dumps({"status": {"phase": "Running"}}),
-    )
+    create(api, "Pod", {"metadata": {"name": name, "namespace": namespace},
+                        "spec": {"nodeName": "node-1",
+                                 "containers": [{"name": "c", "image": "busybox"}],
+                                 "volumes": [{"name": "d", "persistentVolumeClaim": {
+                                     "claimName": claim}}]}})
+    resp = api.patch(url=f"pods/{name}/status", namespace=namespace,
+                     headers={"Content-Type": "application/merge-patch+json"},
+                     data=json.dumps({"status": {"phase": "Running"}}))
     api.raise_for_status(resp)
 
 
@@ -267,18 +210,12 @@ def test_block_capacity_overhead_only_applies_to_block() -> None:
     ("kwargs", "expected"),
     [
         ({"same_provisioner": True, "same_volume_mode": True}, CloneChoice("csi-clone")),
-        (
-            {"same_provisioner": False, "same_volume_mode": True},
-            CloneChoice("copy", "IncompatibleProvisioners"),
-        ),
-        (
-            {"same_provisioner": True, "same_volume_mode": False},
-            CloneChoice("copy", "IncompatibleVolumeModes"),
-        ),
-        (
-            {"same_provisioner": True, "same_volume_mode": True, "expands": True},
-            CloneChoice("copy", "NoVolumeExpansion"),
-        ),
+        ({"same_provisioner": False, "same_volume_mode": True},
+         CloneChoice("copy", "IncompatibleProvisioners")),
+        ({"same_provisioner": True, "same_volume_mode": False},
+         CloneChoice("copy", "IncompatibleVolumeModes")),
+        ({"same_provisioner": True, "same_volume_mode": True, "expands": True},
+         CloneChoice("copy", "NoVolumeExpansion")),
     ],
 )
 def test_clone_planner_falls_back_to_copy(kwargs: dict[str, bool], expected: CloneChoice) -> None:
@@ -291,21 +228,17 @@ def test_copy_duration_scales_with_size_unless_overridden() -> None:
     http = {"spec": {"source": {"http": {"url": URL}}}}
     assert copy_duration(http, claim, 0.5) == 2.0
     assert copy_duration({"spec": {"source": {"blank": {}}}}, claim, 0.5) == 0.0
-    assert (
-        copy_duration({**http, "metadata": {"annotations": {COPY_SECONDS: "3"}}}, claim, 0.5) == 3.0
-    )
+    assert copy_duration({**http, "metadata": {"annotations": {COPY_SECONDS: "3"}}},
+                         claim, 0.5) == 3.0
 
 
 def test_detected_clone_size_is_the_image_size_not_the_source_claim() -> None:
     size = required_space(GI)
-    fs_source = {
-        "metadata": {"annotations": {"cdi.kubevirt.io/storage.contentType": "kubevirt"}},
-        "spec": {"volumeMode": "Filesystem", "resources": {"requests": {"storage": str(size)}}},
-    }
-    block_source = {
-        "spec": {"volumeMode": "Block", "resources": {"requests": {"storage": "1Gi"}}},
-        "status": {"capacity": {"storage": "1013Mi"}},
-    }
+    fs_source = {"metadata": {"annotations": {"cdi.kubevirt.io/storage.contentType": "kubevirt"}},
+                 "spec": {"volumeMode": "Filesystem",
+                          "resources": {"requests": {"storage": str(size)}}}}
+    block_source = {"spec": {"volumeMode": "Block", "resources": {"requests": {"storage": "1Gi"}}},
+                    "status": {"capacity": {"storage": "1013Mi"}}}
     virtual = int(size * 0.94)  # what the importer left: the size-detection pod's answer
     assert detect_clone_size(fs_source, "Filesystem") == required_space(virtual) < size
     assert detect_clone_size(fs_source, "Block") == virtual
@@ -324,13 +257,12 @@ def test_progress_text_matches_cdi_format() -> None:
 
 @cluster_test
 def test_immediate_class_provisions_and_binds(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("fast", "fast.csi.example")
-    create(api, "PersistentVolumeClaim", pvc_body(namespace, "data", "1500Mi", sc, mode="Block"))
+    create(api, "PersistentVolumeClaim",
+           pvc_body(namespace, "data", "1500Mi", sc, mode="Block"))
 
     pvc = eventually(bound_pvc(api, namespace, "data"), what="PVC bound")
 
@@ -350,9 +282,7 @@ def test_immediate_class_provisions_and_binds(
 
 @cluster_test
 def test_binding_reacts_to_the_watch_not_a_resync(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("quick")
@@ -373,16 +303,15 @@ def test_binding_reacts_to_the_watch_not_a_resync(
 
 @cluster_test
 def test_wait_for_first_consumer_binds_on_selected_node(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("local", wffc=True)
     create(api, "PersistentVolumeClaim", pvc_body(namespace, "data", "1Gi", sc))
 
     eventually(lambda: reason_seen(api, namespace, "data", "WaitForFirstConsumer"))
-    assert stays(lambda: phase(get(api, "PersistentVolumeClaim", namespace, "data")) == "Pending")
+    assert stays(lambda: phase(get(api, "PersistentVolumeClaim", namespace, "data"))
+                 == "Pending")
 
     claim = pykube.PersistentVolumeClaim.objects(api, namespace=namespace).get(name="data")
     claim.patch({"metadata": {"annotations": {"volume.kubernetes.io/selected-node": "node-1"}}})
@@ -391,35 +320,23 @@ def test_wait_for_first_consumer_binds_on_selected_node(
 
 @cluster_test
 def test_wait_for_first_consumer_binds_when_cdi_requests_immediate(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("local", wffc=True)
-    body = pvc_body(
-        namespace,
-        "data",
-        "1Gi",
-        sc,
-        annotations={"cdi.kubevirt.io/storage.bind.immediate.requested": "true"},
-    )
+    body = pvc_body(namespace, "data", "1Gi", sc,
+                    annotations={"cdi.kubevirt.io/storage.bind.immediate.requested": "true"})
     create(api, "PersistentVolumeClaim", body)
     eventually(bound_pvc(api, namespace, "data"))
 
 
 @cluster_test
 def test_default_class_is_used_when_claim_names_none(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
-    default = make_class(
-        "default",
-        "default.csi.example",
-        annotations={"storageclass.kubernetes.io/is-default-class": "true"},
-    )
+    default = make_class("default", "default.csi.example",
+                         annotations={"storageclass.kubernetes.io/is-default-class": "true"})
     create(api, "PersistentVolumeClaim", pvc_body(namespace, "data", "1Gi", None))
 
     pvc = eventually(bound_pvc(api, namespace, "data"))
@@ -431,9 +348,7 @@ def test_default_class_is_used_when_claim_names_none(
 
 @cluster_test
 def test_missing_class_leaves_claim_pending_with_event(
-    api: pykube.HTTPClient,
-    namespace: str,
-    eventually: Eventually,
+    api: pykube.HTTPClient, namespace: str, eventually: Eventually,
 ) -> None:
     create(api, "PersistentVolumeClaim", pvc_body(namespace, "data", "1Gi", "no-such-class"))
 
@@ -445,9 +360,7 @@ def test_missing_class_leaves_claim_pending_with_event(
 
 @cluster_test
 def test_block_capacity_overhead_class_gives_smaller_capacity(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("vendor", annotations={"sim.vmstorage.dev/capacity-overhead": "-1%"})
@@ -461,18 +374,12 @@ def test_block_capacity_overhead_class_gives_smaller_capacity(
 
 @cluster_test
 def test_storage_profile_follows_each_class(
-    api: pykube.HTTPClient,
-    make_class: MakeClass,
-    eventually: Eventually,
+    api: pykube.HTTPClient, make_class: MakeClass, eventually: Eventually,
 ) -> None:
     plain = make_class("plain", "one.csi.example")
-    block = make_class(
-        "block",
-        "two.csi.example",
-        annotations={
-            "sim.vmstorage.dev/claim-property-sets": '[{"accessModes": ["ReadWriteMany"], "volumeMode": "Block"}]'
-        },
-    )
+    block = make_class("block", "two.csi.example", annotations={
+        "sim.vmstorage.dev/claim-property-sets":
+            '[{"accessModes": ["ReadWriteMany"], "volumeMode": "Block"}]'})
 
     def status(name: str) -> dict[str, Any] | None:
         profile = get(api, "StorageProfile", "", name)
@@ -484,12 +391,10 @@ def test_storage_profile_follows_each_class(
     assert plain_status["storageClass"] == plain
     assert plain_status["provisioner"] == "one.csi.example"
     assert plain_status["claimPropertySets"] == [
-        {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}
-    ]
+        {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}]
     assert plain_status["cloneStrategy"] == "csi-clone"
     assert block_status["claimPropertySets"] == [
-        {"accessModes": ["ReadWriteMany"], "volumeMode": "Block"}
-    ]
+        {"accessModes": ["ReadWriteMany"], "volumeMode": "Block"}]
 
 
 # ---------------------------------------------------------------------------- DataVolumes
@@ -497,9 +402,7 @@ def test_storage_profile_follows_each_class(
 
 @cluster_test
 def test_blank_dv_succeeds_with_empty_hash(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("fast")
@@ -524,23 +427,12 @@ def test_blank_dv_succeeds_with_empty_hash(
 
 @cluster_test
 def test_import_dv_reports_progress_and_sets_hash(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("fast")
-    create(
-        api,
-        "DataVolume",
-        dv_body(
-            namespace,
-            "img",
-            {"http": {"url": URL}},
-            storage=storage(sc),
-            annotations={COPY_SECONDS: "1"},
-        ),
-    )
+    create(api, "DataVolume", dv_body(namespace, "img", {"http": {"url": URL}},
+                                      storage=storage(sc), annotations={COPY_SECONDS: "1"}))
     phases, progress = set(), set()
 
     def observe() -> bool:
@@ -562,30 +454,18 @@ def test_import_dv_reports_progress_and_sets_hash(
     assert annotation(pvc, HASH) == hashlib.sha256(URL.encode()).hexdigest()
 
 
-def _imported_source(
-    api: pykube.HTTPClient,
-    namespace: str,
-    sc: str,
-    eventually: Eventually,
-    *,
-    name: str = "src",
-    size: str = "1Gi",
-) -> str:
+def _imported_source(api: pykube.HTTPClient, namespace: str, sc: str, eventually: Eventually,
+                     *, name: str = "src", size: str = "1Gi") -> str:
     """An imported DataVolume's claim name, once Succeeded."""
-    create(
-        api,
-        "DataVolume",
-        dv_body(namespace, name, {"http": {"url": URL}}, storage=storage(sc, size)),
-    )
+    create(api, "DataVolume", dv_body(namespace, name, {"http": {"url": URL}},
+                                      storage=storage(sc, size)))
     eventually(in_phase(api, namespace, name, "Succeeded"))
     return name
 
 
 @cluster_test
 def test_clone_copies_hash_and_records_clone_type(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     same = make_class("a", "one.csi.example")
@@ -593,21 +473,11 @@ def test_clone_copies_hash_and_records_clone_type(
     src = _imported_source(api, namespace, same, eventually)
     source_hash = annotation(get(api, "PersistentVolumeClaim", namespace, src), HASH)
 
-    create(
-        api,
-        "DataVolume",
-        dv_body(namespace, "smart", clone_of(namespace, src), storage=storage(same, None)),
-    )
-    create(
-        api,
-        "DataVolume",
-        dv_body(
-            namespace,
-            "copied",
-            clone_of(namespace, src),
-            storage=storage(other, None, volumeMode="Block", accessModes=["ReadWriteOnce"]),
-        ),
-    )
+    create(api, "DataVolume", dv_body(namespace, "smart", clone_of(namespace, src),
+                                      storage=storage(same, None)))
+    create(api, "DataVolume", dv_body(namespace, "copied", clone_of(namespace, src),
+                                      storage=storage(other, None, volumeMode="Block",
+                                                      accessModes=["ReadWriteOnce"])))
     eventually(in_phase(api, namespace, "smart", "Succeeded"))
     eventually(in_phase(api, namespace, "copied", "Succeeded"))
 
@@ -621,27 +491,19 @@ def test_clone_copies_hash_and_records_clone_type(
 
 @cluster_test
 def test_clone_waits_while_a_pod_mounts_the_source(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
     src = _imported_source(api, namespace, sc, eventually)
     mounting_pod(api, namespace, "user", src)
 
-    create(
-        api,
-        "DataVolume",
-        dv_body(namespace, "clone", clone_of(namespace, src), storage=storage(sc, None)),
-    )
+    create(api, "DataVolume", dv_body(namespace, "clone", clone_of(namespace, src),
+                                      storage=storage(sc, None)))
 
     event = eventually(lambda: reason_seen(api, namespace, "clone", "CloneSourceInUse"))
-    assert event == (
-        "Warning",
-        "CloneSourceInUse",
-        f"pod {namespace}/user using PersistentVolumeClaim {src}",
-    )
+    assert event == ("Warning", "CloneSourceInUse",
+                     f"pod {namespace}/user using PersistentVolumeClaim {src}")
     assert stays(lambda: phase(get(api, "DataVolume", namespace, "clone")) == "CloneScheduled")
     running = condition(get(api, "DataVolume", namespace, "clone"), "Running")
     assert running.get("reason", "") != "CloneSourceInUse"  # no invented condition reason
@@ -652,18 +514,13 @@ def test_clone_waits_while_a_pod_mounts_the_source(
 
 @cluster_test
 def test_clone_to_a_smaller_target_fails(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
     src = _imported_source(api, namespace, sc, eventually, size="2Gi")
-    create(
-        api,
-        "DataVolume",
-        dv_body(namespace, "small", clone_of(namespace, src), storage=storage(sc, "1Gi")),
-    )
+    create(api, "DataVolume", dv_body(namespace, "small", clone_of(namespace, src),
+                                      storage=storage(sc, "1Gi")))
 
     dv = eventually(in_phase(api, namespace, "small", "Failed", "Succeeded"))
 
@@ -684,71 +541,45 @@ def test_a_clone_requesting_the_source_data_volume_size_gets_the_source_claim_si
     real CDI by test_real_apply.py's offline Filesystem move)."""
     sc = make_class("a")
     src = _imported_source(api, namespace, sc, eventually, size="2Gi")
-    create(
-        api,
-        "DataVolume",
-        dv_body(namespace, "same", clone_of(namespace, src), storage=storage(sc, "2Gi")),
-    )
+    create(api, "DataVolume", dv_body(namespace, "same", clone_of(namespace, src),
+                                      storage=storage(sc, "2Gi")))
     dv = eventually(in_phase(api, namespace, "same", "Failed", "Succeeded"))
     assert phase(dv) == "Succeeded"
 
-    def request(name: str) -> str:
+    def request(name: str) -> int:
         claim = get(api, "PersistentVolumeClaim", namespace, name)
         assert claim is not None
-        return str(claim["spec"]["resources"]["requests"]["storage"])
+        return parse_quantity(claim["spec"]["resources"]["requests"]["storage"])
 
-    assert parse_quantity(request("same")) == parse_quantity(request(src)) == required_space(2 * GI)
+    assert request("same") == request(src) == required_space(2 * GI)
 
 
 @cluster_test
 def test_permissive_clone_allows_a_smaller_target(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
     src = _imported_source(api, namespace, sc, eventually, size="2Gi")
-    create(
-        api,
-        "DataVolume",
-        dv_body(
-            namespace,
-            "small",
-            clone_of(namespace, src),
-            storage=storage(sc, "1Gi"),
-            annotations={"cdi.kubevirt.io/permissiveClone": "true"},
-        ),
-    )
+    create(api, "DataVolume", dv_body(namespace, "small", clone_of(namespace, src),
+                                      storage=storage(sc, "1Gi"),
+                                      annotations={"cdi.kubevirt.io/permissiveClone": "true"}))
     dv = eventually(in_phase(api, namespace, "small", "Failed", "Succeeded"))
     assert phase(dv) == "Succeeded"
 
 
 @cluster_test
 def test_claim_adoption_keeps_the_existing_disk(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
-    create(
-        api,
-        "PersistentVolumeClaim",
-        pvc_body(namespace, "disk", "1Gi", sc, annotations={HASH: "abc123"}),
-    )
+    create(api, "PersistentVolumeClaim",
+           pvc_body(namespace, "disk", "1Gi", sc, annotations={HASH: "abc123"}))
     eventually(bound_pvc(api, namespace, "disk"))
-    dv = create(
-        api,
-        "DataVolume",
-        dv_body(
-            namespace,
-            "disk",
-            {"blank": {}},
-            storage=storage(sc),
-            annotations={"cdi.kubevirt.io/allowClaimAdoption": "true"},
-        ),
-    )
+    dv = create(api, "DataVolume", dv_body(
+        namespace, "disk", {"blank": {}}, storage=storage(sc),
+        annotations={"cdi.kubevirt.io/allowClaimAdoption": "true"}))
 
     eventually(in_phase(api, namespace, "disk", "Succeeded"))
 
@@ -760,9 +591,7 @@ def test_claim_adoption_keeps_the_existing_disk(
 
 @cluster_test
 def test_existing_claim_without_adoption_is_not_taken(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
@@ -776,9 +605,7 @@ def test_existing_claim_without_adoption_is_not_taken(
 
 @cluster_test
 def test_wait_for_first_consumer_dv_waits_until_its_claim_binds(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("local", wffc=True)
@@ -792,22 +619,14 @@ def test_wait_for_first_consumer_dv_waits_until_its_claim_binds(
 
 @cluster_test
 def test_duplicate_storage_definition_fails(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
-    pvc_spec = {
-        "accessModes": ["ReadWriteOnce"],
-        "storageClassName": sc,
-        "resources": {"requests": {"storage": "1Gi"}},
-    }
-    create(
-        api,
-        "DataVolume",
-        dv_body(namespace, "both", {"blank": {}}, storage=storage(sc), pvc=pvc_spec),
-    )
+    pvc_spec = {"accessModes": ["ReadWriteOnce"], "storageClassName": sc,
+                "resources": {"requests": {"storage": "1Gi"}}}
+    create(api, "DataVolume", dv_body(namespace, "both", {"blank": {}},
+                                      storage=storage(sc), pvc=pvc_spec))
 
     dv = eventually(in_phase(api, namespace, "both", "Failed"))
 
@@ -822,28 +641,16 @@ def test_duplicate_storage_definition_fails(
 
 @cluster_test
 def test_fault_fail_annotation_retries_the_import_until_cleared(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
-    create(
-        api,
-        "DataVolume",
-        dv_body(
-            namespace,
-            "img",
-            {"http": {"url": URL}},
-            storage=storage(sc),
-            annotations={FAULT: "fail"},
-        ),
-    )
+    create(api, "DataVolume", dv_body(namespace, "img", {"http": {"url": URL}},
+                                      storage=storage(sc), annotations={FAULT: "fail"}))
 
     def retried() -> dict[str, Any] | None:
         dv = get(api, "DataVolume", namespace, "img")
         return dv if (dv or {}).get("status", {}).get("restartCount", 0) >= 2 else None
-
     dv = eventually(retried, what="two restarts")
     assert phase(dv) == "ImportInProgress"  # not Failed: CDI restarts the importer pod
     running = condition(dv, "Running")
@@ -859,23 +666,12 @@ def test_fault_fail_annotation_retries_the_import_until_cleared(
 
 @cluster_test
 def test_fault_fatal_annotation_fails_the_import(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
-    create(
-        api,
-        "DataVolume",
-        dv_body(
-            namespace,
-            "img",
-            {"http": {"url": URL}},
-            storage=storage(sc),
-            annotations={FAULT: "fatal"},
-        ),
-    )
+    create(api, "DataVolume", dv_body(namespace, "img", {"http": {"url": URL}},
+                                      storage=storage(sc), annotations={FAULT: "fatal"}))
 
     dv = eventually(in_phase(api, namespace, "img", "Failed", "Succeeded"))
 
@@ -889,23 +685,12 @@ def test_fault_fatal_annotation_fails_the_import(
 
 @cluster_test
 def test_fault_fail_times_annotation_restarts_then_succeeds(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
-    create(
-        api,
-        "DataVolume",
-        dv_body(
-            namespace,
-            "img",
-            {"http": {"url": URL}},
-            storage=storage(sc),
-            annotations={FAULT: "fail-times:2"},
-        ),
-    )
+    create(api, "DataVolume", dv_body(namespace, "img", {"http": {"url": URL}},
+                                      storage=storage(sc), annotations={FAULT: "fail-times:2"}))
 
     dv = eventually(in_phase(api, namespace, "img", "Failed", "Succeeded"))
 
@@ -916,25 +701,18 @@ def test_fault_fail_times_annotation_restarts_then_succeeds(
 
 @cluster_test
 def test_fault_added_by_test_code_makes_a_clone_retry(
-    api: pykube.HTTPClient,
-    sim: Simulator,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, sim: Simulator, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
     src = _imported_source(api, namespace, sc, eventually)
     sim.faults.add("DataVolume", namespace, "clone", Fault(FaultAction.FAIL))
-    create(
-        api,
-        "DataVolume",
-        dv_body(namespace, "clone", clone_of(namespace, src), storage=storage(sc, None)),
-    )
+    create(api, "DataVolume", dv_body(namespace, "clone", clone_of(namespace, src),
+                                      storage=storage(sc, None)))
 
     def retried() -> dict[str, Any] | None:
         dv = get(api, "DataVolume", namespace, "clone")
         return dv if (dv or {}).get("status", {}).get("restartCount", 0) >= 1 else None
-
     dv = eventually(retried, what="a restart")
     assert phase(dv) == "CloneInProgress"
     assert condition(dv, "Running")["reason"] == "Error"
@@ -945,33 +723,17 @@ def test_fault_added_by_test_code_makes_a_clone_retry(
 
 @cluster_test
 def test_fault_stall_freezes_progress_until_cleared(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
-    create(
-        api,
-        "DataVolume",
-        dv_body(
-            namespace,
-            "img",
-            {"http": {"url": URL}},
-            storage=storage(sc),
-            annotations={FAULT: "stall"},
-        ),
-    )
+    create(api, "DataVolume", dv_body(namespace, "img", {"http": {"url": URL}},
+                                      storage=storage(sc), annotations={FAULT: "stall"}))
     stalled = eventually(in_phase(api, namespace, "img", "ImportInProgress"))
     frozen = stalled["status"]["progress"]
 
-    assert stays(
-        lambda: (
-            (get(api, "DataVolume", namespace, "img") or {}).get("status", {}).get("progress")
-            == frozen
-        ),
-        seconds=0.6,
-    )
+    assert stays(lambda: (get(api, "DataVolume", namespace, "img") or {})
+                 .get("status", {}).get("progress") == frozen, seconds=0.6)
 
     dv_obj = _kind(api, "DataVolume").objects(api, namespace=namespace).get(name="img")
     dv_obj.patch({"metadata": {"annotations": {FAULT: None}}})
@@ -984,11 +746,8 @@ def test_fault_stall_freezes_progress_until_cleared(
 @pytest.mark.parametrize("propagation", ["Background", "Foreground"])
 @cluster_test
 def test_deleting_a_dv_deletes_its_claim_and_volume(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
-    eventually: Eventually,
-    propagation: str,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
+    eventually: Eventually, propagation: str,
 ) -> None:
     sc = make_class("a")
     create(api, "DataVolume", dv_body(namespace, "disk", {"blank": {}}, storage=storage(sc)))
@@ -1001,17 +760,14 @@ def test_deleting_a_dv_deletes_its_claim_and_volume(
     dv.delete(propagation_policy=propagation)
 
     eventually(lambda: get(api, "DataVolume", namespace, "disk") is None, what="DV gone")
-    eventually(
-        lambda: get(api, "PersistentVolumeClaim", namespace, "disk") is None, what="PVC gone"
-    )
+    eventually(lambda: get(api, "PersistentVolumeClaim", namespace, "disk") is None,
+               what="PVC gone")
     eventually(lambda: get(api, "PersistentVolume", "", volume) is None, what="PV gone")
 
 
 @cluster_test
 def test_claim_in_use_stays_terminating_until_no_pod_mounts_it(
-    api: pykube.HTTPClient,
-    namespace: str,
-    make_class: MakeClass,
+    api: pykube.HTTPClient, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
@@ -1021,12 +777,8 @@ def test_claim_in_use_stays_terminating_until_no_pod_mounts_it(
     mounting_pod(api, namespace, "user", "disk")
 
     pykube.PersistentVolumeClaim.objects(api, namespace=namespace).get(name="disk").delete()
-    assert stays(
-        lambda: (
-            (c := get(api, "PersistentVolumeClaim", namespace, "disk")) is not None
-            and bool(c["metadata"].get("deletionTimestamp"))
-        )
-    )  # Terminating
+    assert stays(lambda: (c := get(api, "PersistentVolumeClaim", namespace, "disk")) is not None
+                 and bool(c["metadata"].get("deletionTimestamp")))  # Terminating
 
     pykube.Pod.objects(api, namespace=namespace).get(name="user").delete()
     eventually(lambda: get(api, "PersistentVolumeClaim", namespace, "disk") is None)
@@ -1034,9 +786,7 @@ def test_claim_in_use_stays_terminating_until_no_pod_mounts_it(
 
 @cluster_test
 def test_simulator_store_reads_its_own_writes(
-    sim: Simulator,
-    namespace: str,
-    make_class: MakeClass,
+    sim: Simulator, namespace: str, make_class: MakeClass,
     eventually: Eventually,
 ) -> None:
     sc = make_class("a")
@@ -1045,12 +795,6 @@ def test_simulator_store_reads_its_own_writes(
     assert cached is not None and cached["metadata"]["uid"] == created["metadata"]["uid"]
     # Not sim.wait_idle(): the simulator is shared by the session, and other tests leave stalled
     # copies that keep it busy; what matters is that its own store sees the binding.
-    bound = eventually(
-        lambda: (
-            (pvc := sim.store.get("persistentvolumeclaims", namespace, "own"))
-            and phase(pvc) == "Bound"
-            and pvc
-        ),
-        what="the store sees the binding",
-    )
+    bound = eventually(lambda: (pvc := sim.store.get("persistentvolumeclaims", namespace, "own"))
+                       and phase(pvc) == "Bound" and pvc, what="the store sees the binding")
     assert bound["spec"]["volumeName"]

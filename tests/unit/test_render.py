@@ -824,7 +824,7 @@ def test_an_offline_template_that_requests_no_size_is_refused(tmp_path: Path) ->
     sized = "{%- if size_bytes > 0 %}"
     assert sized in text
     custom = override(tmp_path, "datavolume-offline.j2", text.replace(sized, "{%- if false %}"))
-    with pytest.raises(TemplateError, match="resources.requests.storage is missing") as caught:
+    with pytest.raises(TemplateError, match=r"resources\.requests\.storage is missing") as caught:
         render_case("offline-pvc", custom)
     assert "smaller than the source claim" in (caught.value.problems[0].hint or "")
 
