@@ -34,7 +34,7 @@ manifests: $(STAMP)  ## deploy/: each overlay's RoleBindings from its list; cron
 image:  ## the container image with buildah on a Debian base (cached): deploy/image/build.sh
 	deploy/image/build.sh
 
-demo: env  ## the main job on the built-in local environment (control plane + simulator)
+demo: $(STAMP)  ## the main job on the local environment: upstream KubeVirt and CDI controllers, our node side
 	$(BIN)/python -m testenv demo
 
 test: env lint  ## the whole suite: unit, simulator and cluster tests against a real API server

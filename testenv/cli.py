@@ -7,16 +7,17 @@
     e.g. for ``demo`` or ``up`` only), and the real engine's upstream controllers
     (``testenv.real.build``, ~12 min cold on 2 cores; tests/env/test_real_engine.py runs
     them). ``--engine sim`` builds only what the simulator engine needs.
-``python -m testenv up [--kubeconfig PATH] [--no-simulator] [--engine sim|real]``
-    Start a control plane and the simulator, write an admin kubeconfig to PATH (default
-    ``./.testenv/kubeconfig``), and keep it running until Ctrl-C or SIGTERM; then stop it
-    cleanly and remove the kubeconfig (it would point at a dead server). ``--engine real``
-    runs the upstream KubeVirt, CDI and Kubernetes controllers with our node side instead of
-    the simulator (``testenv.real.engine``).
-``python -m testenv demo [--copy-seconds-per-gib S] [--keep]``
-    The seed scenario end to end: control plane + simulator, a running and a stopped VM,
-    and the reconciler run on ``plans/seed`` as a user would (validate, plan, apply, status,
-    plan: one VM moved live, one offline, both verified, then in sync).
+``python -m testenv up [--kubeconfig PATH] [--no-simulator] [--engine real|sim]``
+    Start a control plane with the upstream KubeVirt, CDI and Kubernetes controllers and our
+    node side (``testenv.real.engine``; ``--engine sim``: the simulator instead), write an
+    admin kubeconfig to PATH (default ``./.testenv/kubeconfig``), and keep it running until
+    Ctrl-C or SIGTERM; then stop it cleanly and remove the kubeconfig (it would point at a
+    dead server).
+``python -m testenv demo [--copy-seconds-per-gib S] [--keep] [--engine real|sim]``
+    The seed scenario end to end on the real engine (or the simulator): a running and a
+    stopped VM, and the reconciler run on ``plans/seed`` as a user would (validate, plan,
+    apply, status, plan: one VM moved live through virt-controller's migration, one offline
+    through cdi-controller's clone, both verified, then in sync).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from testenv.controlplane import ControlPlane, ControlPlaneError
 from testenv.simulator import start as start_simulator
 
 DEFAULT_KUBECONFIG = Path(".testenv/kubeconfig")
+ENGINE_HELP = ("real (default): upstream virt-controller, virt-api, cdi-controller, "
+               "kube-scheduler, kube-controller-manager and KWOK, with only the node side ours; "
+               "sim: our simulator of KubeVirt, CDI and CSI")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,8 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "build":
             return _build(flux=not args.no_flux, real=args.engine != "sim")
         if args.command == "demo":
-            ensure_all(log=print)
-            return demo.run(copy_seconds_per_gib=args.copy_seconds_per_gib, keep=args.keep,
+            ensure_all(log=print)  # the real engine builds its own part when it starts
+            return demo.run(engine=args.engine, copy_seconds_per_gib=args.copy_seconds_per_gib,
+                            keep=args.keep,
                             kubeconfig=DEFAULT_KUBECONFIG if args.keep else None,
                             wait_forever=_wait_for_signal)
         if args.engine == "real":
@@ -83,14 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-simulator", action="store_true",
                     help="bare API server: no simulated KubeVirt/CDI/CSI controllers")
-    up.add_argument("--engine", choices=("sim", "real"), default="sim",
-                    help="sim: our simulator (default); real: upstream virt-controller, "
-                         "virt-api, cdi-controller, kube-scheduler, kube-controller-manager "
-                         "and KWOK, with only the node side ours")
+    up.add_argument("--engine", choices=("sim", "real"), default="real", help=ENGINE_HELP)
     demo_cmd = commands.add_parser("demo", help="the seed VMs moved by apply, end to end")
     demo_cmd.add_argument("--copy-seconds-per-gib", type=float, default=1.0,
                           help="simulated copy speed (default 1.0 s per GiB, about a fast "
                                "array; 0 = instant)")
+    demo_cmd.add_argument("--engine", choices=("sim", "real"), default="real", help=ENGINE_HELP)
     demo_cmd.add_argument("--keep", action="store_true",
                           help=f"keep the cluster running afterwards (kubeconfig: "
                                f"{DEFAULT_KUBECONFIG})")

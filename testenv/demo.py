@@ -1,28 +1,31 @@
-"""The demo: the seed's two VMs on a real API server, with the simulator playing KubeVirt, and
-`apply` moving them.
+"""The demo: the seed's two VMs on a real API server with upstream KubeVirt and CDI (or, with
+``engine="sim"``, the simulator playing them), and `apply` moving them.
 
-Starts the control plane and the simulator (copies take ``copy_seconds_per_gib`` per GiB, so
-progress is visible), seeds ``mig-vm/vm-fedora`` (running) and ``mig-vm/vm-archive``
-(stopped), both on the default class ``local-hostpath``, and waits for their disk imports and
-for the Fedora VM to run. Then it runs the reconciler's CLI exactly as a user would, on
-``plans/seed``: ``validate``, ``plan`` (one VM live, one offline), ``apply`` (one VM at a time,
-verified before the next), ``status`` (the last-migration record each VM keeps), and ``plan``
-again: in sync, exit 0. It stops at the first command that fails.
+Starts the real engine (etcd, kube-apiserver, kube-scheduler, kube-controller-manager, KWOK,
+virt-api, virt-controller, cdi-controller; only the node side is ours; copies take
+``copy_seconds_per_gib`` per GiB, so progress is visible), seeds ``mig-vm/vm-fedora`` (running)
+and ``mig-vm/vm-archive`` (stopped), both on the default class ``local-hostpath``, and waits
+for their disk imports and for the Fedora VM to run. Then it runs the reconciler's CLI exactly
+as a user would, on ``plans/seed``: ``validate``, ``plan`` (one VM live, one offline),
+``apply`` (one VM at a time, verified before the next), ``status`` (the last-migration record
+each VM keeps), and ``plan`` again: in sync, exit 0. It stops at the first command that fails.
 
 While `apply` runs, a narrator follows the namespace with watches and prints what the
-simulated cluster does (DataVolume phases and progress, the VirtualMachineInstanceMigration's
+cluster does (DataVolume phases and progress, the VirtualMachineInstanceMigration's
 phases, the VMI moving to another node); afterwards it shows, for every moved volume, that the
-disk's content hash was carried over from the source. The demo itself sends nothing but the
-seed: every change is `apply`'s.
+disk's content hash was carried over from the source, and on the real engine the lines of
+virt-controller's and cdi-controller's logs about the migration and the clone. The demo
+itself sends nothing but the seed: every change is `apply`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,32 +46,84 @@ SOURCE_ANNOTATION = "vmstorage.dev/source-claim"
 LAST_MIGRATION = "vmstorage.dev/last-migration"
 
 
-def run(*, copy_seconds_per_gib: float = 1.0, keep: bool = False,
-        kubeconfig: Path | None = None, wait_forever: Callable[[], None] | None = None) -> int:
-    """Run the demo; return the exit code of the last reconciler command."""
+class Environment:
+    """Where the demo runs: a control plane and who plays KubeVirt and CDI. ``upstream``
+    maps an upstream controller's name to its log (empty on the simulator)."""
+
+    def __init__(self, control_plane: ControlPlane, upstream: dict[str, Path]) -> None:
+        self.control_plane = control_plane
+        self.upstream = upstream
+
+
+@contextlib.contextmanager
+def environment(engine: str, copy_seconds_per_gib: float) -> Iterator[Environment]:
+    """``real``: upstream virt-controller, virt-api and cdi-controller (with kube-scheduler,
+    kube-controller-manager and KWOK), only the node side ours; ``sim``: the simulator."""
+    if engine == "real":
+        from testenv.real.engine import RealEngine
+
+        with RealEngine(log=say, copy_seconds_per_gib=copy_seconds_per_gib) as real:
+            say(f"upstream controllers running: {', '.join(real.processes)} "
+                f"(logs in {real.workdir}); copies take {copy_seconds_per_gib:g}s per GiB")
+            logs = {name: real.processes[name].log for name in UPSTREAM_LOGS}
+            yield Environment(real.control_plane, logs)
+        return
     with ControlPlane(log=say) as control_plane:
-        api = control_plane.api()
         config = SimConfig(copy_seconds_per_gib=copy_seconds_per_gib)
         # Simulator's own context manager starts it once (start() and then `with` would run
         # every controller twice, racing itself).
         with Simulator(control_plane.api(), config, all_controllers()):
             say(f"simulator running (copies take {copy_seconds_per_gib:g}s per GiB)")
-            seed.seed(api)
-            say(f"seeded {seed.NAMESPACE}/{seed.VM_NAME} (running): importing {seed.DV_NAME} "
-                f"({seed.IMAGE}) onto {seed.SOURCE_CLASS}")
-            say(f"seeded {seed.NAMESPACE}/{seed.ARCHIVE_VM} (stopped): importing "
-                f"{seed.ARCHIVE_DV} ({seed.ARCHIVE_IMAGE}) onto {seed.SOURCE_CLASS}")
-            wait_for_vms(api)
-            config_path = kubeconfig or control_plane.kubeconfig
-            if kubeconfig:
-                control_plane.write_kubeconfig(kubeconfig, control_plane.admin_token)
-            rc = reconcile(api, config_path)
-            if keep and wait_forever:
-                say(f"cluster kept running: export KUBECONFIG={config_path.resolve()}")
-                wait_forever()
-                if kubeconfig:  # it would point at a stopped server
-                    kubeconfig.unlink(missing_ok=True)
-            return rc
+            yield Environment(control_plane, {})
+
+
+def run(*, engine: str = "real", copy_seconds_per_gib: float = 1.0, keep: bool = False,
+        kubeconfig: Path | None = None, wait_forever: Callable[[], None] | None = None) -> int:
+    """Run the demo on ``engine`` (``real`` or ``sim``); return the exit code of the last
+    reconciler command."""
+    with environment(engine, copy_seconds_per_gib) as env:
+        control_plane = env.control_plane
+        api = control_plane.api()
+        seed.seed(api)
+        say(f"seeded {seed.NAMESPACE}/{seed.VM_NAME} (running): importing {seed.DV_NAME} "
+            f"({seed.IMAGE}) onto {seed.SOURCE_CLASS}")
+        say(f"seeded {seed.NAMESPACE}/{seed.ARCHIVE_VM} (stopped): importing "
+            f"{seed.ARCHIVE_DV} ({seed.ARCHIVE_IMAGE}) onto {seed.SOURCE_CLASS}")
+        wait_for_vms(api)
+        config_path = kubeconfig or control_plane.kubeconfig
+        if kubeconfig:
+            control_plane.write_kubeconfig(kubeconfig, control_plane.admin_token)
+        rc = reconcile(api, config_path)
+        show_upstream(api, env.upstream)
+        if keep and wait_forever:
+            say(f"cluster kept running: export KUBECONFIG={config_path.resolve()}")
+            wait_forever()
+            if kubeconfig:  # it would point at a stopped server
+                kubeconfig.unlink(missing_ok=True)
+        return rc
+
+
+UPSTREAM_LOGS = ("virt-controller", "cdi-controller")
+
+
+def show_upstream(api: pykube.HTTPClient, logs: dict[str, Path]) -> None:
+    """On the real engine: how often each upstream controller's log names the objects of the
+    moves (the migration virt-controller ran, the clone cdi-controller ran), with one line."""
+    if not logs:
+        return
+    migrations = _get(api, "kubevirt.io/v1", "virtualmachineinstancemigrations").get("items", [])
+    volumes = _get(api, "cdi.kubevirt.io/v1beta1", "datavolumes").get("items", [])
+    names = {
+        "virt-controller": [m["metadata"]["name"] for m in migrations],
+        "cdi-controller": [d["metadata"]["name"] for d in volumes
+                           if "-mig-" in d["metadata"]["name"]],
+    }
+    for process, path in logs.items():
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for name in names.get(process, []):
+            lines = [line for line in text.splitlines() if name in line]
+            first = lines[0][:160] if lines else "-"
+            say(f"upstream {process} log: {len(lines)} line(s) about {name}, e.g. {first}")
 
 
 def reconcile(api: pykube.HTTPClient, kubeconfig: Path) -> int:
@@ -103,7 +158,7 @@ def reconcile(api: pykube.HTTPClient, kubeconfig: Path) -> int:
 
 
 class Narrator:
-    """While `apply` runs: print what the simulated cluster does, from watches (DataVolume
+    """While `apply` runs: print what the cluster does, from watches (DataVolume
     phases and every tenth of progress, each migration phase, the VMI's node)."""
 
     def __init__(self, api: pykube.HTTPClient, namespace: str) -> None:

@@ -1,5 +1,6 @@
-"""`make demo` end to end: its own control plane and simulator, the seed's running and stopped
-VMs, validate, plan, apply (one live move, one offline, both verified, content carried over),
+"""`make demo` end to end: its own real engine (upstream virt-controller, virt-api and
+cdi-controller; only the node side ours), the seed's running and stopped VMs, validate, plan,
+apply (one live move, one offline, both verified, content carried over),
 status, and plan again in sync. The demo sends nothing but the seed: every move is apply's."""
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def test_demo_applies_both_seed_vms_and_ends_in_sync(capsys: pytest.CaptureFixtu
     assert re.search(r"VMI vm-fedora: Running on node (\S+) \(was: Running on node (?!\1)", err)
     assert "content hash carried over from fedora-40-dv-template: True" in err
     assert "content hash carried over from archive-disk: True" in err
+    # upstream code did it: virt-controller handed the migration off, cdi-controller cloned
+    assert re.search(r"upstream virt-controller log: [1-9]\d* line\(s\) about "
+                     r"kubevirt-workload-update-\S+, e\.g\. \{", err), err
+    assert re.search(r"upstream cdi-controller log: [1-9]\d* line\(s\) about "
+                     r"archive-disk-mig-\S+, e\.g\. \{", err), err
     assert "stopping the VM" not in err, "the archive VM was stopped already"
     # status: both VMs keep a last-migration record, nothing in flight
     assert re.search(r"^mig-vm/vm-archive +last: Succeeded .* offline ", out, re.MULTILINE)
