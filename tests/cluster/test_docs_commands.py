@@ -6,10 +6,10 @@ The blocks are read by tests/support/docs_blocks.py (its docstring has the conve
   local cluster of its own (a ``Lab``: control plane, simulator, the scenario its marker names)
   in a fresh working directory that holds what the docs' commands name: ``plans/`` (a copy of
   the repository's), ``typo/``, ``back/``, ``gitops/`` and ``.testenv/kubeconfig`` (what
-  ``python -m testenv demo --keep`` writes). Each command must exit with the code the docs show
-  (``$ echo $?``; without one, 0 or a code that command documents, for the commands whose
-  shown output says what they did) and print every line the docs show after it, compared
-  without ids, times, ages and column widths (``docs_blocks.normalize``);
+  ``python -m testenv demo --keep`` writes). Each command must exit with the code the docs
+  show (``$ echo $?``; without one, 0 or 1: any other code must be shown) and print every line
+  the docs show after it, compared without ids, times, ages and column widths
+  (``docs_blocks.normalize``);
 - the deploy commands are run on a copy of deploy/: ``cp -r`` of an overlay, ``generate.py``
   on it, and every ``kubectl apply|delete -k DIR`` as ``kustomize build DIR``.
 

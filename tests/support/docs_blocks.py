@@ -5,7 +5,8 @@ The convention, which tests/unit/test_docs_links.py enforces on every page:
 
 - A ```` ```console ```` block is a terminal session: a line starting with ``$ `` is a command,
   the lines after it (up to the next ``$ ``) are what it prints, stdout and stderr together.
-  ``$ echo $?`` followed by a number is the exit code of the command before it. A printed line
+  ``$ echo $?`` followed by a number is the exit code of the command before it (a command
+  without one must exit 0 or 1). A printed line
   starting with ``^C`` means Ctrl-C was pressed once the lines above it had been printed.
 - A ```` ```sh ```` block holds commands only, one a line; ``#`` starts a comment.
 - No other block holds commands: ```` ```text ```` (or ``json``, ``yaml``) blocks show output

@@ -38,9 +38,8 @@ ALLOWED: dict[str, str] = {
     "docker://registry.example.com/vm-storage-reconciler:0.1.0": "pushes to a registry; the "
     "build itself is tests/deploy/test_image.py's",
     "$EDITOR deploy/overlays/mine/{kustomization.yaml,git-sync.env,allowed-namespaces.env}": (
-        "a person edits; the files are checked to exist in the overlay it copies"
+        "a person edits; test_the_files_an_overlay_is_edited_in_exist checks the files"
     ),
-    "make image": "builds the image with buildah: tests/deploy/test_image.py",
 }
 
 LINK = re.compile(r"(?<!!)\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)\)")
@@ -196,8 +195,10 @@ def problem(command: Command) -> str:
         if argv[1] == "deploy/generate.py":  # run on a copy: tests/cluster/test_docs_commands.py
             return _paths(argv)
         return _paths(argv) or _options_in_help(argv, [argv[1]])
-    if head in (".venv/bin/pytest", ".venv/bin/pre-commit"):
-        return _paths(argv) or ("" if (ROOT / head).exists() else f"no {head}")
+    if head.startswith(".venv/bin/"):  # a tool `make` installs: a dependency of the project
+        tool = head.removeprefix(".venv/bin/")
+        listed = re.search(rf'"{re.escape(tool)}\b', (ROOT / "pyproject.toml").read_text())
+        return _paths(argv[1:]) or ("" if listed else f"{tool} is no dependency in pyproject.toml")
     if head in ("cp", "kubectl"):  # deploy/ commands: run in tests/cluster/test_docs_commands.py
         return _paths(argv)
     return "no check for this command: run it in a test, or add it to ALLOWED with a reason"
@@ -231,3 +232,26 @@ def test_a_stale_command_fails() -> None:
     block = Block(ROOT / "README.md", 1, "console", block_lines, None)
     found = commands(block)
     assert [bool(problem(c)) for c in found] == [True, True, True, True, True]
+
+
+def test_the_readme_s_exit_code_table_is_the_one_of_docs_exit_codes() -> None:
+    """README.md keeps a copy of the table (tests/unit/test_manifests.py pins README's to the
+    code); the two never differ."""
+
+    def table(text: str) -> str:
+        rest = text[text.index("| code |") :]
+        return rest[: rest.index("\n\n")]
+
+    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "exit-codes.md").read_text()
+    assert table(readme[readme.index("### Exit codes") :]) == table(page)
+
+
+def test_the_files_an_overlay_is_edited_in_exist() -> None:
+    """The `$EDITOR` line of the install steps names files of the overlay it copies."""
+    (editor,) = [c for c in all_commands() if c.text.startswith("$EDITOR ")]
+    (copy,) = [c for c in all_commands() if c.argv[:2] == ["cp", "-r"]]
+    names = re.search(r"\{(.*)\}", editor.text)
+    assert names, editor.where
+    for name in names.group(1).split(","):
+        assert (ROOT / copy.argv[2] / name).is_file(), f"{editor.where}: {copy.argv[2]}/{name}"
