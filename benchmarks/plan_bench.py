@@ -1,20 +1,28 @@
 """Benchmark `plan` against a raw LIST of the same kinds, on the local control plane.
 
-    .venv/bin/python benchmarks/plan_bench.py [--sizes 500 2000] [--repeat 3]
+    .venv/bin/python benchmarks/plan_bench.py [--sizes 2000 10000 20000] [--repeat 3]
+        [--page-size N]
 
 For each N it loads N VMs (2 disks each: one from a dataVolumeTemplate, one plain DataVolume;
 every PVC Bound; half the VMs running with a VMI) into a fresh namespace, then measures in the
 same run, each in a fresh process:
 
-- `plan` (the real CLI, `-o json`) wall time and peak RSS;
-- the baseline: the same 8 LISTs `plan` makes, sent as raw HTTP GETs with JSON decoding and
-  nothing else (what `kubectl get -o json` of those kinds costs, minus kubectl's own startup);
+- `plan` (the real CLI, `-o json`) wall time and peak RSS; its LISTs are paginated
+  (``limit``/``continue``, 500 objects a page, ``--page-size`` sets ``$VMSR_LIST_PAGE_SIZE``);
+- the baseline: the same 8 LISTs `plan` makes, each as one unpaginated raw HTTP GET with JSON
+  decoding and nothing else (what `kubectl get -o json` of those kinds costs, minus kubectl's
+  own startup);
 - API requests made by `plan`, counted by the API server (apiserver_request_total on /metrics),
-  not by the client: every request to the kinds plan reads is counted; any other request the
-  server answered meanwhile (its own loopback traffic) is printed, not counted.
+  not by the client: every request to the kinds plan reads is counted, and of them the LIST
+  requests, one per page; any other request the server answered meanwhile (its own loopback
+  traffic) is printed, not counted.
 
-Figures are medians of --repeat runs. Goals (issue 3): plan <= 1.5x baseline at N = 2,000,
-<= 12 API requests regardless of N, peak RSS <= 250 MB.
+Figures are medians of --repeat runs (peak RSS: the largest), and ratios are against the
+baseline measured in the same run. From the peak RSS of `plan` at the sizes measured (a least
+squares line through them), the largest fleet whose `plan` fits the CronJob's memory limit
+(512 MiB, deploy/components/cronjob/cronjob.yaml) is printed.
+
+Goals (issue 19): at N = 10,000 (20,000 PVCs) plan <= 1.2x the baseline and peak RSS <= 200 MB.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ sys.path.insert(0, str(ROOT))
 from testenv.controlplane import ControlPlane  # noqa: E402
 
 GI = 2**30
+MI = 2**20
+CRONJOB_MEMORY_LIMIT = 512 * MI  # deploy/components/cronjob/cronjob.yaml: limits.memory
 # The kinds `plan` lists (reconciler/observe/fetch.py); requests to anything else are not its own.
 OBSERVED = {
     "virtualmachines",
@@ -94,8 +104,11 @@ TIMER = textwrap.dedent(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000, 20000])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--page-size", type=int, default=None, help="objects per LIST page of plan (default 500)"
+    )
     args = parser.parse_args()
 
     rows = []
@@ -106,8 +119,10 @@ def main() -> int:
             namespace = cp.create_namespace(f"bench-{n}")
             print(f"loading {n} VMs into {namespace} ...", file=sys.stderr, flush=True)
             load(cp, namespace, n)
-            rows.append(measure(cp, api, namespace, n, args.repeat))
+            rows.append(measure(cp, api, namespace, n, args.repeat, page_size=args.page_size))
+            print_table(rows[-1:], file=sys.stderr)  # as it goes: a large run takes a while
     print_table(rows)
+    print_fit(rows)
     return 0
 
 
@@ -343,8 +358,9 @@ def timed(argv: list[str]) -> dict[str, Any]:
 
 def counted(
     api: pykube.HTTPClient, run: Callable[[], dict[str, Any]]
-) -> tuple[dict[str, Any], int]:
-    """Run ``run`` and return its result with the number of API requests it caused.
+) -> tuple[dict[str, Any], int, int]:
+    """Run ``run`` and return its result with the number of API requests it caused, and how
+    many of them were LISTs (one per page).
 
     The API server's own loopback traffic (its Lease heartbeat and the controllers it runs)
     ticks on while we measure; requests by the `system:apiserver` machinery are told apart by
@@ -363,11 +379,18 @@ def counted(
                 f"{_label(labels, 'resource')})",
                 file=sys.stderr,
             )
-    return result, sum(ours.values())
+    lists = sum(v for k, v in ours.items() if _label(k, "verb") == "LIST")
+    return result, sum(ours.values()), lists
 
 
 def measure(
-    cp: ControlPlane, api: pykube.HTTPClient, namespace: str, n: int, repeat: int
+    cp: ControlPlane,
+    api: pykube.HTTPClient,
+    namespace: str,
+    n: int,
+    repeat: int,
+    *,
+    page_size: int | None = None,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="vmsr-bench-"))
     plan_file = workdir / "bench.yaml"
@@ -394,44 +417,93 @@ def measure(
         "json",
         "--compact",  # what a pipe wants; indenting 2,000 VMs' JSON is pure-Python slow
     ]
+    if page_size is not None:
+        os.environ["VMSR_LIST_PAGE_SIZE"] = str(page_size)  # inherited by plan's process
     base_argv = [sys.executable, "-c", BASELINE, str(cp.kubeconfig), namespace]
-    plans, bases, requests_seen = [], [], []
+    plans, bases, requests_seen, lists_seen, base_requests = [], [], [], [], []
     for _ in range(repeat):
-        base, _ = counted(api, lambda: timed(base_argv))
+        base, base_reqs, _ = counted(api, lambda: timed(base_argv))
         if base["rc"] != 0 or int(base["stdout"].strip() or 0) < 5 * n:
             raise SystemExit(f"baseline failed (rc {base['rc']}):\n{base['stderr']}")
-        plan, reqs = counted(api, lambda: timed(plan_argv))
+        plan, reqs, lists = counted(api, lambda: timed(plan_argv))
         if plan["rc"] not in (0, 1):
             raise SystemExit(f"plan failed (rc {plan['rc']}):\n{plan['stderr']}")
         bases.append(base)
         plans.append(plan)
         requests_seen.append(reqs)
+        lists_seen.append(lists)
+        base_requests.append(base_reqs)
     wall = statistics.median(p["wall"] for p in plans)
     base_wall = statistics.median(b["wall"] for b in bases)
+    plan_rss = max(p["rss"] for p in plans)
+    base_rss = max(b["rss"] for b in bases)
     return {
         "n": n,
         "plan_s": wall,
         "baseline_s": base_wall,
         "ratio": wall / base_wall,
-        "plan_rss_mb": max(p["rss"] for p in plans) / 2**20,
-        "baseline_rss_mb": max(b["rss"] for b in bases) / 2**20,
+        "plan_rss_mb": plan_rss / MI,
+        "baseline_rss_mb": base_rss / MI,
+        "rss_ratio": plan_rss / base_rss,
+        "plan_rss": plan_rss,
         "requests": max(requests_seen),
+        "pages": max(lists_seen),
+        "baseline_requests": max(base_requests),
     }
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_table(rows: list[dict[str, Any]], file: Any = None) -> None:
+    out = file or sys.stdout
     header = (
         "| VMs | plan (s) | raw LIST baseline (s) | plan / baseline | plan peak RSS (MB) "
-        "| baseline peak RSS (MB) | API requests by plan |"
+        "| baseline peak RSS (MB) | RSS plan / baseline | API requests by plan (LIST pages) "
+        "| baseline requests |"
     )
-    print(header)
-    print("|" + "---|" * 7)
+    print(header, file=out)
+    print("|" + "---|" * 9, file=out)
     for r in rows:
         print(
             f"| {r['n']:,} | {r['plan_s']:.2f} | {r['baseline_s']:.2f} | {r['ratio']:.2f}x "
-            f"| {r['plan_rss_mb']:.0f} | {r['baseline_rss_mb']:.0f} | {r['requests']} |"
+            f"| {r['plan_rss_mb']:.0f} | {r['baseline_rss_mb']:.0f} | {r['rss_ratio']:.2f}x "
+            f"| {r['requests']} ({r['pages']}) | {r['baseline_requests']} |",
+            file=out,
         )
-    print(f"\n(python {sys.version.split()[0]}, {os.cpu_count()} cores; medians)")
+    page = os.environ.get("VMSR_LIST_PAGE_SIZE") or "500 (default)"
+    print(
+        f"\n(python {sys.version.split()[0]}, {os.cpu_count()} cores; medians; page size {page})",
+        file=out,
+    )
+
+
+def largest_fleet(rows: list[dict[str, Any]], limit: int = CRONJOB_MEMORY_LIMIT) -> int | None:
+    """The largest N whose `plan` peak RSS stays under ``limit``, from the least squares line
+    through the measured (N, peak RSS); None with fewer than two sizes or no growth."""
+    points = [(float(r["n"]), float(r["plan_rss"])) for r in rows]
+    if len({n for n, _ in points}) < 2:
+        return None
+    mean_n = statistics.fmean(n for n, _ in points)
+    mean_rss = statistics.fmean(rss for _, rss in points)
+    slope = sum((n - mean_n) * (rss - mean_rss) for n, rss in points) / sum(
+        (n - mean_n) ** 2 for n, _ in points
+    )
+    if slope <= 0:
+        return None
+    return int((limit - (mean_rss - slope * mean_n)) / slope)
+
+
+def print_fit(rows: list[dict[str, Any]]) -> None:
+    fleet = largest_fleet(rows)
+    if fleet is None:
+        print("(measure two sizes or more for the largest fleet within the memory limit)")
+        return
+    points = sorted((r["n"], r["plan_rss"]) for r in rows)
+    (n0, r0), (n1, r1) = points[0], points[-1]
+    per_vm = (r1 - r0) / (n1 - n0)
+    print(
+        f"plan peak RSS grows by {per_vm / 1024:.1f} KiB per VM (with its 2 PVCs, 2 DataVolumes "
+        f"and half a VMI); the largest fleet within the CronJob's {CRONJOB_MEMORY_LIMIT // MI} "
+        f"MiB limit: about {fleet:,} VMs ({2 * fleet:,} PVCs) in one namespace"
+    )
 
 
 if __name__ == "__main__":

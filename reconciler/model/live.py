@@ -1,17 +1,60 @@
 """Live state: what one observation of the cluster saw, keyed for O(1) joins. Stdlib only.
 
 Every value is a frozen dataclass built by ``observe.parse`` from the API's JSON. Sizes are
-bytes (int); keys are (namespace, name), cluster-scoped maps are keyed by name.
+bytes (int); keys are (namespace, name), cluster-scoped maps are keyed by name. The values
+have ``__slots__`` (a fleet is tens of thousands of them) and a VM's object as read is kept
+packed (``PackedObject``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 
-@dataclass(frozen=True)
+class PackedObject(Mapping[str, object]):
+    """A JSON object kept as compact JSON text per top-level key, decoded on every access.
+
+    A VM as read is some 80 Python objects (6 KiB); packed it is one dict of a few ``bytes``
+    (about a fifth of that), and ten thousand VMs fit where two thousand did. Every access
+    returns a fresh copy of that key's value: what a caller does to it never changes the
+    snapshot. Equal to any mapping with the same content.
+    """
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, obj: Mapping[str, Any]) -> None:
+        # Scalars are kept as they are; containers as JSON text (bytes: no JSON value is).
+        self._parts: dict[str, object] = {
+            key: (
+                json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+                if isinstance(value, dict | list)
+                else value
+            )
+            for key, value in obj.items()
+        }
+
+    def __getitem__(self, key: str) -> object:
+        value = self._parts[key]
+        return json.loads(value) if isinstance(value, bytes) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __repr__(self) -> str:
+        return f"PackedObject({dict(self)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PackedObject, (dict(self),))
+
+
+@dataclass(frozen=True, slots=True)
 class StorageClassInfo:
     name: str
     provisioner: str
@@ -21,7 +64,7 @@ class StorageClassInfo:
     allow_volume_expansion: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StorageProfileInfo:
     """CDI's view of a StorageClass: the access/volume modes it recommends, in order."""
 
@@ -30,7 +73,7 @@ class StorageProfileInfo:
     clone_strategy: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PVCInfo:
     """A PersistentVolumeClaim. ``storage_class`` is resolved (the default class when unset)."""
 
@@ -46,7 +89,7 @@ class PVCInfo:
     annotations: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DataVolumeInfo:
     namespace: str
     name: str
@@ -59,7 +102,7 @@ class DataVolumeInfo:
     annotations: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KubeVirtInfo:
     """The parts of the KubeVirt CR that decide whether storage live migration can work."""
 
@@ -69,7 +112,7 @@ class KubeVirtInfo:
     workload_update_methods: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Condition:
     type: str
     status: str
@@ -77,7 +120,7 @@ class Condition:
     message: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VMVolume:
     """One entry of ``spec.template.spec.volumes`` joined with its disk/filesystem device.
 
@@ -97,11 +140,13 @@ class VMVolume:
     from_template: bool = False  # the claim is one of spec.dataVolumeTemplates
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VMInfo:
     """A VirtualMachine. ``run_strategy`` is resolved from ``spec.running`` when that is used.
 
-    ``raw`` is the object as read (JSON-compatible); renderers take what they need from it.
+    ``raw`` is the object as read (JSON-compatible), slimmed by ``observe.parse.slim_vm`` (no
+    status, no managedFields but the paths the diff reads) and, from a LIST, packed
+    (``PackedObject``): renderers take what they need from it.
     """
 
     namespace: str
@@ -119,7 +164,7 @@ class VMInfo:
     raw: Mapping[str, object] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VMIInfo:
     namespace: str
     name: str
@@ -130,7 +175,7 @@ class VMIInfo:
     migrated_volumes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MigrationInfo:
     """A VirtualMachineInstanceMigration (only in-flight or recent ones matter)."""
 
@@ -142,7 +187,7 @@ class MigrationInfo:
     failure_reason: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True)  # no slots: claim_references is cached on the instance
 class Snapshot:
     """Everything observed in one pass, keyed for O(1) joins. Keys are (namespace, name);
     cluster-scoped maps are keyed by name."""

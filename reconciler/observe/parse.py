@@ -4,8 +4,9 @@ parsers are tested without a cluster and reused by the benchmark. ``fetch`` does
 ``parse_page`` turns one LIST page into the slim facts the diff reads, so that the page's JSON
 can be dropped at once: no object is kept as read but a VM's, and that one slimmed
 (``slim_vm``: what render patches and apply re-reads; no status, no managedFields but the one
-path the diff asks about). Categorical strings repeated on every object (namespace, class,
-phase, modes) are interned: one copy per distinct value, not one per object.
+path the diff asks about) and packed (``model.live.PackedObject``: compact JSON text, decoded
+on access). Categorical strings repeated on every object (namespace, class, phase, modes) are
+interned: one copy per distinct value, not one per object.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from reconciler.model.live import (
     DataVolumeInfo,
     KubeVirtInfo,
     MigrationInfo,
+    PackedObject,
     PVCInfo,
     Snapshot,
     StorageClassInfo,
@@ -267,7 +269,7 @@ def parse_vm(obj: Obj) -> VMInfo:
         printable_status=_word(status.get("printableStatus", "")),
         conditions=_conditions(status),
         uses_running_field="running" in spec and "runStrategy" not in spec,
-        raw=slim_vm(obj),
+        raw=PackedObject(slim_vm(obj)),
     )
 
 

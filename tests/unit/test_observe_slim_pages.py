@@ -11,6 +11,7 @@ from typing import Any
 
 from reconciler.diff.gitops import field_owners, flux_skips
 from reconciler.kube import resources as kube
+from reconciler.model.live import PackedObject
 from reconciler.model.names import FLUX_KUSTOMIZE_MANAGER, FLUX_SSA_ANNOTATION
 from reconciler.observe.parse import (
     KEPT_FIELD_PATHS,
@@ -128,8 +129,13 @@ def test_a_vm_keeps_neither_its_status_nor_its_managed_fields() -> None:
     without = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
     assert parsed.raw["metadata"] == without
     assert parsed.raw["apiVersion"] == "kubevirt.io/v1" and parsed.raw["kind"] == "VirtualMachine"
-    # shared, not copied: slimming costs no copy of the spec
-    assert parsed.raw["spec"] is obj["spec"]
+    # packed, and every read of it a fresh copy: the snapshot cannot be changed through it
+    assert isinstance(parsed.raw, PackedObject)
+    spec = parsed.raw["spec"]
+    assert isinstance(spec, dict)
+    spec["runStrategy"] = "Halted"
+    assert parsed.raw["spec"] == obj["spec"] and parsed.raw == slim_vm(obj)
+    assert copy.deepcopy(parsed.raw) == parsed.raw and dict(parsed.raw) == slim_vm(obj)
     # and the object as read is left alone
     assert "status" in obj and "managedFields" in obj["metadata"]
 
