@@ -18,6 +18,7 @@ import pykube
 import pytest
 
 from reconciler.cli.main import main
+from reconciler.kube.client import PAGE_SIZE_ENV
 from reconciler.render.sandbox import load_templates
 from testenv import seed
 from testenv.controlplane import ControlPlane
@@ -429,8 +430,11 @@ def test_unreachable_cluster_is_a_cluster_error_not_a_traceback(ctx: Ctx) -> Non
 
 
 def test_plans_for_two_namespaces_are_observed_with_eight_cluster_wide_lists(
-    ctx: Ctx, control_plane: ControlPlane
+    ctx: Ctx, control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # One page per list, whatever the session left in other namespaces (lists are paginated,
+    # 500 objects a page by default: tests/cluster/test_paginated_observe.py).
+    monkeypatch.setenv(PAGE_SIZE_ENV, "100000")
     other = control_plane.create_namespace("second")
     ctx.settle(fedora(ctx.ns))
     ctx.settle(fedora(other))
