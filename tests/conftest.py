@@ -20,6 +20,7 @@ import pykube
 import pytest
 
 from testenv.controlplane import ControlPlane
+from testenv.real.engine import RealEngine
 from testenv.simulator import SimConfig, Simulator, start
 
 # The `flux` and `flux_sync` fixtures (a real Flux, started only for the tests that use it).
@@ -36,6 +37,25 @@ def control_plane() -> Iterator[ControlPlane]:
         pytest.fail(f"the test control plane could not start: {error}", pytrace=False)
     yield plane
     plane.stop()
+
+
+@pytest.fixture(scope="session")
+def real_engine() -> Iterator[RealEngine]:
+    """The real engine (upstream virt-controller, virt-api, cdi-controller, kube-scheduler,
+    kube-controller-manager, KWOK; our node side), started once per session by the first
+    test that asks for it (tests/env/test_real_*.py, tests/real/). A start failure fails the
+    test with the process that failed and its log; it is never skipped. At the end: stopped,
+    and no process may have died."""
+    engine = RealEngine(log=print)
+    try:
+        engine.start()
+    except Exception as error:  # any start failure must fail, with its reason
+        pytest.fail(f"the real engine could not start: {error}", pytrace=False)
+    yield engine
+    dead = engine.dead()
+    tails = "\n".join(engine.log_tail(name) for name in dead)
+    engine.stop()
+    assert not dead, f"processes of the real engine died during the tests: {dead}\n{tails}"
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +119,34 @@ def sim(api: pykube.HTTPClient) -> Iterator[Simulator]:
     yield simulator
     _RUNNING.remove(simulator)
     simulator.stop()
+
+
+REAL_ENGINE_GROUP = "real-engine"
+"""The pytest-xdist group of every test on the real engine: one worker runs them all, so one
+engine serves them (``make test`` runs ``--dist loadgroup``)."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test mirrored onto the real engine (tests/real, ``tests.support.mirror``) runs there
+    instead of on the simulator when both copies are collected; every test on the real engine
+    joins one xdist group."""
+    from tests.support.mirror import MIRRORED
+
+    for item in items:
+        if "real_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(REAL_ENGINE_GROUP))
+
+    def original(item: pytest.Item) -> bool:
+        name = getattr(item, "originalname", item.name)
+        return (item.path.resolve(), name) in MIRRORED
+
+    if not MIRRORED:
+        return
+    dropped = [item for item in items if original(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not original(item)]
 
 
 @pytest.hookimpl(wrapper=True)

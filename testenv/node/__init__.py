@@ -22,7 +22,8 @@ one worker):
 Knobs the node side decides (``sim.vmstorage.dev/`` annotations, as on the simulator):
 ``fault`` on a DataVolume (fail, fail-times:N, fatal, stall: its worker pod) or on a VM or
 VMIM (fail, fail-times:N, fatal, stall: the migration), ``copy-seconds`` on a DataVolume,
-``not-live-migratable`` on a VM template, and ``copy_seconds_per_gib``.
+``not-live-migratable`` on a VM template, and ``copy_seconds_per_gib``; and faults on objects
+that do not exist yet, from ConfigMap ``kube-system/testenv-faults`` (``faults.FaultFeed``).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ RESOURCES.setdefault("nodes", ResourceInfo("v1", "Node", False))
 def start(api: Any, handler_api: Any, config: SimConfig | None = None) -> Simulator:
     """Start the node side on an admin client (pods, PVs, claims) and a client acting as
     virt-handler's ServiceAccount (VMI status); call ``stop()`` on the result."""
-    from testenv.node import cdi, csi, handler
+    from testenv.node import cdi, csi, faults, handler
 
-    sim = Simulator(api, config, [handler.VirtHandler, cdi.CdiWorkers, csi.Provisioner])
+    sim = Simulator(api, config, [handler.VirtHandler, cdi.CdiWorkers, csi.Provisioner,
+                                     faults.FaultFeed])
     handler.attach_handler_client(sim, handler_api)
     sim.start()
     return sim

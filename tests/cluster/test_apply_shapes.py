@@ -365,6 +365,7 @@ def test_retention_delete_after_a_live_move_removes_sources_once_released(ctx: M
     )
     ctx.eventually(
         lambda: not ctx.dv("vm1-root") and not ctx.pvc("vm1-root") and not ctx.pvc("vm1-data"),
+        60.0,  # on the real engine: once KWOK has removed the old virt-launcher pod
         what="sources removed",
     )
     last = ctx.last("vm1")

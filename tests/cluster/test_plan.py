@@ -97,6 +97,11 @@ def fedora(
     return seed.fedora_vm(namespace, name, f"{name}-disk", running=running, **kwargs)
 
 
+SETTLE = 60.0
+"""Seconds a new VM may take to import its disks and run: on the real engine a start goes
+through virt-controller, the scheduler, KWOK and the node side."""
+
+
 def settle(api: pykube.HTTPClient, eventually: Eventually, vm: dict[str, Any]) -> None:
     """Create ``vm`` and wait for its disks (and VMI, when it should run) to be ready."""
     create(api, vm)
@@ -104,9 +109,9 @@ def settle(api: pykube.HTTPClient, eventually: Eventually, vm: dict[str, Any]) -
     for template in vm["spec"].get("dataVolumeTemplates", []):
         dv = template["metadata"]["name"]
         if vm["spec"].get("runStrategy") == "Always":
-            eventually(lambda dv=dv: dv_succeeded(api, namespace, dv), what=f"DV {dv}")
+            eventually(lambda dv=dv: dv_succeeded(api, namespace, dv), SETTLE, what=f"DV {dv}")
     if vm["spec"].get("runStrategy") == "Always":
-        eventually(lambda: vmi_running(api, namespace, name), what=f"VMI {name} Running")
+        eventually(lambda: vmi_running(api, namespace, name), SETTLE, what=f"VMI {name} Running")
 
 
 def plan_file(tmp_path: Path, namespace: str, body: str = "", *, name: str = "move") -> Path:
