@@ -29,6 +29,9 @@ from testenv import seed
 from testenv.controlplane import ControlPlane
 from tests.support.kube import Eventually
 
+# one worker builds and runs the image (two would both unpack it; build.sh holds a lock)
+pytestmark = pytest.mark.xdist_group("image")
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "deploy/image/build.sh"
 OPT_OUT = "VMSR_SKIP_IMAGE_TEST"

@@ -29,7 +29,7 @@ from testenv.controlplane import ControlPlane
 from testenv.simulator import Fault, FaultAction, Simulator
 from testenv.simulator.core import CONTENT_HASH_ANNOTATION
 from tests.cluster.test_apply import CDI, JOURNAL, KV, LAST, Apply
-from tests.cluster.test_plan import _merge, create, plan_file
+from tests.cluster.test_plan import SETTLE, _merge, create, plan_file
 from tests.support.kube import Eventually, annotation, get_json
 
 MIGRATION_LABEL = "vmstorage.dev/migration"
@@ -300,19 +300,22 @@ class Moves(Apply):
                 create(self.api, obj)
         vm = vm_manifest(self.ns, name, disks, deprecated_running=deprecated_running, labels=labels)
         create(self.api, vm)
-        self.eventually(lambda: self.vmi_phase(name) == "Running", what=f"VMI {name} Running")
+        self.eventually(
+            lambda: self.vmi_phase(name) == "Running", SETTLE, what=f"VMI {name} Running"
+        )
         for disk in disks:
             self.eventually(
-                lambda d=disk: self.pvc_phase(d.claim) == "Bound", what=f"PVC {disk.claim}"
+                lambda d=disk: self.pvc_phase(d.claim) == "Bound", SETTLE, what=f"PVC {disk.claim}"
             )
             if disk.kind != "pvc":
                 self.eventually(
                     lambda d=disk: self.dv_phase(d.claim) == "Succeeded",
+                    SETTLE,
                     what=f"DV {disk.claim} Succeeded",
                 )
         if not running:
             self.set_running(name, False, deprecated=deprecated_running)
-            self.eventually(lambda: not self.vmi(name), what=f"VMI {name} gone")
+            self.eventually(lambda: not self.vmi(name), SETTLE, what=f"VMI {name} gone")
         return self.vm(name)
 
     def set_running(self, name: str, running: bool, *, deprecated: bool = False) -> None:
