@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             keep=args.keep,
                             kubeconfig=DEFAULT_KUBECONFIG if args.keep else None,
                             wait_forever=_wait_for_signal)
-        if args.engine == "real":
+        if args.engine == "real" and not args.no_simulator:
             return _up_real(args.kubeconfig)
         return _up(args.kubeconfig, simulate=not args.no_simulator)
     except (MissingPrerequisiteError, BuildError, ControlPlaneError) as error:
@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         help=f"where to write the admin kubeconfig (default: {DEFAULT_KUBECONFIG})",
     )
     up.add_argument("--no-simulator", action="store_true",
-                    help="bare API server: no simulated KubeVirt/CDI/CSI controllers")
+                    help="bare API server: no KubeVirt, CDI or CSI controllers at all "
+                         "(upstream or simulated)")
     up.add_argument("--engine", choices=("sim", "real"), default="real", help=ENGINE_HELP)
     demo_cmd = commands.add_parser("demo", help="the seed VMs moved by apply, end to end")
     demo_cmd.add_argument("--copy-seconds-per-gib", type=float, default=1.0,
