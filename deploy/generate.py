@@ -124,7 +124,7 @@ def top_level(kustomize: Path, name: str) -> str:
         "# Everything a cluster needs: namespace, ServiceAccount, least-privilege RBAC (one\n"
         "# RoleBinding per allowed namespace), the reconciler's configuration.\n"
         "#\n"
-        '# Before `kubectl apply -f` (or better, copy the overlay: README "Install"), set the\n'
+        "# Before `kubectl apply -f` (or better, copy the overlay: docs/cluster.md), set the\n"
         "# image, the plans repository (GITSYNC_REPO), and the allowed namespaces\n"
         "# (VMSR_ALLOWED_NAMESPACES and the RoleBindings, from one list in the overlay).\n"
     )

@@ -2,7 +2,7 @@
 
 argparse and exit codes only: each command is a module (``validate``, ``plan``) that calls
 ``reconciler.engine`` or a stage and prints; ``main`` maps every ``UserError`` and
-``ClusterError`` to its documented exit code (README "Exit codes"), never a traceback. Any
+``ClusterError`` to its documented exit code (docs/exit-codes.md), never a traceback. Any
 other exception is a bug: "internal error" (the traceback only with ``--debug``), exit 2 when
 no cluster client was made yet (input stage) and 6 after (cluster stage), never 1. Output that
 cannot be written (a broken pipe, a closed stdout, a full disk) ends quietly, exit 2.

@@ -15,7 +15,7 @@ from reconciler.model.text import clean
 
 class ExitCode(enum.IntEnum):
     """Documented, distinct process exit codes: ``EXIT_CODE_TABLE`` says what each means, when
-    a scheduled `apply` returns it, and what a Job does with it (README "Exit codes")."""
+    a scheduled `apply` returns it, and what a Job does with it (docs/exit-codes.md)."""
 
     OK = 0  # done: valid, in sync, or (apply) did all it could; states are reported, not failed
     PENDING = 1  # `plan`: changes pending; `apply`: stopped by SIGTERM, or with

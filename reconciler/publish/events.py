@@ -4,7 +4,7 @@
 Every Event names the VM (``regarding``, with its uid: ``kubectl describe`` matches on it),
 ``reportingController: vm-storage-reconciler``, ``reportingInstance`` = the run's holder
 (the Lease identity: pod name and pid), a CamelCase ``reason`` (``MoveStarted``,
-``MoveSucceeded``, ``MoveRolledBack``, ``MoveBlocked``, ...; README "Reporting"), an ``action``
+``MoveSucceeded``, ``MoveRolledBack``, ``MoveBlocked``, ...; docs/cluster.md), an ``action``
 (``Move``, ``Rollback``, ``Judge``, ``WriteBack``) and a ``note`` of at most 1024 bytes that
 ends in the rule id when there is one. Labels carry the same as data, so consumers select
 instead of parsing notes: ``vmstorage.dev/rule``, ``vmstorage.dev/migration`` (the move's id),

@@ -1,7 +1,7 @@
 """Reports as documents: what ``plan``/``validate`` print for machines (``-o json|yaml``). Pure.
 
-``plan_document`` builds the ``PlanReport`` (a stable, documented shape: README "What `plan`
-shows"); every VM's ``reasons`` are the verdict's findings as objects ``{rule, effect, volume,
+``plan_document`` builds the ``PlanReport`` (a stable, documented shape: docs/validate-and-plan.md);
+every VM's ``reasons`` are the verdict's findings as objects ``{rule, effect, volume,
 message}``, so consumers never parse text. ``dump`` serialises any document.
 """
 

@@ -234,19 +234,6 @@ def test_a_stale_command_fails() -> None:
     assert [bool(problem(c)) for c in found] == [True, True, True, True, True]
 
 
-def test_the_readme_s_exit_code_table_is_the_one_of_docs_exit_codes() -> None:
-    """README.md keeps a copy of the table (tests/unit/test_manifests.py pins README's to the
-    code); the two never differ."""
-
-    def table(text: str) -> str:
-        rest = text[text.index("| code |") :]
-        return rest[: rest.index("\n\n")]
-
-    readme = (ROOT / "README.md").read_text()
-    page = (ROOT / "docs" / "exit-codes.md").read_text()
-    assert table(readme[readme.index("### Exit codes") :]) == table(page)
-
-
 def test_the_files_an_overlay_is_edited_in_exist() -> None:
     """The `$EDITOR` line of the install steps names files of the overlay it copies."""
     (editor,) = [c for c in all_commands() if c.text.startswith("$EDITOR ")]

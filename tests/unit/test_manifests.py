@@ -142,17 +142,22 @@ def test_a_scheduled_run_that_did_what_it_could_exits_0() -> None:
         assert exit_code(ApplyReport(outcomes=(stopped,)), detailed=detail) is ExitCode.PENDING
 
 
-def test_the_readme_exit_code_table_is_the_model_s() -> None:
-    """README "Exit codes" lists every code with the table's own words (one table)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Exit codes") :]
-    table = section[section.index("| code |") :]
+def test_the_exit_code_table_of_the_docs_is_the_model_s() -> None:
+    """docs/exit-codes.md lists every code with the table's own words (one table), and the
+    README's one-line summary names every code in order."""
+    page = (ROOT / "docs" / "exit-codes.md").read_text()
+    table = page[page.index("| code |") :]
     rows = re.findall(r"^\| (\d+) \| (.+) \| ([a-z ]+) \|$", table[: table.index("\n\n")], re.M)
     job: dict[JobAction | None, str] = {JobAction.SUCCEED: "succeeds", None: "never returned"}
     job |= {JobAction.RETRY: "retried once", JobAction.FAIL: "fails at once"}
     assert {int(code): (meaning, action) for code, meaning, action in rows} == {
         int(row.code): (row.meaning, job[row.job]) for row in EXIT_CODE_TABLE
     }
+    readme = (ROOT / "README.md").read_text()
+    summary = readme[readme.index("### Exit codes") :].split("\n\n")[1]
+    assert [int(c) for c in re.findall(r"(?:: |, )(\d) ", " ".join(summary.split()))] == [
+        int(row.code) for row in EXIT_CODE_TABLE
+    ]
 
 
 def test_the_version_is_one(capsys: pytest.CaptureFixture[str]) -> None:
