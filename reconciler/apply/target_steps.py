@@ -245,7 +245,7 @@ def _delete_targets(run: MoveRun, journal: Journal) -> Journal:
 
 
 def _mounting(pods: dict[str, Obj], claim: str) -> list[str]:
-    """Pods that are not terminated and mount ``claim`` (what pvc-protection counts)."""
+    """Pods that are not terminated and mount ``claim``: they must let go before a delete."""
     holders = []
     for name, pod in pods.items():
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
@@ -260,10 +260,32 @@ def _mounting(pods: dict[str, Obj], claim: str) -> list[str]:
     return sorted(holders)
 
 
+def _pinned_by(pods: dict[str, Obj], claim: str) -> list[str]:
+    """Completed pods, scheduled to a node, that still list ``claim``. Kubernetes'
+    pvc-protection counts them (podUsesPVCForDeletion ignores the phase), so a deleted claim
+    stays Terminating until they are removed: after a live migration the source virt-launcher
+    pod is left Succeeded, owned by the VMI, until the VM stops."""
+    holders = []
+    for name, pod in pods.items():
+        status, spec = pod.get("status") or {}, pod.get("spec") or {}
+        if status.get("phase") not in ("Succeeded", "Failed") or not spec.get("nodeName"):
+            continue
+        volumes = spec.get("volumes") or ()
+        if any(
+            (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
+            for v in volumes
+            if isinstance(v, dict)
+        ):
+            holders.append(name)
+    return sorted(holders)
+
+
 def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
     """Retention Delete, and only if the plan still says so (the more conservative of the
     journal and the plan: a plan changed to Keep, or gone, keeps the sources). Each source is
-    deleted once no pod mounts it, and only if, immediately before its delete, the move is
+    deleted once no running pod mounts it (a completed pod that still lists it, as a live
+    migration's source virt-launcher does, keeps the claim Terminating until it goes: said),
+    and only if, immediately before its delete, the move is
     still ours and no VM, VMI or pod refers to it (one may have been created on it while we
     waited for the old virt-launcher to let go). Every source kept is marked as such
     (``_mark_kept``), for `sources` and `prune`."""
@@ -320,6 +342,14 @@ def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
         resource = DATA_VOLUMES if v.source_is_data_volume else PVCS
         run.cluster.delete(resource, run.namespace, v.source)
         run.say(f"deleted source {resource.kind} {v.source} (retention: Delete)", volume=v.volume)
+        pods = {str(_meta(p).get("name")): p for p in run.cluster.list_objects(PODS, run.namespace)}
+        if pinned := _pinned_by(pods, v.source):
+            run.say(
+                f"source {v.source} stays Terminating until the completed pod "
+                f"{', '.join(pinned)} is removed (kubernetes.io/pvc-protection; a virt-launcher "
+                "pod goes when the VM stops): its storage is freed then",
+                volume=v.volume,
+            )
     return replace(journal, sources_kept=kept)
 
 

@@ -7,7 +7,8 @@ derives "in use" from them, never from its own state:
 
 - a claim is in use while a pod that is scheduled (`spec.nodeName`) and not terminated
   (phase not Succeeded/Failed) mounts it (`spec.volumes[].persistentVolumeClaim`), as the
-  pvc-protection controller (`podUsesPVC`) and CDI (`GetPodsUsingPVCs`) check it;
+  CDI (`GetPodsUsingPVCs`) checks it; the pvc-protection controller counts every scheduled
+  pod that lists the claim, completed ones too (`pins`);
 - the VMI controller creates the launcher pod when the VMI is scheduled, the migration
   controller a target pod per migration; a source pod is left Succeeded after a successful
   migration and deleted when its migration is garbage-collected (5 newest finished per VMI);
@@ -65,6 +66,18 @@ def mounts(pod: Mapping[str, Any], claim: str) -> bool:
     """podUsesPVC: a scheduled, not terminated pod with the claim among its volumes."""
     return (bool((pod.get("spec") or {}).get("nodeName"))
             and pod_phase(pod) not in TERMINATED and claim in pod_claims(pod))
+
+
+def pins(pod: Mapping[str, Any], claim: str) -> bool:
+    """pvc-protection's podUsesPVCForDeletion: a scheduled pod with the claim among its
+    volumes, *whatever its phase*: a completed pod (the source virt-launcher pod a
+    migration leaves Succeeded) holds a deleting claim until the pod itself is removed."""
+    return bool((pod.get("spec") or {}).get("nodeName")) and claim in pod_claims(pod)
+
+
+def claim_pinners(store: Store, namespace: str, claim: str) -> list[str]:
+    """Names of the pods that keep a deleting claim from going (see `pins`), sorted."""
+    return [p["metadata"]["name"] for p in store.list(POD, namespace) if pins(p, claim)]
 
 
 def claim_users(store: Store, namespace: str, claim: str) -> list[str]:

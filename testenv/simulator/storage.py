@@ -46,7 +46,7 @@ from testenv.simulator.core import (
     owner_reference,
     set_condition,
 )
-from testenv.simulator.pods import claim_users, pod_claims
+from testenv.simulator.pods import claim_pinners, claim_users, pod_claims
 
 # Kubernetes annotations and finalizers
 ANN_DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
@@ -327,7 +327,7 @@ class ProvisionerController(Controller):
     binding. A PVC without a class name gets the default class. A deleted PVC releases its PV,
     which is deleted under reclaimPolicy Delete. pvc-protection: every claim gets the
     `kubernetes.io/pvc-protection` finalizer, and a deleting claim keeps it (Terminating)
-    while a scheduled, not terminated pod mounts it (`pods.claim_users`).
+    while a scheduled pod lists it, completed or not (`pods.claim_pinners`).
     """
 
     watches: ClassVar[tuple[str, ...]] = (
@@ -513,12 +513,13 @@ class ProvisionerController(Controller):
             {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}})
 
     def _protect(self, pvc: dict[str, Any]) -> None:
-        """pvc-protection: drop the finalizer once no pod mounts the claim."""
+        """pvc-protection: drop the finalizer once no scheduled pod lists the claim, completed
+        pods included (upstream podUsesPVCForDeletion)."""
         meta = pvc["metadata"]
         finalizers = list(meta.get("finalizers") or [])
         if FINALIZER_PVC_PROTECTION not in finalizers:
             return
-        if claim_users(self.sim.store, meta["namespace"], meta["name"]):
+        if claim_pinners(self.sim.store, meta["namespace"], meta["name"]):
             return
         finalizers.remove(FINALIZER_PVC_PROTECTION)
         self.sim.client.merge_patch(

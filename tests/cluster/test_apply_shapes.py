@@ -337,7 +337,13 @@ def never_deleted_before_verification(samples: list[tuple[bool, str | None, bool
     assert not early, f"a source went before the move was verified: {early[:3]}"
 
 
-def test_retention_delete_after_a_live_move_removes_sources_once_released(ctx: Moves) -> None:
+def test_retention_delete_after_a_live_move_frees_the_sources_when_the_vm_stops(
+    ctx: Moves,
+) -> None:
+    """Upstream pvc-protection counts a completed pod that still lists a claim (the source
+    virt-launcher pod a live migration leaves Succeeded, owned by the VMI), so a deleted
+    source stays Terminating until the VM stops; apply says so instead of implying the
+    storage is free, and the sources go once the VM stops."""
     ctx.make("vm1", [Disk("root", "template", "vm1-root"), Disk("data", "pvc", "vm1-data")])
     before, uid = run_and_capture(ctx, "vm1")
     pods_before = {p["metadata"]["name"] for p in ctx.pods("vm1")}
@@ -360,17 +366,28 @@ def test_retention_delete_after_a_live_move_removes_sources_once_released(ctx: M
     assert ctx.vmi("vm1")["metadata"]["uid"] == uid
     (old_launcher,) = pods_before
     assert ctx.pod(old_launcher)["status"]["phase"] == "Succeeded", (
-        "the old virt-launcher pod is left Succeeded after the migration (it no longer mounts "
-        "anything that counts)"
-    )
-    ctx.eventually(
-        lambda: not ctx.dv("vm1-root") and not ctx.pvc("vm1-root") and not ctx.pvc("vm1-data"),
-        60.0,  # on the real engine: once KWOK has removed the old virt-launcher pod
-        what="sources removed",
+        "the old virt-launcher pod is left Succeeded after the migration"
     )
     last = ctx.last("vm1")
     assert sorted(last["sourcesDeleted"]) == ["vm1-data", "vm1-root"]
     assert "sourcesKept" not in last
+    for claim in ("vm1-root", "vm1-data"):
+        assert (
+            f"source {claim} stays Terminating until the completed pod {old_launcher} is removed"
+            in err
+        ), err
+    ctx.eventually(lambda: not ctx.dv("vm1-root"), 60.0, what="source DataVolume deleted")
+    assert all(
+        ctx.pvc(claim)["metadata"].get("deletionTimestamp") for claim in ("vm1-root", "vm1-data")
+    ), "the deleted sources are Terminating, held by the completed launcher pod"
+
+    ctx.set_running("vm1", False)  # the VMI goes, and its pods with it
+
+    ctx.eventually(
+        lambda: not ctx.pvc("vm1-root") and not ctx.pvc("vm1-data"),
+        120.0,  # on the real engine: virt-controller deletes the pods, KWOK removes them
+        what="sources freed once the VM stopped",
+    )
 
 
 def test_retention_delete_waits_until_no_pod_mounts_the_source(ctx: Moves) -> None:

@@ -6,11 +6,4 @@ from __future__ import annotations
 from tests.cluster import test_apply_shapes
 from tests.support.mirror import mirror
 
-LEAVE_OUT = {
-    "test_retention_delete_after_a_live_move_removes_sources_once_released": (
-        "after a live move on the real engine the deleted sources are still there a minute "
-        "later (apply reports them deleted): why is open"
-    ),
-}
-
-globals().update(mirror(test_apply_shapes, LEAVE_OUT))
+globals().update(mirror(test_apply_shapes, {}))
