@@ -18,16 +18,17 @@ LEAVE_OUT = {
         "the same upstream migration backoff between the failed attempts"
     ),
     "test_clone_failing_and_retried_counts_as_failed_and_restarts_the_vm": (
-        "the node side's fail faults do not reach upstream's host-assisted clone yet (the "
-        "copy succeeds); stall faults do"
+        "the node side fails the clone's source pod, which restarts forever; the DataVolume's "
+        "restartCount that apply counts does not rise upstream, so apply waits for its "
+        "deadline: which pod fails in a real failing clone, and what apply should watch, is "
+        "open"
     ),
     "test_fatal_clone_is_rolled_back_and_a_stopped_vm_stays_stopped": (
         "upstream CDI fails a DataVolume for good only on a fatal importer error, a clone's "
         "worker pods are restarted: the simulator's 'fatal clone' has no upstream twin"
     ),
     "test_three_failing_vms_in_a_row_trip_the_breaker": (
-        "fails its clones with the node side's fail fault, which does not reach upstream's "
-        "host-assisted clone yet"
+        "fails its clones with a fatal fault, which has no upstream twin (above)"
     ),
     "test_a_migration_waiting_for_a_slot_is_reported_queued_then_succeeds": (
         "fills KubeVirt's migration slots with the simulator's parallel-migration knob"
