@@ -18,10 +18,9 @@ LEAVE_OUT = {
         "the same upstream migration backoff between the failed attempts"
     ),
     "test_clone_failing_and_retried_counts_as_failed_and_restarts_the_vm": (
-        "the node side fails the clone's source pod, which restarts forever; the DataVolume's "
-        "restartCount that apply counts does not rise upstream, so apply waits for its "
-        "deadline: which pod fails in a real failing clone, and what apply should watch, is "
-        "open"
+        "the node side fails the clone's source pod, which restarts forever, and apply did "
+        "not see three restarts before the test's deadline: which pod's restarts upstream "
+        "CDI counts for a host-assisted clone, and what apply should watch, is open"
     ),
     "test_fatal_clone_is_rolled_back_and_a_stopped_vm_stays_stopped": (
         "upstream CDI fails a DataVolume for good only on a fatal importer error, a clone's "
