@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pykube
@@ -121,6 +122,16 @@ def sim(api: pykube.HTTPClient) -> Iterator[Simulator]:
     simulator.stop()
 
 
+TESTS = Path(__file__).resolve().parent
+TIERS = {
+    "unit": pytest.mark.unit,
+    "env": pytest.mark.env,
+    "cluster": pytest.mark.cluster,
+    "real": pytest.mark.cluster,
+    "deploy": pytest.mark.cluster,
+}
+"""The tier of each test directory (``pytest -m unit`` runs only tests that start nothing)."""
+
 REAL_ENGINE_GROUP = "real-engine"
 """The pytest-xdist group of every test on the real engine: one worker runs them all, so one
 engine serves them (``make test`` runs ``--dist loadgroup``)."""
@@ -136,6 +147,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "real_engine" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(REAL_ENGINE_GROUP))
+        tier = TIERS.get(item.path.relative_to(TESTS).parts[0])
+        if tier:
+            item.add_marker(tier)
 
     def original(item: pytest.Item) -> bool:
         name = getattr(item, "originalname", item.name)
