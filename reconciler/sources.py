@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from reconciler.apply.lease import DEFAULT_DURATION, Lease
-from reconciler.apply.target_steps import users_of
+from reconciler.apply.target_steps import held_by_completed_pods, users_of
 from reconciler.kube.client import Cluster, load_client
 from reconciler.kube.kubeconfig import context_namespace
 from reconciler.kube.resources import DATA_VOLUMES, PVCS, Resource
@@ -72,11 +72,21 @@ def list_kept(cluster: Cluster, namespaces: Sequence[str] | None) -> list[KeptSo
         pvcs += cluster.list_objects(PVCS, namespace)
     found = kepts.candidates(dvs, pvcs)
     users: dict[tuple[str, str], str] = {}
+    held: dict[tuple[str, str], str] = {}
+    deleting = {
+        (str(p["metadata"].get("namespace")), str(p["metadata"].get("name")))
+        for p in pvcs
+        if (p.get("metadata") or {}).get("deletionTimestamp")
+    }
     for namespace in sorted({ns for ns, _, _ in found}):
         claims = {name for ns, name, _ in found if ns == namespace}
         for claim, who in users_of(cluster, namespace, claims).items():
             users[(namespace, claim)] = who
-    return kepts.kept_sources(dvs, pvcs, users)
+        doomed = {claim for claim in claims if (namespace, claim) in deleting}
+        if doomed:
+            for claim, pods in held_by_completed_pods(cluster, namespace, doomed).items():
+                held[(namespace, claim)] = pods
+    return kepts.kept_sources(dvs, pvcs, users, held)
 
 
 def sources(

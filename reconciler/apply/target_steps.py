@@ -424,6 +424,12 @@ def users_of(cluster: Cluster, namespace: str, claims: set[str]) -> dict[str, st
     return users
 
 
+def held_by_completed_pods(cluster: Cluster, namespace: str, claims: set[str]) -> dict[str, str]:
+    """claim -> the completed pods that keep it from going once deleted (``_pinned_by``)."""
+    pods = {str(_meta(p).get("name")): p for p in cluster.list_objects(PODS, namespace)}
+    return {c: ", ".join(held) for c in sorted(claims) if (held := _pinned_by(pods, c))}
+
+
 def settle_targets(run: MoveRun, journal: Journal) -> None:
     """The move succeeded: its destinations are the VM's disks now, no longer in flight
     (``IN_FLIGHT_ANNOTATION`` removed, so no clean-up ever mistakes them for leftovers)."""

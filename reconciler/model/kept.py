@@ -200,6 +200,7 @@ class KeptSource:
     users: str = ""
     pruning: PruneMark | None = None
     deleting: bool = False
+    held_by: str = ""  # completed pods that keep a deleting claim (pvc-protection counts them)
 
     @property
     def refused(self) -> str:
@@ -210,6 +211,11 @@ class KeptSource:
                 f"by {FIELD_MANAGER} (metadata.managedFields), and no destination DataVolume of "
                 f"move {self.move or '?'} records copying it (label {MIGRATION_LABEL}, "
                 f"annotation {SOURCE_CLAIM_ANNOTATION})"
+            )
+        if self.deleting and self.held_by:
+            return (
+                f"being deleted already, held by completed pod {self.held_by} until it is "
+                "removed (a virt-launcher pod: when its VM stops)"
             )
         if self.deleting:
             return "being deleted already"
@@ -271,11 +277,15 @@ def marked_totals(dvs: Iterable[Obj], pvcs: Iterable[Obj]) -> dict[str, tuple[in
 
 
 def kept_sources(
-    dvs: Sequence[Obj], pvcs: Sequence[Obj], users: Mapping[tuple[str, str], str]
+    dvs: Sequence[Obj],
+    pvcs: Sequence[Obj],
+    users: Mapping[tuple[str, str], str],
+    held: Mapping[tuple[str, str], str] | None = None,
 ) -> list[KeptSource]:
     """Every kept source (``candidates``) with what `sources` shows and `prune` decides on.
     ``users``: (namespace, claim) -> who refers to it now (VMs, VMIs, pods); DataVolumes
-    still cloning from a claim are added here."""
+    still cloning from a claim are added here. ``held``: (namespace, claim) -> the completed
+    pods that keep it from going once deleted."""
     by_key = {(DATA_VOLUME, _ns(d), _name(d)): d for d in dvs}
     by_key |= {(PVC, _ns(p), _name(p)): p for p in pvcs}
     claims = {(_ns(p), _name(p)): p for p in pvcs}
@@ -330,6 +340,7 @@ def kept_sources(
                 if PRUNING_ANNOTATION in _annotations(obj)
                 else None,
                 deleting=bool(_meta(obj).get("deletionTimestamp")),
+                held_by=(held or {}).get((namespace, name), ""),
             )
         )
     return found

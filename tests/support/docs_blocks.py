@@ -177,6 +177,7 @@ _NORMALIZE: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b[0-9a-f]{40}\b"), "<commit>"),  # a commit
     (re.compile(r"\b[0-9a-f]{12}\b"), "<id>"),  # a move or run id
     (re.compile(r"(kubevirt-workload-update-)[a-z0-9]{5}\b"), r"\1<x>"),  # KubeVirt's VMIM
+    (re.compile(r"(virt-launcher-[a-z0-9-]+-)[a-z0-9]{5}\b"), r"\1<x>"),  # a VMI's pod
     (re.compile(r"\bnode-\d+\b"), "node-<n>"),  # where the simulator schedules a VMI
     (re.compile(r"\b\d+(?:\.\d+)?%"), "<pct>"),
     (re.compile(r"\b\d+(?:\.\d+)?(?:ms|s|m|h|d)\b"), "<age>"),  # durations and ages

@@ -194,6 +194,20 @@ def test_a_claim_a_dataVolume_still_clones_from_is_in_use() -> None:
     assert root.refused == ""
 
 
+def test_a_deleting_claim_names_the_completed_pods_that_hold_it() -> None:
+    """pvc-protection counts a completed pod that still lists a claim (the virt-launcher a
+    live migration leaves Succeeded): `sources` says which one keeps it from going."""
+    claim = marked(PVC, "a")
+    claim["metadata"]["deletionTimestamp"] = "2026-12-03T09:00:00Z"
+    (a,) = kept_sources([], [claim], {})
+    assert a.refused == "being deleted already"
+    (a,) = kept_sources([], [claim], {}, {("apps", "a"): "virt-launcher-vm1-x2x9z"})
+    assert a.refused == (
+        "being deleted already, held by completed pod virt-launcher-vm1-x2x9z until it is "
+        "removed (a virt-launcher pod: when its VM stops)"
+    )
+
+
 def test_age_reads_like_kubectl() -> None:
     assert [age_text(s) for s in (None, 5, 59, 60, 3599, 7200, 86400, 3 * 86400)] == [
         "-",
