@@ -390,9 +390,11 @@ class RealEngine:
             "INSTALLER_VERSION_LABEL": real.cdi_version,
         }
         setpriv = " ".join(_die_with_parent_prefix())  # the relay dies with cdi-controller
-        # The inner relay runs after /tmp is replaced by a tmpfs, where a checkout or a venv
-        # under /tmp (CI clones there) is out of sight: the interpreter by its real path, the
-        # relay (standard library only) copied beside the keys, which stay visible.
+        # The inner relay and cdi-controller run after /tmp is replaced by a tmpfs, where a
+        # checkout, a venv or a binary cache under /tmp (CI clones there; VMSR_CACHE_DIR may
+        # point there) is out of sight: the interpreter by its real path, the relay (standard
+        # library only) copied beside the keys, which stay visible, and the binary
+        # bind-mounted into /run first.
         python = os.path.realpath(sys.executable)
         inner_relay = self.pki / "relay.py"
         shutil.copyfile(relay, inner_relay)
@@ -403,13 +405,15 @@ mkdir -p /run/cdi/token/keys /run/vmsr-keep
 cp {token_keys.key} /run/cdi/token/keys/id_rsa
 cp {token_keys.cert} /run/cdi/token/keys/id_rsa.pub
 mount --bind {self.pki} /run/vmsr-keep
+touch /run/vmsr-cdi-controller
+mount --bind {real.cdi_controller} /run/vmsr-cdi-controller
 mount -t tmpfs -o mode=1777 vmsr-tmp /tmp
 mkdir -p {self.pki}
 mount --bind /run/vmsr-keep {self.pki}
 {setpriv} {python} {inner_relay} tcp:127.0.0.1:{api_port} unix:{socket_path} \
     /run/vmsr-relay.ready &
 while [ ! -e /run/vmsr-relay.ready ]; do sleep 0.05; done
-exec {real.cdi_controller} -v=1 --kubeconfig={self.pki / 'cdi-controller.kubeconfig'}
+exec /run/vmsr-cdi-controller -v=1 --kubeconfig={self.pki / 'cdi-controller.kubeconfig'}
 """
         unshare = shutil.which("unshare")
         if unshare is None:
