@@ -367,6 +367,11 @@ class Client:
 
     def __init__(self, api: Any, store: Store | None = None, component: str = "sim") -> None:
         self.api = api
+        # No proxy or netrc look-up from the environment (the API server is on loopback):
+        # requests iterates os.environ on every request, which races with pytest setting
+        # PYTEST_CURRENT_TEST in the main thread ("KeyError: 'PYTEST_CURRENT_TEST'" from a
+        # controller thread).
+        api.session.trust_env = False
         self.store = store
         self.component = component
         self._status_cache: dict[str, frozenset[str]] = {}
@@ -1012,6 +1017,7 @@ class _Watcher:
         # and must not starve the shared connection pool of `sim.client`.
         self._api = type(sim.api)(sim.api.config)
         self._session: requests.Session = self._api.session
+        self._session.trust_env = False  # as Client's: no os.environ look-up per request
 
     def run(self) -> None:
         while not self.sim._stop.is_set():
