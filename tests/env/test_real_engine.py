@@ -324,9 +324,13 @@ def test_a_failing_migration_is_reported_by_the_source_and_fails_the_vmim(
         "template": {"spec": {"volumes": [
             {"name": "rootdisk", "persistentVolumeClaim": {"claimName": "root-new"}}]}}}})
 
+    # virt-controller may write the Failed phase a moment before it copies the VMI's
+    # migrationState (with the source's failureReason) into the VMIM: wait for both
     failed = wait(engine, lambda: next(
         (m for m in get_json(api, KV, ns, "virtualmachineinstancemigrations")["items"]
-         if (m.get("status") or {}).get("phase") == "Failed"), None), "a Failed migration")
+         if (m.get("status") or {}).get("phase") == "Failed"
+         and ((m["status"].get("migrationState") or {}).get("failureReason"))), None),
+        "a Failed migration with its failure reason")
     assert "injected fault" in failed["status"]["migrationState"]["failureReason"]
     vmi = get_json(api, KV, ns, "virtualmachineinstances/vm1")
     assert vmi["status"]["nodeName"] == before["status"]["nodeName"]  # still on the source
