@@ -244,20 +244,23 @@ def _delete_targets(run: MoveRun, journal: Journal) -> Journal:
     return journal
 
 
+def _lists(pod: Obj, claim: str) -> bool:
+    """``claim`` is among the pod's volumes."""
+    volumes = (pod.get("spec") or {}).get("volumes") or ()
+    return any(
+        (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
+        for v in volumes
+        if isinstance(v, dict)
+    )
+
+
+def _done(pod: Obj) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
 def _mounting(pods: dict[str, Obj], claim: str) -> list[str]:
     """Pods that are not terminated and mount ``claim``: they must let go before a delete."""
-    holders = []
-    for name, pod in pods.items():
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            continue
-        volumes = (pod.get("spec") or {}).get("volumes") or ()
-        if any(
-            (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
-            for v in volumes
-            if isinstance(v, dict)
-        ):
-            holders.append(name)
-    return sorted(holders)
+    return sorted(name for name, pod in pods.items() if not _done(pod) and _lists(pod, claim))
 
 
 def _pinned_by(pods: dict[str, Obj], claim: str) -> list[str]:
@@ -265,19 +268,11 @@ def _pinned_by(pods: dict[str, Obj], claim: str) -> list[str]:
     pvc-protection counts them (podUsesPVCForDeletion ignores the phase), so a deleted claim
     stays Terminating until they are removed: after a live migration the source virt-launcher
     pod is left Succeeded, owned by the VMI, until the VM stops."""
-    holders = []
-    for name, pod in pods.items():
-        status, spec = pod.get("status") or {}, pod.get("spec") or {}
-        if status.get("phase") not in ("Succeeded", "Failed") or not spec.get("nodeName"):
-            continue
-        volumes = spec.get("volumes") or ()
-        if any(
-            (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
-            for v in volumes
-            if isinstance(v, dict)
-        ):
-            holders.append(name)
-    return sorted(holders)
+    return sorted(
+        name
+        for name, pod in pods.items()
+        if _done(pod) and (pod.get("spec") or {}).get("nodeName") and _lists(pod, claim)
+    )
 
 
 def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
@@ -342,8 +337,7 @@ def _delete_sources(run: MoveRun, journal: Journal) -> Journal:
         resource = DATA_VOLUMES if v.source_is_data_volume else PVCS
         run.cluster.delete(resource, run.namespace, v.source)
         run.say(f"deleted source {resource.kind} {v.source} (retention: Delete)", volume=v.volume)
-        pods = {str(_meta(p).get("name")): p for p in run.cluster.list_objects(PODS, run.namespace)}
-        if pinned := _pinned_by(pods, v.source):
+        if pinned := _pinned_by(_pods(run.cluster, run.namespace), v.source):
             run.say(
                 f"source {v.source} stays Terminating until the completed pod "
                 f"{', '.join(pinned)} is removed (kubernetes.io/pvc-protection; a virt-launcher "
@@ -398,6 +392,11 @@ def _users(run: MoveRun, claims: set[str]) -> dict[str, str]:
     return users_of(run.cluster, run.namespace, claims)
 
 
+def _pods(cluster: Cluster, namespace: str) -> dict[str, Obj]:
+    """The namespace's pods by name."""
+    return {str(_meta(p).get("name")): p for p in cluster.list_objects(PODS, namespace)}
+
+
 def users_of(cluster: Cluster, namespace: str, claims: set[str]) -> dict[str, str]:
     """claim -> who refers to it now ("used by VirtualMachine ns/x", "mounted by pod p"): a
     VM (this one included; its volumes or its dataVolumeTemplates), a VMI, or a pod that is
@@ -416,7 +415,7 @@ def users_of(cluster: Cluster, namespace: str, claims: set[str]) -> dict[str, st
             users.setdefault(
                 claim, f"used by VirtualMachineInstance {namespace}/{_meta(vmi).get('name')}"
             )
-    pods = {str(_meta(p).get("name")): p for p in cluster.list_objects(PODS, namespace)}
+    pods = _pods(cluster, namespace)
     for claim in sorted(claims):
         holders = _mounting(pods, claim)
         if holders:
@@ -426,7 +425,7 @@ def users_of(cluster: Cluster, namespace: str, claims: set[str]) -> dict[str, st
 
 def held_by_completed_pods(cluster: Cluster, namespace: str, claims: set[str]) -> dict[str, str]:
     """claim -> the completed pods that keep it from going once deleted (``_pinned_by``)."""
-    pods = {str(_meta(p).get("name")): p for p in cluster.list_objects(PODS, namespace)}
+    pods = _pods(cluster, namespace)
     return {c: ", ".join(held) for c in sorted(claims) if (held := _pinned_by(pods, c))}
 
 
