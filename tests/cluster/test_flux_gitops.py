@@ -2,10 +2,13 @@
 causes without an ignore rule, the move with the rule, the write-back to Git, offline moves.
 
 Each test commits a VM manifest to the local Git server, lets a real kustomize-controller apply
-it (GitRepository + Kustomization in the test's namespace), and has the simulator play KubeVirt,
-CDI and CSI. Syncs are asked for with ``reconcile.fluxcd.io/requestedAt`` and waited for; the
+it (GitRepository + Kustomization in the test's namespace), and has the engine play KubeVirt,
+CDI and CSI: the simulator here, upstream virt-api, virt-controller and cdi-controller with our
+node side in tests/real/test_real_gitops.py, which runs these tests instead when both are
+collected. Syncs are asked for with ``reconcile.fluxcd.io/requestedAt`` and waited for; the
 Kustomizations' interval (10 min) never fires. Where a sync must land while a copy is in flight,
-the simulator holds the copy (a "stall" fault) until the test releases it.
+the node side (simulated or real) holds the copy (a "stall" fault through ``sim.faults``) until
+the test releases it.
 """
 
 from __future__ import annotations
