@@ -1,15 +1,20 @@
-"""Benchmark `apply`: N VMs moved serially with instant simulated copies, on the local control
-plane and the simulator this script starts.
+"""Benchmark `apply`: N VMs moved serially with instant copies, on a local control plane this
+script starts with the real engine (upstream virt-controller, virt-api and cdi-controller,
+kube-scheduler, kube-controller-manager, KWOK and our node side) or the simulator.
 
-    .venv/bin/python benchmarks/apply_bench.py [--vms 50] [--profile apply.prof]
+    .venv/bin/python benchmarks/apply_bench.py [--engine real|sim] [--vms 50] [--profile FILE]
 
 Setup (not measured): the seed's StorageClasses and KubeVirt CR, then two namespaces with N
 VMs each (the seed's Fedora VM shape: a dataVolumeTemplate disk imported onto
 ``local-hostpath``, plus cloud-init). Every VM is started; once all run, every second VM is
 stopped again (runStrategy Halted, VMI gone). So half the VMs move live (KubeVirt volume
-migration) and half offline (a CDI clone of a stopped VM). The simulator copies instantly:
-with nothing to copy, every second a move takes is control-plane overhead (API round trips,
-watches, the simulator's reactions, our own work).
+migration) and half offline (a CDI clone of a stopped VM). Copies are instant (the
+simulator's and the node side's ``copy_seconds_per_gib`` 0; the node side still spends at
+least 0.2 s on a live migration's copy, its floor): with next to nothing to copy, every
+second a move takes is control-plane overhead (API round trips, watches, the controllers'
+reactions, our own work). On the real engine the controllers' reactions are upstream's
+(virt-controller's workqueues, cdi-controller's reconciles, the scheduler), so the raw
+baseline below, measured in the same run, is the yardstick: prefer ratios against it.
 
 Measured, in the same run:
 
@@ -28,28 +33,38 @@ Measured, in the same run:
   journal, no verification, no rollback, no Lease: the minimum any client pays.
 - **Requests per VM**, counted by the API server: the reconciler and the baseline run as
   ServiceAccounts of their own (bound to cluster-admin), and the audit log says who sent
-  what; the simulator (user ``admin``) and the API server's loopback traffic are not counted.
-- **Reaction latency**: from the simulator finishing what a step waits for to the
+  what; the cluster's writers (``WRITERS``: on the simulator user ``admin``; on the real
+  engine the ServiceAccounts ``kubevirt-controller`` (virt-controller), ``cdi-sa``
+  (cdi-controller) and ``kubevirt-handler`` (the node side's virt-handler), and ``admin``
+  (kube-scheduler, kube-controller-manager, KWOK, the node side's CDI workers and CSI)) and
+  the API server's loopback traffic are not counted.
+- **Reaction latency**: from the cluster finishing what a step waits for to the
   reconciler's next request. Both timestamps come from the API server's audit log (one
-  clock, microseconds): the simulator's write (its ``ResponseComplete`` stageTimestamp) and
+  clock, microseconds): the cluster's write (its ``ResponseComplete`` stageTimestamp) and
   the reconciler's next request (its ``requestReceivedTimestamp``). Every wait of `apply` is
   a set of streams, each a LIST then a WATCH from the list's resourceVersion
   (``reconciler.kube.watch``); in the audit log a wait is the LISTs the reconciler sent since
   its previous request that a WATCH of the same stream followed, and it ends with the
   reconciler's next request (Lease renewals and Events aside). Each wait is named by its step:
   the one the reconciler last wrote into the VM's journal annotation before it (the audit log
-  keeps the body of its VM patches). Its trigger is the last write by the simulator to an
-  object one of those streams follows (same resource and namespace, the name of a
-  name-selected stream, the labels of a label-selected one) that completed after every stream
-  had listed (from then on only a watch event can tell the reconciler) and before that
-  request; the audit log keeps the written object, so each trigger is named (e.g.
-  ``DataVolume Succeeded``). A wait whose condition already held once its streams had listed
-  (no such write) has no reaction to measure: it is counted as "ready on arrival". Should the
-  simulator write again to a watched object while the reconciler is already reacting, the
+  keeps the body of its VM patches). Its trigger is the last write by one of the cluster's
+  ``WRITERS`` to an object one of those streams follows (same resource and namespace, the
+  name of a name-selected stream, the labels of a label-selected one) that completed after
+  every stream had listed (from then on only a watch event can tell the reconciler) and
+  before that request; the audit log keeps the written object, so each trigger is named with
+  its writer (e.g. ``DataVolume Succeeded (cdi-sa)``); a write to a watched object by a user
+  outside ``WRITERS`` refuses the run. A wait whose condition already held once its streams
+  had listed (no such write) has no reaction to measure: it is counted as "ready on arrival".
+  Should the cluster write again to a watched object while the reconciler is already reacting, the
   later write would be taken and the figure come out smaller; so a second figure is given
   from the write that completes the step as the step defines it (``COMPLETING``: DataVolume
   Succeeded, VirtualMachineInstanceMigration Succeeded, VMI or launcher pod gone, VMI
   Running), which can only be earlier.
+
+Fails (non-zero exit, the reason on stderr), printing no figures, if the engine cannot start
+or loses a process (or a simulated controller raises), a move of `apply` or of the baseline
+fails, or a VM is not in sync afterwards. The load average is printed with the figures: the
+machine may be shared.
 
 Goals (issue 9): median overhead <= 2 s per VM, reaction <= 250 ms. For scale:
 kubevirt-migration-controller requeues every 20 s while it waits, MTC every 3 s.
@@ -59,6 +74,7 @@ kubevirt-migration-controller requeues every 20 s while it waits, MTC every 3 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
@@ -73,7 +89,7 @@ import tempfile
 import textwrap
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -87,15 +103,24 @@ sys.path.insert(0, str(ROOT))
 
 from reconciler import engine  # noqa: E402
 from testenv import seed  # noqa: E402
-from testenv.controlplane import ControlPlane  # noqa: E402
-from testenv.simulator import SimConfig  # noqa: E402
-from testenv.simulator import start as start_simulator  # noqa: E402
+from testenv.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
 
 KV = "kubevirt.io/v1"
 BENCH_NS = "vmsr-bench"  # the identities and the Lease
 RECONCILER, BASELINE = "reconciler", "baseline"
-SIMULATOR_USER = "admin"
-WATCHED_BY_SIMULATOR = (
+ENGINES = ("real", "sim")
+# Who writes the objects the reconciler waits on (full user names, as the audit log has them),
+# on each engine. ``Event.user`` keeps the last part ("kubevirt-controller").
+WRITERS: dict[str, dict[str, str]] = {
+    "sim": {"admin": "the simulator"},
+    "real": {
+        "system:serviceaccount:kubevirt:kubevirt-controller": "virt-controller",
+        "system:serviceaccount:cdi:cdi-sa": "cdi-controller",
+        "system:serviceaccount:kubevirt:kubevirt-handler": "the node side's virt-handler",
+        "admin": "kube-scheduler, kube-controller-manager, KWOK, the node side's CDI and CSI",
+    },
+}
+WATCHED = (
     "virtualmachines",
     "virtualmachineinstances",
     "virtualmachineinstancemigrations",
@@ -103,37 +128,43 @@ WATCHED_BY_SIMULATOR = (
     "persistentvolumeclaims",
     "pods",
 )
+WRITES = ("create", "update", "patch", "delete", "deletecollection")
 JOURNAL = "vmstorage.dev/journal"
 NOT_A_WAKE_UP = ("leases", "events")  # background writes of a run, not a reaction
 GOAL_OVERHEAD, GOAL_REACTION = 2.0, 0.250
+PODS_PER_NODE = 100  # the fake nodes allow 110 (testenv.real.objects.NODE_ALLOCATABLE)
 
-AUDIT_POLICY = textwrap.dedent(
-    """\
-    apiVersion: audit.k8s.io/v1
-    kind: Policy
-    omitStages: [RequestReceived]
-    rules:
-      # what the simulator writes to the objects the reconciler watches: the object is kept,
-      # so each trigger of a wake-up can be named
-      - level: RequestResponse
-        users: [admin]
-        verbs: [create, update, patch, delete]
-        resources:
-          - {group: kubevirt.io, resources: [virtualmachines, virtualmachines/status,
-              virtualmachineinstances, virtualmachineinstances/status,
-              virtualmachineinstancemigrations, virtualmachineinstancemigrations/status]}
-          - {group: cdi.kubevirt.io, resources: [datavolumes, datavolumes/status]}
-          - {group: "", resources: [persistentvolumeclaims, persistentvolumeclaims/status,
-              pods, pods/status]}
-      # the reconciler's VM patches keep their body: the journal says which step a wait is in
-      - level: Request
-        users: [system:serviceaccount:vmsr-bench:reconciler]
-        verbs: [patch]
-        resources:
-          - {group: kubevirt.io, resources: [virtualmachines]}
-      - level: Metadata
-    """
-)
+
+def audit_policy(writers: list[str]) -> str:
+    """The API server's audit policy: the writers' writes to the objects the reconciler
+    watches keep the written object (each trigger of a wake-up is named), the reconciler's VM
+    patches keep their body (the journal says which step a wait is in), everything else is
+    recorded without bodies."""
+    return textwrap.dedent(
+        f"""\
+        apiVersion: audit.k8s.io/v1
+        kind: Policy
+        omitStages: [RequestReceived]
+        rules:
+          - level: RequestResponse
+            users: {json.dumps(writers)}
+            verbs: [create, update, patch, delete]
+            resources:
+              - {{group: kubevirt.io, resources: [virtualmachines, virtualmachines/status,
+                  virtualmachineinstances, virtualmachineinstances/status,
+                  virtualmachineinstancemigrations, virtualmachineinstancemigrations/status]}}
+              - {{group: cdi.kubevirt.io, resources: [datavolumes, datavolumes/status]}}
+              - {{group: "", resources: [persistentvolumeclaims, persistentvolumeclaims/status,
+                  pods, pods/status]}}
+          - level: Request
+            users: [system:serviceaccount:{BENCH_NS}:{RECONCILER}]
+            verbs: [patch]
+            resources:
+              - {{group: kubevirt.io, resources: [virtualmachines]}}
+          - level: Metadata
+        """
+    )
+
 
 # The raw baseline: the same moves as bare requests (see the module docstring).
 BASELINE_SCRIPT = textwrap.dedent(
@@ -216,50 +247,134 @@ BASELINE_SCRIPT = textwrap.dedent(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="real",
+        help="real (default): upstream virt-controller, virt-api, cdi-controller, "
+        "kube-scheduler, kube-controller-manager and KWOK with our node side; sim: the simulator",
+    )
     parser.add_argument("--vms", type=int, default=50, help="VMs per namespace (half running)")
     parser.add_argument("--profile", type=Path, help="run apply under cProfile, stats to FILE")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (audit log, kubeconfigs)"
     )
     args = parser.parse_args()
+    if args.vms < 4:
+        parser.error("--vms must be at least 4 (two live and two offline moves)")
 
     workdir = Path(tempfile.mkdtemp(prefix="vmsr-apply-bench-"))
     policy, audit_log = workdir / "audit-policy.yaml", workdir / "audit.log"
-    policy.write_text(AUDIT_POLICY)
+    policy.write_text(audit_policy(list(WRITERS[args.engine])))
     audit_args = [
         f"--audit-policy-file={policy}",
         f"--audit-log-path={audit_log}",
         "--audit-log-format=json",
         "--audit-log-mode=blocking",
     ]
-    with ControlPlane(log=say, apiserver_args=audit_args) as cp:
-        api = cp.api()
-        seed.seed_cluster(api)
-        sim = start_simulator(cp.api(), SimConfig(copy_seconds_per_gib=0.0))
-        try:
+    loads: dict[str, tuple[float, float, float]] = {}
+    try:
+        with start_engine(args.engine, args.vms, audit_args) as cluster:
+            cp = cluster.control_plane
+            api = cp.api()
             kubeconfigs = identities(cp, api, workdir)
             apply_ns = cp.create_namespace("apply")
             raw_ns = cp.create_namespace("raw")
             load(api, [apply_ns, raw_ns], args.vms)
+            cluster.check()
+            loads["baseline"] = os.getloadavg()
             raw = run_baseline(cp, kubeconfigs[BASELINE], raw_ns, workdir)
+            loads["apply"] = os.getloadavg()
             report, wall = run_apply(kubeconfigs[RECONCILER], apply_ns, workdir, args.profile)
+            loads["end"] = os.getloadavg()
             for ns in (apply_ns, raw_ns):
                 check_in_sync(cp, ns, workdir)
-            sim_crashes = sim.take_crashes()
-        finally:
-            sim.stop()
+            cluster.check()
+            described = cluster.description
         events = read_audit(audit_log)
-    if args.keep:
-        say(f"kept {workdir} (audit log: {audit_log})")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if sim_crashes:
-        raise SystemExit(f"a simulated controller raised: {sim_crashes[0]}")
-    print_results(args.vms, report, wall, raw, events=events, ns=apply_ns)
+    except ControlPlaneError as error:
+        raise SystemExit(f"the {args.engine} engine failed: {error}") from error
+    finally:
+        if args.keep:
+            say(f"kept {workdir} (audit log: {audit_log})")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    writers = {user.rsplit(":", 1)[-1] for user in WRITERS[args.engine]}
+    check_writers(events, apply_ns, writers)
+    waits = waits_of(events, writers)
+    check_complete(report, raw, args.vms, waits)
+    print(f"engine: {described}; {args.vms} VMs per namespace")
+    print(
+        "load average (1, 5, 15 min) at the start of the baseline, of apply, at the end: "
+        + "; ".join(" ".join(f"{x:.2f}" for x in loads[k]) for k in ("baseline", "apply", "end"))
+    )
+    print_results(args.vms, report, wall, raw, events=events, waits=waits, ns=apply_ns)
     if args.profile:
         print(f"\ncProfile of apply (top 25 by cumulative time, stats in {args.profile}):")
         pstats.Stats(str(args.profile)).sort_stats("cumulative").print_stats(25)
     return 0
+
+
+@dataclass
+class Cluster:
+    """A running engine: its control plane, what it is, and ``check``, which raises
+    ``SystemExit`` naming what broke (a process that exited, a simulated controller that
+    raised): figures from an engine that lost a part would not be the engine's."""
+
+    control_plane: ControlPlane
+    description: str
+    broken: Callable[[], list[str]]
+
+    def check(self) -> None:
+        found = self.broken()
+        if found:
+            raise SystemExit("the engine broke during the run: " + "; ".join(found))
+
+
+@contextlib.contextmanager
+def start_engine(engine: str, vms: int, apiserver_args: list[str]) -> Iterator[Cluster]:
+    """Start ``engine`` with ``apiserver_args`` (the audit log), seed the cluster objects
+    (StorageClasses, KubeVirt CR) and yield it; stop it on the way out."""
+    if engine == "sim":
+        from testenv.simulator import SimConfig
+        from testenv.simulator import start as start_simulator
+
+        with ControlPlane(log=say, apiserver_args=apiserver_args) as cp:
+            seed.seed_cluster(cp.api())
+            sim = start_simulator(cp.api(), SimConfig(copy_seconds_per_gib=0.0))
+            try:
+                yield Cluster(
+                    cp,
+                    "sim (the simulator of KubeVirt, CDI and CSI)",
+                    lambda: [f"a simulated controller raised: {c}" for c in sim.take_crashes()],
+                )
+            finally:
+                sim.stop()
+        return
+    from testenv.real.engine import RealEngine
+
+    # Every VM runs at first (a launcher pod each) while the disks import (an importer pod
+    # each): enough fake nodes that the scheduler never runs out of pod slots.
+    count = max(3, math.ceil(4 * vms / PODS_PER_NODE))
+    nodes = [f"node-{i}" for i in range(1, count + 1)]
+    with RealEngine(
+        log=say, nodes=nodes, copy_seconds_per_gib=0.0, apiserver_args=apiserver_args
+    ) as real:
+        seed.seed_cluster(real.api())
+        versions = real.binaries
+        description = "real" + (
+            f" (KubeVirt {versions.kubevirt_version}, CDI {versions.cdi_version}, "
+            f"Kubernetes {versions.kube_version}; {len(nodes)} KWOK nodes)"
+            if versions is not None
+            else ""
+        )
+        yield Cluster(
+            real.control_plane,
+            description,
+            lambda: [
+                f"{name} exited; its log ends:\n{real.log_tail(name, 20)}" for name in real.dead()
+            ],
+        )
 
 
 def say(message: str) -> None:
@@ -301,18 +416,19 @@ def vm_names(n: int) -> list[str]:
 def load(api: pykube.HTTPClient, namespaces: list[str], n: int) -> None:
     """N running VMs per namespace; once all run, every second one is stopped."""
     begun = time.monotonic()
+    timeout = max(600.0, 3.0 * n * len(namespaces))  # the real engine imports ~1 disk a second
     for ns in namespaces:
         for name in vm_names(n):
             vm = seed.fedora_vm(ns, name, f"{name}-disk", size="10Gi")
             vm["metadata"]["labels"]["bench"] = "true"
             seed.create(api, vm)
     for ns in namespaces:
-        poll(functools.partial(count_running, api, ns, n), f"{n} VMIs Running in {ns}", 600)
+        poll(functools.partial(count_running, api, ns, n), f"{n} VMIs Running in {ns}", timeout)
     for ns in namespaces:
         for name in vm_names(n)[1::2]:
             merge(api, ns, name, {"spec": {"runStrategy": "Halted"}})
     for ns in namespaces:
-        poll(functools.partial(count_vmis, api, ns, n - n // 2), f"half stopped in {ns}", 300)
+        poll(functools.partial(count_vmis, api, ns, n - n // 2), f"half stopped in {ns}", timeout)
     say(f"loaded {n} VMs into each of {', '.join(namespaces)} in {time.monotonic() - begun:.0f}s")
 
 
@@ -465,7 +581,7 @@ class Event:
     """One request as the audit log records it (stage ResponseStarted or ResponseComplete)."""
 
     audit_id: str
-    user: str  # the last part: "reconciler", "baseline", "admin" (the simulator), ...
+    user: str  # the last part: "reconciler", "baseline", "admin", "kubevirt-controller", ...
     verb: str
     stage: str
     resource: str
@@ -475,7 +591,7 @@ class Event:
     received: float
     completed: float
     labels: Mapping[str, str] = field(default_factory=dict)
-    what: str = ""  # the written object, e.g. "DataVolume Succeeded" (simulator writes)
+    what: str = ""  # the written object, e.g. "DataVolume Succeeded" (the writers' writes)
     step: str = ""  # the step a journal write of the reconciler names
 
     @property
@@ -540,7 +656,7 @@ def _what(verb: str, obj: Mapping[str, Any]) -> str:
     return f"{kind} {phase}" if phase else f"{kind} written"
 
 
-# What ends each wait, as the step itself defines it (the brief's "simulator finishing a step").
+# What ends each wait, as the step itself defines it (the cluster finishing a step).
 COMPLETING = {
     "wait-targets": ("DataVolume Succeeded", "DataVolume PendingPopulation"),
     "wait-migration": ("VirtualMachineInstanceMigration Succeeded",),
@@ -552,7 +668,7 @@ COMPLETING = {
 @dataclass
 class Wait:
     """One wait of the reconciler: the streams it listed and watched, when every stream had
-    listed (``opened``), the request it sent next (``woke``) and the simulator's writes to
+    listed (``opened``), the request it sent next (``woke``) and the cluster's writes to
     what it followed in between."""
 
     step: str
@@ -617,10 +733,10 @@ def _watched_lists(events: list[Event], user: str) -> set[str]:
     return paired
 
 
-def waits_of(events: list[Event], user: str = RECONCILER) -> list[Wait]:
+def waits_of(events: list[Event], writers: set[str], user: str = RECONCILER) -> list[Wait]:
     """The reconciler's waits. A wait is the LISTs of its streams (each followed by a WATCH of
     the same stream) sent since the reconciler's previous request; it ends with the next
-    request (Lease renewals and Events aside). Its triggers are the simulator's writes to the
+    request (Lease renewals and Events aside). Its triggers are the ``writers``' writes to the
     objects those streams follow, completed after every stream had listed (from then on only
     the watches can tell the reconciler) and before that request."""
     done = sorted(
@@ -632,10 +748,10 @@ def waits_of(events: list[Event], user: str = RECONCILER) -> list[Wait]:
         (
             e
             for e in events
-            if e.user == SIMULATOR_USER
+            if e.user in writers
             and e.stage == "ResponseComplete"
-            and e.verb in ("create", "update", "patch", "delete")
-            and e.resource in WATCHED_BY_SIMULATOR
+            and e.verb in WRITES
+            and e.resource in WATCHED
         ),
         key=lambda e: e.completed,
     )
@@ -660,6 +776,23 @@ def waits_of(events: list[Event], user: str = RECONCILER) -> list[Wait]:
             waits.append(Wait(step or "?", lists, opened, e.received, seen))
             lists = []
     return waits
+
+
+def check_writers(events: list[Event], ns: str, writers: set[str]) -> None:
+    """Every write to a watched object of ``ns`` came from the reconciler or one of the
+    engine's ``writers``: a writer missing from ``WRITERS`` would make its reactions
+    invisible (waits counted as ready on arrival), so the run is refused instead."""
+    others = Counter(
+        e.user
+        for e in events
+        if e.namespace == ns
+        and e.stage == "ResponseComplete"
+        and e.verb in WRITES
+        and e.resource in WATCHED
+        and e.user not in writers | {RECONCILER}
+    )
+    if others:
+        raise SystemExit(f"writes to the watched objects of {ns} by users not in WRITERS: {others}")
 
 
 def cycles(events: list[Event], names: list[str], ns: str) -> dict[str, float]:
@@ -707,6 +840,24 @@ def requests_by(events: list[Event], user: str) -> Counter[str]:
     return Counter(seen.values())
 
 
+def check_complete(report: dict[str, Any], raw: list[Any], n: int, waits: list[Wait]) -> None:
+    """Refuse (``SystemExit``) a partial run: every VM moved by both `apply` and the baseline,
+    half of them live, and waits found in the audit log."""
+    outcomes = report.get("outcomes") or []
+    bad = [o for o in outcomes if o["result"] != "Succeeded"]
+    if bad or len(outcomes) != n:
+        raise SystemExit(f"apply moved {len(outcomes) - len(bad)} of {n} VMs: {bad[:2]}")
+    live = sum(1 for o in outcomes if o["flow"] == "live")
+    raw_live = sum(1 for r in raw if r["running"])
+    if len(raw) != n or live != n - n // 2 or raw_live != live:
+        raise SystemExit(
+            f"expected {n - n // 2} live and {n // 2} offline moves each; apply moved {live} "
+            f"live, the baseline {len(raw)} VMs ({raw_live} live)"
+        )
+    if not waits:
+        raise SystemExit("no wait of apply found in the audit log: is the audit policy on?")
+
+
 def print_results(
     n: int,
     report: dict[str, Any],
@@ -714,12 +865,11 @@ def print_results(
     raw: list[Any],
     *,
     events: list[Event],
+    waits: list[Wait],
     ns: str,
 ) -> None:
+    """Print the figures of a complete run (``check_complete`` passed)."""
     outcomes = report["outcomes"]
-    bad = [o for o in outcomes if o["result"] != "Succeeded"]
-    if bad or len(outcomes) != n:
-        raise SystemExit(f"apply moved {len(outcomes) - len(bad)} of {n} VMs: {bad[:2]}")
     cycle = cycles(events, vm_names(n), ns)
     raw_secs = {
         "live": [r["seconds"] for r in raw if r["running"]],
@@ -746,7 +896,7 @@ def print_results(
         print(
             f"| {flow} | {len(group)} | {statistics.median(secs):.2f} | {pct(secs, 90):.2f} "
             f"| {max(secs):.2f} | {statistics.median(cyc):.2f} | {base:.2f} "
-            f"| {statistics.median(secs) / base:.1f}x |"
+            f"| {statistics.median(secs) / base:.2f}x |"
         )
 
     mine, theirs = requests_by(events, RECONCILER), requests_by(events, BASELINE)
@@ -757,7 +907,6 @@ def print_results(
         + f"); raw baseline {sum(theirs.values()) / n:.1f} per VM"
     )
 
-    waits = waits_of(events)
     print(
         "\n| wait | waits | ready on arrival | reacted | reaction: median (ms) | p90 | max "
         "| from the step's completing write: median (ms) | p90 | max | last write (most often) |"
@@ -772,7 +921,9 @@ def print_results(
         completing = [r for w in group_w if (r := w.from_completing) is not None]
         every += reacted
         every_done += completing
-        common = Counter(w.trigger.what for w in group_w if w.trigger is not None).most_common(1)
+        common = Counter(
+            f"{w.trigger.what} ({w.trigger.user})" for w in group_w if w.trigger is not None
+        ).most_common(1)
         print(
             f"| {step} | {len(group_w)} | {len(group_w) - len(reacted)} | {len(reacted)} "
             f"| {_ms(reacted)} | {_ms(completing)} | {common[0][0] if common else '-'} |"

@@ -84,12 +84,15 @@ class RealEngineError(ControlPlaneError):
 class RealEngine:
     """A control plane running upstream KubeVirt, CDI and Kubernetes controllers with our
     node side; a context manager. Attributes between start and stop: ``control_plane``,
-    ``binaries``, ``started_in`` (seconds), ``processes`` (by name)."""
+    ``binaries``, ``started_in`` (seconds), ``processes`` (by name). ``apiserver_args`` are
+    appended to kube-apiserver's flags (e.g. an audit log for benchmarks/apply_bench.py)."""
 
     def __init__(self, *, log: Log = print, nodes: Sequence[str] = NODES,
                  feature_gates: Sequence[str] = objects.FEATURE_GATES,
-                 copy_seconds_per_gib: float = 0.0, node_side: bool = True) -> None:
+                 copy_seconds_per_gib: float = 0.0, node_side: bool = True,
+                 apiserver_args: Sequence[str] = ()) -> None:
         self._log = log
+        self.apiserver_args = tuple(apiserver_args)  # appended to kube-apiserver's flags
         self.nodes = tuple(nodes)
         self.feature_gates = tuple(feature_gates)
         self.copy_seconds_per_gib = copy_seconds_per_gib
@@ -191,6 +194,7 @@ class RealEngine:
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={front_proxy.cert}",
                 f"--proxy-client-key-file={front_proxy.key}",
+                *self.apiserver_args,
             ])
         step = time.monotonic()
         self.control_plane.start()
