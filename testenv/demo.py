@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -32,9 +33,6 @@ from typing import Any
 
 import pykube
 
-from reconciler.cli.main import main
-from reconciler.kube.resources import DATA_VOLUMES, MIGRATIONS, VMIS
-from reconciler.kube.watch import Observer, State, Stream
 from testenv import seed
 from testenv.controlplane import ControlPlane
 from testenv.simulator import SimConfig, Simulator, all_controllers, content_hash
@@ -146,15 +144,28 @@ def reconcile(api: pykube.HTTPClient, kubeconfig: Path) -> int:
         banner(f"$ vm-storage-reconciler {' '.join(_short(a) for a in argv)}")
         if argv[0] == "apply":
             with Narrator(api, seed.NAMESPACE):
-                rc = main(list(argv))
+                rc = run_cli(argv)
             print(f"(exit code {rc})", flush=True)
             show_moves(api)
         else:
-            rc = main(list(argv))
+            rc = run_cli(argv)
             print(f"(exit code {rc})", flush=True)
         if rc not in fine:
             return rc
     return rc
+
+
+def run_cli(argv: Sequence[str]) -> int:
+    """The reconciler's CLI as its own process (``python -m reconciler``), as a user runs it:
+    the test environment never imports the product, so the two cannot share a bug."""
+    return subprocess.run([sys.executable, "-m", "reconciler", *argv], check=False).returncode
+
+
+_KINDS = {  # what the narrator follows: kind -> (API path prefix, plural)
+    "dv": ("apis/cdi.kubevirt.io/v1beta1", "datavolumes"),
+    "vmim": ("apis/kubevirt.io/v1", "virtualmachineinstancemigrations"),
+    "vmi": ("apis/kubevirt.io/v1", "virtualmachineinstances"),
+}
 
 
 class Narrator:
@@ -165,58 +176,92 @@ class Narrator:
         self.api = api
         self.namespace = namespace
         self.stop = threading.Event()
-        self.seen: dict[tuple[str, str], str] | None = None
-        self.thread = threading.Thread(target=self._follow, name="demo-narrator", daemon=True)
-        self.ready = threading.Event()
+        self.lock = threading.Lock()
+        self.seen: dict[tuple[str, str], str] = {}
+        self.threads = [threading.Thread(target=self._follow, args=(kind,), daemon=True,
+                                         name=f"demo-narrator-{kind}") for kind in _KINDS]
 
     def __enter__(self) -> Narrator:
-        self.thread.start()
-        self.ready.wait(30)
+        for kind in _KINDS:  # what was there before apply started is not news
+            items, _ = self._list(kind)
+            for obj in items:
+                self.seen[(kind, _name(obj))] = _coarse(_line(kind, obj))
+        for thread in self.threads:
+            thread.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop.set()
-        self.thread.join(timeout=10)
+        for thread in self.threads:
+            thread.join(timeout=10)
 
-    def _follow(self) -> None:
-        streams = [
-            Stream("dvs", DATA_VOLUMES, self.namespace),
-            Stream("vmims", MIGRATIONS, self.namespace),
-            Stream("vmis", VMIS, self.namespace),
-        ]
-        with Observer(self.api, streams) as observer:
-            observer.wait(self._look, time.monotonic() + 3600, what="the demo", tick=0.2)
+    def _url(self, kind: str) -> str:
+        prefix, plural = _KINDS[kind]
+        return f"{str(self.api.url).rstrip('/')}/{prefix}/namespaces/{self.namespace}/{plural}"
 
-    def _look(self, state: State) -> bool | None:
-        lines: dict[tuple[str, str], str] = {}
-        for name, dv in state["dvs"].items():
-            status = dv.get("status") or {}
-            progress = str(status.get("progress") or "")
-            tenth = _tenths(progress)
-            lines[("dv", name)] = (f"DataVolume {name}: {status.get('phase') or 'Pending'}"
-                                   + (f" {progress}" if tenth >= 0 else ""))
-        for name, vmim in state["vmims"].items():
-            vmi = (vmim.get("spec") or {}).get("vmiName", "")
-            phase = (vmim.get("status") or {}).get("phase") or "Pending"
-            lines[("vmim", name)] = f"VMIM {name} (VMI {vmi}): {phase}"
-        for name, vmi in state["vmis"].items():
-            status = vmi.get("status") or {}
-            lines[("vmi", name)] = (f"VMI {name}: {status.get('phase') or 'Pending'} on node "
-                                    f"{status.get('nodeName') or '-'}")
-        if self.seen is None:  # what was there before apply started is not news
-            self.seen = {key: _coarse(line) for key, line in lines.items()}
-            self.ready.set()
-        for key, line in lines.items():
+    def _list(self, kind: str) -> tuple[list[dict[str, Any]], str]:
+        response = self.api.session.get(self._url(kind), timeout=30)
+        self.api.raise_for_status(response)
+        body = response.json()
+        return list(body.get("items") or []), str(body["metadata"]["resourceVersion"])
+
+    def _follow(self, kind: str) -> None:
+        """LIST, then WATCH in short rounds (so a stop is noticed within a second), re-listing
+        after a 410 or a broken stream; a demo narrator, so errors only pause it."""
+        version = ""
+        while not self.stop.is_set():
+            try:
+                if not version:
+                    _, version = self._list(kind)
+                params = {"watch": "1", "resourceVersion": version, "timeoutSeconds": "1",
+                          "allowWatchBookmarks": "true"}
+                with self.api.session.get(self._url(kind), params=params, stream=True,
+                                          timeout=10) as response:
+                    if response.status_code == 410:
+                        version = ""
+                        continue
+                    self.api.raise_for_status(response)
+                    for raw in response.iter_lines():
+                        event = json.loads(raw)
+                        obj = event.get("object") or {}
+                        version = str((obj.get("metadata") or {}).get("resourceVersion", version))
+                        if event.get("type") in ("ADDED", "MODIFIED"):
+                            self._tell(kind, obj)
+            except (OSError, ValueError, pykube.exceptions.HTTPError) as error:
+                say(f"  (narrator: {kind} watch interrupted: {error}; re-listing)")
+                version = ""
+                self.stop.wait(1.0)
+
+    def _tell(self, kind: str, obj: dict[str, Any]) -> None:
+        key, line = (kind, _name(obj)), _line(kind, obj)
+        with self.lock:
             before = self.seen.get(key)
             if before == _coarse(line):
-                continue
+                return
             was = ""
-            if key[0] == "vmi" and before is not None:  # "the VM moved to another node"
+            if kind == "vmi" and before is not None:  # "the VM moved to another node"
                 was = f" (was: {before.split(': ', 1)[1]})"
-            say(f"  {line}{was}")
             self.seen[key] = _coarse(line)
-        return True if self.stop.is_set() else None
+        say(f"  {line}{was}")
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _line(kind: str, obj: dict[str, Any]) -> str:
+    """One line of narration about ``obj``."""
+    status = obj.get("status") or {}
+    if kind == "dv":
+        progress = str(status.get("progress") or "")
+        return (f"DataVolume {_name(obj)}: {status.get('phase') or 'Pending'}"
+                + (f" {progress}" if _tenths(progress) >= 0 else ""))
+    if kind == "vmim":
+        vmi = (obj.get("spec") or {}).get("vmiName", "")
+        return f"VMIM {_name(obj)} (VMI {vmi}): {status.get('phase') or 'Pending'}"
+    return (f"VMI {_name(obj)}: {status.get('phase') or 'Pending'} on node "
+            f"{status.get('nodeName') or '-'}")
 
 
 def _coarse(line: str) -> str:

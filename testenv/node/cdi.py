@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from reconciler.model.quantity import parse_quantity
+from testenv.quantity import to_bytes
 from testenv.simulator import kubevirt_rules as rules
 from testenv.simulator.core import (
     CONTENT_HASH_ANNOTATION,
@@ -224,7 +224,7 @@ class CdiWorkers(Controller):
                 pass
         spec = (target or {}).get("spec") or {}
         size = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
-        return parse_quantity(str(size)) / GI * self.sim.config.copy_seconds_per_gib \
+        return to_bytes(str(size)) / GI * self.sim.config.copy_seconds_per_gib \
             if size else 0.0
 
     # -- finding the claims and the DataVolume -------------------------------------------

@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from reconciler.model.quantity import parse_quantity
+from testenv.quantity import to_bytes
 from testenv.simulator.core import (
     CONTENT_HASH_ANNOTATION,
     Controller,
@@ -104,7 +104,7 @@ class Provisioner(Controller):
         capacity = request
         overhead = annotations_of(sc).get(OVERHEAD_ANNOTATION, "").strip()
         if overhead.endswith("%") and mode == "Block":
-            capacity = str(int(parse_quantity(request) * (1 + float(overhead[:-1]) / 100)))
+            capacity = str(int(to_bytes(request) * (1 + float(overhead[:-1]) / 100)))
         meta = pvc["metadata"]
         provisioner = str(sc.get("provisioner"))
         body: dict[str, Any] = {

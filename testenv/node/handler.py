@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from reconciler.model.quantity import parse_quantity
+from testenv.quantity import to_bytes
 from testenv.simulator import kubevirt_rules as rules
 from testenv.simulator.core import (
     CONTENT_HASH_ANNOTATION,
@@ -349,7 +349,7 @@ class VirtHandler(Controller):
         return self._decided[uid]
 
     def _copy_seconds(self, vmi: Mapping[str, Any]) -> float:
-        sizes = [parse_quantity(str(((e.get("sourcePVCInfo") or {}).get("capacity") or {})
+        sizes = [to_bytes(str(((e.get("sourcePVCInfo") or {}).get("capacity") or {})
                                           .get("storage") or "0"))
                  for e in _status(vmi).get("migratedVolumes") or []]
         return max(rules.copy_seconds(sizes, self.sim.config.copy_seconds_per_gib), 0.2)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.model.quantity import parse_quantity
+from testenv.quantity import to_bytes
 from testenv.simulator.core import GI
 
 # -- names used on objects -------------------------------------------------------------------
@@ -492,7 +492,7 @@ def pvc_size(pvc: Mapping[str, Any]) -> int:
     request = (((pvc.get("spec") or {}).get("resources") or {}).get("requests") or {}).get(
         "storage")
     value = capacity or request
-    return parse_quantity(value) if value else 0
+    return to_bytes(value) if value else 0
 
 
 FILESYSTEM_OVERHEAD = 0.06

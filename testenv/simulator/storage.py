@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from reconciler.model.quantity import format_quantity, parse_quantity
+from testenv.quantity import to_bytes, to_quantity
 from testenv.simulator import cdi_populator as populator
 from testenv.simulator.core import (
     CONTENT_HASH_ANNOTATION,
@@ -106,13 +106,13 @@ def pvc_phase(pvc: Mapping[str, Any]) -> str:
 def request_bytes(spec: Mapping[str, Any]) -> int | None:
     """`resources.requests.storage` of a PVC or DV storage spec in bytes, None if unset."""
     value = (spec.get("resources") or {}).get("requests", {}).get("storage")
-    return parse_quantity(value) if value is not None else None
+    return to_bytes(value) if value is not None else None
 
 
 def capacity_bytes(pvc: Mapping[str, Any]) -> int | None:
     """`status.capacity.storage` of a bound claim in bytes, None if unknown."""
     value = (pvc.get("status", {}).get("capacity") or {}).get("storage")
-    return parse_quantity(value) if value is not None else None
+    return to_bytes(value) if value is not None else None
 
 
 def default_class(classes: Iterable[Mapping[str, Any]], *, virt: bool) -> dict[str, Any] | None:
@@ -452,7 +452,7 @@ class ProvisionerController(Controller):
             "metadata": {"name": pv_name,
                          "annotations": {ANN_PROVISIONED_BY: sc.get("provisioner", "")}},
             "spec": {
-                "capacity": {"storage": format_quantity(size)},
+                "capacity": {"storage": to_quantity(size)},
                 "accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
                 "volumeMode": mode,
                 "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy") or "Delete",

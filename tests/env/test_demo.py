@@ -12,9 +12,10 @@ import pytest
 from testenv import demo
 
 
-def test_demo_applies_both_seed_vms_and_ends_in_sync(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_applies_both_seed_vms_and_ends_in_sync(capfd: pytest.CaptureFixture[str]) -> None:
+    # capfd, not capsys: the CLI runs as its own process (the demo never imports the product)
     rc = demo.run(copy_seconds_per_gib=0.0)
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     assert rc == 0, out + err
     commands = re.findall(r"^\$ vm-storage-reconciler (\w+)", out, re.MULTILINE)
     assert commands == ["validate", "plan", "apply", "status", "plan"]
