@@ -19,10 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.apply.cancel import Cancelled, cancel_move, moves_again_after
 from reconciler.apply.context import Settings
 from reconciler.apply.lease import DEFAULT_DURATION as DEFAULT_LEASE_DURATION
 from reconciler.apply.lease import Lease, LeaseLost
-from reconciler.apply.runner import Listener, Options, Runner
+from reconciler.apply.runner import Runner
+from reconciler.apply.seam import Listener, Options
 from reconciler.diff.catalog import vm_not_found
 from reconciler.diff.judge import diff
 from reconciler.gitsource import GitSpec, PlanSource, resolve
@@ -35,11 +37,12 @@ from reconciler.model.errors import ClusterError, Problem, UserError
 from reconciler.model.journal import Journal, LastMigration, Step
 from reconciler.model.live import Snapshot
 from reconciler.model.manifests import VMManifests
-from reconciler.model.outcome import ApplyReport, Outcome
+from reconciler.model.outcome import ROLLED_BACK, ApplyReport, Outcome
 from reconciler.model.plan import Plan
 from reconciler.model.progress import tagged
 from reconciler.model.verdict import Action, EmptyPlan, Finding, VMVerdict
 from reconciler.observe.fetch import fetch
+from reconciler.pipeline import CHECKS, stages_for
 from reconciler.plans.load import load_plans, read_plans
 from reconciler.publish.metrics import JOB, Metrics
 from reconciler.publish.reporting import Reporting
@@ -433,7 +436,7 @@ def apply(
         runner = Runner(
             cluster,
             plans,
-            templates,
+            stages_for(cluster, plans, templates, allowed_namespaces),
             options,
             progress=progress,
             stop=stop,
@@ -455,6 +458,72 @@ def apply(
             kept_in=_kept_namespaces(plans, allowed_namespaces),
         )
         raise
+    finally:
+        lease.release()
+
+
+def cancel(
+    namespace: str,
+    vm: str,
+    *,
+    who: str,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    lease_namespace: str = "vm-storage-reconciler",
+    holder: str = "vm-storage-reconciler",
+    lease_duration: int = DEFAULT_LEASE_DURATION,
+    settings: Settings | None = None,
+    progress: Callable[[str], None] = lambda _line: None,
+    stop: threading.Event | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Cancelled:
+    """Take the Lease (as `apply` does: ``LockHeld`` when another run holds it, nothing
+    changed), fence every write with it, and ``apply.cancel.cancel_move`` with the pipeline's
+    checks; the Lease is released at the end. Raises as ``cancel_move`` does, and
+    ``LockHeld``, ``LeaseLost``."""
+    cluster = Cluster(load_client(kubeconfig, context))
+    cluster.identify(holder)
+    stop = stop or threading.Event()
+    lease = Lease(cluster, lease_namespace, holder, lost=stop, now=now, duration=lease_duration)
+    cluster.write_guard = lease.ensure
+    try:
+        lease.acquire()
+    except ClusterError as exc:
+        if exc.code == 404 and "namespaces" in str(exc):
+            raise UserError(
+                [
+                    Problem(
+                        None,
+                        f"the Lease's namespace {lease_namespace!r} does not exist ({exc})",
+                        "point --lease-namespace (or $POD_NAMESPACE) at the namespace the "
+                        "scheduled apply uses: a cancel must take the same Lease",
+                    )
+                ]
+            ) from exc
+        raise
+    try:
+        outcome = cancel_move(
+            cluster,
+            namespace,
+            vm,
+            who=who,
+            settings=settings or Settings(),
+            progress=progress,
+            stop=stop,
+            now=now,
+            guard=lease.ensure,
+            token=lease.token,
+            health=lease.overdue,
+            checks=CHECKS,
+        )
+        lease.ensure()  # a cancel that lost the Lease says so: LeaseLost (exit 4)
+        again = None
+        if outcome.result == ROLLED_BACK:
+            defaults = Options()
+            again = moves_again_after(
+                cluster, namespace, vm, defaults.backoff_base, defaults.backoff_cap
+            )
+        return Cancelled(outcome, again)
     finally:
         lease.release()
 
@@ -584,13 +653,11 @@ def _status_entry(namespace: str, vm: dict[str, Any]) -> StatusEntry | None:
     """The VM's journal and last-migration record (None: it has neither)."""
     notes = (vm.get("metadata") or {}).get("annotations") or {}
     journal, error = None, ""
-    if names.JOURNAL_ANNOTATION in notes:
-        try:
-            journal = journals.decode(notes[names.JOURNAL_ANNOTATION])
-        except journals.JournalError as exc:
-            error = str(exc)
-    last_text = notes.get(names.LAST_MIGRATION_ANNOTATION)
-    last = journals.decode_last(last_text) if last_text else None
+    try:
+        journal = journals.read_journal(notes)
+    except journals.JournalError as exc:
+        error = str(exc)
+    last = journals.read_last(notes)
     if journal or last or error:
         return (namespace, str(vm["metadata"]["name"]), journal, last, error, None)
     return None

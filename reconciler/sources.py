@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from reconciler.apply.claims import held_by_completed_pods, users_of
 from reconciler.apply.lease import DEFAULT_DURATION, Lease
-from reconciler.apply.target_steps import held_by_completed_pods, users_of
 from reconciler.kube.client import Cluster, load_client
 from reconciler.kube.kubeconfig import context_namespace
 from reconciler.kube.resources import DATA_VOLUMES, PVCS, Resource

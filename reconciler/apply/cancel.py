@@ -8,8 +8,9 @@ KubeVirt to confirm it, the removal of the strategy we added, and the destinatio
 for an offline move the revert, the original run strategy restored (the VM runs again if it
 ran), the destinations deleted.
 
-The same fence as `apply` (``apply.lease``): the Lease is taken first (held by another run:
-``LockHeld``, exit 4, nothing changed), every write passes ``Cluster.write_guard``, and the
+The same fence as `apply` (``apply.lease``): the engine (``engine.cancel``) takes the Lease
+first (held by another run: ``LockHeld``, exit 4, nothing changed), every write passes
+``Cluster.write_guard``, and the
 journal is compare-and-swapped against the annotation's text as read, so a cancel never acts
 on a journal someone else rewrote meanwhile. The journal is untrusted input (``apply.trust``):
 one that asks for what a move never does is refused and left for a human.
@@ -26,22 +27,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from reconciler.apply.context import MoveRun, Settings
-from reconciler.apply.lease import DEFAULT_DURATION, Lease
-from reconciler.apply.runner import Options, drive_until_stopped
-from reconciler.apply.store import journal_text_of
+from reconciler.apply.read import vm_state
+from reconciler.apply.seam import Checks
+from reconciler.apply.stopped import drive_until_stopped
 from reconciler.apply.trust import journal_problems
-from reconciler.kube.client import Cluster, load_client
+from reconciler.kube.client import Cluster
 from reconciler.kube.resources import VIRTUAL_MACHINES
 from reconciler.model import journal as journals
-from reconciler.model.errors import ClusterError, ExitCode, Problem, UserError
+from reconciler.model.errors import ExitCode, Problem, UserError
+from reconciler.model.failures import Failure
 from reconciler.model.journal import Flow, Step
-from reconciler.model.names import LAST_MIGRATION_ANNOTATION
-from reconciler.model.outcome import FAILED, ROLLED_BACK, Outcome
+from reconciler.model.outcome import FAILED, Outcome
 
-CANCELLED = "cancelled"
+CANCELLED = Failure.CANCELLED
 """The rollback rule of a cancelled move (in the journal, the outcome and the record)."""
 
 CANCELLABLE: Mapping[Flow, frozenset[Step]] = {
@@ -93,10 +94,7 @@ def no_such_vm(namespace: str, vm: str) -> UserError:
 
 def nothing_to_cancel(namespace: str, vm: str, raw: Mapping[str, object]) -> NothingToCancel:
     """The message for a VM without a journal, naming its last move when it has one."""
-    meta = raw.get("metadata")
-    notes = (meta.get("annotations") if isinstance(meta, Mapping) else None) or {}
-    text = notes.get(LAST_MIGRATION_ANNOTATION) if isinstance(notes, Mapping) else None
-    last = journals.decode_last(str(text)) if text else None
+    last = journals.read_last(vm_state(raw).annotations)
     said = f"nothing to cancel: VirtualMachine {namespace}/{vm} has no move in flight"
     if last is not None:
         said += (
@@ -119,15 +117,18 @@ def cancel_move(
     guard: Callable[[], None],
     token: str,
     health: Callable[[], str | None],
+    checks: Checks,
 ) -> Outcome:
     """Roll back the open move of ``namespace/vm``, with the Lease already held (``guard``,
-    ``token``). The outcome: ``RolledBack`` (cancelled), ``Failed`` (the rollback could not
-    finish, or the journal was refused), ``Interrupted`` (SIGTERM, a lost Lease). Raises
+    ``token``); ``checks`` are the engine's (the journal's scope). The outcome:
+    ``RolledBack`` (cancelled), ``Failed`` (the rollback could not finish, or the journal was
+    refused), ``Interrupted`` (SIGTERM, a lost Lease). Raises
     ``NothingToCancel``, ``UserError`` (no such VM, or too late) and ``ClusterError``."""
     found = cluster.get(VIRTUAL_MACHINES, namespace, vm)
     if found is None:
         raise no_such_vm(namespace, vm)
-    text = journal_text_of(found)
+    state = vm_state(found)
+    text = state.journal_text
     if text is None:
         raise nothing_to_cancel(namespace, vm, found)
     run = MoveRun(
@@ -141,17 +142,20 @@ def cancel_move(
         guard=guard,
         token=token,
         health=health,
+        volumes_writer=checks.volumes_writer,
     )
     try:
-        journal = journals.decode(text)
+        journal = journals.read_journal(state.annotations)
     except journals.JournalError as exc:
-        return _refused(run, None, "journal-unreadable", f"the journal cannot be read: {exc}")
-    problems = journal_problems(namespace, found, journal)
+        return _refused(run, None, Failure.JOURNAL_UNREADABLE, f"the journal cannot be read: {exc}")
+    if journal is None:
+        raise nothing_to_cancel(namespace, vm, found)
+    problems = journal_problems(namespace, found, journal, checks.scope)
     if problems:
         reason = "the journal asks for what a move of this VM never does: " + "; ".join(
             problems[:5]
         )
-        return _refused(run, journal, "journal-refused", reason)
+        return _refused(run, journal, Failure.JOURNAL_REFUSED, reason)
     run.journal_text = text  # the compare-and-swap of the first write is against it
     run.migration_id, run.commit = journal.id, journal.commit
     if journal.rolling_back:  # finish it ("resuming move ... (rolling back: ...)")
@@ -178,88 +182,22 @@ def moves_again_after(
     """When `apply` may start a move of the VM again after its cancelled (rolled back) move:
     its last-migration record's backoff (``LastMigration.retry_after``); None: at once."""
     found = cluster.get(VIRTUAL_MACHINES, namespace, vm)
-    meta = (found or {}).get("metadata") or {}
-    text = (meta.get("annotations") or {}).get(LAST_MIGRATION_ANNOTATION)
-    last = journals.decode_last(str(text)) if text else None
+    last = journals.read_last(vm_state(found).annotations) if found is not None else None
     return last.retry_after(base, cap) if last is not None else None
 
 
-def _refused(run: MoveRun, journal: journals.Journal | None, rule: str, reason: str) -> Outcome:
+def _refused(run: MoveRun, journal: journals.Journal | None, rule: Failure, reason: str) -> Outcome:
     run.say(f"{reason}; left as it is: fix or remove the journal")
     return Outcome(
         migration_id=journal.id if journal else "",
         plan=journal.plan if journal else "",
-        flow=journal.flow.value if journal else "",
+        flow=journal.flow if journal else None,
         result=FAILED,
         rule=rule,
         reason=reason,
         namespace=run.namespace,
         vm=run.vm,
     )
-
-
-def cancel(
-    namespace: str,
-    vm: str,
-    *,
-    who: str,
-    kubeconfig: str | None = None,
-    context: str | None = None,
-    lease_namespace: str = "vm-storage-reconciler",
-    holder: str = "vm-storage-reconciler",
-    lease_duration: int = DEFAULT_DURATION,
-    settings: Settings | None = None,
-    progress: Callable[[str], None] = lambda _line: None,
-    stop: threading.Event | None = None,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> Cancelled:
-    """Take the Lease (as `apply` does: ``LockHeld`` when another run holds it, nothing
-    changed), fence every write with it, and ``cancel_move``; the Lease is released at the
-    end. Raises as ``cancel_move`` does, and ``LockHeld``, ``LeaseLost``."""
-    cluster = Cluster(load_client(kubeconfig, context))
-    cluster.identify(holder)
-    stop = stop or threading.Event()
-    lease = Lease(cluster, lease_namespace, holder, lost=stop, now=now, duration=lease_duration)
-    cluster.write_guard = lease.ensure
-    try:
-        lease.acquire()
-    except ClusterError as exc:
-        if exc.code == 404 and "namespaces" in str(exc):
-            raise UserError(
-                [
-                    Problem(
-                        None,
-                        f"the Lease's namespace {lease_namespace!r} does not exist ({exc})",
-                        "point --lease-namespace (or $POD_NAMESPACE) at the namespace the "
-                        "scheduled apply uses: a cancel must take the same Lease",
-                    )
-                ]
-            ) from exc
-        raise
-    try:
-        outcome = cancel_move(
-            cluster,
-            namespace,
-            vm,
-            who=who,
-            settings=settings or Settings(),
-            progress=progress,
-            stop=stop,
-            now=now,
-            guard=lease.ensure,
-            token=lease.token,
-            health=lease.overdue,
-        )
-        lease.ensure()  # a cancel that lost the Lease says so: LeaseLost (exit 4)
-        again = None
-        if outcome.result == ROLLED_BACK:
-            defaults = Options()
-            again = moves_again_after(
-                cluster, namespace, vm, defaults.backoff_base, defaults.backoff_cap
-            )
-        return Cancelled(outcome, again)
-    finally:
-        lease.release()
 
 
 @dataclass(frozen=True)

@@ -10,22 +10,25 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from reconciler.apply.narration import Narration
 from reconciler.kube.client import Cluster
 from reconciler.kube.watch import Observer, State, Stream, WaitTimeout
+from reconciler.model.failures import Failure
 from reconciler.model.journal import Journal, Step
+from reconciler.model.plan import Retention
 from reconciler.model.progress import Line
 
 
 class StepFailed(Exception):
-    """The move cannot go on: roll it back. ``rule`` is a stable id (timeout,
-    migration-failed, clone-failed, vm-changed, ...), ``reason`` says what happened."""
+    """The move cannot go on: roll it back. ``rule`` is its id in the catalog
+    (``model.failures``), ``reason`` says what happened."""
 
-    def __init__(self, rule: str, reason: str) -> None:
+    def __init__(self, rule: Failure, reason: str) -> None:
         super().__init__(f"{reason} [{rule}]")
         self.rule = rule
         self.reason = reason
@@ -77,13 +80,16 @@ class MoveRun:
     # runner last wrote (or adopted when it resumed the move): every journal write and VM
     # patch tests it, so nobody else's journal is ever acted on.
     guard: Callable[[], None] = lambda: None
-    # What the plans say now of this VM's retention ("" when no plan selects it): a source is
-    # deleted only if both the journal and the plan say Delete.
-    plan_retention: str = ""
+    # What the plans say now of this VM's retention (None when no plan selects it): a source
+    # is deleted only if both the journal and the plan say Delete.
+    plan_retention: Retention | None = None
     token: str = ""
     journal_text: str | None = None
     # Why what the waits see may be stale (``Lease.overdue``): shown instead of progress.
     health: Callable[[], str | None] = lambda: None
+    # Who last wrote the VM's volumes, from its managedFields ("" when they do not tell):
+    # the engine's (``diff.gitops.volumes_writer``), to name who cancelled a live migration.
+    volumes_writer: Callable[[Mapping[str, Any]], str] = lambda _vm: ""
     # While a wait's tick speaks: what lets its lines through (``apply.narration``).
     narration: Narration | None = field(default=None, repr=False, compare=False)
 
@@ -147,7 +153,7 @@ class MoveRun:
         seconds: float,
         what: str,
         on_tick: Callable[[State], None] | None = None,
-        timeout_rule: str = "timeout",
+        timeout_rule: Failure = Failure.TIMEOUT,
     ) -> object:
         """Watch ``streams`` until ``predicate`` returns non-None (returned) or ``seconds``
         pass (StepFailed ``timeout_rule``). SIGTERM interrupts the wait within a tick."""

@@ -12,26 +12,59 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from reconciler.apply import failpoint, migration, store, target_steps, verify, vm_steps
+from reconciler.apply import (
+    failpoint,
+    migration,
+    source_steps,
+    store,
+    target_steps,
+    verify,
+    vm_steps,
+)
 from reconciler.apply.context import MoveRun, StepFailed
 from reconciler.kube.resources import DATA_VOLUMES
+from reconciler.model.failures import Failure
 from reconciler.model.journal import Journal, LastMigration, Step
 from reconciler.model.names import MIGRATION_LABEL
-from reconciler.model.outcome import FAILED, ROLLED_BACK, SUCCEEDED, Outcome
+from reconciler.model.outcome import FAILED, ROLLED_BACK, SUCCEEDED, Outcome, Result
+from reconciler.model.plan import Retention
 
 log = logging.getLogger(__name__)
 StepFn = Callable[[MoveRun, Journal], Journal]
 
-STEPS: Mapping[Step, StepFn] = {
-    Step(name): fn
-    for table in (vm_steps.STEPS, target_steps.STEPS, migration.STEPS, verify.STEPS)
-    for name, fn in table.items()
-}
-_missing = set(Step) - set(STEPS)
-assert not _missing, f"steps without an implementation: {_missing}"
+
+class IncompleteSteps(RuntimeError):
+    """The step tables do not implement every ``Step`` exactly once (a bug: raised at import,
+    so no run ever starts with a step it cannot take)."""
+
+
+def registry(tables: Iterable[Mapping[Step, StepFn]]) -> Mapping[Step, StepFn]:
+    """One table of every step's function from the step modules' tables. Raises
+    ``IncompleteSteps`` when a ``Step`` has no function, or two."""
+    steps: dict[Step, StepFn] = {}
+    twice: set[Step] = set()
+    for table in tables:
+        for step, fn in table.items():
+            if step in steps:
+                twice.add(step)
+            steps[Step(step)] = fn
+    missing = set(Step) - set(steps)
+    if missing or twice:
+        said = []
+        if missing:
+            said.append("no implementation: " + ", ".join(sorted(missing)))
+        if twice:
+            said.append("two implementations: " + ", ".join(sorted(twice)))
+        raise IncompleteSteps("steps with " + "; ".join(said))
+    return steps
+
+
+STEPS: Mapping[Step, StepFn] = registry(
+    (vm_steps.STEPS, target_steps.STEPS, source_steps.STEPS, migration.STEPS, verify.STEPS)
+)
 
 
 def drive(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
@@ -58,10 +91,10 @@ def drive(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
         began = time.monotonic()
         try:
             if not journal.rolling_back and run.seconds_left(journal) <= 0:
-                raise StepFailed("timeout", "the move ran past its deadline")
+                raise StepFailed(Failure.TIMEOUT, "the move ran past its deadline")
             journal = STEPS[journal.step](run, journal)
         except StepFailed as failure:
-            if failure.rule == "vm-deleted":
+            if failure.rule is Failure.VM_DELETED:
                 return _vm_gone(run, journal, failure, tally)
             if journal.rolling_back:
                 run.say(
@@ -94,12 +127,12 @@ def drive(run: MoveRun, journal: Journal, *, resumed: bool = False) -> Outcome:
         )
 
 
-def _last(run: MoveRun, journal: Journal, result: str) -> LastMigration:
+def _last(run: MoveRun, journal: Journal, result: Result) -> LastMigration:
     in_use = journal.sources if journal.rolling_back else journal.targets
     kept = dict(journal.sources_kept)
     deleted = (
         ()
-        if journal.rolling_back or journal.retention != "Delete"
+        if journal.rolling_back or journal.retention != Retention.DELETE
         else tuple(v.source for v in journal.volumes if v.source not in kept)
     )
     return LastMigration(
@@ -138,12 +171,12 @@ class _Tally:
     steps: list[tuple[str, float]] = field(default_factory=list)
 
     def outcome(
-        self, run: MoveRun, journal: Journal, result: str, *, rule: str, reason: str
+        self, run: MoveRun, journal: Journal, result: Result, *, rule: str, reason: str
     ) -> Outcome:
         return Outcome(
             migration_id=journal.id,
             plan=journal.plan,
-            flow=journal.flow.value,
+            flow=journal.flow,
             result=result,
             rule=rule,
             reason=reason,

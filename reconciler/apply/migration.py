@@ -19,44 +19,25 @@ from typing import Any
 
 from reconciler.apply.context import MoveRun, StepFailed
 from reconciler.apply.narration import elapsed
+from reconciler.apply.read import (
+    MigrationProgress,
+    MigrationState,
+    VMIState,
+    VMState,
+    migration_state,
+    vm_state,
+    vmi_state,
+)
 from reconciler.apply.store import read_vm
-from reconciler.apply.vm_steps import claims_of, patch_vm, run_strategy_of
-from reconciler.diff.gitops import volumes_writer
+from reconciler.apply.vm_steps import patch_vm
 from reconciler.kube.resources import DATA_VOLUMES, MIGRATIONS, VIRTUAL_MACHINES, VMIS
 from reconciler.kube.watch import State, Stream
-from reconciler.model.journal import Journal
+from reconciler.model.failures import Failure
+from reconciler.model.journal import Journal, Step
 from reconciler.model.names import MIGRATION_LABEL, VOLUME_UPDATE_LABEL
 from reconciler.model.quantity import human_size
 
 Obj = Mapping[str, Any]
-FINAL_VMI = ("Succeeded", "Failed")
-
-
-def condition(obj: Obj | None, kind: str) -> Obj | None:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or ():
-        if isinstance(c, dict) and c.get("type") == kind:
-            return c
-    return None
-
-
-def is_true(obj: Obj | None, kind: str) -> bool:
-    found = condition(obj, kind)
-    return found is not None and found.get("status") == "True"
-
-
-def vmi_claims(vmi: Obj) -> dict[str, str]:
-    """volume name -> claim, from the VMI's spec (what KubeVirt patched it to)."""
-    return claims_of({"spec": {"template": {"spec": vmi.get("spec") or {}}}})
-
-
-def volume_status_claims(vmi: Obj) -> dict[str, str]:
-    """volume name -> claim, from ``status.volumeStatus`` (what the guest really uses)."""
-    found: dict[str, str] = {}
-    for v in (vmi.get("status") or {}).get("volumeStatus") or ():
-        claim = ((v or {}).get("persistentVolumeClaimInfo") or {}).get("claimName")
-        if claim:
-            found[str(v.get("name"))] = str(claim)
-    return found
 
 
 def migration_label(vmi_name: str, vmi_uid: str) -> str:
@@ -65,39 +46,22 @@ def migration_label(vmi_name: str, vmi_uid: str) -> str:
     return vmi_name if len(vmi_name) <= 63 else vmi_uid
 
 
-def _ours(migrations: Iterable[Obj], journal: Journal) -> list[Obj]:
+def _ours(migrations: Iterable[Obj], journal: Journal) -> list[MigrationState]:
     """This move's VMIMs, oldest first (those created since the move started)."""
     started = datetime.fromisoformat(journal.started).replace(microsecond=0)
-    ours = [m for m in migrations if _created(m) is not None and _created(m) >= started]  # type: ignore[operator]
-    return sorted(ours, key=lambda m: (_created(m), (m.get("metadata") or {}).get("name", "")))
+    read = (migration_state(m) for m in migrations)
+    ours = [m for m in read if m.created is not None and m.created >= started]
+    return sorted(ours, key=lambda m: (m.created or started, m.name))
 
 
-def _created(m: Obj) -> datetime | None:
-    stamp = (m.get("metadata") or {}).get("creationTimestamp")
-    try:
-        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _phase(m: Obj) -> str:
-    return str((m.get("status") or {}).get("phase") or "Pending")
-
-
-def _copy_finished(m: Obj) -> bool:
-    return bool(
-        ((m.get("status") or {}).get("migrationState") or {}).get("targetNodeDomainReadyTimestamp")
-    )
-
-
-def _copy_complete(ours: list[Obj]) -> bool:
+def _copy_complete(ours: list[MigrationState]) -> bool:
     """The newest migration of this move copied everything: Succeeded, or the target domain
     was ready (the reference's exception to reverting). The phase is not required to be
     Failed yet: the VMI can vanish before KubeVirt marks its migration Failed."""
     if not ours:
         return False
     newest = ours[-1]
-    return _phase(newest) == "Succeeded" or _copy_finished(newest)
+    return newest.phase == "Succeeded" or newest.progress.target_ready
 
 
 def _streams(run: MoveRun, journal: Journal) -> list[Stream]:
@@ -113,76 +77,79 @@ class _Copied:
     """The VMI went away after the copy finished (ManualRecoveryRequired, copy complete)."""
 
 
+def _gone(run: MoveRun) -> StepFailed:
+    return StepFailed(Failure.VM_DELETED, f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+
+
 def _migrated(run: MoveRun, journal: Journal, state: State) -> object | None:
-    vm = state["vm"].get(run.vm)
-    if vm is None:
-        raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
-    vmi = state["vmi"].get(run.vm)
+    raw_vm = state["vm"].get(run.vm)
+    if raw_vm is None:
+        raise _gone(run)
+    vm = vm_state(raw_vm)
+    raw_vmi = state["vmi"].get(run.vm)
+    vmi = vmi_state(raw_vmi) if raw_vmi is not None else None
     ours = _ours(state["migrations"].values(), journal)
-    if is_true(vm, "ManualRecoveryRequired"):
+    if vm.is_true("ManualRecoveryRequired"):
         if _copy_complete(ours):
             return _Copied()
-        reason = (condition(vm, "ManualRecoveryRequired") or {}).get("reason", "")
+        recovery = vm.condition("ManualRecoveryRequired")
         raise StepFailed(
-            "manual-recovery-required",
-            f"KubeVirt set ManualRecoveryRequired ({reason}) before the copy ended",
+            Failure.MANUAL_RECOVERY_REQUIRED,
+            f"KubeVirt set ManualRecoveryRequired ({recovery.reason if recovery else ''}) "
+            "before the copy ended",
         )
-    claims = claims_of(vm)
-    if any(claims.get(v.volume) != v.target for v in journal.volumes):
-        raise StepFailed("migration-cancelled", _cancelled_by(vm, journal, claims))
-    if is_true(vm, "RestartRequired"):
-        message = (condition(vm, "RestartRequired") or {}).get("message", "")
-        raise StepFailed("restart-required", f"KubeVirt refused the volume update: {message}")
-    if vmi is None or (vmi.get("status") or {}).get("phase") in FINAL_VMI:
+    if any(vm.claims.get(v.volume) != v.target for v in journal.volumes):
+        raise StepFailed(Failure.MIGRATION_CANCELLED, _cancelled_by(run, raw_vm, vm, journal))
+    if vm.is_true("RestartRequired"):
+        restart = vm.condition("RestartRequired")
+        raise StepFailed(
+            Failure.RESTART_REQUIRED,
+            f"KubeVirt refused the volume update: {restart.message if restart else ''}",
+        )
+    if vmi is None or vmi.ended:
         # Stopped, evicted or crashed mid-copy: KubeVirt never retries a volume migration
         # without its VMI (and marks the VM ManualRecoveryRequired, unless its status write
         # was lost). Decide now instead of waiting for that condition or the deadline.
         if _copy_complete(ours):
             return _Copied()
         raise StepFailed(
-            "manual-recovery-required",
+            Failure.MANUAL_RECOVERY_REQUIRED,
             "the VMI went away during the volume migration, before the copy ended: KubeVirt "
             "will not retry it, and the VM must not start on the half-copied destination",
         )
-    if journal.vmi_uid and (vmi.get("metadata") or {}).get("uid") != journal.vmi_uid:
-        raise StepFailed("vmi-restarted", "the VM was restarted during the live move")
-    change = condition(vmi, "VolumesChange")
-    if change is not None and change.get("status") == "False":
-        message = str(change.get("message") or change.get("reason") or "")
-        if change.get("reason") == "VolumesChangeCancellation" or "doesn't exist" in message:
-            raise StepFailed("migration-refused", f"KubeVirt: {message}")
-    failed = [m for m in ours if _phase(m) == "Failed"]
+    if journal.vmi_uid and vmi.uid != journal.vmi_uid:
+        raise StepFailed(Failure.VMI_RESTARTED, "the VM was restarted during the live move")
+    change = vmi.condition("VolumesChange")
+    if change is not None and change.status == "False":
+        message = change.message or change.reason
+        if change.reason == "VolumesChangeCancellation" or "doesn't exist" in message:
+            raise StepFailed(Failure.MIGRATION_REFUSED, f"KubeVirt: {message}")
+    failed = [m for m in ours if m.phase == "Failed"]
     if len(failed) >= run.settings.max_migration_attempts:
-        reasons = sorted(
-            {
-                str(
-                    ((m.get("status") or {}).get("migrationState") or {}).get("failureReason")
-                    or "no reason given"
-                )
-                for m in failed
-            }
-        )
+        reasons = sorted({m.progress.failure_reason or "no reason given" for m in failed})
         raise StepFailed(
-            "migration-failed", f"{len(failed)} migration attempts failed: " + "; ".join(reasons)
+            Failure.MIGRATION_FAILED,
+            f"{len(failed)} migration attempts failed: " + "; ".join(reasons),
         )
     targets = journal.targets
     done = (
-        any(_phase(m) == "Succeeded" for m in ours)
-        and all(vmi_claims(vmi).get(k) == t for k, t in targets.items())
-        and all(volume_status_claims(vmi).get(k) == t for k, t in targets.items())
-        and not (change is not None and change.get("status") == "True")
-        and not (vmi.get("status") or {}).get("migratedVolumes")
+        any(m.phase == "Succeeded" for m in ours)
+        and all(vmi.claims.get(k) == t for k, t in targets.items())
+        and all(vmi.volume_status.get(k) == t for k, t in targets.items())
+        and not (change is not None and change.status == "True")
+        and not vmi.migrating_volumes
     )
     return True if done else None
 
 
-def _cancelled_by(vm: Obj, journal: Journal, claims: Mapping[str, str]) -> str:
+def _cancelled_by(run: MoveRun, raw: Obj, vm: VMState, journal: Journal) -> str:
     """Why the move is cancelled, naming who rewrote the volumes when managedFields tell
     (e.g. "reverted by Flux Kustomization flux-system/apps")."""
+    claims = vm.claims
     what = (
         "reverted" if all(claims.get(v.volume) == v.source for v in journal.volumes) else "changed"
     )
-    writer = volumes_writer(vm)
+    writer = run.volumes_writer(raw)
     if writer:
         hint = (
             "; add the ignore rule `plan` prints for a GitOps-managed VM before moving it again"
@@ -197,17 +164,6 @@ def _cancelled_by(vm: Obj, journal: Journal, claims: Mapping[str, str]) -> str:
         f"the VM's volumes were {what} by someone else during the migration (a GitOps "
         "controller syncing the old manifest?), which KubeVirt treats as a cancellation"
     )
-
-
-def _migration_state(migration: Obj, vmi: Obj | None) -> Obj:
-    """``status.migrationState`` of the migration, else the VMI's when it is this migration's
-    (KubeVirt writes it on both; the VMI's is the one virt-handler keeps current)."""
-    found = (migration.get("status") or {}).get("migrationState") or {}
-    mine = ((vmi or {}).get("status") or {}).get("migrationState") or {}
-    uid = (migration.get("metadata") or {}).get("uid")
-    if uid and mine.get("migrationUid") == uid:
-        return {**found, **mine}
-    return found
 
 
 class _Progress:
@@ -233,29 +189,39 @@ class _Progress:
         if not ours:
             return "waiting for KubeVirt to create the migration", "none"
         newest = ours[-1]
-        name = str((newest.get("metadata") or {}).get("name"))
-        phase = _phase(newest)
-        failed = [m for m in ours if _phase(m) == "Failed"]
-        moving = _migration_state(newest, state["vmi"].get(self.run.vm))
-        queued = _queued_why(newest) if phase in ("", "Pending") else ""
-        ready = bool(moving.get("targetNodeDomainReadyTimestamp"))
-        abort = str(moving.get("abortStatus") or moving.get("abortRequested") or "")
-        parts = (name, phase, str(moving.get("mode") or ""), str(ready), abort, str(len(failed)))
+        failed = [m for m in ours if m.phase == "Failed"]
+        raw_vmi = state["vmi"].get(self.run.vm)
+        moving = newest.progress_with(vmi_state(raw_vmi) if raw_vmi is not None else None)
+        queued = _queued_why(newest) if newest.phase in ("", "Pending") else ""
+        abort = moving.abort_status or ("True" if moving.abort_requested else "")
+        parts = (
+            newest.name,
+            newest.phase,
+            moving.mode,
+            str(moving.target_ready),
+            abort,
+            str(len(failed)),
+        )
         key = "|".join((*parts, queued))
         if key != self.key:
             self.key, self.text = key, self._text(newest, moving, queued, failed)
         return self.text, self.key
 
-    def _text(self, newest: Obj, moving: Obj, queued: str, failed: list[Obj]) -> str:
+    def _text(
+        self,
+        newest: MigrationState,
+        moving: MigrationProgress,
+        queued: str,
+        failed: list[MigrationState],
+    ) -> str:
         now = time.monotonic()
-        name = str((newest.get("metadata") or {}).get("name"))
-        phase = _phase(newest)
+        name, phase = newest.name, newest.phase
         told = self.phase[1] if self.phase is not None and self.phase[0] == name else None
         path = _phases_since(newest, told, phase)
         head = f"migration {name} {phase}"
         if told is not None and told != phase:
             head = f"migration {name} {' -> '.join(path)} after {elapsed(now - self.phase_at)}"
-        created = _created(newest)
+        created = newest.created
         age = elapsed((self.run.now() - created).total_seconds()) if created else ""
         if told is None and len(path) > 1:
             head += f" ({' -> '.join(path)}" + (f" in {age})" if age else ")")
@@ -270,42 +236,36 @@ class _Progress:
         detail = []
         if phase in ("Running", "TargetReady", "PreparingTarget", "Scheduled", "Scheduling"):
             detail.append(self._what(moving, copying=phase == "Running"))
-        if moving.get("targetNodeDomainReadyTimestamp") and phase not in FINAL_MIGRATION:
+        if moving.target_ready and phase not in FINAL_MIGRATION:
             detail.append("the copy finished, the target domain is ready: switching over")
-        if moving.get("abortRequested"):
-            detail.append(f"abort requested ({moving.get('abortStatus') or 'pending'})")
+        if moving.abort_requested:
+            detail.append(f"abort requested ({moving.abort_status or 'pending'})")
         if failed:
-            reason = ((failed[-1].get("status") or {}).get("migrationState") or {}).get(
-                "failureReason"
-            )
+            reason = failed[-1].progress.failure_reason
             detail.append(
                 f"{len(failed)} failed attempt(s) of {self.run.settings.max_migration_attempts}"
-                + (f", the last: {str(reason)[:200]}" if reason else "")
+                + (f", the last: {reason[:200]}" if reason else "")
             )
         return head + (": " + "; ".join(d for d in detail if d) if detail else "")
 
-    def _what(self, moving: Obj, *, copying: bool) -> str:
+    def _what(self, moving: MigrationProgress, *, copying: bool) -> str:
         """The volumes moving, their size, the nodes and the mode."""
         volumes = ", ".join(
             f"{v.volume} ({human_size(v.size_bytes)})" for v in self.journal.volumes
         )
-        source, target = moving.get("sourceNode"), moving.get("targetNode")
+        source, target = moving.source_node, moving.target_node
         nodes = f" from {source} to {target}" if source and target else ""
-        mode = f", {moving['mode']}" if moving.get("mode") else ""
+        mode = f", {moving.mode}" if moving.mode else ""
         return f"{'copying' if copying else 'preparing to copy'} {volumes}{nodes}{mode}"
 
 
 FINAL_MIGRATION = ("Succeeded", "Failed")
 
 
-def _phases_since(migration: Obj, told: str | None, phase: str) -> list[str]:
+def _phases_since(migration: MigrationState, told: str | None, phase: str) -> list[str]:
     """The phases the migration went through from ``told`` (the phase last told, None: from
     its creation) to ``phase``, by its ``phaseTransitionTimestamps`` (at least both ends)."""
-    history = [
-        str(h.get("phase"))
-        for h in (migration.get("status") or {}).get("phaseTransitionTimestamps") or ()
-        if isinstance(h, dict) and h.get("phase")
-    ]
+    history = list(migration.history)
     if told in history:
         history = history[history.index(told) :]
     elif told is not None:
@@ -318,13 +278,9 @@ def _phases_since(migration: Obj, told: str | None, phase: str) -> list[str]:
     return path
 
 
-def _queued_why(migration: Obj) -> str:
+def _queued_why(migration: MigrationState) -> str:
     return (
-        "; ".join(
-            str(c.get("message") or c.get("reason"))
-            for c in (migration.get("status") or {}).get("conditions") or ()
-            if isinstance(c, dict)
-        )
+        "; ".join(c.message or c.reason for c in migration.conditions)
         or "waiting for a migration slot"
     )
 
@@ -334,7 +290,7 @@ def _targets_there(journal: Journal, state: State) -> None:
     for v in journal.volumes:
         if v.target not in state["dvs"]:
             raise StepFailed(
-                "target-deleted", f"DataVolume {v.target} was deleted during the migration"
+                Failure.TARGET_DELETED, f"DataVolume {v.target} was deleted during the migration"
             )
 
 
@@ -374,35 +330,41 @@ def _wait_migration(run: MoveRun, journal: Journal) -> Journal:
                     {"op": "test", "path": "/spec/updateVolumesStrategy", "value": "Migration"},
                     {"op": "remove", "path": "/spec/updateVolumesStrategy"},
                 ]
-                if (vm.get("spec") or {}).get("updateVolumesStrategy") == "Migration"
+                if vm.update_volumes_strategy == "Migration"
                 else None
             ),
-            refused_rule="recovery-refused",
+            refused_rule=Failure.RECOVERY_REFUSED,
         )
-        vm = read_vm(run)
-        if vm is None:
-            raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+        raw = read_vm(run)
+        if raw is None:
+            raise _gone(run)
         # Someone else stopped the VM mid-copy; it stays as they left it (verify then checks
         # the VM as it is now, not the run state it had before the move).
-        return replace(journal, vmi_uid="", was_running=False, run_strategy=run_strategy_of(vm))
+        return replace(
+            journal,
+            vmi_uid="",
+            was_running=False,
+            run_strategy=vm_state(raw).run_strategy.recorded,
+        )
     run.say(f"migration succeeded after {elapsed(time.monotonic() - began)} of waiting")
     return journal
 
 
 def _reverted(run: MoveRun, journal: Journal, state: State) -> bool | None:
-    vm = state["vm"].get(run.vm)
-    if vm is None:
+    raw_vm = state["vm"].get(run.vm)
+    if raw_vm is None:
         return True
-    vmi = state["vmi"].get(run.vm)
-    if vmi is None or (vmi.get("status") or {}).get("phase") in FINAL_VMI:
-        return None if is_true(vm, "ManualRecoveryRequired") else True
+    raw_vmi = state["vmi"].get(run.vm)
+    vmi: VMIState | None = vmi_state(raw_vmi) if raw_vmi is not None else None
+    if vmi is None or vmi.ended:
+        return None if vm_state(raw_vm).is_true("ManualRecoveryRequired") else True
     sources = journal.sources
-    change = condition(vmi, "VolumesChange")
+    change = vmi.condition("VolumesChange")
     back = (
-        all(vmi_claims(vmi).get(k) == s for k, s in sources.items())
-        and all(volume_status_claims(vmi).get(k, s) == s for k, s in sources.items())
-        and not (change is not None and change.get("status") == "True")
-        and not (vmi.get("status") or {}).get("migratedVolumes")
+        all(vmi.claims.get(k) == s for k, s in sources.items())
+        and all(vmi.volume_status.get(k, s) == s for k, s in sources.items())
+        and not (change is not None and change.status == "True")
+        and not vmi.migrating_volumes
     )
     return True if back else None
 
@@ -414,9 +376,9 @@ def _wait_reverted(run: MoveRun, journal: Journal) -> Journal:
         seconds=run.settings.rollback_timeout,
         what="KubeVirt to confirm the cancellation",
         on_tick=lambda _s: run.say("waiting for KubeVirt to cancel the migration"),
-        timeout_rule="rollback-timeout",
+        timeout_rule=Failure.ROLLBACK_TIMEOUT,
     )
     return journal
 
 
-STEPS = {"wait-migration": _wait_migration, "wait-reverted": _wait_reverted}
+STEPS = {Step.WAIT_MIGRATION: _wait_migration, Step.WAIT_REVERTED: _wait_reverted}

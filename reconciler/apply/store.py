@@ -15,15 +15,19 @@ agree with itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from reconciler.apply.context import Fenced, MoveRun, StepFailed
+from reconciler.apply.read import vm_state
 from reconciler.kube.resources import VIRTUAL_MACHINES
 from reconciler.model import journal as journals
 from reconciler.model.errors import ClusterError
+from reconciler.model.failures import Failure
 from reconciler.model.journal import Journal, LastMigration
 from reconciler.model.names import JOURNAL_ANNOTATION, LAST_MIGRATION_ANNOTATION
+from reconciler.model.outcome import Result
 
 Obj = dict[str, Any]
 
@@ -41,13 +45,12 @@ def read_vm(run: MoveRun) -> Obj | None:
     return run.cluster.get(VIRTUAL_MACHINES, run.namespace, run.vm)
 
 
-def annotations_of(vm: Obj) -> dict[str, str]:
-    value = (vm.get("metadata") or {}).get("annotations") or {}
-    return value if isinstance(value, dict) else {}
+def annotations_of(vm: Obj) -> Mapping[str, str]:
+    return vm_state(vm).annotations
 
 
 def journal_text_of(vm: Obj) -> str | None:
-    return annotations_of(vm).get(JOURNAL_ANNOTATION)
+    return vm_state(vm).journal_text
 
 
 def check_fence(run: MoveRun, vm: Obj) -> None:
@@ -61,7 +64,8 @@ def check_fence(run: MoveRun, vm: Obj) -> None:
         holder = ""
         if found is not None:
             try:
-                holder = journals.decode(found).fence
+                written = journals.read_journal(annotations_of(vm))
+                holder = written.fence if written else ""
             except journals.JournalError:
                 holder = "?"
         raise Fenced(
@@ -80,20 +84,20 @@ def fence_ops(run: MoveRun) -> list[Obj]:
 
 def _set_ops(vm: Obj, key: str, value: str | None) -> list[Obj]:
     """Ops that set (or remove, for None) annotation ``key``; no test (the caller's)."""
-    has_map = isinstance((vm.get("metadata") or {}).get("annotations"), dict)
-    if not has_map:
+    state = vm_state(vm)
+    if not state.annotations_map:
         if value is None:
             return []
         return [{"op": "add", "path": "/metadata/annotations", "value": {key: value}}]
     if value is None:
-        return [{"op": "remove", "path": pointer(key)}] if key in annotations_of(vm) else []
+        return [{"op": "remove", "path": pointer(key)}] if key in state.annotations else []
     return [{"op": "add", "path": pointer(key), "value": value}]
 
 
 def _guarded(run: MoveRun, vm: Obj, ops: list[Obj]) -> list[Obj]:
     if run.journal_text is not None:
         return [*fence_ops(run), *ops]
-    version = str((vm.get("metadata") or {}).get("resourceVersion", ""))
+    version = vm_state(vm).resource_version
     return [{"op": "test", "path": "/metadata/resourceVersion", "value": version}, *ops]
 
 
@@ -108,7 +112,9 @@ def write(run: MoveRun, journal: Journal) -> Journal:
     for _ in run.conflicts(patient=journal.rolling_back):
         vm = read_vm(run)
         if vm is None:
-            raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+            raise StepFailed(
+                Failure.VM_DELETED, f"VirtualMachine {run.namespace}/{run.vm} was deleted"
+            )
         if journal_text_of(vm) == text != run.journal_text:
             # Our own write landed although its answer was lost (a 503 or a dropped
             # connection after it was sent; the client's retry then failed its test): the
@@ -140,11 +146,10 @@ def write(run: MoveRun, journal: Journal) -> Journal:
 
 def _counted(vm: Obj, last: LastMigration) -> LastMigration:
     """``last`` with its ``failures``: one more than the previous record's when both failed."""
-    if last.result != "RolledBack":
+    if last.result != Result.ROLLED_BACK:
         return replace(last, failures=0)
-    text = annotations_of(vm).get(LAST_MIGRATION_ANNOTATION)
-    previous = journals.decode_last(text) if text else None
-    before = previous.failures if previous and previous.result == "RolledBack" else 0
+    previous = journals.read_last(annotations_of(vm))
+    before = previous.failures if previous and previous.result == Result.ROLLED_BACK else 0
     return replace(last, failures=before + 1)
 
 

@@ -1,30 +1,49 @@
 """The journal is untrusted input: anyone who may patch a VM may write its journal annotation,
 and a resumed journal is executed with the reconciler's ServiceAccount (which may create clones
 in every allowed namespace and delete claims). So before a journal is acted on, everything it
-would make the reconciler do passes the same scope checks as a fresh render
-(``render.scope.scope_problems``: one allow-list for both), plus what only a journal can get
-wrong. A journal with problems is refused: left as it is, for a human. Pure.
+would make the reconciler do passes the same scope checks as a fresh render (``ScopeCheck``:
+the engine hands in ``render.scope.scope_problems``, one allow-list for both), plus what only a
+journal can get wrong. A journal with problems is refused: left as it is, for a human. Pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from reconciler.model.journal import FORWARD, Flow, Journal, Step
-from reconciler.render.scope import scope_problems
-
-RETENTIONS = ("Keep", "Delete")
+from reconciler.model.plan import Retention
 
 
-def journal_problems(namespace: str, vm: Mapping[str, Any], journal: Journal) -> list[str]:
+class ScopeCheck(Protocol):
+    """Everything in a move's manifests and operations outside its scope, one message per
+    problem ([] = in scope): ``render.scope.scope_problems``."""
+
+    def __call__(
+        self,
+        *,
+        namespace: str,
+        vm: Mapping[str, Any],
+        moves: Sequence[tuple[str, str, str, str]],
+        flow: str,
+        data_volumes: Sequence[Mapping[str, Any]],
+        forward_ops: Sequence[Mapping[str, Any]],
+        revert_ops: Sequence[Mapping[str, Any]],
+        cleanup_ops: Sequence[Mapping[str, Any]],
+        swapped: bool = False,
+    ) -> list[str]: ...
+
+
+def journal_problems(
+    namespace: str, vm: Mapping[str, Any], journal: Journal, scope: ScopeCheck
+) -> list[str]:
     """What ``journal``, found on ``vm`` in ``namespace``, asks that a move of this VM never
-    does ([] = it may be resumed)."""
+    does ([] = it may be resumed); ``scope`` checks the manifests and operations it holds."""
     found: list[str] = []
     plan_namespace = journal.plan.partition("/")[0]
     if plan_namespace != namespace:
         found.append(f"its plan {journal.plan!r} is not of namespace {namespace}")
-    if journal.retention not in RETENTIONS:
+    if journal.retention not in tuple(Retention):
         found.append(f"retention {journal.retention!r} is not Keep or Delete")
     if not journal.volumes:
         found.append("it moves no volume")
@@ -34,7 +53,7 @@ def journal_problems(namespace: str, vm: Mapping[str, Any], journal: Journal) ->
         found.append("two volumes share a source or a target")
     if set(targets) & set(sources):
         found.append("a claim is both a source and a target")
-    found += scope_problems(
+    found += scope(
         namespace=namespace,
         vm=vm,
         moves=[(v.volume, v.source, v.target, v.to_class) for v in journal.volumes],

@@ -18,18 +18,18 @@ from dataclasses import replace
 from typing import Any
 
 from reconciler.apply.context import MoveRun, StepFailed
+from reconciler.apply.read import VMState, pod_state, vm_state, vmi_state
 from reconciler.apply.store import check_fence, fence_ops, read_vm
 from reconciler.kube.resources import PODS, VIRTUAL_MACHINES, VMIS
 from reconciler.kube.watch import State, Stream
 from reconciler.model.errors import ClusterError
-from reconciler.model.journal import Flow, Journal
+from reconciler.model.failures import Failure
+from reconciler.model.journal import Flow, Journal, Step
+from reconciler.model.runstrategy import RUNNING_FIELD, stopped_form
 
 Obj = dict[str, Any]
 Op = Mapping[str, Any]
 
-RUNNING_FIELD = "running:"  # journal run_strategy prefix for VMs that use spec.running
-HALTED = "Halted"
-_PATCH_ATTEMPTS = 5
 _VM_ERROR_STATES = (
     "ErrorPvcNotFound",
     "DataVolumeError",
@@ -40,34 +40,10 @@ _VM_ERROR_STATES = (
 )
 
 
-def claims_of(vm: Mapping[str, Any]) -> dict[str, str]:
-    """volume name -> the claim (DataVolume or PVC name) it uses in the VM's template."""
-    spec = ((vm.get("spec") or {}).get("template") or {}).get("spec") or {}
-    claims: dict[str, str] = {}
-    for volume in spec.get("volumes") or ():
-        if not isinstance(volume, dict):
-            continue
-        dv = volume.get("dataVolume") or {}
-        pvc = volume.get("persistentVolumeClaim") or {}
-        claim = dv.get("name") or pvc.get("claimName")
-        if claim:
-            claims[str(volume.get("name"))] = str(claim)
-    return claims
-
-
-def run_strategy_of(vm: Mapping[str, Any]) -> str:
-    """``spec.runStrategy``, or ``running:true|false`` for VMs on the deprecated field."""
-    spec = vm.get("spec") or {}
-    if "runStrategy" in spec:
-        return str(spec["runStrategy"])
-    if "running" in spec:
-        return f"{RUNNING_FIELD}{str(bool(spec['running'])).lower()}"
-    return HALTED  # KubeVirt's default when neither is set
-
-
 def _run_strategy_ops(current: str, wanted: str) -> list[Obj]:
-    """Test ``current``, write ``wanted``: both in the field the VM uses (a VM on the
-    deprecated ``spec.running`` stays on it, so we leave its spec as we found it)."""
+    """Test ``current``, write ``wanted`` (both recorded forms: ``RunStrategy.recorded``), in
+    the field the VM uses (a VM on the deprecated ``spec.running`` stays on it, so we leave its
+    spec as we found it)."""
     if current.startswith(RUNNING_FIELD):
         return [
             {"op": "test", "path": "/spec/running", "value": current == f"{RUNNING_FIELD}true"},
@@ -79,17 +55,17 @@ def _run_strategy_ops(current: str, wanted: str) -> list[Obj]:
     ]
 
 
-def _stopped_form(original: str) -> str:
-    return f"{RUNNING_FIELD}false" if original.startswith(RUNNING_FIELD) else HALTED
+def _gone(run: MoveRun) -> StepFailed:
+    return StepFailed(Failure.VM_DELETED, f"VirtualMachine {run.namespace}/{run.vm} was deleted")
 
 
 def patch_vm(
     run: MoveRun,
-    build: Callable[[Obj], list[Obj] | None],
+    build: Callable[[VMState], list[Obj] | None],
     *,
-    refused_rule: str,
+    refused_rule: Failure,
     patient: bool = False,
-) -> Obj | None:
+) -> VMState | None:
     """Read the VM, ``build(vm)`` the ops (None: nothing to do), send them behind the fence
     (a test that the journal is still the one this runner wrote: ``store.fence_ops``); on a
     conflict read again and rebuild. Returns the VM as last read when nothing was to do.
@@ -103,14 +79,14 @@ def patch_vm(
     (admission, a value that no longer matches): StepFailed ``refused_rule``.
     """
     for _ in run.conflicts(patient=patient):
-        vm = read_vm(run)
-        if vm is None:
-            raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
-        check_fence(run, vm)
+        raw = read_vm(run)
+        if raw is None:
+            raise _gone(run)
+        check_fence(run, raw)
+        vm = vm_state(raw)
         ops = build(vm)
         if ops is None:
             return vm
-        version = str(vm["metadata"].get("resourceVersion", ""))
         try:
             run.cluster.json_patch(VIRTUAL_MACHINES, run.namespace, run.vm, [*fence_ops(run), *ops])
             return None
@@ -120,24 +96,24 @@ def patch_vm(
             again = read_vm(run)
             if again is not None:
                 check_fence(run, again)
-                if again["metadata"].get("resourceVersion") == version:
+                if vm_state(again).resource_version == vm.resource_version:
                     raise StepFailed(refused_rule, str(exc)) from exc
     raise StepFailed(
-        "vm-changed",
+        Failure.VM_CHANGED,
         "the VM kept changing under what we were about to change; nothing was overwritten",
     )
 
 
 def _stop(run: MoveRun, journal: Journal) -> Journal:
-    stopped = _stopped_form(journal.run_strategy)
+    stopped = stopped_form(journal.run_strategy)
 
-    def build(vm: Obj) -> list[Obj] | None:
-        current = run_strategy_of(vm)
+    def build(vm: VMState) -> list[Obj] | None:
+        current = vm.run_strategy.recorded
         if current == stopped:
             return None
         if current != journal.run_strategy:
             raise StepFailed(
-                "vm-changed",
+                Failure.VM_CHANGED,
                 f"the VM's run strategy changed to {current!r} "
                 f"(was {journal.run_strategy!r}) before we stopped it",
             )
@@ -145,42 +121,40 @@ def _stop(run: MoveRun, journal: Journal) -> Journal:
 
     if journal.run_strategy != stopped:  # a VM that was stopped already needs no stop
         run.say("stopping the VM (runStrategy Halted) for an offline move")
-    patch_vm(run, build, refused_rule="stop-refused")
+    patch_vm(run, build, refused_rule=Failure.STOP_REFUSED)
     return journal
 
 
 def _start(run: MoveRun, journal: Journal) -> Journal:
-    def build(vm: Obj) -> list[Obj] | None:
-        current = run_strategy_of(vm)
+    stopped = stopped_form(journal.run_strategy)
+
+    def build(vm: VMState) -> list[Obj] | None:
+        current = vm.run_strategy.recorded
         if current == journal.run_strategy:
             return None
-        if current != _stopped_form(journal.run_strategy) and journal.rolling_back:
+        if current != stopped and journal.rolling_back:
             # Someone else chose a run strategy while we had the VM stopped: a rollback
             # leaves their choice (never clobber) and goes on cleaning up.
             run.say(
                 f"leaving runStrategy {current.removeprefix(RUNNING_FIELD)}: set by someone else"
             )
             return None
-        if current != _stopped_form(journal.run_strategy):
+        if current != stopped:
             raise StepFailed(
-                "vm-changed",
+                Failure.VM_CHANGED,
                 f"the VM's run strategy is {current!r}: someone "
                 "else changed it while the VM was stopped for the move",
             )
         return _run_strategy_ops(current, journal.run_strategy)
 
-    if journal.run_strategy != _stopped_form(journal.run_strategy):
+    if journal.run_strategy != stopped:
         run.say(f"restoring runStrategy {journal.run_strategy.removeprefix(RUNNING_FIELD)}")
-    patch_vm(run, build, refused_rule="start-refused", patient=journal.rolling_back)
+    patch_vm(run, build, refused_rule=Failure.START_REFUSED, patient=journal.rolling_back)
     return journal
 
 
 def _launcher_pods(state: State) -> list[str]:
-    return [
-        name
-        for name, pod in state["pods"].items()
-        if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-    ]
+    return [name for name, pod in state["pods"].items() if not pod_state(pod).ended]
 
 
 def _wait_stopped(run: MoveRun, journal: Journal) -> Journal:
@@ -203,36 +177,29 @@ def _wait_stopped(run: MoveRun, journal: Journal) -> Journal:
         what="the VM to stop (VMI and virt-launcher pod gone)",
         on_tick=tick,
     )
-    vm = read_vm(run)
-    if vm is None:
-        raise StepFailed("vm-deleted", f"VirtualMachine {run.namespace}/{run.vm} was deleted")
+    raw = read_vm(run)
+    if raw is None:
+        raise _gone(run)
     # What proves the source unchanged when the copy is swapped in: the spec as it was once
     # stopped (a start, or any edit, bumps the generation; our annotation writes do not).
-    return replace(journal, source_generation=_generation(vm))
+    return replace(journal, source_generation=vm_state(raw).generation)
 
 
-def _generation(vm: Obj) -> int:
-    try:
-        return int((vm.get("metadata") or {}).get("generation") or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _unchanged_since_stop(run: MoveRun, journal: Journal, vm: Obj) -> None:
+def _unchanged_since_stop(run: MoveRun, journal: Journal, vm: VMState) -> None:
     """StepFailed ``source-changed`` unless nothing can have written to the source since the
     offline copy began: the VM is still stopped (no VMI), its spec unchanged since we stopped
     it (same generation). A copy that cannot be proven current is never swapped in."""
     if run.cluster.get(VMIS, run.namespace, run.vm) is not None:
         raise StepFailed(
-            "source-changed",
+            Failure.SOURCE_CHANGED,
             "the VM runs again (started by someone else after the copy began): the copy may "
             "miss its writes; nothing was swapped",
         )
-    now = _generation(vm)
+    now = vm.generation
     if not journal.source_generation or now != journal.source_generation:
         was = journal.source_generation or "not recorded"
         raise StepFailed(
-            "source-changed",
+            Failure.SOURCE_CHANGED,
             f"the VM changed since it was stopped for the copy (generation {now}, was {was}: "
             "started, edited or stopped again by someone else): the copy may miss writes; "
             "nothing was swapped, the next run copies again",
@@ -242,8 +209,8 @@ def _unchanged_since_stop(run: MoveRun, journal: Journal, vm: Obj) -> None:
 def _wait_running(run: MoveRun, journal: Journal) -> Journal:
     if not journal.was_running:
         return journal
-    vm = read_vm(run)
-    if vm is not None and run_strategy_of(vm) != journal.run_strategy:
+    raw = read_vm(run)
+    if raw is not None and vm_state(raw).run_strategy.recorded != journal.run_strategy:
         return journal  # not our run strategy (someone else's, left alone): nothing to wait for
     streams = [
         Stream("vmi", VMIS, run.namespace, name=run.vm),
@@ -252,12 +219,12 @@ def _wait_running(run: MoveRun, journal: Journal) -> Journal:
 
     def running(state: State) -> bool | None:
         vmi = state["vmi"].get(run.vm)
-        if vmi is not None and (vmi.get("status") or {}).get("phase") == "Running":
+        if vmi is not None and vmi_state(vmi).running:
             return True
         vm = state["vm"].get(run.vm)
-        status = str(((vm or {}).get("status") or {}).get("printableStatus") or "")
+        status = vm_state(vm).printable_status if vm is not None else ""
         if status in _VM_ERROR_STATES:
-            raise StepFailed("vm-start-failed", f"the VM does not start: {status}")
+            raise StepFailed(Failure.VM_START_FAILED, f"the VM does not start: {status}")
         return None
 
     run.say("waiting for the VM to run again")
@@ -274,14 +241,14 @@ def _wait_running(run: MoveRun, journal: Journal) -> Journal:
 def _swap(run: MoveRun, journal: Journal) -> Journal:
     """Rename every moved volume (and its dataVolumeTemplate) in one patch."""
 
-    def build(vm: Obj) -> list[Obj] | None:
-        claims = claims_of(vm)
+    def build(vm: VMState) -> list[Obj] | None:
+        claims = vm.claims
         if all(claims.get(v.volume) == v.target for v in journal.volumes):
             return None
         for v in journal.volumes:
             if claims.get(v.volume) != v.source:
                 raise StepFailed(
-                    "vm-changed",
+                    Failure.VM_CHANGED,
                     f"volume {v.volume} now uses "
                     f"{claims.get(v.volume)!r}, neither {v.source} nor {v.target}: "
                     "the VM was edited by someone else; nothing was overwritten",
@@ -290,9 +257,9 @@ def _swap(run: MoveRun, journal: Journal) -> Journal:
             _unchanged_since_stop(run, journal, vm)
         if journal.flow is Flow.LIVE:
             vmi = run.cluster.get(VMIS, run.namespace, run.vm)
-            if ((vmi or {}).get("status") or {}).get("phase") != "Running":
+            if vmi is None or not vmi_state(vmi).running:
                 raise StepFailed(
-                    "vm-changed",
+                    Failure.VM_CHANGED,
                     "the VM stopped before its live swap: KubeVirt would not copy the disks "
                     "but start the VM on the blank destinations; nothing was swapped",
                 )
@@ -307,10 +274,14 @@ def _swap(run: MoveRun, journal: Journal) -> Journal:
         "swapping volumes: "
         + ", ".join(f"{v.volume} {v.source} -> {v.target}" for v in journal.volumes)
     )
-    patch_vm(run, build, refused_rule="swap-refused")
+    patch_vm(run, build, refused_rule=Failure.SWAP_REFUSED)
     if journal.flow is Flow.LIVE:
         _await_update_recorded(run, journal)
     return replace(journal, swapped=True)
+
+
+_RECORDED = {("VolumesChange", "True"), ("VolumesChange", "False"), ("RestartRequired", "True")}
+"""VM conditions that say virt-controller wrote the VM's status after the VMI changed."""
 
 
 def _await_update_recorded(run: MoveRun, journal: Journal) -> None:
@@ -327,31 +298,14 @@ def _await_update_recorded(run: MoveRun, journal: Journal) -> None:
     targets = {v.target for v in journal.volumes}
 
     def recorded(state: State) -> bool | None:
-        vm = state["vm"].get(run.vm)
-        vmi = state["vmi"].get(run.vm)
-        if vm is None or vmi is None:
+        raw_vm, raw_vmi = state["vm"].get(run.vm), state["vmi"].get(run.vm)
+        if raw_vm is None or raw_vmi is None:
             return True
-        status = vm.get("status") or {}
-        migration = (status.get("volumeUpdateState") or {}).get("volumeMigrationState") or {}
-        destinations = {
-            ((m or {}).get("destinationPVCInfo") or {}).get("claimName")
-            for m in migration.get("migratedVolumes") or ()
-        }
-        # the VM's own conditions: virt-controller wrote its status after the VMI changed
-        conditions = {
-            (c.get("type"), c.get("status"))
-            for c in status.get("conditions") or ()
-            if isinstance(c, dict)
-        }
-        in_use = {
-            ((v or {}).get("persistentVolumeClaimInfo") or {}).get("claimName")
-            for v in (vmi.get("status") or {}).get("volumeStatus") or ()
-        }
-        if targets <= destinations or targets <= in_use:
+        vm, vmi = vm_state(raw_vm), vmi_state(raw_vmi)
+        in_use = set(vmi.volume_status.values())
+        if targets <= vm.migrated_destinations or targets <= in_use:
             return True  # recorded (or already migrated)
-        if {("VolumesChange", "True"), ("VolumesChange", "False"), ("RestartRequired", "True")} & (
-            conditions
-        ):
+        if _RECORDED & {(c.type, c.status) for c in vm.conditions}:
             return True  # mirrored, or refused (the migration wait reports a refusal)
         return None
 
@@ -371,8 +325,8 @@ def _await_update_recorded(run: MoveRun, journal: Journal) -> None:
 def _revert(run: MoveRun, journal: Journal) -> Journal:
     """Rename the volumes back exactly (for a live move: KubeVirt's cancellation)."""
 
-    def build(vm: Obj) -> list[Obj] | None:
-        claims = claims_of(vm)
+    def build(vm: VMState) -> list[Obj] | None:
+        claims = vm.claims
         if all(claims.get(v.volume) == v.source for v in journal.volumes):
             return None
         if not any(claims.get(v.volume) == v.target for v in journal.volumes):
@@ -381,16 +335,16 @@ def _revert(run: MoveRun, journal: Journal) -> Journal:
             return None
         if not all(claims.get(v.volume) == v.target for v in journal.volumes):
             raise StepFailed(
-                "vm-changed",
+                Failure.VM_CHANGED,
                 "the VM's volumes are neither the sources nor the "
-                f"targets ({claims}); fix the VM by hand, then run again",
+                f"targets ({dict(claims)}); fix the VM by hand, then run again",
             )
         return [dict(op) for op in journal.revert_ops]
 
     if read_vm(run) is None:
         return journal
     run.say("rolling back: restoring the original volumes")
-    patch_vm(run, build, refused_rule="revert-refused", patient=True)
+    patch_vm(run, build, refused_rule=Failure.REVERT_REFUSED, patient=True)
     return replace(journal, swapped=False)
 
 
@@ -399,22 +353,22 @@ def _remove_strategy(run: MoveRun, journal: Journal) -> Journal:
     if not journal.cleanup_ops:
         return journal
 
-    def build(vm: Obj) -> list[Obj] | None:
-        if (vm.get("spec") or {}).get("updateVolumesStrategy") != "Migration":
+    def build(vm: VMState) -> list[Obj] | None:
+        if vm.update_volumes_strategy != "Migration":
             return None
         return [dict(op) for op in journal.cleanup_ops]
 
     if read_vm(run) is not None:
-        patch_vm(run, build, refused_rule="revert-refused", patient=journal.rolling_back)
+        patch_vm(run, build, refused_rule=Failure.REVERT_REFUSED, patient=journal.rolling_back)
     return journal
 
 
 STEPS = {
-    "stop": _stop,
-    "wait-stopped": _wait_stopped,
-    "swap": _swap,
-    "start": _start,
-    "wait-running": _wait_running,
-    "revert": _revert,
-    "remove-strategy": _remove_strategy,
+    Step.STOP: _stop,
+    Step.WAIT_STOPPED: _wait_stopped,
+    Step.SWAP: _swap,
+    Step.START: _start,
+    Step.WAIT_RUNNING: _wait_running,
+    Step.REVERT: _revert,
+    Step.REMOVE_STRATEGY: _remove_strategy,
 }

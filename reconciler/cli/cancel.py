@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from reconciler.apply.cancel import Cancelled, NothingToCancel, cancel
+from reconciler.apply.cancel import Cancelled, NothingToCancel
 from reconciler.apply.context import Settings
 from reconciler.apply.lease import LeaseLost, LockHeld
 from reconciler.cli.apply import add_lease_options, stop_on_signals
@@ -24,6 +24,7 @@ from reconciler.cli.common import (
     progress,
 )
 from reconciler.cli.version import versioned
+from reconciler.engine import cancel
 from reconciler.kube.kubeconfig import context_namespace
 from reconciler.model.errors import ExitCode, Problem, UserError
 from reconciler.model.outcome import FAILED, INTERRUPTED, ROLLED_BACK, ApplyReport, Outcome

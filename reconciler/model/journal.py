@@ -24,18 +24,20 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from reconciler.model.names import JOURNAL_ANNOTATION, LAST_MIGRATION_ANNOTATION
+
 JOURNAL_VERSION = 1
 MAX_JOURNAL_BYTES = 200_000  # annotations total at most 256 KiB on a real API server
 
 
-class Flow(enum.Enum):
+class Flow(enum.StrEnum):
     """How the disks move: live (KubeVirt volume migration) or offline (stop, clone, swap)."""
 
     LIVE = "live"
     OFFLINE = "offline"
 
 
-class Step(enum.Enum):
+class Step(enum.StrEnum):
     """One action of a move or of its rollback. The value is what the journal says."""
 
     # forward
@@ -275,6 +277,14 @@ def decode(text: str) -> Journal:
     return journal
 
 
+def read_journal(annotations: Mapping[str, str]) -> Journal | None:
+    """The journal in a VM's annotations (``JOURNAL_ANNOTATION``): None when there is none,
+    ``JournalError`` when there is one this version cannot act on. Every reader of the
+    annotation goes through here (apply, cancel, status)."""
+    text = annotations.get(JOURNAL_ANNOTATION)
+    return None if text is None else decode(text)
+
+
 def _str(doc: Mapping[str, Any], key: str) -> str:
     value = doc[key]
     if not isinstance(value, str):
@@ -392,3 +402,10 @@ def decode_last(text: str) -> LastMigration | None:
         )
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
+
+
+def read_last(annotations: Mapping[str, str]) -> LastMigration | None:
+    """The last-migration record in a VM's annotations (``LAST_MIGRATION_ANNOTATION``), None
+    when there is none or it cannot be read (it is informational only)."""
+    text = annotations.get(LAST_MIGRATION_ANNOTATION)
+    return decode_last(text) if text else None

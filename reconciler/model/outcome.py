@@ -8,23 +8,38 @@ the journal is kept, the next run resumes).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field, replace
 
+from reconciler.model.journal import Flow
 from reconciler.model.verdict import EmptyPlan, VMVerdict
 from reconciler.model.writeback import WriteBack
 
-SUCCEEDED = "Succeeded"
-ROLLED_BACK = "RolledBack"
-FAILED = "Failed"
-INTERRUPTED = "Interrupted"
+
+class Result(enum.StrEnum):
+    """How a VM's move ended (a ``StrEnum``: documents and metrics show its text)."""
+
+    SUCCEEDED = "Succeeded"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+    INTERRUPTED = "Interrupted"
+
+
+SUCCEEDED = Result.SUCCEEDED
+ROLLED_BACK = Result.ROLLED_BACK
+FAILED = Result.FAILED
+INTERRUPTED = Result.INTERRUPTED
 
 
 @dataclass(frozen=True)
 class Outcome:
+    """``flow`` is None when no journal could be read (a refused or unreadable journal, a move
+    that could not be rendered)."""
+
     migration_id: str
     plan: str
-    flow: str
-    result: str
+    flow: Flow | None
+    result: Result
     rule: str = ""
     reason: str = ""
     seconds: float = 0.0

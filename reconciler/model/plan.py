@@ -47,7 +47,7 @@ class VolumeMode(enum.Enum):
     FILESYSTEM = "Filesystem"
 
 
-class Retention(enum.Enum):
+class Retention(enum.StrEnum):
     """What happens to the source disk after the target is verified."""
 
     KEEP = "Keep"

@@ -39,6 +39,7 @@ from reconciler.model.names import (
     VOLUME_UPDATE_LABEL,
 )
 from reconciler.model.quantity import parse_quantity
+from reconciler.model.runstrategy import run_strategy_of
 
 Obj = Mapping[str, Any]
 
@@ -220,13 +221,6 @@ def claim_of(volume: Obj) -> tuple[str, str | None, bool]:
     return (kinds[0] if kinds else "unknown"), None, False
 
 
-def run_strategy_of(spec: Obj) -> str:
-    """The effective runStrategy; the deprecated ``running`` maps to Always / Halted."""
-    if spec.get("runStrategy"):
-        return str(spec["runStrategy"])
-    return "Always" if spec.get("running") else "Halted"
-
-
 def parse_vm(obj: Obj) -> VMInfo:
     meta, spec = _meta(obj), obj.get("spec") or {}
     template_spec = (spec.get("template") or {}).get("spec") or {}
@@ -256,19 +250,20 @@ def parse_vm(obj: Obj) -> VMInfo:
             )
         )
     status = obj.get("status") or {}
+    strategy = run_strategy_of(spec)
     return VMInfo(
         namespace=_word(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         uid=str(meta.get("uid", "")),
         resource_version=str(meta.get("resourceVersion", "")),
-        run_strategy=_word(run_strategy_of(spec)),
+        run_strategy=_word(strategy.effective),
         volumes=tuple(volumes),
         labels=dict(meta.get("labels") or {}),
         annotations=dict(meta.get("annotations") or {}),
         update_volumes_strategy=_interned(spec.get("updateVolumesStrategy")),
         printable_status=_word(status.get("printableStatus", "")),
         conditions=_conditions(status),
-        uses_running_field="running" in spec and "runStrategy" not in spec,
+        uses_running_field=strategy.on_running_field,
         raw=PackedObject(slim_vm(obj)),
     )
 

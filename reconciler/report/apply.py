@@ -22,9 +22,9 @@ def _outcome_doc(o: Outcome) -> dict[str, Any]:
         "name": o.vm,
         "plan": o.plan,
         "migrationId": o.migration_id,
-        "flow": o.flow,
-        "result": o.result,
-        "rule": o.rule or None,
+        "flow": str(o.flow or ""),  # plain text: YAML does not take an enum
+        "result": str(o.result),
+        "rule": str(o.rule) if o.rule else None,
         "reason": o.reason or None,
         "seconds": round(o.seconds, 3),
         "resumed": o.resumed,

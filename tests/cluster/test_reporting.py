@@ -28,7 +28,8 @@ import requests
 
 from reconciler.kube.client import Cluster
 from reconciler.model.errors import ClusterError
-from reconciler.model.outcome import ApplyReport, Outcome
+from reconciler.model.journal import Flow
+from reconciler.model.outcome import SUCCEEDED, ApplyReport, Outcome
 from reconciler.model.verdict import Action, Effect, Finding, VMVerdict, VolumeVerdict
 from reconciler.publish import status as status_module
 from reconciler.publish.reporting import Reporting
@@ -273,7 +274,8 @@ def test_the_last_success_survives_a_run_that_fails(
         reporting.finish(report, error)
         clock.append(clock[-1] + timedelta(minutes=15))
 
-    run(ApplyReport(outcomes=(Outcome("m1", "ns/p", "live", "Succeeded", namespace="ns", vm="a"),)))
+    moved = Outcome("m1", "ns/p", Flow.LIVE, SUCCEEDED, namespace="ns", vm="a")
+    run(ApplyReport(outcomes=(moved,)))
     first = clock[0]
     run(None, error="ClusterError: the API server went away")
 

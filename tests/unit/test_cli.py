@@ -10,6 +10,7 @@ import pytest
 from reconciler.cli.apply import exit_code
 from reconciler.cli.main import main
 from reconciler.model.errors import ExitCode
+from reconciler.model.journal import Flow
 from reconciler.model.outcome import ROLLED_BACK, ApplyReport, Outcome
 from reconciler.model.verdict import Effect, EmptyPlan, Finding
 
@@ -168,6 +169,6 @@ def test_apply_exits_7_when_a_plan_selected_nothing_unless_a_vm_failed() -> None
         "mig-vmm", "p", Finding("namespace-not-found", Effect.NOTHING_SELECTED, None, "...")
     )
     assert exit_code(ApplyReport(empty_plans=(empty,))) is ExitCode.NOTHING_SELECTED
-    failed = Outcome(migration_id="m", plan="p", flow="live", result=ROLLED_BACK)
+    failed = Outcome(migration_id="m", plan="p", flow=Flow.LIVE, result=ROLLED_BACK)
     assert exit_code(ApplyReport(outcomes=(failed,), empty_plans=(empty,))) is ExitCode.VM_FAILED
     assert exit_code(ApplyReport()) is ExitCode.OK

@@ -19,6 +19,7 @@ from reconciler.apply.lease import Lease, LeaseLost
 from reconciler.apply.trust import journal_problems
 from reconciler.model import journal as journals
 from reconciler.model.journal import FORWARD, Flow, Journal, LastMigration, Step, VolumeMove
+from reconciler.render.scope import scope_problems
 from tests.unit.test_scope import LIVE, OFFLINE, shipped
 
 
@@ -117,7 +118,7 @@ def test_the_journal_codec_keeps_the_fence_and_the_generation() -> None:
 def test_a_journal_as_apply_writes_it_is_trusted(case: str, flow: Flow) -> None:
     parts = shipped(case)
     journal = journal_of(parts, flow)
-    assert journal_problems(parts["namespace"], parts["vm"], journal) == []
+    assert journal_problems(parts["namespace"], parts["vm"], journal, scope_problems) == []
 
 
 def test_a_journal_cloning_another_namespace_s_disk_is_refused() -> None:
@@ -125,14 +126,14 @@ def test_a_journal_cloning_another_namespace_s_disk_is_refused() -> None:
     forged = copy.deepcopy(parts["data_volumes"])
     forged[0]["spec"]["source"]["pvc"]["namespace"] = "tenant-b"
     journal = journal_of({**parts, "data_volumes": forged}, Flow.OFFLINE)
-    found = journal_problems(parts["namespace"], parts["vm"], journal)
+    found = journal_problems(parts["namespace"], parts["vm"], journal, scope_problems)
     assert found and any("tenant-b" in p or "namespace" in p for p in found), found
 
 
 def test_a_journal_of_another_namespace_s_plan_or_an_odd_retention_is_refused() -> None:
     parts = shipped(OFFLINE)
     journal = replace(journal_of(parts, Flow.OFFLINE), plan="other/move", retention="Purge")
-    found = journal_problems(parts["namespace"], parts["vm"], journal)
+    found = journal_problems(parts["namespace"], parts["vm"], journal, scope_problems)
     assert any("not of namespace" in p for p in found), found
     assert any("retention 'Purge'" in p for p in found), found
 
@@ -141,9 +142,10 @@ def test_a_journal_before_its_swap_must_name_the_claims_the_vm_uses() -> None:
     parts = shipped(OFFLINE)
     journal = journal_of(parts, Flow.OFFLINE)
     forged = replace(journal, volumes=(replace(journal.volumes[0], source="someone-elses-disk"),))
-    assert journal_problems(parts["namespace"], parts["vm"], forged), "a source it never used"
+    forged_problems = journal_problems(parts["namespace"], parts["vm"], forged, scope_problems)
+    assert forged_problems, "a source it never used"
     after_swap = replace(journal, step=Step.DELETE_SOURCES)
-    assert journal_problems(parts["namespace"], parts["vm"], after_swap) == []
+    assert journal_problems(parts["namespace"], parts["vm"], after_swap, scope_problems) == []
 
 
 def last(result: str, failures: int, rule: str = "copy-failed") -> LastMigration:

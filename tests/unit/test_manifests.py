@@ -31,7 +31,7 @@ from reconciler.cli.serve import Health, serve
 from reconciler.cli.version import version
 from reconciler.kube import resources
 from reconciler.model.errors import EXIT_CODE_TABLE, ClusterError, ExitCode, JobAction
-from reconciler.model.journal import ROLLBACK
+from reconciler.model.journal import ROLLBACK, Flow
 from reconciler.model.outcome import INTERRUPTED, ROLLED_BACK, ApplyReport, Outcome
 from reconciler.model.verdict import Action, VMVerdict
 from reconciler.plans.load import load_plans
@@ -135,8 +135,8 @@ def test_a_scheduled_run_that_did_what_it_could_exits_0() -> None:
         ExitCode.PENDING,
     ]
     assert exit_code(states[-1]) is ExitCode.OK
-    failed = Outcome(migration_id="m", plan="p", flow="live", result=ROLLED_BACK)
-    stopped = Outcome(migration_id="m", plan="p", flow="live", result=INTERRUPTED)
+    failed = Outcome(migration_id="m", plan="p", flow=Flow.LIVE, result=ROLLED_BACK)
+    stopped = Outcome(migration_id="m", plan="p", flow=Flow.LIVE, result=INTERRUPTED)
     for detail in (False, True):
         assert exit_code(ApplyReport(outcomes=(failed,)), detailed=detail) is ExitCode.VM_FAILED
         assert exit_code(ApplyReport(outcomes=(stopped,)), detailed=detail) is ExitCode.PENDING
