@@ -31,7 +31,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -84,6 +85,62 @@ def _parse(stamp: Any) -> datetime | None:
         return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A Lease's ``spec`` as the rules read it: who holds it, until when (``renewTime +
+    leaseDurationSeconds``; None when it was never renewed) and its ``leaseTransitions``."""
+
+    holder: str
+    until: datetime | None
+    transitions: int
+
+
+def holding_of(spec: Mapping[str, Any] | None) -> Holding:
+    """The ``Holding`` of a Lease's spec (None, or fields of another type, read as unset)."""
+    spec = spec if isinstance(spec, Mapping) else {}
+    renewed = _parse(spec.get("renewTime")) if spec.get("renewTime") else None
+    until = (
+        renewed + timedelta(seconds=_count(spec.get("leaseDurationSeconds"))) if renewed else None
+    )
+    return Holding(
+        holder=str(spec.get("holderIdentity") or ""),
+        until=until,
+        transitions=_count(spec.get("leaseTransitions")),
+    )
+
+
+def held_by_another(holding: Holding, me: str, now: datetime) -> bool:
+    """The takeover rule (client-go's leader election): a Lease that another holder renewed
+    and that has not expired yet is theirs; a released one (no holder), our own (a restart of
+    this runner), an expired one or one never renewed may be taken."""
+    return (
+        bool(holding.holder)
+        and holding.holder != me
+        and holding.until is not None
+        and holding.until > now
+    )
+
+
+def lost_because(holding: Holding, me: str, transitions: int) -> str | None:
+    """Why a Lease this runner acquired (at ``transitions``) is not its own any more; None
+    while it is."""
+    if holding.holder != me:
+        return f"it is held by {holding.holder or 'nobody (deleted or released)'}"
+    if holding.transitions != transitions:
+        # our name, but another acquisition (a runner with the same identity)
+        return "it was taken again since we acquired it"
+    return None
 
 
 class Lease:
@@ -155,7 +212,7 @@ class Lease:
         """A write of ours that made us the holder was accepted; it was sent at ``sent``."""
         with self._state:
             self._version = str(written["metadata"]["resourceVersion"])
-            self.transitions = int((written.get("spec") or {}).get("leaseTransitions") or 0)
+            self.transitions = holding_of(written.get("spec")).transitions
             self._valid_until = max(self._valid_until, sent + self.renew_deadline)
             self._renewed_at = max(self._renewed_at, sent)
             self._last_error = ""
@@ -179,20 +236,13 @@ class Lease:
             self._held_since(sent, created)
             self._start_renewing()
             return None
-        spec = current.get("spec") or {}
-        holder = str(spec.get("holderIdentity") or "")
-        renewed = _parse(spec.get("renewTime"))
-        until = (
-            renewed + timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
-            if renewed
-            else None
-        )
-        if holder and holder != self.holder and until is not None and until > self.now():
-            raise LockHeld(holder, until, self.where)
+        holding = holding_of(current.get("spec"))
+        if held_by_another(holding, self.holder, self.now()):
+            raise LockHeld(holding.holder, holding.until, self.where)
         self._version = str(current["metadata"]["resourceVersion"])
         # Every acquisition is a transition (also a holder's own restart after a crash: the
         # token of the previous process must not match ours).
-        transitions = int(spec.get("leaseTransitions") or 0) + 1
+        transitions = holding.transitions + 1
         try:
             updated = self.cluster.replace(
                 LEASES,
@@ -208,11 +258,9 @@ class Lease:
             # answer was lost (the client sent it again, and the resourceVersion no longer
             # matched). Ours only if the Lease now says exactly what we wrote.
             now = self.cluster.get(LEASES, self.namespace, self.name)
-            spec = (now or {}).get("spec") or {}
             if (
                 now is None
-                or spec.get("holderIdentity") != self.holder
-                or int(spec.get("leaseTransitions") or 0) != transitions
+                or lost_because(holding_of(now.get("spec")), self.holder, transitions) is not None
             ):
                 raise LockHeld(
                     "another runner (it took the Lease just now)", None, self.where
@@ -272,14 +320,11 @@ class Lease:
             current = self.cluster.get(
                 LEASES, self.namespace, self.name, timeout=self.request_timeout
             )
-            spec = (current or {}).get("spec") or {}
-            if current is None or spec.get("holderIdentity") != self.holder:
-                taker = spec.get("holderIdentity") or "nobody (deleted or released)"
-                self._lose(f"it is held by {taker}")
-                return False
-            if int(spec.get("leaseTransitions") or 0) != self.transitions:
-                # Our name, but another acquisition (a runner with the same identity).
-                self._lose("it was taken again since we acquired it")
+            spec = current.get("spec") if current is not None else None
+            spec = spec if isinstance(spec, Mapping) else {}
+            why = lost_because(holding_of(spec), self.holder, self.transitions)
+            if current is None or why is not None:
+                self._lose(why or "it is held by nobody (deleted or released)")
                 return False
             with self._state:
                 self._version = str(current["metadata"]["resourceVersion"])
@@ -337,11 +382,10 @@ class Lease:
             current = self.cluster.get(
                 LEASES, self.namespace, self.name, timeout=self.request_timeout
             )
-            spec = (current or {}).get("spec") or {}
             if (
                 current is None
-                or spec.get("holderIdentity") != self.holder
-                or int(spec.get("leaseTransitions") or 0) != self.transitions
+                or lost_because(holding_of(current.get("spec")), self.holder, self.transitions)
+                is not None
             ):
                 return
             self._version = str(current["metadata"]["resourceVersion"])
