@@ -1,7 +1,11 @@
 """`apply` killed, stopped, raced and cut off from its API server: it never loses a disk.
 
 Every test runs `apply` as a real subprocess (``python -m reconciler apply``), against the
-session's control plane and simulator, each in its own namespace (which also holds the Lease).
+session's control plane and engine, each in its own namespace (which also holds the Lease). The
+module is engine-neutral: faults go through the ``sim`` fixture's ``faults.add``/``clear``
+(the simulator's registry here, the node side's ConfigMap on the real engine), the content
+marker is the node side's ``CONTENT_HASH_ANNOTATION`` (both engines write it), and the cluster
+objects are seeded idempotently, so tests/real/test_real_crash.py runs it on the real engine.
 
 - **Crash at every step.** The boundaries come from the code: every step of
   ``journal.FORWARD[flow]`` and ``journal.ROLLBACK[flow]``, before and after, for both flows, so
@@ -35,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pykube
 import pytest
@@ -45,7 +49,7 @@ from reconciler.model import journal as journals
 from reconciler.model.journal import FORWARD, ROLLBACK, Flow, Step
 from reconciler.model.names import JOURNAL_ANNOTATION, LAST_MIGRATION_ANNOTATION, MIGRATION_LABEL
 from testenv.controlplane import ControlPlane
-from testenv.simulator import Fault, FaultAction, Simulator
+from testenv.simulator import Fault, FaultAction
 from testenv.simulator.core import CONTENT_HASH_ANNOTATION
 from tests.cluster.test_plan import _merge, fedora, plan_file, settle
 from tests.support.kube import Eventually, annotation, get_json, stays
@@ -60,12 +64,30 @@ LEASE = "vm-storage-reconciler"
 VM = "vm-fedora"
 VOLUME = "datavolumedisk1"
 SOURCE = "vm-fedora-disk"
-FAULT = "sim.vmstorage.dev/fault"
+FAULT = "sim.vmstorage.dev/fault"  # the node side's fault annotation (both engines read it)
 RUN_TIMEOUT = 120.0  # one subprocess; a hang fails the test instead of the session
+
+
+class Faults(Protocol):
+    """The fault knobs both engines' ``sim`` fixture offer (the simulator's registry, the real
+    engine's node side through ConfigMap kube-system/testenv-faults), same signature."""
+
+    def add(self, kind: str, namespace: str, name: str, fault: Fault) -> None: ...
+
+    def clear(self, kind: str, namespace: str, name: str) -> None: ...
+
+
+class NodeSide(Protocol):
+    """What this module uses of the ``sim`` fixture on either engine."""
+
+    @property
+    def faults(self) -> Faults: ...
 
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster_objects(api: pykube.HTTPClient) -> None:
+    """The StorageClasses and the KubeVirt CR (idempotent: on the real engine the CR the
+    engine made, with its status, is kept)."""
     from testenv import seed
 
     seed.seed_cluster(api)
@@ -116,11 +138,32 @@ class Cluster:
         namespace: str,
         tmp_path: Path,
         eventually: Eventually,
-        sim: Simulator,
+        sim: NodeSide,
     ) -> None:
         self.api, self.control_plane, self.ns = api, control_plane, namespace
         self.tmp_path, self.eventually, self.sim = tmp_path, eventually, sim
         self.background: list[subprocess.Popen[str]] = []
+        self.faulted: set[tuple[str, str]] = set()
+
+    # -- faults (the engine's node side; cleared after the test)
+
+    def fault(self, kind: str, name: str, fault: Fault) -> None:
+        """Arm ``fault`` on this namespace's object (which need not exist yet)."""
+        self.faulted.add((kind, name))
+        self.sim.faults.add(kind, self.ns, name, fault)
+
+    def clear_fault(self, kind: str, name: str) -> None:
+        self.sim.faults.clear(kind, self.ns, name)
+        self.faulted.discard((kind, name))
+
+    def annotate_vm(self, key: str, value: str | None) -> None:
+        _merge(
+            self.api,
+            KV,
+            self.ns,
+            f"virtualmachines/{VM}",
+            {"metadata": {"annotations": {key: value}}},
+        )
 
     # -- the VM and its disks
 
@@ -156,15 +199,6 @@ class Cluster:
     def source_exists(self) -> bool:
         pvc = self.pvc(SOURCE)
         return SOURCE in self.dvs() and bool(pvc) and not pvc["metadata"].get("deletionTimestamp")
-
-    def annotate_vm(self, key: str, value: str | None) -> None:
-        _merge(
-            self.api,
-            KV,
-            self.ns,
-            f"virtualmachines/{VM}",
-            {"metadata": {"annotations": {key: value}}},
-        )
 
     def target_name(self, flow: Flow) -> str:
         """The destination `plan` names (names are deterministic)."""
@@ -286,7 +320,7 @@ def cluster(
     namespace: str,
     tmp_path: Path,
     eventually: Eventually,
-    sim: Simulator,
+    sim: NodeSide,
 ) -> Iterator[Cluster]:
     cluster = Cluster(api, control_plane, namespace, tmp_path, eventually, sim)
     yield cluster
@@ -294,6 +328,8 @@ def cluster(
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+    for kind, name in sorted(cluster.faulted):
+        cluster.clear_fault(kind, name)
 
 
 def volume_claim(vm: dict[str, Any], volume: str = VOLUME) -> str:
@@ -320,6 +356,32 @@ def ours(cluster: Cluster) -> dict[str, str]:
         for name, dv in cluster.dvs().items()
         if MIGRATION_LABEL in (dv["metadata"].get("labels") or {})
     }
+
+
+def claims(cluster: Cluster) -> set[str]:
+    """The namespace's PersistentVolumeClaims that are not being deleted (a claim a pod still
+    uses stays Terminating: pvc-protection)."""
+    items = get_json(cluster.api, "v1", cluster.ns, "persistentvolumeclaims")["items"]
+    return {c["metadata"]["name"] for c in items if not c["metadata"].get("deletionTimestamp")}
+
+
+ORPHAN_TIMEOUT = 30.0
+"""How long a deleted DataVolume's claim and the copy's scratch claims may take to go: the
+garbage collector deletes them by ownerReference (kube-controller-manager's on the real
+engine, which reacted within a few seconds on 2 busy cores)."""
+
+
+def assert_no_orphans(cluster: Cluster, expected: set[str]) -> None:
+    """Eventually no DataVolume and no claim in the namespace but ``expected`` (the disks the
+    VM uses; the copy's own temporary claims included)."""
+    deadline = time.monotonic() + ORPHAN_TIMEOUT
+    while True:
+        seen = {"DataVolumes": set(cluster.dvs()), "claims": claims(cluster)}
+        if all(names == expected for names in seen.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"orphans left {ORPHAN_TIMEOUT:.0f}s later: {seen} != {expected}")
+        time.sleep(0.2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +444,7 @@ def crash(cluster: Cluster, boundary: Boundary) -> tuple[str, list[str]]:
     extra: list[str] = []
     if boundary.rollback and flow is Flow.LIVE:
         # every migration fails; the first failure rolls the move back
-        cluster.annotate_vm(FAULT, "fail")
+        cluster.fault("virtualmachines", VM, Fault(FaultAction.FAIL))
         extra = ["--max-migration-attempts", "1"]
     if boundary.rollback and flow is Flow.OFFLINE:
         # swapped and stopped, then past its deadline: the rollback has everything to undo
@@ -464,6 +526,7 @@ def test_killed_at_a_step_boundary_the_next_run_converges(
         assert ours(cluster) == {}, "the move's DataVolumes are deleted"
         assert cluster.source_exists(), "a failed move never deletes its source"
         assert cluster.content(SOURCE) == source_hash
+        assert_no_orphans(cluster, {SOURCE})
     else:
         assert rerun.returncode == 0, rerun
         assert (outcome["result"], last["result"]) == ("Succeeded", "Succeeded"), rerun
@@ -476,6 +539,7 @@ def test_killed_at_a_step_boundary_the_next_run_converges(
         assert ours(cluster) == {target: move}, "no DataVolume of ours the VM does not use"
         assert not cluster.source_exists(), "retention Delete removed the source"
         assert last.get("sourcesDeleted") == [SOURCE]
+        assert_no_orphans(cluster, {target})
         if boundary.before_verified():
             deleted = rerun.stderr.find(f"deleted source DataVolume {SOURCE}")
             assert 0 <= rerun.stderr.find("verified:") < deleted, (
@@ -495,7 +559,7 @@ def stalled_move(cluster: Cluster) -> tuple[subprocess.Popen[str], str]:
     `apply` started on it in the background, returned once it waits there."""
     cluster.create_vm()
     target = cluster.target_name(Flow.LIVE)
-    cluster.sim.faults.add("datavolumes", cluster.ns, target, Fault(FaultAction.STALL))
+    cluster.fault("datavolumes", target, Fault(FaultAction.STALL))
     proc = cluster.start(plan_body(Flow.LIVE))
 
     def waiting() -> bool:
@@ -551,7 +615,7 @@ def test_sigterm_while_waiting_stops_promptly_and_the_next_run_finishes(cluster:
         "the Lease is released on the way out: the next run need not wait for it"
     )
 
-    cluster.sim.faults.clear("datavolumes", cluster.ns, target)
+    cluster.clear_fault("datavolumes", target)
     rerun = cluster.apply(plan_body(Flow.LIVE))
     assert rerun.report["outcomes"][0]["resumed"], rerun
     assert_moved(cluster, rerun, source_hash)
@@ -598,7 +662,7 @@ def test_a_second_apply_while_one_runs_skips_and_changes_nothing(cluster: Cluste
     finally:
         first.send_signal(signal.SIGTERM)
         finish(first)
-    cluster.sim.faults.clear("datavolumes", cluster.ns, target)
+    cluster.clear_fault("datavolumes", target)
 
 
 def test_a_lease_held_by_another_runner_exits_4_until_it_expires(cluster: Cluster) -> None:
@@ -634,7 +698,7 @@ def test_api_server_restart_mid_migration_the_run_reconnects_and_finishes(
     cluster.create_vm()
     source_hash = cluster.content(SOURCE)
     vmi_uid = cluster.vmi()["metadata"]["uid"]
-    cluster.sim.faults.add("virtualmachines", cluster.ns, VM, Fault(FaultAction.STALL))
+    cluster.fault("virtualmachines", VM, Fault(FaultAction.STALL))
     try:
         proc = cluster.start(plan_body(Flow.LIVE))
 
@@ -648,15 +712,44 @@ def test_api_server_restart_mid_migration_the_run_reconnects_and_finishes(
             return bool(running) and journal is not None and journal.step is Step.WAIT_MIGRATION
 
         cluster.eventually(migrating, timeout=30, what="apply waiting on a stalled migration")
-        old_pid = control_plane.pids["kube-apiserver"]
 
-        control_plane.restart_apiserver()
-
-        assert control_plane.pids["kube-apiserver"] != old_pid
-        assert proc.poll() is None, f"apply gave up on the restart: {proc.communicate()}"
+        restart_apiserver(control_plane, proc)
     finally:
-        cluster.sim.faults.clear("virtualmachines", cluster.ns, VM)
+        cluster.clear_fault("virtualmachines", VM)
     done = finish(proc, timeout=60)
 
     assert_moved(cluster, done, source_hash)
     assert cluster.vmi()["metadata"]["uid"] == vmi_uid
+
+
+def test_api_server_restart_mid_copy_the_run_reconnects_and_finishes(
+    cluster: Cluster, control_plane: ControlPlane
+) -> None:
+    """The restart while the destination copy waits, which is released only after it: the copy
+    finishing (the CDI controller and the node side's workers), the volume swap admitted, the
+    migration and its hand-off are all done by clients that had to reconnect."""
+    proc, target = stalled_move(cluster)
+    source_hash = cluster.content(SOURCE)
+    vmi_uid = cluster.vmi()["metadata"]["uid"]
+    try:
+        restart_apiserver(control_plane, proc)
+    finally:
+        cluster.clear_fault("datavolumes", target)
+    done = finish(proc, timeout=60)
+
+    assert_moved(cluster, done, source_hash)
+    assert cluster.vmi()["metadata"]["uid"] == vmi_uid
+
+
+def restart_apiserver(control_plane: ControlPlane, proc: subprocess.Popen[str]) -> None:
+    """Restart kube-apiserver under the waiting ``proc``, which must outlive it."""
+    old_pid = control_plane.pids["kube-apiserver"]
+    began = time.monotonic()
+
+    control_plane.restart_apiserver()
+
+    # printed because the real engine's leader-elected controllers exit when they cannot
+    # renew their Lease for long enough (cdi-controller: 10 s): a slow restart shows here
+    print(f"kube-apiserver restarted in {time.monotonic() - began:.1f}s")
+    assert control_plane.pids["kube-apiserver"] != old_pid
+    assert proc.poll() is None, f"apply gave up on the restart: {proc.communicate()}"

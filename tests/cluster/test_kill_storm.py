@@ -6,8 +6,9 @@ retention Keep and Delete, disks from dataVolumeTemplates, standalone DataVolume
 PVCs; one VM's first migration fails (``--max-migration-attempts 1`` turns that into a rolled
 back move) and one clone fails three times (a ``copy-failed`` rollback), so the storm also hits
 rollbacks. Copies and migrations take about 6 s per disk (``COPY_SECONDS_PER_GIB``), so kills
-land mid-copy and mid-migration, not only between steps; KubeVirt's back-off before it retries
-a failed migration is cut from 20 s to 0.5 s, so a rolled-back VM does not idle the storm.
+land mid-copy and mid-migration (mid-request and mid-wait), not only between steps. On the
+simulator, KubeVirt's back-off before it retries a failed migration is cut from 20 s to 0.5 s,
+so a rolled-back VM does not idle the storm; upstream virt-controller keeps its own.
 
 The storm: ``KILLS`` runs of ``apply`` (a subprocess each), each SIGKILLed after a random delay
 in ``DELAY`` seconds unless it ended first (then its exit code must be 0, 1 or 3, never an
@@ -25,9 +26,13 @@ and what must hold for every VM:
 - the last-migration record agrees with where the VM ended.
 
 Timings are drawn from a seeded RNG: ``VMSR_STORM_SEED`` (default 20260) picks the delays; the
-failure message names the seed and lists every run (delay, killed or exit code, the journal
-steps it left). The fleet runs on a control plane of its own (tests/support/lab.py, no audit
-log) because the session's simulator copies instantly. About 90 s on 2 cores.
+storm prints the seed first, and the failure message names it with the command that replays
+it and lists every run (delay, killed or exit code, the journal steps it left). The fleet runs
+on an engine of its own (``storm_engine``) because the session's engine copies instantly:
+here a control plane with the simulator (tests/support/lab.py, no audit log), about 70 s on
+2 cores; tests/real/test_real_kill_storm.py gives it a real engine whose node side copies at
+the same speed. The module is engine-neutral: faults through the engine's ``faults.add``
+(which arms them before the objects exist), the node side's content marker.
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pykube
 import pytest
@@ -55,6 +60,7 @@ from tests.support.lab import ROOT, Lab, Runner
 from tests.support.moves import Disk, disks_of, vm_manifest
 
 SEED = int(os.environ.get("VMSR_STORM_SEED", "20260"))
+SEED_ENV = "VMSR_STORM_SEED"
 KILLS = 18
 DELAY = (0.2, 4.0)
 COPY_SECONDS_PER_GIB = 3.0  # 2Gi disks: a clone or a migration takes about 6 s
@@ -66,7 +72,6 @@ LEASE = "vm-storage-reconciler"
 JOURNAL = "vmstorage.dev/journal"
 LAST = "vmstorage.dev/last-migration"
 MIGRATION_LABEL = "vmstorage.dev/migration"
-FAULT_ANNOTATION = "sim.vmstorage.dev/fault"
 TARGET_CLASS = "ceph-rbd"
 RUN_EXITS = (0, 1, 3)  # done, work left (blocked, backing off), a VM rolled back
 
@@ -127,20 +132,53 @@ FLEET = (
 )
 
 
+class Faults(Protocol):
+    """The node side's fault knobs, the same on both engines (the simulator's registry, the
+    real engine's ConfigMap kube-system/testenv-faults): armed before the object exists."""
+
+    def add(self, kind: str, namespace: str, name: str, fault: Fault) -> None: ...
+
+
+@dataclass(frozen=True)
+class StormEngine:
+    """The engine the storm runs on, with ``COPY_SECONDS_PER_GIB`` copies: an admin client and
+    its kubeconfig (for the runs), the node side's faults, a fresh namespace, what a simulated
+    controller raised since the last call (nothing on the real engine, whose node side is a
+    process of its own), the final run's deadline, and this module's path (the replay
+    command)."""
+
+    api: pykube.HTTPClient
+    kubeconfig: Path
+    faults: Faults
+    create_namespace: Callable[[str], str]
+    take_crashes: Callable[[], list[Any]]
+    final_timeout: float
+    test_file: str
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def storm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StormEngine]:
+    """A control plane of its own with the simulator copying at ``COPY_SECONDS_PER_GIB``."""
     config = SimConfig(
         copy_seconds_per_gib=COPY_SECONDS_PER_GIB,
         progress_tick=0.05,
         migration_backoff_base=MIGRATION_BACKOFF,
     )
-    with Lab(tmp_path_factory.mktemp("kill-storm-lab"), config, audit=False) as started:
-        yield started
+    with Lab(tmp_path_factory.mktemp("kill-storm-lab"), config, audit=False) as lab:
+        yield StormEngine(
+            api=lab.api,
+            kubeconfig=lab.cp.kubeconfig,
+            faults=lab.sim.faults,
+            create_namespace=lab.cp.create_namespace,
+            take_crashes=lab.take_crashes,
+            final_timeout=150.0,
+            test_file="tests/cluster/test_kill_storm.py",
+        )
 
 
 @dataclass
 class Storm:
-    lab: Lab
+    engine: StormEngine
     ns: str
     tmp_path: Path
     rng: random.Random
@@ -160,7 +198,7 @@ class Storm:
 
     @property
     def api(self) -> pykube.HTTPClient:
-        return self.lab.api
+        return self.engine.api
 
     def say(self, line: str) -> None:
         self.log.append(line)
@@ -220,8 +258,9 @@ class Storm:
                     )
                     self.post(obj["apiVersion"], plural, obj)
             vm = vm_manifest(self.ns, member.name, list(member.disks))
-            if member.fault == "migration":
-                vm["metadata"]["annotations"] = {FAULT_ANNOTATION: "fail-times:1"}
+            if member.fault == "migration":  # armed before the VM exists, so for its first
+                fault = Fault(FaultAction.FAIL_TIMES, 1)
+                self.engine.faults.add("virtualmachines", self.ns, member.name, fault)
             self.post(KV, "virtualmachines", vm)
         for member in FLEET:
             self.wait(lambda m=member: self.running(m.name), 60, f"{member.name} running")
@@ -268,7 +307,7 @@ class Storm:
                 "-o",
                 "json",
                 "--kubeconfig",
-                str(self.lab.cp.kubeconfig),
+                str(self.engine.kubeconfig),
             ],
             cwd=ROOT,
             capture_output=True,
@@ -298,7 +337,7 @@ class Storm:
             "-o",
             "json",
             "--kubeconfig",
-            str(self.lab.cp.kubeconfig),
+            str(self.engine.kubeconfig),
             "--lease-namespace",
             self.ns,
             "--max-migration-attempts",
@@ -308,11 +347,16 @@ class Storm:
         self.runners.append(runner)
         return runner
 
+    def seed_line(self) -> str:
+        return (
+            f"{SEED_ENV}={SEED} (replay: {SEED_ENV}={SEED} "
+            f".venv/bin/pytest -q {self.engine.test_file})"
+        )
+
     def summary(self, problems: list[str]) -> str:
         return "\n".join(
             [
-                f"kill storm, VMSR_STORM_SEED={SEED} (replay: VMSR_STORM_SEED={SEED} "
-                ".venv/bin/pytest -q tests/cluster/test_kill_storm.py)",
+                f"kill storm, {self.seed_line()}",
                 *(f"  - {p}" for p in problems),
                 "runs:",
                 *(f"  {line}" for line in self.log),
@@ -322,17 +366,19 @@ class Storm:
 
 
 @pytest.fixture
-def storm(lab: Lab, tmp_path: Path) -> Iterator[Storm]:
-    made = Storm(lab, lab.cp.create_namespace("kill-storm"), tmp_path, random.Random(SEED))
+def storm(storm_engine: StormEngine, tmp_path: Path) -> Iterator[Storm]:
+    namespace = storm_engine.create_namespace("kill-storm")
+    made = Storm(storm_engine, namespace, tmp_path, random.Random(SEED))
     yield made
     for runner in made.runners:
         runner.kill()
-    crashes = lab.take_crashes()
+    crashes = storm_engine.take_crashes()
     if crashes:
         pytest.fail(f"a simulated controller raised during the storm:\n{crashes[0]}")
 
 
 def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(storm: Storm) -> None:
+    storm.say(f"kill storm: {storm.seed_line()}")
     storm.build()
     targets = storm.targets()
     assert set(targets) == {m.name for m in FLEET}, f"plan moves the whole fleet: {targets}"
@@ -340,7 +386,7 @@ def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(storm: St
     assert all(hashes.values()), f"every source has a content hash: {hashes}"
     (clone_fails,) = [m for m in FLEET if m.fault == "clone"]
     for target in targets[clone_fails.name].values():
-        storm.lab.sim.faults.add("datavolumes", storm.ns, target, Fault(FaultAction.FAIL_TIMES, 3))
+        storm.engine.faults.add("datavolumes", storm.ns, target, Fault(FaultAction.FAIL_TIMES, 3))
 
     problems: list[str] = []
     kills = mid_move = 0
@@ -363,15 +409,16 @@ def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(storm: St
 
     storm.expire_lease()
     final = storm.start("final")
-    code = final.wait(150)
+    code = final.wait(storm.engine.final_timeout)
     storm.say(f"final: exit {code} after {final.seconds:.1f}s")
     storm.log += [f"       {line}" for line in notable(final)]
     if code is None:
         final.kill()
-        problems.append("the final run did not finish within 150 s")
+        problems.append(f"the final run did not finish within {storm.engine.final_timeout:.0f} s")
     elif code not in RUN_EXITS:
         problems.append(f"the final run exited {code}")
     problems += check_fleet(storm, targets, hashes)
+    storm.say(f"kill storm: {KILLS} runs, {kills} killed, {mid_move} of them mid-move")
     if kills < KILLS // 2 or mid_move < 3:
         problems.append(
             f"the storm was too tame: {kills} kills, {mid_move} of them mid-move "
