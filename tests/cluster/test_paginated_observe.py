@@ -1,7 +1,10 @@
 """Paginated observation against the real API server (issue 19 item 2).
 
-Every LIST of `plan`'s observation goes page by page (``limit``/``continue``); a small page
-size (``Cluster(page_size=...)``, or ``$VMSR_LIST_PAGE_SIZE`` for the CLI) makes a handful of
+With watch-lists off (``Cluster(watch_list=False)``, ``$VMSR_WATCH_LIST=0`` for the CLI; with
+them on, the paginated LIST is the fallback of the kinds observation streams, and the only way
+the cluster-scoped kinds are read: tests/cluster/test_streamed_observe.py) every LIST of
+`plan`'s observation goes page by page (``limit``/``continue``); a small page size
+(``Cluster(page_size=...)``, or ``$VMSR_LIST_PAGE_SIZE`` for the CLI) makes a handful of
 objects take several pages. The paginated snapshot must equal the one read in a single page,
 and a continue token that expires mid-list (HTTP 410, answered by the test proxy on a continue
 request, as the API server does once etcd compacted the list's revision) must be recovered: the
@@ -26,7 +29,7 @@ import pykube
 import pytest
 
 from reconciler.cli.main import main
-from reconciler.kube.client import PAGE_SIZE_ENV, Cluster, load_client
+from reconciler.kube.client import PAGE_SIZE_ENV, WATCH_LIST_ENV, Cluster, load_client
 from reconciler.model.errors import ClusterError
 from reconciler.model.live import Snapshot
 from reconciler.observe.fetch import fetch
@@ -120,7 +123,8 @@ def objects_for(namespace: str, i: int) -> Iterator[tuple[dict[str, Any], str]]:
 
 
 def observe(kubeconfig: Path, namespace: str, page_size: int) -> tuple[Snapshot, int]:
-    cluster = Cluster(load_client(str(kubeconfig)), page_size=page_size)
+    """The observation, every list paginated (watch-lists off), and the requests it made."""
+    cluster = Cluster(load_client(str(kubeconfig)), page_size=page_size, watch_list=False)
     snapshot = fetch(cluster, [namespace])
     return snapshot, cluster.requests
 
@@ -285,8 +289,9 @@ def test_plan_with_small_pages_plans_the_same_and_reports_every_page(
     )
     argv = ["plan", str(plan), "--kubeconfig", str(control_plane.kubeconfig), "-o", "json"]
 
-    def run(page_size: int) -> tuple[dict[str, Any], str]:
+    def run(page_size: int, watch_list: str) -> tuple[dict[str, Any], str]:
         monkeypatch.setenv(PAGE_SIZE_ENV, str(page_size))
+        monkeypatch.setenv(WATCH_LIST_ENV, watch_list)
         rc = main(argv)
         out, err = capsys.readouterr()
         assert rc in (0, 1), err
@@ -295,21 +300,24 @@ def test_plan_with_small_pages_plans_the_same_and_reports_every_page(
 
     deadline = time.monotonic() + 60
     while True:
-        whole, whole_err = run(SINGLE_PAGE)
-        paged, paged_err = run(PAGE)
-        again, _ = run(SINGLE_PAGE)
+        whole, whole_err = run(SINGLE_PAGE, "0")
+        paged, paged_err = run(PAGE, "0")
+        streamed, streamed_err = run(PAGE, "1")
+        again, _ = run(SINGLE_PAGE, "0")
         if whole == again or time.monotonic() > deadline:
             break
-    assert paged == whole
+    assert paged == whole == streamed
     assert len(paged["vms"]) == VMS
     assert "(8 requests)" in whole_err
     # 7 VMs in 4 pages, 14 PVCs and 14 DataVolumes in 7 each, and the cluster-wide kinds
     assert "(8 requests)" not in paged_err
     count = int(paged_err.split(" requests)")[0].rsplit("(", 1)[1])
     assert count >= 4 + 7 + 7 + 5
+    # streamed: one request per kind whatever the page size
+    assert "(8 requests)" in streamed_err, streamed_err
 
 
-def test_a_page_size_that_is_not_a_positive_integer_is_refused(
+def test_a_page_size_or_a_watch_list_switch_that_makes_no_sense_is_refused(
     control_plane: ControlPlane,
     fleet: str,
     tmp_path: Path,
@@ -327,3 +335,10 @@ def test_a_page_size_that_is_not_a_positive_integer_is_refused(
     _, err = capsys.readouterr()
     assert rc == 2
     assert f"{PAGE_SIZE_ENV}=0 is not a positive integer" in err
+
+    monkeypatch.setenv(PAGE_SIZE_ENV, "500")
+    monkeypatch.setenv(WATCH_LIST_ENV, "maybe")
+    rc = main(["plan", str(plan), "--kubeconfig", str(control_plane.kubeconfig)])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    assert f"{WATCH_LIST_ENV}=maybe is neither on nor off" in err
