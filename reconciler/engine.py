@@ -354,6 +354,7 @@ def apply(
     namespace: str | None = None,
     templates_dir: Path | None = None,
     max_vms: int | None = None,
+    parallel: int = 1,
     lease_namespace: str = "vm-storage-reconciler",
     holder: str = "vm-storage-reconciler",
     settings: Settings | None = None,
@@ -371,9 +372,10 @@ def apply(
     lease_duration: int = DEFAULT_LEASE_DURATION,
 ) -> ApplyReport:
     """Load the plans, take the Lease, and run ``apply.runner``: open journals first, then new
-    moves one VM at a time. Raises ``UserError`` (bad input, found before anything is written),
-    ``LockHeld`` (another run holds the Lease: nothing changed), ``LeaseLost`` (this run could
-    no longer prove it held the Lease and stopped writing: exit 4) and ``ClusterError``.
+    moves one VM at a time (``parallel``: up to that many at once, ``apply.parallel``). Raises
+    ``UserError`` (bad input, found before anything is written), ``LockHeld`` (another run
+    holds the Lease: nothing changed), ``LeaseLost`` (this run could no longer prove it held the
+    Lease and stopped writing: exit 4) and ``ClusterError``.
 
     The Lease fences every write of the run (``Cluster.write_guard``): past its renew deadline
     nothing is written any more, not even the status ConfigMap or Events.
@@ -425,6 +427,7 @@ def apply(
     try:
         options = Options(
             max_vms=max_vms,
+            parallel=parallel,
             commit=commit,
             settings=settings or Settings(),
             now=now,

@@ -15,13 +15,17 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
 from reconciler.apply.begin import MOVES, first_journal
 from reconciler.apply.context import MoveRun
+from reconciler.apply.lanes import kubevirt_limits, source_node, unfinished_migrations
+from reconciler.apply.parallel import LaneLoop
 from reconciler.apply.read import vm_state, vmi_state
-from reconciler.apply.seam import Options, Stages, safely
+from reconciler.apply.seam import Options, Serialized, Stages, safely, serialized
+from reconciler.apply.slots import Candidate, Migrating, MigrationLimits, next_to_start
 from reconciler.apply.stopped import STOPPED, drive_until_stopped
 from reconciler.apply.target_steps import remove_leftovers
 from reconciler.apply.trust import journal_problems
@@ -30,7 +34,8 @@ from reconciler.kube.resources import VIRTUAL_MACHINES, VMIS
 from reconciler.model import journal as journals
 from reconciler.model.errors import ClusterError
 from reconciler.model.failures import Failure
-from reconciler.model.journal import Journal, LastMigration
+from reconciler.model.journal import Flow, Journal, LastMigration
+from reconciler.model.judged import Judgement
 from reconciler.model.outcome import (
     FAILED,
     ROLLED_BACK,
@@ -61,6 +66,9 @@ class Runner:
         stop: threading.Event,
         allowed_namespaces: frozenset[str] | None = None,
     ) -> None:
+        if options.parallel > 1:  # lanes share these: one at a time
+            options = replace(options, listener=Serialized(options.listener))
+            progress = serialized(progress)
         self.cluster = cluster
         self.plans = tuple(plans)
         self.stages = stages
@@ -122,43 +130,10 @@ class Runner:
         judged = self.stages.judge_all()
         pending: list[str] = []
         outside: list[str] = []
-        started = 0
-        stopped_early = ""
-        for verdict in judged.verdicts:
-            if verdict.action is Action.BLOCKED:
-                safely(self.options.listener.vm_blocked, verdict)
-            if verdict.action not in MOVES:
-                continue
-            key = f"{verdict.namespace}/{verdict.name}"
-            if self.stop.is_set():
-                stopped_early = stopped_early or STOPPED
-                pending.append(key)
-                continue
-            if self._tripped():
-                stopped_early = stopped_early or (
-                    f"{self.options.breaker} VMs failed in a row: stopping before the rest"
-                )
-                pending.append(key)
-                continue
-            if self.options.max_vms is not None and started >= self.options.max_vms:
-                pending.append(key)
-                continue
-            if (verdict.namespace, verdict.name) in self._touched:
-                # One move of a VM per run: a VM whose move was just finished or rolled back
-                # is not moved again at once (its rollback is the failure backoff counts).
-                pending.append(key)
-                continue
-            plan = self._plan(verdict)
-            if plan.window is not None and not window_open(plan.window, self.options.now()):
-                outside.append(key)
-                continue
-            if self._backs_off(key, judged.last_moves.get((verdict.namespace, verdict.name))):
-                pending.append(key)
-                continue
-            outcome = self._move(verdict.namespace, verdict.name)
-            if outcome is not None:
-                started += 1
-                self._record(outcome)
+        if self.options.parallel > 1:
+            stopped_early = self._start_in_lanes(judged, pending, outside)
+        else:
+            stopped_early = self._start_one_by_one(judged, pending, outside)
         return ApplyReport(
             outcomes=tuple(self.outcomes),
             verdicts=judged.verdicts,
@@ -171,6 +146,132 @@ class Runner:
             notes=tuple(self._notes),
             empty_plans=judged.empty_plans,
         )
+
+    def _admit(
+        self,
+        verdict: VMVerdict,
+        judged: Judgement,
+        started: int,
+        pending: list[str],
+        outside: list[str],
+    ) -> tuple[bool, str]:
+        """Whether ``verdict``'s VM may start now (``started`` moves started or in flight),
+        and, when the run is stopping, why. A VM that may not is put where the report says
+        why (``pending``, ``outside``, backing off); one that needs no move is dropped."""
+        if verdict.action is Action.BLOCKED:
+            safely(self.options.listener.vm_blocked, verdict)
+        if verdict.action not in MOVES:
+            return False, ""
+        key = f"{verdict.namespace}/{verdict.name}"
+        if self.stop.is_set():
+            pending.append(key)
+            return False, STOPPED
+        if self._tripped():
+            pending.append(key)
+            return False, f"{self.options.breaker} VMs failed in a row: stopping before the rest"
+        if self.options.max_vms is not None and started >= self.options.max_vms:
+            pending.append(key)
+            return False, ""
+        if (verdict.namespace, verdict.name) in self._touched:
+            # One move of a VM per run: a VM whose move was just finished or rolled back
+            # is not moved again at once (its rollback is the failure backoff counts).
+            pending.append(key)
+            return False, ""
+        plan = self._plan(verdict)
+        if plan.window is not None and not window_open(plan.window, self.options.now()):
+            outside.append(key)
+            return False, ""
+        if self._backs_off(key, judged.last_moves.get((verdict.namespace, verdict.name))):
+            pending.append(key)
+            return False, ""
+        return True, ""
+
+    def _start_one_by_one(self, judged: Judgement, pending: list[str], outside: list[str]) -> str:
+        """The default: each VM moved, verified and recorded before the next starts."""
+        started = 0
+        stopped_early = ""
+        for verdict in judged.verdicts:
+            go, why = self._admit(verdict, judged, started, pending, outside)
+            stopped_early = stopped_early or why
+            if not go:
+                continue
+            outcome = self._move(verdict.namespace, verdict.name)
+            if outcome is not None:
+                started += 1
+                self._record(outcome)
+        return stopped_early
+
+    def _start_in_lanes(self, judged: Judgement, pending: list[str], outside: list[str]) -> str:
+        """``--parallel N`` (``apply.parallel``): up to N moves in flight, started in the
+        plans' order as lanes and KubeVirt's migration slots allow (``apply.slots``). A live
+        move held only by migrations that are not ours, with no lane of ours in flight, is
+        left for a later run rather than waited for without end."""
+        held: set[str] = set()  # VMs whose wait for a slot was said
+        limits = kubevirt_limits(self.cluster)
+        why: list[str] = []
+
+        def admit(verdict: VMVerdict, started: int) -> bool:
+            go, reason = self._admit(verdict, judged, started, pending, outside)
+            why.append(reason)
+            return go
+
+        def leave(verdict: VMVerdict) -> None:
+            key = f"{verdict.namespace}/{verdict.name}"
+            pending.append(key)
+            self._notes.append(
+                f"VM {key}: left for a later run: KubeVirt's migration slots are taken by "
+                "migrations that are not this run's"
+            )
+
+        LaneLoop(
+            lanes=self.options.parallel,
+            stop=self.stop,
+            admit=admit,
+            choose=lambda waiting, flying: self._choose(waiting, flying, limits, held),
+            move=self._move,
+            record=self._record,
+            stopping=lambda: self.stop.is_set() or self._tripped(),
+            leave=leave,
+        ).run(judged.verdicts)
+        return next((reason for reason in why if reason), "")
+
+    def _choose(
+        self,
+        waiting: Sequence[VMVerdict],
+        flying: Mapping[Future[Outcome | None], Candidate],
+        limits: MigrationLimits,
+        held: set[str],
+    ) -> Candidate | None:
+        """The waiting VM that may start now (``slots.next_to_start``); a VM held for a slot is
+        said once."""
+        candidates = [self._candidate(v) for v in waiting]
+        migrating: list[Migrating] = []
+        if any(c.flow is Flow.LIVE for c in candidates):
+            migrating, _ = unfinished_migrations(self.cluster, self.namespaces)
+            migrating += [
+                Migrating(c.namespace, c.name, c.node)
+                for c in flying.values()
+                if c.flow is Flow.LIVE
+            ]
+        chosen, waits = next_to_start(
+            candidates,
+            lanes=self.options.parallel,
+            busy=len(flying),
+            migrating=migrating,
+            limits=limits,
+        )
+        for held_back in waits:
+            key = f"{held_back.candidate.namespace}/{held_back.candidate.name}"
+            if key not in held:
+                held.add(key)
+                self.progress(f"{key}: waits for a migration slot: {held_back.reason}")
+        return chosen
+
+    def _candidate(self, verdict: VMVerdict) -> Candidate:
+        if verdict.action is not Action.MOVE_LIVE:
+            return Candidate(verdict.namespace, verdict.name, Flow.OFFLINE)
+        vmi = self.cluster.get(VMIS, verdict.namespace, verdict.name)
+        return Candidate(verdict.namespace, verdict.name, Flow.LIVE, node=source_node(vmi))
 
     def _backs_off(self, key: str, last: LastMigration | None) -> bool:
         """The VM's last move failed recently: wait (backoff grows with each failure)."""

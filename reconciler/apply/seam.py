@@ -17,6 +17,7 @@ comes next without changing it:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,6 +99,7 @@ class Silent:
 @dataclass
 class Options:
     max_vms: int | None = None
+    parallel: int = 1  # moves in flight at once (``apply.parallel``); 1: one VM at a time
     breaker: int = 3  # consecutive failed VMs that stop the run
     commit: str | None = None
     settings: Settings = field(default_factory=Settings)
@@ -111,6 +113,42 @@ class Options:
     # Backoff after a failed (rolled back) move of a VM: base * 2^(failures-1), capped.
     backoff_base: float = 300.0
     backoff_cap: float = 6 * 3600.0
+
+
+class Serialized:
+    """A ``Listener`` heard by one lane at a time (``--parallel``: the publishers it wraps
+    keep counters and series that were written for one thread)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self._lock = threading.Lock()
+
+    def move_started(self, namespace: str, vm: str, journal: Journal, resumed: bool) -> None:
+        with self._lock:
+            self._listener.move_started(namespace, vm, journal, resumed)
+
+    def step_done(self, namespace: str, vm: str, journal: Journal, step: Step) -> None:
+        with self._lock:
+            self._listener.step_done(namespace, vm, journal, step)
+
+    def move_finished(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._listener.move_finished(outcome)
+
+    def vm_blocked(self, verdict: VMVerdict) -> None:
+        with self._lock:
+            self._listener.vm_blocked(verdict)
+
+
+def serialized(say: Callable[[str], None]) -> Callable[[str], None]:
+    """``say`` called by one lane at a time (a progress line is never cut by another's)."""
+    lock = threading.Lock()
+
+    def locked(message: str) -> None:
+        with lock:
+            say(message)
+
+    return locked
 
 
 def safely(hear: Callable[..., None], *args: object) -> None:

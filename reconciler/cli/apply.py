@@ -91,6 +91,16 @@ def add_apply_options(parser: argparse.ArgumentParser, *, compact: bool) -> None
         "(default: no limit)",
     )
     parser.add_argument(
+        "--parallel",
+        type=_lanes,
+        default=1,
+        metavar="N",
+        help="move up to N VMs at once, each journaled, verified and rolled back on its own "
+        "(default: 1, one VM at a time). Live moves start only while KubeVirt has a free "
+        "migration slot (parallelMigrationsPerCluster, parallelOutboundMigrationsPerNode of "
+        f"its CR), so none of ours waits in its queue; at most {MAX_PARALLEL}",
+    )
+    parser.add_argument(
         "--lease-namespace",
         default=os.environ.get("POD_NAMESPACE") or "vm-storage-reconciler",
         metavar="NS",
@@ -122,6 +132,20 @@ def add_apply_options(parser: argparse.ArgumentParser, *, compact: bool) -> None
     )
 
 
+MAX_PARALLEL = 20
+"""The most lanes ``--parallel`` takes: KubeVirt's own defaults allow 5 migrations at once, and
+every lane holds its own watches on the API server."""
+
+
+def _lanes(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_PARALLEL}: {value} (KubeVirt runs 5 migrations at once by default)"
+        )
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -142,6 +166,16 @@ def add_lease_options(parser: argparse.ArgumentParser) -> None:
         dest="allowed_namespaces",
         help="refuse any other namespace (repeatable; default: $VMSR_ALLOWED_NAMESPACES, "
         "comma-separated, else any)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=_lanes,
+        default=1,
+        metavar="N",
+        help="move up to N VMs at once, each journaled, verified and rolled back on its own "
+        "(default: 1, one VM at a time). Live moves start only while KubeVirt has a free "
+        "migration slot (parallelMigrationsPerCluster, parallelOutboundMigrationsPerNode of "
+        f"its CR), so none of ours waits in its queue; at most {MAX_PARALLEL}",
     )
     parser.add_argument(
         "--lease-namespace",
@@ -231,6 +265,7 @@ def engine_options(args: argparse.Namespace, err: TextIO) -> dict[str, Any]:
         "namespace": args.namespace,
         "templates_dir": args.templates,
         "max_vms": args.max_vms,
+        "parallel": args.parallel,
         "lease_namespace": args.lease_namespace,
         "holder": f"{socket.gethostname()}-{os.getpid()}",
         "settings": Settings(max_migration_attempts=args.max_migration_attempts),
