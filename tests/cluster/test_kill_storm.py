@@ -11,10 +11,11 @@ simulator, KubeVirt's back-off before it retries a failed migration is cut from 
 so a rolled-back VM does not idle the storm; upstream virt-controller keeps its own.
 
 The storm: ``KILLS`` runs of ``apply`` (a subprocess each), each SIGKILLed after a random delay
-in ``DELAY`` seconds unless it ended first (then its exit code must be 0, 1 or 3, never an
-error). A killed run leaves its Lease held; it is expired between runs by moving its renewTime
-back, which is what waiting would do (test_apply_crash.py). Then a final run without kills,
-and what must hold for every VM:
+in the engine's ``delay`` range (``DELAY`` here) unless it ended first (then its exit code must
+be 0, 1 or 3, never an error); the kills must land mid-move in at least ``MIN_SITES`` distinct
+places (VM and step), or the storm only repeated one wait. A killed run leaves its Lease
+held; it is expired between runs by moving its renewTime back, which is what waiting would do
+(test_apply_crash.py). Then a final run without kills, and what must hold for every VM:
 
 - no journal left; the VM on its targets (every moved volume) or back on its sources (every
   one: a VM moves as a whole), each disk with its source's content hash;
@@ -22,7 +23,9 @@ and what must hold for every VM:
   stopped);
 - a source is deleted only if its VM ended on its targets with retention Delete (and then it is
   deleted, or the last-migration record says why it was kept); every other source is intact;
-- no DataVolume of ours (label ``vmstorage.dev/migration``) that no VM uses;
+- no DataVolume of ours (label ``vmstorage.dev/migration``) that no VM uses, and (once the
+  garbage collector had ``ORPHAN_TIMEOUT`` to act) no DataVolume or claim at all that is
+  neither a VM's disk nor a source (a copy's scratch claims included);
 - the last-migration record agrees with where the VM ended.
 
 Timings are drawn from a seeded RNG: ``VMSR_STORM_SEED`` (default 20260) picks the delays; the
@@ -63,6 +66,11 @@ SEED = int(os.environ.get("VMSR_STORM_SEED", "20260"))
 SEED_ENV = "VMSR_STORM_SEED"
 KILLS = 18
 DELAY = (0.2, 4.0)
+MIN_SITES = 3  # distinct (VM, journal step) a kill left behind
+ORPHAN_TIMEOUT = 30.0
+"""How long the claims of deleted DataVolumes (and a copy's scratch claims) may take to go: the
+garbage collector deletes them by ownerReference (on the real engine kube-controller-manager's,
+within a few seconds on 2 busy cores)."""
 COPY_SECONDS_PER_GIB = 3.0  # 2Gi disks: a clone or a migration takes about 6 s
 MIGRATION_BACKOFF = 0.5  # KubeVirt's retry delay after a failed migration (20 s upstream)
 KV = "kubevirt.io/v1"
@@ -154,6 +162,7 @@ class StormEngine:
     take_crashes: Callable[[], list[Any]]
     final_timeout: float
     test_file: str
+    delay: tuple[float, float] = DELAY
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +233,23 @@ class Storm:
 
     def content(self, claim: str) -> str | None:
         return annotation(self.pvc(claim), CONTENT_HASH_ANNOTATION)
+
+    def claims(self) -> set[str]:
+        """The claims that exist and are not being deleted."""
+        items = get_json(self.api, "v1", self.ns, "persistentvolumeclaims")["items"]
+        return {c["metadata"]["name"] for c in items if self.alive(c)}
+
+    def wait_for_orphans(self, allowed: set[str]) -> list[str]:
+        """The DataVolumes and claims outside ``allowed`` still there after ``ORPHAN_TIMEOUT``
+        (none: returns as soon as there are none)."""
+        deadline = time.monotonic() + ORPHAN_TIMEOUT
+        while True:
+            live = {n for n, d in self.dvs().items() if self.alive(d)}
+            leaked = sorted({f"DataVolume {n}" for n in live - allowed})
+            leaked += sorted({f"claim {n}" for n in self.claims() - allowed})
+            if not leaked or time.monotonic() > deadline:
+                return leaked
+            time.sleep(0.2)
 
     def journals(self) -> dict[str, str]:
         """VM -> the step its journal names (VMs with a journal only)."""
@@ -390,9 +416,10 @@ def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(storm: St
 
     problems: list[str] = []
     kills = mid_move = 0
+    sites: set[tuple[str, str]] = set()
     for i in range(KILLS):
         storm.expire_lease()
-        delay = storm.rng.uniform(*DELAY)
+        delay = storm.rng.uniform(*storm.engine.delay)
         runner = storm.start(f"run{i:02d}")
         code = runner.wait(delay)
         if code is None:
@@ -400,6 +427,7 @@ def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(storm: St
             kills += 1
             left = storm.journals()
             mid_move += bool(left)
+            sites.update(left.items())
             storm.say(f"run{i:02d}: killed after {delay:.2f}s; journals: {left or 'none'}")
         else:
             storm.say(f"run{i:02d}: exit {code} after {runner.seconds:.2f}s (before its kill)")
@@ -418,11 +446,15 @@ def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(storm: St
     elif code not in RUN_EXITS:
         problems.append(f"the final run exited {code}")
     problems += check_fleet(storm, targets, hashes)
-    storm.say(f"kill storm: {KILLS} runs, {kills} killed, {mid_move} of them mid-move")
-    if kills < KILLS // 2 or mid_move < 3:
+    storm.say(
+        f"kill storm: {KILLS} runs, {kills} killed, {mid_move} of them mid-move, "
+        f"in {len(sites)} places: {sorted(sites)}"
+    )
+    if kills < KILLS // 2 or mid_move < 3 or len(sites) < MIN_SITES:
         problems.append(
-            f"the storm was too tame: {kills} kills, {mid_move} of them mid-move "
-            "(the delays no longer fit the fleet: retune DELAY or COPY_SECONDS_PER_GIB)"
+            f"the storm was too tame: {kills} kills, {mid_move} of them mid-move, in "
+            f"{len(sites)} places (the delays no longer fit the fleet: retune the engine's "
+            "delay or COPY_SECONDS_PER_GIB)"
         )
     assert not problems, storm.summary(problems)
 
@@ -483,6 +515,9 @@ def check_fleet(
     }
     if ours - used:
         problems.append(f"DataVolumes of ours no VM uses: {sorted(ours - used)}")
+    leaked = storm.wait_for_orphans(used | {d.claim for m in FLEET for d in m.disks})
+    if leaked:
+        problems.append(f"{ORPHAN_TIMEOUT:.0f}s later, neither disks nor sources: {leaked}")
     return problems
 
 
