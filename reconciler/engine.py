@@ -42,6 +42,7 @@ from reconciler.model.plan import Plan
 from reconciler.model.progress import tagged
 from reconciler.model.verdict import Action, EmptyPlan, Finding, VMVerdict
 from reconciler.observe.fetch import fetch
+from reconciler.observe.view import View
 from reconciler.pipeline import CHECKS, stages_for
 from reconciler.plans.load import load_plans, read_plans
 from reconciler.publish.metrics import JOB, Metrics
@@ -424,7 +425,11 @@ def apply(
         warn=progress,
     )
     runner: Runner | None = None
+    # the judges' watch-fed view of the plans' namespaces (observe.view), for this run only:
+    # stopped (sockets shut, threads joined) in the finally below, on errors and SIGTERM too
+    view = View(cluster, {p.namespace for p in plans})
     try:
+        view.start()
         options = Options(
             max_vms=max_vms,
             parallel=parallel,
@@ -439,7 +444,7 @@ def apply(
         runner = Runner(
             cluster,
             plans,
-            stages_for(cluster, plans, templates, allowed_namespaces),
+            stages_for(cluster, plans, templates, allowed_namespaces, view),
             options,
             progress=progress,
             stop=stop,
@@ -462,6 +467,7 @@ def apply(
         )
         raise
     finally:
+        view.close()
         lease.release()
 
 

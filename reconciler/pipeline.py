@@ -4,8 +4,11 @@ report's write-back, handed to ``apply`` as ``apply.seam.Stages``.
 ``apply`` imports none of observe, diff, render or report; the engine builds its ``Stages``
 here (``stages_for``). Each function takes what it reads as arguments and keeps nothing
 between calls, so several lanes may call them at once (``apply.seam`` says where the shared
-state is). Today each judge LISTs the VM's namespace afresh; a watch-fed view will replace
-``fetch`` here, and only here.
+state is). The judges read the engine's watch-fed view (``observe.view``): no LIST per VM, so a
+judge's cost does not grow with its namespace. When the view cannot prove it is current (not
+listed yet, a stream failed for good, our own last write or the VM's state at the moment of
+asking not seen within its deadline) a judge observes afresh, as it did before the view: one
+``fetch`` of the namespace, a consistent LIST at least as new as the moment it was sent.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from reconciler.model.verdict import Action, VMVerdict
 from reconciler.model.writeback import WriteBack
 from reconciler.observe.fetch import fetch
 from reconciler.observe.parse import parse_vm
+from reconciler.observe.view import Stale, View
 from reconciler.render.move import RenderedVM, render_vm
 from reconciler.render.sandbox import TemplateSet
 from reconciler.render.scope import scope_problems
@@ -48,10 +52,34 @@ def judged(plans: Sequence[Plan], snapshot: Snapshot, allowed: frozenset[str] | 
     return result
 
 
-def judge_all(cluster: Cluster, plans: Sequence[Plan], allowed: frozenset[str] | None) -> Judgement:
-    """Every VM the plans select, judged on one fresh observation of their namespaces, with
-    each VM's last-migration record (the backoff after failed moves)."""
-    snapshot = fetch(cluster, sorted({p.namespace for p in plans}))
+def observed(
+    cluster: Cluster,
+    view: View | None,
+    namespaces: Sequence[str],
+    vm: tuple[str, str] | None = None,
+) -> Snapshot:
+    """``namespaces`` as ``view`` shows them once it proves itself current (``View.snapshot``:
+    our own last write seen, and ``vm``'s state as of now); a fresh ``fetch`` when there is no
+    view or it cannot prove that."""
+    if view is not None:
+        try:
+            return view.snapshot(namespaces, vm=vm)
+        except Stale as exc:
+            log.info(
+                "observing %s afresh: the view cannot prove it is current (%s)", namespaces, exc
+            )
+    return fetch(cluster, namespaces)
+
+
+def judge_all(
+    cluster: Cluster,
+    plans: Sequence[Plan],
+    allowed: frozenset[str] | None,
+    view: View | None = None,
+) -> Judgement:
+    """Every VM the plans select, judged on one current observation of their namespaces
+    (``observed``), with each VM's last-migration record (the backoff after failed moves)."""
+    snapshot = observed(cluster, view, sorted({p.namespace for p in plans}))
     result = judged(plans, snapshot, allowed)
     last = {
         key: record
@@ -69,10 +97,12 @@ def judge(
     *,
     namespace: str,
     name: str,
+    view: View | None = None,
 ) -> JudgedVM:
-    """``namespace/name`` judged on a fresh look at its namespace and, if it moves, rendered
-    (a ``TemplateError`` becomes ``render_error``: that VM fails, the run goes on)."""
-    snapshot = fetch(cluster, [namespace])
+    """``namespace/name`` judged on a current look at its namespace (``observed``, the VM as
+    of now) and, if it moves, rendered (a ``TemplateError`` becomes ``render_error``: that VM
+    fails, the run goes on)."""
+    snapshot = observed(cluster, view, [namespace], (namespace, name))
     mine = [p for p in plans if p.namespace == namespace]
     # Not ``judged``: the plans were found free of conflicts at the start of the run; what
     # the cluster did since is judged per VM, as its verdict.
@@ -139,13 +169,15 @@ def stages_for(
     plans: Sequence[Plan],
     templates: TemplateSet,
     allowed: frozenset[str] | None,
+    view: View | None = None,
 ) -> Stages:
-    """The ``Stages`` of one `apply` run over ``plans``."""
+    """The ``Stages`` of one `apply` run over ``plans``, judged on ``view`` (None: a fresh
+    ``fetch`` per judge)."""
     chosen = tuple(plans)
     return Stages(
-        judge_all=lambda: judge_all(cluster, chosen, allowed),
+        judge_all=lambda: judge_all(cluster, chosen, allowed, view),
         judge=lambda namespace, name: judge(
-            cluster, chosen, templates, allowed, namespace=namespace, name=name
+            cluster, chosen, templates, allowed, namespace=namespace, name=name, view=view
         ),
         write_back=lambda namespace, name, volumes: write_back_of(
             cluster, namespace, name, volumes
