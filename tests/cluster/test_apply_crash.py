@@ -156,6 +156,15 @@ class Cluster:
         self.sim.faults.clear(kind, self.ns, name)
         self.faulted.discard((kind, name))
 
+    def close(self) -> None:
+        """After the test: its background runs killed, its faults cleared."""
+        for proc in self.background:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        for kind, name in sorted(self.faulted):
+            self.clear_fault(kind, name)
+
     def annotate_vm(self, key: str, value: str | None) -> None:
         _merge(
             self.api,
@@ -324,12 +333,7 @@ def cluster(
 ) -> Iterator[Cluster]:
     cluster = Cluster(api, control_plane, namespace, tmp_path, eventually, sim)
     yield cluster
-    for proc in cluster.background:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    for kind, name in sorted(cluster.faulted):
-        cluster.clear_fault(kind, name)
+    cluster.close()
 
 
 def volume_claim(vm: dict[str, Any], volume: str = VOLUME) -> str:
@@ -750,6 +754,6 @@ def restart_apiserver(control_plane: ControlPlane, proc: subprocess.Popen[str]) 
 
     # printed because the real engine's leader-elected controllers exit when they cannot
     # renew their Lease for long enough (cdi-controller: 10 s): a slow restart shows here
-    print(f"kube-apiserver restarted in {time.monotonic() - began:.1f}s")
+    print(f"kube-apiserver restarted in {time.monotonic() - began:.1f}s", flush=True)
     assert control_plane.pids["kube-apiserver"] != old_pid
     assert proc.poll() is None, f"apply gave up on the restart: {proc.communicate()}"
