@@ -69,8 +69,8 @@ DELAY = (0.2, 4.0)
 MIN_SITES = 3  # distinct (VM, journal step) a kill left behind
 ORPHAN_TIMEOUT = 30.0
 """How long the claims of deleted DataVolumes (and a copy's scratch claims) may take to go: the
-garbage collector deletes them by ownerReference (on the real engine kube-controller-manager's,
-within a few seconds on 2 busy cores)."""
+garbage collector deletes them by ownerReference, asynchronously (on the real engine
+kube-controller-manager's). A bound, not a measured wait (test_apply_crash.ORPHAN_TIMEOUT)."""
 COPY_SECONDS_PER_GIB = 3.0  # 2Gi disks: a clone or a migration takes about 6 s
 MIGRATION_BACKOFF = 0.5  # KubeVirt's retry delay after a failed migration (20 s upstream)
 KV = "kubevirt.io/v1"
