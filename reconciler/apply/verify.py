@@ -117,13 +117,20 @@ def _verify(run: MoveRun, journal: Journal) -> Journal:
     streams = [
         Stream("vm", VIRTUAL_MACHINES, run.namespace, name=run.vm),
         Stream("vmi", VMIS, run.namespace, name=run.vm),
-        Stream("pvcs", PVCS, run.namespace),
+        # each target claim by name: a stream of the whole namespace would list every claim
+        # of a fleet once per VM verified
+        *(Stream(f"pvc/{v.target}", PVCS, run.namespace, name=v.target) for v in journal.volumes),
     ]
     last: list[str] = []
 
     def verified(state: State) -> bool | None:
+        pvcs = {
+            v.target: found
+            for v in journal.volumes
+            if (found := state[f"pvc/{v.target}"].get(v.target)) is not None
+        }
         last[:] = observed_problems(
-            journal, state["vm"].get(run.vm), state["vmi"].get(run.vm), state["pvcs"]
+            journal, state["vm"].get(run.vm), state["vmi"].get(run.vm), pvcs
         )
         return True if not last else None
 

@@ -444,6 +444,10 @@ class View:
         self._changed = threading.Condition()
         # (plural, namespace) -> the highest revision of this process's writes to it
         self._writes: dict[tuple[str, str], int] = {}
+        # (plural, namespace, name) of objects this process deleted outright: a DELETE answers
+        # with the object at its last revision, not the deletion's, so a revision barrier
+        # could pass before the DELETED event arrives; the view must see them gone instead
+        self._deleted: set[tuple[str, str, str]] = set()
         wanted = sorted(self.namespaces)
         scope = wanted[0] if len(wanted) == 1 else None
         keep = frozenset(wanted) if scope is None else None
@@ -503,12 +507,23 @@ class View:
                 return
             body = response.json()
             meta = body.get("metadata") if isinstance(body, dict) else None
-            revision = _revision(str((meta or {}).get("resourceVersion") or ""))
+            meta = meta if isinstance(meta, dict) else {}
+            name = str(meta.get("name") or "")
+            if request.method == "DELETE" and not meta.get("deletionTimestamp"):
+                # Gone at once (no finalizer): the answer is a Status or the object at its
+                # last revision, neither the deletion's: wait until the view sees it go.
+                gone = name or parts.path.rstrip("/").rsplit("/", 1)[-1]
+                with self._changed:
+                    self._deleted.add((*where, gone))
+                return
+            revision = _revision(str(meta.get("resourceVersion") or ""))
             if revision is None or body.get("kind") == "Status":
                 return
             with self._changed:
                 if revision > self._writes.get(where, 0):
                     self._writes[where] = revision
+                if request.method == "POST":  # created (again): no longer gone
+                    self._deleted.discard((*where, name))
         except Exception:  # a hook must never fail the write it watched
             log.debug("view: write not recorded", exc_info=True)
 
@@ -568,6 +583,11 @@ class View:
                 reached = _revision(self._followers[plural].state.version)
                 if reached is None or reached < revision:
                     return f"{plural} in {ns}: our write at {revision} not seen yet"
+        for plural, ns, name in sorted(self._deleted):
+            if name not in self._followers[plural].state.objects.get(ns, {}):
+                self._deleted.discard((plural, ns, name))  # the view has seen it go
+            elif ns in wanted or ns == "":
+                return f"{plural} {ns}/{name}: deleted by us, still in the view"
         if barrier is not None:
             name, at = barrier
             vms = self._followers[kube.VIRTUAL_MACHINES.plural].state
