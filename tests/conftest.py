@@ -12,7 +12,9 @@ show up as a timeout).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -133,8 +135,24 @@ TIERS = {
 """The tier of each test directory (``pytest -m unit`` runs only tests that start nothing)."""
 
 REAL_ENGINE_GROUP = "real-engine"
-"""The pytest-xdist group of every test on the real engine: one worker runs them all, so one
-engine serves them (``make test`` runs ``--dist loadgroup``)."""
+"""The pytest-xdist groups of the tests on the real engine (``make test`` runs ``--dist
+loadgroup``): ``real-engine-1`` .. ``-N``, a worker each, so N engines serve them side by side;
+each module stays in one group (its module fixtures seed its engine once)."""
+
+REAL_ENGINES = max(1, int(os.environ.get("VMSR_REAL_ENGINES", "2")))
+"""How many real engines a run starts at most (one per group): two keep both cores busy."""
+
+
+def real_engine_groups(modules: dict[str, int]) -> dict[str, str]:
+    """Module -> its group: the modules (with their test counts) dealt out greedily, largest
+    first, to the group with the fewest tests so far, so the groups end close together."""
+    load = dict.fromkeys(range(1, REAL_ENGINES + 1), 0)
+    groups: dict[str, str] = {}
+    for module, count in sorted(modules.items(), key=lambda item: (-item[1], item[0])):
+        least = min(load, key=lambda group: (load[group], group))
+        load[least] += count
+        groups[module] = f"{REAL_ENGINE_GROUP}-{least}"
+    return groups
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -144,9 +162,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     joins one xdist group."""
     from tests.support.mirror import MIRRORED
 
+    on_engine = [item for item in items if "real_engine" in getattr(item, "fixturenames", ())]
+    groups = real_engine_groups(Counter(str(item.path) for item in on_engine))
+    for item in on_engine:
+        item.add_marker(pytest.mark.xdist_group(groups[str(item.path)]))
     for item in items:
-        if "real_engine" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(REAL_ENGINE_GROUP))
         tier = TIERS.get(item.path.relative_to(TESTS).parts[0])
         if tier:
             item.add_marker(tier)
