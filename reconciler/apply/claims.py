@@ -16,8 +16,14 @@ def pods(cluster: Cluster, namespace: str) -> dict[str, PodState]:
 
 
 def mounting(pods: Mapping[str, PodState], claim: str) -> list[str]:
-    """Pods that are not terminated and mount ``claim``: they must let go before a delete."""
-    return sorted(name for name, pod in pods.items() if not pod.ended and claim in pod.claims)
+    """Pods that are not terminated and mount ``claim``: they must let go before a delete.
+    A pod the claim itself controls is not one: CDI's importer or upload server filling it
+    (e.g. a host-assisted clone whose source went away: it never ends) goes with the claim."""
+    return sorted(
+        name
+        for name, pod in pods.items()
+        if not pod.ended and claim in pod.claims and pod.controlling_claim != claim
+    )
 
 
 def pinned_by(pods: Mapping[str, PodState], claim: str) -> list[str]:

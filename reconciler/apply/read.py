@@ -299,6 +299,7 @@ class PVCState:
     phase: str
     storage_class: str | None
     capacity_bytes: int | None
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 def pvc_state(obj: Obj) -> PVCState:
@@ -313,6 +314,7 @@ def pvc_state(obj: Obj) -> PVCState:
         phase=_text(_at(obj, "status", "phase")),
         storage_class=None if storage_class is None else str(storage_class),
         capacity_bytes=size,
+        annotations=_strings(_at(obj, "metadata", "annotations")),
     )
 
 
@@ -348,16 +350,37 @@ def data_volume_state(obj: Obj) -> DataVolumeState:
 
 @dataclass(frozen=True, slots=True)
 class PodState:
-    """A pod: its phase, its node, and the claims its volumes mount."""
+    """A pod: its phase, its node, the claims its volumes mount, the claim that controls it
+    (its controller ownerReference, when that is a PersistentVolumeClaim: CDI's importer and
+    upload-server pods; "" otherwise), and ``error``: the termination message of its latest
+    failed container run (exit code not 0; "" when none failed)."""
 
     name: str
     phase: str
     node: str
     claims: frozenset[str]
+    controlling_claim: str = ""
+    error: str = ""
 
     @property
     def ended(self) -> bool:
         return self.phase in FINAL_PHASES
+
+
+def _controlling_claim(obj: Obj) -> str:
+    for ref in _items(_at(obj, "metadata", "ownerReferences")):
+        if _at(ref, "controller") is True and _at(ref, "kind") == "PersistentVolumeClaim":
+            return _text(_at(ref, "name"))
+    return ""
+
+
+def _failed_run_message(obj: Obj) -> str:
+    for status in _items(_at(obj, "status", "containerStatuses")):
+        for state in ("state", "lastState"):
+            ended = _at(status, state, "terminated")
+            if _int(_at(ended, "exitCode")) != 0:
+                return _text(_at(ended, "message"))
+    return ""
 
 
 def pod_state(obj: Obj) -> PodState:
@@ -370,4 +393,6 @@ def pod_state(obj: Obj) -> PodState:
             for v in _items(_at(obj, "spec", "volumes"))
             if (claim := _at(v, "persistentVolumeClaim", "claimName"))
         ),
+        controlling_claim=_controlling_claim(obj),
+        error=_failed_run_message(obj),
     )

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from reconciler.apply.claims import users_of
+from reconciler.apply.claims import pods, users_of
 from reconciler.apply.context import MoveRun, StepFailed
-from reconciler.apply.read import DataVolumeState, data_volume_state, vm_state
+from reconciler.apply.read import DataVolumeState, data_volume_state, pvc_state, vm_state
 from reconciler.apply.store import check_fence, pointer, read_vm
 from reconciler.kube.client import Cluster
 from reconciler.kube.resources import (
     DATA_VOLUMES,
+    PVCS,
     STORAGE_CLASSES,
     VIRTUAL_MACHINES,
     VMIS,
@@ -32,6 +33,9 @@ from reconciler.model.names import (
     MANAGED_BY_LABEL,
     MIGRATION_LABEL,
 )
+
+CLONE_SOURCE_POD_ANNOTATION = "cdi.kubevirt.io/storage.sourceClonePodName"
+"""CDI's name of a host-assisted clone's source pod, on the target claim."""
 
 
 def _create_targets(run: MoveRun, journal: Journal) -> Journal:
@@ -110,11 +114,24 @@ def _dv_failure(dv: DataVolumeState, run: MoveRun) -> str | None:
     if dv.phase == "Failed":
         return f"DataVolume {dv.name} failed: {why or 'no reason given'}"
     if dv.restart_count >= run.settings.max_clone_restarts:
+        why = _clone_source_error(run, dv.name) or why
         return (
             f"DataVolume {dv.name} copy restarted {dv.restart_count} times"
             f" ({why or 'no reason given'})"
         )
     return None
+
+
+def _clone_source_error(run: MoveRun, claim: str) -> str:
+    """Why a host-assisted clone into ``claim`` keeps restarting: its source pod's last failed
+    run. CDI counts that pod's restarts on the DataVolume, but the DataVolume's Running
+    condition is the target's upload server's ("Pod is running"); the source pod is named
+    on the target claim. "" when there is none (not such a clone, or it never failed)."""
+    pvc = run.cluster.get(PVCS, run.namespace, claim)
+    annotations = pvc_state(pvc).annotations if pvc is not None else {}
+    source = annotations.get(CLONE_SOURCE_POD_ANNOTATION)
+    pod = pods(run.cluster, run.namespace).get(source) if source else None
+    return pod.error if pod is not None else ""
 
 
 def _usable(dv: DataVolumeState, flow: Flow) -> bool:

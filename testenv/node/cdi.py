@@ -15,10 +15,21 @@ pods labelled ``cdi.kubevirt.io`` to us).
 A copy takes ``sim.vmstorage.dev/copy-seconds`` of its DataVolume, else its size x
 ``copy_seconds_per_gib``. Faults, ``sim.vmstorage.dev/fault`` on the DataVolume: ``fail``
 (every attempt: the container exits 1 and restarts, ``restartPolicy: OnFailure``, so CDI
-shows Running=False/Error and a rising restart count), ``fail-times:N``, ``fatal`` (the importer
-exits with a checksum-mismatch termination message, the one permanent import failure of
-CDI v1.65: the DataVolume goes Failed), ``stall`` (no progress until the
-annotation goes).
+shows Running=False/Error and a rising ``status.restartCount``: for a clone, the source pod's
+restarts, which cdi-controller's clone-controller copies to the target claim's
+``storage.pod.restarts``), ``fail-times:N``, ``fatal`` (the importer exits with a
+checksum-mismatch termination message, the one permanent import failure of CDI v1.65: the
+DataVolume goes Failed; a clone has no permanent failure in CDI, so on a clone's source pod
+``fatal`` fails and restarts as ``fail`` does), ``stall`` (no progress until the annotation
+goes). A failed container is restarted after ``RESTART_DELAY``, not the kubelet's back-off
+(10 s, doubling).
+
+Worker pods get no ``podIP``: cdi-controller's DataVolume controller scrapes a running worker
+pod's progress at ``https://<podIP>:8443/metrics`` on every reconcile and, when the scrape
+fails, writes no DataVolume status at all (no restartCount, no Running condition). Here
+cdi-controller runs in a network namespace of its own that reaches no pod, so the scrape
+could never succeed; without an IP it is skipped (``GetMetricsURL``), and the progress stays
+``N/A``.
 """
 
 from __future__ import annotations
@@ -145,10 +156,11 @@ class CdiWorkers(Controller):
             dv_meta = dv["metadata"]
             taken = self.sim.faults.take(DV, dv_meta["namespace"], dv_meta["name"], "fail", dv)
             fault = taken.action if taken else None
-        if fault is FaultAction.FATAL:
+        if fault is FaultAction.FATAL and kind == "importer":
             # v1.65 fails a DataVolume for good only on a fatal importer error reported in
             # the termination message of a container that exited 0 (a checksum mismatch);
-            # anything else is retried.
+            # anything else is retried. A clone has no such failure (a clone DataVolume never
+            # goes Failed, clone-controller-base.go): its source pod fails and restarts below.
             reason = "Unable to process data: checksum mismatch (injected fault: fatal)"
             self._terminate(pod, exit_code=0, phase="Succeeded",
                             message=json.dumps({"message": reason}))
@@ -307,9 +319,10 @@ class CdiWorkers(Controller):
                       for t in ("PodReadyToStartContainers", "Initialized", "Ready",
                                 "ContainersReady", "PodScheduled")]
         node = pod["spec"]["nodeName"]
+        # No podIP (see the module docstring): cdi-controller would scrape it and, unable to
+        # reach it, write no DataVolume status while the pod runs.
         body = {"status": {"phase": "Running", "conditions": conditions,
                            "containerStatuses": statuses, "hostIP": self._node_ip(node),
-                           "podIP": "10.244.0.10",
                            "startTime": (pod.get("status") or {}).get("startTime") or now}}
         meta = pod["metadata"]
         self.sim.client.patch_status(POD, meta["namespace"], meta["name"], body)
