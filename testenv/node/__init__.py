@@ -23,7 +23,8 @@ Knobs the node side decides (``sim.vmstorage.dev/`` annotations, as on the simul
 ``fault`` on a DataVolume (fail, fail-times:N, fatal, stall: its worker pod) or on a VM or
 VMIM (fail, fail-times:N, fatal, stall: the migration), ``copy-seconds`` on a DataVolume,
 ``not-live-migratable`` on a VM template, and ``copy_seconds_per_gib``; and faults on objects
-that do not exist yet, from ConfigMap ``kube-system/testenv-faults`` (``faults.FaultFeed``).
+that do not exist yet, from ConfigMap ``kube-system/testenv-faults`` (``faults.FaultFeed``),
+where key ``copy-seconds-per-gib`` also changes ``copy_seconds_per_gib`` while it is set.
 """
 
 from __future__ import annotations

@@ -7,13 +7,17 @@ ConfigMap ``kube-system/testenv-faults``: each data key ``<plural>.<namespace>.<
 (e.g. ``datavolumes.apps.root-mig-x1y2z``) holds ``<action>[:N]`` as the fault annotation
 does (``fail``, ``fail-times:3``, ``fatal``, ``stall``). ``FaultFeed`` mirrors it into the
 node side's ``Faults``: a key added or changed arms its fault afresh, a key removed clears
-the object's faults. After each sync it records the ConfigMap's resourceVersion in
-ConfigMap ``kube-system/testenv-faults-seen`` (key ``resourceVersion``), so a test can wait
-until the node side has armed what it wrote (``NodeFaults`` in tests/support does).
+the object's faults. A key of ``SETTINGS`` (no dots) sets a node-side setting instead, for
+as long as it is there: ``copy-seconds-per-gib`` (how long a copy or a migration takes per
+GiB: the ``--copy-seconds-per-gib`` the node side started with is back once the key goes).
+After each sync it records the ConfigMap's resourceVersion in ConfigMap
+``kube-system/testenv-faults-seen`` (key ``resourceVersion``), so a test can wait until the
+node side has armed what it wrote (``NodeFaults`` in tests/support does).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -35,6 +39,9 @@ RESOURCES.setdefault(CONFIGMAPS, ResourceInfo("v1", "ConfigMap", True))
 NAMESPACE = "kube-system"
 FAULTS = "testenv-faults"
 SEEN = "testenv-faults-seen"
+COPY_SECONDS_PER_GIB = "copy-seconds-per-gib"
+SETTINGS = frozenset({COPY_SECONDS_PER_GIB})
+"""The ConfigMap's keys that are node-side settings, not faults (see the module docstring)."""
 
 
 def fault_key(kind: str, namespace: str, name: str) -> str:
@@ -59,6 +66,7 @@ class FaultFeed(Controller):
     def __init__(self, sim: Any) -> None:
         super().__init__(sim)
         self._armed: dict[str, str] = {}
+        self._started_with = sim.config  # the settings a removed setting key goes back to
 
     def keys_for(self, resource: str, obj: dict[str, Any]) -> Iterable[Key]:
         meta = obj.get("metadata") or {}
@@ -66,10 +74,24 @@ class FaultFeed(Controller):
             return [(CONFIGMAPS, NAMESPACE, FAULTS)]
         return []
 
+    def _settings(self, wanted: dict[str, str]) -> None:
+        """The setting keys of ``wanted`` applied (absent: as the node side started)."""
+        rate = self._started_with.copy_seconds_per_gib
+        if COPY_SECONDS_PER_GIB in wanted:
+            try:
+                rate = float(wanted[COPY_SECONDS_PER_GIB])
+            except ValueError:
+                log.warning("ignoring %s=%r: not a number", COPY_SECONDS_PER_GIB,
+                            wanted[COPY_SECONDS_PER_GIB])
+        if rate != self.sim.config.copy_seconds_per_gib:
+            self.sim.config = dataclasses.replace(self.sim.config, copy_seconds_per_gib=rate)
+            log.info("copy seconds per GiB: %s", rate)
+
     def reconcile(self, key: Key) -> None:
         config = self.sim.store.get(CONFIGMAPS, NAMESPACE, FAULTS)
         wanted: dict[str, str] = dict((config or {}).get("data") or {})
-        for entry in set(self._armed) | set(wanted):
+        self._settings(wanted)
+        for entry in (set(self._armed) | set(wanted)) - SETTINGS:
             if self._armed.get(entry) == wanted.get(entry):
                 continue
             target = parse_key(entry)

@@ -22,7 +22,11 @@ quotes its log):
 5. The node side (``python -m testenv.node``): virt-handler's part (as ServiceAccount
    ``kubevirt-handler``), CDI's worker pods, the CSI provisioner.
 
-Logs: ``<control_plane.workdir>/<process>.log`` beside etcd's and kube-apiserver's.
+Logs: ``<control_plane.workdir>/<process>.log`` beside etcd's and kube-apiserver's. The
+API server's audit log (``audit_log``) has the requests of the ServiceAccounts of namespace
+``AUDITED_NAMESPACE`` only (a test's runners: tests/support/lab.py), writes with their body,
+each event written before its answer is sent; nobody else's, so it costs nothing otherwise
+(``apiserver_args`` with ``--audit-*`` flags replace it: ``audit_log`` is then None).
 Loopback only. Needs root (``unshare``) and the openssl CLI.
 """
 
@@ -76,6 +80,23 @@ CONTROLLERS: tuple[str, ...] = (
 _WORKDIR_PREFIX = "vmsr-real-"
 _SA_TOKEN_SECONDS = 7 * 24 * 3600
 
+AUDITED_NAMESPACE = "vmsr-runners"
+"""The namespace of the ServiceAccounts whose requests the audit log records."""
+
+AUDIT_POLICY = f"""\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+# one event per request, once it is answered (a WATCH logs when it ends)
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Request
+    userGroups: ["system:serviceaccounts:{AUDITED_NAMESPACE}"]
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:{AUDITED_NAMESPACE}"]
+  - level: None
+"""
+
 
 class RealEngineError(ControlPlaneError):
     """The real engine could not start; ``component`` names the process that failed."""
@@ -103,6 +124,7 @@ class RealEngine:
         self.pki: Path | None = None
         self.started_in: float | None = None
         self.timings: dict[str, float] = {}
+        self.audit_log: Path | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -149,6 +171,7 @@ class RealEngine:
         if self.pki is not None:
             shutil.rmtree(self.pki, ignore_errors=True)
             self.pki = None
+            self.audit_log = None
 
     def api(self) -> pykube.HTTPClient:
         """An admin client."""
@@ -183,10 +206,18 @@ class RealEngine:
         for path in sorted(real.cdi_crd_dir.glob("*.yaml")):
             shutil.copyfile(path, crd_dir / f"cdi-{path.name}")
 
+        audit: list[str] = []
+        if not any(a.startswith("--audit-") for a in self.apiserver_args):  # else theirs
+            policy = pki / "audit-policy.yaml"
+            policy.write_text(AUDIT_POLICY)
+            self.audit_log = pki / "audit.log"
+            audit = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                     "--audit-log-format=json", "--audit-log-mode=blocking"]
         self.control_plane = ControlPlane(
             Binaries(base.kube_apiserver, base.etcd, crd_dir), log=self._log,
             admission_policies=False,
             apiserver_args=[
+                *audit,
                 f"--requestheader-client-ca-file={front_proxy_ca.cert}",
                 "--requestheader-allowed-names=front-proxy-client",
                 "--requestheader-username-headers=X-Remote-User",

@@ -203,7 +203,9 @@ def test_stale_clone_is_never_swapped_in_and_the_next_run_copies_again(ctx: Move
     rc, report, err = ctx.apply(body=plan)
 
     outcome = only(report)
-    assert (outcome["result"], outcome["resumed"]) == ("Succeeded", False), (outcome, err)
+    assert (outcome["result"], outcome["resumed"]) == ("Succeeded", False), (
+        f"{outcome['rule']}: {outcome['reason']}\n{err}"
+    )
     assert rc == 0, err
     moved = disks_of(ctx.vm("vm1"))["root"]
     assert moved != SOURCE
@@ -231,7 +233,9 @@ def test_leftover_clone_of_an_abandoned_move_is_never_reused(ctx: Moves) -> None
 
     assert "reusing DataVolume" not in err, err
     outcome = only(report)
-    assert (outcome["result"], outcome["resumed"]) == ("Succeeded", False), (outcome, err)
+    assert (outcome["result"], outcome["resumed"]) == ("Succeeded", False), (
+        f"{outcome['rule']}: {outcome['reason']}\n{err}"
+    )
     assert disks_of(ctx.vm("vm1")) == {"root": target}, "same deterministic name"
     assert ctx.dv(target)["metadata"]["uid"] != leftover["metadata"]["uid"], "a fresh copy"
     assert ctx.content(target) == written, "the copy holds the guest's writes"
@@ -445,12 +449,13 @@ def test_open_move_is_finished_when_its_namespace_left_the_plans(
 
 
 def test_a_failed_move_backs_off_and_the_vm_is_not_stopped_again(ctx: Moves) -> None:
-    """Case 8: a clone that always fails; the first run rolls back (the VM runs again). An
-    immediate second run must not stop the VM again: it backs off and says until when."""
+    """Case 8: a clone that always fails (its cloner pod fails every attempt, CDI restarts it);
+    the first run gives up and rolls back (the VM runs again). An immediate second run must
+    not stop the VM again: it backs off and says until when."""
     ctx.make("vm1", ROOT)
     plan = body(extra=OFFLINE + BOUNDED)
     target = ctx.targets(plan)["vm1"]["root"]
-    ctx.fault(DV_KIND, target, FaultAction.FATAL)
+    ctx.fault(DV_KIND, target, FaultAction.FAIL)
 
     rc, report, err = ctx.apply(body=plan)
 
@@ -490,7 +495,7 @@ def test_a_run_that_resumes_a_rollback_does_not_move_the_vm_again(ctx: Moves) ->
     ctx.make("vm1", ROOT)
     plan = body(extra=OFFLINE + BOUNDED)
     target = ctx.targets(plan)["vm1"]["root"]
-    ctx.fault(DV_KIND, target, FaultAction.FATAL)
+    ctx.fault(DV_KIND, target, FaultAction.FAIL)
     killed_apply(ctx, plan, "before:delete-targets")
     journal = ctx.journal("vm1")
     assert journal is not None and journal["rollback"]["rule"] == "copy-failed", journal
@@ -589,13 +594,13 @@ def test_a_busy_writer_does_not_make_an_offline_move_give_up(ctx: Moves, busy: R
 
 
 def test_a_busy_writer_does_not_leave_a_rolled_back_vm_stopped(ctx: Moves, busy: Release) -> None:
-    """Case 10: an offline move of the running VM fails (the clone fails for good) and is
+    """Case 10: an offline move of the running VM fails (every cloner pod attempt fails) and is
     rolled back under the same writer (released once the move rolls back): the rollback's
     start must not give up; the VM runs again on its source."""
     ctx.make("vm1", ROOT)
     plan = body(extra=OFFLINE + BOUNDED)
     target = ctx.targets(plan)["vm1"]["root"]
-    ctx.fault(DV_KIND, target, FaultAction.FATAL)
+    ctx.fault(DV_KIND, target, FaultAction.FAIL)
     writer = busy(lambda journal: bool(journal.rolling_back))
 
     rc, report, err = ctx.apply(body=plan)
@@ -694,7 +699,7 @@ def test_vm_deleted_while_no_run_is_active_leaves_no_target(ctx: Moves) -> None:
 
     rc, report, err = ctx.apply(body=body("vm2"))
 
-    ctx.eventually(lambda: ctx.gone_or_deleting(target), what=f"the leftover {target} deleted")
     assert f"deleted DataVolume {target}" in err, err
+    ctx.eventually(lambda: ctx.gone_or_deleting(target), what=f"the leftover {target} deleted")
     assert rc == 0, err
     assert not outcomes_of(report, "vm1")

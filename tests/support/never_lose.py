@@ -96,15 +96,22 @@ def expire_lease(ctx: Moves) -> None:
 
 
 def write_disk(ctx: Moves, claim: str, namespace: str | None = None) -> str:
-    """The guest writes to ``claim``: its content becomes a new, unique value (returned)."""
+    """The guest writes to ``claim``: its content becomes a new, unique value (returned). The
+    value is set on the claim's PV too, where the disk is: the real engine's node side
+    (``testenv.node.csi``) gives a bound claim its PV's content, as the volume's."""
     content = f"guest-write:{uuid.uuid4().hex}"
-    _merge(
-        ctx.api,
-        "v1",
-        namespace or ctx.ns,
-        f"persistentvolumeclaims/{claim}",
-        {"metadata": {"annotations": {CONTENT_HASH_ANNOTATION: content}}},
-    )
+    annotations = {"metadata": {"annotations": {CONTENT_HASH_ANNOTATION: content}}}
+    pvc = get_json(ctx.api, "v1", namespace or ctx.ns, f"persistentvolumeclaims/{claim}")
+    volume = (pvc.get("spec") or {}).get("volumeName")
+    if volume:
+        response = ctx.api.patch(
+            version="v1",
+            url=f"persistentvolumes/{volume}",
+            data=json.dumps(annotations),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        ctx.api.raise_for_status(response)
+    _merge(ctx.api, "v1", namespace or ctx.ns, f"persistentvolumeclaims/{claim}", annotations)
     return content
 
 

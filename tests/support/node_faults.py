@@ -2,7 +2,12 @@
 cdi-controller decide everything but the node side, whose faults a test sets through
 ConfigMap ``kube-system/testenv-faults`` (``testenv.node.faults``). ``NodeFaults`` has the
 simulator's ``faults.add``/``clear`` signature, so a test written against the simulator's
-fault registry runs unchanged; each call returns once the node side has armed it."""
+fault registry runs unchanged; each call returns once the node side has armed it.
+
+``EngineLab``: ``tests.support.lab.Lab`` (runner identities, the audit log) on the real
+engine instead of a control plane and simulator of its own: the engine's API server audits
+its runners' ServiceAccounts, and the node side's copy rate is set for as long as the lab
+runs."""
 
 from __future__ import annotations
 
@@ -10,11 +15,17 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
 
 import pykube
 
-from testenv.node.faults import FAULTS, NAMESPACE, SEEN, fault_key
+from testenv import seed
+from testenv.node.faults import COPY_SECONDS_PER_GIB, FAULTS, NAMESPACE, SEEN, fault_key
+from testenv.real.engine import AUDITED_NAMESPACE, RealEngine
+from testenv.simulator import SimConfig
 from testenv.simulator.core import ControllerCrash, Fault, FaultAction
+from tests.support.lab import RUNNERS_NS, Lab
 
 ACK_TIMEOUT = 30.0
 
@@ -35,6 +46,11 @@ class NodeFaults:
     def clear(self, kind: str, namespace: str, name: str) -> None:
         """Remove the object's fault (a stall resumes)."""
         self._write({fault_key(kind, namespace, name): None})
+
+    def copy_seconds_per_gib(self, seconds: float | None) -> None:
+        """How long the node side's copies and migrations take per GiB from now on (None: as
+        the node side started)."""
+        self._write({COPY_SECONDS_PER_GIB: None if seconds is None else str(seconds)})
 
     def _write(self, data: dict[str, str | None]) -> None:
         body = {
@@ -100,3 +116,35 @@ class NodeSide:
         """The node side runs in its own process; the engine fixture fails the session if it
         dies, and its log carries any controller crash."""
         return []
+
+
+class EngineLab(Lab):
+    """A ``Lab`` on the real engine (see the module docstring): ``start``/``stop`` (or
+    ``with``) set and restore the node side's copy rate; runners and the audit log are
+    ``Lab``'s."""
+
+    def __init__(self, engine: RealEngine, workdir: Path, *, copy_seconds_per_gib: float) -> None:
+        # Not Lab.__init__: the control plane is the engine's, not one of the lab's own.
+        assert AUDITED_NAMESPACE == RUNNERS_NS, "the engine audits another namespace"
+        assert engine.audit_log is not None, "the real engine is not running"
+        self.workdir = workdir
+        self.sim_config = SimConfig(copy_seconds_per_gib=copy_seconds_per_gib)
+        self.audit_log = engine.audit_log
+        self.cp = engine.control_plane
+        self._sim = None
+        self._api = engine.api()
+        self._kubeconfigs = {}
+        self.node = NodeSide(self._api, engine.nodes)
+
+    def start(self) -> Self:
+        seed.seed_cluster(self.api)  # what Lab.start seeds (an existing object is kept)
+        seed.create(self.api, seed.namespace(RUNNERS_NS))
+        self.node.faults.copy_seconds_per_gib(self.sim_config.copy_seconds_per_gib)
+        return self
+
+    def stop(self) -> None:
+        self.node.faults.copy_seconds_per_gib(None)
+
+    def take_crashes(self) -> list[Any]:
+        """The node side runs in its own process (see ``NodeSide.take_crashes``)."""
+        return self.node.take_crashes()
