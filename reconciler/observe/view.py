@@ -557,14 +557,21 @@ class View:
                 if now >= deadline:
                     raise Stale(why)
                 self._changed.wait(deadline - now)
-        for follower in unwatched:  # a few cluster-wide objects: listed now, as fetch does
-            resource = follower.resource
-            listed = self.cluster.list_pages(
-                resource,
-                None,
-                functools.partial(_parse, resource),
-                missing_ok=follower.missing_ok,
+        for follower in unwatched:  # kinds the view may list but not watch: listed now,
+            resource = follower.resource  # per namespace when namespaced, as fetch does
+            scopes: list[str | None] = (
+                [*sorted(wanted)] if _listed_per_namespace(resource) else [None]
             )
+            listed = [
+                item
+                for scope in scopes
+                for item in self.cluster.list_pages(
+                    resource,
+                    scope,
+                    functools.partial(_parse, resource),
+                    missing_ok=follower.missing_ok,
+                )
+            ]
             raw = replace(raw, **{_FIELD_OF[follower.resource.plural]: listed})
         return assemble(raw)
 
