@@ -1,26 +1,45 @@
 """Benchmark `plan` against a raw LIST of the same kinds, on the local control plane.
 
     .venv/bin/python benchmarks/plan_bench.py [--sizes 2000 10000 20000] [--repeat 3]
-        [--page-size N]
+        [--page-size N] [--fresh]
 
 For each N it loads N VMs (2 disks each: one from a dataVolumeTemplate, one plain DataVolume;
 every PVC Bound; half the VMs running with a VMI) into a fresh namespace, then measures in the
-same run, each in a fresh process:
+same run, each in a fresh process, interleaved within each repeat:
 
-- `plan` (the real CLI, `-o json`) wall time and peak RSS; its LISTs are paginated
-  (``limit``/``continue``, 500 objects a page, ``--page-size`` sets ``$VMSR_LIST_PAGE_SIZE``);
-- the baseline: the same 8 LISTs `plan` makes, each as one unpaginated raw HTTP GET with JSON
-  decoding and nothing else (what `kubectl get -o json` of those kinds costs, minus kubectl's
-  own startup);
-- API requests made by `plan`, counted by the API server (apiserver_request_total on /metrics),
-  not by the client: every request to the kinds plan reads is counted, and of them the LIST
-  requests, one per page; any other request the server answered meanwhile (its own loopback
-  traffic) is printed, not counted.
+- the **baseline**: the same 8 LISTs `plan` makes, each as one unpaginated raw HTTP GET with
+  JSON decoding and nothing else (what `kubectl get -o json` of those kinds costs, minus
+  kubectl's own startup);
+- the **floor**: the same 8 LISTs fetched concurrently, read but not decoded (what the API
+  server and the wire cost);
+- `plan` (the real CLI, `-o json`) as it ships: the kinds that grow with the fleet streamed by
+  watch-list, the others in LIST pages of 500 objects (``--page-size`` sets
+  ``$VMSR_LIST_PAGE_SIZE``: also the objects handed to the parser at a time);
+- `plan` with watch-lists off (``$VMSR_WATCH_LIST=0``: every kind in LIST pages, as before
+  watch-lists), for comparison in the same conditions.
+
+Wall time and peak RSS of each; API requests made by each `plan`, counted by the API server
+(apiserver_request_total on /metrics), not by the client: every request to the kinds plan reads,
+and of them the LIST requests (one per page); and where the API server served its LISTs from:
+its watch cache or etcd (apiserver_cache_list_total, apiserver_storage_list_total; a consistent
+read also asks etcd for its current revision, one storage "list" each). Any other request the
+server answered meanwhile (its own loopback traffic) is printed, not counted. The load average
+is printed with each repeat: the machine may be shared.
+
+**The state measured.** The API server serves a continue page from a snapshot of its watch
+cache, which it keeps for a kind only until etcd is compacted past the kind's last write:
+kube-apiserver compacts every 5 minutes (``--etcd-compaction-interval``) to the revision of 5
+minutes before, so a kind not written for 5-10 minutes (most of a quiet fleet) has its continue
+pages read from etcd. After loading, the benchmark brings the cluster to that steady state at
+once: it compacts etcd to its current revision the way a kube-apiserver does (``compact_rev_key``
+bumped in a transaction, then the compaction), which every kube-apiserver watches, and waits
+until a probe's continue page is read from etcd. ``--fresh`` skips this and measures right after
+loading (continue pages from the cache, until the next compaction).
 
 Figures are medians of --repeat runs (peak RSS: the largest), and ratios are against the
-baseline measured in the same run. From the peak RSS of `plan` at the sizes measured (a least
-squares line through them), the largest fleet whose `plan` fits the CronJob's memory limit
-(512 MiB, deploy/components/cronjob/cronjob.yaml) is printed.
+baseline and the floor measured in the same run. From the peak RSS of `plan` at the sizes
+measured (a least squares line through them), the largest fleet whose `plan` fits the CronJob's
+memory limit (512 MiB, deploy/components/cronjob/cronjob.yaml) is printed.
 
 Goals (issue 19): at N = 10,000 (20,000 PVCs) plan <= 1.2x the baseline and peak RSS <= 200 MB.
 """
@@ -28,6 +47,8 @@ Goals (issue 19): at N = 10,000 (20,000 PVCs) plan <= 1.2x the baseline and peak
 from __future__ import annotations
 
 import argparse
+import base64
+import functools
 import json
 import os
 import re
@@ -36,12 +57,14 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pykube
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -88,6 +111,16 @@ BASELINE = textwrap.dedent(
     """
 )
 
+# The floor: the same LISTs, concurrently, read but not decoded.
+FLOOR = BASELINE.replace(
+    'n = sum(len(s.get(server + p, verify=ca).json()["items"]) for p in paths)\nprint(n)',
+    "from concurrent.futures import ThreadPoolExecutor\n"
+    "with ThreadPoolExecutor(len(paths)) as pool:\n"
+    "    sizes = list(pool.map(lambda p: len(s.get(server + p, verify=ca).content), paths))\n"
+    "print(sum(sizes))",
+)
+assert FLOOR != BASELINE
+
 # Runs a command and prints its wall time and the peak RSS of the child, as JSON.
 TIMER = textwrap.dedent(
     """
@@ -109,6 +142,11 @@ def main() -> int:
     parser.add_argument(
         "--page-size", type=int, default=None, help="objects per LIST page of plan (default 500)"
     )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="measure right after loading (the watch cache still has the kinds' snapshots)",
+    )
     args = parser.parse_args()
 
     rows = []
@@ -119,10 +157,18 @@ def main() -> int:
             namespace = cp.create_namespace(f"bench-{n}")
             print(f"loading {n} VMs into {namespace} ...", file=sys.stderr, flush=True)
             load(cp, namespace, n)
+            if not args.fresh:
+                settle_compacted(cp, api, namespace)
             rows.append(measure(cp, api, namespace, n, args.repeat, page_size=args.page_size))
             print_table(rows[-1:], file=sys.stderr)  # as it goes: a large run takes a while
     print_table(rows)
     print_fit(rows)
+    state = (
+        "fresh (continue pages from the watch cache)"
+        if args.fresh
+        else ("idle (etcd compacted past every kind's last write: continue pages from etcd)")
+    )
+    print(f"state measured: {state}")
     return 0
 
 
@@ -329,6 +375,87 @@ def status(
 
 
 # ------------------------------------------------------------------------------------------
+# The idle state: etcd compacted past the kinds' last writes
+# ------------------------------------------------------------------------------------------
+
+
+def etcd_url(cp: ControlPlane) -> str:
+    """The etcd client URL kube-apiserver was started with (its command line)."""
+    pid = cp.pids["kube-apiserver"]
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    for arg in args:
+        if arg.startswith(b"--etcd-servers="):
+            return arg.split(b"=", 1)[1].decode().split(",")[0]
+    raise SystemExit("kube-apiserver runs without --etcd-servers?")
+
+
+def compact_etcd(url: str) -> int:
+    """Compact etcd to its current revision as kube-apiserver's compactor does
+    (k8s.io/apiserver/pkg/storage/etcd3/compact.go): ``compact_rev_key`` set to the revision
+    (every kube-apiserver watches that key and hands the revision to its watch caches, which
+    drop their older snapshots), then the compaction itself. Through etcd's JSON gateway."""
+    key = base64.b64encode(b"compact_rev_key").decode()
+    session = requests.Session()
+    session.trust_env = False
+    got = session.post(f"{url}/v3/kv/range", json={"key": key}, timeout=10)
+    got.raise_for_status()
+    revision = int(got.json()["header"]["revision"])
+    value = base64.b64encode(str(revision).encode()).decode()
+    put = session.post(
+        f"{url}/v3/kv/txn",
+        json={"success": [{"request_put": {"key": key, "value": value}}]},
+        timeout=10,
+    )
+    put.raise_for_status()
+    session.post(
+        f"{url}/v3/kv/compaction", json={"revision": revision}, timeout=60
+    ).raise_for_status()
+    return revision
+
+
+def list_sources(api: pykube.HTTPClient) -> dict[str, dict[str, int]]:
+    """resource -> {"cache": LISTs the watch cache served, "etcd": LISTs read from etcd}."""
+    text = api.get(url="/metrics", version="/").text
+    found: dict[str, dict[str, int]] = {}
+    for metric, source in (
+        ("apiserver_cache_list_total", "cache"),
+        ("apiserver_storage_list_total", "etcd"),
+    ):
+        for m in re.finditer(rf"^{metric}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
+            resource = _label(m.group(1), "resource")
+            bucket = found.setdefault(resource, {"cache": 0, "etcd": 0})
+            bucket[source] += int(float(m.group(2)))
+    return found
+
+
+def settle_compacted(cp: ControlPlane, api: pykube.HTTPClient, namespace: str) -> None:
+    """Compact etcd past every write so far, then wait until the watch caches have dropped
+    the loaded kinds' snapshots (they read the compaction every 15 s): a probe's continue
+    page of DataVolumes (the slowest kind to read from etcd) is then read from etcd."""
+    revision = compact_etcd(etcd_url(cp))
+    print(f"etcd compacted at revision {revision}; waiting for the watch caches", file=sys.stderr)
+    deadline = time.monotonic() + 90
+    path = "datavolumes?limit=1"
+    while True:
+        before = list_sources(api).get("datavolumes", {}).get("etcd", 0)
+        first = api.get(version="cdi.kubevirt.io/v1beta1", namespace=namespace, url=path)
+        api.raise_for_status(first)
+        token = first.json()["metadata"]["continue"]
+        again = api.get(
+            version="cdi.kubevirt.io/v1beta1",
+            namespace=namespace,
+            url=f"{path}&continue={token}",
+        )
+        api.raise_for_status(again)
+        # the first page's consistent read asks etcd for its revision: one storage "list"
+        if list_sources(api).get("datavolumes", {}).get("etcd", 0) - before >= 2:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit("the watch cache kept serving continue pages 90 s after compaction")
+        time.sleep(1)  # the watch caches poll the compaction every 15 s: a poll, not a wait
+
+
+# ------------------------------------------------------------------------------------------
 # Measuring
 # ------------------------------------------------------------------------------------------
 
@@ -343,14 +470,31 @@ def request_counts(api: pykube.HTTPClient) -> dict[str, int]:
     }
 
 
+def watches_open(api: pykube.HTTPClient) -> int:
+    """WATCH requests in flight on the kinds plan reads (apiserver_longrunning_requests)."""
+    text = api.get(url="/metrics", version="/").text
+    return sum(
+        int(float(m.group(2)))
+        for m in re.finditer(
+            r"^apiserver_longrunning_requests\{([^}]*)\} (\S+)$", text, re.MULTILINE
+        )
+        if _label(m.group(1), "verb") == "WATCH" and _label(m.group(1), "resource") in OBSERVED
+    )
+
+
 def _label(labels: str, name: str) -> str:
     found = re.search(rf'{name}="([^"]*)"', labels)
     return found.group(1) if found else ""
 
 
-def timed(argv: list[str]) -> dict[str, Any]:
+def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-c", TIMER, *argv], capture_output=True, text=True, check=True, cwd=ROOT
+        [sys.executable, "-c", TIMER, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=env,
     )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -358,18 +502,25 @@ def timed(argv: list[str]) -> dict[str, Any]:
 
 def counted(
     api: pykube.HTTPClient, run: Callable[[], dict[str, Any]]
-) -> tuple[dict[str, Any], int, int]:
-    """Run ``run`` and return its result with the number of API requests it caused, and how
-    many of them were LISTs (one per page).
+) -> tuple[dict[str, Any], int, int, dict[str, int]]:
+    """Run ``run`` and return its result with the number of API requests it caused, how many
+    of them were LISTs (one per page), and where the API server served LISTs of the kinds
+    plan reads ({"cache": n, "etcd": n}).
 
     The API server's own loopback traffic (its Lease heartbeat and the controllers it runs)
     ticks on while we measure; requests by the `system:apiserver` machinery are told apart by
     the kinds they touch, and anything outside the kinds `plan` reads is printed to stderr so
-    nothing is hidden.
+    nothing is hidden. A WATCH is counted when it ends, which the server notices a moment
+    after the client closed it: the count waits (up to 10 s) until no WATCH on those kinds is
+    open.
     """
-    before = request_counts(api)
+    open_before = watches_open(api)
+    before, sources_before = request_counts(api), list_sources(api)
     result = run()
-    after = request_counts(api)
+    deadline = time.monotonic() + 10
+    while watches_open(api) > open_before and time.monotonic() < deadline:
+        time.sleep(0.05)  # a poll of the server's own gauge, with a deadline
+    after, sources_after = request_counts(api), list_sources(api)
     delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
     ours = {k: v for k, v in delta.items() if _label(k, "resource") in OBSERVED}
     for labels, count in sorted(delta.items()):
@@ -380,7 +531,12 @@ def counted(
                 file=sys.stderr,
             )
     lists = sum(v for k, v in ours.items() if _label(k, "verb") == "LIST")
-    return result, sum(ours.values()), lists
+    served = {"cache": 0, "etcd": 0}
+    for resource, counts in sources_after.items():
+        if resource in OBSERVED:
+            for source in served:
+                served[source] += counts[source] - sources_before.get(resource, {}).get(source, 0)
+    return result, sum(ours.values()), lists, served
 
 
 def measure(
@@ -417,60 +573,96 @@ def measure(
         "json",
         "--compact",  # what a pipe wants; indenting 2,000 VMs' JSON is pure-Python slow
     ]
+    env = dict(os.environ)
     if page_size is not None:
-        os.environ["VMSR_LIST_PAGE_SIZE"] = str(page_size)  # inherited by plan's process
+        env["VMSR_LIST_PAGE_SIZE"] = str(page_size)
+    streamed_env = {**env, "VMSR_WATCH_LIST": "1"}
+    paged_env = {**env, "VMSR_WATCH_LIST": "0"}
     base_argv = [sys.executable, "-c", BASELINE, str(cp.kubeconfig), namespace]
-    plans, bases, requests_seen, lists_seen, base_requests = [], [], [], [], []
-    for _ in range(repeat):
-        base, base_reqs, _ = counted(api, lambda: timed(base_argv))
-        if base["rc"] != 0 or int(base["stdout"].strip() or 0) < 5 * n:
-            raise SystemExit(f"baseline failed (rc {base['rc']}):\n{base['stderr']}")
-        plan, reqs, lists = counted(api, lambda: timed(plan_argv))
-        if plan["rc"] not in (0, 1):
-            raise SystemExit(f"plan failed (rc {plan['rc']}):\n{plan['stderr']}")
-        bases.append(base)
-        plans.append(plan)
-        requests_seen.append(reqs)
-        lists_seen.append(lists)
-        base_requests.append(base_reqs)
-    wall = statistics.median(p["wall"] for p in plans)
-    base_wall = statistics.median(b["wall"] for b in bases)
-    plan_rss = max(p["rss"] for p in plans)
-    base_rss = max(b["rss"] for b in bases)
+    floor_argv = [sys.executable, "-c", FLOOR, str(cp.kubeconfig), namespace]
+    runs: dict[str, list[dict[str, Any]]] = {"base": [], "floor": [], "plan": [], "paged": []}
+    for i in range(repeat):
+        load_average = os.getloadavg()[0]
+        for name, argv, run_env in (
+            ("base", base_argv, None),
+            ("floor", floor_argv, None),
+            ("plan", plan_argv, streamed_env),
+            ("paged", plan_argv, paged_env),
+        ):
+            result, reqs, lists, where = counted(api, functools.partial(timed, argv, run_env))
+            ok = (0, 1) if name in ("plan", "paged") else (0,)
+            if result["rc"] not in ok:
+                raise SystemExit(f"{name} failed (rc {result['rc']}):\n{result['stderr']}")
+            if name == "base" and int(result["stdout"].strip() or 0) < 5 * n:
+                raise SystemExit(f"the baseline listed too little:\n{result['stdout']}")
+            runs[name].append({**result, "requests": reqs, "lists": lists, "served": where})
+        print(
+            f"  N={n:,} repeat {i + 1}: load {load_average:.1f}; "
+            + ", ".join(
+                f"{name} {runs[name][-1]['wall']:.2f}s {runs[name][-1]['rss'] / MI:.0f}MB"
+                for name in runs
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def wall(name: str) -> float:
+        return statistics.median(float(r["wall"]) for r in runs[name])
+
+    def rss(name: str) -> int:
+        return max(int(r["rss"]) for r in runs[name])
+
+    def served(name: str, source: str) -> int:
+        return max(int(r["served"][source]) for r in runs[name])
+
     return {
         "n": n,
-        "plan_s": wall,
-        "baseline_s": base_wall,
-        "ratio": wall / base_wall,
-        "plan_rss_mb": plan_rss / MI,
-        "baseline_rss_mb": base_rss / MI,
-        "rss_ratio": plan_rss / base_rss,
-        "plan_rss": plan_rss,
-        "requests": max(requests_seen),
-        "pages": max(lists_seen),
-        "baseline_requests": max(base_requests),
+        "load": os.getloadavg()[0],
+        "plan_s": wall("plan"),
+        "paged_s": wall("paged"),
+        "baseline_s": wall("base"),
+        "floor_s": wall("floor"),
+        "ratio": wall("plan") / wall("base"),
+        "floor_ratio": wall("plan") / wall("floor"),
+        "paged_ratio": wall("paged") / wall("base"),
+        "plan_rss_mb": rss("plan") / MI,
+        "paged_rss_mb": rss("paged") / MI,
+        "baseline_rss_mb": rss("base") / MI,
+        "rss_ratio": rss("plan") / rss("base"),
+        "plan_rss": rss("plan"),
+        "requests": max(r["requests"] for r in runs["plan"]),
+        "pages": max(r["lists"] for r in runs["plan"]),
+        "paged_requests": max(r["requests"] for r in runs["paged"]),
+        "paged_from": (served("paged", "cache"), served("paged", "etcd")),
+        "plan_from": (served("plan", "cache"), served("plan", "etcd")),
+        "baseline_requests": max(r["requests"] for r in runs["base"]),
     }
 
 
 def print_table(rows: list[dict[str, Any]], file: Any = None) -> None:
     out = file or sys.stdout
-    header = (
-        "| VMs | plan (s) | raw LIST baseline (s) | plan / baseline | plan peak RSS (MB) "
-        "| baseline peak RSS (MB) | RSS plan / baseline | API requests by plan (LIST pages) "
-        "| baseline requests |"
+    print(
+        "| VMs | plan (s) | raw LIST baseline (s) | floor (s) | plan / baseline | plan / floor "
+        "| plan, watch-lists off (s) | off / baseline | plan peak RSS (MB) "
+        "| off peak RSS (MB) | baseline peak RSS (MB) | requests by plan (LISTs) "
+        "| requests, off (LISTs from cache / etcd) | load |",
+        file=out,
     )
-    print(header, file=out)
-    print("|" + "---|" * 9, file=out)
+    print("|" + "---|" * 14, file=out)
     for r in rows:
+        cache, etcd = r["paged_from"]
         print(
-            f"| {r['n']:,} | {r['plan_s']:.2f} | {r['baseline_s']:.2f} | {r['ratio']:.2f}x "
-            f"| {r['plan_rss_mb']:.0f} | {r['baseline_rss_mb']:.0f} | {r['rss_ratio']:.2f}x "
-            f"| {r['requests']} ({r['pages']}) | {r['baseline_requests']} |",
+            f"| {r['n']:,} | {r['plan_s']:.2f} | {r['baseline_s']:.2f} | {r['floor_s']:.2f} "
+            f"| {r['ratio']:.2f}x | {r['floor_ratio']:.2f}x | {r['paged_s']:.2f} "
+            f"| {r['paged_ratio']:.2f}x | {r['plan_rss_mb']:.0f} | {r['paged_rss_mb']:.0f} "
+            f"| {r['baseline_rss_mb']:.0f} | {r['requests']} ({r['pages']}) "
+            f"| {r['paged_requests']} ({cache} / {etcd}) | {r['load']:.1f} |",
             file=out,
         )
     page = os.environ.get("VMSR_LIST_PAGE_SIZE") or "500 (default)"
     print(
-        f"\n(python {sys.version.split()[0]}, {os.cpu_count()} cores; medians; page size {page})",
+        f"\n(python {sys.version.split()[0]}, {os.cpu_count()} cores; medians; page size {page}; "
+        "a consistent read also counts one etcd 'list' for the current revision)",
         file=out,
     )
 
