@@ -64,6 +64,9 @@ NODE = "nodes"
 APP_LABEL = "kubevirt.io"
 CREATED_BY = "kubevirt.io/created-by"
 NODE_NAME_LABEL = "kubevirt.io/nodeName"
+TARGET_NODE_LABEL = "kubevirt.io/migrationTargetNodeName"
+"""Set by virt-controller at the hand-off, for the target's virt-handler; it removes it once
+the migration ended (``finalCleanup``)."""
 HOST_MODEL_CPU_LABEL = "host-model-cpu.node.kubevirt.io/"
 KUBEVIRT_PODS = frozenset({"virt-launcher", "hotplug-disk"})
 SHARED_MODES = frozenset({"ReadWriteMany"})
@@ -277,7 +280,8 @@ class VirtHandler(Controller):
         if state.get("targetMemoryOverhead"):
             patch["memory"] = {**(status.get("memory") or {}),
                                "memoryOverhead": state["targetMemoryOverhead"]}
-        self._write(vmi, patch, labels={NODE_NAME_LABEL: target})
+        self._write(vmi, patch, labels={NODE_NAME_LABEL: target},
+                    drop_labels=(TARGET_NODE_LABEL,))
         self._copy_due.pop(str(state.get("migrationUid")), None)
         self.vmi_client.event(vmi, "Normal", "Migrated",
                               f"The VirtualMachineInstance migrated to node {target}.")
@@ -290,16 +294,25 @@ class VirtHandler(Controller):
 
     def _end(self, vmi: dict[str, Any], state: dict[str, Any], *, failed: bool, reason: str,
              abort: bool = False) -> None:
+        """The migration failed (or was aborted): the source reports it; the target
+        virt-handler then signals its launcher to clean up (``finalCleanup``:
+        ``SignalTargetPodCleanup``), the target launcher exits, and the VMI runs on with one
+        active launcher pod again (virt-controller schedules no new target pod while two
+        run)."""
         state.update(endTimestamp=now_rfc3339(), failed=failed, failureReason=reason)
         if not state.get("startTimestamp"):
             state["startTimestamp"] = state["endTimestamp"]
         if abort:
             state["abortStatus"] = "Succeeded"
-        self._write(vmi, {"migrationState": state})
+        self._write(vmi, {"migrationState": state}, drop_labels=(TARGET_NODE_LABEL,))
         self._copy_due.pop(str(state.get("migrationUid")), None)
         self.vmi_client.event(vmi, "Warning", "Migrated",
                               f"VirtualMachineInstance migration uid {state.get('migrationUid')}"
                               f" failed. reason:{reason}")
+        target = self.sim.store.get(POD, vmi["metadata"]["namespace"],
+                                    str(state.get("targetPod") or ""))
+        if target is not None and _pod_phase(target) not in TERMINAL:
+            self._finish_pod(target, "Succeeded", delete=False)
 
     def _carry_content(self, namespace: str, entry: Mapping[str, Any]) -> None:
         source = str((entry.get("sourcePVCInfo") or {}).get("claimName") or "")
@@ -508,7 +521,8 @@ class VirtHandler(Controller):
     # -- writing VMI status ----------------------------------------------------------------
 
     def _write(self, vmi: Mapping[str, Any], status: Mapping[str, Any], *,
-               labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+               labels: Mapping[str, str] | None = None,
+               drop_labels: Iterable[str] = ()) -> dict[str, Any]:
         """Patch the VMI (no status subresource) as virt-handler. A JSON patch, not a merge
         patch: a merge patch drops the ``null`` timestamps inside list items, and then the
         stored conditions no longer equal virt-controller's Go marshalling, which its
@@ -533,6 +547,10 @@ class VirtHandler(Controller):
                 meta = {**meta, "labels": {}}
             escaped = key.replace("~", "~0").replace("/", "~1")
             ops.append({"op": "add", "path": f"/metadata/labels/{escaped}", "value": value})
+        for key in drop_labels:
+            if key in (meta.get("labels") or {}):
+                escaped = key.replace("~", "~0").replace("/", "~1")
+                ops.append({"op": "remove", "path": f"/metadata/labels/{escaped}"})
         try:
             return self.vmi_client.json_patch(VMI, meta["namespace"], meta["name"], ops)
         except ApiError as err:
