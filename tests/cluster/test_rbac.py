@@ -1763,7 +1763,7 @@ def test_removing_any_granted_verb_makes_a_run_fail(rig: Rig, grant: Grant) -> N
     namespace = rig.namespace()
     if granted_by_the_platform(rig, [grant], namespace):
         return  # upstream KubeVirt grants it anyway (PLATFORM): nothing to take away
-    results = []
+    results: list[Result] = []
     with rig.without(grant, namespace):
         for _ in range(ATTEMPTS):
             # a pooled case first; a fresh one after a run that went through (a pooled
