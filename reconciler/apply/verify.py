@@ -62,8 +62,12 @@ def problems(
     alive = vmi is not None and not vmi.ended
     for kind in ("VolumesChange", "RestartRequired", "ManualRecoveryRequired"):
         # VolumesChange is the VMI's, mirrored on the VM; KubeVirt stops mirroring when the
-        # VMI goes, so on a stopped VM the copy it leaves behind says nothing.
-        if kind == "VolumesChange" and not alive:
+        # VMI goes, so on a stopped VM the copy it leaves behind says nothing. RestartRequired
+        # says the running VMI must restart to take the spec; with none running it says
+        # nothing either: KubeVirt can set it while the VMI of a stopped VM is still going
+        # (and clears it only at the next start), e.g. when a volume migration's VMI went
+        # away after the copy and the recovery removed updateVolumesStrategy.
+        if kind in ("VolumesChange", "RestartRequired") and not alive:
             continue
         if vm.is_true(kind):
             condition = vm.condition(kind)

@@ -22,7 +22,9 @@ one worker):
 Knobs the node side decides (``sim.vmstorage.dev/`` annotations, as on the simulator):
 ``fault`` on a DataVolume (fail, fail-times:N, fatal, stall: its worker pod) or on a VM or
 VMIM (fail, fail-times:N, fatal, stall: the migration), ``copy-seconds`` on a DataVolume,
-``not-live-migratable`` on a VM template, and ``copy_seconds_per_gib``; and faults on objects
+``not-live-migratable`` on a VM template, ``migration-hold: target-ready`` on a VM or VMIM
+(node side only: the migration stops once the target domain is ready, before the source
+acknowledges it), and ``copy_seconds_per_gib``; and faults on objects
 that do not exist yet, from ConfigMap ``kube-system/testenv-faults`` (``faults.FaultFeed``),
 where key ``copy-seconds-per-gib`` also changes ``copy_seconds_per_gib`` while it is set.
 """

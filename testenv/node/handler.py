@@ -13,11 +13,13 @@ What upstream virt-handler (v1.8, ``pkg/virt-handler``) does, minus libvirt:
 - migration: the target side advertises ``targetNodeAddress`` and ports once the target pod
   runs; the source starts (``startTimestamp``, mode PreCopy), copies for the migrated
   volumes' size x ``copy_seconds_per_gib`` (a stalled copy is aborted after the
-  configuration's ``progressTimeout``, as virt-launcher does), then either completes (target:
-  ``targetNodeDomainDetected``/``ReadyTimestamp``, ``nodeName`` and the ``kubevirt.io/
-  nodeName`` label moved to the target, ``migratedVolumes`` and ``VolumesChange`` removed,
-  ``completed``; the source launcher exits) or fails (``failed``, ``failureReason``) or is
-  aborted (``abortRequested`` -> ``abortStatus: Succeeded``);
+  configuration's ``progressTimeout``, as virt-launcher does), then either completes (first
+  the target: ``targetNodeDomainDetected``/``ReadyTimestamp``, the destinations hold the
+  content; then the source: ``nodeName`` and the ``kubevirt.io/nodeName`` label moved to the
+  target, ``migratedVolumes`` and ``VolumesChange`` removed, ``completed``; the source
+  launcher exits) or fails (``failed``, ``failureReason``; the target launcher exits) or is
+  aborted (``abortRequested`` -> ``abortStatus: Succeeded``); ``sim.vmstorage.dev/
+  migration-hold: target-ready`` on the VM or VMIM holds it between the two halves;
 - shutdown: a deleted VMI, or a deleted launcher pod of a running VMI, makes the guest shut
   down: the VMI goes ``Succeeded`` and the pod is finalized (containers terminated, deleted
   with grace period 0), which KWOK leaves to us for KubeVirt's pods.
@@ -64,6 +66,8 @@ NODE = "nodes"
 APP_LABEL = "kubevirt.io"
 CREATED_BY = "kubevirt.io/created-by"
 NODE_NAME_LABEL = "kubevirt.io/nodeName"
+HOLD_ANNOTATION = "sim.vmstorage.dev/migration-hold"
+"""``target-ready`` on a VM or VMIM: its migration stops once the target domain is ready."""
 TARGET_NODE_LABEL = "kubevirt.io/migrationTargetNodeName"
 """Set by virt-controller at the hand-off, for the target's virt-handler; it removes it once
 the migration ended (``finalCleanup``)."""
@@ -239,7 +243,37 @@ class VirtHandler(Controller):
             self._end(vmi, state, failed=True,
                       reason="Live migration failed: injected fault (sim.vmstorage.dev/fault)")
             return
+        if not state.get("targetNodeDomainReadyTimestamp"):
+            self._target_ready(vmi, state)
+            self.sim.enqueue(self, key_of(VMI, vmi), 0.1)
+            return
+        if self._held(vmi, migration):
+            self.sim.enqueue(self, key_of(VMI, vmi), 0.5)
+            return
         self._complete(vmi, state)
+
+    def _target_ready(self, vmi: dict[str, Any], state: dict[str, Any]) -> None:
+        """Target: the copy finished and the domain runs there (migration-target.go: the
+        domain active on the target, before the source acknowledges the completion): the
+        destinations hold the content."""
+        now = now_rfc3339()
+        state.update(targetNodeDomainDetected=True, targetNodeDomainReadyTimestamp=now)
+        if isinstance(state.get("targetState"), dict):
+            state["targetState"] = {**state["targetState"], "domainDetected": True,
+                                    "domainReadyTimestamp": now}
+        for entry in _status(vmi).get("migratedVolumes") or []:
+            self._carry_content(vmi["metadata"]["namespace"], entry)
+        self._write(vmi, {"migrationState": state})
+
+    def _held(self, vmi: Mapping[str, Any], migration: Mapping[str, Any] | None) -> bool:
+        """``HOLD_ANNOTATION: target-ready`` on the VMIM or the VM: the source never
+        acknowledges the completion (e.g. its node went away) while it stays."""
+        namespace = vmi["metadata"]["namespace"]
+        owners = [ref.get("name") for ref in vmi["metadata"].get("ownerReferences") or []
+                  if ref.get("kind") == "VirtualMachine"]
+        vm = self.sim.store.get(VM, namespace, str(owners[0])) if owners else None
+        return any(annotations_of(obj).get(HOLD_ANNOTATION) == "target-ready"
+                   for obj in (migration, vm) if obj)
 
     def _prepare_target(self, vmi: dict[str, Any], state: dict[str, Any]) -> None:
         """The target node: once its launcher pod runs, advertise where it listens."""
@@ -262,11 +296,12 @@ class VirtHandler(Controller):
         and finalizeMigration in one write)."""
         now = now_rfc3339()
         target = str(state["targetNode"])
+        ready = state.get("targetNodeDomainReadyTimestamp") or now
         state.update(endTimestamp=now, targetNodeDomainDetected=True,
-                     targetNodeDomainReadyTimestamp=now, completed=True)
+                     targetNodeDomainReadyTimestamp=ready, completed=True)
         if isinstance(state.get("targetState"), dict):
             state["targetState"] = {**state["targetState"], "domainDetected": True,
-                                    "domainReadyTimestamp": now}
+                                    "domainReadyTimestamp": ready}
         status = _status(vmi)
         for entry in status.get("migratedVolumes") or []:
             self._carry_content(vmi["metadata"]["namespace"], entry)

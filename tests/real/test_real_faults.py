@@ -16,17 +16,21 @@ from reconciler.apply.context import Settings
 from testenv.controlplane import ControlPlane
 from tests.cluster import test_apply_faults
 from tests.cluster.test_apply_faults import (
+    BOUNDED,
     MIXED,
     KubeVirtPatch,
     annotate_vm,
     body,
+    only,
     remember,
 )
 from tests.cluster.test_plan import plan_file
+from tests.support.kube import condition
 from tests.support.mirror import mirror
-from tests.support.moves import FAULT_ANNOTATION, Moves
+from tests.support.moves import FAULT_ANNOTATION, Moves, disks_of
 
 KV = "kubevirt.io/v1"
+HOLD_ANNOTATION = "sim.vmstorage.dev/migration-hold"  # testenv.node.handler
 
 LEAVE_OUT = {
     "test_fatal_clone_is_rolled_back_and_a_stopped_vm_stays_stopped": (
@@ -47,10 +51,12 @@ LEAVE_OUT = {
         "apply says it waits for KubeVirt to create the migration, not that one is queued"
     ),
     "test_vm_stopped_after_the_copy_finished_keeps_the_destination": (
-        "writes the failed VMIM's migrationState (targetNodeDomainReadyTimestamp) as admin; "
-        "upstream virt-controller copies a final VMIM's migrationState from the VMI "
-        "(migration.go), whose status only KubeVirt's ServiceAccounts may write, and the "
-        "node side has no knob that holds a migration after the target domain is ready"
+        "writes the failed VMIM's migrationState (targetNodeDomainReadyTimestamp) as admin, "
+        "where upstream virt-controller copies a final VMIM's migrationState from the VMI "
+        "(migration.go), whose status only KubeVirt's ServiceAccounts write; upstream's "
+        "target virt-handler writes it there (migration-target.go) and so does the node "
+        "side, held at that point by its migration-hold knob: "
+        "test_vm_stopped_once_the_target_domain_is_ready_keeps_the_destination"
     ),
 }
 
@@ -128,3 +134,46 @@ def test_a_volume_migration_waits_for_a_free_slot_then_succeeds(
     assert freed is not None and _created(migration) >= freed.replace(microsecond=0), (
         "KubeVirt created our migration only once the slot was free"
     )
+
+
+def test_vm_stopped_once_the_target_domain_is_ready_keeps_the_destination(ctx: Moves) -> None:
+    """The reference's exception, upstream: the target's virt-handler reported the domain
+    ready there (the copy finished) and the source never acknowledged it (the node side holds
+    the migration at that point) when someone stops the VM. KubeVirt fails the migration;
+    apply recovers it the upstream way, keeping the destination (removing
+    updateVolumesStrategy), and leaves the VM stopped."""
+    ctx.make("vm1", MIXED)
+    annotate_vm(ctx, "vm1", HOLD_ANNOTATION, "target-ready")
+    before = remember(ctx)
+    ready: list[dict[str, Any]] = []
+
+    def target_ready() -> dict[str, Any] | None:
+        state = (ctx.vmi("vm1").get("status") or {}).get("migrationState") or {}
+        done = state.get("targetNodeDomainReadyTimestamp") and not state.get("completed")
+        return state if done else None
+
+    def stop(state: dict[str, Any]) -> None:
+        ready.append(state)
+        ctx.set_running("vm1", False)
+
+    stopped = ctx.during(target_ready, stop, 90)
+
+    rc, report, err = ctx.apply(body=body(extra=BOUNDED))
+
+    stopped.check()
+    assert ready, "the target domain was ready when the VM was stopped"
+    outcome = only(report)
+    assert (outcome["result"], rc) == ("Succeeded", 0), (
+        f"{outcome['result']} {outcome['rule']}: {outcome['reason']}\n{err}"
+    )
+    assert "the copy finished before the VMI went away" in err, err
+    vm = ctx.vm("vm1")
+    assert "updateVolumesStrategy" not in vm["spec"], "the upstream recovery: strategy removed"
+    assert condition(vm, "ManualRecoveryRequired").get("status") != "True"
+    moved = disks_of(vm)
+    assert set(moved) == set(disks_of(before))
+    assert all("-mig-" in claim for claim in moved.values()), "the destinations are kept"
+    assert ctx.hashes(vm) == ctx.source_hashes
+    assert vm["spec"]["runStrategy"] == "Halted", "stopped by someone else: left stopped"
+    assert set(ctx.ours()) == set(moved.values())
+    assert ctx.last("vm1")["volumes"] == moved

@@ -182,6 +182,17 @@ def test_a_stopped_vm_is_verified_without_a_vmi_and_its_stale_volumes_change_ign
     assert observed_problems(stopped, stale, None, {"root-new": pvc()}) == []
 
 
+def test_a_stopped_vm_s_stale_restart_required_is_ignored() -> None:
+    """KubeVirt can set RestartRequired while a stopped VM's VMI is still going (it clears it
+    at the next start): with no VMI running there is nothing to restart."""
+    stopped = journal(Flow.LIVE, run_strategy="Halted", was_running=False, vmi_uid="")
+    halted = edit(vm(), "spec.runStrategy", "Halted")
+    stale = edit(halted, "status.conditions", [{"type": "RestartRequired", "status": "True"}])
+    assert observed_problems(stopped, stale, None, {"root-new": pvc()}) == []
+    ended = edit(vmi(), "status.phase", "Succeeded")
+    assert observed_problems(stopped, stale, ended, {"root-new": pvc()}) == []
+
+
 def test_after_an_offline_move_the_vmi_is_a_new_one() -> None:
     offline = journal(Flow.OFFLINE)
     rebooted = edit(vmi(), "metadata.uid", "vmi-2")
