@@ -131,7 +131,9 @@ def test_retry_after_is_honoured_within_the_budget(fake: tuple[FakeAPI, Cluster]
     with pytest.raises(ClusterError):
         cluster.get(LEASES, "ns", "l", timeout=1.0)  # a request's timeout is its budget
     took = time.monotonic() - began
-    assert sent(api, "GET", path) == 4, "0.3 s apart, the fourth send ends the 1 s budget"
+    # 0.3 s apart, the fourth send ends the 1 s budget; on a loaded machine each send takes
+    # longer, so fewer fit, but never more (the pause is honoured) and never just one
+    assert 2 <= sent(api, "GET", path) <= 4, "0.3 s apart within the 1 s budget"
     assert 0.9 <= took < 2.0
 
 
