@@ -18,13 +18,15 @@ same run, each in a fresh process, interleaved within each repeat:
 - `plan` with watch-lists off (``$VMSR_WATCH_LIST=0``: every kind in LIST pages, as before
   watch-lists), for comparison in the same conditions.
 
-Wall time and peak RSS of each; API requests made by each `plan`, counted by the API server
-(apiserver_request_total on /metrics), not by the client: every request to the kinds plan reads,
-and of them the LIST requests (one per page); and where the API server served its LISTs from:
-its watch cache or etcd (apiserver_cache_list_total, apiserver_storage_list_total; a consistent
-read also asks etcd for its current revision, one storage "list" each). Any other request the
-server answered meanwhile (its own loopback traffic) is printed, not counted. The load average
-is printed with each repeat: the machine may be shared.
+Wall time, peak RSS and CPU time of each, and of kube-apiserver meanwhile (on a loaded machine
+the wall-time ratios follow the CPU each side needs more than on an idle one); API requests made
+by each `plan`, counted by the API server (apiserver_request_total on /metrics), not by the
+client: every request to the kinds plan reads, and of them the LIST requests (one per page);
+and where the API server served its LISTs from: its watch cache or etcd
+(apiserver_cache_list_total, apiserver_storage_list_total; a consistent read also asks etcd for
+its current revision, one storage "list" each). Any other request the server answered meanwhile
+(its own loopback traffic) is printed, not counted. The load average is printed with each
+repeat: the machine may be shared.
 
 **The state measured.** The API server serves a continue page from a snapshot of its watch
 cache, which it keeps for a kind only until etcd is compacted past the kind's last write:
@@ -121,15 +123,17 @@ FLOOR = BASELINE.replace(
 )
 assert FLOOR != BASELINE
 
-# Runs a command and prints its wall time and the peak RSS of the child, as JSON.
+# Runs a command and prints its wall time, peak RSS and CPU time (user + system) of the child,
+# as JSON.
 TIMER = textwrap.dedent(
     """
     import json, resource, subprocess, sys, time
     t = time.perf_counter()
     p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    print(json.dumps({"wall": wall, "rss": rss, "rc": p.returncode,
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rss, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+    print(json.dumps({"wall": wall, "rss": rss, "cpu": cpu, "rc": p.returncode,
                       "stdout": p.stdout.decode()[-400:], "stderr": p.stderr.decode()[-2000:]}))
     """
 )
@@ -487,7 +491,17 @@ def _label(labels: str, name: str) -> str:
     return found.group(1) if found else ""
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+def server_cpu(cp: ControlPlane) -> float:
+    """CPU seconds (user + system) kube-apiserver has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{cp.pids['kube-apiserver']}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(cp: ControlPlane, argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``argv`` run in a fresh process: its wall time, peak RSS and CPU, and the CPU
+    kube-apiserver used meanwhile (``server_cpu``: all of it serving this command, the
+    benchmark's control plane having no other client)."""
+    before = server_cpu(cp)
     out = subprocess.run(
         [sys.executable, "-c", TIMER, *argv],
         capture_output=True,
@@ -497,6 +511,7 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
         env=env,
     )
     result: dict[str, Any] = json.loads(out.stdout)
+    result["server_cpu"] = server_cpu(cp) - before
     return result
 
 
@@ -589,7 +604,7 @@ def measure(
             ("plan", plan_argv, streamed_env),
             ("paged", plan_argv, paged_env),
         ):
-            result, reqs, lists, where = counted(api, functools.partial(timed, argv, run_env))
+            result, reqs, lists, where = counted(api, functools.partial(timed, cp, argv, run_env))
             ok = (0, 1) if name in ("plan", "paged") else (0,)
             if result["rc"] not in ok:
                 raise SystemExit(f"{name} failed (rc {result['rc']}):\n{result['stderr']}")
@@ -599,7 +614,8 @@ def measure(
         print(
             f"  N={n:,} repeat {i + 1}: load {load_average:.1f}; "
             + ", ".join(
-                f"{name} {runs[name][-1]['wall']:.2f}s {runs[name][-1]['rss'] / MI:.0f}MB"
+                f"{name} {runs[name][-1]['wall']:.2f}s {runs[name][-1]['rss'] / MI:.0f}MB "
+                f"(cpu {runs[name][-1]['cpu']:.2f}s + server {runs[name][-1]['server_cpu']:.2f}s)"
                 for name in runs
             ),
             file=sys.stderr,
@@ -614,6 +630,9 @@ def measure(
 
     def served(name: str, source: str) -> int:
         return max(int(r["served"][source]) for r in runs[name])
+
+    def cpu(name: str, key: str) -> float:
+        return statistics.median(float(r[key]) for r in runs[name])
 
     return {
         "n": n,
@@ -636,6 +655,7 @@ def measure(
         "paged_from": (served("paged", "cache"), served("paged", "etcd")),
         "plan_from": (served("plan", "cache"), served("plan", "etcd")),
         "baseline_requests": max(r["requests"] for r in runs["base"]),
+        "cpu": {name: (cpu(name, "cpu"), cpu(name, "server_cpu")) for name in runs},
     }
 
 
@@ -659,6 +679,18 @@ def print_table(rows: list[dict[str, Any]], file: Any = None) -> None:
             f"| {r['paged_requests']} ({cache} / {etcd}) | {r['load']:.1f} |",
             file=out,
         )
+    print(
+        "\nCPU seconds, medians (client: the command's process; server: kube-apiserver "
+        "meanwhile):\n\n| VMs | baseline client / server | floor client / server "
+        "| plan client / server | plan, watch-lists off, client / server |\n|---|---|---|---|---|",
+        file=out,
+    )
+    for r in rows:
+        cells = " | ".join(
+            f"{r['cpu'][name][0]:.2f} / {r['cpu'][name][1]:.2f}"
+            for name in ("base", "floor", "plan", "paged")
+        )
+        print(f"| {r['n']:,} | {cells} |", file=out)
     page = os.environ.get("VMSR_LIST_PAGE_SIZE") or "500 (default)"
     print(
         f"\n(python {sys.version.split()[0]}, {os.cpu_count()} cores; medians; page size {page}; "
