@@ -101,8 +101,39 @@ def judge(
 ) -> JudgedVM:
     """``namespace/name`` judged on a current look at its namespace (``observed``, the VM as
     of now) and, if it moves, rendered (a ``TemplateError`` becomes ``render_error``: that VM
-    fails, the run goes on)."""
-    snapshot = observed(cluster, view, [namespace], (namespace, name))
+    fails, the run goes on). A judgement from the view that fails to render is judged again on
+    a fresh observation: the view lags what others deleted (e.g. a leftover's claim the garbage
+    collector removed after our delete of its DataVolume), and a stale name must not fail a
+    move."""
+    judged_vm = _judge_on(
+        observed(cluster, view, [namespace], (namespace, name)),
+        plans,
+        templates,
+        allowed,
+        namespace=namespace,
+        name=name,
+    )
+    if view is not None and judged_vm.render_error:
+        judged_vm = _judge_on(
+            observed(cluster, None, [namespace], (namespace, name)),
+            plans,
+            templates,
+            allowed,
+            namespace=namespace,
+            name=name,
+        )
+    return judged_vm
+
+
+def _judge_on(
+    snapshot: Snapshot,
+    plans: Sequence[Plan],
+    templates: TemplateSet,
+    allowed: frozenset[str] | None,
+    *,
+    namespace: str,
+    name: str,
+) -> JudgedVM:
     mine = [p for p in plans if p.namespace == namespace]
     # Not ``judged``: the plans were found free of conflicts at the start of the run; what
     # the cluster did since is judged per VM, as its verdict.
