@@ -7,11 +7,14 @@ virt-controller's migrations, cdi-controller's clones."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pykube
 import pytest
 
 from testenv.controlplane import ControlPlane
 from testenv.real.engine import RealEngine
+from tests.support.flux import FluxEnv, running_flux
 from tests.support.node_faults import NodeSide
 
 
@@ -31,3 +34,10 @@ def api(real_engine: RealEngine) -> pykube.HTTPClient:
 def sim(real_engine: RealEngine) -> NodeSide:
     """The node side: where a test on the simulator reaches the simulator's faults."""
     return NodeSide(real_engine.api(), real_engine.nodes)
+
+
+@pytest.fixture(scope="session")
+def flux(real_engine: RealEngine) -> Iterator[FluxEnv]:
+    """Flux on the real engine: its own fixture, so never the simulator's cached one."""
+    with running_flux(real_engine.control_plane) as env:
+        yield env

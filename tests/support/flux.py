@@ -46,6 +46,18 @@ class FluxEnv:
 @pytest.fixture(scope="session")
 def flux(control_plane: ControlPlane) -> Iterator[FluxEnv]:
     """Flux + Git server for the session; stopped (processes, files) before the control plane."""
+    with running_flux(control_plane) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def running_flux(control_plane: ControlPlane) -> Iterator[FluxEnv]:
+    """Flux + Git server on ``control_plane`` until the block ends.
+
+    A session fixture is cached by name, not by the control plane it was given: an engine
+    that overrides ``control_plane`` (tests/real) must override ``flux`` with this too, or a
+    worker that ran a simulator Flux test first hands the real engine's tests the
+    simulator's Flux (its CRDs missing on the real engine's server: 404)."""
     assert control_plane.workdir is not None
     git = GitServer(control_plane.workdir / "git")
     controllers = Flux(control_plane)
@@ -55,9 +67,11 @@ def flux(control_plane: ControlPlane) -> Iterator[FluxEnv]:
     except Exception as error:  # any start failure must fail the tests, with its reason
         git.stop()
         pytest.fail(f"Flux could not start in the test environment: {error}", pytrace=False)
-    yield FluxEnv(controllers=controllers, git=git)
-    controllers.stop()
-    git.stop()
+    try:
+        yield FluxEnv(controllers=controllers, git=git)
+    finally:
+        controllers.stop()
+        git.stop()
 
 
 _SEQUENCE = itertools.count()
