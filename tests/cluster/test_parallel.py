@@ -70,6 +70,16 @@ def at_wait_targets(ctx: Moves, names: tuple[str, ...]) -> bool:
     return all(ctx.at_step(name, "wait-targets")() for name in names)
 
 
+def unfinished_migrations(api: pykube.HTTPClient) -> list[str]:
+    """namespace/name of every migration in the cluster not Succeeded or Failed."""
+    items = api.get(version="kubevirt.io/v1", url="virtualmachineinstancemigrations").json()
+    return [
+        f"{m['metadata']['namespace']}/{m['metadata']['name']}"
+        for m in items["items"]
+        if (m.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
+
+
 def release(ctx: Moves, destinations: dict[str, str]) -> None:
     for destination in destinations.values():
         ctx.clear_fault(DV_KIND, destination)
@@ -117,6 +127,13 @@ def test_live_moves_wait_for_kubevirt_s_migration_slot(ctx: Moves, kubevirt: Kub
     """KubeVirt allows one migration at a time here: the second live move starts only once
     the first is done, so no migration of ours waits in virt-controller's queue, while the
     offline move (no migration) goes beside them."""
+    # the slot counts every unfinished migration in the cluster, anyone's: one left by an
+    # earlier test on this engine would hold it and vm1 would never start
+    ctx.eventually(
+        lambda: not unfinished_migrations(ctx.api),
+        120,
+        what=f"the cluster's migrations to finish (at first: {unfinished_migrations(ctx.api)})",
+    )
     kubevirt({"spec": {"configuration": {"migrations": {"parallelMigrationsPerCluster": 1}}}})
     destinations = fleet(ctx, {"vm1": True, "vm2": True, "vm3": False})
     live = ("vm1", "vm2")
@@ -129,6 +146,7 @@ def test_live_moves_wait_for_kubevirt_s_migration_slot(ctx: Moves, kubevirt: Kub
         lambda: ctx.at_step("vm1", "wait-targets")() and ctx.at_step("vm3", "wait-targets")(),
         lambda _: release(ctx, destinations),
         timeout=120,
+        otherwise=lambda: release(ctx, destinations),  # so apply ends and check() says why
     )
 
     rc, report, err = ctx.apply("--parallel", "3", body=body(*VMS))

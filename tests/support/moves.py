@@ -201,6 +201,8 @@ class Meddler:
     trigger: Callable[[], Any]
     action: Callable[[Any], None]
     timeout: float = 30.0
+    otherwise: Callable[[], None] | None = None
+    """Called if the trigger never held (before the failure is recorded)."""
     done: threading.Event = field(default_factory=threading.Event)
     error: list[BaseException] = field(default_factory=list)
     fired_at: list[float] = field(default_factory=list)
@@ -215,6 +217,8 @@ class Meddler:
                     self.action(seen)
                     return
                 time.sleep(0.02)
+            if self.otherwise is not None:
+                self.otherwise()
             raise AssertionError(f"the meddler's trigger never held within {self.timeout}s")
         except BaseException as exc:  # handed to the test thread by check()
             self.error.append(exc)
@@ -450,10 +454,15 @@ class Moves(Apply):
         self.sim.faults.clear(kind, self.ns, name)
 
     def during(
-        self, trigger: Callable[[], Any], action: Callable[[Any], None], timeout: float = 30.0
+        self,
+        trigger: Callable[[], Any],
+        action: Callable[[Any], None],
+        timeout: float = 30.0,
+        otherwise: Callable[[], None] | None = None,
     ) -> Meddler:
-        """Run ``action(trigger())`` from a helper thread once ``trigger()`` is truthy."""
-        meddler = Meddler(trigger, action, timeout)
+        """Run ``action(trigger())`` from a helper thread once ``trigger()`` is truthy (or
+        ``otherwise()`` if it never is within ``timeout``: what lets a blocked run end)."""
+        meddler = Meddler(trigger, action, timeout, otherwise)
         thread = threading.Thread(target=meddler.run, name="meddler", daemon=True)
         thread.start()
         self.threads.append(thread)
