@@ -28,6 +28,16 @@ held; it is expired between runs by moving its renewTime back, which is what wai
   neither a VM's disk nor a source (a copy's scratch claims included);
 - the last-migration record agrees with where the VM ended.
 
+Then, from a helper thread while the storm runs (``SourceWatch``): a source of a
+retention-Delete VM goes only once its VM was verified on its targets (its journal at
+``delete-sources``, or the move over with a Succeeded record); and at the end every VM without
+a fault of its own converged on its targets.
+
+The storm runs twice: one VM at a time, and with ``--parallel 3`` (``LANES``), where a kill
+leaves up to three moves open at once (the next run resumes them all) and the invariants above
+hold per VM; the lanes must have left several moves open at ``MIN_OVERLAPS`` kills at least.
+The parallel fleet's disks are larger (``DISK_SIZE``) so that the fleet outlasts the storm.
+
 Timings are drawn from a seeded RNG: ``VMSR_STORM_SEED`` (default 20260) picks the delays; the
 storm prints the seed first, and the failure message names it with the command that replays
 it and lists every run (delay, killed or exit code, the journal steps it left). The fleet runs
@@ -45,9 +55,10 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -72,6 +83,14 @@ ORPHAN_TIMEOUT = 30.0
 garbage collector deletes them by ownerReference, asynchronously (on the real engine
 kube-controller-manager's). A bound, not a measured wait (test_apply_crash.ORPHAN_TIMEOUT)."""
 COPY_SECONDS_PER_GIB = 3.0  # 2Gi disks: a clone or a migration takes about 6 s
+LANES = 3  # the parallel storm's --parallel
+DISK_SIZE = {1: "2Gi", LANES: "3Gi"}
+"""Each variant's disk size. Three lanes move the fleet about three times as fast, so their
+disks are three times as large: the fleet then outlasts the storm as the serial one does (with
+2Gi disks the lanes finished it within the first third of the runs, and the rest were not
+killed mid-move)."""
+MIN_OVERLAPS = 3  # kills of the parallel storm that must leave several moves open
+SOURCE_WATCH_INTERVAL = 0.2
 MIGRATION_BACKOFF = 0.5  # KubeVirt's retry delay after a failed migration (20 s upstream)
 KV = "kubevirt.io/v1"
 CDI = "cdi.kubevirt.io/v1beta1"
@@ -191,6 +210,8 @@ class Storm:
     ns: str
     tmp_path: Path
     rng: random.Random
+    parallel: int = 1
+    fleet: tuple[Member, ...] = FLEET
     plans: Path = field(init=False)
     log: list[str] = field(default_factory=list)
     runners: list[Runner] = field(default_factory=list)
@@ -199,7 +220,7 @@ class Storm:
         self.plans = self.tmp_path / "plans"
         self.plans.mkdir()
         for plan, body in PLANS.items():
-            names = [m.name for m in FLEET if m.plan == plan]
+            names = [m.name for m in self.fleet if m.plan == plan]
             spec = f"storageClass: {TARGET_CLASS}\n{body}virtualMachines:\n" + "".join(
                 f"  - name: {n}\n" for n in names
             )
@@ -254,7 +275,7 @@ class Storm:
     def journals(self) -> dict[str, str]:
         """VM -> the step its journal names (VMs with a journal only)."""
         found = {}
-        for member in FLEET:
+        for member in self.fleet:
             text = annotation(self.vm(member.name), JOURNAL)
             if text is not None:
                 doc = json.loads(text)
@@ -275,7 +296,7 @@ class Storm:
 
     def build(self) -> None:
         """Every VM started on imported, Bound disks; then the stopped ones stopped."""
-        for member in FLEET:
+        for member in self.fleet:
             for disk in member.disks:
                 obj = disk.standalone(self.ns)
                 if obj is not None:
@@ -288,7 +309,7 @@ class Storm:
                 fault = Fault(FaultAction.FAIL_TIMES, 1)
                 self.engine.faults.add("virtualmachines", self.ns, member.name, fault)
             self.post(KV, "virtualmachines", vm)
-        for member in FLEET:
+        for member in self.fleet:
             self.wait(lambda m=member: self.running(m.name), 60, f"{member.name} running")
             for disk in member.disks:
                 self.wait(
@@ -304,11 +325,11 @@ class Storm:
                         60,
                         f"DataVolume {disk.claim} imported",
                     )
-        for member in FLEET:
+        for member in self.fleet:
             if not member.running:
                 url = f"virtualmachines/{member.name}"
                 _merge(self.api, KV, self.ns, url, {"spec": {"runStrategy": "Halted"}})
-        for member in FLEET:
+        for member in self.fleet:
             if not member.running:
                 self.wait(lambda m=member: not self.vmi(m.name), 60, f"{member.name} stopped")
 
@@ -368,6 +389,8 @@ class Storm:
             self.ns,
             "--max-migration-attempts",
             "1",
+            "--parallel",
+            str(self.parallel),
         ]
         runner = Runner(name, argv, self.tmp_path / "runs").start()
         self.runners.append(runner)
@@ -403,38 +426,26 @@ def storm(storm_engine: StormEngine, tmp_path: Path) -> Iterator[Storm]:
         pytest.fail(f"a simulated controller raised during the storm:\n{crashes[0]}")
 
 
-def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(storm: Storm) -> None:
-    storm.say(f"kill storm: {storm.seed_line()}")
+@pytest.mark.parametrize("parallel", [1, LANES], ids=["serial", f"parallel{LANES}"])
+def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(
+    storm: Storm, parallel: int
+) -> None:
+    storm.parallel = parallel
+    storm.fleet = sized_fleet(FLEET, DISK_SIZE[parallel])
+    fleet = storm.fleet
+    storm.say(f"kill storm (--parallel {parallel}): {storm.seed_line()}")
     storm.build()
     targets = storm.targets()
-    assert set(targets) == {m.name for m in FLEET}, f"plan moves the whole fleet: {targets}"
-    hashes = {d.claim: storm.content(d.claim) for m in FLEET for d in m.disks}
+    assert set(targets) == {m.name for m in fleet}, f"plan moves the whole fleet: {targets}"
+    hashes = {d.claim: storm.content(d.claim) for m in fleet for d in m.disks}
     assert all(hashes.values()), f"every source has a content hash: {hashes}"
-    (clone_fails,) = [m for m in FLEET if m.fault == "clone"]
+    (clone_fails,) = [m for m in fleet if m.fault == "clone"]
     for target in targets[clone_fails.name].values():
         storm.engine.faults.add("datavolumes", storm.ns, target, Fault(FaultAction.FAIL_TIMES, 3))
 
-    problems: list[str] = []
-    kills = mid_move = 0
-    sites: set[tuple[str, str]] = set()
-    for i in range(KILLS):
-        storm.expire_lease()
-        delay = storm.rng.uniform(*storm.engine.delay)
-        runner = storm.start(f"run{i:02d}")
-        code = runner.wait(delay)
-        if code is None:
-            runner.kill()
-            kills += 1
-            left = storm.journals()
-            mid_move += bool(left)
-            sites.update(left.items())
-            storm.say(f"run{i:02d}: killed after {delay:.2f}s; journals: {left or 'none'}")
-        else:
-            storm.say(f"run{i:02d}: exit {code} after {runner.seconds:.2f}s (before its kill)")
-            if code not in RUN_EXITS:
-                problems.append(f"run{i:02d} exited {code}: {runner}")
-        storm.log += [f"       {line}" for line in notable(runner)]
-
+    watch = SourceWatch(storm, targets).start()
+    tally = rage(storm)
+    problems = tally.problems
     storm.expire_lease()
     final = storm.start("final")
     code = final.wait(storm.engine.final_timeout)
@@ -445,18 +456,145 @@ def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(storm: St
         problems.append(f"the final run did not finish within {storm.engine.final_timeout:.0f} s")
     elif code not in RUN_EXITS:
         problems.append(f"the final run exited {code}")
+    problems += watch.stop()
+    if not watch.seen:
+        problems.append("the source watch saw no source go: it proved nothing")
     problems += check_fleet(storm, targets, hashes)
+    kills, mid_move, sites, overlaps = tally.kills, tally.mid_move, tally.sites, tally.overlaps
     storm.say(
         f"kill storm: {KILLS} runs, {kills} killed, {mid_move} of them mid-move, "
-        f"in {len(sites)} places: {sorted(sites)}"
+        f"{len(overlaps)} with several moves open {overlaps}, in {len(sites)} places: "
+        f"{sorted(sites)}; source deletions seen: {watch.seen}"
     )
     if kills < KILLS // 2 or mid_move < 3 or len(sites) < MIN_SITES:
         problems.append(
             f"the storm was too tame: {kills} kills, {mid_move} of them mid-move, in "
             f"{len(sites)} places (the delays no longer fit the fleet: retune the engine's "
-            "delay or COPY_SECONDS_PER_GIB)"
+            "delay, COPY_SECONDS_PER_GIB or DISK_SIZE)"
+        )
+    if parallel > 1 and len(overlaps) < MIN_OVERLAPS:
+        problems.append(
+            f"the lanes never overlapped at a kill often enough: {len(overlaps)} kills left "
+            f"several moves open (at least {MIN_OVERLAPS} wanted: retune DISK_SIZE)"
         )
     assert not problems, storm.summary(problems)
+
+
+@dataclass
+class Tally:
+    """What the storm's killed runs left: kills, those that left a journal open, the (VM,
+    step) sites they left, the number of journals each kill that left several left open, and
+    the runs that ended badly."""
+
+    kills: int = 0
+    mid_move: int = 0
+    sites: set[tuple[str, str]] = field(default_factory=set)
+    overlaps: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def rage(storm: Storm) -> Tally:
+    """``KILLS`` runs, each SIGKILLed after a random delay unless it ended first."""
+    tally = Tally()
+    for i in range(KILLS):
+        storm.expire_lease()
+        delay = storm.rng.uniform(*storm.engine.delay)
+        runner = storm.start(f"run{i:02d}")
+        code = runner.wait(delay)
+        if code is None:
+            runner.kill()
+            tally.kills += 1
+            left = storm.journals()
+            tally.mid_move += bool(left)
+            if len(left) > 1:
+                tally.overlaps.append(len(left))
+            tally.sites.update(left.items())
+            storm.say(f"run{i:02d}: killed after {delay:.2f}s; journals: {left or 'none'}")
+        else:
+            storm.say(f"run{i:02d}: exit {code} after {runner.seconds:.2f}s (before its kill)")
+            if code not in RUN_EXITS:
+                tally.problems.append(f"run{i:02d} exited {code}: {runner}")
+        storm.log += [f"       {line}" for line in notable(runner)]
+    return tally
+
+
+def sized_fleet(fleet: tuple[Member, ...], size: str) -> tuple[Member, ...]:
+    """``fleet`` with every disk of ``size``."""
+    return tuple(replace(m, disks=tuple(replace(d, size=size) for d in m.disks)) for m in fleet)
+
+
+@dataclass
+class SourceWatch:
+    """Watches, from a helper thread while the storm runs, for the moment each source of a
+    retention-Delete VM goes (its claim, or its DataVolume, gone or being deleted), and reads
+    its VM right then: the source may go only once its VM was verified on its targets, i.e.
+    the VM names the targets and its journal is at ``delete-sources`` (past ``verify``), or
+    the move is over with a Succeeded record. The VM is read after the deletion is seen, so a
+    VM still short of ``delete-sources`` then was short of it when its source went."""
+
+    storm: Storm
+    targets: dict[str, dict[str, str]]
+    seen: dict[str, str] = field(default_factory=dict)  # claim -> what its VM showed
+    problems: list[str] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> SourceWatch:
+        self.thread = threading.Thread(target=self._run, name="source-watch", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> list[str]:
+        """The sources that went too early (and a watch that raised, as a problem)."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        self._look()  # what the last interval did
+        return self.problems
+
+    def _run(self) -> None:
+        while not self.stopping.wait(SOURCE_WATCH_INTERVAL):
+            try:
+                self._look()
+            except Exception as error:  # a failed read is a problem, not a silent stop
+                self.problems.append(f"the source watch failed: {error!r}")
+                return
+
+    def _look(self) -> None:
+        storm = self.storm
+        deletes = [m for m in storm.fleet if m.delete]
+        pending = [(m, d) for m in deletes for d in m.disks if d.claim not in self.seen]
+        if not pending:
+            return
+        claims = storm.claims()
+        dvs = {n for n, d in storm.dvs().items() if storm.alive(d)}
+        for member, disk in pending:
+            gone = disk.claim not in claims or (disk.kind != "pvc" and disk.claim not in dvs)
+            if gone:
+                self.seen[disk.claim] = self._judge(member, disk)
+
+    def _judge(self, member: Member, disk: Disk) -> str:
+        vm = self.storm.vm(member.name)
+        text = annotation(vm, JOURNAL)
+        journal = json.loads(text) if text is not None else None
+        on = disks_of(vm)
+        moved = self.targets[member.name]
+        on_targets = all(on.get(v) == t for v, t in moved.items())
+        last = json.loads(annotation(vm, LAST) or "{}")
+        if journal is not None:
+            state = f"journal at {journal.get('step')}" + (
+                " (rolling back)" if journal.get("rollback") else ""
+            )
+            verified = journal.get("step") == "delete-sources" and not journal.get("rollback")
+        else:
+            state = f"no journal, last {last.get('result')}"
+            verified = last.get("result") == "Succeeded"
+        if not (verified and on_targets):
+            self.problems.append(
+                f"{member.name}: source {disk.claim} went while the VM was not verified on its "
+                f"targets: {state}, volumes {on}"
+            )
+        return f"{state}, on targets {on_targets}"
 
 
 NOTABLE = ("resuming move", "failed:", "rolling back", "verified:", "deleted source")
@@ -475,7 +613,7 @@ def check_fleet(
     """Every promise of the module docstring, per VM; the broken ones."""
     problems: list[str] = []
     used: set[str] = set()
-    for member in FLEET:
+    for member in storm.fleet:
         vm = storm.vm(member.name)
         name = member.name
         on = disks_of(vm)
@@ -495,6 +633,8 @@ def check_fleet(
         if side == "mixed":
             problems.append(f"{name}: neither on its targets {moved} nor its sources: {on}")
             continue
+        if not member.fault and side != "target":
+            problems.append(f"{name}: no fault of its own, yet it did not converge on {moved}")
         for volume, claim in on.items():
             if volume in sources and storm.content(claim) != hashes[sources[volume]]:
                 problems.append(
@@ -515,7 +655,7 @@ def check_fleet(
     }
     if ours - used:
         problems.append(f"DataVolumes of ours no VM uses: {sorted(ours - used)}")
-    leaked = storm.wait_for_orphans(used | {d.claim for m in FLEET for d in m.disks})
+    leaked = storm.wait_for_orphans(used | {d.claim for m in storm.fleet for d in m.disks})
     if leaked:
         problems.append(f"{ORPHAN_TIMEOUT:.0f}s later, neither disks nor sources: {leaked}")
     return problems
