@@ -154,7 +154,9 @@ class ControlPlane:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    def restart_apiserver(self, *, grace: float = 1.0) -> None:
+    def restart_apiserver(
+        self, *, grace: float = 1.0, while_down: Callable[[], None] | None = None
+    ) -> None:
         """Stop kube-apiserver (SIGTERM, then SIGKILL after ``grace`` seconds: with watches
         open it would drain them for up to a minute) and start it again with the same command
         on the same port: what an upgrade or a node reboot does to its clients (every
@@ -167,6 +169,9 @@ class ControlPlane:
         real cluster. Returns once ``/readyz`` is ok and every CRD is served again (their
         watch caches warm), as ``start()`` does; the admission policies are enforced again
         once the new process has read them (moments after ``/readyz``).
+
+        ``while_down`` runs once the old process is gone and before the new one starts (e.g. a
+        wait, with its own deadline, for what an outage longer than a Lease does to clients).
         """
         self._require_started()
         assert self.workdir is not None
@@ -174,15 +179,19 @@ class ControlPlane:
         command = proc.args  # the full command line, die-with-parent prefix included
         assert isinstance(command, list)
         _terminate(proc, grace)
-        with (self.workdir / "kube-apiserver.log").open("ab") as log_file:
-            self._procs["kube-apiserver"] = subprocess.Popen(
-                command,
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        try:
+            if while_down is not None:
+                while_down()  # the server is started again whatever this raises
+        finally:
+            with (self.workdir / "kube-apiserver.log").open("ab") as log_file:
+                self._procs["kube-apiserver"] = subprocess.Popen(
+                    command,
+                    cwd=self.workdir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         self._wait("kube-apiserver", self._readyz_ok)
         api = self.api()
         listed = api.get(url="customresourcedefinitions", version="apiextensions.k8s.io/v1")
@@ -268,6 +277,11 @@ class ControlPlane:
         except FileNotFoundError:
             return f"(no {path})"
         return f"--- last {len(tail)} lines of {path} ---\n" + "\n".join(tail)
+
+    def ready(self) -> bool:
+        """Whether kube-apiserver answers ``/readyz`` with 200 (its post-start hooks done and
+        its informers synced, RBAC's among them)."""
+        return self._readyz_ok()
 
     def _readyz_ok(self) -> bool:
         if not self.ca_file.exists():

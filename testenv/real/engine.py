@@ -22,6 +22,12 @@ quotes its log):
 5. The node side (``python -m testenv.node``): virt-handler's part (as ServiceAccount
    ``kubevirt-handler``), CDI's worker pods, the CSI provisioner.
 
+A leader-elected controller (``RESTARTED``) that exits because it lost its leader election
+(the API server down longer than its Lease's renew deadline: 10 s for cdi-controller, 20 s
+for virt-controller as started here) is started again once the API server is ready, as the
+kubelet restarts its pod on a cluster (``restarts`` counts them); any other exit is a death,
+reported by ``dead()``.
+
 Logs: ``<control_plane.workdir>/<process>.log`` beside etcd's and kube-apiserver's. The
 API server's audit log (``audit_log``) has the requests of the ServiceAccounts of namespace
 ``AUDITED_NAMESPACE`` only (a test's runners: tests/support/lab.py), writes with their body,
@@ -38,6 +44,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,6 +83,10 @@ CONTROLLERS: tuple[str, ...] = (
     "resourcequota-controller",
 )
 """kube-controller-manager's controllers that matter here (nothing runs Deployments)."""
+
+RESTARTED: tuple[str, ...] = ("virt-controller", "cdi-controller")
+"""Restarted when they exit on a lost leader election (``Process.lost_leadership``)."""
+_SUPERVISE_EVERY = 0.2  # seconds between the supervisor's looks at the processes
 
 _WORKDIR_PREFIX = "vmsr-real-"
 _SA_TOKEN_SECONDS = 7 * 24 * 3600
@@ -125,6 +136,8 @@ class RealEngine:
         self.started_in: float | None = None
         self.timings: dict[str, float] = {}
         self.audit_log: Path | None = None
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -165,6 +178,10 @@ class RealEngine:
 
     def stop(self) -> None:
         """Stop every process (node side first, API server last) and remove the files."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
         for name in reversed(list(self.processes)):
             self.processes.pop(name).stop()
         self.control_plane.stop()
@@ -184,8 +201,32 @@ class RealEngine:
         return self.control_plane.log_tail(name, lines)
 
     def dead(self) -> list[str]:
-        """The processes that exited (they should all run until ``stop``)."""
+        """The processes that exited (they should all run until ``stop``); one of
+        ``RESTARTED`` that lost its leader election counts only until it is started again."""
         return [name for name, proc in self.processes.items() if not proc.alive()]
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """How often each process was started again after losing its leader election."""
+        return {name: proc.restarts for name, proc in self.processes.items() if proc.restarts}
+
+    def _supervise(self) -> None:
+        """Start ``RESTARTED`` processes again when they exit on a lost leader election, until
+        ``stop``. (This thread spawns them, and their death signal follows the thread that
+        spawned them: it outlives them, as ``stop`` stops them after joining it.)"""
+        while not self._stopping.wait(_SUPERVISE_EVERY):
+            for name in RESTARTED:
+                proc = self.processes.get(name)
+                # not before the API server is ready: a controller started meanwhile meets
+                # its RBAC not yet loaded (403 on discovery) and cdi-controller exits on it
+                if (proc is not None and proc.lost_leadership()
+                        and self.control_plane.ready()):
+                    self._log(f"{name} lost its leader election (exit code "
+                              f"{proc.popen.returncode}): started again, as the kubelet would")
+                    try:
+                        proc.restart()
+                    except OSError as error:  # stays dead: dead() reports it
+                        self._log(f"{name} could not be started again: {error}")
 
     # -- start-up --------------------------------------------------------------------------
 
@@ -267,6 +308,10 @@ class RealEngine:
             step = time.monotonic()
             self._start_node_side()
             self.timings["node side"] = time.monotonic() - step
+        self._stopping.clear()
+        self._supervisor = threading.Thread(target=self._supervise, name="real-engine-supervisor",
+                                            daemon=True)
+        self._supervisor.start()
 
     def _kubeconfig(self, name: str, token: str, *, inline_ca: bool = False) -> Path:
         """A kubeconfig for ``token`` in the environment's directory."""

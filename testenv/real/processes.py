@@ -4,6 +4,7 @@ waited for with a health probe, stopped by process group, and named when they fa
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 import subprocess
 import time
@@ -12,10 +13,16 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from testenv.controlplane import _die_with_parent_prefix, _terminate
 
 STOP_TIMEOUT = 10.0
+
+LEADERSHIP_LOST = re.compile(rb"leader ?election lost", re.IGNORECASE)
+"""What a leader-elected controller logs as it exits for a Lease it could not renew in time:
+virt-controller ``golog.Fatal("leaderelection lost")`` (pkg/virt-controller/watch/
+application.go), cdi-controller controller-runtime's ``leader election lost``."""
 
 
 class ProcessError(RuntimeError):
@@ -36,6 +43,11 @@ class Process:
     log: Path
     popen: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    log_offset: int = 0
+    """Where this run's output starts in ``log`` (a restarted process appends to it)."""
+    restarts: int = 0
 
     def tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the log, with a header naming the file."""
@@ -53,6 +65,28 @@ class Process:
         """SIGTERM its process group, SIGKILL after ``timeout``."""
         _terminate(self.popen, timeout)
 
+    def lost_leadership(self) -> bool:
+        """Whether it exited because it lost its leader election (its current run's log says
+        so): the one exit the kubelet's restart is for here; any other exit is a death."""
+        if self.alive():
+            return False
+        try:
+            with self.log.open("rb") as handle:
+                handle.seek(self.log_offset)
+                return LEADERSHIP_LOST.search(handle.read()) is not None
+        except FileNotFoundError:
+            return False
+
+    def restart(self) -> None:
+        """Start the same command again (same environment and directory), appending to the
+        same log: what the kubelet does for a container of a pod with ``restartPolicy:
+        Always``."""
+        self.log_offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as handle:
+            self.popen = _popen(self.args, handle, self.env, self.cwd)
+        self.started = time.monotonic()
+        self.restarts += 1
+
 
 def spawn(name: str, args: Sequence[str], log_dir: Path, *, env: Mapping[str, str] | None = None,
           cwd: Path | None = None) -> Process:
@@ -60,11 +94,17 @@ def spawn(name: str, args: Sequence[str], log_dir: Path, *, env: Mapping[str, st
     this process dies (``setpriv --pdeathsig``), stdout and stderr in ``<log_dir>/<name>.log``."""
     log = log_dir / f"{name}.log"
     command = [*_die_with_parent_prefix(), *args]
+    cwd = cwd or log_dir
     with log.open("ab") as handle:
-        popen = subprocess.Popen(command, cwd=cwd or log_dir, env=dict(env) if env else None,
-                                 stdin=subprocess.DEVNULL, stdout=handle,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-    return Process(name, command, log, popen)
+        popen = _popen(command, handle, env, cwd)
+    return Process(name, command, log, popen, env=env, cwd=cwd)
+
+
+def _popen(command: list[str], log: IO[bytes], env: Mapping[str, str] | None,
+           cwd: Path | None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, cwd=cwd, env=dict(env) if env else None,
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def wait_ready(process: Process, ready: Callable[[], bool], *, timeout: float = 90.0,

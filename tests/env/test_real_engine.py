@@ -21,6 +21,7 @@ import pytest
 
 from testenv import admission
 from testenv.real import engine as engine_module
+from testenv.real import processes
 from testenv.real.build import ensure_real
 from testenv.real.engine import RealEngine, RealEngineError
 from testenv.simulator.core import CONTENT_HASH_ANNOTATION
@@ -261,6 +262,40 @@ def test_cdi_sizes_a_filesystem_clone_from_the_image_not_the_claim(
     assert target == math.ceil(-(-virtual // 2**20) * 2**20 * 1.06) == 11341649675
     assert target < source
     assert content(api, ns, "dst") == content(api, ns, "src")
+
+
+def test_controllers_that_lose_their_leader_election_are_started_again(
+        engine: RealEngine, ns: str) -> None:
+    """The API server down longer than the leader-elected controllers' renew deadlines (10 s
+    for cdi-controller, 20 s for virt-controller): both exit on the lost election, as upstream
+    does, are started again as the kubelet would, and then do their work."""
+    before = {name: engine.processes[name].restarts for name in engine_module.RESTARTED}
+
+    def until_both_exited() -> None:  # the outage: until both gave up their leadership
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if all(engine.processes[n].lost_leadership() for n in engine_module.RESTARTED):
+                return
+            time.sleep(0.2)
+        pytest.fail("not both exited on a lost leader election within 90 s of the outage")
+
+    engine.control_plane.restart_apiserver(while_down=until_both_exited)
+    deadline = time.monotonic() + 30  # the supervisor looks every 0.2 s once /readyz is ok
+    while not all(engine.processes[n].restarts > before[n] for n in engine_module.RESTARTED):
+        assert time.monotonic() < deadline, f"not both started again: {engine.restarts}"
+        time.sleep(0.2)
+
+    for name in engine_module.RESTARTED:
+        proc = engine.processes[name]
+        assert proc.alive(), proc.tail()
+        log = proc.log.read_bytes()
+        assert processes.LEADERSHIP_LOST.search(log[:proc.log_offset]), f"{name}: {proc.tail()}"
+    api = engine.api()
+    _post(api, CDI, ns, "datavolumes", blank_dv("root", OLD))
+    wait(engine, lambda: dv_phase(api, ns, "root") == "Succeeded",
+         "a DataVolume through the restarted cdi-controller")
+    running_vm(engine, ns, "vm1", "root")  # through the restarted virt-controller
+    assert not engine.dead()
 
 
 def test_a_process_that_fails_to_start_is_named_and_nothing_is_left_behind(

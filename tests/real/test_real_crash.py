@@ -13,12 +13,13 @@ original is then not mirrored, so not deselected); ``VMSR_CRASH_MATRIX=all`` run
 here instead.
 
 The API server restarts run on an engine of their own (``restart_engine``, xdist group
-``real-engine-restart``). Upstream's leader-elected controllers exit when they cannot renew
-their Lease in time: cdi-controller after 10 s (controller-runtime's default; CDI sets none),
-virt-controller after 20 s (as the engine starts it); on a cluster the kubelet restarts them,
-here nothing does, and a restart that outlasts that (measured: 16-35 s on 2 cores at load 10-13)
-would leave the session's engine without cdi-controller for every test after it. Every test
-here fails if a process of its engine died during it."""
+``real-engine-restart``), so the session's engine never waits out their outage. Upstream's
+leader-elected controllers exit when they cannot renew their Lease in time: cdi-controller
+after 10 s (controller-runtime's default; CDI sets none), virt-controller after 20 s (as the
+engine starts it), and a restart can outlast that (measured: 16-35 s on 2 cores at load
+10-13); the engine then starts them again once the API server is ready, as the kubelet would
+(``testenv.real.engine.RESTARTED``). Every test here fails if a process of its engine died
+during it (any other exit)."""
 
 from __future__ import annotations
 
