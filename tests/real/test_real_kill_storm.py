@@ -8,7 +8,8 @@ copies instantly: ``storm_engine`` starts a real engine of its own whose node si
 ``COPY_SECONDS_PER_GIB``, as the simulator's storm does. Its own engine also keeps the storm off
 the session engine's worker (tests/conftest.py groups the tests that use ``real_engine``), so
 under ``--dist loadgroup`` it runs beside them. The seed is printed first
-(``VMSR_STORM_SEED`` replays it)."""
+(``VMSR_STORM_SEED`` replays it). Only the ``--parallel 3`` variant runs here (``LEAVE_OUT``
+says why); tests/cluster/test_kill_storm.py runs both on the simulator."""
 
 from __future__ import annotations
 
@@ -23,9 +24,26 @@ from tests.cluster.test_kill_storm import COPY_SECONDS_PER_GIB, StormEngine
 from tests.support.mirror import mirror
 from tests.support.node_faults import NodeFaults
 
-LEAVE_OUT: dict[str, str] = {}
+LEAVE_OUT = {
+    "test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing": (
+        "parametrized one VM at a time and --parallel 3; each variant is several minutes on "
+        "the real engine, so here it runs once, with --parallel 3 (below): the same kills, "
+        "resumes and rollbacks, with up to three moves open at each kill; the serial variant "
+        "stays on the simulator"
+    ),
+}
 
 globals().update(mirror(test_kill_storm, LEAVE_OUT))
+
+
+def test_random_kills_over_a_parallel_fleet_lose_nothing_and_leak_nothing(
+    storm: test_kill_storm.Storm,
+) -> None:
+    """The storm with ``--parallel 3`` (``test_kill_storm.LANES``) on the real engine."""
+    test_kill_storm.test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(
+        storm, test_kill_storm.LANES
+    )
+
 
 DELAY = (0.5, 12.0)
 """Each run's random lifetime before its SIGKILL, three times the simulator's: upstream reacts
