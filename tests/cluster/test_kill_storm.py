@@ -472,6 +472,8 @@ def test_random_kills_over_a_mixed_fleet_lose_nothing_and_leak_nothing(
             f"{len(sites)} places (the delays no longer fit the fleet: retune the engine's "
             "delay, COPY_SECONDS_PER_GIB or DISK_SIZE)"
         )
+    if parallel == 1 and overlaps:
+        problems.append(f"one VM at a time, yet kills left several moves open: {overlaps}")
     if parallel > 1 and len(overlaps) < MIN_OVERLAPS:
         problems.append(
             f"the lanes never overlapped at a kill often enough: {len(overlaps)} kills left "
