@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 
 from reconciler.apply.slots import Candidate
@@ -97,3 +97,40 @@ class LaneLoop:
             if outcome is not None:
                 self.started += 1
                 self.record(outcome)
+
+
+def in_lanes(
+    jobs: Sequence[Callable[[], Outcome | None]],
+    *,
+    lanes: int,
+    stop: threading.Event,
+    record: Callable[[Outcome], None],
+) -> None:
+    """Run ``jobs`` (each one whole move, e.g. an open move resumed) up to ``lanes`` at a time,
+    in order, recording each outcome in the calling thread as its job ends. Once ``stop`` is
+    set no further job starts; a job's exception sets it (the others end at their next step
+    boundary) and is raised once every job has ended. ``lanes`` 1 runs them here, in turn."""
+
+    def unless_stopped(job: Callable[[], Outcome | None]) -> Outcome | None:
+        return None if stop.is_set() else job()
+
+    if lanes <= 1:
+        for job in jobs:
+            outcome = unless_stopped(job)
+            if outcome is not None:
+                record(outcome)
+        return
+    error: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="apply-resume") as pool:
+        futures = [pool.submit(unless_stopped, job) for job in jobs]
+        for future in as_completed(futures):
+            try:
+                outcome = future.result()
+            except BaseException as exc:  # raised once every job has ended
+                error = error or exc
+                stop.set()
+                continue
+            if outcome is not None:
+                record(outcome)
+    if error is not None:
+        raise error

@@ -1,5 +1,6 @@
 """The loop over VMs: first finish (or roll back) every move a journal says is open, then start
-new ones, one VM at a time, in (namespace, name) order.
+new ones, in (namespace, name) order: one VM at a time, or up to ``--parallel`` N at once
+(``apply.parallel``), resumed moves too.
 
 The runner judges nothing itself: the engine's ``Stages`` (``apply.seam``) judge the plans at
 the start of the run and each VM again right before its move (the cluster moved on while
@@ -17,12 +18,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from reconciler.apply.begin import MOVES, first_journal
 from reconciler.apply.context import MoveRun
 from reconciler.apply.lanes import kubevirt_limits, source_node, unfinished_migrations
-from reconciler.apply.parallel import LaneLoop
+from reconciler.apply.parallel import LaneLoop, in_lanes
 from reconciler.apply.read import vm_state, vmi_state
 from reconciler.apply.seam import Options, Serialized, Stages, safely, serialized
 from reconciler.apply.slots import Candidate, Migrating, MigrationLimits, next_to_start
@@ -317,13 +319,15 @@ class Runner:
 
     def _resume_open_moves(self) -> None:
         """Every VM with a journal, in order: finish or roll back its move first (whatever
-        commit of the plans started it, and whether or not a plan still selects it). The
-        journal is untrusted input (anyone who may patch the VM may write it): it is acted
-        on only if it passes the same scope checks as a fresh render (``apply.trust``).
-        Then the destinations no journal claims any more are cleaned up."""
+        commit of the plans started it, and whether or not a plan still selects it), up to
+        ``--parallel`` of a namespace at once (the lanes they were started in). The journal is
+        untrusted input (anyone who may patch the VM may write it): it is acted on only if it
+        passes the same scope checks as a fresh render (``apply.trust``). Then the
+        destinations no journal claims any more are cleaned up."""
         for namespace, vms in self._journal_namespaces():
             open_moves: set[str] = set()
             unreadable = False
+            resumes: list[Callable[[], Outcome | None]] = []
             for vm in sorted(vms, key=lambda o: vm_state(o).name):
                 state = vm_state(vm)
                 name = state.name
@@ -353,24 +357,31 @@ class Runner:
                         + "; ".join(problems[:5]),
                     )
                     continue
-                if self.stop.is_set():
-                    return
-                run = self._run_for(namespace, name, journal.plan)
-                run.journal_text = state.journal_text
-                if journal.commit and journal.commit != self.options.commit:
-                    run.say(
-                        f"move {journal.id} was started at commit {journal.commit[:12]} of the "
-                        f"plans (this run: {(self.options.commit or 'unknown')[:12]}): "
-                        "finishing it first"
-                    )
-                if namespace not in self.namespaces:
-                    run.say("no plan selects this namespace any more: finishing its open move")
                 self._touched.add((namespace, name))
-                safely(self.options.listener.move_started, namespace, name, journal, True)
-                self._record(drive_until_stopped(run, journal, resumed=True))
-            if not unreadable and not self.stop.is_set():
+                resumes.append(partial(self._resume, namespace, name, journal, state.journal_text))
+            in_lanes(resumes, lanes=self.options.parallel, stop=self.stop, record=self._record)
+            if self.stop.is_set():
+                return
+            if not unreadable:
                 self.options.guard()
                 remove_leftovers(self.cluster, namespace, open_moves, self.progress)
+
+    def _resume(
+        self, namespace: str, name: str, journal: Journal, journal_text: str | None
+    ) -> Outcome:
+        """Drive the open move ``journal`` of ``namespace/name`` to its end (one lane)."""
+        run = self._run_for(namespace, name, journal.plan)
+        run.journal_text = journal_text
+        if journal.commit and journal.commit != self.options.commit:
+            run.say(
+                f"move {journal.id} was started at commit {journal.commit[:12]} of the "
+                f"plans (this run: {(self.options.commit or 'unknown')[:12]}): "
+                "finishing it first"
+            )
+        if namespace not in self.namespaces:
+            run.say("no plan selects this namespace any more: finishing its open move")
+        safely(self.options.listener.move_started, namespace, name, journal, True)
+        return drive_until_stopped(run, journal, resumed=True)
 
     def _refuse(
         self, namespace: str, name: str, journal: Journal | None, rule: Failure, reason: str

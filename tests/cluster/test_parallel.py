@@ -159,7 +159,7 @@ def test_live_moves_wait_for_kubevirt_s_migration_slot(ctx: Moves, kubevirt: Kub
     assert sorted(o["result"] for o in report["outcomes"]) == ["Succeeded"] * 3
 
 
-def test_sigterm_stops_every_lane_and_the_next_run_finishes_them(ctx: Moves) -> None:
+def test_sigterm_stops_every_lane_and_the_next_run_resumes_them_in_lanes(ctx: Moves) -> None:
     destinations = fleet(ctx, {"vm1": True, "vm2": False, "vm3": False})
     path = plan_file(ctx.tmp_path, ctx.ns, body(*VMS))
     argv = [sys.executable, "-m", "reconciler", "apply", str(path), "--parallel", "3"]
@@ -176,10 +176,20 @@ def test_sigterm_stops_every_lane_and_the_next_run_finishes_them(ctx: Moves) -> 
         journal = ctx.journal(name)
         assert journal is not None and journal["step"] == "wait-targets", (name, err)
         assert f"{ctx.ns}/{name}: stopped: move" in err, err
-    release(ctx, destinations)
+    # Only vm3's copy may finish: it can end its resumed move only in a lane of its own, as
+    # vm1's and vm2's resumed moves wait on their stalled copies until it has.
+    held = {name: destinations[name] for name in ("vm1", "vm2")}
+    release(ctx, {"vm3": destinations["vm3"]})
+    resumed_beside = ctx.during(
+        lambda: ctx.journal("vm3") is None and at_wait_targets(ctx, ("vm1", "vm2")),
+        lambda _: release(ctx, held),
+        timeout=120,
+        otherwise=lambda: release(ctx, held),
+    )
 
     rc, report, err = ctx.apply("--parallel", "3", body=body(*VMS))
 
+    resumed_beside.check()
     assert rc == 0, err
     assert sorted(o["name"] for o in report["outcomes"] if o["result"] == "Succeeded") == list(VMS)
     assert all(o["resumed"] for o in report["outcomes"]), json.dumps(report["outcomes"])
