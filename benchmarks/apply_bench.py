@@ -13,14 +13,14 @@ cloud-init; every one is started and, once all run, every second one stopped aga
 (runStrategy Halted, VMI gone), so half move live (KubeVirt volume migration) and half
 offline (a CDI clone of a stopped VM)) and F - N **bystanders** (``--fleet`` F, default N;
 ``vm-z0000``...): stopped VMs of the same shape and the plan's label whose disk is a plain
-``persistentVolumeClaim`` on ``local-hostpath``, Bound the cheapest way both engines allow
-(the claim carries the selected-node annotation kube-scheduler writes on a WaitForFirstConsumer
-claim a pod used, so the provisioner provisions it and it binds: no import, no pod). The plan
-selects every VM of the namespace, so `apply` observes, watches and judges the whole fleet
-(each bystander a MoveOffline), and ``--max-vms N`` makes it move the N moved VMs, first in its
-(namespace, name) order. Copies are instant while loading; ``--copy-seconds-per-gib S`` then
-slows every copy (a CDI clone, a migration's copy) to S seconds per GiB, 10 x S per disk
-(the simulator's ``SimConfig``, the real node side's ConfigMap kube-system/testenv-faults).
+``persistentVolumeClaim`` on ``local-hostpath``, Bound the cheapest way both engines allow (a
+statically provisioned volume: a PersistentVolume pre-bound to the claim, both marked Bound;
+no provisioner, import or pod; ``bystander``). The plan selects every VM of the namespace,
+so `apply` observes, watches and judges the whole fleet (each bystander a MoveOffline), and
+``--max-vms N`` makes it move the N moved VMs, first in its (namespace, name) order. Copies
+are instant while loading; ``--copy-seconds-per-gib S`` then slows every copy (a CDI clone,
+a migration's copy) to S seconds per GiB, 10 x S per disk (the simulator's ``SimConfig``,
+the real node side's ConfigMap kube-system/testenv-faults).
 With instant copies (the simulator's and the node side's ``copy_seconds_per_gib`` 0; the node
 side still spends at least 0.2 s on a live migration's copy, its floor) every second a move
 takes is control-plane overhead (API round trips, watches, the controllers' reactions, our
@@ -167,7 +167,6 @@ NOT_A_WAKE_UP = ("leases", "events")  # background writes of a run, not a reacti
 GOAL_OVERHEAD, GOAL_REACTION = 2.0, 0.250
 PODS_PER_NODE = 100  # the fake nodes allow 110 (testenv.real.objects.NODE_ALLOCATABLE)
 MAX_PARALLEL = 20  # apply's --parallel limit (reconciler.cli.apply.MAX_PARALLEL)
-SELECTED_NODE = "volume.kubernetes.io/selected-node"  # what kube-scheduler writes on a claim
 
 
 def audit_policy(writers: list[str]) -> str:
@@ -653,7 +652,9 @@ def bystander_names(count: int) -> list[str]:
 
 def load(api: pykube.HTTPClient, cp: ControlPlane, namespaces: list[str], spec: Load) -> None:
     """Per namespace, ``spec.moved`` full VMs (running; once all run, every second one is
-    stopped) and ``spec.fleet - spec.moved`` bystanders (``bystander``)."""
+    stopped) and then ``spec.fleet - spec.moved`` bystanders (``bystander``): after the
+    imports, as cdi-controller reconciles every claim of the cluster and 2,000 new ones slow
+    the imports to a crawl."""
     begun = time.monotonic()
     n, extra = spec.moved, spec.fleet - spec.moved
     timeout = max(600.0, 3.0 * n * len(namespaces))  # the real engine imports ~1 disk a second
@@ -662,12 +663,19 @@ def load(api: pykube.HTTPClient, cp: ControlPlane, namespaces: list[str], spec: 
             vm = seed.fedora_vm(ns, name, f"{name}-disk", size="10Gi")
             vm["metadata"]["labels"]["bench"] = "true"
             seed.create(api, vm)
+    for ns in namespaces:
+        poll(functools.partial(count_running, api, ns, n), f"{n} VMIs Running in {ns}", timeout)
+    for ns in namespaces:
+        for name in vm_names(n)[1::2]:
+            merge(api, ns, name, {"spec": {"runStrategy": "Halted"}})
+    for ns in namespaces:
+        poll(functools.partial(count_vmis, api, ns, n - n // 2), f"half stopped in {ns}", timeout)
     if extra:
         clients = [cp.api() for _ in range(8)]
         jobs = [(ns, name) for ns in namespaces for name in bystander_names(extra)]
 
         def one(index: int) -> None:
-            bystander(clients[index % len(clients)], index, *jobs[index])
+            bystander(clients[index % len(clients)], *jobs[index])
 
         with ThreadPoolExecutor(max_workers=len(clients)) as pool:
             list(pool.map(one, range(len(jobs))))
@@ -679,28 +687,48 @@ def load(api: pykube.HTTPClient, cp: ControlPlane, namespaces: list[str], spec: 
                 every=2.0,
             )
         say(f"{extra} bystanders per namespace in {time.monotonic() - begun:.0f}s")
-    for ns in namespaces:
-        poll(functools.partial(count_running, api, ns, n), f"{n} VMIs Running in {ns}", timeout)
-    for ns in namespaces:
-        for name in vm_names(n)[1::2]:
-            merge(api, ns, name, {"spec": {"runStrategy": "Halted"}})
-    for ns in namespaces:
-        poll(functools.partial(count_vmis, api, ns, n - n // 2), f"half stopped in {ns}", timeout)
     say(
         f"loaded {spec.fleet} VMs ({n} to move) into each of {', '.join(namespaces)} "
         f"in {time.monotonic() - begun:.0f}s"
     )
 
 
-def bystander(api: pykube.HTTPClient, index: int, ns: str, name: str) -> None:
+def bystander(api: pykube.HTTPClient, ns: str, name: str) -> None:
     """One bystander: a stopped VM (the Fedora shape, the plan's label) whose disk is a plain
     ``persistentVolumeClaim`` volume on the source class, already Bound, so the plan selects
-    it and judges it a MoveOffline. The cheapest bound claim both engines allow: the claim
-    carries the node annotation kube-scheduler writes when a pod first uses a
-    WaitForFirstConsumer claim (a VM that ran once and was stopped has it), so the
-    provisioner (the node side's CSI, the simulator's) provisions it and kube-controller-
-    manager (the simulator) binds it: no import, no pod."""
-    claim = f"{name}-disk"
+    it and judges it a MoveOffline. Bound the cheapest way both engines allow: a statically
+    provisioned volume, i.e. a PersistentVolume pre-bound to the claim (``claimRef``) and the
+    claim naming it (``volumeName``), both marked Bound (what kube-controller-manager's binder
+    writes for such a pair; it checks them on the real engine). No provisioner, import or
+    pod: four writes. The reconciler reads no PersistentVolume."""
+    claim, size = f"{name}-disk", "10Gi"
+    volume = f"bench-{ns}-{claim}"
+    modes = ["ReadWriteOnce"]
+    post(
+        api,
+        "v1",
+        None,
+        "persistentvolumes",
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": modes,
+                "volumeMode": "Filesystem",
+                "storageClassName": seed.SOURCE_CLASS,
+                "persistentVolumeReclaimPolicy": "Retain",
+                "claimRef": {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "namespace": ns,
+                    "name": claim,
+                },
+                "csi": {"driver": "kubevirt.io.hostpath-provisioner", "volumeHandle": volume},
+            },
+        },
+    )
     post(
         api,
         "v1",
@@ -709,20 +737,20 @@ def bystander(api: pykube.HTTPClient, index: int, ns: str, name: str) -> None:
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {
-                "name": claim,
-                "namespace": ns,
-                "annotations": {SELECTED_NODE: f"node-{index % 3 + 1}"},
-            },
+            "metadata": {"name": claim, "namespace": ns},
             "spec": {
                 "storageClassName": seed.SOURCE_CLASS,
-                "accessModes": ["ReadWriteOnce"],
+                "accessModes": modes,
                 "volumeMode": "Filesystem",
-                "resources": {"requests": {"storage": "10Gi"}},
+                "volumeName": volume,
+                "resources": {"requests": {"storage": size}},
             },
         },
     )
-    vm = seed.fedora_vm(ns, name, claim, running=False, size="10Gi")
+    bound = {"phase": "Bound", "accessModes": modes, "capacity": {"storage": size}}
+    status(api, "v1", ns, f"persistentvolumeclaims/{claim}", {"status": bound})
+    status(api, "v1", None, f"persistentvolumes/{volume}", {"status": {"phase": "Bound"}})
+    vm = seed.fedora_vm(ns, name, claim, running=False, size=size)
     vm["metadata"]["labels"]["bench"] = "true"
     del vm["spec"]["dataVolumeTemplates"]
     vm["spec"]["template"]["spec"]["volumes"][0] = {
@@ -730,6 +758,21 @@ def bystander(api: pykube.HTTPClient, index: int, ns: str, name: str) -> None:
         "persistentVolumeClaim": {"claimName": claim},
     }
     post(api, KV, ns, "virtualmachines", vm)
+
+
+def status(
+    api: pykube.HTTPClient, version: str, namespace: str | None, path: str, body: dict[str, Any]
+) -> None:
+    """Merge-patch ``body`` into the status subresource of ``path`` ("<plural>/<name>")."""
+    kwargs: dict[str, Any] = {
+        "version": version,
+        "url": f"{path}/status",
+        "data": json.dumps(body),
+        "headers": {"Content-Type": "application/merge-patch+json"},
+    }
+    if namespace:
+        kwargs["namespace"] = namespace
+    api.raise_for_status(api.patch(**kwargs))
 
 
 def count_bound(api: pykube.HTTPClient, ns: str, wanted: int) -> bool:
@@ -936,6 +979,7 @@ class Event:
     step: str = ""  # the step a journal write of the reconciler names
     phase: str = ""  # the written object's status.phase (the writers' writes)
     source_node: str = ""  # a written migration's status.migrationState.sourceNode
+    code: int = 0  # the answer's HTTP status code (0 before ResponseComplete)
 
     @property
     def stream(self) -> tuple[str, str, str]:
@@ -1000,6 +1044,7 @@ def read_audit(path: Path) -> list[Event]:
                 step=_journal_step(doc.get("requestObject")),
                 phase=str(status.get("phase") or ""),
                 source_node=str((status.get("migrationState") or {}).get("sourceNode") or ""),
+                code=int((doc.get("responseStatus") or {}).get("code") or 0),
             )
         )
     return events
@@ -1200,7 +1245,11 @@ class Migration:
 def migrations_of(events: list[Event]) -> list[Migration]:
     found: dict[tuple[str, str], Migration] = {}
     for e in sorted(events, key=lambda e: e.completed):
-        if e.resource != "virtualmachineinstancemigrations" or e.stage != "ResponseComplete":
+        if (
+            e.resource != "virtualmachineinstancemigrations"
+            or e.stage != "ResponseComplete"
+            or not 200 <= e.code < 300  # a refused write (e.g. a create a webhook denied)
+        ):
             continue
         key = (e.namespace, e.name)
         if e.verb == "create":
