@@ -11,7 +11,8 @@ TEST_WORKERS ?= 3
 export GOTOOLCHAIN := local
 export CGO_ENABLED := 0
 
-.PHONY: demo test unit lint env tools manifests image bench bench-plan bench-apply clean
+.PHONY: demo test unit lint env tools manifests image bench bench-plan bench-apply \
+	bench-apply-fleet bench-apply-parallel clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,6 +60,13 @@ bench-plan: env  ## plan wall time, RSS and request count vs a raw LIST baseline
 
 bench-apply: env  ## apply: 50 VMs moved serially, overhead and reaction latency vs raw requests
 	$(BIN)/python benchmarks/apply_bench.py
+
+bench-apply-fleet: env  ## apply: 20 VMs moved from namespaces of 50, then of 1,000 (two runs)
+	$(BIN)/python benchmarks/apply_bench.py --vms 20 --fleet 50
+	$(BIN)/python benchmarks/apply_bench.py --vms 20 --fleet 1000
+
+bench-apply-parallel: env  ## apply --parallel 5 vs --parallel 1, slow copies, 1,000-VM namespaces
+	$(BIN)/python benchmarks/apply_bench.py --vms 10 --fleet 1000 --parallel 5 --copy-seconds-per-gib 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
