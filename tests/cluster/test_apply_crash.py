@@ -632,13 +632,21 @@ def test_sigterm_while_waiting_stops_promptly_and_the_next_run_finishes(cluster:
 
 
 def state_of(cluster: Cluster) -> dict[str, Any]:
-    """What a second run must not change: the VM (version, spec, annotations), every
-    DataVolume's version, and the Lease's."""
+    """What a second run must not change: the VM (version, spec, annotations), the set of
+    DataVolumes and what a run writes of each (spec, labels, deletion; not their version:
+    upstream cdi-controller keeps writing a stalled clone's status), and the Lease's version."""
     vm = cluster.vm()
     dvs = get_json(cluster.api, CDI, cluster.ns, "datavolumes")["items"]
     return {
         "vm": (vm["metadata"]["resourceVersion"], vm["spec"], vm["metadata"].get("annotations")),
-        "dvs": {d["metadata"]["name"]: d["metadata"]["resourceVersion"] for d in dvs},
+        "dvs": {
+            d["metadata"]["name"]: (
+                d["spec"],
+                d["metadata"].get("labels"),
+                d["metadata"].get("deletionTimestamp"),
+            )
+            for d in dvs
+        },
         "lease": cluster.lease().get("metadata", {}).get("resourceVersion"),
     }
 

@@ -1742,6 +1742,14 @@ QUIET: dict[tuple[str, str, str], str] = {
 }
 """Granted verbs whose refusal the run does not tell its user about (why, each)."""
 
+DEGRADES: dict[tuple[str, str, str], str] = {
+    ("", "persistentvolumeclaims", "watch"): "the run's watch-fed view (reconciler/observe/"
+    "view.py) and verify's waits watch claims; refused, the view is off and each VM is observed "
+    "afresh (a LIST of its namespace per VM: quadratic over a fleet), so the run succeeds, "
+    "slower: shown by the refused WATCH instead of a failed run",
+}
+"""Granted verbs a run uses but can do without, at a cost (why, each)."""
+
 CLONE_REFUSED = "has insufficient permissions in clone source namespace"
 """The refusal of CDI's clone authorization (its stand-in: ``cdi_clone_authorization``)."""
 
@@ -1751,7 +1759,7 @@ when the wait it serves does not hold right after its LIST (then the watch is op
 and the run fails): verify, for one, often finds a finished move verified on arrival (the
 destination PVCs Bound, the VM's status already written) and needs no watch. So a verb counts
 as needed when one of these runs, each in a fresh namespace, fails on it: most fail the first
-run; the PVC watch (verify's) within a few (one to four seen)."""
+run. (The PVC watch no longer fails a run since the watch-fed view: ``DEGRADES``.)"""
 
 
 @pytest.mark.parametrize("grant", grants(), ids=str)
@@ -1772,6 +1780,12 @@ def test_removing_any_granted_verb_makes_a_run_fail(rig: Rig, grant: Grant) -> N
             if results[-1].problems:
                 break
     result = results[-1]
+    if grant.key in DEGRADES:
+        used = [
+            r for res in results for r in res.requests if r.status == 403 and r.key == grant.key
+        ]
+        assert used, f"no run asked for {grant} in {len(results)} runs: it is not needed"
+        return
     assert result.problems, (
         f"nothing went wrong without {grant} in {len(results)} runs: it is not needed"
     )
