@@ -91,8 +91,14 @@ class FluxVM:
             self.manifest["metadata"]["annotations"] = annotations
         self._sync = self.flux_sync({"vm.yaml": yaml.safe_dump(self.manifest)})
         self.sync.wait_applied(self.eventually)
-        self.eventually(lambda: dv_succeeded(self.api, self.ns, SOURCE), what=f"DV {SOURCE}")
-        self.eventually(lambda: vmi_running(self.api, self.ns, "vm-fedora"), what="VMI Running")
+        # Set-up, not the behaviour under test: upstream cdi-controller and virt-controller
+        # on a loaded two-core machine can take well over the default 10 s to get here.
+        self.eventually(
+            lambda: dv_succeeded(self.api, self.ns, SOURCE), timeout=60, what=f"DV {SOURCE}"
+        )
+        self.eventually(
+            lambda: vmi_running(self.api, self.ns, "vm-fedora"), timeout=60, what="VMI Running"
+        )
         return self.sync
 
     def commit(self, manifest: dict[str, Any], message: str, **files: str) -> None:
