@@ -125,6 +125,10 @@ NODE_ALLOCATABLE: dict[str, str] = {
     "devices.kubevirt.io/kvm": "1k",
     "devices.kubevirt.io/tun": "1k",
     "devices.kubevirt.io/vhost-net": "1k",
+    # virt-handler's device controller serves the pr-helper socket as a device plugin when
+    # the PersistentReservation gate is on (device_controller.go), and virt-controller's
+    # launcher pod for a LUN disk with reservation requests it (template.go PrDevice).
+    "devices.kubevirt.io/pr-helper": "1k",
 }
 
 

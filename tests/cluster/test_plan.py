@@ -26,6 +26,9 @@ from tests.support.kube import Eventually, get_json, reason_lines, vmi_running
 
 pytestmark = pytest.mark.usefixtures("sim")
 
+KUBEVIRT_API = "kubevirt.io/v1"
+CDI_API = "cdi.kubevirt.io/v1beta1"
+
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster_objects(api: pykube.HTTPClient) -> None:
@@ -35,16 +38,17 @@ def cluster_objects(api: pykube.HTTPClient) -> None:
 
 @pytest.fixture
 def kubevirt_config(api: pykube.HTTPClient) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """Patch the shared KubeVirt CR's spec for one test; the seed's spec is restored after."""
+    """Patch the shared KubeVirt CR's spec for one test; the spec it had is restored after
+    (the real engine's, which its virt-controller runs with, or the seed's)."""
+    original = get_json(api, KUBEVIRT_API, "kubevirt", "kubevirts/kubevirt")["spec"]
 
     def patch(spec: dict[str, Any]) -> None:
-        _merge(api, "kubevirt.io/v1", "kubevirt", "kubevirts/kubevirt", {"spec": spec})
+        _merge(api, KUBEVIRT_API, "kubevirt", "kubevirts/kubevirt", {"spec": spec})
 
     yield patch
-    original = seed.kubevirt_cr()["spec"]
     body = [{"op": "replace", "path": "/spec", "value": original}]
     response = api.patch(
-        version="kubevirt.io/v1",
+        version=KUBEVIRT_API,
         namespace="kubevirt",
         url="kubevirts/kubevirt",
         data=json.dumps(body),
@@ -463,29 +467,37 @@ def test_plans_for_two_namespaces_are_observed_with_eight_cluster_wide_lists(
 
 @pytest.fixture
 def kubevirt_version(api: pykube.HTTPClient) -> Iterator[Callable[[str], None]]:
-    """Make the simulated KubeVirt report another version for one test."""
+    """Make the KubeVirt CR report another version for one test, then put the old one back.
 
-    def set_version(version: str) -> None:
+    What virt-operator would write after an install of that version: the CR's
+    ``status.observedKubeVirtVersion``, which is all ``plan`` reads (on the real engine no
+    virt-operator runs, so the status stays as written); the annotation makes the
+    simulator's stand-in for virt-operator report the same."""
+    before = _reported_version(api)
+
+    def report(version: str | None) -> None:
+        annotations = {"sim.vmstorage.dev/version": version}
         _merge(
             api,
-            "kubevirt.io/v1",
+            KUBEVIRT_API,
             "kubevirt",
             "kubevirts/kubevirt",
-            {"metadata": {"annotations": {"sim.vmstorage.dev/version": version}}},
+            {"metadata": {"annotations": annotations}},
+        )
+        _merge(
+            api,
+            KUBEVIRT_API,
+            "kubevirt",
+            "kubevirts/kubevirt/status",
+            {"status": {"observedKubeVirtVersion": version or before}},
         )
 
-    yield set_version
-    _merge(
-        api,
-        "kubevirt.io/v1",
-        "kubevirt",
-        "kubevirts/kubevirt",
-        {"metadata": {"annotations": {"sim.vmstorage.dev/version": None}}},
-    )
+    yield report
+    report(None)
 
 
 def _reported_version(api: pykube.HTTPClient) -> str:
-    status = get_json(api, "kubevirt.io/v1", "kubevirt", "kubevirts/kubevirt").get("status") or {}
+    status = get_json(api, KUBEVIRT_API, "kubevirt", "kubevirts/kubevirt").get("status") or {}
     return str(status.get("observedKubeVirtVersion", ""))
 
 
@@ -502,10 +514,38 @@ def test_kubevirt_version_without_volume_migration_blocks_running_vms(
     assert f"[{rule}]" in ctx.blocked_reasons()
 
 
+FILESYSTEM_ONLY = "hostpath-filesystem-only"
+"""A class of the hostpath provisioner, Immediate: CDI's StorageProfile for it offers only
+ReadWriteOnce Filesystem (storagecapabilities.go; ceph-rbd's offers Block too)."""
+
+
+def filesystem_only_class(api: pykube.HTTPClient, eventually: Eventually) -> str:
+    """FILESYSTEM_ONLY (created if absent), once its StorageProfile has claimPropertySets."""
+    seed.create(
+        api,
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": FILESYSTEM_ONLY},
+            "provisioner": "kubevirt.io.hostpath-provisioner",
+            "volumeBindingMode": "Immediate",
+            "reclaimPolicy": "Delete",
+        },
+    )
+
+    def property_sets() -> Any:
+        response = api.get(version=CDI_API, url=f"storageprofiles/{FILESYSTEM_ONLY}")
+        return response.ok and (response.json().get("status") or {}).get("claimPropertySets")
+
+    eventually(property_sets, what=f"StorageProfile {FILESYSTEM_ONLY}")
+    return FILESYSTEM_ONLY
+
+
 def test_target_profile_without_the_wanted_volume_mode_is_blocked(ctx: Ctx) -> None:
     ctx.settle(fedora(ctx.ns))
+    target = filesystem_only_class(ctx.api, ctx.eventually)
     body = (
-        "storageClass: ceph-rbd\nvolumeMode: Block\nallowStop: true\n"
+        f"storageClass: {target}\nvolumeMode: Block\nallowStop: true\n"
         "virtualMachines:\n  - name: vm-fedora\n"
     )
     reasons = ctx.blocked_reasons(body)

@@ -1,0 +1,14 @@
+"""``plan``'s reasons, blocked rules and rendered manifests, from VMs and VMIs upstream virt-
+controller runs and virt-api admitted, and DataVolumes upstream cdi-controller populated
+(tests/cluster/test_plan.py) on the real engine: upstream virt-controller, virt-api and cdi-
+controller; only the node side is ours. ``LEAVE_OUT`` names the tests that still run on the
+simulator only, each with the upstream difference that keeps it there."""
+
+from __future__ import annotations
+
+from tests.cluster import test_plan
+from tests.support.mirror import mirror
+
+LEAVE_OUT: dict[str, str] = {}
+
+globals().update(mirror(test_plan, LEAVE_OUT))

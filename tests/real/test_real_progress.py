@@ -1,0 +1,13 @@
+"""Progress on long waits: a held migration and a slow clone (tests/cluster/test_progress.py) on
+the real engine: upstream virt-controller, virt-api and cdi-controller; only the node side is
+ours. ``LEAVE_OUT`` names the tests that still run on the simulator only, each with the
+upstream difference that keeps it there."""
+
+from __future__ import annotations
+
+from tests.cluster import test_progress
+from tests.support.mirror import mirror
+
+LEAVE_OUT: dict[str, str] = {}
+
+globals().update(mirror(test_progress, LEAVE_OUT))
