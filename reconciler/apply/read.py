@@ -300,6 +300,7 @@ class PVCState:
     storage_class: str | None
     capacity_bytes: int | None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    owner_uids: tuple[str, ...] = ()  # its ownerReferences' uids (CDI: the DataVolume's)
 
 
 def pvc_state(obj: Obj) -> PVCState:
@@ -315,6 +316,11 @@ def pvc_state(obj: Obj) -> PVCState:
         storage_class=None if storage_class is None else str(storage_class),
         capacity_bytes=size,
         annotations=_strings(_at(obj, "metadata", "annotations")),
+        owner_uids=tuple(
+            uid
+            for ref in _items(_at(obj, "metadata", "ownerReferences"))
+            if (uid := _text(_at(ref, "uid")))
+        ),
     )
 
 

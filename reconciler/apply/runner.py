@@ -364,7 +364,13 @@ class Runner:
                 return
             if not unreadable:
                 self.options.guard()
-                remove_leftovers(self.cluster, namespace, open_moves, self.progress)
+                remove_leftovers(
+                    self.cluster,
+                    namespace,
+                    open_moves,
+                    self.progress,
+                    settle=self.options.settings.settle_timeout,
+                )
 
     def _resume(
         self, namespace: str, name: str, journal: Journal, journal_text: str | None

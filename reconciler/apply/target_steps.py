@@ -9,6 +9,7 @@ and a rollback deletes exactly those (never a disk the VM uses). The sources are
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from reconciler.apply.claims import pods, users_of
@@ -23,7 +24,7 @@ from reconciler.kube.resources import (
     VIRTUAL_MACHINES,
     VMIS,
 )
-from reconciler.kube.watch import State, Stream
+from reconciler.kube.watch import Observer, State, Stream, WaitTimeout
 from reconciler.model.errors import ClusterError
 from reconciler.model.failures import Failure
 from reconciler.model.journal import Flow, Journal, Step
@@ -92,20 +93,40 @@ def _adopt(run: MoveRun, journal: Journal, name: str) -> bool:
 
 
 def _delete_and_wait(run: MoveRun, journal: Journal, name: str, uid: str) -> None:
-    """Delete DataVolume ``name`` (that uid only) and watch until it is gone."""
+    """Delete DataVolume ``name`` (that uid only) and watch until it and its claim are gone."""
     _delete_exactly(run.cluster, run.namespace, name, uid)
+    run.wait(
+        _dv_and_claim(run.namespace, name),
+        _gone_with_its_claim(name, uid),
+        seconds=min(run.seconds_left(journal), run.settings.settle_timeout),
+        what=f"the leftover DataVolume {name} and its claim to be deleted",
+        timeout_rule=Failure.TARGET_TAKEN,
+    )
+
+
+def _dv_and_claim(namespace: str, name: str) -> list[Stream]:
+    return [
+        Stream("dv", DATA_VOLUMES, namespace, name=name),
+        Stream("pvc", PVCS, namespace, name=name),
+    ]
+
+
+def _gone_with_its_claim(name: str, uid: str) -> Callable[[State], bool | None]:
+    """The predicate: DataVolume ``name`` of ``uid`` is gone, and so is the claim CDI made for
+    it (same name, owned by that uid), which the garbage collector deletes only after it. A
+    destination made again under that name must never meet the old claim: CDI would refuse
+    it, or adopt the stale copy where claim adoption is on."""
 
     def gone(state: State) -> bool | None:
         dv = state["dv"].get(name)
-        return True if dv is None or data_volume_state(dv).uid != uid else None
+        if dv is not None and data_volume_state(dv).uid == uid:
+            return None
+        claim = state["pvc"].get(name)
+        if claim is not None and uid in pvc_state(claim).owner_uids:
+            return None
+        return True
 
-    run.wait(
-        [Stream("dv", DATA_VOLUMES, run.namespace, name=name)],
-        gone,
-        seconds=min(run.seconds_left(journal), run.settings.settle_timeout),
-        what=f"the leftover DataVolume {name} to be deleted",
-        timeout_rule=Failure.TARGET_TAKEN,
-    )
+    return gone
 
 
 def _dv_failure(dv: DataVolumeState, run: MoveRun) -> str | None:
@@ -270,12 +291,20 @@ def _label_pointer(key: str) -> str:
 
 
 def remove_leftovers(
-    cluster: Cluster, namespace: str, open_moves: set[str], say: Callable[[str], None]
+    cluster: Cluster,
+    namespace: str,
+    open_moves: set[str],
+    say: Callable[[str], None],
+    *,
+    settle: float,
 ) -> list[str]:
     """Delete every destination of ours still in flight whose move no VM journals any more
     (its VM was deleted, or the journal removed to abandon the move), unless something uses
-    it. The names deleted. Call only while holding the Lease, with every journal of the
-    namespace read (``open_moves``: their ids)."""
+    it, and watch until each is gone with its claim (up to ``settle`` seconds each: a move
+    of this run may make a destination of the same name, which must not meet the old claim;
+    one still there then is named by that move's render). The names deleted. Call only
+    while holding the Lease, with every journal of the namespace read (``open_moves``:
+    their ids)."""
     deleted = []
     for dv in map(
         data_volume_state,
@@ -295,6 +324,16 @@ def remove_leftovers(
             continue
         say(f"{namespace}: deleted DataVolume {dv.name}, left by move {move} (no VM journals it)")
         deleted.append(dv.name)
+        with Observer(cluster.api, _dv_and_claim(namespace, dv.name)) as observer:
+            try:
+                observer.wait(
+                    _gone_with_its_claim(dv.name, dv.uid),
+                    time.monotonic() + settle,
+                    what=f"DataVolume {dv.name} and its claim to be deleted",
+                )
+            except WaitTimeout:
+                left = f"DataVolume {dv.name} or its claim"
+                say(f"{namespace}: {left} is still there after {settle:.0f}s")
     return deleted
 
 

@@ -172,6 +172,9 @@ def test_claims_data_volumes_and_pods() -> None:
     )
     assert (pvc.phase, pvc.storage_class, pvc.capacity_bytes) == ("", "fast", 1 << 30)
     assert pvc_state({"status": {"capacity": {"storage": "big"}}}).capacity_bytes is None
+    owned = {"metadata": {"ownerReferences": [{"kind": "DataVolume", "uid": "dv-1"}, "junk"]}}
+    assert pvc_state(owned).owner_uids == ("dv-1",)
+    assert pvc_state({"metadata": {"ownerReferences": "not a list"}}).owner_uids == ()
     dv = data_volume_state(
         {
             "metadata": {"name": "d", "uid": "u", "deletionTimestamp": "now", "labels": {"a": "b"}},
