@@ -14,7 +14,9 @@ one worker):
   Go object.
 - ``cdi.CdiWorkers``: the kubelet running CDI's worker pods (importer, upload server,
   clone source, populator prep): Running, then completed with a termination message, or
-  failed and restarted (``restartPolicy: OnFailure``), or failed for good.
+  failed and restarted (``restartPolicy: OnFailure``), or failed for good; each pod an IP
+  on the engine's pod network (``PodNetwork``), where a running importer or clone source
+  serves its copy's progress to cdi-controller (``metrics``, the container's :8443).
 - ``csi.Provisioner``: a CSI external-provisioner for every StorageClass (dynamic PVs once
   the PV binder hands a claim to it; claims of CDI populators are skipped as a real
   provisioner skips them), the deleter, and the simulated disk content hash.
@@ -31,20 +33,59 @@ where key ``copy-seconds-per-gib`` also changes ``copy_seconds_per_gib`` while i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from testenv.node.metrics import MetricsServer
 from testenv.simulator.core import RESOURCES, ResourceInfo, SimConfig, Simulator
 
 RESOURCES.setdefault("nodes", ResourceInfo("v1", "Node", False))
 
 
-def start(api: Any, handler_api: Any, config: SimConfig | None = None) -> Simulator:
+@dataclass(frozen=True)
+class PodNetwork:
+    """Where worker pods live (``cdi.serve_metrics``): their IPs' network, and the Unix
+    socket the engine's pod network hands their port 8443 to, served with ``cert``/``key``."""
+
+    cidr: str
+    socket: Path
+    cert: Path
+    key: Path
+
+
+@dataclass
+class NodeSide:
+    """The running node side: its simulator (controllers, store, crashes) and the worker
+    containers' metrics server, if any."""
+
+    sim: Simulator
+    metrics: MetricsServer | None = None
+
+    def stop(self) -> None:
+        """Stop the controllers, then the metrics server (its socket removed)."""
+        self.sim.stop()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def start(api: Any, handler_api: Any, config: SimConfig | None = None,
+          pod_network: PodNetwork | None = None) -> NodeSide:
     """Start the node side on an admin client (pods, PVs, claims) and a client acting as
-    virt-handler's ServiceAccount (VMI status); call ``stop()`` on the result."""
+    virt-handler's ServiceAccount (VMI status), CDI's worker pods on ``pod_network``
+    (without it they get no IP, and no progress); call ``stop()`` on the result."""
     from testenv.node import cdi, csi, faults, handler
 
     sim = Simulator(api, config, [handler.VirtHandler, cdi.CdiWorkers, csi.Provisioner,
                                      faults.FaultFeed])
     handler.attach_handler_client(sim, handler_api)
-    sim.start()
-    return sim
+    node = NodeSide(sim)
+    if pod_network is not None:
+        node.metrics = cdi.serve_metrics(sim, pod_network.cidr, pod_network.socket,
+                                         pod_network.cert, pod_network.key)
+    try:
+        sim.start()
+    except BaseException:
+        node.stop()
+        raise
+    return node

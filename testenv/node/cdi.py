@@ -24,22 +24,37 @@ DataVolume goes Failed; a clone has no permanent failure in CDI, so on a clone's
 goes). A failed container is restarted after ``RESTART_DELAY``, not the kubelet's back-off
 (10 s, doubling).
 
-Worker pods get no ``podIP``: cdi-controller's DataVolume controller scrapes a running worker
-pod's progress at ``https://<podIP>:8443/metrics`` on every reconcile and, when the scrape
-fails, writes no DataVolume status at all (no restartCount, no Running condition). Here
-cdi-controller runs in a network namespace of its own that reaches no pod, so the scrape
-could never succeed; without an IP it is skipped (``GetMetricsURL``), and the progress stays
-``N/A``.
+Progress, as cdi-controller reads it: every worker pod gets a ``podIP`` from the pod network
+``serve_metrics`` is given (the engine's, reachable from cdi-controller's network namespace
+only), and a running ``importer`` or ``cdi-clone-source`` container serves its progress there
+(``testenv.node.metrics``): ``kubevirt_cdi_import_progress_total`` or
+``kubevirt_cdi_clone_progress_total``, a counter of percent labelled ``ownerUID`` with its
+``OWNER_UID`` environment variable, as CDI v1.65's worker does
+(``pkg/monitoring/metrics/cdi-importer``, ``cdi-cloner``). It is the share of the attempt's
+copy time elapsed, updated once a second as the worker's is: 0 at each (re)start of the
+container, frozen while ``stall`` holds (the copy then resumes where it stopped), 100 when
+done. cdi-controller scrapes it every 2-3 s while the pod runs (the import populator, the
+host-assisted clone phase, or the DataVolume controller's own pods) and shows it as the
+DataVolume's ``status.progress``. Without
+``serve_metrics`` worker pods get no ``podIP``: cdi-controller then skips the scrape
+(``GetMetricsURL``) and the progress stays ``N/A``; a ``podIP`` it cannot reach would be
+worse, as the DataVolume controller writes no DataVolume status at all when its scrape
+fails.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
+from testenv.node.metrics import MetricsServer
 from testenv.quantity import to_bytes
 from testenv.simulator import kubevirt_rules as rules
 from testenv.simulator.core import (
@@ -67,6 +82,57 @@ RESTART_DELAY = 1.0
 TERMINAL = frozenset({"Succeeded", "Failed"})
 SIZE_DETECTION_PREFIX = "size-detection-"
 COPIERS = frozenset({"importer", "cdi-clone-source"})
+PROGRESS_METRICS = {
+    "importer": ("kubevirt_cdi_import_progress_total", "The import progress in percentage"),
+    "cdi-clone-source": ("kubevirt_cdi_clone_progress_total", "The clone progress in percentage"),
+}
+"""The progress counter a copier's container serves, by its ``cdi.kubevirt.io`` label."""
+OWNER_UID_ENV = "OWNER_UID"
+OWNER_UID_ANNOTATION = "cdi.kubevirt.io/ownerUID"
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """One attempt's copy, from its container's ``start`` (monotonic): ``copied`` seconds of
+    ``duration`` as of ``since``, whether a stall held then (no time is copied while it
+    does), and ``reported``, what was copied at the last whole second from ``start`` before
+    ``since``. Immutable: the worker replaces it, the metrics server's threads read it."""
+
+    start: float
+    since: float
+    copied: float = 0.0
+    duration: float = 0.0
+    stalled: bool = False
+    reported: float = 0.0
+
+    def _copied_at(self, at: float) -> float:  # at >= since
+        return self.copied + (0.0 if self.stalled else max(0.0, at - self.since))
+
+    def _tick(self, now: float) -> float:
+        return self.start + math.floor(now - self.start)
+
+    def _reported_at(self, now: float) -> float:
+        tick = self._tick(now)
+        return self._copied_at(tick) if tick >= self.since else self.reported
+
+    def advanced(self, now: float, *, stalled: bool, duration: float) -> _Clock:
+        """The clock at ``now``, from which on ``stalled`` holds."""
+        return _Clock(start=self.start, since=now, copied=self._copied_at(now),
+                      duration=duration, stalled=stalled, reported=self._reported_at(now))
+
+    def left(self) -> float:
+        return self.duration - self.copied
+
+    def percent(self, now: float) -> float | None:
+        """The container's progress counter at ``now``: updated once a second from its start,
+        as CDI's ``ProgressReader.timedUpdateProgress`` does (a value that changed on every
+        scrape would make cdi-controller write the claim, reconcile and scrape again, in a
+        loop); None before its first update."""
+        if now - self.start < 1.0:
+            return None
+        if self.duration <= 0:
+            return 100.0
+        return min(100.0, 100.0 * self._reported_at(now) / self.duration)
 
 
 def _phase(pod: Mapping[str, Any]) -> str:
@@ -95,6 +161,12 @@ class CdiWorkers(Controller):
     def __init__(self, sim: Simulator) -> None:
         super().__init__(sim)
         self._started: dict[str, float] = {}  # pod uid -> when this attempt started
+        self._clocks: dict[str, _Clock] = {}  # pod uid -> its attempt's copy (copiers)
+        self._uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid of pods run
+        self.pod_network: ipaddress.IPv4Network | None = None  # set by serve_metrics
+        self._pod_ips: dict[str, str] = {}  # pod uid -> its podIP
+        self._at_ip: dict[str, tuple[str, str, str]] = {}  # podIP -> (namespace, name, uid)
+        self._ip_cursor = 0
 
     def keys_for(self, resource: str, obj: dict[str, Any]) -> Iterable[Key]:
         if resource == POD:
@@ -111,6 +183,7 @@ class CdiWorkers(Controller):
         _, namespace, name = key
         pod = self.sim.store.get(POD, namespace, name)
         if pod is None or is_deleting(pod) or _phase(pod) in TERMINAL:
+            self._forget(namespace, name)
             return
         if not (pod.get("spec") or {}).get("nodeName"):
             return  # not scheduled yet
@@ -122,8 +195,12 @@ class CdiWorkers(Controller):
                 if time.monotonic() - finished < RESTART_DELAY:
                     self.sim.enqueue(self, key, RESTART_DELAY)
                     return
+            if self._uids.get((namespace, name), uid) != uid:  # an earlier pod of that name
+                self._forget(namespace, name)  # went while we did not look
+            self._uids[(namespace, name)] = uid
             self._run(pod)
             self._started[uid] = time.monotonic()
+            self._clocks[uid] = _Clock(self._started[uid], self._started[uid])  # from 0
             self.sim.enqueue(self, key, 0.05)
             return
         kind = pod["metadata"]["labels"].get(CDI_LABEL)
@@ -140,15 +217,25 @@ class CdiWorkers(Controller):
         meta = pod["metadata"]
         key = (POD, meta["namespace"], meta["name"])
         target = self._target_claim(pod, kind)
-        dv = self._data_volume(target) if target else None
+        dv, unseen = self._data_volume(target) if target else (None, True)
+        if unseen:
+            # The claim the copy writes, or its DataVolume, is not in our cache yet (each
+            # resource has its own watch, and the pod's event may come first): without them
+            # the copy would take no time (no copy-seconds) and carry no content.
+            self.sim.enqueue(self, key, 0.2)
+            return
         fault = None
-        if dv is not None:
-            dv_meta = dv["metadata"]
-            if self.sim.faults.take(DV, dv_meta["namespace"], dv_meta["name"], "stall", dv):
-                self.sim.enqueue(self, key, 0.5)
-                return
-        started = self._started.setdefault(meta["uid"], time.monotonic())
-        left = started + self._copy_seconds(dv, target) - time.monotonic()
+        stalled = dv is not None and self.sim.faults.take(
+            DV, dv["metadata"]["namespace"], dv["metadata"]["name"], "stall", dv) is not None
+        now = time.monotonic()
+        started = self._started.setdefault(meta["uid"], now)
+        clock = self._clocks.get(meta["uid"]) or _Clock(started, started)
+        clock = clock.advanced(now, stalled=stalled, duration=self._copy_seconds(dv, target))
+        self._clocks[meta["uid"]] = clock
+        if stalled:  # no progress; a DataVolume change (the stall lifted) wakes us earlier
+            self.sim.enqueue(self, key, 0.5)
+            return
+        left = clock.left()
         if left > 0:
             self.sim.enqueue(self, key, left)
             return
@@ -254,22 +341,32 @@ class CdiWorkers(Controller):
                 return pvc
         return None
 
-    def _data_volume(self, pvc: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The DataVolume a claim fills: its owner, through a prime claim's owner claim."""
+    def _data_volume(self, pvc: Mapping[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """The DataVolume a claim fills: its owner, through a prime claim's owner claim or the
+        claim a host-assisted clone's temporary claim names its owner (annotation
+        ``cdi.kubevirt.io/ownerUID``, CDI's ``clone/host-clone.go``); and whether the claim
+        names an owner (DataVolume or claim) not in our cache yet."""
         namespace = pvc["metadata"]["namespace"]
         for _ in range(3):
             refs = pvc["metadata"].get("ownerReferences") or []
             for ref in refs:
                 if ref.get("kind") == "DataVolume":
-                    return self.sim.store.get(DV, namespace, str(ref.get("name")))
+                    dv = self.sim.store.get(DV, namespace, str(ref.get("name")))
+                    return dv, dv is None
             owner = next((r for r in refs if r.get("kind") == "PersistentVolumeClaim"), None)
-            if owner is None:
-                break
-            found = self.sim.store.get(PVC, namespace, str(owner.get("name")))
+            if owner is not None:
+                found = self.sim.store.get(PVC, namespace, str(owner.get("name")))
+                if found is None:
+                    return None, True
+                pvc = found
+                continue
+            owner_uid = annotations_of(pvc).get(OWNER_UID_ANNOTATION)
+            found = next((c for c in self.sim.store.list(PVC, namespace)
+                          if owner_uid and c["metadata"].get("uid") == owner_uid), None)
             if found is None:
                 break
             pvc = found
-        return self.sim.store.get(DV, namespace, pvc["metadata"]["name"])
+        return self.sim.store.get(DV, namespace, pvc["metadata"]["name"]), False
 
     def _source_pod_for(self, target: Mapping[str, Any]) -> dict[str, Any] | None:
         name = f"{target['metadata']['uid']}{SOURCE_POD_SUFFIX}"
@@ -319,11 +416,13 @@ class CdiWorkers(Controller):
                       for t in ("PodReadyToStartContainers", "Initialized", "Ready",
                                 "ContainersReady", "PodScheduled")]
         node = pod["spec"]["nodeName"]
-        # No podIP (see the module docstring): cdi-controller would scrape it and, unable to
-        # reach it, write no DataVolume status while the pod runs.
-        body = {"status": {"phase": "Running", "conditions": conditions,
-                           "containerStatuses": statuses, "hostIP": self._node_ip(node),
-                           "startTime": (pod.get("status") or {}).get("startTime") or now}}
+        body: dict[str, Any] = {"status": {
+            "phase": "Running", "conditions": conditions, "containerStatuses": statuses,
+            "hostIP": self._node_ip(node),
+            "startTime": (pod.get("status") or {}).get("startTime") or now}}
+        pod_ip = self._pod_ip(pod)
+        if pod_ip is not None:  # else none (see the module docstring)
+            body["status"].update({"podIP": pod_ip, "podIPs": [{"ip": pod_ip}]})
         meta = pod["metadata"]
         self.sim.client.patch_status(POD, meta["namespace"], meta["name"], body)
 
@@ -354,9 +453,95 @@ class CdiWorkers(Controller):
                                   "Back-off restarting failed container" if phase == "Running"
                                   else "container failed")
 
+    # -- the pod network and the worker containers' metrics ----------------------------
+
+    def _pod_ip(self, pod: Mapping[str, Any]) -> str | None:
+        """The pod's IP in ``pod_network`` (kept across container restarts), or None without
+        one."""
+        if self.pod_network is None:
+            return None
+        meta = pod["metadata"]
+        uid = str(meta["uid"])
+        if uid in self._pod_ips:
+            return self._pod_ips[uid]
+        ip = str((pod.get("status") or {}).get("podIP") or "")  # a pod keeps its IP
+        if not self._is_free(ip):
+            ip = self._allocate()
+        self._pod_ips[uid] = ip
+        self._at_ip[ip] = (str(meta["namespace"]), str(meta["name"]), uid)
+        return ip
+
+    def _is_free(self, ip: str) -> bool:
+        """Whether ``ip`` is an unused host address of the pod network."""
+        assert self.pod_network is not None
+        try:
+            address = ipaddress.IPv4Address(ip)
+        except ValueError:
+            return False
+        return address in self.pod_network and ip not in self._at_ip and address not in (
+            self.pod_network.network_address, self.pod_network.broadcast_address)
+
+    def _allocate(self) -> str:
+        """The next free address of the pod network, round the network."""
+        assert self.pod_network is not None
+        hosts = self.pod_network.num_addresses - 2
+        for _ in range(hosts):
+            self._ip_cursor = self._ip_cursor % hosts + 1
+            ip = str(self.pod_network.network_address + self._ip_cursor)
+            if ip not in self._at_ip:
+                return ip
+        raise RuntimeError(f"no free address left in the pod network {self.pod_network}")
+
+    def _forget(self, namespace: str, name: str) -> None:
+        """The pod is gone or done: its container stops serving, its IP is free again."""
+        uid = self._uids.pop((namespace, name), None)
+        if uid is None:
+            return
+        self._started.pop(uid, None)
+        self._clocks.pop(uid, None)
+        ip = self._pod_ips.pop(uid, None)
+        if ip is not None:
+            self._at_ip.pop(ip, None)
+
+    def metrics(self, pod_ip: str) -> str | None:
+        """The ``/metrics`` body of the worker container at ``pod_ip`` (Prometheus' text
+        format, what CDI's worker serves on :8443), or None when no container serves there:
+        no such pod, not running, or not a copier. Called from the metrics server's threads:
+        it only reads."""
+        found = self._at_ip.get(pod_ip)
+        if found is None:
+            return None
+        namespace, name, uid = found
+        pod = self.sim.store.get(POD, namespace, name)
+        if pod is None or pod["metadata"].get("uid") != uid or \
+                "running" not in self._container_state(pod):
+            return None
+        kind = (pod["metadata"].get("labels") or {}).get(CDI_LABEL, "")
+        if kind not in PROGRESS_METRICS or name.startswith(SIZE_DETECTION_PREFIX):
+            return None
+        clock = self._clocks.get(uid)
+        percent = clock.percent(time.monotonic()) if clock is not None else None
+        if percent is None:  # before the worker's first update its counter has no series
+            return ""
+        metric, help_text = PROGRESS_METRICS[kind]
+        owner = json.dumps(_env(pod, OWNER_UID_ENV))  # a quoted label value
+        # fixed-point: CDI's parser (`\d{1,3}\.?\d*`) would misread an exponent
+        return (f"# HELP {metric} {help_text}\n# TYPE {metric} counter\n"
+                f"{metric}{{ownerUID={owner}}} {percent:.4f}\n")
+
     def _node_ip(self, node: str) -> str:
         obj = self.sim.store.get("nodes", "", node) or {}
         for address in (obj.get("status") or {}).get("addresses") or []:
             if address.get("type") == "InternalIP":
                 return str(address.get("address"))
         return "10.88.0.1"
+
+
+def serve_metrics(sim: Simulator, pod_network: str, socket_path: Path, cert: Path,
+                  key: Path) -> MetricsServer:
+    """Give worker pods IPs in ``pod_network`` and serve their containers' metrics on
+    ``socket_path`` (HTTPS with ``cert``/``key``: ``testenv.node.metrics``), before
+    ``sim.start()``; ``close()`` the result after ``sim.stop()``."""
+    workers = next(c for c in sim.controllers if isinstance(c, CdiWorkers))
+    workers.pod_network = ipaddress.IPv4Network(pod_network)
+    return MetricsServer(socket_path, cert, key, workers.metrics)

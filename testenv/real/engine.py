@@ -18,9 +18,15 @@ quotes its log):
    cdi-controller, then cdi-controller (as ServiceAccount ``cdi-sa``) in a private
    mount and network namespace (``unshare``): its hard-coded paths (``/var/run/cdi/token/
    keys``, ``/tmp/ready``) and metrics port (``:8443``) stay off the host; it reaches the
-   API server through a Unix-socket relay (``testenv.real.relay``).
+   API server through a Unix-socket relay (``testenv.real.relay``). From there it also
+   reaches CDI's worker pods, for their copy progress (``https://<podIP>:8443/metrics``):
+   their IPs (``WORKER_POD_NETWORK``) are local addresses of a second network namespace
+   behind a veth pair, where a relay hands port 8443 to the node side's metrics socket.
+   Both namespaces are private to the engine: engines side by side share no address or
+   port, and nothing of them outlives cdi-controller.
 5. The node side (``python -m testenv.node``): virt-handler's part (as ServiceAccount
-   ``kubevirt-handler``), CDI's worker pods, the CSI provisioner.
+   ``kubevirt-handler``), CDI's worker pods (with IPs on that network, and their metrics
+   endpoint: ``testenv.node.metrics``), the CSI provisioner.
 
 A leader-elected controller (``RESTARTED``) that exits because it lost its leader election
 (the API server down longer than its Lease's renew deadline: 10 s for cdi-controller, 20 s
@@ -88,6 +94,11 @@ RESTARTED: tuple[str, ...] = ("virt-controller", "cdi-controller")
 """Restarted when they exit on a lost leader election (``Process.lost_leadership``)."""
 _SUPERVISE_EVERY = 0.2  # seconds between the supervisor's looks at the processes
 
+WORKER_POD_NETWORK = "10.245.0.0/16"
+"""CDI worker pods' IPs (KWOK gives its pods 10.244.0.0/16): cdi-controller's network
+namespace routes it through a veth to the pods' namespace, where all of it is local."""
+_POD_LINK = ("169.254.245.1", "169.254.245.2")  # the veth's ends: cdi-controller's, the pods'
+
 _WORKDIR_PREFIX = "vmsr-real-"
 _SA_TOKEN_SECONDS = 7 * 24 * 3600
 
@@ -138,6 +149,7 @@ class RealEngine:
         self.audit_log: Path | None = None
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._worker_metrics: certs.Pair | None = None  # the node side's serving pair
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -478,6 +490,18 @@ class RealEngine:
         python = os.path.realpath(sys.executable)
         inner_relay = self.pki / "relay.py"
         shutil.copyfile(relay, inner_relay)
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            raise RealEngineError("cdi-controller needs util-linux unshare (a private mount "
+                                  "and network namespace)", component="cdi-controller")
+        ours, theirs = _POD_LINK
+        # The worker pods' namespace: its relay is started by the script (it dies with
+        # cdi-controller), the veth pair moved into it once that relay listens (then the
+        # namespace exists); the pod network is a local route there, a route via the veth
+        # here. cdi-controller's own metrics listener takes every address's :8443 in its
+        # namespace, hence the second one.
+        pods_setup = (f"set -e; ip link set lo up; ip addr add {theirs}/30 dev eth0; "
+                      f"ip link set eth0 up; ip route add local {WORKER_POD_NETWORK} dev lo")
         script = f"""set -e
 ip link set lo up
 mount -t tmpfs -o mode=0755 vmsr-run /run
@@ -492,16 +516,24 @@ mkdir -p {self.pki}
 mount --bind /run/vmsr-keep {self.pki}
 {setpriv} {python} {inner_relay} tcp:127.0.0.1:{api_port} unix:{socket_path} \
     /run/vmsr-relay.ready &
-while [ ! -e /run/vmsr-relay.ready ]; do sleep 0.05; done
+{setpriv} {unshare} --net {python} {inner_relay} tcp:0.0.0.0:8443 \
+    unix:{self.pki / 'worker-metrics.sock'} /run/vmsr-pods.ready &
+pods=$!
+while [ ! -e /run/vmsr-relay.ready ] || [ ! -e /run/vmsr-pods.ready ]; do sleep 0.05; done
+ip link add vmsr-pods type veth peer name eth0 netns $pods
+ip addr add {ours}/30 dev vmsr-pods
+ip link set vmsr-pods up
+nsenter --net=/proc/$pods/ns/net sh -c '{pods_setup}'
+ip route add {WORKER_POD_NETWORK} via {theirs} dev vmsr-pods
 exec /run/vmsr-cdi-controller -v=1 --kubeconfig={self.pki / 'cdi-controller.kubeconfig'}
 """
-        unshare = shutil.which("unshare")
-        if unshare is None:
-            raise RealEngineError("cdi-controller needs util-linux unshare (a private mount "
-                                  "and network namespace)", component="cdi-controller")
         proc = self._spawn("cdi-controller", [unshare, "--mount", "--net",
                                               "--propagation", "private", "sh", "-c", script],
                            env=env)
+        # made while cdi-controller starts; any pair will do: cdi-controller's metrics client
+        # does not verify (CDI's BuildHTTPClient), as the worker's own is self-signed
+        self._worker_metrics = certs.leaf(self.pki, "cdi-worker-metrics", ca, ips=(),
+                                          dns=("cdi-worker-metrics",))
         self._wait(proc, lambda: _cdi_config_ready(api), "serving (CDIConfig status)")
         # What cdi-operator does with the CR's spec.config (cdi-controller only creates the
         # CDIConfig): without it HonorWaitForFirstConsumer is off and imports on a
@@ -515,11 +547,16 @@ exec /run/vmsr-cdi-controller -v=1 --kubeconfig={self.pki / 'cdi-controller.kube
             objects.KUBEVIRT_NAMESPACE, "kubevirt-handler", expiration_seconds=_SA_TOKEN_SECONDS)
         handler = self._kubeconfig("virt-handler", handler_token)
         ready = self.workdir / "node-side.ready"
+        assert self.pki is not None and self._worker_metrics is not None
         proc = self._spawn("node-side", [
             sys.executable, "-m", "testenv.node",
             f"--kubeconfig={self.control_plane.kubeconfig}",
             f"--handler-kubeconfig={handler}", f"--ready-file={ready}",
             f"--copy-seconds-per-gib={self.copy_seconds_per_gib}",
+            f"--pod-network={WORKER_POD_NETWORK}",
+            f"--metrics-socket={self.pki / 'worker-metrics.sock'}",
+            f"--metrics-cert={self._worker_metrics.cert}",
+            f"--metrics-key={self._worker_metrics.key}",
         ], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
         self._wait(proc, ready.exists, "synced")
 

@@ -9,6 +9,7 @@ process does not start: the engine builds what is missing and names the process 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import time
@@ -457,11 +458,112 @@ def test_a_stalled_migration_is_aborted_after_the_progress_timeout(
             "template": {"spec": {"volumes": [
                 {"name": "rootdisk", "persistentVolumeClaim": {"claimName": "root-new"}}]}}}})
 
+        # virt-controller writes a VMIM Failed first and copies the VMI's final
+        # migrationState into it on its next reconcile (migration.go, IsFinal)
         failed = wait(engine, lambda: next(
             (m for m in get_json(api, KV, ns, "virtualmachineinstancemigrations")["items"]
-             if (m.get("status") or {}).get("phase") == "Failed"), None), "an aborted migration")
+             if (m.get("status") or {}).get("phase") == "Failed"
+             and "failureReason" in (m["status"].get("migrationState") or {})), None),
+            "an aborted migration")
         state = failed["status"]["migrationState"]
         assert state["failureReason"] == "Live migration stuck for 3 seconds and has been aborted"
         assert state["abortStatus"] == "Succeeded"
     finally:
         _patch(api, KV, "kubevirt", kubevirt, {"spec": {"configuration": {"migrations": None}}})
+
+
+
+COPY_SECONDS = "sim.vmstorage.dev/copy-seconds"
+SLOW_COPY = "8"  # seconds: cdi-controller scrapes a running worker every 2-3 s
+POP_OLD, POP_NEW = "real-pop-old", "real-pop-new"  # classes whose drivers have CSIDriver objects
+
+
+@pytest.fixture(scope="module")
+def populated_classes(engine: RealEngine) -> tuple[str, str]:
+    """Two classes CDI fills through its populators (it does for a provisioner with a
+    CSIDriver object, ``shouldUseCDIPopulator``); OLD and NEW it fills the legacy way."""
+    api = engine.api()
+    for name in (POP_OLD, POP_NEW):
+        provisioner = f"{name}.csi.vmsr.invalid"
+        _post(api, "storage.k8s.io/v1", "", "csidrivers", {
+            "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+            "metadata": {"name": provisioner}, "spec": {}})
+        _post(api, "storage.k8s.io/v1", "", "storageclasses", {
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": name, "annotations": {
+                "sim.vmstorage.dev/claim-property-sets": json.dumps(
+                    [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}])}},
+            "provisioner": provisioner, "volumeBindingMode": "Immediate",
+            "reclaimPolicy": "Delete"})
+    return POP_OLD, POP_NEW
+
+
+@pytest.fixture(params=["legacy", "populator"])
+def flow(request: pytest.FixtureRequest) -> tuple[str, str, bool]:
+    """(source class, destination class, whether CDI's populators fill them)."""
+    if request.param == "populator":
+        old, new = request.getfixturevalue("populated_classes")
+        return old, new, True
+    return OLD, NEW, False
+
+
+def progress_until_succeeded(engine: RealEngine, ns: str, name: str) -> list[float]:
+    """The percentages the DataVolume's ``status.progress`` showed before it Succeeded, each
+    change once, in order (polled every 0.2 s; "N/A" and 100% left out)."""
+    api = engine.api()
+    shown: list[str] = []
+
+    def succeeded() -> bool:
+        status = get_json(api, CDI, ns, f"datavolumes/{name}").get("status") or {}
+        if status.get("phase") == "Succeeded":
+            return True
+        progress = str(status.get("progress") or "")
+        if progress and (not shown or shown[-1] != progress):
+            shown.append(progress)
+        return False
+
+    wait(engine, succeeded, f"DataVolume {name} Succeeded")
+    percents = [float(p.rstrip("%")) for p in shown if p.endswith("%")]
+    return [p for p in percents if p < 100.0]
+
+
+def assert_rises(percents: list[float]) -> None:
+    assert len([p for p in percents if p > 0]) >= 2, percents
+    assert all(a < b for a, b in itertools.pairwise(percents)), percents
+
+
+def assert_flow(engine: RealEngine, ns: str, claim: str, populated: bool) -> None:
+    pvc = get_json(engine.api(), "v1", ns, f"persistentvolumeclaims/{claim}")
+    assert ("dataSourceRef" in pvc["spec"]) is populated, pvc["spec"]
+
+
+def test_an_import_shows_its_copy_progress(
+        engine: RealEngine, ns: str, flow: tuple[str, str, bool]) -> None:
+    """cdi-controller scrapes the importer pod's metrics (the node side serves them at its
+    podIP, reached from cdi-controller's network namespace) into the DataVolume's progress:
+    labelled with the DataVolume's uid (legacy) or its claim's (the import populator, which
+    shows it through the claim's progress annotation)."""
+    old, _, populated = flow
+    dv = import_dv("slow", old, "http://x.vmsr.invalid/slow")
+    dv["metadata"]["annotations"] = {COPY_SECONDS: SLOW_COPY}
+    _post(engine.api(), CDI, ns, "datavolumes", dv)
+
+    assert_rises(progress_until_succeeded(engine, ns, "slow"))
+    assert_flow(engine, ns, "slow", populated)
+
+
+def test_a_host_assisted_clone_shows_its_copy_progress(
+        engine: RealEngine, ns: str, flow: tuple[str, str, bool]) -> None:
+    """The same for the clone source pod of a clone across provisioners (host-assisted)."""
+    old, new, populated = flow
+    api = engine.api()
+    _post(api, CDI, ns, "datavolumes", import_dv("src", old, "http://x.vmsr.invalid/src"))
+    wait(engine, lambda: dv_phase(api, ns, "src") == "Succeeded", "source DataVolume")
+    clone = blank_dv("dst", new, "2Gi")
+    clone["metadata"]["annotations"] = {COPY_SECONDS: SLOW_COPY}
+    clone["spec"]["source"] = {"pvc": {"namespace": ns, "name": "src"}}
+    _post(api, CDI, ns, "datavolumes", clone)
+
+    assert_rises(progress_until_succeeded(engine, ns, "dst"))
+    assert_flow(engine, ns, "dst", populated)
+    assert content(api, ns, "dst") == content(api, ns, "src")
