@@ -25,6 +25,7 @@ import pytest
 from testenv.controlplane import ControlPlane
 from testenv.real.engine import RealEngine
 from testenv.simulator import SimConfig, Simulator, start
+from tests.support.engines import running_engine
 
 # The `flux` and `flux_sync` fixtures (a real Flux, started only for the tests that use it).
 pytest_plugins = ("tests.support.flux",)
@@ -49,16 +50,8 @@ def real_engine() -> Iterator[RealEngine]:
     test that asks for it (tests/env/test_real_*.py, tests/real/). A start failure fails the
     test with the process that failed and its log; it is never skipped. At the end: stopped,
     and no process may have died."""
-    engine = RealEngine(log=print)
-    try:
-        engine.start()
-    except Exception as error:  # any start failure must fail, with its reason
-        pytest.fail(f"the real engine could not start: {error}", pytrace=False)
-    yield engine
-    dead = engine.dead()
-    tails = "\n".join(engine.log_tail(name) for name in dead)
-    engine.stop()
-    assert not dead, f"processes of the real engine died during the tests: {dead}\n{tails}"
+    with running_engine("the real engine") as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session")

@@ -40,15 +40,20 @@ TIMEOUT = 120.0
 def engine(real_engine: RealEngine) -> RealEngine:
     api = real_engine.api()
     for name, provisioner in ((OLD, "old.csi.vmsr.invalid"), (NEW, "new.csi.vmsr.invalid")):
-        _post(api, "storage.k8s.io/v1", "", "storageclasses", {
-            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": name, "annotations": {
-                # an unknown provisioner: the administrator tells CDI how to claim from it
-                "sim.vmstorage.dev/claim-property-sets": json.dumps(
-                    [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}])}},
-            "provisioner": provisioner, "volumeBindingMode": "Immediate",
-            "reclaimPolicy": "Delete"})
+        _immediate_class(api, name, provisioner)
     return real_engine
+
+
+def _immediate_class(api: pykube.HTTPClient, name: str, provisioner: str) -> None:
+    """An Immediate class of an unknown provisioner, RWO Filesystem: the administrator tells
+    CDI how to claim from it (the node side writes the annotation into the StorageProfile)."""
+    _post(api, "storage.k8s.io/v1", "", "storageclasses", {
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": name, "annotations": {
+            "sim.vmstorage.dev/claim-property-sets": json.dumps(
+                [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}])}},
+        "provisioner": provisioner, "volumeBindingMode": "Immediate",
+        "reclaimPolicy": "Delete"})
 
 
 @pytest.fixture
@@ -488,13 +493,7 @@ def populated_classes(engine: RealEngine) -> tuple[str, str]:
         _post(api, "storage.k8s.io/v1", "", "csidrivers", {
             "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
             "metadata": {"name": provisioner}, "spec": {}})
-        _post(api, "storage.k8s.io/v1", "", "storageclasses", {
-            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": name, "annotations": {
-                "sim.vmstorage.dev/claim-property-sets": json.dumps(
-                    [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}])}},
-            "provisioner": provisioner, "volumeBindingMode": "Immediate",
-            "reclaimPolicy": "Delete"})
+        _immediate_class(api, name, provisioner)
     return POP_OLD, POP_NEW
 
 

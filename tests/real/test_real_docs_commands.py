@@ -22,6 +22,7 @@ from testenv.real.engine import RealEngine
 from tests.cluster import test_docs_commands
 from tests.cluster.test_docs_commands import cli_blocks
 from tests.support.docs_blocks import Block, commands
+from tests.support.engines import running_engine
 from tests.support.kube import Eventually
 from tests.support.mirror import mirror
 from tests.support.node_faults import EngineLab
@@ -78,16 +79,8 @@ virt-controller to stop their VMIs and drop its finalizer)."""
 def docs_engine(real_engine: RealEngine) -> Iterator[RealEngine]:
     """An engine for the docs' blocks alone (see the module docstring)."""
     del real_engine  # only its xdist group
-    engine = RealEngine(log=print)
-    try:
-        engine.start()
-    except Exception as error:  # a start failure fails the tests, with its reason
-        pytest.fail(f"the docs' real engine could not start: {error}", pytrace=False)
-    yield engine
-    dead = engine.dead()
-    tails = "\n".join(engine.log_tail(name) for name in dead)
-    engine.stop()
-    assert not dead, f"processes of the docs' engine died: {dead}\n{tails}"
+    with running_engine("the docs' real engine") as engine:
+        yield engine
 
 
 @pytest.fixture
