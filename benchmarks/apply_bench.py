@@ -516,7 +516,7 @@ def start_engine(engine: str, vms: int, apiserver_args: list[str]) -> Iterator[C
     (StorageClasses, KubeVirt CR) and yield it; stop it on the way out. Copies start
     instant (the load's imports), ``Cluster.set_copy_rate`` slows them afterwards."""
     if engine == "sim":
-        from testenv.simulator import SimConfig
+        from testenv.node.runtime import SimConfig
         from testenv.simulator import start as start_simulator
 
         with ControlPlane(log=say, apiserver_args=apiserver_args) as cp:

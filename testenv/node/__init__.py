@@ -1,7 +1,7 @@
 """The node side of the real engine: what runs on a node, played by us; everything else
 (virt-controller, virt-api, cdi-controller, the scheduler, the PV binder) is upstream code.
 
-Three controllers on the simulator's framework (``testenv.simulator.core``: watches, a store,
+Three controllers on the simulator's framework (``testenv.node.runtime``: watches, a store,
 one worker):
 
 - ``handler.VirtHandler``: virt-handler's part of a VMI (Scheduled -> Running, the
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from testenv.node.metrics import MetricsServer
-from testenv.simulator.core import RESOURCES, ResourceInfo, SimConfig, Simulator
+from testenv.node.runtime import RESOURCES, ResourceInfo, SimConfig, Simulator
 
 RESOURCES.setdefault("nodes", ResourceInfo("v1", "Node", False))
 

@@ -17,7 +17,7 @@ from types import FrameType
 import pykube
 
 from testenv.node import PodNetwork, start
-from testenv.simulator.core import SimConfig
+from testenv.node.runtime import SimConfig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,10 +54,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from testenv.node import rules
 from testenv.node.metrics import MetricsServer
-from testenv.quantity import to_bytes
-from testenv.simulator import kubevirt_rules as rules
-from testenv.simulator.core import (
+from testenv.node.runtime import (
     CONTENT_HASH_ANNOTATION,
     GI,
     Controller,
@@ -69,6 +68,7 @@ from testenv.simulator.core import (
     is_deleting,
     now_rfc3339,
 )
+from testenv.quantity import to_bytes
 
 POD = "pods"
 PVC = "persistentvolumeclaims"

@@ -21,8 +21,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from testenv.quantity import to_bytes
-from testenv.simulator.core import (
+from testenv.node.runtime import (
     CONTENT_HASH_ANNOTATION,
     Controller,
     Key,
@@ -30,6 +29,7 @@ from testenv.simulator.core import (
     content_hash,
     is_deleting,
 )
+from testenv.quantity import to_bytes
 
 PVC = "persistentvolumeclaims"
 PV = "persistentvolumes"

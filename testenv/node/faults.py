@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from testenv.simulator.core import (
+from testenv.node.runtime import (
     RESOURCES,
     Controller,
     Fault,

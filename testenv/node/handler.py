@@ -36,9 +36,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from testenv.quantity import to_bytes
-from testenv.simulator import kubevirt_rules as rules
-from testenv.simulator.core import (
+from testenv.node import rules
+from testenv.node.runtime import (
     CONTENT_HASH_ANNOTATION,
     ApiError,
     Client,
@@ -52,6 +51,7 @@ from testenv.simulator.core import (
     key_of,
     now_rfc3339,
 )
+from testenv.quantity import to_bytes
 
 log = logging.getLogger("testenv.node.handler")
 

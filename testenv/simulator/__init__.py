@@ -58,7 +58,7 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
-from testenv.simulator.core import (
+from testenv.node.runtime import (
     RESOURCES,
     ApiError,
     Client,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from testenv.simulator.core import Store, annotations_of, owner_reference
+from testenv.node.runtime import Store, annotations_of, owner_reference
 
 ANN_USE_POPULATOR = "cdi.kubevirt.io/storage.usePopulator"
 ANN_SELECTED_NODE = "volume.kubernetes.io/selected-node"

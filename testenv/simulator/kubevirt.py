@@ -38,9 +38,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from testenv.simulator import kubevirt_rules as rules
-from testenv.simulator import pods
-from testenv.simulator.core import (
+from testenv.node.runtime import (
     ApiError,
     Controller,
     Key,
@@ -50,6 +48,8 @@ from testenv.simulator.core import (
     now_rfc3339,
     owner_reference,
 )
+from testenv.simulator import kubevirt_rules as rules
+from testenv.simulator import pods
 from testenv.simulator.kubevirt_rules import (
     KubeVirtConfig,
     RunStrategy,

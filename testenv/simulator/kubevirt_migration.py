@@ -24,9 +24,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from testenv.simulator import kubevirt_rules as rules
-from testenv.simulator import pods
-from testenv.simulator.core import (
+from testenv.node.runtime import (
     CONTENT_HASH_ANNOTATION,
     Controller,
     Key,
@@ -36,6 +34,8 @@ from testenv.simulator.core import (
     key_of,
     now_rfc3339,
 )
+from testenv.simulator import kubevirt_rules as rules
+from testenv.simulator import pods
 from testenv.simulator.kubevirt import (
     KUBEVIRT,
     PVC,

@@ -28,8 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from testenv.node.runtime import GI
 from testenv.quantity import to_bytes
-from testenv.simulator.core import GI
 
 # -- names used on objects -------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from testenv.simulator.core import (
+from testenv.node.runtime import (
     ApiError,
     Controller,
     Key,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from testenv.simulator.core import (
+from testenv.node.runtime import (
     RESOURCES,
     Controller,
     FaultAction,

@@ -29,9 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from testenv.quantity import to_bytes, to_quantity
-from testenv.simulator import cdi_populator as populator
-from testenv.simulator.core import (
+from testenv.node.runtime import (
     CONTENT_HASH_ANNOTATION,
     GI,
     ApiError,
@@ -46,6 +44,8 @@ from testenv.simulator.core import (
     owner_reference,
     set_condition,
 )
+from testenv.quantity import to_bytes, to_quantity
+from testenv.simulator import cdi_populator as populator
 from testenv.simulator.pods import claim_pinners, claim_users, pod_claims
 
 # Kubernetes annotations and finalizers

@@ -17,11 +17,9 @@ import pytest
 from reconciler.cli.main import main
 from testenv import seed
 from testenv.controlplane import ControlPlane
-from testenv.simulator.core import CONTENT_HASH_ANNOTATION
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION
 from tests.cluster.test_plan import _merge, fedora, plan_file, settle
 from tests.support.kube import Eventually, annotation, get_json, vmi_running
-
-pytestmark = pytest.mark.usefixtures("sim")
 
 KV = "kubevirt.io/v1"
 CDI = "cdi.kubevirt.io/v1beta1"

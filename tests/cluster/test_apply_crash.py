@@ -2,7 +2,7 @@
 
 Every test runs `apply` as a real subprocess (``python -m reconciler apply``), against the
 session's control plane and engine, each in its own namespace (which also holds the Lease). The
-module is engine-neutral: faults go through the ``sim`` fixture's ``faults.add``/``clear``
+module is engine-neutral: faults go through the ``node_side`` fixture's ``faults.add``/``clear``
 (the simulator's registry here, the node side's ConfigMap on the real engine), the content
 marker is the node side's ``CONTENT_HASH_ANNOTATION`` (both engines write it), and the cluster
 objects are seeded idempotently, so tests/real/test_real_crash.py runs it on the real engine.
@@ -49,12 +49,9 @@ from reconciler.model import journal as journals
 from reconciler.model.journal import FORWARD, ROLLBACK, Flow, Step
 from reconciler.model.names import JOURNAL_ANNOTATION, LAST_MIGRATION_ANNOTATION, MIGRATION_LABEL
 from testenv.controlplane import ControlPlane
-from testenv.simulator import Fault, FaultAction
-from testenv.simulator.core import CONTENT_HASH_ANNOTATION
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION, Fault, FaultAction
 from tests.cluster.test_plan import _merge, fedora, plan_file, settle
 from tests.support.kube import Eventually, annotation, get_json, stays
-
-pytestmark = pytest.mark.usefixtures("sim")
 
 ROOT = Path(__file__).resolve().parents[2]
 KV = "kubevirt.io/v1"
@@ -69,7 +66,7 @@ RUN_TIMEOUT = 120.0  # one subprocess; a hang fails the test instead of the sess
 
 
 class Faults(Protocol):
-    """The fault knobs both engines' ``sim`` fixture offer (the simulator's registry, the real
+    """The fault knobs both engines' ``node_side`` fixture offer (the simulator's registry, the real
     engine's node side through ConfigMap kube-system/testenv-faults), same signature."""
 
     def add(self, kind: str, namespace: str, name: str, fault: Fault) -> None: ...
@@ -78,7 +75,7 @@ class Faults(Protocol):
 
 
 class NodeSide(Protocol):
-    """What this module uses of the ``sim`` fixture on either engine."""
+    """What this module uses of the ``node_side`` fixture on either engine."""
 
     @property
     def faults(self) -> Faults: ...
@@ -138,10 +135,10 @@ class Cluster:
         namespace: str,
         tmp_path: Path,
         eventually: Eventually,
-        sim: NodeSide,
+        node_side: NodeSide,
     ) -> None:
         self.api, self.control_plane, self.ns = api, control_plane, namespace
-        self.tmp_path, self.eventually, self.sim = tmp_path, eventually, sim
+        self.tmp_path, self.eventually, self.node_side = tmp_path, eventually, node_side
         self.background: list[subprocess.Popen[str]] = []
         self.faulted: set[tuple[str, str]] = set()
 
@@ -150,10 +147,10 @@ class Cluster:
     def fault(self, kind: str, name: str, fault: Fault) -> None:
         """Arm ``fault`` on this namespace's object (which need not exist yet)."""
         self.faulted.add((kind, name))
-        self.sim.faults.add(kind, self.ns, name, fault)
+        self.node_side.faults.add(kind, self.ns, name, fault)
 
     def clear_fault(self, kind: str, name: str) -> None:
-        self.sim.faults.clear(kind, self.ns, name)
+        self.node_side.faults.clear(kind, self.ns, name)
         self.faulted.discard((kind, name))
 
     def close(self) -> None:
@@ -329,9 +326,9 @@ def cluster(
     namespace: str,
     tmp_path: Path,
     eventually: Eventually,
-    sim: NodeSide,
+    node_side: NodeSide,
 ) -> Iterator[Cluster]:
-    cluster = Cluster(api, control_plane, namespace, tmp_path, eventually, sim)
+    cluster = Cluster(api, control_plane, namespace, tmp_path, eventually, node_side)
     yield cluster
     cluster.close()
 

@@ -31,7 +31,7 @@ from reconciler import engine
 from reconciler.apply.context import Settings
 from reconciler.cli.main import main
 from testenv.controlplane import ControlPlane
-from testenv.simulator import FaultAction, Simulator
+from testenv.node.runtime import FaultAction
 from tests.cluster.test_apply import KV, cluster_objects
 from tests.cluster.test_plan import create, plan_file
 from tests.support.kube import Eventually, condition, get_json, stays
@@ -47,8 +47,8 @@ from tests.support.moves import (
     storage_class,
     storage_shape,
 )
+from tests.support.node_faults import NodeSide
 
-pytestmark = pytest.mark.usefixtures("sim")
 __all__ = ["cluster_objects"]  # the module fixture that seeds the classes and the KubeVirt CR
 
 DV_KIND = "DataVolume"
@@ -64,9 +64,9 @@ def ctx(
     tmp_path: Path,
     eventually: Eventually,
     capsys: pytest.CaptureFixture[str],
-    sim: Simulator,
+    node_side: NodeSide,
 ) -> Iterator[Moves]:
-    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, sim) as moves:
+    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, node_side) as moves:
         yield moves
 
 

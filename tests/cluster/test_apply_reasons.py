@@ -22,8 +22,6 @@ from tests.cluster.test_apply import Apply, volume_claim
 from tests.cluster.test_plan import _merge, create, fedora, plan_file, run_plan
 from tests.support.kube import Eventually, get_json
 
-pytestmark = pytest.mark.usefixtures("sim")
-
 KV = "kubevirt.io/v1"
 HOLD = "test.vmstorage.dev/hold"  # a finalizer nobody removes: the VM stays Terminating
 

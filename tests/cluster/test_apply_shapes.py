@@ -22,7 +22,6 @@ import pytest
 from reconciler import engine
 from reconciler.apply.context import Settings
 from testenv.controlplane import ControlPlane
-from testenv.simulator import Simulator
 from tests.cluster.test_apply import JOURNAL, LAST, cluster_objects
 from tests.cluster.test_plan import create, plan_file
 from tests.support.kube import Eventually, annotation
@@ -37,8 +36,8 @@ from tests.support.moves import (
     moves_ctx,
     vm_manifest,
 )
+from tests.support.node_faults import NodeSide
 
-pytestmark = pytest.mark.usefixtures("sim")
 __all__ = ["cluster_objects"]  # the module fixture that seeds the classes and the KubeVirt CR
 
 
@@ -55,9 +54,9 @@ def ctx(
     tmp_path: Path,
     eventually: Eventually,
     capsys: pytest.CaptureFixture[str],
-    sim: Simulator,
+    node_side: NodeSide,
 ) -> Iterator[Moves]:
-    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, sim) as moves:
+    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, node_side) as moves:
         yield moves
 
 

@@ -19,11 +19,9 @@ import sys
 import time
 from typing import Any
 
-import pytest
-
 from reconciler.model.journal import Flow, Step
 from reconciler.model.names import JOURNAL_ANNOTATION
-from testenv.simulator import Fault, FaultAction
+from testenv.node.runtime import Fault, FaultAction
 from tests.cluster.test_apply_crash import (
     FAULT,
     KV,
@@ -47,7 +45,6 @@ from tests.cluster.test_apply_crash import (
 )
 from tests.support.kube import annotation, get_json
 
-pytestmark = pytest.mark.usefixtures("sim")
 __all__ = ["cluster", "cluster_objects"]  # the fixtures, from test_apply_crash
 
 
@@ -166,7 +163,7 @@ def test_cancel_of_an_offline_move_mid_copy_runs_the_vm_again_on_its_source(
     cluster.create_vm()
     source_hash = cluster.content(SOURCE)
     target = cluster.target_name(Flow.OFFLINE)
-    cluster.sim.faults.add("datavolumes", cluster.ns, target, Fault(FaultAction.STALL))
+    cluster.node_side.faults.add("datavolumes", cluster.ns, target, Fault(FaultAction.STALL))
     try:
         proc = cluster.start(plan_body(Flow.OFFLINE))
 
@@ -186,7 +183,7 @@ def test_cancel_of_an_offline_move_mid_copy_runs_the_vm_again_on_its_source(
 
         done = cancel(cluster, f"{cluster.ns}/{VM}")
     finally:
-        cluster.sim.faults.clear("datavolumes", cluster.ns, target)
+        cluster.node_side.faults.clear("datavolumes", cluster.ns, target)
 
     assert_cancelled(cluster, done, source_hash)
     cluster.eventually(

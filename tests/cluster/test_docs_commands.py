@@ -39,7 +39,7 @@ import pytest
 from testenv import seed
 from testenv.binaries import ensure_kustomize
 from testenv.demo import wait_for_vms
-from testenv.simulator import SimConfig
+from testenv.node.runtime import SimConfig
 from tests.support.docs_blocks import (
     PROG,
     ROOT,

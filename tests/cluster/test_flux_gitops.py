@@ -7,7 +7,7 @@ CDI and CSI: the simulator here, upstream virt-api, virt-controller and cdi-cont
 node side in tests/real/test_real_gitops.py, which runs these tests instead when both are
 collected. Syncs are asked for with ``reconcile.fluxcd.io/requestedAt`` and waited for; the
 Kustomizations' interval (10 min) never fires. Where a sync must land while a copy is in flight,
-the node side (simulated or real) holds the copy (a "stall" fault through ``sim.faults``) until
+the node side holds the copy (a "stall" fault through ``node_side.faults``) until
 the test releases it.
 """
 
@@ -27,13 +27,11 @@ import yaml
 
 from reconciler.cli.main import main
 from testenv.controlplane import ControlPlane
-from testenv.simulator import Fault, FaultAction, Simulator
-from testenv.simulator.core import CONTENT_HASH_ANNOTATION
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION, Fault, FaultAction
 from tests.cluster.test_plan import dv_succeeded, fedora, plan_file
 from tests.support.flux import FluxSync, MakeSync
 from tests.support.kube import Eventually, annotation, get_json, vmi_running
-
-pytestmark = pytest.mark.usefixtures("sim")
+from tests.support.node_faults import NodeSide
 
 KV = "kubevirt.io/v1"
 CDI = "cdi.kubevirt.io/v1beta1"
@@ -68,11 +66,11 @@ class FluxVM:
         eventually: Eventually,
         capsys: pytest.CaptureFixture[str],
         flux_sync: MakeSync,
-        sim: Simulator,
+        node_side: NodeSide,
     ) -> None:
         self.api, self.control_plane, self.ns = api, control_plane, namespace
         self.tmp_path, self.eventually, self.capsys = tmp_path, eventually, capsys
-        self.flux_sync, self.sim = flux_sync, sim
+        self.flux_sync, self.node_side = flux_sync, node_side
         self.lease_ns = control_plane.create_namespace("lease")
         self.manifest: dict[str, Any] = {}
         self._sync: FluxSync | None = None
@@ -140,10 +138,10 @@ class FluxVM:
         self.api.raise_for_status(response)
 
     def stall(self, kind: str = "VirtualMachine", name: str = "vm-fedora") -> None:
-        self.sim.faults.add(kind, self.ns, name, Fault(FaultAction.STALL))
+        self.node_side.faults.add(kind, self.ns, name, Fault(FaultAction.STALL))
 
     def release(self, kind: str = "VirtualMachine", name: str = "vm-fedora") -> None:
-        self.sim.faults.clear(kind, self.ns, name)
+        self.node_side.faults.clear(kind, self.ns, name)
 
     # -- the reconciler ---------------------------------------------------------------------
 
@@ -214,9 +212,9 @@ def ctx(
     eventually: Eventually,
     capsys: pytest.CaptureFixture[str],
     flux_sync: MakeSync,
-    sim: Simulator,
+    node_side: NodeSide,
 ) -> FluxVM:
-    return FluxVM(api, control_plane, namespace, tmp_path, eventually, capsys, flux_sync, sim)
+    return FluxVM(api, control_plane, namespace, tmp_path, eventually, capsys, flux_sync, node_side)
 
 
 def printed_ignore_rule(reason: str) -> list[dict[str, Any]]:

@@ -44,7 +44,6 @@ from tests.unit.test_gitsource import (
 
 __all__ = ["authed", "recorded"]  # fixtures, imported for pytest
 
-pytestmark = pytest.mark.usefixtures("sim")
 
 ROOT = Path(__file__).resolve().parents[2]
 KV = "kubevirt.io/v1"

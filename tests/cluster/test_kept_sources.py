@@ -33,12 +33,11 @@ from reconciler.model.names import (
 )
 from reconciler.sources import FAILPOINT
 from testenv.controlplane import ControlPlane
-from testenv.simulator import Simulator
 from tests.cluster.test_apply import CDI, cluster_objects
 from tests.support.kube import Eventually, annotation
 from tests.support.moves import Disk, Moves, disks_of, moves_ctx
+from tests.support.node_faults import NodeSide
 
-pytestmark = pytest.mark.usefixtures("sim")
 __all__ = ["cluster_objects"]  # the module fixture that seeds the classes and the KubeVirt CR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,9 +53,9 @@ def ctx(
     tmp_path: Path,
     eventually: Eventually,
     capsys: pytest.CaptureFixture[str],
-    sim: Simulator,
+    node_side: NodeSide,
 ) -> Iterator[Moves]:
-    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, sim) as moves:
+    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, node_side) as moves:
         yield moves
 
 

@@ -16,13 +16,12 @@ from reconciler import engine
 from reconciler.model.outcome import SUCCEEDED
 from reconciler.publish.metrics import Metrics
 from testenv.controlplane import ControlPlane
-from testenv.simulator import Simulator
 from tests.cluster.test_apply import cluster_objects
 from tests.cluster.test_plan import plan_file
 from tests.support.kube import Eventually
 from tests.support.moves import Disk, Moves, moves_ctx
+from tests.support.node_faults import NodeSide
 
-pytestmark = pytest.mark.usefixtures("sim")
 __all__ = ["cluster_objects"]  # the module fixture that seeds the classes and the KubeVirt CR
 
 TO_CEPH = "storageClass: ceph-rbd\nvirtualMachines:\n  - name: vm1\n"
@@ -36,9 +35,9 @@ def ctx(
     tmp_path: Path,
     eventually: Eventually,
     capsys: pytest.CaptureFixture[str],
-    sim: Simulator,
+    node_side: NodeSide,
 ) -> Iterator[Moves]:
-    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, sim) as moves:
+    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, node_side) as moves:
         yield moves
 
 

@@ -66,8 +66,7 @@ from typing import Any, Protocol
 import pykube
 import pytest
 
-from testenv.simulator import Fault, FaultAction, SimConfig
-from testenv.simulator.core import CONTENT_HASH_ANNOTATION
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION, Fault, FaultAction, SimConfig
 from tests.cluster.test_plan import _merge, plan_file
 from tests.support.kube import annotation, get_json
 from tests.support.lab import ROOT, Lab, Runner

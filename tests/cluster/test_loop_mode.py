@@ -35,8 +35,6 @@ from testenv.controlplane import ControlPlane
 from tests.cluster.test_plan import _merge, fedora, plan_file, settle
 from tests.support.kube import Eventually, annotation, get_json
 
-pytestmark = pytest.mark.usefixtures("sim")
-
 ROOT = Path(__file__).resolve().parents[2]
 KV = "kubevirt.io/v1"
 COORDINATION = "coordination.k8s.io/v1"

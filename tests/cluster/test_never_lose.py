@@ -40,7 +40,7 @@ from reconciler import engine
 from reconciler.apply.context import Settings
 from reconciler.cli.main import main
 from testenv.controlplane import ControlPlane
-from testenv.simulator import FaultAction, Simulator
+from testenv.node.runtime import FaultAction
 from tests.cluster.test_apply import CDI, KV, cluster_objects
 from tests.cluster.test_plan import create, plan_file
 from tests.support.kube import Eventually, get_json
@@ -63,8 +63,8 @@ from tests.support.never_lose import (
     replace_strings,
     use_vm,
 )
+from tests.support.node_faults import NodeSide
 
-pytestmark = pytest.mark.usefixtures("sim")
 __all__ = ["cluster_objects"]  # the module fixture that seeds the classes and the KubeVirt CR
 
 DV_KIND = "DataVolume"
@@ -84,9 +84,9 @@ def ctx(
     tmp_path: Path,
     eventually: Eventually,
     capsys: pytest.CaptureFixture[str],
-    sim: Simulator,
+    node_side: NodeSide,
 ) -> Iterator[Moves]:
-    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, sim) as moves:
+    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, node_side) as moves:
         yield moves
 
 
@@ -421,7 +421,7 @@ def test_open_move_is_finished_when_its_namespace_left_the_plans(
         ctx.tmp_path / "other",
         ctx.eventually,
         ctx.capsys,
-        ctx.sim,
+        ctx.node_side,
     )
     other.make(
         "vm2", [Disk("root", "template", "vm2-root", storage_class=TARGET_CLASS)], running=False

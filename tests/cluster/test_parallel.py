@@ -20,14 +20,14 @@ import pykube
 import pytest
 
 from testenv.controlplane import ControlPlane
-from testenv.simulator import FaultAction, Simulator
+from testenv.node.runtime import FaultAction
 from tests.cluster.test_apply import cluster_objects
 from tests.cluster.test_apply_faults import KubeVirtPatch, kubevirt
 from tests.cluster.test_plan import plan_file
 from tests.support.kube import Eventually
 from tests.support.moves import TARGET_CLASS, Disk, Moves, moves_ctx
+from tests.support.node_faults import NodeSide
 
-pytestmark = pytest.mark.usefixtures("sim")
 __all__ = ["cluster_objects", "kubevirt"]  # module fixtures: the seed, the KubeVirt CR patch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,9 +43,9 @@ def ctx(
     tmp_path: Path,
     eventually: Eventually,
     capsys: pytest.CaptureFixture[str],
-    sim: Simulator,
+    node_side: NodeSide,
 ) -> Iterator[Moves]:
-    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, sim) as moves:
+    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, node_side) as moves:
         yield moves
 
 

@@ -29,7 +29,7 @@ import pykube
 import pytest
 
 from testenv.controlplane import ControlPlane
-from testenv.simulator import FaultAction, Simulator
+from testenv.node.runtime import FaultAction
 from tests.cluster.test_apply import KV, cluster_objects
 from tests.cluster.test_apply_faults import (
     FLEET,
@@ -54,8 +54,8 @@ from tests.support.moves import (
     storage_class,
     storage_shape,
 )
+from tests.support.node_faults import NodeSide
 
-pytestmark = pytest.mark.usefixtures("sim")
 __all__ = ["cluster_objects", "fast_backoff", "kubevirt"]  # module fixtures
 
 DV_KIND = "DataVolume"
@@ -81,9 +81,9 @@ def ctx(
     tmp_path: Path,
     eventually: Eventually,
     capsys: pytest.CaptureFixture[str],
-    sim: Simulator,
+    node_side: NodeSide,
 ) -> Iterator[Moves]:
-    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, sim) as moves:
+    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, node_side) as moves:
         yield moves
 
 

@@ -24,8 +24,6 @@ from testenv import seed
 from testenv.controlplane import ControlPlane
 from tests.support.kube import Eventually, get_json, reason_lines, vmi_running
 
-pytestmark = pytest.mark.usefixtures("sim")
-
 KUBEVIRT_API = "kubevirt.io/v1"
 CDI_API = "cdi.kubevirt.io/v1beta1"
 
@@ -442,7 +440,7 @@ def test_plans_for_two_namespaces_are_observed_with_eight_cluster_wide_lists(
     ctx: Ctx, control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One page per list, whatever the session left in other namespaces (lists are paginated,
-    # 500 objects a page by default: tests/cluster/test_paginated_observe.py).
+    # 500 objects a page by default: tests/apiserver/test_paginated_observe.py).
     monkeypatch.setenv(PAGE_SIZE_ENV, "100000")
     other = control_plane.create_namespace("second")
     ctx.settle(fedora(ctx.ns))

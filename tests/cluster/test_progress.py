@@ -24,12 +24,11 @@ import pytest
 
 from reconciler.apply.narration import HEARTBEAT, HEARTBEAT_MARK
 from testenv.controlplane import ControlPlane
-from testenv.simulator import Simulator
 from tests.cluster.test_apply import cluster_objects
 from tests.support.kube import Eventually
 from tests.support.moves import FAULT_ANNOTATION, TARGET_CLASS, Disk, Moves, moves_ctx
+from tests.support.node_faults import NodeSide
 
-pytestmark = pytest.mark.usefixtures("sim")
 __all__ = ["cluster_objects"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,9 +43,9 @@ def ctx(
     tmp_path: Path,
     eventually: Eventually,
     capsys: pytest.CaptureFixture[str],
-    sim: Simulator,
+    node_side: NodeSide,
 ) -> Iterator[Moves]:
-    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, sim) as moves:
+    with moves_ctx(api, control_plane, namespace, tmp_path, eventually, capsys, node_side) as moves:
         yield moves
 
 

@@ -46,7 +46,7 @@ from reconciler.model.names import FIELD_MANAGER, JOURNAL_ANNOTATION, KEPT_SOURC
 from testenv import seed
 from testenv.controlplane import ControlPlane
 from testenv.flux import KUSTOMIZE_API, SOURCE_API
-from testenv.simulator import Fault, FaultAction, Simulator
+from testenv.node.runtime import Fault, FaultAction
 from tests.cluster.test_git_plans import create_stopped
 from tests.cluster.test_plan import SETTLE, _merge, dv_succeeded, fedora, settle
 from tests.support.faultproxy import FaultProxy, Seen
@@ -54,11 +54,11 @@ from tests.support.flux import FluxEnv
 from tests.support.gitrepo import PlansRepo, git_sync
 from tests.support.kube import Eventually, annotation, condition, get_json, vmi_running
 from tests.support.moves import Disk, vm_manifest
+from tests.support.node_faults import NodeSide
 
 ROOT = Path(__file__).resolve().parents[2]
 KV = "kubevirt.io/v1"
 
-pytestmark = pytest.mark.usefixtures("sim")
 
 KINDS = {
     "Namespace": ("v1", "namespaces", False),
@@ -1179,9 +1179,9 @@ class RolledBack(Scenario):
     """Long enough for the destination DataVolume to be created (its delete is what this
     scenario exercises) on a loaded real engine, short enough to keep the run cheap."""
 
-    def __init__(self, *args: Any, sim: Simulator, admin: Path, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, node_side: NodeSide, admin: Path, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sim = sim
+        self.node_side = node_side
         self.admin = admin
 
     def prepare(self) -> None:
@@ -1190,11 +1190,11 @@ class RolledBack(Scenario):
         plans = plan_doc(self.ns, "move", [vm], allowStop=True, timeout=self.TIMEOUT)
         self.repo.commit({"move.yaml": plans})
         self.target = destination(self.admin, plans)  # its clone never progresses
-        self.sim.faults.add("datavolumes", self.ns, self.target, Fault(FaultAction.STALL))
+        self.node_side.faults.add("datavolumes", self.ns, self.target, Fault(FaultAction.STALL))
 
     def check(self, runs: list[subprocess.CompletedProcess[str]]) -> list[str]:
         (done,) = runs
-        self.sim.faults.clear("datavolumes", self.ns, self.target)
+        self.node_side.faults.clear("datavolumes", self.ns, self.target)
         problems: list[str] = []
         vm = self.vm("fails")
         expect(problems, done.returncode == 3, f"exit {done.returncode}")
@@ -1385,14 +1385,14 @@ class Rig:
         self,
         api: pykube.HTTPClient,
         control_plane: ControlPlane,
-        sim: Simulator,
+        node_side: NodeSide,
         eventually: Eventually,
         tmp_path: Path,
         pool: dict[str, Scenario] | None = None,
     ) -> None:
         self.api = api
         self.control_plane = control_plane
-        self.sim = sim
+        self.node_side = node_side
         self.eventually = eventually
         self.tmp_path = tmp_path
         self.pool: dict[str, Scenario] = {} if pool is None else pool
@@ -1593,7 +1593,7 @@ class Rig:
         namespace = namespace or self.namespace(pooled=pooled)
         kwargs: dict[str, Any] = {}
         if scenario == "rollback":
-            kwargs = {"sim": self.sim, "admin": self.control_plane.kubeconfig}
+            kwargs = {"node_side": self.node_side, "admin": self.control_plane.kubeconfig}
         repo = PlansRepo(work / "repo")
         case = kind(self.api, self.eventually, namespace, repo, work / "plans", **kwargs)
         case.pooled = pooled
@@ -1640,12 +1640,12 @@ def rig_pool(api: pykube.HTTPClient) -> Iterator[dict[str, Scenario]]:
 def rig(
     api: pykube.HTTPClient,
     control_plane: ControlPlane,
-    sim: Simulator,
+    node_side: NodeSide,
     eventually: Eventually,
     tmp_path: Path,
     rig_pool: dict[str, Scenario],
 ) -> Iterator[Rig]:
-    made = Rig(api, control_plane, sim, eventually, tmp_path, rig_pool)
+    made = Rig(api, control_plane, node_side, eventually, tmp_path, rig_pool)
     yield made
     made.close()
 

@@ -41,7 +41,6 @@ from tests.cluster.test_plan import _merge, fedora
 from tests.support.kube import get_json
 
 __all__ = ["cluster_objects", "ctx"]  # fixtures, imported for pytest
-pytestmark = pytest.mark.usefixtures("sim")
 
 KV = "kubevirt.io/v1"
 FAULT = "sim.vmstorage.dev/fault"

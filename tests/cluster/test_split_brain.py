@@ -80,8 +80,7 @@ import pykube
 import pytest
 
 from testenv import seed
-from testenv.simulator import SimConfig
-from testenv.simulator.core import CONTENT_HASH_ANNOTATION
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION, SimConfig
 from tests.cluster.test_plan import _merge, plan_file
 from tests.support.kube import annotation, get_json
 from tests.support.lab import ROOT, AuditEvent, Lab, Runner

@@ -22,8 +22,6 @@ from testenv.controlplane import ControlPlane
 from tests.cluster.test_plan import fedora, plan_file, settle
 from tests.support.kube import Eventually, get_json
 
-pytestmark = pytest.mark.usefixtures("sim")
-
 KV = "kubevirt.io/v1"
 CDI = "cdi.kubevirt.io/v1beta1"
 USER_DATA = "/spec/template/spec/volumes/1/cloudInitNoCloud/userData"

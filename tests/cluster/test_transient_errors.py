@@ -24,8 +24,6 @@ from tests.cluster.test_plan import fedora, plan_file, settle
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.kube import Eventually, annotation, get_json
 
-pytestmark = pytest.mark.usefixtures("sim")
-
 KV = "kubevirt.io/v1"
 JOURNAL = "vmstorage.dev/journal"
 LAST = "vmstorage.dev/last-migration"

@@ -33,8 +33,6 @@ from tests.cluster.test_git_plans import create_stopped
 from tests.cluster.test_plan import plan_file
 from tests.support.kube import Eventually, annotation, get_json
 
-pytestmark = pytest.mark.usefixtures("sim")
-
 WINDOW = 'window: {start: "Sun 01:00", duration: 2h, timeZone: Europe/Berlin}\n'
 
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from testenv import admission
-from testenv.simulator import Simulator
+from testenv.node.runtime import Simulator
 from testenv.simulator.snapshot import SOURCE_FINALIZER
 from tests.support.kube import Eventually
 

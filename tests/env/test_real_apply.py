@@ -15,8 +15,8 @@ import pytest
 
 from reconciler.cli.main import main
 from testenv import seed
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION
 from testenv.real.engine import RealEngine
-from testenv.simulator.core import CONTENT_HASH_ANNOTATION
 from tests.cluster.test_plan import fedora, plan_file
 from tests.support.kube import annotation, get_json
 

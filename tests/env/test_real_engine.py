@@ -21,11 +21,11 @@ import pykube
 import pytest
 
 from testenv import admission
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION
 from testenv.real import engine as engine_module
 from testenv.real import processes
 from testenv.real.build import ensure_real
 from testenv.real.engine import RealEngine, RealEngineError
-from testenv.simulator.core import CONTENT_HASH_ANNOTATION
 from tests.support.kube import condition, get_json
 
 pytestmark = pytest.mark.cluster

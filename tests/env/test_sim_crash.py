@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pykube
 import pytest
 
-from testenv.simulator import Controller, Key, SimConfig, Simulator
+from testenv.node.runtime import Controller, Key, SimConfig, Simulator
 from tests.support.kube import Eventually
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pykube
 import pytest
 
-from testenv.simulator import Simulator
+from testenv.node.runtime import Simulator
 from testenv.simulator import kubevirt_rules as rules
 from tests.support.kube import Eventually, annotation, condition, stays
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pykube
 import pytest
 
-from testenv.simulator import SimConfig, Simulator
+from testenv.node.runtime import SimConfig, Simulator
 
 
 def test_a_running_simulator_refuses_a_second_start(api: pykube.HTTPClient) -> None:

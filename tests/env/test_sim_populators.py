@@ -12,7 +12,7 @@ from typing import Any
 import pykube
 import pytest
 
-from testenv.simulator import Simulator
+from testenv.node.runtime import Simulator
 from tests.env import test_sim_kubevirt as kv
 from tests.env.test_sim_kubevirt import (
     COPY_SECONDS,

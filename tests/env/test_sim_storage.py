@@ -15,8 +15,7 @@ import pykube
 import pytest
 
 from reconciler.model.quantity import parse_quantity
-from testenv.simulator import Fault, FaultAction, Simulator
-from testenv.simulator.core import GI
+from testenv.node.runtime import GI, Fault, FaultAction, Simulator
 from testenv.simulator.storage import (
     CloneChoice,
     choose_clone,

@@ -35,7 +35,7 @@ import pykube
 
 from testenv import seed
 from testenv.controlplane import ControlPlane
-from testenv.simulator import SimConfig, Simulator
+from testenv.node.runtime import SimConfig, Simulator
 from testenv.simulator import start as start_simulator
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@
 Filesystem or Block, with a content hash of its own (so a copy of the wrong disk shows).
 ``Moves`` extends ``tests.cluster.test_apply.Apply`` with: building and settling VMs of any
 shape, the destination names `plan` decides, faults on objects that do not exist yet
-(``sim.faults``, cleared after the test), an action run from a helper thread the moment a
+(``node_side.faults``, cleared after the test), an action run from a helper thread the moment a
 condition holds (``during``), and what a move leaves behind (our DataVolumes, the VM's exact
 volumes, content hashes).
 """
@@ -26,11 +26,11 @@ import pytest
 
 from reconciler.cli.main import main
 from testenv.controlplane import ControlPlane
-from testenv.simulator import Fault, FaultAction, Simulator
-from testenv.simulator.core import CONTENT_HASH_ANNOTATION
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION, Fault, FaultAction
 from tests.cluster.test_apply import CDI, JOURNAL, KV, LAST, Apply
 from tests.cluster.test_plan import SETTLE, _merge, create, plan_file
 from tests.support.kube import Eventually, annotation, get_json
+from tests.support.node_faults import NodeSide
 
 MIGRATION_LABEL = "vmstorage.dev/migration"
 SOURCE_CLASS = "local-hostpath"
@@ -275,10 +275,10 @@ class Moves(Apply):
         tmp_path: Path,
         eventually: Eventually,
         capsys: pytest.CaptureFixture[str],
-        sim: Simulator,
+        node_side: NodeSide,
     ) -> None:
         super().__init__(api, control_plane, namespace, tmp_path, eventually, capsys)
-        self.sim = sim
+        self.node_side = node_side
         self.faulted: list[tuple[str, str]] = []
         self.threads: list[threading.Thread] = []
         self.source_hashes: dict[str, str | None] = {}
@@ -447,11 +447,11 @@ class Moves(Apply):
 
     def fault(self, kind: str, name: str, action: FaultAction, times: int = 1) -> None:
         """A fault for an object that may not exist yet (a destination DataVolume)."""
-        self.sim.faults.add(kind, self.ns, name, Fault(action, times))
+        self.node_side.faults.add(kind, self.ns, name, Fault(action, times))
         self.faulted.append((kind, name))
 
     def clear_fault(self, kind: str, name: str) -> None:
-        self.sim.faults.clear(kind, self.ns, name)
+        self.node_side.faults.clear(kind, self.ns, name)
 
     def during(
         self,
@@ -480,7 +480,7 @@ class Moves(Apply):
             "kind": "Pod",
             "metadata": {"name": name, "namespace": self.ns},
             "spec": {
-                "nodeName": self.sim.config.nodes[0],
+                "nodeName": self.node_side.config.nodes[0],
                 "containers": [{"name": "c", "image": "registry.example/backup:1"}],
                 "volumes": [{"name": "disk", "persistentVolumeClaim": {"claimName": claim}}],
             },
@@ -510,7 +510,7 @@ class Moves(Apply):
         for sampler in self.samplers:
             sampler.stopping.set()
         for kind, name in self.faulted:
-            self.sim.faults.clear(kind, self.ns, name)
+            self.node_side.faults.clear(kind, self.ns, name)
         for thread in self.threads:
             thread.join(timeout=40)
 
@@ -523,9 +523,9 @@ def moves_ctx(
     tmp_path: Path,
     eventually: Eventually,
     capsys: pytest.CaptureFixture[str],
-    sim: Simulator,
+    node_side: NodeSide,
 ) -> Iterator[Moves]:
-    ctx = Moves(api, control_plane, namespace, tmp_path, eventually, capsys, sim)
+    ctx = Moves(api, control_plane, namespace, tmp_path, eventually, capsys, node_side)
     try:
         yield ctx
     finally:

@@ -3,7 +3,7 @@ step boundary, the Lease a killed run leaves behind expired, a guest "writing" t
 journal read and forged, and a busy writer patching a VM from another process.
 
 A guest's writes, in the simulator: a disk's content is the content-hash annotation of its PVC
-(``testenv.simulator.core.CONTENT_HASH_ANNOTATION``); imports and clones copy it. Nothing in
+(``testenv.node.runtime.CONTENT_HASH_ANNOTATION``); imports and clones copy it. Nothing in
 the simulator changes it while a VM runs, so a test "writes" by setting a new value on the PVC
 while the VMI runs: a copy taken before the write then holds the old value (it is stale), and
 a copy taken after it the new one.
@@ -26,7 +26,7 @@ from typing import Any
 
 import pykube
 
-from testenv.simulator.core import CONTENT_HASH_ANNOTATION
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION
 from tests.cluster.test_plan import _merge, plan_file
 from tests.support.kube import get_json
 from tests.support.moves import Moves

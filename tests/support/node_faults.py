@@ -22,9 +22,8 @@ import pykube
 
 from testenv import seed
 from testenv.node.faults import COPY_SECONDS_PER_GIB, FAULTS, NAMESPACE, SEEN, fault_key
+from testenv.node.runtime import ControllerCrash, Fault, FaultAction, SimConfig
 from testenv.real.engine import AUDITED_NAMESPACE, RealEngine
-from testenv.simulator import SimConfig
-from testenv.simulator.core import ControllerCrash, Fault, FaultAction
 from tests.support.lab import RUNNERS_NS, Lab
 
 ACK_TIMEOUT = 30.0

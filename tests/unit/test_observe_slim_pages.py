@@ -1,7 +1,7 @@
 """Observation page by page, slim (issue 19 item 2), pure parts: a LIST page is parsed into the
 model at once and its JSON dropped; a VM keeps of its object only what render and apply read.
 The pagination itself (``limit``/``continue``, an expired token) is in
-tests/cluster/test_paginated_observe.py, against the real API server."""
+tests/apiserver/test_paginated_observe.py, against the real API server."""
 
 from __future__ import annotations
 

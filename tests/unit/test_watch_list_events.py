@@ -2,7 +2,7 @@
 ADDED events is decoded as one JSON array, in order; a line that is not a watch event, or an
 event of another type written as an ADDED one, is a ``ClusterError`` naming the list and what
 came instead. The stream itself (cuts, refusals, the end bookmark) is tested against the real
-API server in tests/cluster/test_streamed_observe.py."""
+API server in tests/apiserver/test_streamed_observe.py."""
 
 from __future__ import annotations
 

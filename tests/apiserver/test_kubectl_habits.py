@@ -3,7 +3,8 @@
 `status` with no arguments shows the kubeconfig context's namespace and `status -A` every
 namespace, as `kubectl get` does; a plan document without a namespace acts in the context's
 namespace when `-n` is not given; `-o json` is indented (`--compact`: one line), also when
-stdout is not a terminal. No simulator needed: status reads annotations, and plan only judges.
+stdout is not a terminal. No KubeVirt or CDI controller needed: status reads annotations, and
+plan only judges.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Simulator framework: resource table, informer-style store, REST client, work queue.
+"""The node side's controller framework: resource table, informer-style store, REST client,
+work queue.
 
-The simulator plays the cluster controllers that a bare kube-apiserver lacks (CSI provisioner,
-CDI, virt-controller, virt-handler). It is built like a small controller-runtime:
+The node side (``testenv.node``) plays what runs on a node next to upstream's controllers
+(virt-handler, the kubelet, CSI, CDI's worker pods). Its controllers are built like a small
+controller-runtime:
 
 - one watch thread per resource (all namespaces) lists, then watches, and fills a `Store`;
 - every watched change is mapped by each interested `Controller` to keys (`keys_for`);
@@ -38,7 +40,7 @@ from typing import Any, ClassVar
 
 import requests
 
-log = logging.getLogger("testenv.simulator")
+log = logging.getLogger("testenv.node")
 
 Key = tuple[str, str, str]
 """(resource plural, namespace ("" for cluster-scoped), name)."""

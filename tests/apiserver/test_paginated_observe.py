@@ -2,7 +2,7 @@
 
 With watch-lists off (``Cluster(watch_list=False)``, ``$VMSR_WATCH_LIST=0`` for the CLI; with
 them on, the paginated LIST is the fallback of the kinds observation streams, and the only way
-the cluster-scoped kinds are read: tests/cluster/test_streamed_observe.py) every LIST of
+the cluster-scoped kinds are read: tests/apiserver/test_streamed_observe.py) every LIST of
 `plan`'s observation goes page by page (``limit``/``continue``); a small page size
 (``Cluster(page_size=...)``, or ``$VMSR_LIST_PAGE_SIZE`` for the CLI) makes a handful of
 objects take several pages. The paginated snapshot must equal the one read in a single page,
@@ -10,9 +10,9 @@ and a continue token that expires mid-list (HTTP 410, answered by the test proxy
 request, as the API server does once etcd compacted the list's revision) must be recovered: the
 list starts again, and after two restarts it goes on from the token the 410 carries.
 
-The session's simulator (started by an earlier test, if any) may still be acting on the fleet
-while it is read: ``stable`` reads until two single-page observations agree, and each
-comparison is retried when the cluster moved meanwhile.
+Nothing but kube-apiserver acts on the fleet (tests/apiserver: no KubeVirt or CDI controller
+runs), yet ``stable`` reads until two single-page observations agree, and each comparison is
+retried when the cluster moved meanwhile, so that a controller would not make it flaky.
 """
 
 from __future__ import annotations

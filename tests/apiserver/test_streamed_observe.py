@@ -44,7 +44,7 @@ from reconciler.model.live import Snapshot
 from reconciler.observe.fetch import fetch
 from testenv import seed
 from testenv.controlplane import ControlPlane
-from tests.cluster.test_paginated_observe import PAGE, VMS, agreeing, objects_for
+from tests.apiserver.test_paginated_observe import PAGE, VMS, agreeing, objects_for
 from tests.support import faultproxy
 from tests.support.faultproxy import Fault, FaultProxy
 

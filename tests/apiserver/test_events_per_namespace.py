@@ -29,7 +29,7 @@ def test_an_event_refused_in_one_namespace_leaves_the_others_on(
 
     assert len(said) == 1 and f"namespace {namespace}-typo" in said[0], said
     assert events.off == {f"{namespace}-typo"}
-    # (the simulator, when a test before this one started it, reports the disk's import too)
+    # (only this tier's kube-apiserver: no controller reports the disk's import here)
     ours = [e for e in cluster.list_objects(EVENTS, namespace) if e.get("reason") == "MoveBlocked"]
     assert len(ours) == 1, ours
     assert ours[0]["regarding"]["name"] == "vm-fedora"

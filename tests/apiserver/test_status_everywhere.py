@@ -1,7 +1,7 @@
 """`status PLANS` shows every open move it may see, also in a namespace no plan names any more
 (issue 14 case 6: `apply` finishes such a move whatever the plans say, so `status` must not
-read "nothing open" meanwhile). Against the real API server; no simulator needed: status only
-reads the VMs' annotations.
+read "nothing open" meanwhile). Against the real API server; no KubeVirt or CDI controller
+needed: status only reads the VMs' annotations.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The watch-fed view `apply` judges on (``reconciler.observe.view``), against the real API
-server (issue 19 item 1).
+server alone: no KubeVirt or CDI controller acts on what it writes (issue 19 item 1).
 
 - the view equals a fresh ``fetch`` and follows creates, updates and deletes;
 - a 410 Gone (an ERROR event on the watch, injected by the test proxy, as the API server sends
@@ -25,7 +25,6 @@ from urllib.parse import parse_qs
 import pykube
 import pytest
 
-from reconciler.cli.main import main
 from reconciler.kube import resources as kube
 from reconciler.kube.client import Cluster, load_client
 from reconciler.model.live import Snapshot
@@ -33,11 +32,11 @@ from reconciler.observe.fetch import fetch
 from reconciler.observe.view import View
 from testenv import seed
 from testenv.controlplane import ControlPlane
-from tests.cluster.test_paginated_observe import objects_for
-from tests.cluster.test_plan import _merge, create, dv_succeeded, fedora, plan_file
+from tests.apiserver.test_paginated_observe import objects_for
+from tests.cluster.test_plan import _merge
 from tests.support import faultproxy
 from tests.support.faultproxy import Fault, FaultProxy
-from tests.support.kube import Eventually, get_json
+from tests.support.kube import Eventually
 
 VM_PATH = r"/namespaces/[^/]+/virtualmachines$"
 
@@ -71,7 +70,7 @@ def unprotected(api: pykube.HTTPClient, namespace: str, url: str, version: str =
 def settled(
     eventually: Eventually, view: View, cluster: Cluster, namespace: str
 ) -> tuple[Snapshot, Snapshot]:
-    """(view's snapshot, fresh fetch) once they agree (the simulator may still be acting)."""
+    """(view's snapshot, fresh fetch) once they agree (the watch may still be delivering)."""
     last: list[tuple[Snapshot, Snapshot]] = []
 
     def agree() -> bool:
@@ -245,87 +244,3 @@ def test_a_410_lists_again_and_a_cut_stream_resumes(
             assert view.relists == 0, "a broken stream resumes, it does not list again"
             assert watches == ["list", "resume", "resume"], watches
     assert view.alive() == 0
-
-
-def running_fleet(
-    eventually: Eventually, api: pykube.HTTPClient, namespace: str, vms: int
-) -> list[str]:
-    """``vms`` running Fedora VMs (the seed's shape) whose disks the simulator imported (a VM
-    created stopped on a WaitForFirstConsumer class never gets its disk bound)."""
-    names = [f"vm-{i:02d}" for i in range(vms)]
-    for name in names:
-        create(api, fedora(namespace, name))
-    for name in names:
-        eventually(
-            timeout=120,
-            probe=lambda name=name: dv_succeeded(api, namespace, f"{name}-disk"),
-            what=f"{name}'s disk",
-        )
-        eventually(
-            timeout=120,
-            probe=lambda name=name: vmi_phase(api, namespace, name) == "Running",
-            what=f"{name}'s VMI Running",
-        )
-    return names
-
-
-def vmi_phase(api: pykube.HTTPClient, namespace: str, name: str) -> str:
-    found = get_json(api, "kubevirt.io/v1", namespace, f"virtualmachineinstances/{name}")
-    return str((found.get("status") or {}).get("phase") or "")
-
-
-def whole_namespace_lists(proxy: FaultProxy, namespace: str) -> int:
-    """LISTs and watch-lists of a whole kind in ``namespace`` (no selector): what a fresh
-    observation sends; `apply`'s waits select their objects by name or label."""
-    count = 0
-    for request in proxy.requests("GET", rf"/namespaces/{namespace}/[a-z]+$"):
-        query = parse_qs(request.query)
-        selected = "fieldSelector" in query or "labelSelector" in query
-        resumed = "resourceVersion" in query and "sendInitialEvents" not in query
-        if not selected and not resumed:
-            count += 1
-    return count
-
-
-@pytest.mark.usefixtures("sim")
-def test_apply_lists_each_kind_once_whatever_the_namespace_size(
-    control_plane: ControlPlane,
-    eventually: Eventually,
-    api: pykube.HTTPClient,
-    proxy: FaultProxy,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """``MOVED`` VMs moved out of 10, then out of 40: each kind of the namespace is listed once
-    for the whole run (before the view: 8 LISTs of the whole namespace per VM moved, 5 of them
-    namespaced), and the requests per moved VM do not grow with the namespace (within a few
-    Lease renewals and retries)."""
-    kubeconfig = proxy.kubeconfig(tmp_path / "via-proxy", control_plane.admin_token)
-    per_vm: dict[int, float] = {}
-    said: list[str] = []  # printed at the end: apply's report is read from captured stdout
-    for vms in (10, 40):
-        namespace = control_plane.create_namespace(f"view-{vms}")
-        names = running_fleet(eventually, api, namespace, vms)
-        spec = "storageClass: ceph-rbd\nvirtualMachines:\n" + "".join(
-            f"  - name: {name}\n" for name in names
-        )
-        path = plan_file(tmp_path, namespace, spec, name=f"move-{vms}")
-        lease = control_plane.create_namespace("lease")
-        argv = ["apply", str(path), "-o", "json", "--kubeconfig", str(kubeconfig)]
-        code = main([*argv, "--lease-namespace", lease, "--max-vms", str(MOVED)])
-        out, err = capsys.readouterr()
-        assert code == 0, err
-        report = json.loads(out)
-        assert [o["result"] for o in report["outcomes"]] == ["Succeeded"] * MOVED, out + err
-
-        lists = whole_namespace_lists(proxy, namespace)
-        assert lists <= NAMESPACED_KINDS, f"{lists} whole-namespace lists: one a kind, not a VM"
-        requests = len([s for s in proxy.seen if f"/namespaces/{namespace}/" in s.path])
-        per_vm[vms] = requests / MOVED
-        said.append(f"{vms} VMs: {lists} whole-namespace lists, {per_vm[vms]:.1f} requests per VM")
-    print("\n".join(said))
-    assert per_vm[40] <= per_vm[10] * 1.25 + 2, f"requests per VM grew with the namespace: {per_vm}"
-
-
-MOVED = 3
-NAMESPACED_KINDS = 5  # VMs, VMIs, PVCs, DataVolumes, migrations
