@@ -1,20 +1,21 @@
 """Command line for the test environment.
 
-``python -m testenv build [--no-flux] [--engine sim|real]``
+``python -m testenv build [--no-flux] [--apiserver-only]``
     Build (or find in the cache) everything the test suite runs, with progress lines:
     kube-apiserver, etcd and the CRDs, the Prometheus Pushgateway (for the metrics tests),
     Flux's source- and kustomize-controller (for the GitOps tests; ``--no-flux`` skips them,
     e.g. for ``demo`` or ``up`` only), and the real engine's upstream controllers
     (``testenv.real.build``, ~12 min cold on 2 cores; tests/env/test_real_engine.py runs
-    them). ``--engine sim`` builds only what the simulator engine needs.
-``python -m testenv up [--kubeconfig PATH] [--no-simulator] [--engine real|sim]``
+    them). ``--apiserver-only`` builds only kube-apiserver, etcd, the CRDs and the rest.
+``python -m testenv up [--kubeconfig PATH] [--apiserver-only]``
     Start a control plane with the upstream KubeVirt, CDI and Kubernetes controllers and our
-    node side (``testenv.real.engine``; ``--engine sim``: the simulator instead), write an
+    node side (``testenv.real.engine``; ``--apiserver-only``: etcd, kube-apiserver and the
+    CRDs, no controller at all), write an
     admin kubeconfig to PATH (default ``./.testenv/kubeconfig``), and keep it running until
     Ctrl-C or SIGTERM; then stop it cleanly and remove the kubeconfig (it would point at a
     dead server).
-``python -m testenv demo [--copy-seconds-per-gib S] [--keep] [--engine real|sim]``
-    The seed scenario end to end on the real engine (or the simulator): a running and a
+``python -m testenv demo [--copy-seconds-per-gib S] [--keep]``
+    The seed scenario end to end on the real engine: a running and a
     stopped VM, and the reconciler run on ``plans/seed`` as a user would (validate, plan,
     apply, status, plan: one VM moved live through virt-controller's migration, one offline
     through cdi-controller's clone, both verified, then in sync).
@@ -39,12 +40,8 @@ from testenv.binaries import (
     ensure_pushgateway,
 )
 from testenv.controlplane import ControlPlane, ControlPlaneError
-from testenv.simulator import start as start_simulator
 
 DEFAULT_KUBECONFIG = Path(".testenv/kubeconfig")
-ENGINE_HELP = ("real (default): upstream virt-controller, virt-api, cdi-controller, "
-               "kube-scheduler, kube-controller-manager and KWOK, with only the node side ours; "
-               "sim: our simulator of KubeVirt, CDI and CSI")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,16 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "build":
-            return _build(flux=not args.no_flux, real=args.engine != "sim")
+            return _build(flux=not args.no_flux, real=not args.apiserver_only)
         if args.command == "demo":
             ensure_all(log=print)  # the real engine builds its own part when it starts
-            return demo.run(engine=args.engine, copy_seconds_per_gib=args.copy_seconds_per_gib,
-                            keep=args.keep,
+            return demo.run(copy_seconds_per_gib=args.copy_seconds_per_gib, keep=args.keep,
                             kubeconfig=DEFAULT_KUBECONFIG if args.keep else None,
                             wait_forever=_wait_for_signal)
-        if args.engine == "real" and not args.no_simulator:
-            return _up_real(args.kubeconfig)
-        return _up(args.kubeconfig, simulate=not args.no_simulator)
+        if args.apiserver_only:
+            return _up_apiserver(args.kubeconfig)
+        return _up_real(args.kubeconfig)
     except (MissingPrerequisiteError, BuildError, ControlPlaneError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -69,16 +65,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m testenv", description="Local etcd + kube-apiserver with KubeVirt CRDs."
+        prog="python -m testenv", description=(
+            "The local environment: etcd + kube-apiserver with the KubeVirt and CDI CRDs, "
+            "and the real engine (upstream controllers, our node side)."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build the binaries and CRDs into the cache")
     build.add_argument("--no-flux", action="store_true",
                        help="skip Flux's source- and kustomize-controller (GitOps tests only)")
-    build.add_argument("--engine", choices=("sim", "real"), default="real",
-                       help="sim: only what the simulator engine needs; real (default): also "
-                            "the upstream KubeVirt, CDI, KWOK, kube-scheduler and "
-                            "kube-controller-manager")
+    build.add_argument("--apiserver-only", action="store_true",
+                       help="skip the real engine's upstream KubeVirt, CDI, KWOK, "
+                            "kube-scheduler and kube-controller-manager (~12 min cold)")
     up = commands.add_parser("up", help="run a control plane until Ctrl-C / SIGTERM")
     up.add_argument(
         "--kubeconfig",
@@ -86,15 +84,13 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_KUBECONFIG,
         help=f"where to write the admin kubeconfig (default: {DEFAULT_KUBECONFIG})",
     )
-    up.add_argument("--no-simulator", action="store_true",
-                    help="bare API server: no KubeVirt, CDI or CSI controllers at all "
-                         "(upstream or simulated)")
-    up.add_argument("--engine", choices=("sim", "real"), default="real", help=ENGINE_HELP)
+    up.add_argument("--apiserver-only", action="store_true",
+                    help="etcd, kube-apiserver and the CRDs: no KubeVirt, CDI, CSI or "
+                         "Kubernetes controller at all")
     demo_cmd = commands.add_parser("demo", help="the seed VMs moved by apply, end to end")
     demo_cmd.add_argument("--copy-seconds-per-gib", type=float, default=1.0,
-                          help="simulated copy speed (default 1.0 s per GiB, about a fast "
-                               "array; 0 = instant)")
-    demo_cmd.add_argument("--engine", choices=("sim", "real"), default="real", help=ENGINE_HELP)
+                          help="the node side's copy speed (default 1.0 s per GiB, about a "
+                               "fast array; 0 = instant)")
     demo_cmd.add_argument("--keep", action="store_true",
                           help=f"keep the cluster running afterwards (kubeconfig: "
                                f"{DEFAULT_KUBECONFIG})")
@@ -138,17 +134,14 @@ def _wait_for_signal() -> None:
             signal.signal(sig, handler)
 
 
-def _up(kubeconfig: Path, *, simulate: bool) -> int:
+def _up_apiserver(kubeconfig: Path) -> int:
     with ControlPlane(log=print) as control_plane:
         path = control_plane.write_kubeconfig(kubeconfig, control_plane.admin_token)
-        simulator = start_simulator(control_plane.api()) if simulate else None
         try:
             _print_usage(control_plane, path)
             _wait_for_signal()
             print("stopping ...")
         finally:
-            if simulator is not None:
-                simulator.stop()
             path.unlink(missing_ok=True)
     print("stopped")
     return 0

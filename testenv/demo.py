@@ -1,5 +1,5 @@
-"""The demo: the seed's two VMs on a real API server with upstream KubeVirt and CDI (or, with
-``engine="sim"``, the simulator playing them), and `apply` moving them.
+"""The demo: the seed's two VMs on a real API server with upstream KubeVirt and CDI, and
+`apply` moving them.
 
 Starts the real engine (etcd, kube-apiserver, kube-scheduler, kube-controller-manager, KWOK,
 virt-api, virt-controller, cdi-controller; only the node side is ours; copies take
@@ -13,9 +13,9 @@ each VM keeps), and ``plan`` again: in sync, exit 0. It stops at the first comma
 While `apply` runs, a narrator follows the namespace with watches and prints what the
 cluster does (DataVolume phases and progress, the VirtualMachineInstanceMigration's
 phases, the VMI moving to another node); afterwards it shows, for every moved volume, that the
-disk's content hash was carried over from the source, and on the real engine the lines of
-virt-controller's and cdi-controller's logs about the migration and the clone. The demo
-itself sends nothing but the seed: every change is `apply`'s.
+disk's content hash was carried over from the source, and the lines of virt-controller's and
+cdi-controller's logs about the migration and the clone. The demo itself sends nothing but the
+seed: every change is `apply`'s.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import pykube
 
 from testenv import seed
 from testenv.controlplane import ControlPlane
-from testenv.simulator import SimConfig, Simulator, all_controllers, content_hash
+from testenv.node.runtime import content_hash
+from testenv.real.engine import RealEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "plans" / "seed"
@@ -45,8 +46,8 @@ LAST_MIGRATION = "vmstorage.dev/last-migration"
 
 
 class Environment:
-    """Where the demo runs: a control plane and who plays KubeVirt and CDI. ``upstream``
-    maps an upstream controller's name to its log (empty on the simulator)."""
+    """Where the demo runs: the engine's control plane, and ``upstream``: an upstream
+    controller's name to its log."""
 
     def __init__(self, control_plane: ControlPlane, upstream: dict[str, Path]) -> None:
         self.control_plane = control_plane
@@ -54,32 +55,21 @@ class Environment:
 
 
 @contextlib.contextmanager
-def environment(engine: str, copy_seconds_per_gib: float) -> Iterator[Environment]:
-    """``real``: upstream virt-controller, virt-api and cdi-controller (with kube-scheduler,
-    kube-controller-manager and KWOK), only the node side ours; ``sim``: the simulator."""
-    if engine == "real":
-        from testenv.real.engine import RealEngine
-
-        with RealEngine(log=say, copy_seconds_per_gib=copy_seconds_per_gib) as real:
-            say(f"upstream controllers running: {', '.join(real.processes)} "
-                f"(logs in {real.workdir}); copies take {copy_seconds_per_gib:g}s per GiB")
-            logs = {name: real.processes[name].log for name in UPSTREAM_LOGS}
-            yield Environment(real.control_plane, logs)
-        return
-    with ControlPlane(log=say) as control_plane:
-        config = SimConfig(copy_seconds_per_gib=copy_seconds_per_gib)
-        # Simulator's own context manager starts it once (start() and then `with` would run
-        # every controller twice, racing itself).
-        with Simulator(control_plane.api(), config, all_controllers()):
-            say(f"simulator running (copies take {copy_seconds_per_gib:g}s per GiB)")
-            yield Environment(control_plane, {})
+def environment(copy_seconds_per_gib: float) -> Iterator[Environment]:
+    """The real engine: upstream virt-controller, virt-api and cdi-controller (with
+    kube-scheduler, kube-controller-manager and KWOK), only the node side ours."""
+    with RealEngine(log=say, copy_seconds_per_gib=copy_seconds_per_gib) as real:
+        say(f"upstream controllers running: {', '.join(real.processes)} "
+            f"(logs in {real.workdir}); copies take {copy_seconds_per_gib:g}s per GiB")
+        logs = {name: real.processes[name].log for name in UPSTREAM_LOGS}
+        yield Environment(real.control_plane, logs)
 
 
-def run(*, engine: str = "real", copy_seconds_per_gib: float = 1.0, keep: bool = False,
+def run(*, copy_seconds_per_gib: float = 1.0, keep: bool = False,
         kubeconfig: Path | None = None, wait_forever: Callable[[], None] | None = None) -> int:
-    """Run the demo on ``engine`` (``real`` or ``sim``); return the exit code of the last
-    reconciler command."""
-    with environment(engine, copy_seconds_per_gib) as env:
+    """Run the demo on the real engine; return the exit code of the last reconciler
+    command."""
+    with environment(copy_seconds_per_gib) as env:
         control_plane = env.control_plane
         api = control_plane.api()
         seed.seed(api)
@@ -105,10 +95,8 @@ UPSTREAM_LOGS = ("virt-controller", "cdi-controller")
 
 
 def show_upstream(api: pykube.HTTPClient, logs: dict[str, Path]) -> None:
-    """On the real engine: how often each upstream controller's log names the objects of the
-    moves (the migration virt-controller ran, the clone cdi-controller ran), with one line."""
-    if not logs:
-        return
+    """How often each upstream controller's log names the objects of the moves (the
+    migration virt-controller ran, the clone cdi-controller ran), with one line."""
     migrations = _get(api, "kubevirt.io/v1", "virtualmachineinstancemigrations").get("items", [])
     volumes = _get(api, "cdi.kubevirt.io/v1beta1", "datavolumes").get("items", [])
     names = {

@@ -1,12 +1,12 @@
-"""Session-wide fixtures: one real control plane (etcd + kube-apiserver + KubeVirt/CDI CRDs).
+"""Session-wide fixtures: a bare control plane (etcd + kube-apiserver + the KubeVirt/CDI
+CRDs, no controller) and the real engine (the same with upstream KubeVirt, CDI and
+Kubernetes controllers and our node side; tests/cluster/conftest.py makes it the cluster
+tier's ``control_plane``).
 
-The control plane starts lazily, on the first test that asks for it, and serves the whole
-session. If it cannot start, every test that needs it FAILS with the reason (missing Go,
-build error, apiserver log tail); it is never skipped. `sim` runs the simulated
-KubeVirt/CDI/CSI controllers against it (one per session: two would both act on every
-object), and `eventually` polls the API with a deadline. A test that uses `sim` fails, with
-the traceback, when a simulated controller raised while it ran (a simulator bug must not
-show up as a timeout).
+Each starts lazily, on the first test that asks for it, and serves the whole session (of
+its pytest-xdist worker). If one cannot start, every test that needs it FAILS with the
+reason (missing Go, build error, a process's log tail); it is never skipped. ``eventually``
+polls with a deadline.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import pytest
 
 from testenv.controlplane import ControlPlane
 from testenv.real.engine import RealEngine
-from testenv.simulator import SimConfig, Simulator, start
 from tests.support.engines import running_engine
 
 # The `flux` and `flux_sync` fixtures (a real Flux, started only for the tests that use it).
@@ -47,7 +46,7 @@ def control_plane() -> Iterator[ControlPlane]:
 def real_engine() -> Iterator[RealEngine]:
     """The real engine (upstream virt-controller, virt-api, cdi-controller, kube-scheduler,
     kube-controller-manager, KWOK; our node side), started once per session by the first
-    test that asks for it (tests/env/test_real_*.py, tests/real/). A start failure fails the
+    test that asks for it (the cluster tier, tests/env/test_real_*.py). A start failure fails the
     test with the process that failed and its log; it is never skipped. At the end: stopped,
     and no process may have died."""
     with running_engine("the real engine") as engine:
@@ -98,31 +97,12 @@ def _prefix(test_name: str) -> str:
     return "-".join(filter(None, cleaned.split("-")))[:40].strip("-") or "test"
 
 
-SIM_CONFIG = SimConfig(copy_seconds_per_gib=0.0, progress_tick=0.05)
-"""Instant copies by default; a test that wants progress sets the DataVolume annotation
-`sim.vmstorage.dev/copy-seconds`."""
-
-
-_RUNNING: list[Simulator] = []
-"""The session's simulator once the `sim` fixture started it (at most one)."""
-
-
-@pytest.fixture(scope="session")
-def sim(api: pykube.HTTPClient) -> Iterator[Simulator]:
-    """The running simulator, shared by the session; stopped at the end."""
-    simulator = start(api, SIM_CONFIG)
-    _RUNNING.append(simulator)
-    yield simulator
-    _RUNNING.remove(simulator)
-    simulator.stop()
-
-
 TESTS = Path(__file__).resolve().parent
 TIERS = {
     "unit": pytest.mark.unit,
     "env": pytest.mark.env,
+    "apiserver": pytest.mark.cluster,
     "cluster": pytest.mark.cluster,
-    "real": pytest.mark.cluster,
     "deploy": pytest.mark.cluster,
 }
 """The tier of each test directory (``pytest -m unit`` runs only tests that start nothing)."""
@@ -174,36 +154,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if not original(item)]
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    """Fixtures that wait for the simulator (e.g. a KubeVirt CR Deployed) fail with the
-    controller's traceback too, not with their timeout."""
-    try:
-        yield
-    finally:
-        _fail_on_crashes(item)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    """Fail a test that uses `sim` when a simulated controller raised meanwhile (the
-    controller's traceback is the failure), whether or not the test itself passed."""
-    try:
-        yield
-    finally:
-        _fail_on_crashes(item)
-
-
-def _fail_on_crashes(item: pytest.Item) -> None:
-    uses_sim = "sim" in getattr(item, "fixturenames", ())
-    crashes = _RUNNING[0].take_crashes() if uses_sim and _RUNNING else []
-    if crashes:
-        shown = "\n".join(str(c) for c in crashes[:3])
-        more = f"\n(and {len(crashes) - 3} more)" if len(crashes) > 3 else ""
-        pytest.fail(f"a simulated controller raised during this test:\n{shown}{more}",
-                    pytrace=False)
 
 
 def _eventually(probe: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -1,6 +1,6 @@
 """The image, built and run: deploy/image/build.sh (Debian's buildah on an mmdebstrap base,
 cached), then its entrypoint run with `buildah run` for `--version`, `validate` and `plan`
-against the local API server, each compared with what the host prints.
+against the real engine, each compared with what the host prints.
 
 Never skipped silently: a machine where buildah cannot run fails this test with the reason;
 only ``VMSR_SKIP_IMAGE_TEST=1`` skips it, explicitly. A warm build (base and layers cached,
@@ -27,6 +27,7 @@ import yaml
 
 from testenv import seed
 from testenv.controlplane import ControlPlane
+from testenv.real.engine import RealEngine
 from tests.support.kube import Eventually
 
 # one worker builds and runs the image (two would both unpack it; build.sh holds a lock)
@@ -141,6 +142,19 @@ def test_the_image_is_labelled_and_runs_the_cli_as_the_pods_user(image: Image) -
 
 
 @pytest.fixture(scope="module")
+def control_plane(real_engine: RealEngine) -> ControlPlane:
+    """The real engine's control plane: the image's ``plan`` reads VMs upstream virt-controller
+    runs and DataVolumes upstream cdi-controller imported."""
+    return real_engine.control_plane
+
+
+@pytest.fixture(scope="module")
+def api(real_engine: RealEngine) -> pykube.HTTPClient:
+    """Admin client of the real engine."""
+    return real_engine.api()
+
+
+@pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory, control_plane: ControlPlane) -> Path:
     """A directory readable by the image's user, as the commands' working directory: the
     repository's plans, and a self-contained kubeconfig (the CA inline) for the local API
@@ -179,7 +193,6 @@ def project_version() -> str:
     return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
 
 
-@pytest.mark.usefixtures("sim")
 def test_plan_against_the_local_api_server_prints_what_the_host_prints(
     image: Image, workdir: Path, api: pykube.HTTPClient, eventually: Eventually
 ) -> None:

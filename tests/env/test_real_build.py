@@ -40,7 +40,7 @@ def test_every_upstream_binary_is_pinned_at_the_version_the_reference_found_buil
     assert versions["virt-controller"] == versions["virt-api"] == "v1.8.4"
     assert versions["cdi-controller"] == "v1.65.0"
     assert versions["kwok"] == "v0.8.0"
-    # CDI's CRDs come from CDI-api at the controller's version, not the simulator's.
+    # CDI's CRDs come from CDI-api at the controller's version.
     assert module_version(TOOLS_DIR / "cdi/go.mod", build.CDI_API_MODULE) == "v1.65.0"
 
 
