@@ -1,10 +1,10 @@
 """Benchmark `apply`: N VMs moved with instant (or ``--copy-seconds-per-gib``) copies, in
 namespaces of F VMs, on a local control plane this script starts with the real engine
 (upstream virt-controller, virt-api and cdi-controller, kube-scheduler,
-kube-controller-manager, KWOK and our node side) or the simulator.
+kube-controller-manager, KWOK and our node side).
 
-    .venv/bin/python benchmarks/apply_bench.py [--engine real|sim] [--vms 50] [--fleet F]
-        [--parallel P] [--copy-seconds-per-gib S] [--profile FILE]
+    .venv/bin/python benchmarks/apply_bench.py [--vms 50] [--fleet F] [--parallel P]
+        [--copy-seconds-per-gib S] [--profile FILE]
 
 Setup (not measured): the seed's StorageClasses and KubeVirt CR, then two namespaces (three
 with ``--parallel`` P > 1) each holding N **moved** VMs (``--vms``, ``vm-000``...: the seed's
@@ -13,20 +13,20 @@ cloud-init; every one is started and, once all run, every second one stopped aga
 (runStrategy Halted, VMI gone), so half move live (KubeVirt volume migration) and half
 offline (a CDI clone of a stopped VM)) and F - N **bystanders** (``--fleet`` F, default N;
 ``vm-z0000``...): stopped VMs of the same shape and the plan's label whose disk is a plain
-``persistentVolumeClaim`` on ``local-hostpath``, Bound the cheapest way both engines allow (a
-statically provisioned volume: a PersistentVolume pre-bound to the claim, both marked Bound;
-no provisioner, import or pod; ``bystander``). The plan selects every VM of the namespace,
-so `apply` observes, watches and judges the whole fleet (each bystander a MoveOffline), and
-``--max-vms N`` makes it move the N moved VMs, first in its (namespace, name) order. Copies
-are instant while loading; ``--copy-seconds-per-gib S`` then slows every copy (a CDI clone,
-a migration's copy) to S seconds per GiB, 10 x S per disk (the simulator's ``SimConfig``,
-the real node side's ConfigMap kube-system/testenv-faults).
-With instant copies (the simulator's and the node side's ``copy_seconds_per_gib`` 0; the node
-side still spends at least 0.2 s on a live migration's copy, its floor) every second a move
-takes is control-plane overhead (API round trips, watches, the controllers' reactions, our
-own work). On the real engine the controllers' reactions are upstream's (virt-controller's
-workqueues, cdi-controller's reconciles, the scheduler), so the raw baseline below, measured
-in the same run, is the yardstick: prefer ratios against it.
+``persistentVolumeClaim`` on ``local-hostpath``, Bound the cheapest way
+kube-controller-manager accepts (a statically provisioned volume: a PersistentVolume
+pre-bound to the claim, both marked Bound; no provisioner, import or pod; ``bystander``).
+The plan selects every VM of the namespace, so `apply` observes, watches and judges the
+whole fleet (each bystander a MoveOffline), and ``--max-vms N`` makes it move the N moved
+VMs, first in its (namespace, name) order. Copies are instant while loading;
+``--copy-seconds-per-gib S`` then slows every copy (a CDI clone, a migration's copy) to S
+seconds per GiB, 10 x S per disk (the node side's ConfigMap kube-system/testenv-faults).
+With instant copies (the node side's ``copy_seconds_per_gib`` 0; it still spends at least
+0.2 s on a live migration's copy, its floor) every second a move takes is control-plane
+overhead (API round trips, watches, the controllers' reactions, our own work). The
+controllers' reactions are upstream's (virt-controller's workqueues, cdi-controller's
+reconciles, the scheduler), so the raw baseline below, measured in the same run, is the
+yardstick: prefer ratios against it.
 
 Measured, in the same run:
 
@@ -45,11 +45,10 @@ Measured, in the same run:
   journal, no verification, no rollback, no Lease: the minimum any client pays.
 - **Requests per VM**, counted by the API server: the reconciler and the baseline run as
   ServiceAccounts of their own (bound to cluster-admin), and the audit log says who sent
-  what; the cluster's writers (``WRITERS``: on the simulator user ``admin``; on the real
-  engine the ServiceAccounts ``kubevirt-controller`` (virt-controller), ``cdi-sa``
-  (cdi-controller) and ``kubevirt-handler`` (the node side's virt-handler), and ``admin``
-  (kube-scheduler, kube-controller-manager, KWOK, the node side's CDI workers and CSI)) and
-  the API server's loopback traffic are not counted.
+  what; the cluster's writers (``WRITERS``: the ServiceAccounts ``kubevirt-controller``
+  (virt-controller), ``cdi-sa`` (cdi-controller) and ``kubevirt-handler`` (the node side's
+  virt-handler), and ``admin`` (kube-scheduler, kube-controller-manager, KWOK, the node
+  side's CDI workers and CSI)) and the API server's loopback traffic are not counted.
 - **Reaction latency**: from the cluster finishing what a step waits for to the
   reconciler's next request. Both timestamps come from the API server's audit log (one
   clock, microseconds): the cluster's write (its ``ResponseComplete`` stageTimestamp) and
@@ -83,15 +82,14 @@ Measured, in the same run:
   ``parallelOutboundMigrationsPerNode`` leave its source node (``handleTargetPodCreation``),
   and a running one is unfinished: so if at no instant more migrations were unfinished than
   those limits (of the KubeVirt CR), in the cluster and per source node, none could wait for
-  a slot. The run is refused otherwise, or if a migration never finished, or (real engine) if
+  a slot. The run is refused otherwise, or if a migration never finished, or if
   virt-controller's log has a "Waiting to schedule target pod ... limit" line. The time each
   spent Pending is printed.
 
 Fails (non-zero exit, the reason on stderr), printing no figures, if the engine cannot start
-or loses a process (or a simulated controller raises), a move of `apply` or of the baseline
-fails, a moved VM is not in sync afterwards or a bystander was moved, or the queue check above
-fails. The load average is printed with the figures: the
-machine may be shared.
+or loses a process, a move of `apply` or of the baseline fails, a moved VM is not in sync
+afterwards or a bystander was moved, or the queue check above fails. The load average is
+printed with the figures: the machine may be shared.
 
 Goals (issue 9): median overhead <= 2 s per VM, reaction <= 250 ms. Issue 19: the median
 per-VM overhead at F = 1,000 within 1.2x of F = 50 (two runs); ``--parallel 5`` at least 3x
@@ -104,7 +102,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import itertools
 import json
@@ -141,17 +138,13 @@ KV = "kubevirt.io/v1"
 BENCH_NS = "vmsr-bench"  # the identities and the Lease
 RECONCILER, BASELINE = "reconciler", "baseline"
 PARALLEL = "parallel"  # apply --parallel P: an identity of its own, so its requests are its own
-ENGINES = ("real", "sim")
-# Who writes the objects the reconciler waits on (full user names, as the audit log has them),
-# on each engine. ``Event.user`` keeps the last part ("kubevirt-controller").
-WRITERS: dict[str, dict[str, str]] = {
-    "sim": {"admin": "the simulator"},
-    "real": {
-        "system:serviceaccount:kubevirt:kubevirt-controller": "virt-controller",
-        "system:serviceaccount:cdi:cdi-sa": "cdi-controller",
-        "system:serviceaccount:kubevirt:kubevirt-handler": "the node side's virt-handler",
-        "admin": "kube-scheduler, kube-controller-manager, KWOK, the node side's CDI and CSI",
-    },
+# Who writes the objects the reconciler waits on (full user names, as the audit log has them).
+# ``Event.user`` keeps the last part ("kubevirt-controller").
+WRITERS: dict[str, str] = {
+    "system:serviceaccount:kubevirt:kubevirt-controller": "virt-controller",
+    "system:serviceaccount:cdi:cdi-sa": "cdi-controller",
+    "system:serviceaccount:kubevirt:kubevirt-handler": "the node side's virt-handler",
+    "admin": "kube-scheduler, kube-controller-manager, KWOK, the node side's CDI and CSI",
 }
 WATCHED = (
     "virtualmachines",
@@ -181,8 +174,8 @@ def audit_policy(writers: list[str]) -> str:
         kind: Policy
         omitStages: [RequestReceived]
         rules:
-          # the cluster's own bookkeeping: never a trigger, and on the real engine most of
-          # the log (the log's writes slow the API server in blocking mode)
+          # the cluster's own bookkeeping: never a trigger, and most of the log (the log's
+          # writes slow the API server in blocking mode)
           - level: None
             users: {json.dumps(writers)}
             resources:
@@ -291,13 +284,6 @@ BASELINE_SCRIPT = textwrap.dedent(
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="real",
-        help="real (default): upstream virt-controller, virt-api, cdi-controller, "
-        "kube-scheduler, kube-controller-manager and KWOK with our node side; sim: the simulator",
-    )
-    parser.add_argument(
         "--vms", type=int, default=50, help="VMs moved per namespace (half running; default 50)"
     )
     parser.add_argument(
@@ -343,7 +329,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="vmsr-apply-bench-"))
     policy, audit_log = workdir / "audit-policy.yaml", workdir / "audit.log"
-    policy.write_text(audit_policy(list(WRITERS[args.engine])))
+    policy.write_text(audit_policy(list(WRITERS)))
     audit_args = [
         f"--audit-policy-file={policy}",
         f"--audit-log-path={audit_log}",
@@ -355,7 +341,7 @@ def main() -> int:
     parallel: ParallelRun | None = None
     controller_log = ""
     try:
-        with start_engine(args.engine, n, audit_args) as cluster:
+        with start_engine(n, audit_args) as cluster:
             cp = cluster.control_plane
             api = cp.api()
             users = [RECONCILER, BASELINE] + ([PARALLEL] if args.parallel > 1 else [])
@@ -365,7 +351,7 @@ def main() -> int:
             namespaces = [apply_ns, raw_ns]
             if args.parallel > 1:
                 namespaces.append(cp.create_namespace("parallel"))
-            load(api, cp, namespaces, Load(n, fleet, binder=args.engine == "real"))
+            load(api, cp, namespaces, Load(n, fleet))
             cluster.check()
             limits = MigrationLimits.of_kubevirt(kubevirt_cr(api))
             if args.copy_seconds_per_gib:
@@ -390,7 +376,7 @@ def main() -> int:
             described = cluster.description
         events = read_audit(audit_log)
     except ControlPlaneError as error:
-        raise SystemExit(f"the {args.engine} engine failed: {error}") from error
+        raise SystemExit(f"the real engine failed: {error}") from error
     finally:
         if args.keep:
             say(f"kept {workdir} (audit log: {audit_log})")
@@ -432,7 +418,7 @@ def figures(
     n, fleet = args.vms, args.fleet
     apply_ns, raw_ns, parallel, loads = runs.apply_ns, runs.raw_ns, runs.parallel, runs.loads
     report, raw, wall = runs.report, runs.raw, runs.wall
-    writers = {user.rsplit(":", 1)[-1] for user in WRITERS[args.engine]}
+    writers = {user.rsplit(":", 1)[-1] for user in WRITERS}
     check_writers(events, apply_ns, writers)
     if parallel is not None:
         check_writers(events, parallel.namespace, writers, PARALLEL)
@@ -477,7 +463,6 @@ class Load:
 
     moved: int
     fleet: int
-    binder: bool  # kube-controller-manager binds the bystanders' claims (the real engine)
 
 
 @dataclass
@@ -493,10 +478,10 @@ class ParallelRun:
 @dataclass
 class Cluster:
     """A running engine: its control plane, what it is, and ``check``, which raises
-    ``SystemExit`` naming what broke (a process that exited, a simulated controller that
-    raised): figures from an engine that lost a part would not be the engine's.
-    ``set_copy_rate(seconds_per_gib)`` changes the copy speed from now on (returns once the
-    copier has it); ``controller_log()`` is virt-controller's log ("" on the simulator)."""
+    ``SystemExit`` naming what broke (a process that exited): figures from an engine that
+    lost a part would not be the engine's. ``set_copy_rate(seconds_per_gib)`` changes the
+    copy speed from now on (returns once the node side has it); ``controller_log()`` is
+    virt-controller's log ("" if it has no process)."""
 
     control_plane: ControlPlane
     description: str
@@ -511,33 +496,10 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def start_engine(engine: str, vms: int, apiserver_args: list[str]) -> Iterator[Cluster]:
-    """Start ``engine`` with ``apiserver_args`` (the audit log), seed the cluster objects
+def start_engine(vms: int, apiserver_args: list[str]) -> Iterator[Cluster]:
+    """Start the real engine with ``apiserver_args`` (the audit log), seed the cluster objects
     (StorageClasses, KubeVirt CR) and yield it; stop it on the way out. Copies start
     instant (the load's imports), ``Cluster.set_copy_rate`` slows them afterwards."""
-    if engine == "sim":
-        from testenv.node.runtime import SimConfig
-        from testenv.simulator import start as start_simulator
-
-        with ControlPlane(log=say, apiserver_args=apiserver_args) as cp:
-            seed.seed_cluster(cp.api())
-            sim = start_simulator(cp.api(), SimConfig(copy_seconds_per_gib=0.0))
-
-            def sim_rate(rate: float) -> None:
-                # its controllers read sim.config at each copy's start
-                sim.config = dataclasses.replace(sim.config, copy_seconds_per_gib=rate)
-
-            try:
-                yield Cluster(
-                    cp,
-                    "sim (the simulator of KubeVirt, CDI and CSI)",
-                    lambda: [f"a simulated controller raised: {c}" for c in sim.take_crashes()],
-                    sim_rate,
-                    lambda: "",
-                )
-            finally:
-                sim.stop()
-        return
     from testenv.real.engine import RealEngine
 
     # Every VM runs at first (a launcher pod each) while the disks import (an importer pod
@@ -682,7 +644,7 @@ def load(api: pykube.HTTPClient, cp: ControlPlane, namespaces: list[str], spec: 
             list(pool.map(one, range(len(jobs))))
         for ns in namespaces:
             poll(
-                functools.partial(count_bound, api, ns, extra, spec.binder),
+                functools.partial(count_bound, api, ns, extra),
                 f"{extra} bystander claims Bound in {ns}",
                 max(900.0, 1.0 * extra),
                 every=2.0,
@@ -697,11 +659,11 @@ def load(api: pykube.HTTPClient, cp: ControlPlane, namespaces: list[str], spec: 
 def bystander(api: pykube.HTTPClient, ns: str, name: str) -> None:
     """One bystander: a stopped VM (the Fedora shape, the plan's label) whose disk is a plain
     ``persistentVolumeClaim`` volume on the source class, already Bound, so the plan selects
-    it and judges it a MoveOffline. Bound the cheapest way both engines allow: a statically
-    provisioned volume, i.e. a PersistentVolume pre-bound to the claim (``claimRef``) and the
-    claim naming it (``volumeName``), both marked Bound (what kube-controller-manager's binder
-    writes for such a pair; it checks them on the real engine). No provisioner, import or
-    pod: four writes. The reconciler reads no PersistentVolume."""
+    it and judges it a MoveOffline. Bound the cheapest way kube-controller-manager accepts: a
+    statically provisioned volume, i.e. a PersistentVolume pre-bound to the claim
+    (``claimRef``) and the claim naming it (``volumeName``), both marked Bound (what
+    kube-controller-manager's binder writes for such a pair; it checks them and binds them
+    again). No provisioner, import or pod: four writes. The reconciler reads no PersistentVolume."""
     claim, size = f"{name}-disk", "10Gi"
     volume = f"bench-{ns}-{claim}"
     modes = ["ReadWriteOnce"]
@@ -776,12 +738,14 @@ def status(
     api.raise_for_status(api.patch(**kwargs))
 
 
-def count_bound(api: pykube.HTTPClient, ns: str, wanted: int, binder: bool) -> bool:
-    """``wanted`` bystander claims of ``ns`` Bound and, with a ``binder``
-    (kube-controller-manager, the real engine), marked bind-completed by it: it binds each
-    static pair again (four writes) under its client's rate limit (20 a second), so 3,000
-    bystanders keep it busy for about ten minutes, and a claim a move creates meanwhile waits
-    behind them."""
+BIND_COMPLETED = "pv.kubernetes.io/bind-completed"  # kube-controller-manager's mark of a bound pair
+
+
+def count_bound(api: pykube.HTTPClient, ns: str, wanted: int) -> bool:
+    """``wanted`` bystander claims of ``ns`` Bound and marked bind-completed by
+    kube-controller-manager: it binds each static pair again (four writes) under its client's
+    rate limit (20 a second), so 3,000 bystanders keep it busy for about ten minutes, and a
+    claim a move creates meanwhile waits behind them."""
     response = api.get(version="v1", namespace=ns, url="persistentvolumeclaims")
     api.raise_for_status(response)
     bound = sum(
@@ -789,11 +753,7 @@ def count_bound(api: pykube.HTTPClient, ns: str, wanted: int, binder: bool) -> b
         for c in response.json()["items"]
         if str(c["metadata"]["name"]).startswith("vm-z")
         and (c.get("status") or {}).get("phase") == "Bound"
-        and (
-            not binder
-            or (c["metadata"].get("annotations") or {}).get("pv.kubernetes.io/bind-completed")
-            == "yes"
-        )
+        and (c["metadata"].get("annotations") or {}).get(BIND_COMPLETED) == "yes"
     )
     return bound >= wanted
 
@@ -1309,8 +1269,8 @@ def check_never_queued(
     ``parallelOutboundMigrationsPerNode`` leave its source node; a running one is unfinished.
     So if at no instant more migrations were unfinished (created, not yet Succeeded, Failed or
     deleted; counted from the audit log) than those limits, in the cluster and per source
-    node, none of them could be held for a slot. On the real engine virt-controller's log is
-    read too: it says "Waiting to schedule target pod ... limit" for every one it held."""
+    node, none of them could be held for a slot. virt-controller's log is read too: it says
+    "Waiting to schedule target pod ... limit" for every one it held."""
     if not migrations:
         raise SystemExit("no VirtualMachineInstanceMigration in the audit log")
     foreign = [m for m in migrations if m.namespace not in namespaces]
