@@ -1,7 +1,10 @@
 """The seed scenario: what a small KubeVirt cluster looks like before a storage move.
 
 - StorageClasses ``local-hostpath`` (default, WaitForFirstConsumer) and ``ceph-rbd``
-  (Immediate, expandable): the move goes from the first to the second.
+  (Immediate, expandable): the move goes from the first to the second. Both are of CSI
+  drivers (KubeVirt's hostpath provisioner in its CSI form, ceph-csi's RBD driver), so each
+  has the CSIDriver object its driver's install registers (``csi_drivers``): with it CDI
+  fills their DataVolumes through its volume populators (``shouldUseCDIPopulator``).
 - The ``kubevirt`` CR configured for storage live migration (LiveUpdate + LiveMigrate).
 - Namespace ``mig-vm`` with the running VM ``vm-fedora`` whose disk ``datavolumedisk1`` is the
   DataVolume ``fedora-40-dv-template`` from its dataVolumeTemplates (a registry import), and
@@ -27,6 +30,9 @@ NAMESPACE = "mig-vm"
 VM_NAME = "vm-fedora"
 DV_NAME = "fedora-40-dv-template"
 IMAGE = "docker://quay.io/containerdisks/fedora:40"
+SOURCE_PROVISIONER = "kubevirt.io.hostpath-provisioner"  # the CSI driver's name (the legacy,
+# non-CSI hostpath provisioner is "kubevirt.io/hostpath-provisioner")
+TARGET_PROVISIONER = "rbd.csi.ceph.com"
 ARCHIVE_VM = "vm-archive"
 ARCHIVE_DV = "archive-disk"
 ARCHIVE_IMAGE = "docker://quay.io/containerdisks/centos-stream:9"
@@ -42,7 +48,7 @@ def storage_classes() -> list[dict[str, Any]]:
                 "name": SOURCE_CLASS,
                 "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
             },
-            "provisioner": "kubevirt.io.hostpath-provisioner",
+            "provisioner": SOURCE_PROVISIONER,
             "volumeBindingMode": "WaitForFirstConsumer",
             "reclaimPolicy": "Delete",
         },
@@ -50,11 +56,36 @@ def storage_classes() -> list[dict[str, Any]]:
             "apiVersion": "storage.k8s.io/v1",
             "kind": "StorageClass",
             "metadata": {"name": TARGET_CLASS},
-            "provisioner": "rbd.csi.ceph.com",
+            "provisioner": TARGET_PROVISIONER,
             "volumeBindingMode": "Immediate",
             "allowVolumeExpansion": True,
             "reclaimPolicy": "Delete",
         },
+    ]
+
+
+def csi_drivers() -> list[dict[str, Any]]:
+    """The CSIDriver objects of the classes' drivers, with the spec their installs give them
+    (hostpath-provisioner-operator's ``createCSIDriverObject``, ceph-csi's ``csidriver.yaml``),
+    but for ``storageCapacity``: the hostpath driver's is true upstream, where its
+    external-provisioner publishes a CSIStorageCapacity per node, which kube-scheduler then
+    requires for a WaitForFirstConsumer claim; nothing publishes them here, so it is false
+    (capacity is not tracked). A class of any other provisioner has none: CDI then fills it
+    the legacy way, as it does for a non-CSI provisioner on a real cluster."""
+
+    def driver(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+                "metadata": {"name": name}, "spec": spec}
+
+    return [
+        driver(SOURCE_PROVISIONER, {
+            "attachRequired": False, "podInfoOnMount": True, "fsGroupPolicy": "None",
+            "volumeLifecycleModes": ["Persistent"], "storageCapacity": False,
+        }),
+        driver(TARGET_PROVISIONER, {
+            "attachRequired": True, "podInfoOnMount": False, "fsGroupPolicy": "File",
+            "seLinuxMount": True,
+        }),
     ]
 
 
@@ -138,6 +169,7 @@ def create(api: pykube.HTTPClient, obj: dict[str, Any]) -> None:
     api_version, kind = obj["apiVersion"], obj["kind"]
     plural = {
         "StorageClass": "storageclasses",
+        "CSIDriver": "csidrivers",
         "Namespace": "namespaces",
         "KubeVirt": "kubevirts",
         "VirtualMachine": "virtualmachines",
@@ -156,8 +188,9 @@ def namespace(name: str) -> dict[str, Any]:
 
 
 def seed_cluster(api: pykube.HTTPClient) -> None:
-    """Cluster-wide objects: the two StorageClasses and the KubeVirt CR."""
-    for obj in [*storage_classes(), namespace("kubevirt"), kubevirt_cr()]:
+    """Cluster-wide objects: the CSIDriver objects, the two StorageClasses and the KubeVirt
+    CR (the drivers first: CDI decides how to fill a DataVolume when it first sees it)."""
+    for obj in [*csi_drivers(), *storage_classes(), namespace("kubevirt"), kubevirt_cr()]:
         create(api, obj)
 
 

@@ -12,6 +12,12 @@ pods labelled ``cdi.kubevirt.io`` to us).
   ``qemu-img`` reports; here the source disk minus the filesystem overhead).
 - ``cdi-populator-prep`` and anything else: Running (CDI deletes them when done).
 
+A worker pod's containers start only once the kubelet can mount its claims: each Bound to its
+PV (until then the pod stays Pending). A populator's worker pod comes with ``nodeName`` set
+(CDI's ``SetNodeNameIfPopulator``), before its prime claim is bound; the content it writes
+goes on the prime claim and its PV, and travels with the PV when CDI rebinds it to the target
+claim (``cc.Rebind``; ``testenv.node.csi`` then gives the target claim its PV's content).
+
 A copy takes ``sim.vmstorage.dev/copy-seconds`` of its DataVolume, else its size x
 ``copy_seconds_per_gib``. Faults, ``sim.vmstorage.dev/fault`` on the DataVolume: ``fail``
 (every attempt: the container exits 1 and restarts, ``restartPolicy: OnFailure``, so CDI
@@ -156,7 +162,7 @@ def _env(pod: Mapping[str, Any], name: str) -> str:
 class CdiWorkers(Controller):
     """The kubelet running CDI's worker pods (see the module docstring)."""
 
-    watches: ClassVar[tuple[str, ...]] = (POD, DV)
+    watches: ClassVar[tuple[str, ...]] = (POD, DV, PVC, PV)
 
     def __init__(self, sim: Simulator) -> None:
         super().__init__(sim)
@@ -169,11 +175,19 @@ class CdiWorkers(Controller):
         self._ip_cursor = 0
 
     def keys_for(self, resource: str, obj: dict[str, Any]) -> Iterable[Key]:
+        meta = obj.get("metadata") or {}
         if resource == POD:
-            meta = obj.get("metadata") or {}
             if CDI_LABEL in (meta.get("labels") or {}):
                 return [(POD, meta.get("namespace", ""), meta["name"])]
             return []
+        if resource in (PVC, PV):  # a claim bound: the pods waiting to mount it
+            namespace, claim = meta.get("namespace", ""), meta.get("name", "")
+            if resource == PV:
+                ref = (obj.get("spec") or {}).get("claimRef") or {}
+                namespace, claim = ref.get("namespace", ""), ref.get("name", "")
+            return [(POD, p["metadata"]["namespace"], p["metadata"]["name"])
+                    for p in self.sim.store.list(POD, namespace) if claim and CDI_LABEL in (
+                        p["metadata"].get("labels") or {}) and claim in _claims(p)]
         # a DataVolume changed (a stall lifted): look at every worker pod again
         return [(POD, p["metadata"]["namespace"], p["metadata"]["name"])
                 for p in self.sim.store.list(POD) if CDI_LABEL in (
@@ -195,6 +209,8 @@ class CdiWorkers(Controller):
                 if time.monotonic() - finished < RESTART_DELAY:
                     self.sim.enqueue(self, key, RESTART_DELAY)
                     return
+            elif not self._volumes_ready(pod):
+                return  # the kubelet waits to mount them; a claim or PV event wakes us
             if self._uids.get((namespace, name), uid) != uid:  # an earlier pod of that name
                 self._forget(namespace, name)  # went while we did not look
             self._uids[(namespace, name)] = uid
@@ -210,6 +226,25 @@ class CdiWorkers(Controller):
             self._copy(pod, kind)
         elif kind == "cdi-upload-server":
             self._upload_server(pod)
+
+    def _volumes_ready(self, pod: Mapping[str, Any]) -> bool:
+        """Whether the kubelet can mount every claim of the pod: each exists, is not being
+        deleted and is Bound to a PV bound to it. Until then a pod's containers do not start
+        (the kubelet's volume manager waits, the pod stays Pending): CDI gives a populator's
+        worker pod its prime claim's selected node as ``nodeName`` (``SetNodeNameIfPopulator``),
+        so the pod is on a node before its claim is bound, and the copy must land on the PV
+        that CDI then hands to the target claim."""
+        namespace = pod["metadata"]["namespace"]
+        for name in _claims(pod):
+            pvc = self.sim.store.get(PVC, namespace, name)
+            if pvc is None or is_deleting(pvc) or \
+                    (pvc.get("status") or {}).get("phase") != "Bound":
+                return False
+            pv = self.sim.store.get(PV, "", str((pvc.get("spec") or {}).get("volumeName") or ""))
+            if pv is None or ((pv.get("spec") or {}).get("claimRef") or {}).get(
+                    "uid") != pvc["metadata"].get("uid"):
+                return False
+        return True
 
     # -- copies --------------------------------------------------------------------------
 

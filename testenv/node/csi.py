@@ -5,14 +5,22 @@ provisioning: it annotates the claim ``volume.kubernetes.io/storage-provisioner`
 WaitForFirstConsumer once the scheduler set ``volume.kubernetes.io/selected-node``). Then,
 as external-provisioner does, a PV ``pvc-<claim uid>`` pre-bound to the claim is created,
 and the binder binds the two. Claims whose ``dataSourceRef`` is a CDI populator's source
-are skipped (the populator provisions a prime claim instead and hands its PV over). A
-Released PV with reclaim policy Delete that we provisioned is deleted.
+are skipped (the populator provisions a prime claim instead and hands its PV over). A claim
+whose data source is another claim is a CSI clone (CDI's ``csi-clone`` strategy, its
+``tmp-pvc-<uid>``): provisioned once external-provisioner's checks pass (the source Bound, of
+the same class and volume mode, no larger than the request), its PV holding the source's
+content. A Released PV with reclaim policy Delete that we provisioned is deleted.
 
-Also: a bound claim gets its PV's simulated content hash (a populator's PV carries it to the
-claim it is handed to); ``sim.vmstorage.dev/capacity-overhead`` on a class (e.g. ``-1%``)
-makes its Block PVs that much smaller; ``sim.vmstorage.dev/claim-property-sets`` on a class
-is written into its StorageProfile's ``spec.claimPropertySets`` (what an administrator
-does for a provisioner CDI does not know).
+Which drivers are CSI drivers is the CSIDriver objects' business (``testenv.seed.csi_drivers``
+registers the seed's): CDI reads them to choose its populators; this provisioner serves every
+class alike.
+
+Also: the disk's content is its PV's (``CONTENT_HASH_ANNOTATION``); a bound claim gets its
+PV's (so a populator's PV carries it to the claim CDI rebinds it to);
+``sim.vmstorage.dev/capacity-overhead`` on a class (e.g. ``-1%``) makes its Block PVs that
+much smaller; ``sim.vmstorage.dev/claim-property-sets`` on a class is written into its
+StorageProfile's ``spec.claimPropertySets`` (what an administrator does for a provisioner CDI
+does not know).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from testenv.node.runtime import (
     CONTENT_HASH_ANNOTATION,
     Controller,
     Key,
+    Simulator,
     annotations_of,
     content_hash,
     is_deleting,
@@ -43,15 +52,32 @@ CLAIM_PROPERTY_SETS_ANNOTATION = "sim.vmstorage.dev/claim-property-sets"
 POPULATOR_GROUPS = frozenset({"cdi.kubevirt.io", "forklift.cdi.kubevirt.io"})
 
 
+def _clone_source_name(pvc: dict[str, Any]) -> str | None:
+    """The claim ``pvc`` is a CSI clone of (its data source a PersistentVolumeClaim)."""
+    spec = pvc.get("spec") or {}
+    ref = spec.get("dataSourceRef") or spec.get("dataSource") or {}
+    if ref.get("kind") == "PersistentVolumeClaim" and not ref.get("apiGroup"):
+        return str(ref.get("name") or "")
+    return None
+
+
 class Provisioner(Controller):
     """external-provisioner + deleter for every class (see the module docstring)."""
 
     watches: ClassVar[tuple[str, ...]] = (PVC, PV, SC, PROFILE)
 
+    def __init__(self, sim: Simulator) -> None:
+        super().__init__(sim)
+        self._refused: set[tuple[str, str]] = set()  # (claim uid, why): each told once
+
     def keys_for(self, resource: str, obj: dict[str, Any]) -> Iterable[Key]:
         meta = obj.get("metadata") or {}
         if resource == PVC:
-            return [(PVC, meta.get("namespace", ""), meta["name"])]
+            namespace = meta.get("namespace", "")
+            # and the claims cloned from it (a clone waits for its source to be Bound)
+            return [(PVC, namespace, meta["name"]), *(
+                (PVC, namespace, c["metadata"]["name"]) for c in self.sim.store.list(
+                    PVC, namespace) if _clone_source_name(c) == meta["name"])]
         if resource == PV:
             keys: list[Key] = [(PV, "", meta["name"])]
             ref = (obj.get("spec") or {}).get("claimRef") or {}
@@ -83,7 +109,7 @@ class Provisioner(Controller):
         annotations = annotations_of(pvc)
         if sc is None or annotations.get(PROVISIONER_ANNOTATION) != sc.get("provisioner"):
             return
-        ref = spec.get("dataSourceRef") or {}
+        ref = spec.get("dataSourceRef") or spec.get("dataSource") or {}
         if ref.get("apiGroup") in POPULATOR_GROUPS:
             return
         if sc.get("volumeBindingMode") == "WaitForFirstConsumer" and \
@@ -92,9 +118,64 @@ class Provisioner(Controller):
         pv_name = f"pvc-{pvc['metadata']['uid']}"
         if self.sim.store.get(PV, "", pv_name) is not None:
             return
-        self.sim.client.create(PV, self._pv_body(pvc, sc, pv_name))
+        body = self._pv_body(pvc, sc, pv_name)
+        source = _clone_source_name(pvc)
+        if source is not None:
+            ready, cloned = self._clone_source(pvc, source)
+            if not ready:
+                return
+            if cloned is not None:
+                body["metadata"]["annotations"][CONTENT_HASH_ANNOTATION] = cloned
+        self.sim.client.create(PV, body)
         self.sim.client.event(pvc, "Normal", "ProvisioningSucceeded",
                               f"Successfully provisioned volume {pv_name}")
+
+    def _clone_source(self, pvc: dict[str, Any], source_name: str) -> tuple[bool, str | None]:
+        """A CSI clone of claim ``source_name`` (what CDI's csi-clone strategy asks for):
+        (True, the source's content: its PV's, else its claim's, None without any), or
+        (False, None) while external-provisioner would refuse it (its checks, each told once
+        in a ProvisioningFailed event: the source missing, being deleted or not Bound, of
+        another class or volume mode, or larger than the request); it retries, as we do on
+        the next change of either claim."""
+        meta = pvc["metadata"]
+        source = self.sim.store.get(PVC, meta["namespace"], source_name)
+        spec = pvc.get("spec") or {}
+        error = ""
+        if source is None:
+            error = f"error getting PVC {source_name} (namespace {meta['namespace']!r})"
+        elif is_deleting(source):
+            error = f"the PVC {source_name} is being deleted"
+        elif (source.get("status") or {}).get("phase") != "Bound":
+            error = f"the PVC {source_name} not bound"
+        else:
+            source_spec = source.get("spec") or {}
+            source_class = source_spec.get("storageClassName")
+            requested = to_bytes(str(((spec.get("resources") or {}).get("requests") or {})
+                                     .get("storage") or "0"))
+            capacity = to_bytes(str(((source.get("status") or {}).get("capacity") or {})
+                                    .get("storage") or "0"))
+            if source_class != spec.get("storageClassName"):
+                error = ("the source PVC and destination PVCs must be in the same storage "
+                         f"class for cloning.  Source is in {source_class}, but new PVC is in "
+                         f"{spec.get('storageClassName')}")
+            elif (source_spec.get("volumeMode") or "Filesystem") != (
+                    spec.get("volumeMode") or "Filesystem"):
+                error = "the source PVC and destination PVCs must have the same volume mode"
+            elif requested < capacity:
+                error = ("error, new PVC request must be greater than or equal in size to the "
+                         f"specified PVC data source, requested {requested} but source is "
+                         f"{capacity}")
+        if error:
+            if (meta["uid"], error) not in self._refused:
+                self._refused.add((meta["uid"], error))
+                self.sim.client.event(pvc, "Warning", "ProvisioningFailed",
+                                      f"failed to provision volume with StorageClass "
+                                      f"{spec.get('storageClassName')!r}: {error}")
+            return False, None
+        assert source is not None
+        pv = self.sim.store.get(PV, "", str((source.get("spec") or {}).get("volumeName") or ""))
+        on_volume = content_hash(pv) if pv is not None else None
+        return True, on_volume if on_volume is not None else content_hash(source)
 
     def _pv_body(self, pvc: dict[str, Any], sc: dict[str, Any], pv_name: str) -> dict[str, Any]:
         spec = pvc.get("spec") or {}

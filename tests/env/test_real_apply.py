@@ -179,3 +179,34 @@ def test_a_stopped_vm_on_a_block_disk_moves_offline_through_the_upstream_clone(
     assert not cluster.vmi()
     assert not cluster.migrations()
     assert target in cluster.engine.log_tail("cdi-controller", 20000)
+
+
+def test_a_running_vm_moves_live_back_to_the_wait_for_first_consumer_class(
+        cluster: Cluster) -> None:
+    """``local-hostpath`` is WaitForFirstConsumer and of a CSI driver (its CSIDriver object
+    registered): CDI's populator waits for the claim's consumer (DataVolume
+    PendingPopulation), which the migration's target launcher pod is, so KubeVirt migrates to
+    it and the move back is live, not rolled back (target-waits-for-consumer, what the legacy
+    WaitForFirstConsumer phase would get)."""
+    cluster.create_vm(fedora(cluster.ns, size="10Gi"))
+    source_hash = cluster.content("vm-fedora-disk")
+    rc, _, err = cluster.apply()
+    assert rc == 0, err
+    there = target_claim(cluster.vm())
+    assert cluster.content(there) == source_hash
+    uid = cluster.vmi()["metadata"]["uid"]
+    body = f"storageClass: {seed.SOURCE_CLASS}\nvirtualMachines:\n  - name: vm-fedora\n"
+
+    rc, report, err = cluster.apply(body)
+
+    assert rc == 0, err
+    (outcome,) = report["outcomes"]
+    assert (outcome["result"], outcome["flow"]) == ("Succeeded", "live"), err
+    back = target_claim(cluster.vm())
+    assert back not in (there, "vm-fedora-disk")
+    pvc = cluster.pvc(back)
+    assert pvc["spec"]["storageClassName"] == seed.SOURCE_CLASS
+    assert pvc["spec"]["dataSourceRef"]["kind"] == "VolumeImportSource", "CDI's populator"
+    assert cluster.content(back) == source_hash
+    assert cluster.vmi()["metadata"]["uid"] == uid, "the same VMI: no reboot"
+    assert [m["status"]["phase"] for m in cluster.migrations()] == ["Succeeded", "Succeeded"]

@@ -9,6 +9,7 @@ process does not start: the engine builds what is missing and names the process 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -20,7 +21,7 @@ from typing import Any
 import pykube
 import pytest
 
-from testenv import admission
+from testenv import admission, seed
 from testenv.node.runtime import CONTENT_HASH_ANNOTATION
 from testenv.real import engine as engine_module
 from testenv.real import processes
@@ -566,3 +567,108 @@ def test_a_host_assisted_clone_shows_its_copy_progress(
     assert_rises(progress_until_succeeded(engine, ns, "dst"))
     assert_flow(engine, ns, "dst", populated)
     assert content(api, ns, "dst") == content(api, ns, "src")
+
+
+@pytest.fixture(scope="module")
+def seeded(engine: RealEngine) -> RealEngine:
+    """The seed's CSIDriver objects and classes (``local-hostpath``, ``ceph-rbd``)."""
+    seed.seed_cluster(engine.api())
+    return engine
+
+
+def claim(api: pykube.HTTPClient, ns: str, name: str) -> dict[str, Any]:
+    return get_json(api, "v1", ns, f"persistentvolumeclaims/{name}")
+
+
+def cluster_get(api: pykube.HTTPClient, version: str, url: str) -> dict[str, Any]:
+    """GET a cluster-scoped ``url`` (get_json's "" namespace is the kubeconfig's)."""
+    response = api.get(version=version, url=url)
+    api.raise_for_status(response)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def volume_of(api: pykube.HTTPClient, pvc: dict[str, Any]) -> dict[str, Any]:
+    return cluster_get(api, "v1", f"persistentvolumes/{pvc['spec']['volumeName']}")
+
+
+def test_the_seed_registers_csi_drivers_for_its_classes_only(seeded: RealEngine) -> None:
+    """A CSI driver's install registers its CSIDriver object; the seed's two classes are of
+    CSI drivers, the test classes of unknown provisioners are not (CDI fills those the
+    legacy way)."""
+    drivers = {d["metadata"]["name"]: d["spec"] for d in cluster_get(
+        seeded.api(), "storage.k8s.io/v1", "csidrivers")["items"]}
+    assert drivers[seed.SOURCE_PROVISIONER]["attachRequired"] is False
+    assert drivers[seed.TARGET_PROVISIONER]["attachRequired"] is True
+    assert "old.csi.vmsr.invalid" not in drivers and "new.csi.vmsr.invalid" not in drivers
+    classes = {c["metadata"]["name"]: c["provisioner"] for c in seed.storage_classes()}
+    assert set(classes.values()) <= set(drivers)
+
+
+def test_an_import_to_the_seeds_target_class_goes_through_cdis_import_populator(
+        seeded: RealEngine, ns: str) -> None:
+    """CDI's import populator fills a prime claim (``prime-<uid>``), its importer pod run on
+    the prime's node once the prime is bound, then rebinds the prime's PV to the target
+    claim and deletes the prime: the content written on the prime's volume is the target's."""
+    api = seeded.api()
+    url = "http://images.vmsr.invalid/populated.qcow2"
+    _post(api, CDI, ns, "datavolumes", import_dv("root", seed.TARGET_CLASS, url))
+    wait(seeded, lambda: dv_phase(api, ns, "root") == "Succeeded", "DataVolume Succeeded")
+
+    pvc = claim(api, ns, "root")
+    assert pvc["spec"]["dataSourceRef"]["kind"] == "VolumeImportSource", pvc["spec"]
+    prime = f"prime-{pvc['metadata']['uid']}"
+    assert pvc["metadata"]["annotations"]["cdi.kubevirt.io/storage.populator.pvcPrime"] == prime
+    pv = volume_of(api, pvc)
+    assert pv["spec"]["claimRef"]["uid"] == pvc["metadata"]["uid"]
+    expected = hashlib.sha256(url.encode()).hexdigest()
+    assert (pv["metadata"].get("annotations") or {}).get(CONTENT_HASH_ANNOTATION) == expected
+    wait(seeded, lambda: content(api, ns, "root") == expected, "the target claim's content")
+    wait(seeded, lambda: not claim(api, ns, prime), f"{prime} deleted")
+
+
+def test_a_data_volume_on_the_wait_for_first_consumer_class_waits_for_a_consumer(
+        seeded: RealEngine, ns: str) -> None:
+    """On ``local-hostpath`` (WaitForFirstConsumer, a CSI driver) CDI's populator waits for
+    the scheduler to pick the claim's node: the DataVolume shows PendingPopulation (not the
+    legacy WaitForFirstConsumer, which KubeVirt cannot migrate to); a pod using the claim is
+    that consumer, and the import then runs on its node."""
+    api = seeded.api()
+    _post(api, CDI, ns, "datavolumes", blank_dv("disk", seed.SOURCE_CLASS))
+    wait(seeded, lambda: dv_phase(api, ns, "disk") == "PendingPopulation", "PendingPopulation")
+    assert claim(api, ns, "disk")["status"]["phase"] == "Pending"
+
+    _post(api, "v1", ns, "pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "consumer"},
+        "spec": {"containers": [{"name": "c", "image": "vmsr.invalid/consumer"}],
+                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "disk"}}]}})
+
+    wait(seeded, lambda: dv_phase(api, ns, "disk") == "Succeeded", "DataVolume Succeeded")
+    pvc = claim(api, ns, "disk")
+    node = pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"]
+    assert get_json(api, "v1", ns, "pods/consumer")["spec"]["nodeName"] == node
+    assert content(api, ns, "disk") == ""  # a blank disk
+    assert (volume_of(api, pvc)["metadata"].get("annotations") or {}).get(
+        CONTENT_HASH_ANNOTATION) == ""
+
+
+def test_a_clone_within_the_ceph_class_is_a_csi_clone_carrying_the_content(
+        seeded: RealEngine, ns: str) -> None:
+    """CDI advises csi-clone for ``rbd.csi.ceph.com`` (its StorageProfile's cloneStrategy):
+    the clone populator's ``tmp-pvc-<uid>`` names the source claim as its data source and the
+    CSI driver clones the volume, content included; the PV is then rebound to the target."""
+    api = seeded.api()
+    url = "http://images.vmsr.invalid/to-clone.qcow2"
+    _post(api, CDI, ns, "datavolumes", import_dv("src", seed.TARGET_CLASS, url, "1Gi"))
+    wait(seeded, lambda: dv_phase(api, ns, "src") == "Succeeded", "source DataVolume")
+    clone = blank_dv("dst", seed.TARGET_CLASS, "1Gi")
+    clone["spec"]["source"] = {"pvc": {"namespace": ns, "name": "src"}}
+    _post(api, CDI, ns, "datavolumes", clone)
+
+    dv = wait(seeded, lambda: (d := get_json(api, CDI, ns, "datavolumes/dst"))
+              and (d.get("status") or {}).get("phase") == "Succeeded" and d, "clone Succeeded")
+    assert dv["metadata"]["annotations"]["cdi.kubevirt.io/cloneType"] == "csi-clone"
+    expected = hashlib.sha256(url.encode()).hexdigest()
+    wait(seeded, lambda: content(api, ns, "dst") == expected, "the clone's content")
+    pv = volume_of(api, claim(api, ns, "dst"))
+    assert (pv["metadata"].get("annotations") or {}).get(CONTENT_HASH_ANNOTATION) == expected
