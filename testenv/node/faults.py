@@ -1,5 +1,5 @@
 """Faults a test sets on the real engine's node side through the API: the node side runs in
-its own process, so the simulator's in-process ``faults.add`` cannot reach it, and an
+its own process, so an in-process ``Faults.add`` cannot reach it, and an
 annotation cannot be put on an object that does not exist yet (the destination DataVolume
 ``apply`` is about to create).
 

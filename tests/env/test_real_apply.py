@@ -1,6 +1,7 @@
 """``apply`` end to end on the real engine: the seed's storage classes and VM shape, moved
 live (upstream virt-controller's workload updater and migration controller) and offline
-(upstream cdi-controller's clone), as tests/cluster/test_apply.py does on the simulator."""
+(upstream cdi-controller's clone), with the seed's CSIDriver objects (so through CDI's
+populators) and the node side's content marker checked on every target."""
 
 from __future__ import annotations
 

@@ -244,10 +244,8 @@ def test_cdi_sizes_a_filesystem_clone_from_the_image_not_the_claim(
     """Upstream detectCloneSize: a clone without a size of a Filesystem source with KubeVirt
     content gets the image's virtual size (the size-detection pod's answer: what the
     importer left, the source's space minus the filesystem overhead) plus the overhead again
-    for a Filesystem target, so the destination claim is smaller than its source. The
-    simulator sized it like the source request when the volume modes matched; it now does
-    what upstream does (``storage.detect_clone_size``), and ``apply`` requests the source's
-    size for an offline clone."""
+    for a Filesystem target, so the destination claim is smaller than its source; ``apply``
+    therefore requests the source's size for an offline clone."""
     api = engine.api()
     _post(api, CDI, ns, "datavolumes", import_dv("src", OLD, "http://x.vmsr.invalid/i", "10Gi"))
     wait(engine, lambda: dv_phase(api, ns, "src") == "Succeeded", "import")
@@ -262,8 +260,8 @@ def test_cdi_sizes_a_filesystem_clone_from_the_image_not_the_claim(
         return int(pvc["spec"]["resources"]["requests"]["storage"])
 
     source, target = request("src"), request("dst")
-    # CDI's GetRequiredSpace: align to 1 MiB, then x (1 + 6% filesystem overhead), as the
-    # simulator's storage.required_space now does (it divided by 0.94: 11422785362)
+    # CDI's GetRequiredSpace: align to 1 MiB, then x (1 + 6% filesystem overhead), not
+    # / 0.94 (11422785362)
     assert source == math.ceil(10 * 2**30 * 1.06) == 11381663335
     virtual = int(source * 0.94)  # what the importer left: the usable space
     assert target == math.ceil(-(-virtual // 2**20) * 2**20 * 1.06) == 11341649675
@@ -381,8 +379,9 @@ def test_a_failing_migration_is_reported_by_the_source_and_fails_the_vmim(
 
 
 def test_virt_api_refuses_what_the_admission_stand_ins_refuse(engine: RealEngine, ns: str) -> None:
-    """The simulator's CEL policies (testenv.admission) word their refusals as upstream's
-    webhooks; here the real virt-api answers (behind its own prefix)."""
+    """The CEL policies of testenv.admission (for a bare kube-apiserver) word their
+    refusals as upstream's webhooks; here the real virt-api answers (behind its own
+    prefix)."""
     api = engine.api()
     both = vm_body("vm1", "root", run=False)
     both["spec"]["running"] = False
