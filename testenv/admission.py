@@ -1,40 +1,22 @@
-"""Upstream admission refusals as ValidatingAdmissionPolicies (CEL), installed at start.
+"""CDI's DataVolume webhook as a ValidatingAdmissionPolicy (CEL).
 
-A real cluster runs KubeVirt's and CDI's validating webhooks; a refused request never
-reaches etcd and the client gets HTTP 422 with the webhook's message. A bare kube-apiserver
-has no webhooks, so ``ControlPlane.start()`` installs these policies instead
-(admissionregistration.k8s.io/v1, GA since 1.30), one per upstream webhook, each bound
-with ``validationActions: [Deny]``. Every validation says ``reason: Invalid``, so the API
-server answers 422 (the default, Forbidden, would be 403). The message is the upstream
-text, behind the API server's prefix
-``ValidatingAdmissionPolicy '<policy>' with binding '<binding>' denied request: ``
-(a webhook's is ``admission webhook "<name>" denied the request: ``); the policy names
-are the upstream webhook names, so the prefix still names the webhook.
+A real cluster runs CDI's validating webhooks in cdi-apiserver, which the local environment
+does not run (KubeVirt's are upstream virt-api's, on the real engine). A refused request never
+reaches etcd and the client gets HTTP 422 with the webhook's message, so the control plane
+installs this policy instead (``ControlPlane.start()``; the real engine once its API server
+is up), bound with ``validationActions: [Deny]``. The validation says ``reason: Invalid``, so
+the API server answers 422 (the default, Forbidden, would be 403). The message is the
+upstream text, behind the API server's prefix
+``ValidatingAdmissionPolicy '<policy>' with binding '<binding>' denied request: `` (a
+webhook's is ``admission webhook "<name>" denied the request: ``); the policy is named after
+the upstream webhook, so the prefix still names it.
 
-What each policy mirrors (KubeVirt v1.9.0, CDI v1.66.0):
-
-- ``virtualmachine-validator.kubevirt.io`` (``vms-admitter.go``, CREATE/UPDATE of
-  VirtualMachines not being deleted): the ``ValidateVirtualMachineSpec`` causes about
-  ``dataVolumeTemplates`` (``pkg/storage/admitters/data-volume-template.go``: an empty
-  name, missing or duplicate storage, an entry no volume references, each naming its
-  index ``spec.dataVolumeTemplate[N]`` as upstream does) and about the run strategy
-  (``running`` with ``runStrategy``, neither, an unknown strategy), joined with ", " as
-  upstream joins causes. Then, on UPDATE only and only if the spec is otherwise valid,
-  the storage admitter's snapshot lock (``vm-storage-status.go``): while
-  ``status.snapshotInProgress`` names a snapshot, the template's volumes and the run
-  state may not change.
-- ``datavolume-validator.cdi.kubevirt.io`` (``datavolume-validate.go``, UPDATE of
-  DataVolumes): the spec is immutable, except that a multi-stage import (a ``vddk`` or
-  ``imageio`` source with checkpoints) may change ``checkpoints`` and ``finalCheckpoint``.
-
-Not expressed (documented deviations): the other ``ValidateVirtualMachineSpec`` checks
-(the VMI template, feature gates, instance types; ``WaitAsReceiver`` is accepted whatever
-the DecentralizedLiveMigration gate says), the DataVolume template source checks
-(external population, number of sources), the embedded-namespace check, and the
-"..., and N more validation errors" cut after ten causes. Comparisons are CEL equality,
-not Go's semantic equality: ``""`` and an absent string field compare equal (scalar spec
-fields are read with defaults), but ``1Gi`` and ``1073741824`` inside a nested spec do not.
-CREATE-time DataVolume checks stay in the simulator (``storage.validate_dv``).
+``datavolume-validator.cdi.kubevirt.io`` (CDI v1.65.0 ``datavolume-validate.go``, UPDATE of
+DataVolumes): the spec is immutable, except that a multi-stage import (a ``vddk`` or
+``imageio`` source with checkpoints) may change ``checkpoints`` and ``finalCheckpoint``.
+Comparisons are CEL equality, not Go's semantic equality: ``""`` and an absent string field
+compare equal (scalar spec fields are read with defaults), but ``1Gi`` and ``1073741824``
+inside a nested spec do not. CREATE-time DataVolume checks are not expressed.
 """
 
 from __future__ import annotations
@@ -48,133 +30,10 @@ import pykube
 
 API_VERSION = "admissionregistration.k8s.io/v1"
 
-VM_POLICY = "virtualmachine-validator.kubevirt.io"
 DV_POLICY = "datavolume-validator.cdi.kubevirt.io"
 
-MSG_RUNNING_AND_STRATEGY = (
-    "Running and RunStrategy are mutually exclusive. Note that Running is deprecated, "
-    "please use RunStrategy instead"
-)
-MSG_STRATEGY_REQUIRED = "RunStrategy must be specified"
 MSG_DV_SPEC = "Cannot update DataVolume Spec"
-VALID_RUN_STRATEGIES = ("Halted", "Manual", "Always", "RerunOnFailure", "Once")
-GATED_RUN_STRATEGIES = ("WaitAsReceiver",)
 
-
-def _cel_string(text: str) -> str:
-    """A CEL string literal (JSON escaping is valid CEL for these texts)."""
-    return json.dumps(text)
-
-
-def unreferenced_template_message(index: int) -> str:
-    """The upstream cause for dataVolumeTemplates[index] that no volume references."""
-    return (
-        f"DataVolumeTemplate entry spec.dataVolumeTemplate[{index}] must be referenced in "
-        "the VMI template's 'volumes' list"
-    )
-
-
-def snapshot_volumes_message(snapshot: str) -> str:
-    """The upstream refusal of a volume edit while `snapshot` is in progress."""
-    return f'Cannot update vm disks or volumes until snapshot "{snapshot}" completes'
-
-
-def snapshot_running_message(snapshot: str) -> str:
-    """The upstream refusal of a run-state change while `snapshot` is in progress."""
-    return f'Cannot update vm running state until snapshot "{snapshot}" completes'
-
-
-# -- the VirtualMachine policy ----------------------------------------------------------------
-
-_TEMPLATE_CAUSE = (
-    # One entry per dataVolumeTemplates index: "" when the entry is fine.
-    "variables.indices.map(i, "
-    "variables.templates[i].?metadata.?name.orValue('') == '' ? "
-    "\"'name' field must not be empty for DataVolumeTemplate entry spec.dataVolumeTemplate[\""
-    " + string(i) + \"].name.\" : "
-    "!has(variables.templates[i].spec.pvc) && !has(variables.templates[i].spec.storage) ? "
-    "'Missing Data volume PVC or Storage' : "
-    "has(variables.templates[i].spec.pvc) && has(variables.templates[i].spec.storage) ? "
-    "'Duplicate storage definition, both target storage and target pvc defined' : "
-    "variables.volumes.exists(v, "
-    "(has(v.persistentVolumeClaim) && "
-    "v.persistentVolumeClaim.claimName == variables.templates[i].metadata.name) || "
-    "(has(v.dataVolume) && v.dataVolume.name == variables.templates[i].metadata.name)) ? '' : "
-    "'DataVolumeTemplate entry spec.dataVolumeTemplate[' + string(i) + "
-    "\"] must be referenced in the VMI template's 'volumes' list\""
-    ").filter(m, m != '')"
-)
-
-_RUN_CAUSES = (
-    "(has(object.spec.running) && has(object.spec.runStrategy) ? "
-    f"[{_cel_string(MSG_RUNNING_AND_STRATEGY)}] : []) + "
-    "(!has(object.spec.running) && !has(object.spec.runStrategy) ? "
-    f"[{_cel_string(MSG_STRATEGY_REQUIRED)}] : []) + "
-    "(has(object.spec.runStrategy) && "
-    f"!(object.spec.runStrategy in {json.dumps([*VALID_RUN_STRATEGIES, *GATED_RUN_STRATEGIES])})"
-    " ? ['Invalid RunStrategy (' + object.spec.runStrategy + ')'] : [])"
-)
-
-_SAME_RUN_STATE = (
-    "has(oldObject.spec.running) && has(object.spec.running) ? "
-    "oldObject.spec.running == object.spec.running : "
-    "has(oldObject.spec.runStrategy) && has(object.spec.runStrategy) ? "
-    "oldObject.spec.runStrategy == object.spec.runStrategy : false"
-)
-
-_VM_POLICY_SPEC: dict[str, Any] = {
-    "failurePolicy": "Fail",
-    "matchConstraints": {
-        "resourceRules": [{
-            "apiGroups": ["kubevirt.io"],
-            "apiVersions": ["*"],
-            "operations": ["CREATE", "UPDATE"],
-            "resources": ["virtualmachines"],
-        }],
-    },
-    # vms-admitter: a VM being deleted is admitted as it is.
-    "matchConditions": [
-        {"name": "not-deleting", "expression": "!has(object.metadata.deletionTimestamp)"},
-    ],
-    "variables": [
-        {"name": "templates", "expression": "object.spec.?dataVolumeTemplates.orValue([])"},
-        {"name": "volumes", "expression": "object.spec.?template.?spec.?volumes.orValue([])"},
-        {"name": "indices", "expression": "lists.range(size(variables.templates))"},
-        {"name": "specCauses", "expression": f"{_TEMPLATE_CAUSE} + {_RUN_CAUSES}"},
-        {
-            "name": "snapshot",
-            "expression": (
-                "request.operation == 'UPDATE' && size(variables.specCauses) == 0 ? "
-                "object.?status.?snapshotInProgress.orValue('') : ''"
-            ),
-        },
-        {
-            "name": "sameVolumes",
-            "expression": (
-                "request.operation != 'UPDATE' || variables.volumes == "
-                "oldObject.spec.?template.?spec.?volumes.orValue([])"
-            ),
-        },
-    ],
-    "validations": [
-        {
-            "expression": "size(variables.specCauses) == 0",
-            "messageExpression": "variables.specCauses.join(', ')",
-            "reason": "Invalid",
-        },
-        {
-            "expression": (
-                f"variables.snapshot == '' || (variables.sameVolumes && ({_SAME_RUN_STATE}))"
-            ),
-            "messageExpression": (
-                "(variables.sameVolumes ? 'Cannot update vm running state until snapshot \"' : "
-                "'Cannot update vm disks or volumes until snapshot \"') + variables.snapshot + "
-                "'\" completes'"
-            ),
-            "reason": "Invalid",
-        },
-    ],
-}
 
 # -- the DataVolume policy --------------------------------------------------------------------
 
@@ -229,10 +88,7 @@ _DV_POLICY_SPEC: dict[str, Any] = {
     ],
 }
 
-POLICIES: Mapping[str, Mapping[str, Any]] = {
-    VM_POLICY: _VM_POLICY_SPEC,
-    DV_POLICY: _DV_POLICY_SPEC,
-}
+POLICIES: Mapping[str, Mapping[str, Any]] = {DV_POLICY: _DV_POLICY_SPEC}
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -279,9 +135,9 @@ def install(api: pykube.HTTPClient, *, timeout: float = 60.0,
     """Create the policies and bindings, then return once every one is enforced.
 
     The API server compiles policies asynchronously, so enforcement is proven, not assumed:
-    each refusal is probed with ``dryRun=All`` requests until the server refuses them
-    (UPDATE rules need a stored object: a probe VM and DataVolume are created in
-    ``default`` and deleted again; no controller runs yet, so nothing reacts to them).
+    the refusal is probed with ``dryRun=All`` requests until the server refuses them (an
+    UPDATE rule needs a stored object: a probe DataVolume is created in ``default`` and
+    deleted again; no controller runs yet, so nothing reacts to it).
     """
     for doc in manifests():
         response = api.post(url=_PLURALS[doc["kind"]], version=API_VERSION,
@@ -290,42 +146,19 @@ def install(api: pykube.HTTPClient, *, timeout: float = 60.0,
             raise AdmissionError(f"{doc['kind']} {doc['metadata']['name']} rejected "
                                  f"({response.status_code}): {response.text[:2000]}")
     deadline = time.monotonic() + timeout
-    vm_url = f"namespaces/{_PROBE_NAMESPACE}/virtualmachines"
     dv_url = f"namespaces/{_PROBE_NAMESPACE}/datavolumes"
-    vm = _create(api, vm_url, "kubevirt.io/v1", _probe_vm())
     dv = _create(api, dv_url, "cdi.kubevirt.io/v1beta1", _probe_dv())
     try:
-        locked = _request(api, "PATCH", f"{vm_url}/{_PROBE_NAME}/status", "kubevirt.io/v1",
-                          {"status": {"snapshotInProgress": _PROBE_NAME}})
-        if not locked.ok:
-            raise AdmissionError(f"probe VM status not written: {locked.text[:500]}")
-        probes: list[tuple[str, Callable[[], Any], str]] = [
-            ("running with runStrategy", lambda: _request(
-                api, "POST", vm_url, "kubevirt.io/v1",
-                {**_probe_vm(), "metadata": {"name": f"{_PROBE_NAME}-2"},
-                 "spec": {**_probe_vm()["spec"], "running": False}}, dry_run=True),
-             MSG_RUNNING_AND_STRATEGY),
-            ("volume edit during a snapshot", lambda: _request(
-                api, "PATCH", f"{vm_url}/{_PROBE_NAME}", "kubevirt.io/v1",
-                {"spec": {"template": {"spec": {"volumes": []}}}}, dry_run=True),
-             snapshot_volumes_message(_PROBE_NAME)),
-            ("DataVolume spec update", lambda: _request(
-                api, "PATCH", f"{dv_url}/{_PROBE_NAME}", "cdi.kubevirt.io/v1beta1",
-                {"spec": {"contentType": "archive"}}, dry_run=True),
-             MSG_DV_SPEC),
-        ]
-        pending = probes
-        while pending:
-            pending = [p for p in pending if not _refused(p[1](), p[2])]
-            if pending and time.monotonic() > deadline:
-                raise AdmissionError("admission policies not enforced after "
-                                     f"{timeout:.0f}s: {', '.join(p[0] for p in pending)}")
-            if pending:
-                time.sleep(0.05)
+        while not _refused(_request(api, "PATCH", f"{dv_url}/{_PROBE_NAME}",
+                                    "cdi.kubevirt.io/v1beta1",
+                                    {"spec": {"contentType": "archive"}}, dry_run=True),
+                           MSG_DV_SPEC):
+            if time.monotonic() > deadline:
+                raise AdmissionError(f"admission policy {DV_POLICY} not enforced after "
+                                     f"{timeout:.0f}s")
+            time.sleep(0.05)  # the API server compiles policies asynchronously: poll it
     finally:
-        for url, obj in ((vm_url, vm), (dv_url, dv)):
-            api.delete(url=f"{url}/{obj['metadata']['name']}",
-                       version=obj["apiVersion"])
+        api.delete(url=f"{dv_url}/{dv['metadata']['name']}", version=dv["apiVersion"])
     log(f"admission policies enforced: {', '.join(POLICIES)}")
 
 
@@ -356,21 +189,6 @@ def _create(api: pykube.HTTPClient, url: str, version: str,
                              f"{response.text[:1000]}")
     created: dict[str, Any] = response.json()
     return created
-
-
-def _probe_vm() -> dict[str, Any]:
-    return {
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachine",
-        "metadata": {"name": _PROBE_NAME},
-        "spec": {
-            "runStrategy": "Halted",
-            "template": {"spec": {
-                "domain": {"devices": {"disks": [{"name": "root", "disk": {}}]}},
-                "volumes": [{"name": "root", "persistentVolumeClaim": {"claimName": "root"}}],
-            }},
-        },
-    }
 
 
 def _probe_dv() -> dict[str, Any]:

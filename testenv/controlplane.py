@@ -66,14 +66,14 @@ class ControlPlane:
     """etcd + kube-apiserver with the KubeVirt/CDI CRDs installed; a context manager.
 
     ``start()`` returns once ``/readyz`` is ok, every CRD is Established and served by
-    discovery, and the admission policies standing in for the KubeVirt/CDI webhooks
-    (``testenv.admission``) are enforced. ``stop()`` is idempotent and leaves no processes
+    discovery, and the admission policy standing in for CDI's DataVolume webhook
+    (``testenv.admission``) is enforced. ``stop()`` is idempotent and leaves no processes
     and no temp dir behind.
     Attributes (valid between start and stop): ``kubeconfig``, ``server``, ``ca_file``,
     ``admin_token``, ``workdir``. ``apiserver_args`` are appended to kube-apiserver's flags
     (e.g. ``--audit-log-path``/``--audit-policy-file`` for the apply benchmark).
-    ``admission_policies=False`` leaves the stand-ins for the webhooks out (the real engine
-    runs the real ones; ``binaries.crd_dir`` then names its own CRDs).
+    ``admission_policies=False`` leaves the stand-in out (the real engine installs its own
+    once its controllers' users are known; ``binaries.crd_dir`` then names its own CRDs).
     """
 
     def __init__(

@@ -635,11 +635,9 @@ cdi-apiserver's semantic comparison accepts and a CEL ``==`` does not."""
 
 def _install_dv_policy(api: pykube.HTTPClient) -> None:
     """The CEL stand-in for cdi-apiserver's DataVolume validation (UPDATE: the spec is
-    immutable), as on the simulator: cdi-apiserver does not run here. Requests of the
-    controllers (``CONTROLLER_USERS``) are not judged by it."""
+    immutable): cdi-apiserver does not run here. Requests of the controllers
+    (``CONTROLLER_USERS``) are not judged by it."""
     for doc in admission.manifests():
-        if doc["metadata"]["name"] != admission.DV_POLICY:
-            continue
         if doc["kind"] == "ValidatingAdmissionPolicy":
             users = ", ".join(json.dumps(u) for u in CONTROLLER_USERS)
             doc["spec"].setdefault("matchConditions", []).append({

@@ -1,8 +1,8 @@
 """The generated KubeVirt/CDI CRDs validate like a real cluster's: schema, pruning, subresources.
 
 Messages are asserted verbatim: they are what kube-apiserver v1.36 returns for these
-CRDs, so the reconciler's error handling is tested against real text. The webhook
-refusals (ValidatingAdmissionPolicies standing in for them) are in test_admission.py.
+CRDs, so the reconciler's error handling is tested against real text. CDI's DataVolume
+webhook refusal (a ValidatingAdmissionPolicy standing in for it) is in test_admission.py.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 import pykube
 import pytest
 
-from testenv import admission, seed
+from testenv import seed
 from testenv.node.runtime import CONTENT_HASH_ANNOTATION
 from testenv.real import engine as engine_module
 from testenv.real import processes
@@ -378,17 +378,23 @@ def test_a_failing_migration_is_reported_by_the_source_and_fails_the_vmim(
     assert content(api, ns, "root-new") == ""  # nothing copied
 
 
-def test_virt_api_refuses_what_the_admission_stand_ins_refuse(engine: RealEngine, ns: str) -> None:
-    """The CEL policies of testenv.admission (for a bare kube-apiserver) word their
-    refusals as upstream's webhooks; here the real virt-api answers (behind its own
-    prefix)."""
+RUNNING_AND_STRATEGY = (
+    "Running and RunStrategy are mutually exclusive. Note that Running is deprecated, "
+    "please use RunStrategy instead"
+)
+
+
+def test_virt_api_refuses_an_invalid_vm_with_upstream_s_message(
+        engine: RealEngine, ns: str) -> None:
+    """virt-api's VM webhook answers 422 with its causes (vms-admitter.go), which the
+    product shows as they come (``plan --server-dry-run``)."""
     api = engine.api()
     both = vm_body("vm1", "root", run=False)
     both["spec"]["running"] = False
     response = api.post(version=KV, namespace=ns, url="virtualmachines", data=json.dumps(both))
     assert response.status_code == 422
     assert 'admission webhook "virtualmachine-validator.kubevirt.io" denied the request: ' \
-        + admission.MSG_RUNNING_AND_STRATEGY in response.json()["message"]
+        + RUNNING_AND_STRATEGY in response.json()["message"]
 
     unreferenced = vm_body("vm2", "root", run=False)
     unreferenced["spec"]["dataVolumeTemplates"] = [
@@ -396,7 +402,8 @@ def test_virt_api_refuses_what_the_admission_stand_ins_refuse(engine: RealEngine
     response = api.post(version=KV, namespace=ns, url="virtualmachines",
                         data=json.dumps(unreferenced))
     assert response.status_code == 422
-    assert admission.unreferenced_template_message(0) in response.json()["message"]
+    assert ("DataVolumeTemplate entry spec.dataVolumeTemplate[0] must be referenced in the "
+            "VMI template's 'volumes' list") in response.json()["message"]
 
 
 def test_a_missing_destination_is_refused_before_anything_is_written(
