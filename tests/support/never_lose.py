@@ -2,9 +2,9 @@
 step boundary, the Lease a killed run leaves behind expired, a guest "writing" to its disk, a
 journal read and forged, and a busy writer patching a VM from another process.
 
-A guest's writes, in the simulator: a disk's content is the content-hash annotation of its PVC
-(``testenv.node.runtime.CONTENT_HASH_ANNOTATION``); imports and clones copy it. Nothing in
-the simulator changes it while a VM runs, so a test "writes" by setting a new value on the PVC
+A guest's writes, on the node side: a disk's content is the content-hash annotation of its PV
+and PVC (``testenv.node.runtime.CONTENT_HASH_ANNOTATION``); imports, clones and migrations
+copy it. Nothing changes it while a VM runs, so a test "writes" by setting a new value on both
 while the VMI runs: a copy taken before the write then holds the old value (it is stale), and
 a copy taken after it the new one.
 """
@@ -156,8 +156,8 @@ def forged(text: str, edit: Any) -> str:
 class BusyWriter:
     """Patches an unrelated label of VM ``name`` about ``rate`` times a second from
     ``release()`` until ``stop()``, from another process (``python -m
-    tests.support.never_lose``: the test process, which also runs the simulator and `apply`,
-    would slow it down), with ``threads`` threads and a client each. Each patch bumps the VM's
+    tests.support.never_lose``: the test process, which also runs `apply`, would slow it
+    down), with ``threads`` threads and a client each. Each patch bumps the VM's
     resourceVersion, never its generation."""
 
     kubeconfig: Path
