@@ -25,14 +25,19 @@ What must hold, asserted together (one failure message lists every broken promis
 - A further run converges at once: exit 0, the VM and the DataVolumes unchanged, and no write
   of that run but its Lease, Events and status ConfigMap.
 
-The tests run on a control plane of their own with an audit log and a simulator whose clones
-take seconds (tests/support/lab.py; ~5 s to start, once for the module): the session's control
-plane has no audit log and copies instantly. The Lease lasts ``LEASE_SECONDS`` (``apply
---lease-duration``), and the tests wait for it to expire for real: a runner's own clock must
-run out too (it acts only until its last renewal plus two thirds of the duration). A product
-without ``--lease-duration`` is run with the default 60 s and the expiry forced by moving the
-Lease's renewTime back (what test_apply_crash.py does), so these tests show the missing fence
-there, not only the missing flag.
+The tests run on the session's real engine (``lab``: ``tests.support.lab.Lab``): upstream
+virt-controller stops and starts the VM, cdi-controller clones its disk; the engine's API
+server audits the runners' requests (``testenv.real.engine.AUDIT_POLICY``: the ServiceAccounts
+of ``tests.support.lab.RUNNERS_NS``), and the node side's copies take ``COPY_SECONDS_PER_GIB``
+per GiB while the module runs, so the clone of the ``DISK_SIZE`` disk takes seconds and A is
+always isolated mid-copy.
+
+The Lease lasts ``LEASE_SECONDS`` (``apply --lease-duration``), and the tests wait for it to
+expire for real: a runner's own clock must run out too (it acts only until its last renewal
+plus two thirds of the duration). A product without ``--lease-duration`` is run with the
+default 60 s and the expiry forced by moving the Lease's renewTime back (what
+test_apply_crash.py does), so these tests show the missing fence there, not only the missing
+flag.
 
 The partition test runs twice: ``reset`` (the partition outlived TCP: A's connections are
 reset when it heals and what A sent during it is never delivered, so every request of A the
@@ -45,9 +50,9 @@ accepted once B holds the Lease).
 expiry B starts, and whether A comes back after B finished or while B is still at work.
 ``VMSR_SPLIT_SEED`` (default 1414) seeds them; each trial prints its timings and the failure
 message names the seed and the test to replay. ``VMSR_SPLIT_RUNS=N`` runs N trials of each
-test with the seeds ``SEED .. SEED+N-1`` in one session (one control plane). The
-100-in-a-row check of the issue (not in CI; about 17 s per trial of each of the three tests,
-so ~1.5 h on 2 cores)::
+test with the seeds ``SEED .. SEED+N-1`` in one session (one engine). The
+100-in-a-row check of the issue (not in CI; about 21 s per trial of each of the three tests,
+so ~1.75 h on 2 cores)::
 
     VMSR_SPLIT_RUNS=100 VMSR_SPLIT_SEED=$RANDOM .venv/bin/pytest -x -q \\
         tests/cluster/test_split_brain.py
@@ -80,7 +85,8 @@ import pykube
 import pytest
 
 from testenv import seed
-from testenv.node.runtime import CONTENT_HASH_ANNOTATION, SimConfig
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION
+from testenv.real.engine import RealEngine
 from tests.cluster.test_plan import _merge, plan_file
 from tests.support.kube import annotation, get_json
 from tests.support.lab import ROOT, AuditEvent, Lab, Runner
@@ -212,9 +218,11 @@ def test_the_proxy_heal_without_reset_delivers_what_was_held() -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    config = SimConfig(copy_seconds_per_gib=COPY_SECONDS_PER_GIB, progress_tick=0.1)
-    with Lab(tmp_path_factory.mktemp("split-brain-lab"), config) as started:
+def lab(real_engine: RealEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The session's real engine, its node side copying at ``COPY_SECONDS_PER_GIB`` while the
+    module runs."""
+    workdir = tmp_path_factory.mktemp("split-brain-lab")
+    with Lab(real_engine, workdir, copy_seconds_per_gib=COPY_SECONDS_PER_GIB) as started:
         yield started
 
 
@@ -353,7 +361,7 @@ class Trial:
             "the VM running",
         )
         source_hash = self.content(SOURCE)
-        assert source_hash, "the simulator gives every imported disk a content hash"
+        assert source_hash, "the node side gives every imported disk a content hash"
         return source_hash
 
     def apply(self, name: str, identity: str, kubeconfig: Path | None = None) -> Runner:
@@ -686,14 +694,15 @@ def state_of(trial: Trial) -> dict[str, Any]:
 
 @pytest.fixture
 def trials(lab: Lab) -> Iterator[list[Trial]]:
-    """The trials a test ran: their runners killed afterwards, the simulator checked."""
+    """The trials a test ran; afterwards their runners killed and their VMs deleted, so no
+    move a failed trial left open is resumed by a later test's run."""
     made: list[Trial] = []
     yield made
     for trial in made:
         trial.kill_all()
-    crashes = lab.take_crashes()
-    if crashes:
-        pytest.fail(f"a simulated controller raised during this test:\n{crashes[0]}")
+    for trial in made:
+        response = lab.api.delete(version=KV, namespace=trial.ns, url="virtualmachines")
+        lab.api.raise_for_status(response)
 
 
 @pytest.mark.parametrize("seed_", TRIALS, ids=[f"seed{s}" for s in TRIALS])

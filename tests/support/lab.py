@@ -1,18 +1,19 @@
-"""A dedicated cluster for one test module: control plane (with an audit log), seed, simulator;
-runner identities; `apply` as a subprocess; the audit log read back.
+"""A test module's lab on the real engine: runner identities, the API server's audit log read
+back, the node side's copy rate; `apply` as a subprocess (``Runner``).
 
-The session's control plane (tests/conftest.py) has no audit log and its simulator copies
-instantly. The split-brain and kill-storm tests need both: an audit log that attributes every
-request to a runner (each runner has a ServiceAccount of its own, and the reconciler names its
-process in the User-Agent), and copies that take seconds, so a runner can be frozen or cut off
-mid-copy and kills land mid-step. A second control plane costs ~5 s to start (the binaries are
-built once per machine) and a few hundred MB while the module runs; it is stopped, with its
-simulator, at the end of the module.
+The split-brain and kill-storm tests need copies that take seconds (so a runner can be frozen
+or cut off mid-copy, and kills land mid-step), and the split-brain tests an audit log that
+attributes every request to a runner: each runner talks as a ServiceAccount of its own in
+``RUNNERS_NS`` (the namespace the engine's API server audits, ``testenv.real.engine``), and
+the reconciler names its process in the User-Agent.
 
-``Lab(workdir, sim_config, audit=True)``: ``start()``/``stop()`` (or ``with``), then ``api``
-(admin), ``sim``, ``kubeconfig(identity)`` (a cluster-admin ServiceAccount per name, created on
-first use), ``audit()`` (the events so far). ``Runner``: one ``python -m reconciler ...``
-process with its output in files (a frozen or chatty process can never block on a full pipe).
+``Lab(engine, workdir, copy_seconds_per_gib=x)``: ``start()``/``stop()`` (or ``with``) set the
+node side's copy rate to ``x`` seconds per GiB and put back the rate the node side started
+with; between them ``api`` (admin), ``cp`` (the engine's control plane), ``node`` (the node
+side's fault knobs), ``kubeconfig(identity)`` (a cluster-admin ServiceAccount per name, created
+on first use), ``audit()``/``audit_mark()`` (the events so far, or since a mark). ``Runner``:
+one ``python -m reconciler ...`` process with its output in files (a frozen or chatty process
+can never block on a full pipe).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,27 +35,12 @@ import pykube
 
 from testenv import seed
 from testenv.controlplane import ControlPlane
-from testenv.node.runtime import SimConfig, Simulator
-from testenv.simulator import start as start_simulator
+from testenv.real.engine import AUDITED_NAMESPACE, RealEngine
+from tests.support.node_faults import NodeSide
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNNERS_NS = "vmsr-runners"  # where the runners' ServiceAccounts live
+RUNNERS_NS = AUDITED_NAMESPACE  # where the runners' ServiceAccounts live
 MUTATING = frozenset({"create", "update", "patch", "delete", "deletecollection"})
-
-AUDIT_POLICY = textwrap.dedent(
-    """\
-    apiVersion: audit.k8s.io/v1
-    kind: Policy
-    # one event per request, once it is answered (a WATCH logs when it ends)
-    omitStages: [RequestReceived, ResponseStarted]
-    rules:
-      # the runners' writes keep their body: a failure can show what a fenced-off runner wrote
-      - level: Request
-        userGroups: ["system:serviceaccounts:vmsr-runners"]
-        verbs: [create, update, patch, delete, deletecollection]
-      - level: Metadata
-    """
-)
 
 
 @dataclass(frozen=True)
@@ -132,47 +117,30 @@ def read_audit(path: Path, since: int = 0) -> list[AuditEvent]:
 
 
 class Lab:
-    """A control plane of its own (optionally audited), seeded, with a simulator."""
+    """The real engine as a test module's lab (see the module docstring)."""
 
-    def __init__(self, workdir: Path, sim_config: SimConfig, *, audit: bool = True) -> None:
+    def __init__(self, engine: RealEngine, workdir: Path, *, copy_seconds_per_gib: float) -> None:
+        assert engine.audit_log is not None, "the real engine is not running"
         self.workdir = workdir
-        self.sim_config = sim_config
-        self.audit_log: Path | None = workdir / "audit.log" if audit else None
-        args: list[str] = []
-        if self.audit_log is not None:
-            policy = workdir / "audit-policy.yaml"
-            workdir.mkdir(parents=True, exist_ok=True)
-            policy.write_text(AUDIT_POLICY)
-            args = [
-                f"--audit-policy-file={policy}",
-                f"--audit-log-path={self.audit_log}",
-                "--audit-log-format=json",
-                # each event is written before its answer is sent: read after a request, the
-                # log has it
-                "--audit-log-mode=blocking",
-            ]
-        self.cp = ControlPlane(log=lambda _: None, apiserver_args=args)
-        self._sim: Simulator | None = None
-        self._api: pykube.HTTPClient | None = None
+        self.copy_seconds_per_gib = copy_seconds_per_gib
+        self.audit_log: Path = engine.audit_log
+        self.cp: ControlPlane = engine.control_plane
+        self.api: pykube.HTTPClient = engine.api()
+        self.node = NodeSide(self.api, engine.nodes)
         self._kubeconfigs: dict[str, Path] = {}
 
     def start(self) -> Self:
-        self.cp.start()
-        try:
-            self._api = self.cp.api()
-            seed.seed_cluster(self._api)
-            seed.create(self._api, seed.namespace(RUNNERS_NS))
-            self._sim = start_simulator(self.cp.api(), self.sim_config)
-        except BaseException:
-            self.stop()
-            raise
+        """Seed what the tests expect of any cluster (an existing object is kept), the runners'
+        namespace, and the copy rate (once the node side has armed it)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        seed.seed_cluster(self.api)
+        seed.create(self.api, seed.namespace(RUNNERS_NS))
+        self.node.faults.copy_seconds_per_gib(self.copy_seconds_per_gib)
         return self
 
     def stop(self) -> None:
-        if self._sim is not None:
-            self._sim.stop()
-            self._sim = None
-        self.cp.stop()
+        """The node side's copy rate back to the one it started with."""
+        self.node.faults.copy_seconds_per_gib(None)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -184,16 +152,6 @@ class Lab:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    @property
-    def api(self) -> pykube.HTTPClient:
-        assert self._api is not None, "the lab is not started"
-        return self._api
-
-    @property
-    def sim(self) -> Simulator:
-        assert self._sim is not None, "the lab is not started"
-        return self._sim
 
     def kubeconfig(self, identity: str) -> Path:
         """A kubeconfig for ServiceAccount ``vmsr-runners/<identity>`` bound to cluster-admin
@@ -225,21 +183,14 @@ class Lab:
 
     def audit(self, since: int = 0) -> list[AuditEvent]:
         """The audit events logged since the offset ``since`` (``audit_mark``)."""
-        assert self.audit_log is not None, "this lab has no audit log"
         return read_audit(self.audit_log, since)
 
     def audit_mark(self) -> int:
         """Where the audit log ends now: ``audit(since=mark)`` reads what came after."""
-        assert self.audit_log is not None, "this lab has no audit log"
         try:
             return self.audit_log.stat().st_size
         except FileNotFoundError:
             return 0
-
-    def take_crashes(self) -> list[Any]:
-        """What the simulator's controllers raised since the last call (a simulator bug must
-        fail the test, not show up as a timeout)."""
-        return list(self.sim.take_crashes())
 
 
 @dataclass

@@ -1,13 +1,11 @@
-"""The ``sim`` fixture's stand-in on the real engine: upstream virt-controller, virt-api and
-cdi-controller decide everything but the node side, whose faults a test sets through
-ConfigMap ``kube-system/testenv-faults`` (``testenv.node.faults``). ``NodeFaults`` has the
-simulator's ``faults.add``/``clear`` signature, so a test written against the simulator's
-fault registry runs unchanged; each call returns once the node side has armed it.
+"""The real engine's node side as a test sees it (``NodeSide``, the ``node_side`` fixture):
+upstream virt-controller, virt-api and cdi-controller decide everything but the node side,
+whose faults a test sets through ConfigMap ``kube-system/testenv-faults``
+(``testenv.node.faults``) with ``NodeFaults.add``/``clear``; each call returns once the node
+side has armed it.
 
-``EngineLab``: ``tests.support.lab.Lab`` (runner identities, the audit log) on the real
-engine instead of a control plane and simulator of its own: the engine's API server audits
-its runners' ServiceAccounts, and the node side's copy rate is set for as long as the lab
-runs."""
+``EngineLab`` is ``tests.support.lab.Lab``, under the name it had when it lived here (resolved
+on first use: ``tests.support.lab`` imports this module)."""
 
 from __future__ import annotations
 
@@ -15,16 +13,17 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 import pykube
 
-from testenv import seed
 from testenv.node.faults import COPY_SECONDS_PER_GIB, FAULTS, NAMESPACE, SEEN, fault_key
-from testenv.node.runtime import ControllerCrash, Fault, FaultAction, SimConfig
-from testenv.real.engine import AUDITED_NAMESPACE, RealEngine
-from tests.support.lab import RUNNERS_NS, Lab
+from testenv.node.runtime import Fault, FaultAction
+
+if TYPE_CHECKING:
+    from tests.support.lab import Lab as EngineLab
+
+__all__ = ["ACK_TIMEOUT", "EngineLab", "NodeConfig", "NodeFaults", "NodeSide"]
 
 ACK_TIMEOUT = 30.0
 
@@ -99,51 +98,26 @@ class NodeFaults:
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """The part of the simulator's ``SimConfig`` tests read: the (KWOK) node names."""
+    """The node side's configuration tests read: the (KWOK) node names."""
 
     nodes: tuple[str, ...]
 
 
 class NodeSide:
-    """What a test sees of the real engine's node side where it would see the simulator."""
+    """What a test reaches of the real engine's node side: its fault knobs (``faults``) and
+    its configuration (``config``)."""
 
     def __init__(self, api: pykube.HTTPClient, nodes: Sequence[str]) -> None:
         self.faults = NodeFaults(api)
         self.config = NodeConfig(tuple(nodes))
 
-    def take_crashes(self) -> list[ControllerCrash]:
-        """The node side runs in its own process; the engine fixture fails the session if it
-        dies, and its log carries any controller crash."""
-        return []
 
+def __getattr__(name: str) -> Any:
+    """``EngineLab``: ``tests.support.lab.Lab``, imported only when asked for (a cycle
+    otherwise). For the modules that still import it by that name; new code imports
+    ``Lab``."""
+    if name == "EngineLab":
+        from tests.support.lab import Lab
 
-class EngineLab(Lab):
-    """A ``Lab`` on the real engine (see the module docstring): ``start``/``stop`` (or
-    ``with``) set and restore the node side's copy rate; runners and the audit log are
-    ``Lab``'s."""
-
-    def __init__(self, engine: RealEngine, workdir: Path, *, copy_seconds_per_gib: float) -> None:
-        # Not Lab.__init__: the control plane is the engine's, not one of the lab's own.
-        assert AUDITED_NAMESPACE == RUNNERS_NS, "the engine audits another namespace"
-        assert engine.audit_log is not None, "the real engine is not running"
-        self.workdir = workdir
-        self.sim_config = SimConfig(copy_seconds_per_gib=copy_seconds_per_gib)
-        self.audit_log = engine.audit_log
-        self.cp = engine.control_plane
-        self._sim = None
-        self._api = engine.api()
-        self._kubeconfigs = {}
-        self.node = NodeSide(self._api, engine.nodes)
-
-    def start(self) -> Self:
-        seed.seed_cluster(self.api)  # what Lab.start seeds (an existing object is kept)
-        seed.create(self.api, seed.namespace(RUNNERS_NS))
-        self.node.faults.copy_seconds_per_gib(self.sim_config.copy_seconds_per_gib)
-        return self
-
-    def stop(self) -> None:
-        self.node.faults.copy_seconds_per_gib(None)
-
-    def take_crashes(self) -> list[Any]:
-        """The node side runs in its own process (see ``NodeSide.take_crashes``)."""
-        return self.node.take_crashes()
+        return Lab
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
