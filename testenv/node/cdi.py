@@ -16,7 +16,9 @@ A worker pod's containers start only once the kubelet can mount its claims: each
 PV (until then the pod stays Pending). A populator's worker pod comes with ``nodeName`` set
 (CDI's ``SetNodeNameIfPopulator``), before its prime claim is bound; the content it writes
 goes on the prime claim and its PV, and travels with the PV when CDI rebinds it to the target
-claim (``cc.Rebind``; ``testenv.node.csi`` then gives the target claim its PV's content).
+claim (``cc.Rebind``). The target claim gets it at once too (``csi.handed_to``): CDI reports
+the DataVolume Succeeded as soon as the target is bound, before the node side could mirror
+the PV's content onto it.
 
 A copy takes ``sim.vmstorage.dev/copy-seconds`` of its DataVolume, else its size x
 ``copy_seconds_per_gib``. Faults, ``sim.vmstorage.dev/fault`` on the DataVolume: ``fail``
@@ -61,6 +63,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from testenv.node import rules
+from testenv.node.csi import handed_to
 from testenv.node.metrics import MetricsServer
 from testenv.node.runtime import (
     CONTENT_HASH_ANNOTATION,
@@ -347,6 +350,10 @@ class CdiWorkers(Controller):
         volume = (pvc.get("spec") or {}).get("volumeName")
         if volume:
             self.sim.client.merge_patch(PV, "", volume, annotation)
+        target = handed_to(self.sim.store, pvc)  # a populator's claim: the volume's next one
+        if target is not None:
+            self.sim.client.merge_patch(PVC, meta["namespace"], target["metadata"]["name"],
+                                        annotation)
 
     def _copy_seconds(self, dv: Mapping[str, Any] | None, target: Mapping[str, Any] | None
                       ) -> float:

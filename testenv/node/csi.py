@@ -26,7 +26,7 @@ does not know).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from testenv.node.runtime import (
@@ -34,6 +34,7 @@ from testenv.node.runtime import (
     Controller,
     Key,
     Simulator,
+    Store,
     annotations_of,
     content_hash,
     is_deleting,
@@ -50,6 +51,35 @@ PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
 OVERHEAD_ANNOTATION = "sim.vmstorage.dev/capacity-overhead"
 CLAIM_PROPERTY_SETS_ANNOTATION = "sim.vmstorage.dev/claim-property-sets"
 POPULATOR_GROUPS = frozenset({"cdi.kubevirt.io", "forklift.cdi.kubevirt.io"})
+PRIME_PREFIX = "prime-"
+TMP_PREFIX = "tmp-pvc-"
+
+
+def handed_to(store: Store, pvc: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The claim CDI hands ``pvc``'s volume to once it is populated, if ``pvc`` is one of its
+    populators' temporary claims and that claim is not bound yet: a ``prime-<uid>`` claim's
+    owner (the import and upload populators, ``createPVCPrime``) or the claim whose uid names a
+    ``tmp-pvc-<uid>`` (the clone populator's, ``createDesiredClaim``). CDI rebinds the PV to it
+    (``cc.Rebind``, the clone's ``RebindPhase``) and reports the DataVolume Succeeded as soon
+    as it is bound: the content, the volume's, is written on it beforehand, so nobody sees a
+    populated claim without it."""
+    meta = pvc["metadata"]
+    namespace, name = meta.get("namespace", ""), str(meta.get("name", ""))
+    target: dict[str, Any] | None = None
+    if name.startswith(PRIME_PREFIX):
+        owner = next((r for r in meta.get("ownerReferences") or []
+                      if r.get("kind") == "PersistentVolumeClaim"), None)
+        if owner is not None:
+            target = store.get(PVC, namespace, str(owner.get("name")))
+            if target is not None and target["metadata"].get("uid") != owner.get("uid"):
+                target = None
+    elif name.startswith(TMP_PREFIX):
+        uid = name.removeprefix(TMP_PREFIX)
+        target = next((c for c in store.list(PVC, namespace)
+                       if c["metadata"].get("uid") == uid), None)
+    if target is None or is_deleting(target) or (target.get("spec") or {}).get("volumeName"):
+        return None
+    return target
 
 
 def _clone_source_name(pvc: dict[str, Any]) -> str | None:
@@ -126,6 +156,10 @@ class Provisioner(Controller):
                 return
             if cloned is not None:
                 body["metadata"]["annotations"][CONTENT_HASH_ANNOTATION] = cloned
+                target = handed_to(self.sim.store, pvc)
+                if target is not None:
+                    self.sim.client.merge_patch(PVC, namespace, target["metadata"]["name"], {
+                        "metadata": {"annotations": {CONTENT_HASH_ANNOTATION: cloned}}})
         self.sim.client.create(PV, body)
         self.sim.client.event(pvc, "Normal", "ProvisioningSucceeded",
                               f"Successfully provisioned volume {pv_name}")

@@ -629,7 +629,7 @@ def test_an_import_to_the_seeds_target_class_goes_through_cdis_import_populator(
     assert pv["spec"]["claimRef"]["uid"] == pvc["metadata"]["uid"]
     expected = hashlib.sha256(url.encode()).hexdigest()
     assert (pv["metadata"].get("annotations") or {}).get(CONTENT_HASH_ANNOTATION) == expected
-    wait(seeded, lambda: content(api, ns, "root") == expected, "the target claim's content")
+    assert content(api, ns, "root") == expected, "on the claim as soon as it is Succeeded"
     wait(seeded, lambda: not claim(api, ns, prime), f"{prime} deleted")
 
 
@@ -652,6 +652,9 @@ def test_a_data_volume_on_the_wait_for_first_consumer_class_waits_for_a_consumer
     wait(seeded, lambda: dv_phase(api, ns, "disk") == "Succeeded", "DataVolume Succeeded")
     pvc = claim(api, ns, "disk")
     node = pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"]
+    # kube-scheduler binds the pod once its claim is bound (VolumeBinding's PreBind)
+    wait(seeded, lambda: get_json(api, "v1", ns, "pods/consumer")["spec"].get("nodeName"),
+         "the consumer scheduled")
     assert get_json(api, "v1", ns, "pods/consumer")["spec"]["nodeName"] == node
     assert content(api, ns, "disk") == ""  # a blank disk
     assert (volume_of(api, pvc)["metadata"].get("annotations") or {}).get(
@@ -675,6 +678,6 @@ def test_a_clone_within_the_ceph_class_is_a_csi_clone_carrying_the_content(
               and (d.get("status") or {}).get("phase") == "Succeeded" and d, "clone Succeeded")
     assert dv["metadata"]["annotations"]["cdi.kubevirt.io/cloneType"] == "csi-clone"
     expected = hashlib.sha256(url.encode()).hexdigest()
-    wait(seeded, lambda: content(api, ns, "dst") == expected, "the clone's content")
+    assert content(api, ns, "dst") == expected, "on the claim as soon as it is Succeeded"
     pv = volume_of(api, claim(api, ns, "dst"))
     assert (pv["metadata"].get("annotations") or {}).get(CONTENT_HASH_ANNOTATION) == expected
