@@ -130,11 +130,8 @@ def real_engine_groups(modules: dict[str, int]) -> dict[str, str]:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test mirrored onto the real engine (tests/real, ``tests.support.mirror``) runs there
-    instead of on the simulator when both copies are collected; every test on the real engine
-    joins one xdist group."""
-    from tests.support.mirror import MIRRORED
-
+    """Every test on the real engine joins one xdist group; every test gets its tier's
+    marker."""
     on_engine = [item for item in items if "real_engine" in getattr(item, "fixturenames", ())]
     groups = real_engine_groups(Counter(str(item.path) for item in on_engine))
     for item in on_engine:
@@ -143,17 +140,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = TIERS.get(item.path.relative_to(TESTS).parts[0])
         if tier:
             item.add_marker(tier)
-
-    def original(item: pytest.Item) -> bool:
-        name = getattr(item, "originalname", item.name)
-        return (item.path.resolve(), name) in MIRRORED
-
-    if not MIRRORED:
-        return
-    dropped = [item for item in items if original(item)]
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = [item for item in items if not original(item)]
 
 
 def _eventually(probe: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
