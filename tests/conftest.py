@@ -24,6 +24,7 @@ import pytest
 
 from testenv.controlplane import ControlPlane
 from testenv.real.engine import RealEngine
+from tests.support import durations
 from tests.support.engines import running_engine
 
 # The `flux` and `flux_sync` fixtures (a real Flux, started only for the tests that use it).
@@ -117,15 +118,24 @@ REAL_ENGINES = max(1, int(os.environ.get("VMSR_REAL_ENGINES", "2")))
 
 
 def real_engine_groups(modules: dict[str, int]) -> dict[str, str]:
-    """Module -> its group: the modules (with their test counts) dealt out greedily, largest
-    first, to the group with the fewest tests so far, so the groups end close together."""
-    load = dict.fromkeys(range(1, REAL_ENGINES + 1), 0)
+    """Module -> its group: the modules (with their selected test counts) dealt out greedily,
+    heaviest first, to the group with the least expected time so far (each test weighed by
+    its module's measured mean, ``tests.support.durations``), so the engines end close
+    together."""
+    known = durations.load()
+    weights = {m: durations.weight(_relative(m), n, known) for m, n in modules.items()}
+    load = dict.fromkeys(range(1, REAL_ENGINES + 1), 0.0)
     groups: dict[str, str] = {}
-    for module, count in sorted(modules.items(), key=lambda item: (-item[1], item[0])):
+    for module, seconds in sorted(weights.items(), key=lambda item: (-item[1], item[0])):
         least = min(load, key=lambda group: (load[group], group))
-        load[least] += count
+        load[least] += seconds
         groups[module] = f"{REAL_ENGINE_GROUP}-{least}"
     return groups
+
+
+def _relative(module: str) -> str:
+    path = Path(module)
+    return str(path.relative_to(TESTS.parent)) if path.is_absolute() else module
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
