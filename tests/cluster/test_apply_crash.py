@@ -1,26 +1,40 @@
 """`apply` killed, stopped, raced and cut off from its API server: it never loses a disk.
 
-Every test runs `apply` as a real subprocess (``python -m reconciler apply``), against the
-session's control plane and engine, each in its own namespace (which also holds the Lease). The
-module is engine-neutral: faults go through the ``node_side`` fixture's ``faults.add``/``clear``
-(the simulator's registry here, the node side's ConfigMap on the real engine), the content
-marker is the node side's ``CONTENT_HASH_ANNOTATION`` (both engines write it), and the cluster
-objects are seeded idempotently, so tests/real/test_real_crash.py runs it on the real engine.
+Every test runs `apply` as a real subprocess (``python -m reconciler apply``) against the real
+engine, each in its own namespace (which also holds the Lease). What the next run finds after a
+kill is what upstream virt-controller, virt-api and cdi-controller (with kube-scheduler,
+kube-controller-manager's binder and garbage collector, and KWOK) made of the half-done move;
+the node side (``testenv.node``) plays only the node: it copies, migrates and writes the
+content marker ``CONTENT_HASH_ANNOTATION`` on the claims it fills, and fails or stalls what a
+test asks through the ``node_side`` fixture (ConfigMap kube-system/testenv-faults).
 
 - **Crash at every step.** The boundaries come from the code: every step of
   ``journal.FORWARD[flow]`` and ``journal.ROLLBACK[flow]``, before and after, for both flows, so
-  a new step is a new test case. ``VMSR_FAILPOINT`` SIGKILLs the run there; the next run
-  (without it) must converge: the VM on its targets (or, for a rollback, back on its sources),
-  content hashes equal, no DataVolume of ours left that the VM does not use, the source never
-  deleted before verification (retention Delete throughout), the journal gone and the
-  last-migration record written. Rollbacks are forced by a migration that always fails (live,
-  ``--max-migration-attempts 1``) or by the deadline passing after the swap (offline: every
-  rollback step then has something to undo). A rollback's rerun runs with the plan's window
-  shut: open moves are always finished (docs/plans.md), and no fresh attempt starts, so the
-  state the test sees is the rollback it resumed.
+  a new step is a new test case, and every one runs (46 today). ``VMSR_FAILPOINT`` SIGKILLs the
+  run there; the next run (without it) must converge: the VM on its targets (or, for a
+  rollback, back on its sources), content hashes equal, no DataVolume or claim left that the
+  VM does not use, the source never deleted before verification (retention Delete
+  throughout), the journal gone and the last-migration record written. Rollbacks are forced
+  by a migration that always fails (live, ``--max-migration-attempts 1``) or by the deadline
+  passing after the swap (offline: every rollback step then has something to undo). A
+  rollback's rerun runs with the plan's window shut: open moves are always finished
+  (docs/plans.md), and no fresh attempt starts, so the state the test sees is the rollback it
+  resumed. A case's VM takes a CDI import and a start through virt-controller, the scheduler
+  and KWOK, as long as its two runs; so the cases' VMs are created together when the first
+  case starts (``ready_vms``: a namespace each, imported and started side by side), and each
+  case waits only for its own VM and deletes it at its end.
 - **SIGTERM mid-VM**: a prompt, documented exit, the journal consistent, the next run finishes.
 - **Two runs at once** and Leases held, expired and taken over.
 - **The API server restarted** while `apply` waits: its watches reconnect and it finishes.
+  These run on an engine of their own (``restart_engine``, xdist group
+  ``real-engine-restart``), so the session's engine never waits out their outage. Upstream's
+  leader-elected controllers exit when they cannot renew their Lease in time: cdi-controller
+  after 10 s (controller-runtime's default; CDI sets none), virt-controller after 20 s (as the
+  engine starts it), and a restart can outlast that (measured: 16-35 s on 2 cores at load
+  10-13); the engine then starts them again once the API server is ready, as the kubelet
+  would (``testenv.real.engine.RESTARTED``).
+
+Every test fails if a process of its engine died during it (any other exit).
 
 A killed run leaves its Lease held (nobody releases it); the next run may take it only once it
 expired (60 s). The tests expire it by moving its ``renewTime`` into the past, which is what
@@ -29,6 +43,7 @@ waiting would do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -39,7 +54,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pykube
 import pytest
@@ -48,10 +63,14 @@ from reconciler.apply import failpoint
 from reconciler.model import journal as journals
 from reconciler.model.journal import FORWARD, ROLLBACK, Flow, Step
 from reconciler.model.names import JOURNAL_ANNOTATION, LAST_MIGRATION_ANNOTATION, MIGRATION_LABEL
+from testenv import seed
 from testenv.controlplane import ControlPlane
-from testenv.node.runtime import CONTENT_HASH_ANNOTATION, Fault, FaultAction
-from tests.cluster.test_plan import _merge, fedora, plan_file, settle
-from tests.support.kube import Eventually, annotation, get_json, stays
+from testenv.node.runtime import CONTENT_HASH_ANNOTATION, FAULT_ANNOTATION, Fault, FaultAction
+from testenv.real.engine import RealEngine
+from tests.cluster.test_plan import _merge, create, dv_succeeded, fedora, plan_file, settle
+from tests.support.engines import running_engine
+from tests.support.kube import Eventually, annotation, get_json, stays, vmi_running
+from tests.support.node_faults import NodeSide
 
 ROOT = Path(__file__).resolve().parents[2]
 KV = "kubevirt.io/v1"
@@ -61,33 +80,33 @@ LEASE = "vm-storage-reconciler"
 VM = "vm-fedora"
 VOLUME = "datavolumedisk1"
 SOURCE = "vm-fedora-disk"
-FAULT = "sim.vmstorage.dev/fault"  # the node side's fault annotation (both engines read it)
+FAULT = FAULT_ANNOTATION  # the node side's fault annotation on an object
 RUN_TIMEOUT = 120.0  # one subprocess; a hang fails the test instead of the session
-
-
-class Faults(Protocol):
-    """The fault knobs both engines' ``node_side`` fixture offer (the simulator's registry, the real
-    engine's node side through ConfigMap kube-system/testenv-faults), same signature."""
-
-    def add(self, kind: str, namespace: str, name: str, fault: Fault) -> None: ...
-
-    def clear(self, kind: str, namespace: str, name: str) -> None: ...
-
-
-class NodeSide(Protocol):
-    """What this module uses of the ``node_side`` fixture on either engine."""
-
-    @property
-    def faults(self) -> Faults: ...
 
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster_objects(api: pykube.HTTPClient) -> None:
-    """The StorageClasses and the KubeVirt CR (idempotent: on the real engine the CR the
-    engine made, with its status, is kept)."""
-    from testenv import seed
-
+    """The StorageClasses and the KubeVirt CR (idempotent: the CR the engine made, with its
+    status, is kept)."""
     seed.seed_cluster(api)
+
+
+def _assert_alive(engine: RealEngine) -> None:
+    dead = engine.dead()
+    tails = "\n".join(engine.log_tail(name) for name in dead)
+    assert not dead, (
+        f"processes of the real engine died during this test: {dead} (a leader-elected "
+        f"controller exits when the API server was away longer than its renew deadline)\n{tails}"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _engine_survives(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test during which a process of the session's engine died (the restart tests
+    check their own engine: they do not start the session's)."""
+    yield
+    if "real_engine" in request.fixturenames:
+        _assert_alive(request.getfixturevalue("real_engine"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,6 +194,16 @@ class Cluster:
 
     def create_vm(self) -> None:
         settle(self.api, self.eventually, fedora(self.ns))
+
+    def await_vm(self, timeout: float) -> None:
+        """Wait for the VM made by ``ready_vms`` (not by this test): its disk imported and its
+        VMI Running, as ``create_vm`` waits for its own."""
+        self.eventually(
+            lambda: dv_succeeded(self.api, self.ns, SOURCE), timeout, what=f"DV {SOURCE}"
+        )
+        self.eventually(
+            lambda: vmi_running(self.api, self.ns, VM), timeout, what=f"VMI {VM} Running"
+        )
 
     def vm(self) -> dict[str, Any]:
         return get_json(self.api, KV, self.ns, f"virtualmachines/{VM}")
@@ -360,10 +389,21 @@ def ours(cluster: Cluster) -> dict[str, str]:
 
 
 def claims(cluster: Cluster) -> set[str]:
-    """The namespace's PersistentVolumeClaims that are not being deleted (a claim a pod still
-    uses stays Terminating: pvc-protection)."""
+    """The namespace's PersistentVolumeClaims that stay: not being deleted (a claim a pod still
+    uses stays Terminating: pvc-protection, e.g. a target held by the completed launcher pod
+    of a failed migration), nor owned by a claim that is. The latter is CDI's prime claim of a
+    populated DataVolume: cdi-controller deletes it once the binder marked it Lost, but only
+    while its claim is not being deleted (populator-base.go reconcileCommon/reconcileCleanup),
+    so a target deleted before the binder marked its prime Lost (up to its 15 s resync) leaves
+    the prime to the garbage collector, which deletes it with the claim that owns it."""
     items = get_json(cluster.api, "v1", cluster.ns, "persistentvolumeclaims")["items"]
-    return {c["metadata"]["name"] for c in items if not c["metadata"].get("deletionTimestamp")}
+    deleting = {c["metadata"]["uid"] for c in items if c["metadata"].get("deletionTimestamp")}
+    return {
+        c["metadata"]["name"]
+        for c in items
+        if c["metadata"]["uid"] not in deleting
+        and not any(o.get("uid") in deleting for o in c["metadata"].get("ownerReferences") or ())
+    }
 
 
 ORPHAN_TIMEOUT = 30.0
@@ -492,11 +532,78 @@ def _ago(delta: timedelta) -> datetime:
     return datetime.now(UTC).replace(microsecond=0) - delta
 
 
+POOL_SETTLE = 240.0
+"""Seconds a case may wait for its prepared VM. The first case waits while all of the cases'
+imports and starts compete for cdi-controller, virt-controller, the scheduler and the node
+side (``SETTLE`` is one VM's bound); later cases find theirs long done."""
+
+
+@pytest.fixture(scope="module")
+def ready_vms(
+    request: pytest.FixtureRequest,
+    api: pykube.HTTPClient,
+    control_plane: ControlPlane,
+    cluster_objects: None,
+) -> Iterator[dict[str, str]]:
+    """Boundary id -> a namespace of its own holding the VM ``create_vm`` would make, created
+    for every case of this session at once (not waited for: each case waits for its own);
+    their VMs and namespaces deleted after the module."""
+    wanted = [
+        item.callspec.params["boundary"]
+        for item in request.session.items
+        if item.path == request.path
+        and hasattr(item, "callspec")
+        and isinstance(item.callspec.params.get("boundary"), Boundary)
+    ]
+    namespaces: dict[str, str] = {}
+    try:
+        for boundary in wanted:
+            namespace = control_plane.create_namespace(boundary.id)
+            namespaces[boundary.id] = namespace
+            create(api, fedora(namespace))
+        yield namespaces
+    finally:
+        for namespace in namespaces.values():
+            _delete_namespace(api, namespace)
+
+
+def _delete_namespace(api: pykube.HTTPClient, namespace: str) -> None:
+    """Its VMs first (what the namespace controller would do: a VM left journaled by a failed
+    case must not be resumed by a later case's run), then the namespace; best effort."""
+    with contextlib.suppress(Exception):
+        api.delete(version=KV, namespace=namespace, url="virtualmachines")
+    with contextlib.suppress(Exception):
+        api.delete(url=f"namespaces/{namespace}")
+
+
+@pytest.fixture
+def prepared(
+    boundary: Boundary,
+    ready_vms: dict[str, str],
+    api: pykube.HTTPClient,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    eventually: Eventually,
+    node_side: NodeSide,
+) -> Iterator[Cluster]:
+    """``cluster`` on the boundary's namespace of ``ready_vms``, its VM ready; the VM and the
+    namespace deleted after the case."""
+    namespace = ready_vms[boundary.id]
+    cluster = Cluster(api, control_plane, namespace, tmp_path, eventually, node_side)
+    try:
+        cluster.await_vm(POOL_SETTLE)
+        yield cluster
+    finally:
+        cluster.close()
+        _delete_namespace(api, namespace)
+
+
 @pytest.mark.parametrize("boundary", BOUNDARIES, ids=lambda b: b.id)
 def test_killed_at_a_step_boundary_the_next_run_converges(
-    cluster: Cluster, boundary: Boundary
+    prepared: Cluster, boundary: Boundary
 ) -> None:
-    cluster.create_vm()
+    cluster = prepared
+    assert cluster.journal() is None and not cluster.last(), "the VM was never moved"
     source_hash = cluster.content(SOURCE)
     vmi_uid = cluster.vmi()["metadata"]["uid"]
     assert source_hash
@@ -649,7 +756,8 @@ def state_of(cluster: Cluster) -> dict[str, Any]:
 
 
 def settled_state(cluster: Cluster) -> dict[str, Any]:
-    """``state_of`` once it holds still (the simulator is done reacting to the last change)."""
+    """``state_of`` once it holds still (the controllers are done reacting to the last
+    change)."""
 
     def settled() -> dict[str, Any] | None:
         seen = state_of(cluster)
@@ -698,57 +806,94 @@ def test_a_lease_held_by_another_runner_exits_4_until_it_expires(cluster: Cluste
 
 
 # --------------------------------------------------------------------------------------------
-# 4. the API server restarts mid-run
+# 4. the API server restarts mid-run, on an engine of its own
 # --------------------------------------------------------------------------------------------
 
 
-def test_api_server_restart_mid_migration_the_run_reconnects_and_finishes(
-    cluster: Cluster, control_plane: ControlPlane
-) -> None:
-    cluster.create_vm()
-    source_hash = cluster.content(SOURCE)
-    vmi_uid = cluster.vmi()["metadata"]["uid"]
-    cluster.fault("virtualmachines", VM, Fault(FaultAction.STALL))
+@pytest.fixture(scope="module")
+def restart_engine() -> Iterator[RealEngine]:
+    """A real engine for the restart tests only (seeded); stopped after them."""
+    with running_engine("the restart tests' real engine") as engine:
+        seed.seed_cluster(engine.api())
+        yield engine
+
+
+@pytest.fixture
+def restart_cluster(
+    restart_engine: RealEngine, tmp_path: Path, eventually: Eventually
+) -> Iterator[Cluster]:
+    """``cluster`` on ``restart_engine``: a fresh namespace, deleted with its VMs afterwards;
+    the test fails if a process of that engine died meanwhile."""
+    plane = restart_engine.control_plane
+    api = restart_engine.api()
+    namespace = plane.create_namespace("api-server-restart")
+    side = NodeSide(api, restart_engine.nodes)
+    cluster = Cluster(api, plane, namespace, tmp_path, eventually, side)
     try:
-        proc = cluster.start(plan_body(Flow.LIVE))
-
-        def migrating() -> bool:
-            assert proc.poll() is None, f"apply ended early: {proc.communicate()}"
-            journal = cluster.journal()
-            vmims = get_json(cluster.api, KV, cluster.ns, "virtualmachineinstancemigrations")
-            running = [
-                m for m in vmims["items"] if (m.get("status") or {}).get("phase") == "Running"
-            ]
-            return bool(running) and journal is not None and journal.step is Step.WAIT_MIGRATION
-
-        cluster.eventually(migrating, timeout=30, what="apply waiting on a stalled migration")
-
-        restart_apiserver(control_plane, proc)
+        yield cluster
     finally:
-        cluster.clear_fault("virtualmachines", VM)
-    done = finish(proc, timeout=60)
-
-    assert_moved(cluster, done, source_hash)
-    assert cluster.vmi()["metadata"]["uid"] == vmi_uid
+        cluster.close()
+        _delete_namespace(api, namespace)
+    _assert_alive(restart_engine)
 
 
-def test_api_server_restart_mid_copy_the_run_reconnects_and_finishes(
-    cluster: Cluster, control_plane: ControlPlane
-) -> None:
-    """The restart while the destination copy waits, which is released only after it: the copy
-    finishing (the CDI controller and the node side's workers), the volume swap admitted, the
-    migration and its hand-off are all done by clients that had to reconnect."""
-    proc, target = stalled_move(cluster)
-    source_hash = cluster.content(SOURCE)
-    vmi_uid = cluster.vmi()["metadata"]["uid"]
-    try:
-        restart_apiserver(control_plane, proc)
-    finally:
-        cluster.clear_fault("datavolumes", target)
-    done = finish(proc, timeout=60)
+@pytest.mark.xdist_group("real-engine-restart")
+class TestOnAnEngineOfTheirOwn:
+    """Neither the session's engine nor its seed (``restart_engine`` is seeded), so these do not
+    join the session engine's worker."""
 
-    assert_moved(cluster, done, source_hash)
-    assert cluster.vmi()["metadata"]["uid"] == vmi_uid
+    @pytest.fixture(autouse=True)
+    def cluster_objects(self) -> None:
+        """Overrides the module's autouse seed of the session's engine."""
+
+    def test_api_server_restart_mid_migration_the_run_reconnects_and_finishes(
+        self, restart_cluster: Cluster
+    ) -> None:
+        cluster = restart_cluster
+        cluster.create_vm()
+        source_hash = cluster.content(SOURCE)
+        vmi_uid = cluster.vmi()["metadata"]["uid"]
+        cluster.fault("virtualmachines", VM, Fault(FaultAction.STALL))
+        try:
+            proc = cluster.start(plan_body(Flow.LIVE))
+
+            def migrating() -> bool:
+                assert proc.poll() is None, f"apply ended early: {proc.communicate()}"
+                journal = cluster.journal()
+                vmims = get_json(cluster.api, KV, cluster.ns, "virtualmachineinstancemigrations")
+                running = [
+                    m for m in vmims["items"] if (m.get("status") or {}).get("phase") == "Running"
+                ]
+                return bool(running) and journal is not None and journal.step is Step.WAIT_MIGRATION
+
+            cluster.eventually(migrating, timeout=30, what="apply waiting on a stalled migration")
+
+            restart_apiserver(cluster.control_plane, proc)
+        finally:
+            cluster.clear_fault("virtualmachines", VM)
+        done = finish(proc, timeout=60)
+
+        assert_moved(cluster, done, source_hash)
+        assert cluster.vmi()["metadata"]["uid"] == vmi_uid
+
+    def test_api_server_restart_mid_copy_the_run_reconnects_and_finishes(
+        self, restart_cluster: Cluster
+    ) -> None:
+        """The restart while the destination copy waits, which is released only after it: the
+        copy finishing (cdi-controller and the node side's workers), the volume swap admitted,
+        the migration and its hand-off are all done by clients that had to reconnect."""
+        cluster = restart_cluster
+        proc, target = stalled_move(cluster)
+        source_hash = cluster.content(SOURCE)
+        vmi_uid = cluster.vmi()["metadata"]["uid"]
+        try:
+            restart_apiserver(cluster.control_plane, proc)
+        finally:
+            cluster.clear_fault("datavolumes", target)
+        done = finish(proc, timeout=60)
+
+        assert_moved(cluster, done, source_hash)
+        assert cluster.vmi()["metadata"]["uid"] == vmi_uid
 
 
 def restart_apiserver(control_plane: ControlPlane, proc: subprocess.Popen[str]) -> None:
@@ -758,8 +903,8 @@ def restart_apiserver(control_plane: ControlPlane, proc: subprocess.Popen[str]) 
 
     control_plane.restart_apiserver()
 
-    # printed because the real engine's leader-elected controllers exit when they cannot
-    # renew their Lease for long enough (cdi-controller: 10 s): a slow restart shows here
+    # printed because the engine's leader-elected controllers exit when they cannot renew
+    # their Lease for long enough (cdi-controller: 10 s): a slow restart shows here
     print(f"kube-apiserver restarted in {time.monotonic() - began:.1f}s", flush=True)
     assert control_plane.pids["kube-apiserver"] != old_pid
     assert proc.poll() is None, f"apply gave up on the restart: {proc.communicate()}"
