@@ -14,7 +14,8 @@ The convention, which tests/unit/test_docs_links.py enforces on every page:
 - ``<!-- docs-test: SCENARIO -->`` on the line before a block names the cluster state its
   ``vm-storage-reconciler`` commands run against (``SCENARIOS``); a block with such commands
   and no marker runs against no cluster (``none``). The blocks of one page and scenario run in
-  the order they appear, each on a fresh cluster.
+  the order they appear, each on a cluster that holds its scenario and nothing of an earlier
+  block.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SCENARIOS: dict[str, str] = {
     "seed": "the seed (testenv.seed): mig-vm/vm-fedora running, mig-vm/vm-archive stopped",
     "seed-moved": "the seed after `apply plans/seed` moved both VMs to ceph-rbd",
     "seed-blocked": "the seed, vm-fedora's disk shareable and the VM tracked by Argo CD",
-    "cancel": "seed-moved, vm-fedora's next migration held at Running (the simulator's stall)",
+    "cancel": "seed-moved, vm-fedora's next migration held at Running (the node side's stall)",
     "kept": "seed-moved, then moved back by `apply back/`, a pod `backup` mounting archive-disk",
 }
 
@@ -178,7 +179,7 @@ _NORMALIZE: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b[0-9a-f]{12}\b"), "<id>"),  # a move or run id
     (re.compile(r"(kubevirt-workload-update-)[a-z0-9]{5}\b"), r"\1<x>"),  # KubeVirt's VMIM
     (re.compile(r"(virt-launcher-[a-z0-9-]+-)[a-z0-9]{5}\b"), r"\1<x>"),  # a VMI's pod
-    (re.compile(r"\bnode-\d+\b"), "node-<n>"),  # where the simulator schedules a VMI
+    (re.compile(r"\bnode-\d+\b"), "node-<n>"),  # the node a VMI runs on
     (re.compile(r"\b\d+(?:\.\d+)?%"), "<pct>"),
     (re.compile(r"\b\d+(?:\.\d+)?(?:ms|s|m|h|d)\b"), "<age>"),  # durations and ages
     (re.compile(r"\s+"), " "),  # column widths follow the values
