@@ -288,8 +288,10 @@ def _same_content(api: pykube.HTTPClient, source: str, target: str) -> bool:
 
 
 def wait_for_vms(api: pykube.HTTPClient, timeout: float = 600.0) -> None:
-    """Print import progress (every 10%) and VM status changes until the Fedora VM runs and
-    the stopped VM's disk is imported."""
+    """Print import progress (every 10%) and VM status changes until the Fedora VM runs, the
+    stopped VM's disk is imported and CDI has removed its populators' prime claims (a claim
+    owned by another claim: upstream deletes each once its target is filled, and `plan`
+    would count them meanwhile)."""
     deadline = time.monotonic() + timeout
     last: dict[str, tuple[str, str, int]] = {}
     disks = {seed.VM_NAME: seed.DV_NAME, seed.ARCHIVE_VM: seed.ARCHIVE_DV}
@@ -307,10 +309,18 @@ def wait_for_vms(api: pykube.HTTPClient, timeout: float = 600.0) -> None:
                 last[vm_name] = state
             wanted = "Running" if vm_name == seed.VM_NAME else "Stopped"
             done = done and state[0] == "Succeeded" and state[1] == wanted
-        if done:
+        if done and not _prime_claims(api):
             return
         time.sleep(0.2)
     raise TimeoutError(f"the seed VMs were not ready within {timeout:.0f}s")
+
+
+def _prime_claims(api: pykube.HTTPClient) -> list[str]:
+    """The claims of the seed's namespace that another claim owns (CDI's prime claims)."""
+    claims = _get(api, "v1", "persistentvolumeclaims").get("items", [])
+    return [c["metadata"]["name"] for c in claims
+            if any(o.get("kind") == "PersistentVolumeClaim"
+                   for o in c["metadata"].get("ownerReferences") or [])]
 
 
 def _tenths(progress: str) -> int:
