@@ -65,7 +65,7 @@ from tests.support.docs_blocks import (
 )
 from tests.support.engines import running_engine
 from tests.support.kube import Eventually, get_json
-from tests.support.node_faults import EngineLab
+from tests.support.lab import Lab
 
 # The files the docs' commands name besides the repository's own.
 TYPO_SUBSTITUTIONS = {
@@ -200,7 +200,7 @@ def check(command: Command, done: Done) -> None:
 # ---- the scenarios ---------------------------------------------------------------------
 
 
-def build(scenario: str, lab: EngineLab, cwd: Path, eventually: Eventually) -> None:
+def build(scenario: str, lab: Lab, cwd: Path, eventually: Eventually) -> None:
     """The cluster state ``scenario`` names (``SCENARIOS``), settled (``populated``)."""
     api = lab.api
     if scenario == "seed-blocked":
@@ -296,7 +296,7 @@ def docs_engine(real_engine: RealEngine) -> Iterator[RealEngine]:
 
 
 @pytest.fixture
-def lab(docs_engine: RealEngine, tmp_path: Path, eventually: Eventually) -> Iterator[EngineLab]:
+def lab(docs_engine: RealEngine, tmp_path: Path, eventually: Eventually) -> Iterator[Lab]:
     """The docs' engine with nothing of an earlier block in it, instant copies."""
     api = docs_engine.api()
     names = (seed.NAMESPACE, seed.LEASE_NAMESPACE)
@@ -309,7 +309,7 @@ def lab(docs_engine: RealEngine, tmp_path: Path, eventually: Eventually) -> Iter
         timeout=EMPTIED_WITHIN,
         what=f"namespaces {names} deleted",
     )
-    with EngineLab(docs_engine, tmp_path / "lab", copy_seconds_per_gib=0.0) as started:
+    with Lab(docs_engine, tmp_path / "lab", copy_seconds_per_gib=0.0) as started:
         yield started
 
 
@@ -323,7 +323,7 @@ def test_the_commands_of_a_block_print_what_the_docs_show(
     if scenario == "none":
         cwd = workdir_for(tmp_path / "work", None)
     else:
-        lab: EngineLab = request.getfixturevalue("lab")
+        lab: Lab = request.getfixturevalue("lab")
         kubeconfig = lab.cp.write_kubeconfig(tmp_path / "admin.kubeconfig", lab.cp.admin_token)
         cwd = workdir_for(tmp_path / "work", kubeconfig)
         build(scenario, lab, cwd, eventually)

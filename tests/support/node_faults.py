@@ -2,10 +2,7 @@
 upstream virt-controller, virt-api and cdi-controller decide everything but the node side,
 whose faults a test sets through ConfigMap ``kube-system/testenv-faults``
 (``testenv.node.faults``) with ``NodeFaults.add``/``clear``; each call returns once the node
-side has armed it.
-
-``EngineLab`` is ``tests.support.lab.Lab``, under the name it had when it lived here (resolved
-on first use: ``tests.support.lab`` imports this module)."""
+side has armed it."""
 
 from __future__ import annotations
 
@@ -13,17 +10,11 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import pykube
 
 from testenv.node.faults import COPY_SECONDS_PER_GIB, FAULTS, NAMESPACE, SEEN, fault_key
 from testenv.node.runtime import Fault, FaultAction
-
-if TYPE_CHECKING:
-    from tests.support.lab import Lab as EngineLab
-
-__all__ = ["ACK_TIMEOUT", "EngineLab", "NodeConfig", "NodeFaults", "NodeSide"]
 
 ACK_TIMEOUT = 30.0
 
@@ -110,14 +101,3 @@ class NodeSide:
     def __init__(self, api: pykube.HTTPClient, nodes: Sequence[str]) -> None:
         self.faults = NodeFaults(api)
         self.config = NodeConfig(tuple(nodes))
-
-
-def __getattr__(name: str) -> Any:
-    """``EngineLab``: ``tests.support.lab.Lab``, imported only when asked for (a cycle
-    otherwise). For the modules that still import it by that name; new code imports
-    ``Lab``."""
-    if name == "EngineLab":
-        from tests.support.lab import Lab
-
-        return Lab
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
