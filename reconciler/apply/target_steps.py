@@ -146,11 +146,21 @@ def _dv_failure(dv: DataVolumeState, run: MoveRun) -> str | None:
 def _clone_source_error(run: MoveRun, claim: str) -> str:
     """Why a host-assisted clone into ``claim`` keeps restarting: its source pod's last failed
     run. CDI counts that pod's restarts on the DataVolume, but the DataVolume's Running
-    condition is the target's upload server's ("Pod is running"); the source pod is named
-    on the target claim. "" when there is none (not such a clone, or it never failed)."""
+    condition is the target's upload server's ("Pod is running"). The source pod is named on
+    the claim the clone runs into: the target claim on CDI's legacy path; where CDI fills the
+    target through its populators (a class whose driver has a CSIDriver object), the claim
+    ``tmp-pvc-<target claim's uid>`` it makes in the source's namespace (CDI v1.65
+    clone/planner.go ``createDesiredClaim``), the VM's namespace for a move. "" when there is
+    none (not such a clone, or it never failed)."""
     pvc = run.cluster.get(PVCS, run.namespace, claim)
-    annotations = pvc_state(pvc).annotations if pvc is not None else {}
-    source = annotations.get(CLONE_SOURCE_POD_ANNOTATION)
+    if pvc is None:
+        return ""
+    source = pvc_state(pvc).annotations.get(CLONE_SOURCE_POD_ANNOTATION)
+    uid = (pvc.get("metadata") or {}).get("uid")
+    if not source and uid:
+        desired = run.cluster.get(PVCS, run.namespace, f"tmp-pvc-{uid}")
+        if desired is not None:
+            source = pvc_state(desired).annotations.get(CLONE_SOURCE_POD_ANNOTATION)
     pod = pods(run.cluster, run.namespace).get(source) if source else None
     return pod.error if pod is not None else ""
 
