@@ -20,9 +20,9 @@ test asks through the ``node_side`` fixture (ConfigMap kube-system/testenv-fault
   rollback's rerun runs with the plan's window shut: open moves are always finished
   (docs/plans.md), and no fresh attempt starts, so the state the test sees is the rollback it
   resumed. A case's VM takes a CDI import and a start through virt-controller, the scheduler
-  and KWOK, as long as its two runs; so the cases' VMs are created together when the first
-  case starts (``ready_vms``: a namespace each, imported and started side by side), and each
-  case waits only for its own VM and deletes it at its end.
+  and KWOK (over a third of a case's time when each made its own, measured); so the cases'
+  VMs are created together before the first case (``ready_vms``: a namespace each, imported and
+  started side by side, waited for together), and each case deletes its own at its end.
 - **SIGTERM mid-VM**: a prompt, documented exit, the journal consistent, the next run finishes.
 - **Two runs at once** and Leases held, expired and taken over.
 - **The API server restarted** while `apply` waits: its watches reconnect and it finishes.
@@ -67,9 +67,9 @@ from testenv import seed
 from testenv.controlplane import ControlPlane
 from testenv.node.runtime import CONTENT_HASH_ANNOTATION, FAULT_ANNOTATION, Fault, FaultAction
 from testenv.real.engine import RealEngine
-from tests.cluster.test_plan import _merge, create, dv_succeeded, fedora, plan_file, settle
+from tests.cluster.test_plan import SETTLE, _merge, create, fedora, plan_file, settle
 from tests.support.engines import running_engine
-from tests.support.kube import Eventually, annotation, get_json, stays, vmi_running
+from tests.support.kube import Eventually, annotation, get_json, stays
 from tests.support.node_faults import NodeSide
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,16 +194,6 @@ class Cluster:
 
     def create_vm(self) -> None:
         settle(self.api, self.eventually, fedora(self.ns))
-
-    def await_vm(self, timeout: float) -> None:
-        """Wait for the VM made by ``ready_vms`` (not by this test): its disk imported and its
-        VMI Running, as ``create_vm`` waits for its own."""
-        self.eventually(
-            lambda: dv_succeeded(self.api, self.ns, SOURCE), timeout, what=f"DV {SOURCE}"
-        )
-        self.eventually(
-            lambda: vmi_running(self.api, self.ns, VM), timeout, what=f"VMI {VM} Running"
-        )
 
     def vm(self) -> dict[str, Any]:
         return get_json(self.api, KV, self.ns, f"virtualmachines/{VM}")
@@ -532,10 +522,10 @@ def _ago(delta: timedelta) -> datetime:
     return datetime.now(UTC).replace(microsecond=0) - delta
 
 
-POOL_SETTLE = 240.0
-"""Seconds a case may wait for its prepared VM. The first case waits while all of the cases'
-imports and starts compete for cdi-controller, virt-controller, the scheduler and the node
-side (``SETTLE`` is one VM's bound); later cases find theirs long done."""
+POOL_SECONDS_PER_VM = 10.0
+"""Seconds ``ready_vms`` allows per VM, beyond ``SETTLE`` (one VM's bound), for all of them to
+import their disks and run: a bound, not a measured wait (46 took 34 s on 2 cores at load 8,
+214 s at load 20)."""
 
 
 @pytest.fixture(scope="module")
@@ -545,9 +535,11 @@ def ready_vms(
     control_plane: ControlPlane,
     cluster_objects: None,
 ) -> Iterator[dict[str, str]]:
-    """Boundary id -> a namespace of its own holding the VM ``create_vm`` would make, created
-    for every case of this session at once (not waited for: each case waits for its own);
-    their VMs and namespaces deleted after the module."""
+    """Boundary id -> a namespace of its own holding the VM ``create_vm`` would make, for every
+    case of this session, created at once (cdi-controller imports them and virt-controller
+    starts them side by side) and returned once every one has its disk imported and its VMI
+    Running, so each case's runs meet an engine at rest; the VMs and namespaces left are
+    deleted after the module."""
     wanted = [
         item.callspec.params["boundary"]
         for item in request.session.items
@@ -561,10 +553,36 @@ def ready_vms(
             namespace = control_plane.create_namespace(boundary.id)
             namespaces[boundary.id] = namespace
             create(api, fedora(namespace))
+        allowed = SETTLE + POOL_SECONDS_PER_VM * len(namespaces)
+        deadline = time.monotonic() + allowed
+        while waiting := _not_ready(api, set(namespaces.values())):
+            assert time.monotonic() < deadline, (
+                f"{len(waiting)} of {len(namespaces)} VMs not imported and Running "
+                f"{allowed:.0f}s later: {sorted(waiting)}"
+            )
+            time.sleep(0.5)
         yield namespaces
     finally:
         for namespace in namespaces.values():
             _delete_namespace(api, namespace)
+
+
+def _not_ready(api: pykube.HTTPClient, namespaces: set[str]) -> set[str]:
+    """Those of ``namespaces`` whose VM has not both its DataVolume Succeeded and its VMI
+    Running (two cluster-wide lists)."""
+
+    def where(version: str, url: str, name: str, phase: str) -> set[str]:
+        response = api.get(version=version, url=url)
+        api.raise_for_status(response)
+        return {
+            str(o["metadata"]["namespace"])
+            for o in response.json()["items"]
+            if o["metadata"]["name"] == name and (o.get("status") or {}).get("phase") == phase
+        }
+
+    imported = where(CDI, "datavolumes", SOURCE, "Succeeded")
+    running = where(KV, "virtualmachineinstances", VM, "Running")
+    return namespaces - (imported & running)
 
 
 def _delete_namespace(api: pykube.HTTPClient, namespace: str) -> None:
@@ -586,12 +604,11 @@ def prepared(
     eventually: Eventually,
     node_side: NodeSide,
 ) -> Iterator[Cluster]:
-    """``cluster`` on the boundary's namespace of ``ready_vms``, its VM ready; the VM and the
-    namespace deleted after the case."""
+    """``cluster`` on the boundary's namespace of ``ready_vms``; the VM and the namespace
+    deleted after the case."""
     namespace = ready_vms[boundary.id]
     cluster = Cluster(api, control_plane, namespace, tmp_path, eventually, node_side)
     try:
-        cluster.await_vm(POOL_SETTLE)
         yield cluster
     finally:
         cluster.close()
