@@ -564,7 +564,7 @@ def _die_with_parent_prefix() -> list[str]:
     Covers the case stop() never runs (pytest killed with SIGKILL), so no orphaned
     apiserver keeps ports and CPU; the temp dir left behind is removed by the next start
     (``_sweep_stale_workdirs``). Uses util-linux ``setpriv --pdeathsig`` (not
-    ``preexec_fn``, which is unsafe once the simulator's threads run). The signal fires
+    ``preexec_fn``, which is unsafe once other threads run). The signal fires
     when the *thread* that started the child exits, so start ControlPlane from a
     long-lived thread (the main thread in pytest and the CLI). Without setpriv: no prefix.
     """

@@ -1,6 +1,6 @@
 """Kubernetes quantities for the test environment, written apart from the product's.
 
-The node side and the simulator size disks with these; the reconciler under test has its own
+The node side sizes disks with these; the reconciler under test has its own
 parser (``reconciler.model.quantity``). Two readings of the grammar of Kubernetes'
 ``resource.Quantity`` (apimachinery ``quantity.go``: a signed decimal number, then a binary
 suffix ``Ki``..``Ei``, a decimal suffix ``n``..``E`` or an exponent ``e3``/``E-3``) mean a bug in

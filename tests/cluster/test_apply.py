@@ -1,8 +1,8 @@
-"""`apply` against the real API server, with the simulator playing KubeVirt, CDI and CSI.
+"""`apply` on the real engine: upstream KubeVirt and CDI controllers, our node side.
 
 Each test builds its VM in its own namespace, runs `apply` in-process as admin, and asserts on
-the cluster afterwards: the VM's volumes, the disks' simulated content hashes (no data lost),
-the journal gone and the last-migration record, what was created and deleted.
+the cluster afterwards: the VM's volumes, the disks' content markers (the node side's: no data
+lost), the journal gone and the last-migration record, what was created and deleted.
 """
 
 from __future__ import annotations

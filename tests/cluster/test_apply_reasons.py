@@ -1,5 +1,5 @@
 """`apply` and `status` where a new user trips (issue 18 items 2-4), and a VM being deleted
-(issue 14 item 13), against the real API server with the simulator playing KubeVirt and CDI.
+(issue 14 item 13), on the real engine (upstream KubeVirt and CDI controllers).
 
 Each test builds its VMs in its own namespace and runs the CLI in-process as admin, like
 tests/cluster/test_apply.py (whose ``Apply`` helper it uses).

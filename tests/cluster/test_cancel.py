@@ -1,6 +1,6 @@
 """`cancel` (issue 18 item 5): a way to stop a move, and what Ctrl-C says.
 
-Real subprocesses against the session's control plane and simulator, with the harness of
+Real subprocesses against the session's real engine, with the harness of
 test_apply_crash.py. Ctrl-C on `apply` stops it at the next step and says that KubeVirt goes
 on migrating and what the next run does; `cancel NS/VM` then rolls the move back through its
 journal: a live move mid-migration by KubeVirt's cancel-by-revert (the VM back on its source,
@@ -75,7 +75,7 @@ def cancel(c: Cluster, *args: str, fail_at: str | None = None) -> Run:
 
 
 def migrating(c: Cluster) -> subprocess.Popen[str]:
-    """A live move whose migration holds at Running (the simulator's stall fault on the VM),
+    """A live move whose migration holds at Running (the node side's stall fault on the VM),
     `apply` waiting for it in the background."""
     c.create_vm()
     c.annotate_vm(FAULT, "stall")

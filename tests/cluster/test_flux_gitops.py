@@ -2,13 +2,11 @@
 causes without an ignore rule, the move with the rule, the write-back to Git, offline moves.
 
 Each test commits a VM manifest to the local Git server, lets a real kustomize-controller apply
-it (GitRepository + Kustomization in the test's namespace), and has the engine play KubeVirt,
-CDI and CSI: the simulator here, upstream virt-api, virt-controller and cdi-controller with our
-node side in tests/real/test_real_gitops.py, which runs these tests instead when both are
-collected. Syncs are asked for with ``reconcile.fluxcd.io/requestedAt`` and waited for; the
-Kustomizations' interval (10 min) never fires. Where a sync must land while a copy is in flight,
-the node side holds the copy (a "stall" fault through ``node_side.faults``) until
-the test releases it.
+it (GitRepository + Kustomization in the test's namespace) through upstream virt-api's
+admission, and upstream virt-controller and cdi-controller act on it with our node side. Syncs
+are asked for with ``reconcile.fluxcd.io/requestedAt`` and waited for; the Kustomizations'
+interval (10 min) never fires. Where a sync must land while a copy is in flight, the node side
+holds the copy (a "stall" fault through ``node_side.faults``) until the test releases it.
 """
 
 from __future__ import annotations

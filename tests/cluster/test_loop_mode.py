@@ -1,5 +1,5 @@
 """Loop mode, as a process: ``python -m reconciler run --every 1s PLAN`` against the session's
-control plane and simulator.
+real engine.
 
 One loop lives through it all: its first cycle moves a VM; a cycle that finds the Lease held
 is skipped; a cycle with broken plans fails, is reported, and the next one runs; a plan change

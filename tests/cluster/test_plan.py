@@ -1,7 +1,7 @@
-"""`plan` against the real API server, with the simulator playing KubeVirt, CDI and CSI.
+"""`plan` on the real engine: upstream KubeVirt and CDI controllers, our node side.
 
 Each test builds its scenario in its own namespace with plain API calls, waits until the
-simulator has settled it (VMs running, DataVolumes imported), writes a plan file and runs the
+controllers have settled it (VMs running, DataVolumes imported), writes a plan file and runs the
 CLI in-process. Assertions are on the CLI's JSON output, exit code and the cluster's state.
 """
 
@@ -174,8 +174,9 @@ class Ctx:
         self.eventually(lambda: not vmi_running(self.api, self.ns, name), what="VM stopped")
 
     def delete_vm(self, name: str = "vm-fedora") -> None:
-        """Delete a VM (the simulator removes its VMI and DataVolumes): tests that stall a copy
-        end with it, so the session's shared simulator is not kept busy by their leftovers."""
+        """Delete a VM (virt-controller removes its VMI, the garbage collector its
+        DataVolumes): tests that stall a copy end with it, so the session's shared engine is
+        not kept busy by their leftovers."""
         response = self.api.delete(
             version="kubevirt.io/v1", namespace=self.ns, url=f"virtualmachines/{name}"
         )
@@ -283,7 +284,7 @@ def test_server_dry_run_surfaces_schema_errors_from_the_api_server(ctx: Ctx) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# Blocked: every reason that can be set up against the API server + simulator
+# Blocked: every reason that can be set up on the real engine
 # --------------------------------------------------------------------------------------------
 
 
@@ -459,7 +460,7 @@ def test_plans_for_two_namespaces_are_observed_with_eight_cluster_wide_lists(
 
 
 # --------------------------------------------------------------------------------------------
-# More reasons, set up through the simulator's documented knobs
+# More reasons, set up through the KubeVirt CR and the node side's documented knobs
 # --------------------------------------------------------------------------------------------
 
 
@@ -469,19 +470,10 @@ def kubevirt_version(api: pykube.HTTPClient) -> Iterator[Callable[[str], None]]:
 
     What virt-operator would write after an install of that version: the CR's
     ``status.observedKubeVirtVersion``, which is all ``plan`` reads (on the real engine no
-    virt-operator runs, so the status stays as written); the annotation makes the
-    simulator's stand-in for virt-operator report the same."""
+    virt-operator runs, so the status stays as written)."""
     before = _reported_version(api)
 
     def report(version: str | None) -> None:
-        annotations = {"sim.vmstorage.dev/version": version}
-        _merge(
-            api,
-            KUBEVIRT_API,
-            "kubevirt",
-            "kubevirts/kubevirt",
-            {"metadata": {"annotations": annotations}},
-        )
         _merge(
             api,
             KUBEVIRT_API,

@@ -1,6 +1,6 @@
 """Progress while `apply` waits (issue 18 item 7): changes, not repeats.
 
-A live migration held at Running for ~40 s (the simulator's ``sim.vmstorage.dev/fault: stall``
+A live migration held at Running for ~40 s (the node side's ``sim.vmstorage.dev/fault: stall``
 on the VM, removed after that) used to print the same ``migration ... Running`` line every
 2 s. Now: phase transitions with elapsed times, what is being copied, and while nothing
 changes at most one heartbeat per 30 s; no two consecutive progress lines are the same. An

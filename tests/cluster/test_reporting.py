@@ -1,4 +1,4 @@
-"""What `apply` tells the world, against the real API server, the simulator and a real
+"""What `apply` tells the world, on the real engine (upstream KubeVirt and CDI) with a real
 Pushgateway: Events on each VM (success, rollback, blocked), the status ConfigMap, the metrics
 in the Pushgateway (read back through its HTTP API) and JSON log lines.
 

@@ -54,10 +54,10 @@ def flux(control_plane: ControlPlane) -> Iterator[FluxEnv]:
 def running_flux(control_plane: ControlPlane) -> Iterator[FluxEnv]:
     """Flux + Git server on ``control_plane`` until the block ends.
 
-    A session fixture is cached by name, not by the control plane it was given: an engine
-    that overrides ``control_plane`` (tests/real) must override ``flux`` with this too, or a
-    worker that ran a simulator Flux test first hands the real engine's tests the
-    simulator's Flux (its CRDs missing on the real engine's server: 404)."""
+    A session fixture is cached by name, not by the control plane it was given: a directory
+    that overrides ``control_plane`` (tests/cluster: the real engine's) must override
+    ``flux`` with this too, or a worker that ran a Flux test on the bare control plane first
+    hands the engine's tests that Flux (its CRDs missing on the engine's server: 404)."""
     assert control_plane.workdir is not None
     git = GitServer(control_plane.workdir / "git")
     controllers = Flux(control_plane)

@@ -4,7 +4,7 @@
 every connection to the upstream address, bytes unchanged (TLS passes through: the client still
 talks to the API server's certificate). ``kubeconfig_via`` writes a copy of a kubeconfig whose
 clusters point at the proxy, so a process under test can be cut off while everything else
-(the test itself, the simulator, another runner) still reaches the API server directly.
+(the test itself, the controllers, another runner) still reaches the API server directly.
 
 - ``cut()`` is a blackhole, not a refusal: from then on no byte is forwarded either way, the
   open sockets stay open (a client waiting for an answer just waits, as behind a dead switch),
