@@ -128,18 +128,27 @@ class ControlPlane:
         binaries = self._binaries or ensure_all(log=self._log)
         begun = time.monotonic()
         _sweep_stale_workdirs()
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
-        try:
-            self._start(binaries)
-        except Exception as error:
-            # Read the logs before stop() removes them.
-            failed = getattr(error, "component", "kube-apiserver")
-            message = f"control plane failed to start: {error}\n{self.log_tail(failed)}"
-            self.stop()
-            raise ControlPlaneError(message, component=failed) from error
-        except BaseException:  # KeyboardInterrupt etc.: clean up, do not wrap
-            self.stop()
-            raise
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
+            try:
+                self._start(binaries)
+                break
+            except Exception as error:
+                # Read the logs before stop() removes them.
+                failed = getattr(error, "component", "kube-apiserver")
+                tail = self.log_tail(failed)
+                self.stop()
+                if _PORT_TAKEN in tail and attempt < _PORT_ATTEMPTS:
+                    # A free port is only free when picked: another process (another
+                    # engine starting beside this one) may bind it before our child does.
+                    self._log(f"{failed}: a port picked for it was taken meanwhile; "
+                              "starting again on other ports")
+                    continue
+                message = f"control plane failed to start: {error}\n{tail}"
+                raise ControlPlaneError(message, component=failed) from error
+            except BaseException:  # KeyboardInterrupt etc.: clean up, do not wrap
+                self.stop()
+                raise
         self.started_in = time.monotonic() - begun
         self._log(f"control plane ready at {self.server} in {self.started_in:.1f}s")
 
@@ -437,6 +446,10 @@ def _apiserver_args(
         # every few seconds; nothing in the tests uses the "kubernetes" Service endpoints.
         "--endpoint-reconciler-type=none",
     ]
+
+
+_PORT_ATTEMPTS = 3
+_PORT_TAKEN = "address already in use"
 
 
 def _free_ports(count: int) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pykube
 import pytest
 import requests
 
-from testenv import crds
+from testenv import controlplane, crds
 from testenv.binaries import Binaries, ensure_all, module_version
 from testenv.controlplane import ControlPlane, ControlPlaneError
 
@@ -221,3 +222,30 @@ def _binding(service_account: str, namespace: str) -> dict[str, object]:
             {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
         ],
     }
+
+
+def test_a_port_taken_between_picking_and_binding_starts_again_on_other_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another process binds the API server's port after it was picked (another engine
+    starting beside this one): the start tries again on new ports instead of failing."""
+    picked = controlplane._free_ports
+    said: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = int(taken.getsockname()[1])
+        calls: list[list[int]] = []
+
+        def first_one_taken(count: int) -> list[int]:
+            ports = picked(count)
+            if not calls:
+                ports[-1] = busy  # the API server's
+            calls.append(ports)
+            return ports
+
+        monkeypatch.setattr(controlplane, "_free_ports", first_one_taken)
+        with ControlPlane(log=said.append) as plane:
+            assert plane.server is not None and not plane.server.endswith(f":{busy}")
+    assert len(calls) == 2, calls
+    assert any("taken meanwhile" in line for line in said), said
