@@ -26,6 +26,7 @@ from testenv.controlplane import ControlPlane
 from testenv.real.engine import RealEngine
 from tests.support import durations
 from tests.support.engines import running_engine
+from tests.support.faultproxy import FaultProxy
 
 # The `flux` and `flux_sync` fixtures (a real Flux, started only for the tests that use it).
 pytest_plugins = ("tests.support.flux",)
@@ -52,6 +53,14 @@ def real_engine() -> Iterator[RealEngine]:
     and no process may have died."""
     with running_engine("the real engine") as engine:
         yield engine
+
+
+@pytest.fixture
+def proxy(control_plane: ControlPlane) -> Iterator[FaultProxy]:
+    """A fault-injecting, request-counting proxy in front of this directory's API server
+    (``tests.support.faultproxy``), for one test."""
+    with FaultProxy(control_plane.server, control_plane.ca_file) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -51,12 +51,6 @@ def cluster_objects(api: pykube.HTTPClient) -> None:
 
 
 @pytest.fixture
-def proxy(control_plane: ControlPlane) -> Iterator[FaultProxy]:
-    with FaultProxy(control_plane.server, control_plane.ca_file) as running:
-        yield running
-
-
-@pytest.fixture
 def fleet(api: pykube.HTTPClient, namespace: str) -> str:
     """``VMS`` stopped VMs in ``namespace``, each with two DataVolumes and their PVCs."""
     for i in range(VMS):

@@ -27,7 +27,6 @@ import json
 import math
 import ssl
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -55,12 +54,6 @@ CUT_AFTER = 3  # events relayed before a cut: fewer than VMS, more than a page
 @pytest.fixture(scope="module", autouse=True)
 def cluster_objects(api: pykube.HTTPClient) -> None:
     seed.seed_cluster(api)
-
-
-@pytest.fixture
-def proxy(control_plane: ControlPlane) -> Iterator[FaultProxy]:
-    with FaultProxy(control_plane.server, control_plane.ca_file) as running:
-        yield running
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -44,12 +44,6 @@ VM_PATH = r"/namespaces/[^/]+/virtualmachines$"
 @pytest.fixture(scope="module", autouse=True)
 def cluster_objects(api: pykube.HTTPClient) -> None:
     seed.seed_cluster(api)
-
-
-@pytest.fixture
-def proxy(control_plane: ControlPlane) -> Iterator[FaultProxy]:
-    with FaultProxy(control_plane.server, control_plane.ca_file) as running:
-        yield running
 
 
 def create_vms(api: pykube.HTTPClient, namespace: str, indices: range) -> None:

@@ -9,7 +9,6 @@ namespace.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -27,12 +26,6 @@ from tests.support.kube import Eventually, get_json
 @pytest.fixture(scope="module", autouse=True)
 def cluster_objects(api: pykube.HTTPClient) -> None:
     seed.seed_cluster(api)
-
-
-@pytest.fixture
-def proxy(control_plane: ControlPlane) -> Iterator[FaultProxy]:
-    with FaultProxy(control_plane.server, control_plane.ca_file) as running:
-        yield running
 
 
 def running_fleet(

@@ -10,7 +10,6 @@ reads before it acts.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,6 @@ LAST = "vmstorage.dev/last-migration"
 @pytest.fixture(scope="module", autouse=True)
 def cluster_objects(api: pykube.HTTPClient) -> None:
     seed.seed_cluster(api)
-
-
-@pytest.fixture
-def proxy(control_plane: ControlPlane) -> Iterator[FaultProxy]:
-    with FaultProxy(control_plane.server, control_plane.ca_file) as running:
-        yield running
 
 
 class Run:
