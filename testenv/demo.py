@@ -309,17 +309,20 @@ def wait_for_vms(api: pykube.HTTPClient, timeout: float = 600.0) -> None:
                 last[vm_name] = state
             wanted = "Running" if vm_name == seed.VM_NAME else "Stopped"
             done = done and state[0] == "Succeeded" and state[1] == wanted
-        if done and not _prime_claims(api):
+        if done and not cdi_transient_claims(api):
             return
         time.sleep(0.2)
     raise TimeoutError(f"the seed VMs were not ready within {timeout:.0f}s")
 
 
-def _prime_claims(api: pykube.HTTPClient) -> list[str]:
-    """The claims of the seed's namespace that another claim owns (CDI's prime claims)."""
+def cdi_transient_claims(api: pykube.HTTPClient) -> list[str]:
+    """The claims of the seed's namespace that CDI makes and deletes itself: a populator's
+    prime claim (owned by the claim it fills; populator-base.go reconcileCleanup deletes it
+    once the target is Bound) and a clone's ``tmp-pvc-<uid>`` (clone/planner.go, no owner)."""
     claims = _get(api, "v1", "persistentvolumeclaims").get("items", [])
     return [c["metadata"]["name"] for c in claims
-            if any(o.get("kind") == "PersistentVolumeClaim"
+            if c["metadata"]["name"].startswith("tmp-pvc-")
+            or any(o.get("kind") == "PersistentVolumeClaim"
                    for o in c["metadata"].get("ownerReferences") or [])]
 
 

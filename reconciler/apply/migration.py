@@ -169,7 +169,7 @@ def _cancelled_by(run: MoveRun, raw: Obj, vm: VMState, journal: Journal) -> str:
 class _Progress:
     """What the migration wait says at each tick, as (text, key): the key changes only when
     something worth a line changed (the newest migration, its phase, its mode, the target
-    domain ready, an abort, a failed attempt, why it is queued), and the text is made only
+    domain ready, an abort, a failed attempt, why it is pending), and the text is made only
     then, so it can carry the elapsed times of that moment: how long the previous phase lasted
     (as seen from here) and how old the migration is. KubeVirt v1.8 reports no byte counts in
     the API (the VMIM's and the VMI's ``migrationState`` have phases, nodes, mode and
@@ -192,7 +192,7 @@ class _Progress:
         failed = [m for m in ours if m.phase == "Failed"]
         raw_vmi = state["vmi"].get(self.run.vm)
         moving = newest.progress_with(vmi_state(raw_vmi) if raw_vmi is not None else None)
-        queued = _queued_why(newest) if newest.phase in ("", "Pending") else ""
+        pending = _pending_why(newest) if newest.phase in ("", "Pending") else ""
         abort = moving.abort_status or ("True" if moving.abort_requested else "")
         parts = (
             newest.name,
@@ -202,16 +202,16 @@ class _Progress:
             abort,
             str(len(failed)),
         )
-        key = "|".join((*parts, queued))
+        key = "|".join((*parts, pending))
         if key != self.key:
-            self.key, self.text = key, self._text(newest, moving, queued, failed)
+            self.key, self.text = key, self._text(newest, moving, pending, failed)
         return self.text, self.key
 
     def _text(
         self,
         newest: MigrationState,
         moving: MigrationProgress,
-        queued: str,
+        pending: str,
         failed: list[MigrationState],
     ) -> str:
         now = time.monotonic()
@@ -229,8 +229,8 @@ class _Progress:
             head += f" ({age} since it was created)"
         if self.phase != (name, phase):
             self.phase, self.phase_at = (name, phase), now
-        if queued:  # waiting for KubeVirt to schedule it: say why, not "Pending"
-            head = f"migration {name} queued ({queued})" + (
+        if pending:  # waiting for KubeVirt to schedule it: say why when the API says
+            head = f"migration {name} pending ({pending})" + (
                 f", {age} since it was created" if age else ""
             )
         detail = []
@@ -278,10 +278,14 @@ def _phases_since(migration: MigrationState, told: str | None, phase: str) -> li
     return path
 
 
-def _queued_why(migration: MigrationState) -> str:
+def _pending_why(migration: MigrationState) -> str:
+    """Why a migration not yet scheduled waits: its conditions when KubeVirt set any (a
+    resource quota, a backoff); otherwise nothing the API says. virt-controller keeps a
+    migration Pending, without a condition, while the cluster's or the node's migration slots
+    are full (migration.go), but also for the moment after it is created, so no slot is named."""
     return (
         "; ".join(c.message or c.reason for c in migration.conditions)
-        or "waiting for a migration slot"
+        or "KubeVirt has not scheduled it yet"
     )
 
 

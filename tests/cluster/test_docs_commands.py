@@ -24,7 +24,7 @@ real-engine xdist group (one busy engine per worker).
 
 A scenario is built as the demo builds it (``testenv.seed``, ``testenv.demo.wait_for_vms``),
 then settled: CDI's populators have deleted their prime claims (``populated``), so the claims
-the commands observe are the seed's alone.
+the commands observe are the seed's alone; and settled again after each command of a block.
 
 The pure checks (links, the convention, flags, make targets, testenv's and the scripts'
 options) are in tests/unit/test_docs_links.py.
@@ -48,7 +48,7 @@ import pytest
 
 from testenv import seed
 from testenv.binaries import ensure_kustomize
-from testenv.demo import wait_for_vms
+from testenv.demo import cdi_transient_claims, wait_for_vms
 from testenv.node.runtime import FAULT_ANNOTATION
 from testenv.real.engine import RealEngine
 from tests.support.docs_blocks import (
@@ -64,7 +64,7 @@ from tests.support.docs_blocks import (
     rel,
 )
 from tests.support.engines import running_engine
-from tests.support.kube import Eventually, get_json
+from tests.support.kube import Eventually
 from tests.support.lab import Lab
 
 # The files the docs' commands name besides the repository's own.
@@ -244,6 +244,13 @@ def build(scenario: str, lab: Lab, cwd: Path, eventually: Eventually) -> None:
             version="v1", namespace=seed.NAMESPACE, url="pods", data=json.dumps(pod)
         )
         api.raise_for_status(response)
+    settle(api, eventually)
+
+
+def settle(api: pykube.HTTPClient, eventually: Eventually) -> None:
+    """Wait for ``populated``: a scenario once built, and a block's state after each command
+    (an ``apply`` returns once the VM runs verified on its targets, a moment before CDI has
+    deleted the prime claims that filled them, which the next ``plan`` would count)."""
     eventually(lambda: populated(api), timeout=POPULATED_WITHIN, what="CDI's prime claims gone")
 
 
@@ -253,19 +260,10 @@ each once the claim it filled is Bound and the prime Lost: a reconcile or two)."
 
 
 def populated(api: pykube.HTTPClient) -> bool:
-    """No claim of the seed's namespace is a populator's prime claim (PVC', owned by the claim
-    it fills) any more: upstream CDI deletes each once it has filled its target
-    (pkg/controller/populators/populator-base.go, reconcileCleanup), a moment after the
-    DataVolume reports Succeeded, so a command run at once would count it among the claims."""
-    claims = get_json(api, "v1", seed.NAMESPACE, "persistentvolumeclaims").get("items", [])
-    return not [
-        c["metadata"]["name"]
-        for c in claims
-        if any(
-            o.get("kind") == "PersistentVolumeClaim"
-            for o in c["metadata"].get("ownerReferences") or []
-        )
-    ]
+    """No claim of the seed's namespace is one CDI deletes itself once it has filled its
+    target (``cdi_transient_claims``), a moment after the DataVolume reports Succeeded, so a
+    command run at once would count it among the claims."""
+    return not cdi_transient_claims(api)
 
 
 def _must(cwd: Path, text: str) -> None:
@@ -330,6 +328,8 @@ def test_the_commands_of_a_block_print_what_the_docs_show(
     for command in commands(block):
         assert command.is_cli, f"{command.where}: a block runs only {PROG} commands"
         check(command, run(command, cwd))
+        if scenario != "none":  # as a reader's next command would, after CDI's clean-up
+            settle(lab.api, eventually)
 
 
 def deploy_commands() -> list[Command]:

@@ -133,7 +133,10 @@ def test_the_migration_wait_tells_phases_once_with_their_times(
         shown = narration.offer(text, key)
         if shown is not None:
             said.append(shown)
-    assert said[0].startswith("migration kubevirt-workload-update-abc queued (")
+    assert said[0] == (
+        "migration kubevirt-workload-update-abc pending (KubeVirt has not scheduled it yet), "
+        "0.0s since it was created"
+    )
     assert said[1] == (
         "migration kubevirt-workload-update-abc Pending -> Scheduling -> Scheduled -> "
         "PreparingTarget -> TargetReady -> Running after 4.0s (4.0s since it was created): "
