@@ -122,8 +122,9 @@ REAL_ENGINE_GROUP = "real-engine"
 loadgroup``): ``real-engine-1`` .. ``-N``, a worker each, so N engines serve them side by side;
 each module stays in one group (its module fixtures seed its engine once)."""
 
-REAL_ENGINES = max(1, int(os.environ.get("VMSR_REAL_ENGINES", "2")))
-"""How many real engines a run starts at most (one per group): two keep both cores busy."""
+REAL_ENGINES = max(1, int(os.environ.get("VMSR_REAL_ENGINES", "3")))
+"""How many real engines a run starts at most (one per group; ``make test`` runs 3 workers):
+the machine is CPU-bound either way, and a group per worker spreads the engines' waits."""
 
 
 def real_engine_groups(modules: dict[str, int]) -> dict[str, str]:
@@ -149,11 +150,17 @@ def _relative(module: str) -> str:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test on the real engine joins one xdist group; every test gets its tier's
-    marker."""
-    on_engine = [item for item in items if "real_engine" in getattr(item, "fixturenames", ())]
-    groups = real_engine_groups(Counter(str(item.path) for item in on_engine))
-    for item in on_engine:
+    """Every test of a module with a test on the real engine joins that module's xdist group
+    (unless it names its own), so its module fixtures run once, on one worker; every test
+    gets its tier's marker."""
+    modules = {str(i.path) for i in items if "real_engine" in getattr(i, "fixturenames", ())}
+    grouped = [
+        item
+        for item in items
+        if str(item.path) in modules and item.get_closest_marker("xdist_group") is None
+    ]
+    groups = real_engine_groups(Counter(str(item.path) for item in grouped))
+    for item in grouped:
         item.add_marker(pytest.mark.xdist_group(groups[str(item.path)]))
     for item in items:
         tier = TIERS.get(item.path.relative_to(TESTS).parts[0])

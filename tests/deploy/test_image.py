@@ -30,8 +30,8 @@ from testenv.controlplane import ControlPlane
 from testenv.real.engine import RealEngine
 from tests.support.kube import Eventually
 
-# one worker builds and runs the image (two would both unpack it; build.sh holds a lock)
-pytestmark = pytest.mark.xdist_group("image")
+# One worker builds and runs the image (tests/conftest.py puts a module with a test on the
+# real engine in one group): two would both unpack it, and build.sh holds a lock.
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "deploy/image/build.sh"
