@@ -600,13 +600,22 @@ def _start_stalled_migration(ctx: Ctx) -> None:
     manifests = only_vm(report)["manifests"]
     for dv in manifests["dataVolumes"]:
         create(ctx.api, dv)
-    response = ctx.api.patch(
-        version="kubevirt.io/v1",
-        namespace=ctx.ns,
-        url="virtualmachines/vm-fedora",
-        data=json.dumps(manifests["vmPatch"]),
-        headers={"Content-Type": "application/json-patch+json"},
-    )
+    patch = manifests["vmPatch"]
+    assert patch[0]["path"] == "/metadata/resourceVersion", patch[0]
+    for _ in range(5):
+        response = ctx.api.patch(
+            version="kubevirt.io/v1",
+            namespace=ctx.ns,
+            url="virtualmachines/vm-fedora",
+            data=json.dumps(patch),
+            headers={"Content-Type": "application/json-patch+json"},
+        )
+        if response.status_code != 422:
+            break
+        # virt-controller wrote the VM since `plan` read it (its first op tests the
+        # resourceVersion, as apply's does): test against the current one, as apply retries
+        current = get_json(ctx.api, "kubevirt.io/v1", ctx.ns, "virtualmachines/vm-fedora")
+        patch[0]["value"] = current["metadata"]["resourceVersion"]
     ctx.api.raise_for_status(response)
     ctx.eventually(
         lambda: any(
