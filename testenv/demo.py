@@ -289,8 +289,8 @@ def _same_content(api: pykube.HTTPClient, source: str, target: str) -> bool:
 
 def wait_for_vms(api: pykube.HTTPClient, timeout: float = 600.0) -> None:
     """Print import progress (every 10%) and VM status changes until the Fedora VM runs, the
-    stopped VM's disk is imported and CDI has removed its populators' prime claims (a claim
-    owned by another claim: upstream deletes each once its target is filled, and `plan`
+    stopped VM's disk is imported and CDI has removed the claims it makes for a while
+    (``cdi_transient_claims``: upstream deletes each once its target is filled, and `plan`
     would count them meanwhile)."""
     deadline = time.monotonic() + timeout
     last: dict[str, tuple[str, str, int]] = {}
