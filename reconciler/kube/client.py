@@ -63,7 +63,7 @@ import requests
 from requests import Response
 
 from reconciler.kube import kubeconfig as kubeconfigs
-from reconciler.kube import retry
+from reconciler.kube import pemfiles, retry
 from reconciler.kube.credentials import ExecPlugin
 from reconciler.kube.resources import Resource, subject
 from reconciler.kube.watch import MAX_EVENT_BYTES
@@ -210,10 +210,13 @@ class GuardedAdapter(pykube.http.KubernetesHTTPAdapter):  # type: ignore[misc]
       it is refused before anything is sent.
     - An exec credential plugin runs through ``kube.credentials`` (timeout, cached result,
       a clear ``CredentialError``) instead of pykube's (no timeout, run on every request).
+    - A kubeconfig's ``*-data`` (CA, client certificate and key) is read from private files
+      written once, before any request (``kube.pemfiles``), not from pykube's shared ones.
     """
 
     def __init__(self, kube_config: pykube.KubeConfig, **kwargs: Any) -> None:
         super().__init__(kube_config, **kwargs)
+        self._pem_files = pemfiles.materialize(kube_config)  # read by every request
         self._plugins: dict[str, ExecPlugin] = {}
         self._plugins_lock = threading.Lock()
 

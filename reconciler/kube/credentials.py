@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from reconciler.kube.pemfiles import private_pem_file
 from reconciler.model.errors import ClusterError
 from reconciler.model.text import shown
 
@@ -128,9 +128,7 @@ class ExecPlugin:
         raise CredentialError(self.command, "returned neither a token nor a client certificate")
 
     def _file(self, pem: str) -> str:
-        file = tempfile.NamedTemporaryFile(mode="w", prefix="vmsr-exec-", suffix=".pem")  # noqa: SIM115 - lives as long as the credential
-        file.write(pem)
-        file.flush()
+        file = private_pem_file(pem.encode())  # lives as long as the credential
         self._files.append(file)
         return file.name
 
