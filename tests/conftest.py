@@ -168,15 +168,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(tier)
 
 
-def _eventually(probe: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Call `probe` until it returns a truthy value (returned) or `timeout` passes (fail)."""
+def _eventually(probe: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Call `probe` until it returns a truthy value (returned) or `timeout` passes (fail).
+
+    The deadline is generous because it is a ceiling, not a wait: on the real engine with the
+    machine's two cores shared by three workers a chain of controllers (KubeVirt, CDI, the
+    scheduler, the node side) can take well over 10 s. The pause grows from 20 ms to 100 ms
+    so a long wait does not keep the API server (the suite's bottleneck) busy with probes."""
     deadline = time.monotonic() + timeout
     last: Any = None
+    pause = 0.02
     while time.monotonic() < deadline:
         last = probe()
         if last:
             return last
-        time.sleep(0.02)
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.1)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 

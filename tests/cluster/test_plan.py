@@ -585,6 +585,7 @@ def test_data_volume_still_importing_is_blocked(ctx: Ctx) -> None:
             ).get("phase")
             == "ImportInProgress"
         ),
+        SETTLE,
         what="import stalled",
     )
     assert "[datavolume-not-succeeded]" in ctx.blocked_reasons()
