@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from testenv.controlplane import _die_with_parent_prefix, _terminate
+from testenv.controlplane import _die_with_parent_prefix, _terminate, process_env
 
 STOP_TIMEOUT = 10.0
 
@@ -102,7 +102,7 @@ def spawn(name: str, args: Sequence[str], log_dir: Path, *, env: Mapping[str, st
 
 def _popen(command: list[str], log: IO[bytes], env: Mapping[str, str] | None,
            cwd: Path | None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, cwd=cwd, env=dict(env) if env else None,
+    return subprocess.Popen(command, cwd=cwd, env=process_env(env),
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
