@@ -28,6 +28,7 @@ This module's own source is part of the cache key of the generated CRDs (see
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from testenv import fastyaml
 
 KUBEVIRT_API_PACKAGE = "kubevirt.io/api/core/v1"
 SNAPSHOT_API_PACKAGE = "kubevirt.io/api/snapshot/v1beta1"
@@ -175,7 +176,7 @@ def postprocess(crd: dict[str, Any], shape: CrdShape) -> dict[str, Any]:
     Applies to every version: upstream uses identical columns and subresources for all.
     Raises ``CrdGenerationError`` if the result does not match ``shape``.
     """
-    out: dict[str, Any] = yaml.safe_load(yaml.safe_dump(crd))  # cheap deep copy
+    out: dict[str, Any] = copy.deepcopy(crd)
     if shape.override:
         names = out["spec"]["names"]
         names["shortNames"] = list(shape.short_names)
@@ -234,7 +235,7 @@ def generate(
             raise CrdGenerationError(f"controller-gen produced no CRD for {', '.join(missing)}")
         for name in KEPT:
             crd = postprocess(by_name[name], EXPECTED[name])
-            (final_dir / f"{name}.yaml").write_text(yaml.safe_dump(crd, sort_keys=False))
+            (final_dir / f"{name}.yaml").write_text(fastyaml.dump(crd, sort_keys=False))
         final_dir.rename(out_dir)
     return sorted(out_dir.glob("*.yaml"))
 
@@ -270,8 +271,8 @@ def _run_controller_gen(
 def _load_by_name(raw_dir: Path) -> dict[str, dict[str, Any]]:
     crds: dict[str, dict[str, Any]] = {}
     for path in sorted(raw_dir.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") == "CustomResourceDefinition":
+        for doc in fastyaml.load_all(path.read_text()):
+            if doc.get("kind") == "CustomResourceDefinition":
                 crds[doc["metadata"]["name"]] = doc
     return crds
 
@@ -280,5 +281,5 @@ def load_all(crd_dir: Path) -> list[dict[str, Any]]:
     """Load every CRD document in ``crd_dir`` (sorted by file name)."""
     docs: list[dict[str, Any]] = []
     for path in sorted(crd_dir.glob("*.yaml")):
-        docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+        docs.extend(fastyaml.load_all(path.read_text()))
     return docs

@@ -33,8 +33,8 @@ from types import TracebackType
 from typing import Self
 
 import requests
-import yaml
 
+from testenv import fastyaml
 from testenv.binaries import FluxBinaries, ensure_flux
 from testenv.controlplane import (
     ControlPlane,
@@ -232,8 +232,7 @@ def _install_crds(plane: ControlPlane, crd_dirs: Sequence[Path]) -> None:
         doc
         for crd_dir in crd_dirs
         for path in sorted(crd_dir.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc
+        for doc in fastyaml.load_all(path.read_text())
     ]
     if not documents:
         raise FluxError(f"no CRDs found in {', '.join(map(str, crd_dirs))}")

@@ -60,7 +60,7 @@ from typing import Any, Self
 import pykube
 import yaml
 
-from testenv import admission
+from testenv import admission, fastyaml
 from testenv.binaries import REPO_ROOT, Binaries, ensure_all
 from testenv.controlplane import (
     ControlPlane,
@@ -250,12 +250,12 @@ class RealEngine:
         ca = certs.ca(pki, "ca")
         front_proxy_ca = certs.ca(pki, "front-proxy-ca")
         front_proxy = certs.leaf(pki, "front-proxy-client", front_proxy_ca)
-        manifests = [d for d in yaml.safe_load_all(real.kubevirt_manifests.read_text()) if d]
+        manifests = fastyaml.load_all(real.kubevirt_manifests.read_text())
         crd_dir = pki / "crds"
         crd_dir.mkdir()
         for doc in manifests:
             if doc["kind"] == "CustomResourceDefinition":
-                (crd_dir / f"{doc['metadata']['name']}.yaml").write_text(yaml.safe_dump(doc))
+                (crd_dir / f"{doc['metadata']['name']}.yaml").write_text(fastyaml.dump(doc))
         for path in sorted(real.cdi_crd_dir.glob("*.yaml")):
             shutil.copyfile(path, crd_dir / f"cdi-{path.name}")
 
@@ -311,9 +311,8 @@ class RealEngine:
         self.timings["KubeVirt"] = time.monotonic() - step
 
         step = time.monotonic()
-        for doc in yaml.safe_load_all(real.cdi_manifests.read_text()):
-            if doc:
-                _create_manifest(api, doc)
+        for doc in fastyaml.load_all(real.cdi_manifests.read_text()):
+            _create_manifest(api, doc)
         self._start_cdi(real, ca)
         self.timings["CDI"] = time.monotonic() - step
         if self.node_side:
@@ -330,12 +329,12 @@ class RealEngine:
         path = self.workdir / f"{name}.kubeconfig"
         self.control_plane.write_kubeconfig(path, token)
         if inline_ca:  # for a process that cannot see the host's /tmp
-            config = yaml.safe_load(path.read_text())
+            config = fastyaml.load(path.read_text())
             cluster = config["clusters"][0]["cluster"]
             ca_file = Path(cluster.pop("certificate-authority"))
             cluster["certificate-authority-data"] = base64.b64encode(ca_file.read_bytes()) \
                 .decode()
-            path.write_text(yaml.safe_dump(config))
+            path.write_text(fastyaml.dump(config))
         return path
 
     def _start_kube_controller_manager(self, real: RealBinaries) -> Callable[[], None]:
