@@ -18,8 +18,8 @@ An engine of its own (``docs_engine``), not the session's: the docs' commands na
 namespace ``mig-vm`` and act in every namespace (``apply`` finishes open moves everywhere,
 ``status -A``), and earlier tests fill the session's engine. One engine for all the blocks,
 emptied between them (the seed's namespaces deleted: kube-controller-manager's namespace
-controller and virt-controller's finalizers take the VMs with them): an engine takes 40-140 s
-to start, longer on a loaded machine. The test asks for ``real_engine`` only to join a
+controller and virt-controller's finalizers take the VMs with them): an engine takes 16 s to
+start on an idle machine, over a minute on a loaded one. The test asks for ``real_engine`` only to join a
 real-engine xdist group (one busy engine per worker).
 
 A scenario is built as the demo builds it (``testenv.seed``, ``testenv.demo.wait_for_vms``),

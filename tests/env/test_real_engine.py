@@ -598,6 +598,17 @@ def volume_of(api: pykube.HTTPClient, pvc: dict[str, Any]) -> dict[str, Any]:
     return cluster_get(api, "v1", f"persistentvolumes/{pvc['spec']['volumeName']}")
 
 
+def bound_claim(engine: RealEngine, ns: str, name: str) -> dict[str, Any]:
+    """Claim ``name`` once it names its volume. A populated DataVolume can be Succeeded first:
+    CDI rebinds the prime's PV to the claim (its ``claimRef``) and kube-controller-manager's
+    PV controller sets the claim's ``spec.volumeName`` on its own time."""
+    api = engine.api()
+    found: dict[str, Any] = wait(
+        engine, lambda: (c := claim(api, ns, name))["spec"].get("volumeName") and c,
+        f"claim {name} bound to its volume")
+    return found
+
+
 def test_the_seed_registers_csi_drivers_for_its_classes_only(seeded: RealEngine) -> None:
     """A CSI driver's install registers its CSIDriver object; the seed's two classes are of
     CSI drivers, the test classes of unknown provisioners are not (CDI fills those the
@@ -621,7 +632,7 @@ def test_an_import_to_the_seeds_target_class_goes_through_cdis_import_populator(
     _post(api, CDI, ns, "datavolumes", import_dv("root", seed.TARGET_CLASS, url))
     wait(seeded, lambda: dv_phase(api, ns, "root") == "Succeeded", "DataVolume Succeeded")
 
-    pvc = claim(api, ns, "root")
+    pvc = bound_claim(seeded, ns, "root")
     assert pvc["spec"]["dataSourceRef"]["kind"] == "VolumeImportSource", pvc["spec"]
     prime = f"prime-{pvc['metadata']['uid']}"
     assert pvc["metadata"]["annotations"]["cdi.kubevirt.io/storage.populator.pvcPrime"] == prime
@@ -650,7 +661,7 @@ def test_a_data_volume_on_the_wait_for_first_consumer_class_waits_for_a_consumer
                  "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "disk"}}]}})
 
     wait(seeded, lambda: dv_phase(api, ns, "disk") == "Succeeded", "DataVolume Succeeded")
-    pvc = claim(api, ns, "disk")
+    pvc = bound_claim(seeded, ns, "disk")
     node = pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"]
     # kube-scheduler binds the pod once its claim is bound (VolumeBinding's PreBind)
     wait(seeded, lambda: get_json(api, "v1", ns, "pods/consumer")["spec"].get("nodeName"),
@@ -679,5 +690,5 @@ def test_a_clone_within_the_ceph_class_is_a_csi_clone_carrying_the_content(
     assert dv["metadata"]["annotations"]["cdi.kubevirt.io/cloneType"] == "csi-clone"
     expected = hashlib.sha256(url.encode()).hexdigest()
     assert content(api, ns, "dst") == expected, "on the claim as soon as it is Succeeded"
-    pv = volume_of(api, claim(api, ns, "dst"))
+    pv = volume_of(api, bound_claim(seeded, ns, "dst"))
     assert (pv["metadata"].get("annotations") or {}).get(CONTENT_HASH_ANNOTATION) == expected
