@@ -19,8 +19,8 @@ namespace ``mig-vm`` and act in every namespace (``apply`` finishes open moves e
 ``status -A``), and earlier tests fill the session's engine. One engine for all the blocks,
 emptied between them (the seed's namespaces deleted: kube-controller-manager's namespace
 controller and virt-controller's finalizers take the VMs with them): an engine takes 16 s to
-start on an idle machine, over a minute on a loaded one. The test asks for ``real_engine`` only to join a
-real-engine xdist group (one busy engine per worker).
+start on an idle machine, over a minute on a loaded one. The test asks for ``real_engine``
+only to join a real-engine xdist group (one busy engine per worker).
 
 A scenario is built as the demo builds it (``testenv.seed``, ``testenv.demo.wait_for_vms``),
 then settled: CDI's populators have deleted their prime claims (``populated``), so the claims
