@@ -379,7 +379,12 @@ class CountingProxy(FaultProxy):
     """Counts requests in flight, in all and per path. The first request of each path is held
     until another request is in flight too (or ``HOLD`` seconds passed): lists sent at once
     pass at once, lists sent one after another would each wait out the hold and never
-    overlap."""
+    overlap.
+
+    A request is in flight from its arrival until the API server has answered it (``_record``,
+    called before the answer is relayed): the client sends a kind's next page only once it
+    has that answer, so a page cannot overlap the one before it here, whereas counting until
+    the relay's thread ends did (the next page arrived first, once in a CI run)."""
 
     HOLD = 5.0
 
@@ -389,6 +394,7 @@ class CountingProxy(FaultProxy):
         self.in_flight: dict[str, int] = {}
         self.most = 0
         self.most_per_path: dict[str, int] = {}
+        self._answered: set[int] = set()  # id() of the handlers whose request is answered
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         path = handler.path.partition("?")[0]
@@ -403,8 +409,20 @@ class CountingProxy(FaultProxy):
         try:
             super()._serve(handler)
         finally:
+            self._answer_seen(handler)
             with self.changed:
-                self.in_flight[path] -= 1
+                self._answered.discard(id(handler))
+
+    def _record(self, handler: BaseHTTPRequestHandler, body: bytes, outcome: str) -> None:
+        super()._record(handler, body, outcome)
+        self._answer_seen(handler)
+
+    def _answer_seen(self, handler: BaseHTTPRequestHandler) -> None:
+        """The request of ``handler`` is no longer in flight (once, however often called)."""
+        with self.changed:
+            if id(handler) not in self._answered:
+                self._answered.add(id(handler))
+                self.in_flight[handler.path.partition("?")[0]] -= 1
 
 
 def test_the_kinds_are_listed_at_once_one_request_per_kind_in_flight(
