@@ -370,16 +370,36 @@ def _reverted(run: MoveRun, journal: Journal, state: State) -> bool | None:
         and not (change is not None and change.status == "True")
         and not vmi.migrating_volumes
     )
-    return True if back else None
+    return True if back and not _unfinished(journal, state) else None
+
+
+def _unfinished(journal: Journal, state: State) -> list[str]:
+    """This move's migrations that are neither Succeeded nor Failed, by name. The revert alone
+    does not end one: upstream's workload updater deletes the migration of a cancelled change
+    only at its next pass, which nothing may trigger before the migration fails on its own
+    (v1.8: a VMI update while it migrates does not enqueue it), and a migration still running
+    may yet land on the destinations the rollback deletes next."""
+    final = ("Succeeded", "Failed")
+    return [m.name for m in _ours(state["migrations"].values(), journal) if m.phase not in final]
 
 
 def _wait_reverted(run: MoveRun, journal: Journal) -> Journal:
+    def tick(state: State) -> None:
+        running = _unfinished(journal, state)
+        if running and _reverted(run, journal, {**state, "migrations": {}}):
+            run.say(
+                f"volumes reverted; waiting for KubeVirt to abort migration {', '.join(running)} "
+                "(its workload updater deletes it, or it fails at its progress timeout)"
+            )
+        else:
+            run.say("waiting for KubeVirt to cancel the migration")
+
     run.wait(
         _streams(run, journal),
         lambda state: _reverted(run, journal, state),
         seconds=run.settings.rollback_timeout,
         what="KubeVirt to confirm the cancellation",
-        on_tick=lambda _s: run.say("waiting for KubeVirt to cancel the migration"),
+        on_tick=tick,
         timeout_rule=Failure.ROLLBACK_TIMEOUT,
     )
     return journal

@@ -26,7 +26,6 @@ from tests.cluster.test_apply_crash import (
     FAULT,
     KV,
     ROOT,
-    RUN_TIMEOUT,
     SOURCE,
     VM,
     VOLUME,
@@ -46,6 +45,12 @@ from tests.cluster.test_apply_crash import (
 from tests.support.kube import annotation, get_json
 
 __all__ = ["cluster", "cluster_objects"]  # the fixtures, from test_apply_crash
+
+
+CANCEL_TIMEOUT = 240.0
+"""A bound on one `cancel`: a live move's rollback waits until KubeVirt has ended the stalled
+migration, which upstream's workload updater may leave to the node side's progress timeout
+(150 s) when no other migration's change triggers its next pass."""
 
 
 def cancel(c: Cluster, *args: str, fail_at: str | None = None) -> Run:
@@ -68,7 +73,7 @@ def cancel(c: Cluster, *args: str, fail_at: str | None = None) -> Run:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=RUN_TIMEOUT,
+        timeout=CANCEL_TIMEOUT,
         check=False,
     )
     return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - began)
