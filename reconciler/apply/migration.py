@@ -398,7 +398,7 @@ def _wait_reverted(run: MoveRun, journal: Journal) -> Journal:
         _streams(run, journal),
         lambda state: _reverted(run, journal, state),
         seconds=run.settings.rollback_timeout,
-        what="KubeVirt to confirm the cancellation",
+        what="KubeVirt to confirm the cancellation and end the move's migrations",
         on_tick=tick,
         timeout_rule=Failure.ROLLBACK_TIMEOUT,
     )

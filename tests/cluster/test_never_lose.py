@@ -702,10 +702,13 @@ def test_target_deleted_mid_migration_fails_the_move_at_once(ctx: Moves) -> None
     VM controller also re-creates the deleted destination from the VM's dataVolumeTemplates,
     and when a condition write of its VMI controller makes that second patch fail (422), the
     next sync finds the VMI's volumes already reverted and never cancels: VolumesChange stays
-    True (seen in 2 runs of 5). apply then cannot confirm the cancellation and does not claim
-    one: at its rollback deadline (``ROLLBACK_DEADLINE`` here) the move is Failed
-    (``rollback-timeout``), its journal kept at wait-reverted for the next run and for
-    `status`. Either ending is accepted only with the state that explains it."""
+    True (seen in 2 runs of 5). Or the cancellation is confirmed but the stalled migration
+    runs on: the workload updater deletes it only at a pass some other VMIM's change starts,
+    else the node side fails it at KubeVirt's progress timeout (150 s), and apply deletes no
+    destination while a migration may still land on it. In both, apply does not claim a
+    rollback it cannot see end: at its rollback deadline (``ROLLBACK_DEADLINE`` here) the move
+    is Failed (``rollback-timeout``), its journal kept at wait-reverted for the next run and
+    for `status`. Each ending is accepted only with the state that explains it."""
     ctx.make("vm1", ROOT)
     ctx.merge("virtualmachines/vm1", {"metadata": {"annotations": {FAULT_ANNOTATION: "stall"}}})
     before = ctx.vm("vm1")
@@ -753,10 +756,14 @@ def test_target_deleted_mid_migration_fails_the_move_at_once(ctx: Moves) -> None
         assert "updateVolumesStrategy" not in vm["spec"]
         assert ctx.journal("vm1") is None
         return
-    # KubeVirt's lost cancellation: nothing else may explain a rollback that did not end
+    # KubeVirt's lost cancellation, or its migration not yet ended: nothing else may explain a
+    # rollback that did not end
     assert (outcome.result, outcome.rule) == ("Failed", "rollback-timeout"), (outcome, said)
     assert "KubeVirt to confirm the cancellation" in outcome.reason, outcome.reason
-    assert change.get("status") == "True", f"the cancellation was confirmed after all: {change}"
+    waited_for_abort = "volumes reverted; waiting for KubeVirt to abort migration" in said
+    assert change.get("status") == "True" or waited_for_abort, (
+        f"the cancellation was confirmed and no migration was waited for: {change}\n{said}"
+    )
     journal = ctx.journal("vm1")
     assert journal is not None and journal["step"] == "wait-reverted", journal
     assert journal["rollback"]["rule"] == "target-deleted", "kept, with why it rolls back"
