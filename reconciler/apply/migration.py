@@ -362,15 +362,20 @@ def _reverted(run: MoveRun, journal: Journal, state: State) -> bool | None:
     vmi: VMIState | None = vmi_state(raw_vmi) if raw_vmi is not None else None
     if vmi is None or vmi.ended:
         return None if vm_state(raw_vm).is_true("ManualRecoveryRequired") else True
+    return True if _vmi_back(vmi, journal) and not _unfinished(journal, state) else None
+
+
+def _vmi_back(vmi: VMIState, journal: Journal) -> bool:
+    """KubeVirt confirmed the cancellation on the VMI: its volumes on the sources again,
+    ``VolumesChange`` not True, no ``migratedVolumes``."""
     sources = journal.sources
     change = vmi.condition("VolumesChange")
-    back = (
+    return (
         all(vmi.claims.get(k) == s for k, s in sources.items())
         and all(vmi.volume_status.get(k, s) == s for k, s in sources.items())
         and not (change is not None and change.status == "True")
         and not vmi.migrating_volumes
     )
-    return True if back and not _unfinished(journal, state) else None
 
 
 def _unfinished(journal: Journal, state: State) -> list[str]:
@@ -386,7 +391,8 @@ def _unfinished(journal: Journal, state: State) -> list[str]:
 def _wait_reverted(run: MoveRun, journal: Journal) -> Journal:
     def tick(state: State) -> None:
         running = _unfinished(journal, state)
-        if running and _reverted(run, journal, {**state, "migrations": {}}):
+        raw_vmi = state["vmi"].get(run.vm)
+        if running and raw_vmi is not None and _vmi_back(vmi_state(raw_vmi), journal):
             run.say(
                 f"volumes reverted; waiting for KubeVirt to abort migration {', '.join(running)} "
                 "(its workload updater deletes it, or it fails at its progress timeout)"
