@@ -29,7 +29,8 @@ from reconciler.diff.catalog import vm_not_found
 from reconciler.diff.judge import diff
 from reconciler.gitsource import GitSpec, PlanSource, resolve
 from reconciler.kube import resources
-from reconciler.kube.client import Cluster, load_client
+from reconciler.kube.client import Cluster
+from reconciler.kube.connect import load_client
 from reconciler.kube.kubeconfig import context_namespace
 from reconciler.model import journal as journals
 from reconciler.model import names

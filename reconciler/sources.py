@@ -33,7 +33,8 @@ from datetime import UTC, datetime
 
 from reconciler.apply.claims import held_by_completed_pods, users_of
 from reconciler.apply.lease import DEFAULT_DURATION, Lease
-from reconciler.kube.client import Cluster, load_client
+from reconciler.kube.client import Cluster
+from reconciler.kube.connect import load_client
 from reconciler.kube.kubeconfig import context_namespace
 from reconciler.kube.resources import DATA_VOLUMES, PVCS, Resource
 from reconciler.model import kept as kepts

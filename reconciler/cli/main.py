@@ -26,7 +26,7 @@ from typing import TextIO, cast
 from reconciler.cli import apply, cancel, plan, prune, run, sources, status, validate
 from reconciler.cli.common import EXIT_CODES, PROG, HelpFormatter, JsonLines, configure_logging
 from reconciler.cli.version import version, versioned
-from reconciler.kube.client import clients_loaded
+from reconciler.kube.connect import clients_loaded
 from reconciler.model.errors import ClusterError, ExitCode, UserError
 from reconciler.model.text import clean
 from reconciler.report.documents import dump, problems_document

@@ -22,7 +22,7 @@ sending it twice cannot do twice what once does:
 - **HTTP 429** is retried for every request (API priority and fairness rejects a request before
   it is executed), as before.
 - Never retried: TLS errors (a certificate does not heal), redirects (refused:
-  ``client.RedirectRefused``), and any other answer (4xx, 500 without ``Retry-After``).
+  ``connect.RedirectRefused``), and any other answer (4xx, 500 without ``Retry-After``).
 
 Backoff is exponential with jitter (``BASE`` doubling up to ``CAP``, each delay drawn from its
 upper half), a server's ``Retry-After`` is honoured (up to ``MAX_RETRY_AFTER``), at most

@@ -19,7 +19,7 @@ import yaml
 from reconciler import engine
 from reconciler.cli.main import main
 from reconciler.kube import credentials
-from reconciler.kube.client import load_client
+from reconciler.kube.connect import load_client
 from reconciler.kube.resources import VIRTUAL_MACHINES
 from reconciler.kube.watch import Observer, Stream
 from reconciler.model.errors import ClusterError

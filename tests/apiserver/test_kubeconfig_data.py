@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from reconciler.kube import pemfiles
-from reconciler.kube.client import load_client
+from reconciler.kube.connect import load_client
 from testenv.controlplane import ControlPlane
 
 

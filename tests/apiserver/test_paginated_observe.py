@@ -29,7 +29,8 @@ import pykube
 import pytest
 
 from reconciler.cli.main import main
-from reconciler.kube.client import PAGE_SIZE_ENV, WATCH_LIST_ENV, Cluster, load_client
+from reconciler.kube.client import PAGE_SIZE_ENV, WATCH_LIST_ENV, Cluster
+from reconciler.kube.connect import load_client
 from reconciler.model.errors import ClusterError
 from reconciler.model.live import Snapshot
 from reconciler.observe.fetch import fetch

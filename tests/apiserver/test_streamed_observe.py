@@ -37,7 +37,8 @@ import pykube
 import pytest
 
 from reconciler.kube import resources as kube
-from reconciler.kube.client import INITIAL_EVENTS_END, LIST_RESTARTS, Cluster, load_client
+from reconciler.kube.client import INITIAL_EVENTS_END, LIST_RESTARTS, Cluster
+from reconciler.kube.connect import load_client
 from reconciler.model.errors import ClusterError
 from reconciler.model.live import Snapshot
 from reconciler.observe.fetch import fetch

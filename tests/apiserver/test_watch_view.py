@@ -26,7 +26,8 @@ import pykube
 import pytest
 
 from reconciler.kube import resources as kube
-from reconciler.kube.client import Cluster, load_client
+from reconciler.kube.client import Cluster
+from reconciler.kube.connect import load_client
 from reconciler.model.live import Snapshot
 from reconciler.observe.fetch import fetch
 from reconciler.observe.view import View

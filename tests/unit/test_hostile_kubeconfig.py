@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from reconciler.cli.main import main
-from reconciler.kube.client import load_client
+from reconciler.kube.connect import load_client
 from reconciler.model.errors import UserError
 
 PLAN = """\

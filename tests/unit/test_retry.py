@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from reconciler.kube import retry
-from reconciler.kube.client import Cluster, load_client
+from reconciler.kube.client import Cluster
+from reconciler.kube.connect import load_client
 from reconciler.kube.resources import DATA_VOLUMES, LEASES, VIRTUAL_MACHINES
 from reconciler.model.errors import ClusterError
 from tests.support.fakeapi import Answer, FakeAPI, kubeconfig
