@@ -53,7 +53,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
@@ -62,9 +62,19 @@ import requests
 from requests import Response
 
 from reconciler.kube import retry
+from reconciler.kube.answers import (
+    ADDED,
+    StreamEnded,
+    added_objects,
+    checked_items,
+    complete_lines,
+    continue_of,
+    decode_object,
+    expired_continue,
+    watch_event,
+)
 from reconciler.kube.connect import RedirectRefused
 from reconciler.kube.resources import Resource, subject
-from reconciler.kube.watch import MAX_EVENT_BYTES
 from reconciler.model.errors import ClusterError, Problem, UserError
 from reconciler.model.names import FIELD_MANAGER
 from reconciler.model.text import shown
@@ -279,7 +289,7 @@ class Cluster:
                 response.close()
                 return []
             if response.status_code == 410 and token:
-                fresh = _expired_continue(response)
+                fresh = expired_continue(response)
                 response.close()
                 if restarts < LIST_RESTARTS:
                     restarts += 1
@@ -309,7 +319,7 @@ class Cluster:
                 continue
             body = self._check(response, resource, namespace, "")
             items = checked_items(body, scope)
-            following = _continue_of(body, scope)
+            following = continue_of(body, scope)
             del body  # the page's objects live on in ``items`` only until parsed
             parsed.extend(parse(items))
             del items
@@ -378,7 +388,7 @@ class Cluster:
                     self._check_status(response, resource, namespace)
                     return self._initial_events(response, scope, parse)
                 why = "the watch-list was refused as expired (HTTP 410)"
-            except _StreamEnded as ended:
+            except StreamEnded as ended:
                 if ended.fallback:
                     log.info("%s: %s; reading it paginated", scope, ended)
                     return None
@@ -400,7 +410,7 @@ class Cluster:
         parse: Callable[[list[dict[str, Any]]], list[T]],
     ) -> list[T]:
         """The objects of a watch-list's initial events, through ``parse`` ``page_size`` at a
-        time; ``_StreamEnded`` when the stream ends (or breaks) before the end bookmark or
+        time; ``StreamEnded`` when the stream ends (or breaks) before the end bookmark or
         carries an ERROR event; ``ClusterError`` when it is malformed.
 
         The events of a page are decoded together (one JSON array of their lines: a quarter
@@ -410,17 +420,17 @@ class Cluster:
         parsed: list[T] = []
         page: list[bytes] = []
         try:
-            for line in _complete_lines(response, scope):
-                if line.startswith(_ADDED):
+            for line in complete_lines(response, scope):
+                if line.startswith(ADDED):
                     page.append(line)
                     if len(page) >= self.page_size:
-                        parsed.extend(parse(_added_objects(page, scope)))
+                        parsed.extend(parse(added_objects(page, scope)))
                         page = []
                     continue
                 if page:
-                    parsed.extend(parse(_added_objects(page, scope)))
+                    parsed.extend(parse(added_objects(page, scope)))
                     page = []
-                kind, obj = _event(line, scope)
+                kind, obj = watch_event(line, scope)
                 if kind == "ADDED":  # written another way than the server's own encoder
                     parsed.extend(parse(checked_items({"items": [obj]}, scope)))
                 elif kind == "BOOKMARK":
@@ -431,7 +441,7 @@ class Cluster:
                 elif kind == "ERROR":
                     code = obj.get("code")
                     message = shown(obj.get("message") or "", 300)
-                    raise _StreamEnded(
+                    raise StreamEnded(
                         f"the watch-list stream carried an error: {message} (code {code})",
                         fallback=code != 410,
                     )
@@ -442,8 +452,8 @@ class Cluster:
                         "event before the end of the initial events",
                     )
         except requests.RequestException as exc:
-            raise _StreamEnded(f"the watch-list stream broke: {shown(exc, 200)}") from exc
-        raise _StreamEnded("the watch-list stream ended before its initial-events-end bookmark")
+            raise StreamEnded(f"the watch-list stream broke: {shown(exc, 200)}") from exc
+        raise StreamEnded("the watch-list stream ended before its initial-events-end bookmark")
 
     def list_many(
         self,
@@ -701,167 +711,8 @@ class Cluster:
         raise ClusterError(what, f"{shown(message, 500)} (HTTP {code})", code=code)
 
 
-class _StreamEnded(Exception):
-    """A watch-list stream that ended before its initial-events-end bookmark: streamed again,
-    or (``fallback``) read paginated."""
-
-    def __init__(self, message: str, *, fallback: bool = False) -> None:
-        super().__init__(message)
-        self.fallback = fallback
-
-
-_ADDED = b'{"type":"ADDED",'
-"""How the API server's encoder opens an ADDED event (``metav1.WatchEvent``: type first)."""
-
-
-def _complete_lines(response: Response, scope: str) -> Iterator[bytes]:
-    """The stream's complete lines (each event is one line of JSON), read in blocks of up to
-    64 KiB; a last line without its newline is a stream cut short, and is not yielded. A line
-    over ``MAX_EVENT_BYTES`` (one object: etcd's own limit is 1.5 MiB) is a ``ClusterError``."""
-    parts: list[bytes] = []  # the line read so far, in pieces (no quadratic concatenation)
-    held = 0
-    for chunk in response.iter_content(chunk_size=1 << 16):
-        if b"\n" not in chunk:
-            parts.append(chunk)
-            held += len(chunk)
-            if held > MAX_EVENT_BYTES:
-                raise ClusterError(
-                    scope,
-                    "the API server's watch-list stream is malformed: an event over "
-                    f"{MAX_EVENT_BYTES} bytes",
-                )
-            continue
-        parts.append(chunk)
-        *complete, rest = b"".join(parts).split(b"\n")
-        parts, held = [rest], len(rest)
-        yield from (line for line in complete if line.strip())
-
-
-def _event(line: bytes, scope: str) -> tuple[Any, dict[str, Any]]:
-    """(type, object) of one watch event; ``ClusterError`` when it is not one."""
-    try:
-        event = json.loads(line)
-    except (ValueError, RecursionError):
-        raise ClusterError(
-            scope,
-            "the API server's watch-list stream is malformed: an event is not JSON: "
-            + shown(line, 120),
-        ) from None
-    obj = event.get("object") if isinstance(event, dict) else None
-    if not isinstance(obj, dict):
-        raise ClusterError(
-            scope,
-            "the API server's watch-list stream is malformed: an event without an object "
-            f"({shown(line, 120)})",
-        )
-    return event.get("type"), obj
-
-
-def _added_objects(lines: list[bytes], scope: str) -> list[dict[str, Any]]:
-    """The objects of ``lines``, each the line of an ADDED event, decoded as one JSON array
-    (``_event``'s errors, naming the line at fault, when that fails or one is not ADDED)."""
-    try:
-        events = json.loads(b"[" + b",".join(lines) + b"]")
-    except (ValueError, RecursionError):
-        events = None
-    if not isinstance(events, list) or len(events) != len(lines):
-        events = [{"type": kind, "object": obj} for kind, obj in (_event(x, scope) for x in lines)]
-    objects = []
-    for line, event in zip(lines, events, strict=True):
-        obj = event.get("object") if isinstance(event, dict) else None
-        if not isinstance(obj, dict) or event.get("type") != "ADDED":
-            kind, obj = _event(line, scope)
-            raise ClusterError(
-                scope,
-                f"the API server's watch-list stream is malformed: a {shown(kind, 40)} event "
-                "written as an ADDED one",
-            )
-        objects.append(obj)
-    return checked_items({"items": objects}, scope)
-
-
-def decode_object(response: Response, what: str) -> dict[str, Any]:
-    """The JSON object of a good answer; anything else (a proxy's HTML login page, a list, a
-    body nested beyond reason) is a ``ClusterError`` saying, in short, what came instead."""
-    kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
-    try:
-        body = json.loads(response.content)
-    except RecursionError:
-        raise ClusterError(
-            what, f"the API server's answer is JSON nested too deeply to read ({kind})"
-        ) from None
-    except ValueError:
-        raise ClusterError(
-            what,
-            f"the API server's answer is not JSON ({kind}): {shown(response.content, 120)}; "
-            "is a proxy or login page in front of the API server?",
-        ) from None
-    if not isinstance(body, dict):
-        raise ClusterError(
-            what,
-            "the API server's answer is not an object: expected a JSON object, got "
-            + _json_kind(body),
-        )
-    return body
-
-
-def checked_items(body: dict[str, Any], what: str) -> list[dict[str, Any]]:
-    """A LIST answer's ``items``: a list of objects, or a ``ClusterError``."""
-    items = body.get("items")
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        raise ClusterError(
-            what,
-            f"the API server's answer is not a list: items is not a list, got {_json_kind(items)}",
-        )
-    for index, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("metadata") or {}, dict):
-            raise ClusterError(
-                what,
-                f"the API server's answer is malformed: items[{index}] is not an object "
-                f"({_json_kind(item)})",
-            )
-    return items
-
-
 def _as_read(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
-
-
-def _continue_of(body: dict[str, Any], what: str) -> str:
-    """The continue token of a LIST page ("" on the last page)."""
-    meta = body.get("metadata")
-    token = meta.get("continue") if isinstance(meta, dict) else None
-    if token is None or token == "":
-        return ""
-    if not isinstance(token, str):
-        raise ClusterError(
-            what,
-            "the API server's answer is malformed: metadata.continue is not a string, got "
-            + _json_kind(token),
-        )
-    return token
-
-
-def _expired_continue(response: Response) -> str:
-    """The continue token a 410 for an expired token carries (``metadata.continue`` of its
-    Status: the rest of the list at the latest revision), "" when it has none."""
-    try:
-        status = response.json()
-    except (ValueError, RecursionError):
-        return ""
-    meta = status.get("metadata") if isinstance(status, dict) else None
-    token = meta.get("continue") if isinstance(meta, dict) else None
-    return token if isinstance(token, str) else ""
-
-
-def _json_kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "an object without metadata"
-    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )
 
 
 def _scope(resource: Resource, namespace: str | None) -> str:

@@ -59,7 +59,8 @@ from urllib.parse import urlsplit
 
 from reconciler.kube import resources as kube
 from reconciler.kube import retry
-from reconciler.kube.client import INITIAL_EVENTS_END, Cluster, checked_items
+from reconciler.kube.answers import checked_items
+from reconciler.kube.client import INITIAL_EVENTS_END, Cluster
 from reconciler.kube.watch import MAX_EVENT_BYTES
 from reconciler.model.errors import ClusterError
 from reconciler.model.live import Snapshot

@@ -1,4 +1,4 @@
-"""A watch-list stream's lines into objects (``reconciler.kube.client``), pure parts: a page of
+"""A watch-list stream's lines into objects (``reconciler.kube.answers``), pure parts: a page of
 ADDED events is decoded as one JSON array, in order; a line that is not a watch event, or an
 event of another type written as an ADDED one, is a ``ClusterError`` naming the list and what
 came instead. The stream itself (cuts, refusals, the end bookmark) is tested against the real
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.kube.client import _ADDED, _added_objects, _event
+from reconciler.kube.answers import ADDED, added_objects, watch_event
 from reconciler.model.errors import ClusterError
 
 SCOPE = "virtualmachines in namespace fleet"
@@ -24,20 +24,20 @@ def line(kind: str, name: str) -> bytes:
 
 
 def test_the_server_writes_an_added_event_as_the_prefix_says() -> None:
-    assert line("ADDED", "a").startswith(_ADDED)
-    assert not line("BOOKMARK", "a").startswith(_ADDED)
+    assert line("ADDED", "a").startswith(ADDED)
+    assert not line("BOOKMARK", "a").startswith(ADDED)
 
 
 def test_a_page_of_added_events_gives_its_objects_in_order() -> None:
     names = [f"vm-{i}" for i in range(5)]
-    objects = _added_objects([line("ADDED", n) for n in names], SCOPE)
+    objects = added_objects([line("ADDED", n) for n in names], SCOPE)
     assert [o["metadata"]["name"] for o in objects] == names
 
 
 def test_a_line_that_is_not_json_is_named() -> None:
     lines = [line("ADDED", "a"), b'{"type":"ADDED","object":{"metadata":', line("ADDED", "c")]
     with pytest.raises(ClusterError) as caught:
-        _added_objects(lines, SCOPE)
+        added_objects(lines, SCOPE)
     assert SCOPE in str(caught.value)
     assert "an event is not JSON" in str(caught.value)
     assert '{"type":"ADDED","object":{"metadata":' in str(caught.value)
@@ -45,7 +45,7 @@ def test_a_line_that_is_not_json_is_named() -> None:
 
 def test_an_event_of_another_type_in_a_page_is_malformed() -> None:
     with pytest.raises(ClusterError) as caught:
-        _added_objects([line("ADDED", "a"), line("DELETED", "b")], SCOPE)
+        added_objects([line("ADDED", "a"), line("DELETED", "b")], SCOPE)
     assert "a DELETED event written as an ADDED one" in str(caught.value)
 
 
@@ -54,12 +54,12 @@ def test_an_event_of_another_type_in_a_page_is_malformed() -> None:
 )
 def test_an_event_without_an_object_is_malformed(text: bytes) -> None:
     with pytest.raises(ClusterError) as caught:
-        _event(text, SCOPE)
+        watch_event(text, SCOPE)
     assert "an event without an object" in str(caught.value)
 
 
 def test_an_object_without_metadata_of_its_own_kind_is_malformed() -> None:
     bad = b'{"type":"ADDED","object":{"metadata":"vm-1"}}'
     with pytest.raises(ClusterError) as caught:
-        _added_objects([line("ADDED", "a"), bad], SCOPE)
+        added_objects([line("ADDED", "a"), bad], SCOPE)
     assert "items[1] is not an object" in str(caught.value)
