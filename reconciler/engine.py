@@ -35,13 +35,13 @@ from reconciler.kube.kubeconfig import context_namespace
 from reconciler.model import journal as journals
 from reconciler.model import names
 from reconciler.model.errors import ClusterError, Problem, UserError
-from reconciler.model.journal import Journal, LastMigration, Step
+from reconciler.model.journal import Journal, Step
 from reconciler.model.live import Snapshot
 from reconciler.model.manifests import VMManifests
 from reconciler.model.outcome import ROLLED_BACK, ApplyReport, Outcome
 from reconciler.model.plan import Plan
 from reconciler.model.progress import tagged
-from reconciler.model.verdict import Action, EmptyPlan, Finding, VMVerdict
+from reconciler.model.verdict import Action, EmptyPlan, VMVerdict
 from reconciler.observe.fetch import fetch
 from reconciler.observe.view import View
 from reconciler.pipeline import CHECKS, stages_for
@@ -51,6 +51,7 @@ from reconciler.publish.reporting import Reporting
 from reconciler.render.move import RenderedVM, render_vm
 from reconciler.render.sandbox import TemplateSet, load_templates
 from reconciler.render.targets import Targets, check_distinct_targets, plan_targets
+from reconciler.report.apply import StatusEntry
 from reconciler.report.documents import PlanKey, converged, window_states
 
 log = logging.getLogger(__name__)
@@ -578,12 +579,6 @@ class _Both:
     def vm_blocked(self, verdict: VMVerdict) -> None:
         for listener in self.listeners:
             listener.vm_blocked(verdict)
-
-
-StatusEntry = tuple[str, str, Journal | None, LastMigration | None, str, Finding | None]
-"""(namespace, VM, open journal, last migration record, why the journal is unreadable, and for
-a VM a plan names that does not exist: its ``vm-not-found`` finding, naming the VM it probably
-meant)."""
 
 
 def status(

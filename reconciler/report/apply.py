@@ -114,8 +114,9 @@ def apply_text(report: ApplyReport) -> str:
 
 
 StatusEntry = tuple[str, str, Journal | None, LastMigration | None, str, Finding | None]
-"""``engine.StatusEntry``: (namespace, vm, journal, last migration, journal error, and for a VM
-a plan names that does not exist, its ``vm-not-found`` finding)."""
+"""What ``engine.status`` returns for a VM: (namespace, VM, open journal, last migration
+record, why the journal is unreadable, and for a VM a plan names that does not exist: its
+``vm-not-found`` finding, naming the VM it probably meant)."""
 
 
 def status_rows(entries: Sequence[StatusEntry]) -> list[list[str]]:
