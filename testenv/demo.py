@@ -315,15 +315,19 @@ def wait_for_vms(api: pykube.HTTPClient, timeout: float = 600.0) -> None:
     raise TimeoutError(f"the seed VMs were not ready within {timeout:.0f}s")
 
 
+def cdi_transient(claim: dict[str, Any]) -> bool:
+    """Whether ``claim`` is one CDI makes and deletes itself: a populator's prime claim (owned
+    by the claim it fills; populator-base.go reconcileCleanup deletes it once the target is
+    Bound) or a clone's ``tmp-pvc-<uid>`` (clone/planner.go, no owner)."""
+    meta = claim["metadata"]
+    return str(meta["name"]).startswith("tmp-pvc-") or any(
+        o.get("kind") == "PersistentVolumeClaim" for o in meta.get("ownerReferences") or [])
+
+
 def cdi_transient_claims(api: pykube.HTTPClient) -> list[str]:
-    """The claims of the seed's namespace that CDI makes and deletes itself: a populator's
-    prime claim (owned by the claim it fills; populator-base.go reconcileCleanup deletes it
-    once the target is Bound) and a clone's ``tmp-pvc-<uid>`` (clone/planner.go, no owner)."""
+    """The claims of the seed's namespace that CDI makes and deletes itself (``cdi_transient``)."""
     claims = _get(api, "v1", "persistentvolumeclaims").get("items", [])
-    return [c["metadata"]["name"] for c in claims
-            if c["metadata"]["name"].startswith("tmp-pvc-")
-            or any(o.get("kind") == "PersistentVolumeClaim"
-                   for o in c["metadata"].get("ownerReferences") or [])]
+    return [c["metadata"]["name"] for c in claims if cdi_transient(c)]
 
 
 def _tenths(progress: str) -> int:

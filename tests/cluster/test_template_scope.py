@@ -19,6 +19,7 @@ from reconciler.cli.main import main
 from reconciler.model.errors import ExitCode
 from testenv import seed
 from testenv.controlplane import ControlPlane
+from testenv.demo import cdi_transient
 from tests.cluster.test_plan import fedora, plan_file, settle
 from tests.support.kube import Eventually, get_json
 
@@ -48,21 +49,10 @@ def hostile_templates(tmp_path: Path) -> Path:
     return directory
 
 
-def lasting(claim: dict[str, Any]) -> bool:
-    """Not one of the claims CDI makes and deletes itself: a populator's prime claim (owned by
-    the claim it fills, deleted a moment after its DataVolume reports Succeeded, so it may be
-    there when the test starts and gone by the time apply has run) or a clone's
-    ``tmp-pvc-<uid>``. A move's own claims are named after its DataVolumes."""
-    meta = claim["metadata"]
-    owners = meta.get("ownerReferences") or ()
-    return not meta["name"].startswith("tmp-pvc-") and not any(
-        o.get("kind") == "PersistentVolumeClaim" for o in owners
-    )
-
-
 def state(api: pykube.HTTPClient, namespace: str) -> dict[str, Any]:
     """What a move could change: the VM's spec, generation and annotations, the DataVolumes
-    and the lasting PVCs of the namespace."""
+    and the PVCs of the namespace but CDI's transient ones (a populator's prime claim lasts a
+    moment past its DataVolume's Succeeded: there before apply, gone after)."""
     vm = get_json(api, KV, namespace, "virtualmachines/vm-fedora")
     return {
         "spec": vm["spec"],
@@ -74,7 +64,7 @@ def state(api: pykube.HTTPClient, namespace: str) -> dict[str, Any]:
         "pvcs": sorted(
             p["metadata"]["name"]
             for p in get_json(api, "v1", namespace, "persistentvolumeclaims")["items"]
-            if lasting(p)
+            if not cdi_transient(p)  # deleted by CDI a moment after its import Succeeded
         ),
     }
 
