@@ -7,14 +7,16 @@ event is not ADDED) is a ``ClusterError`` saying, in short, what came. Pure but 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from requests import Response
 
-from reconciler.kube.watch import MAX_EVENT_BYTES
 from reconciler.model.errors import ClusterError
 from reconciler.model.text import shown
+
+MAX_EVENT_BYTES = 16 << 20
+"""The longest watch event read: one object (etcd's own limit is 1.5 MiB)."""
 
 
 class StreamEnded(Exception):
@@ -30,27 +32,41 @@ ADDED = b'{"type":"ADDED",'
 """How the API server's encoder opens an ADDED event (``metav1.WatchEvent``: type first)."""
 
 
-def complete_lines(response: Response, scope: str) -> Iterator[bytes]:
-    """The stream's complete lines (each event is one line of JSON), read in blocks of up to
-    64 KiB; a last line without its newline is a stream cut short, and is not yielded. A line
-    over ``MAX_EVENT_BYTES`` (one object: etcd's own limit is 1.5 MiB) is a ``ClusterError``."""
-    parts: list[bytes] = []  # the line read so far, in pieces (no quadratic concatenation)
+class EventTooLarge(ValueError):
+    """A watch stream's line past ``MAX_EVENT_BYTES``: not an event any API server sends."""
+
+
+def event_lines(chunks: Iterable[bytes], limit: int = MAX_EVENT_BYTES) -> Iterator[bytes]:
+    """The complete, non-blank lines of a watch stream read as ``chunks`` (each event is one
+    line of JSON), each yielded as soon as its newline arrives. A last line without its
+    newline is a stream cut short and is not yielded; a line that grows past ``limit`` bytes
+    is ``EventTooLarge``. A line arriving in many chunks is held in pieces and joined once
+    its end comes (no quadratic concatenation)."""
+    parts: list[bytes] = []
     held = 0
-    for chunk in response.iter_content(chunk_size=1 << 16):
-        if b"\n" not in chunk:
-            parts.append(chunk)
-            held += len(chunk)
-            if held > MAX_EVENT_BYTES:
-                raise ClusterError(
-                    scope,
-                    "the API server's watch-list stream is malformed: an event over "
-                    f"{MAX_EVENT_BYTES} bytes",
-                )
-            continue
+    for chunk in chunks:
         parts.append(chunk)
-        *complete, rest = b"".join(parts).split(b"\n")
-        parts, held = [rest], len(rest)
-        yield from (line for line in complete if line.strip())
+        held += len(chunk)
+        if b"\n" in chunk:
+            *complete, rest = b"".join(parts).split(b"\n")
+            parts, held = [rest], len(rest)
+            yield from (line for line in complete if line.strip())
+        if held > limit:
+            raise EventTooLarge(f"a watch event over {limit} bytes")
+
+
+def complete_lines(response: Response, scope: str) -> Iterator[bytes]:
+    """``event_lines`` of a watch-list stream, read in blocks of up to 64 KiB (its initial
+    events come at once: throughput, not latency); a line over ``MAX_EVENT_BYTES`` is a
+    ``ClusterError``."""
+    try:
+        yield from event_lines(response.iter_content(chunk_size=1 << 16))
+    except EventTooLarge:
+        raise ClusterError(
+            scope,
+            f"the API server's watch-list stream is malformed: an event over {MAX_EVENT_BYTES} "
+            "bytes",
+        ) from None
 
 
 def watch_event(line: bytes, scope: str) -> tuple[Any, dict[str, Any]]:

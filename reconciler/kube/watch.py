@@ -24,7 +24,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ import pykube
 import requests
 
 from reconciler.kube import retry
+from reconciler.kube.answers import event_lines
 from reconciler.kube.resources import Resource
 from reconciler.model.errors import ClusterError
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Obj = dict[str, Any]
 
-MAX_EVENT_BYTES = 16 << 20  # one object; etcd's own limit is 1.5 MiB
 WAKE = 0.5  # a wait re-checks its interrupt (and the clock) at least this often
 WATCH_SECONDS = 50  # server-side timeoutSeconds of one WATCH; then it is reopened
 _BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)  # reconnect backoff (seconds): a documented retry, not a wait
@@ -186,7 +186,9 @@ class _Follower(threading.Thread):
         self._response = response
         try:
             _checked(response, self.stream, watching=True)
-            for line in _lines(response):
+            # chunk_size=None: whatever arrived, at once (``iter_lines`` reads fixed-size blocks
+            # and holds an event back until the next one fills its block: seconds of latency)
+            for line in event_lines(response.iter_content(chunk_size=None)):
                 if self.stopping:
                     break
                 version = self._event(json.loads(line), version)
@@ -228,21 +230,6 @@ class _Follower(threading.Thread):
             if fatal is not None:
                 self.fatal = fatal
             self.changed.notify_all()
-
-
-def _lines(response: requests.Response) -> Iterator[bytes]:
-    """The stream's lines as soon as each is complete. (``iter_lines`` reads fixed-size
-    blocks and holds an event back until the next one fills its block: seconds of latency.)
-    ``chunk_size=None`` yields whatever arrived; a line over ``MAX_EVENT_BYTES`` is an error."""
-    pending = b""
-    for chunk in response.iter_content(chunk_size=None):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from (line for line in complete if line.strip())
-        if len(pending) > MAX_EVENT_BYTES:
-            raise ValueError(f"a watch event over {MAX_EVENT_BYTES} bytes")
-    if pending.strip():
-        yield pending
 
 
 class _Gone(Exception):

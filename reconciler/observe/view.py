@@ -52,16 +52,15 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler.kube import resources as kube
 from reconciler.kube import retry
-from reconciler.kube.answers import checked_items
+from reconciler.kube.answers import checked_items, event_lines
 from reconciler.kube.client import INITIAL_EVENTS_END, Cluster
-from reconciler.kube.watch import MAX_EVENT_BYTES
 from reconciler.model.errors import ClusterError
 from reconciler.model.live import Snapshot
 from reconciler.model.text import shown
@@ -319,7 +318,7 @@ class _Follower(threading.Thread):
             if not response.ok:
                 self._checked(response)
             gathering: dict[str, dict[str, Any]] | None = {} if initial else None
-            for line in _lines(response):
+            for line in event_lines(response.iter_content(chunk_size=None)):  # at once
                 if self.stopping:
                     break
                 version, gathering = self._event(json.loads(line), version, gathering)
@@ -406,18 +405,6 @@ def _kept(items: list[dict[str, Any]], keep: Collection[str] | None) -> list[dic
     if keep is None:
         return items
     return [o for o in items if (o.get("metadata") or {}).get("namespace") in keep]
-
-
-def _lines(response: Any) -> Iterator[bytes]:
-    """The stream's complete lines as soon as each arrives (``chunk_size=None``: whatever came);
-    a line over ``MAX_EVENT_BYTES`` is an error."""
-    pending = b""
-    for chunk in response.iter_content(chunk_size=None):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from (line for line in complete if line.strip())
-        if len(pending) > MAX_EVENT_BYTES:
-            raise ValueError(f"a watch event over {MAX_EVENT_BYTES} bytes")
 
 
 def _revision(version: str) -> int | None:
