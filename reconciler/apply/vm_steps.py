@@ -301,10 +301,12 @@ def _await_update_recorded(run: MoveRun, journal: Journal) -> None:
         raw_vm, raw_vmi = state["vm"].get(run.vm), state["vmi"].get(run.vm)
         if raw_vm is None or raw_vmi is None:
             return True
-        vm, vmi = vm_state(raw_vm), vmi_state(raw_vmi)
-        in_use = set(vmi.volume_status.values())
-        if targets <= vm.migrated_destinations or targets <= in_use:
-            return True  # recorded (or already migrated)
+        vm = vm_state(raw_vm)
+        # Not the VMI's volumeStatus: virt-controller's VMI controller fills its claim names
+        # from the VMI's spec (vmi/storage.go, processPVCInfo), so the targets show there as
+        # soon as the VMI is patched, before the VM's status write this waits for.
+        if targets <= vm.migrated_destinations:
+            return True  # recorded
         if _RECORDED & {(c.type, c.status) for c in vm.conditions}:
             return True  # mirrored, or refused (the migration wait reports a refusal)
         return None
